@@ -1,0 +1,39 @@
+# Every target sets up what it needs: a .venv with the Python deps, and openssh-server
+# (through apt when running as root; otherwise a message saying what to install).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint typecheck bench setup sshd clean
+
+setup: $(STAMP) sshd
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+sshd:
+	@bash scripts/ensure-sshd.sh
+
+demo: setup
+	$(BIN)/duet demo
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict src/duet/ledger src/duet/attestation
+
+bench: setup
+	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
