@@ -1,0 +1,126 @@
+"""What duet costs per command, against the direct way, in one run. Prints JSON.
+
+- latency: `true` through duet (signed intent -> HTTP -> durable log -> SSH -> durable log
+  -> response) vs. `true` over a persistent asyncssh connection to an identical local sshd
+  (same provider, same config, same user kind); p50/p95 and the p50 ratio;
+- throughput: commands/s with 8 CVMs driven concurrently vs. 1.
+
+Usage: python bench/overhead.py [--n 300] [--per-cvm 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers import ControllerProc  # noqa: E402
+
+from duet.cvm.cleanup import delete_all_local  # noqa: E402
+from duet.cvm.local import LocalProvider  # noqa: E402
+from duet.cvm.ssh import CvmConnection, generate_client_key, public_line  # noqa: E402
+from duet.ledger import keys  # noqa: E402
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(pct(xs, 50), 3), "p95_ms": round(pct(xs, 95), 3), "mean_ms": round(statistics.fmean(xs), 3)}
+
+
+async def direct_latency(base: Path, n: int) -> list[float]:
+    provider = LocalProvider(base)
+    key = generate_client_key()
+    prov = await provider.create("bench0000direct", authorized_key=public_line(key), spec={})
+    conn = CvmConnection(host=prov.host, port=prov.port, user=prov.user, client_key=key, pinned_host_key=None)
+    await conn.connect()
+    for _ in range(20):
+        await conn.run("true")
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await conn.run("true")
+        times.append((time.perf_counter() - t0) * 1000)
+    await conn.close()
+    await provider.delete("bench0000direct")
+    return times
+
+
+def duet_latency(c: ControllerProc, cvm: str, n: int) -> list[float]:
+    owner = c.owner()
+    for _ in range(20):
+        owner.run(cvm, "true")
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        res = owner.run(cvm, "true")
+        times.append((time.perf_counter() - t0) * 1000)
+        assert res["exit_status"] == 0
+    return times
+
+
+def throughput(c: ControllerProc, cvms: list[str], per_cvm: int) -> float:
+    def drive(cvm: str) -> None:
+        owner = c.owner()
+        for _ in range(per_cvm):
+            owner.run(cvm, "true")
+
+    threads = [threading.Thread(target=drive, args=(cvm,)) for cvm in cvms]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(cvms) * per_cvm / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--per-cvm", type=int, default=60)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="duet-bench-"))
+    os.chmod(work, 0o755)
+    c = ControllerProc(data=work / "data", owner_key=keys.Ed25519PrivateKey.generate())
+    try:
+        direct = asyncio.run(direct_latency(work / "direct", args.n))
+        c.start()
+        owner = c.owner()
+        cvms = [owner.create("local")["id"] for _ in range(8)]
+        through = duet_latency(c, cvms[0], args.n)
+        one = throughput(c, cvms[:1], args.per_cvm)
+        eight = throughput(c, cvms, args.per_cvm)
+        d, t = stats(direct), stats(through)
+        print(json.dumps({
+            "bench": "overhead",
+            "command": "true",
+            "n": args.n,
+            "direct_asyncssh": d,
+            "through_duet": t,
+            "ratio_p50": round(t["p50_ms"] / d["p50_ms"], 3),
+            "target_ratio_p50": 1.5,
+            "throughput_1_cvm_cmds_per_s": round(one, 1),
+            "throughput_8_cvms_cmds_per_s": round(eight, 1),
+            "scaling_8_vs_1": round(eight / one, 2),
+            "target_scaling": 4.0,
+        }, indent=2))
+    finally:
+        c.kill()
+        delete_all_local(work / "data" / "cvms")
+        delete_all_local(work / "direct")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Azure CVM evidence: HCL report, vTPM quote, trustee envelopes, MAA tokens."""

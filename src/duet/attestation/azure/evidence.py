@@ -1,0 +1,295 @@
+"""Azure CVM evidence: hardware report → runtime claims → AK → TPM quote → nonce.
+
+Accepted envelopes (JSON), as the Confidential Containers attesters emit them for
+``az-snp-vtpm`` and ``az-tdx-vtpm`` (trustee ``deps/verifier/src/az_*_vtpm/compat.rs``):
+
+* v0 (no ``version``): SNP ``{"quote": {signature, message, pcrs}, "report", "vcek": PEM}``,
+  TDX ``{"tpm_quote": {...}, "hcl_report", "td_quote"}`` — every byte string a list of ints;
+* v1 / v2 (``"version": 1|2``): ``tpm_quote`` with hex ``signature``, ``message`` and
+  ``pcrs``; ``hcl_report``, ``vcek`` (DER), ``td_quote`` base64url. In v2 the runtime
+  claims' ``user-data`` carries the report data the attester was asked to bind.
+
+duet collects Azure evidence in the v2 shape (``"version": 2``), optionally with
+``"cert_chain"`` (ASK + ARK PEM). Decoding is per field as specified, with a lenient
+fallback between byte lists, base64url, standard base64 and hex.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from ..dcap.abi import TdReportBody, parse_tdx_quote
+from ..dcap.verify import CollateralInput, TdxReport, tdx_report_from_body, verify_tdx_quote
+from ..errors import BindingError, CollateralError, ParseError, UnsupportedVersion
+from ..snp.verify import SnpReport, verify_snp_report
+from .hcl import REPORT_TYPE_SNP, HclReport, b64url_decode, parse_hcl_report, parse_tdreport
+from .tpm import TpmQuoteInfo, verify_tpm_quote
+
+
+@dataclass(frozen=True)
+class AzureEvidence:
+    envelope_version: int
+    hcl_report: bytes
+    tpm_message: bytes
+    tpm_signature: bytes
+    pcrs: list[bytes]
+    vcek: bytes | None = None
+    cert_chain: bytes | None = None
+    td_quote: bytes | None = None
+
+
+def _decode(value: Any, field: str, prefer: str) -> bytes:
+    if isinstance(value, list):
+        if not all(isinstance(b, int) and 0 <= b < 256 for b in value):
+            raise ParseError(f"{field}: a byte list must hold integers 0..255")
+        return bytes(value)
+    if not isinstance(value, str):
+        raise ParseError(f"{field}: expected bytes as a list, base64url or hex string")
+    s = value.strip()
+    order = [prefer] + [e for e in ("hex", "b64url", "b64") if e != prefer]
+    for enc in order:
+        try:
+            if enc == "hex":
+                return bytes.fromhex(s.removeprefix("0x"))
+            if enc == "b64url":
+                return b64url_decode(s)
+            return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+        except (ValueError, ParseError, binascii.Error):
+            continue
+    raise ParseError(f"{field}: neither base64url nor hex")
+
+
+def _tpm_quote(obj: Any, prefer: str) -> tuple[bytes, bytes, list[bytes]]:
+    if not isinstance(obj, Mapping):
+        raise ParseError("tpm_quote must be an object")
+    try:
+        msg = _decode(obj["message"], "tpm_quote.message", prefer)
+        sig = _decode(obj["signature"], "tpm_quote.signature", prefer)
+        raw_pcrs = obj["pcrs"]
+    except KeyError as e:
+        raise ParseError(f"tpm_quote lacks {e}") from None
+    if isinstance(raw_pcrs, Mapping):
+        items = sorted((int(k), v) for k, v in raw_pcrs.items())
+        pcrs = [b""] * (items[-1][0] + 1 if items else 0)
+        for k, v in items:
+            pcrs[k] = _decode(v, f"pcr[{k}]", prefer)
+    elif isinstance(raw_pcrs, list):
+        pcrs = [_decode(p, f"pcr[{i}]", prefer) for i, p in enumerate(raw_pcrs)]
+    else:
+        raise ParseError("tpm_quote.pcrs must be a list")
+    if len(pcrs) > 24:
+        raise ParseError("more than 24 PCRs")
+    return msg, sig, pcrs
+
+
+def parse_azure_evidence(data: bytes | str | Mapping[str, Any]) -> AzureEvidence:
+    """Read any envelope version (see the module docstring)."""
+    if isinstance(data, bytes | str):
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ParseError(f"Azure evidence is not JSON: {e}") from None
+    else:
+        obj = dict(data)
+    if not isinstance(obj, dict):
+        raise ParseError("Azure evidence must be a JSON object")
+    version = obj.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ParseError("Azure evidence version must be an integer")
+    if version not in (0, 1, 2):
+        raise UnsupportedVersion(f"Azure evidence envelope version {version} is not 0, 1 or 2")
+    prefer_bytes = "b64url"
+    if version == 0:
+        if "quote" in obj:  # az-snp-vtpm v0
+            msg, sig, pcrs = _tpm_quote(obj["quote"], "hex")
+            hcl_raw = obj.get("report")
+        else:  # az-tdx-vtpm v0
+            msg, sig, pcrs = _tpm_quote(obj.get("tpm_quote"), "hex")
+            hcl_raw = obj.get("hcl_report")
+    else:
+        msg, sig, pcrs = _tpm_quote(obj.get("tpm_quote"), "hex")
+        hcl_raw = obj.get("hcl_report")
+    if hcl_raw is None:
+        raise ParseError("Azure evidence has no HCL report")
+    hcl = _decode(hcl_raw, "hcl_report", prefer_bytes)
+    vcek = None
+    if obj.get("vcek") is not None:
+        v = obj["vcek"]
+        if isinstance(v, str) and v.lstrip().startswith("-----BEGIN"):
+            vcek = v.encode()
+        else:
+            vcek = _decode(v, "vcek", prefer_bytes)
+    chain = obj.get("cert_chain")
+    td_quote = None
+    if obj.get("td_quote") is not None:
+        td_quote = _decode(obj["td_quote"], "td_quote", prefer_bytes)
+    return AzureEvidence(
+        envelope_version=version,
+        hcl_report=hcl,
+        tpm_message=msg,
+        tpm_signature=sig,
+        pcrs=pcrs,
+        vcek=vcek,
+        cert_chain=chain.encode() if isinstance(chain, str) else None,
+        td_quote=td_quote,
+    )
+
+
+def looks_like_azure_evidence(data: bytes) -> bool:
+    head = data.lstrip()[:1]
+    if head != b"{":
+        return False
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and ("hcl_report" in obj or ("report" in obj and "quote" in obj))
+
+
+@dataclass(frozen=True)
+class AzureReport:
+    """Verified Azure CVM evidence. ``hardware`` is the verified SNP / TDX claims."""
+
+    kind: str  # "azure-snp" or "azure-tdx"
+    hardware: SnpReport | TdxReport
+    tpm: TpmQuoteInfo
+    runtime_claims: dict[str, Any]
+    vm_id: str | None
+    user_data: str | None
+    envelope_version: int
+    simulated: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hardware"] = self.hardware.to_dict()
+        d["tpm"]["nonce"] = self.tpm.nonce.hex()
+        d["tpm"]["pcrs"] = {str(k): v for k, v in self.tpm.pcrs.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class AzureBindings:
+    """The links checked without the hardware signature (for parse-only inspection)."""
+
+    hcl: HclReport
+    tpm: TpmQuoteInfo
+    hardware_report_data: bytes
+
+
+def check_azure_bindings(ev: AzureEvidence, *, nonce: bytes | None = None) -> AzureBindings:
+    """hardware REPORT_DATA ↔ runtime claims hash, AK → TPM quote → PCRs → nonce.
+
+    For TDX also: the TD quote body repeats the TDREPORT inside the HCL report.
+    """
+    hcl = parse_hcl_report(ev.hcl_report)
+    if hcl.report_type == REPORT_TYPE_SNP:
+        hw_rd = hcl.hardware_report[0x50:0x90]
+    else:
+        td = parse_tdreport(hcl.hardware_report)
+        hw_rd = td.report_data
+        if ev.td_quote is None:
+            raise ParseError("Azure TDX evidence has no TD quote")
+        q = parse_tdx_quote(ev.td_quote)
+        body = q.body
+        assert isinstance(body, TdReportBody)
+        pairs = [
+            ("report_data", td.report_data, body.report_data),
+            ("mr_td", td.mr_td, body.mr_td),
+            ("td_attributes", td.td_attributes, body.td_attributes),
+            ("xfam", td.xfam, body.xfam),
+            ("mr_config_id", td.mr_config_id, body.mr_config_id),
+            ("mr_owner", td.mr_owner, body.mr_owner),
+            ("mr_owner_config", td.mr_owner_config, body.mr_owner_config),
+        ] + [(f"rtmr{i}", td.rtmrs[i], body.rtmrs[i]) for i in range(4)]
+        for name, a, b in pairs:
+            if a != b:
+                raise BindingError(f"the TD quote's {name} differs from the HCL TDREPORT's")
+    digest = hcl.var_data_digest()
+    if not hmac.compare_digest(hw_rd[: len(digest)], digest):
+        raise BindingError(
+            "the hardware report's REPORT_DATA is not the hash of the runtime claims"
+        )
+    tpm = verify_tpm_quote(ev.tpm_message, ev.tpm_signature, ev.pcrs, hcl.ak_pub())
+    if nonce is not None and not hmac.compare_digest(tpm.nonce, nonce):
+        raise BindingError(f"the TPM quote's nonce is {tpm.nonce.hex()}, expected {nonce.hex()}")
+    return AzureBindings(hcl, tpm, hw_rd)
+
+
+def verify_azure_evidence(
+    evidence: bytes | str | Mapping[str, Any] | AzureEvidence,
+    *,
+    now: datetime,
+    nonce: bytes | None = None,
+    report_data: bytes | None = None,
+    vcek_der: bytes | None = None,
+    ask_pem: bytes | None = None,
+    ark_pem: bytes | None = None,
+    trusted_arks: Sequence[bytes] | None = None,
+    crl_der: bytes | None = None,
+    tdx_collateral: CollateralInput | None = None,
+    root_ca_der: bytes | None = None,
+) -> AzureReport:
+    """Verify the whole chain. SNP: the VCEK comes from the evidence unless ``vcek_der``.
+
+    TDX needs ``tdx_collateral`` for the TD quote (there is no way to verify it without);
+    without it a :class:`CollateralError` is raised. ``nonce`` (optional) must equal the TPM
+    quote's extraData; ``report_data`` (optional, v2 envelopes) must prefix the claims'
+    ``user-data``.
+    """
+    ev = evidence if isinstance(evidence, AzureEvidence) else parse_azure_evidence(evidence)
+    b = check_azure_bindings(ev, nonce=nonce)
+    hcl = b.hcl
+    hardware: SnpReport | TdxReport
+    if hcl.report_type == REPORT_TYPE_SNP:
+        vek = vcek_der or ev.vcek
+        if vek is None:
+            raise ParseError("Azure SNP evidence has no VCEK; pass vcek_der")
+        chain = ask_pem or ev.cert_chain
+        if chain is None and vek.lstrip().startswith(b"-----BEGIN") and vek.count(b"BEGIN") > 1:
+            chain = vek[vek.index(b"-----END CERTIFICATE-----") + 25 :]
+        hw = verify_snp_report(
+            hcl.hardware_report,
+            vcek_der=vek,
+            ask_pem=chain,
+            ark_pem=ark_pem,
+            now=now,
+            trusted_arks=trusted_arks,
+            crl_der=crl_der,
+        )
+        if hw.vmpl != 0:
+            raise BindingError(f"the HCL's SNP report is from VMPL {hw.vmpl}, expected 0")
+        hardware = hw
+    else:
+        if ev.td_quote is None:
+            raise ParseError("Azure TDX evidence has no TD quote")
+        if tdx_collateral is None:
+            raise CollateralError("verifying an Azure TDX CVM's TD quote needs its collateral")
+        hardware = verify_tdx_quote(ev.td_quote, tdx_collateral, now=now, root_ca_der=root_ca_der)
+    if report_data is not None:
+        ud = hcl.user_data
+        if ud is None or not ud.startswith(report_data.hex()):
+            raise BindingError("the runtime claims' user-data does not carry the report data")
+    return AzureReport(
+        kind="azure-" + hcl.kind,
+        hardware=hardware,
+        tpm=b.tpm,
+        runtime_claims=hcl.claims,
+        vm_id=hcl.vm_id,
+        user_data=hcl.user_data,
+        envelope_version=ev.envelope_version,
+        simulated=hardware.simulated,
+    )
+
+
+def azure_tdx_claims_unverified(ev: AzureEvidence) -> TdxReport:
+    """TD quote claims without signature checks (``tcb_status='Unverified'``)."""
+    if ev.td_quote is None:
+        raise ParseError("no TD quote")
+    return tdx_report_from_body(parse_tdx_quote(ev.td_quote), tcb=None, simulated=False)

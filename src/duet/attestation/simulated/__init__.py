@@ -1,0 +1,10 @@
+"""Simulated TEEs for development and tests: real formats, development roots, SIMULATED.
+
+Nothing here is trusted by default: a verifier accepts simulated evidence only when the
+caller passes the development root explicitly (``root_ca_der=`` / ``trusted_arks=``).
+"""
+
+from .sgx import SimulatedSgx
+from .snp import SimulatedSnp, simulated_snp_report_from_dir
+
+__all__ = ["SimulatedSgx", "SimulatedSnp", "simulated_snp_report_from_dir"]

@@ -1,0 +1,296 @@
+"""`duet`: the command line. Thin: parse, call client/ or controller/, render with rich.
+
+Every failure is one line naming the problem (`error [code]: message`), never a
+traceback. Exit codes: 0 ok, 1 error, 2 usage, 3 refused by the controller's mode or
+policy (or a failed verification), and a remote command's own exit status for `cvm run`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from duet.client.http import DEFAULT_URL, ClientError, Http
+from duet.ledger import keys
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="duet: own confidential VMs, verifiably.")
+controller_app = typer.Typer(no_args_is_help=True, help="Run or inspect the controller.")
+cvm_app = typer.Typer(no_args_is_help=True, help="Administer CVMs (owner; signed intents).")
+app.add_typer(controller_app, name="controller")
+app.add_typer(cvm_app, name="cvm")
+
+try:
+    from duet.cli.attestation_cmd import app as attestation_app
+
+    app.add_typer(attestation_app, name="attestation", help="Verify attestation evidence offline.")
+except ImportError:  # pragma: no cover - the attestation CLI is optional while it is built
+    pass
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
+KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
+REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition"}
+
+
+def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
+    err.print(f"error [{code}]: {message}", markup=False)
+    raise typer.Exit(exit_code)
+
+
+def _owner(url: str, key_path: Path) -> Any:
+    from duet.client.owner import OwnerClient
+
+    return OwnerClient(keys.read_private_key(key_path), url)
+
+
+def _guard(fn: Any) -> Any:
+    """Turn every typed error into one line and an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            suffix = f" (logged as entry {exc.index})" if exc.index is not None else ""
+            fail(exc.code, exc.message + suffix, 3 if exc.code in REFUSED else 1)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str):
+                fail(code, str(exc))
+            raise
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------ keys
+
+
+@app.command()
+@_guard
+def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")] = Path("owner.key"),
+           force: bool = typer.Option(False, help="Overwrite existing files.")) -> None:
+    """Make an owner key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub."""
+    pub_path = Path(str(out_path) + ".pub")
+    if not force and (out_path.exists() or pub_path.exists()):
+        fail("exists", f"{out_path} or {pub_path} exists; pass --force to overwrite")
+    key = keys.Ed25519PrivateKey.generate()
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(keys.private_pem(key))
+    pub_path.write_bytes(keys.public_pem(key.public_key()))
+    out.print(f"wrote {out_path} and {pub_path}")
+    out.print(f"owner key id {keys.key_id(key.public_key())}")
+
+
+# ------------------------------------------------------------------------------ controller
+
+
+@controller_app.command("serve")
+@_guard
+def controller_serve(
+    data: Annotated[Path, typer.Option("--data", help="State directory (sealed under SGX).")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT (loopback only for plain HTTP).")] = "127.0.0.1:6037",
+    tee: Annotated[str, typer.Option(help="simulated | gramine")] = "simulated",
+    owner_key: Annotated[Path | None, typer.Option("--owner-key", help="Owner public key (first start).")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Default policy YAML for new CVMs.")] = None,
+) -> None:
+    """Run the controller."""
+    from duet.controller.serve import serve
+
+    if tee == "simulated":
+        err.print("duet controller: TEE is SIMULATED (no SGX): quotes chain to a development root")
+    serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy)
+
+
+@controller_app.command("info")
+@_guard
+def controller_info(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the controller's identity."""
+    with Http(controller) as http:
+        info = http.get_json("/v1/controller")
+    if as_json:
+        out.print_json(data=info)
+        return
+    sim = " (SIMULATED)" if info.get("simulated") else ""
+    out.print(f"controller id   {info['controller_id']}")
+    out.print(f"tee             {info['tee']}{sim}")
+    for k, v in (info.get("measurement") or {}).items():
+        out.print(f"{k:<15} {v}{sim}")
+    out.print(f"note key        {info['note_verifier_key']}")
+    out.print(f"owner keys      {len(info['owner_keys'])}")
+    out.print(f"version         {info['version']}")
+
+
+# ------------------------------------------------------------------------------------ cvm
+
+
+@cvm_app.command("create")
+@_guard
+def cvm_create(
+    controller: ControllerOpt = DEFAULT_URL,
+    key: KeyOpt = Path("owner.key"),
+    provider: str = typer.Option("local", help="local (more providers: see README)"),
+    name: str | None = typer.Option(None),
+    tee: str | None = typer.Option(None),
+) -> None:
+    """Create and provision a CVM; prints its id on the last line."""
+    cvm = _owner(controller, key).create(provider, name=name, tee=tee)
+    out.print(f"created {cvm['name']} ({cvm['provider']}), mode {cvm['mode']}, host key {cvm['host_key']}")
+    out.print(cvm["id"])
+
+
+@cvm_app.command("list")
+@_guard
+def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List CVMs."""
+    with Http(controller) as http:
+        cvms = http.get_json("/v1/cvms")["cvms"]
+    if as_json:
+        out.print_json(data=cvms)
+        return
+    table = Table("id", "name", "provider", "tee", "status", "mode", "entries")
+    for c in cvms:
+        table.add_row(c["id"], c["name"], c["provider"], c["tee"], c["status"], c["mode"], str(c["tree_size"]))
+    out.print(table)
+
+
+@cvm_app.command("show")
+@_guard
+def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
+    """Show one CVM."""
+    with Http(controller) as http:
+        c = http.get_json(f"/v1/cvms/{cvm}")
+    for k, v in c.items():
+        out.print(f"{k:<14} {v}")
+
+
+@cvm_app.command("run", context_settings={"allow_interspersed_args": False})
+@_guard
+def cvm_run(
+    cvm: str,
+    command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+    controller: ControllerOpt = DEFAULT_URL,
+    key: KeyOpt = Path("owner.key"),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
+) -> None:
+    """Run a command on an in-update CVM; exits with the command's status."""
+    res = _owner(controller, key).run(cvm, " ".join(command), timeout_s=timeout)
+    raise typer.Exit(_print_result(res))
+
+
+def _print_result(res: dict[str, Any]) -> int:
+    sys.stdout.buffer.write(base64.b64decode(res.get("stdout", "")))
+    sys.stdout.flush()
+    sys.stderr.buffer.write(base64.b64decode(res.get("stderr", "")))
+    sys.stderr.flush()
+    for name in ("stdout", "stderr"):
+        if res.get(f"{name}_truncated"):
+            err.print(f"duet: {name} truncated; {res[f'{name}_bytes']} bytes in all, sha256 {res[f'{name}_sha256']}")
+    if res.get("timed_out"):
+        err.print("duet: the command timed out and was killed")
+        return 124
+    if res.get("interrupted"):
+        err.print(f"duet: interrupted: {res['interrupted']}")
+        return 1
+    status = res.get("exit_status")
+    return int(status) if isinstance(status, int) else 1
+
+
+@cvm_app.command("mode")
+@_guard
+def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+    """Put a CVM in-update or in-service."""
+    if mode not in ("in-update", "in-service"):
+        fail("invalid_request", "mode must be in-update or in-service", 2)
+    c = _owner(controller, key).mode(cvm, mode)
+    out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
+
+
+@cvm_app.command("action")
+@_guard
+def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+    """Run a named action of the policy."""
+    res = _owner(controller, key).action(cvm, name)
+    if "stdout" in res:
+        raise typer.Exit(_print_result(res))
+    out.print(f"action {name} done; log entry {res['result_index']}")
+
+
+@cvm_app.command("delete")
+@_guard
+def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+    """Delete a CVM (its log stays readable)."""
+    c = _owner(controller, key).delete(cvm)
+    out.print(f"{c['id']} deleted")
+
+
+# ------------------------------------------------------------------------------ log/verify
+
+
+@app.command("log")
+@_guard
+def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a CVM's log as a timeline."""
+    from duet.cli.render import render_timeline
+    from duet.client.verify import fetch_leaves
+    from duet.ledger import entries
+
+    with Http(controller) as http:
+        size = http.get_json(f"/v1/cvms/{cvm}")["tree_size"]
+        leaves = fetch_leaves(http, cvm, size)
+    decoded = [entries.decode(leaf) for leaf in leaves]
+    if as_json:
+        out.print_json(data=[{"index": i, **e} for i, e in enumerate(decoded)])
+        return
+    render_timeline(out, decoded)
+
+
+@app.command()
+@_guard
+def verify(
+    cvm: str,
+    controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    as_json: bool = typer.Option(False, "--json"),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+) -> None:
+    """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
+    from duet.cli.render import render_report
+    from duet.client.verify import verify as do_verify
+
+    with Http(controller) as http:
+        report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir)
+    if as_json:
+        out.print_json(data=report.to_json())
+    else:
+        render_report(out, report)
+    raise typer.Exit(0 if report.ok else 3)
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, help="Keep the demo's data directory.")) -> None:
+    """Run the whole story locally (SIMULATED SGX + a local CVM) and verify it."""
+    from duet.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(out, keep=keep))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

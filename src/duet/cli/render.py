@@ -1,0 +1,74 @@
+"""Human renderings of logs and verification reports."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from duet.client.verify import Report
+
+
+def _summary(e: dict[str, Any]) -> str:
+    t = e.get("type")
+    if t == "genesis":
+        return f"tee {e.get('tee')}, provider {e.get('provider')}, policy {str(e.get('policy_sha256'))[:12]}…"
+    if t == "intent":
+        return f"{e.get('op')} by {str(e.get('kid'))[:12]}…"
+    if t == "command":
+        label = f"[action {e['action']}] " if e.get("action") else ""
+        return f"{label}{e.get('command')}"
+    if t == "result":
+        out_digest = str(e.get("stdout_sha256"))[:12]
+        status = e.get("exit_status") if e.get("exit_status") is not None else f"signal {e.get('signal')}"
+        return (f"#{e.get('command_index')} exit {status}, {e.get('stdout_bytes')} B out (sha256 {out_digest}…), "
+                f"{e.get('stderr_bytes')} B err, {e.get('duration_ms')} ms")
+    if t == "rejected":
+        return f"{e.get('op')}: [{e.get('code')}] {e.get('reason')}"
+    if t == "mode":
+        return f"{e.get('previous')} → {e.get('mode')}"
+    if t == "provisioned":
+        key = str(e.get("host_key", ""))
+        return f"{e.get('host')}:{e.get('port')} user {e.get('user')}, host key sha256 {hashlib.sha256(key.encode()).hexdigest()[:12]}…"
+    if t == "interrupted":
+        return f"#{e.get('command_index')}: {e.get('reason')}"
+    if t == "evidence":
+        return f"{e.get('kind')} nonce {str(e.get('nonce'))[:16]}…"
+    if t == "lockdown":
+        checks = e.get("checks") or []
+        return f"{sum(1 for c in checks if c.get('ok'))}/{len(checks)} checks pass"
+    if t == "error":
+        return f"[{e.get('code')}] {e.get('message')}"
+    if t == "owner_keys":
+        return f"{len(e.get('keys') or [])} owner keys"
+    if t == "policy":
+        return f"policy {str(e.get('policy_sha256'))[:12]}…"
+    return ""
+
+
+def render_timeline(console: Console, decoded: list[dict[str, Any]]) -> None:
+    table = Table("#", "time", "type", "details", show_lines=False)
+    for i, e in enumerate(decoded):
+        table.add_row(str(i), str(e.get("time", ""))[:23], str(e.get("type")), escape(_summary(e)))
+    console.print(table)
+
+
+def render_report(console: Console, report: Report) -> None:
+    c = report.controller
+    sim = " SIMULATED" if report.simulated else ""
+    console.print(f"duet verify — CVM {report.cvm}{sim}")
+    if c.get("controller_id"):
+        console.print(f"controller {c['controller_id']}  tee {c.get('tee')}{' (SIMULATED)' if c.get('simulated') else ''}")
+    for check in report.checks:
+        mark = "PASS" if check.ok else "FAIL"
+        label = " [SIMULATED]" if check.simulated else ""
+        console.print(f"{mark}  {check.name:<22}{label} {check.detail}", markup=False)
+    if report.state is not None:
+        s = report.state
+        console.print(f"state: mode {s.mode}, epoch {s.epoch}, {s.commands} commands, {s.rejected} rejected, "
+                      f"{s.interrupted} interrupted")
+    verdict = "VERIFIED" if report.ok else "NOT VERIFIED"
+    console.print(f"verdict: {verdict}{sim}", markup=False)

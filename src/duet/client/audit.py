@@ -1,0 +1,251 @@
+"""Pure checks of a CVM log's contents: what a service user relies on, given the leaves.
+
+No I/O here: `verify.py` fetches and checks signatures and proofs, then hands the
+leaves to `audit_log`, which replays the log as a state machine (owner keys, policy,
+mode) and reports every rule the history breaks. Each finding names the entry index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from duet.ledger import entries, keys
+from duet.ledger.errors import LedgerError
+from duet.ledger.intent import Intent, parse_intent, verify_signature
+from duet.ledger.policy import Policy, parse_policy
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    simulated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "simulated": self.simulated}
+
+
+@dataclass
+class LogState:
+    """What the log says about the CVM, after replaying it."""
+
+    mode: str = "provisioning"
+    epoch: int = 0
+    deleted: bool = False
+    host_key: str | None = None
+    host_data: str | None = None
+    tee: str | None = None
+    commands: int = 0
+    rejected: int = 0
+    interrupted: int = 0
+    last_in_service_index: int | None = None
+    evidence_indices: list[int] = field(default_factory=list)
+    lockdown_indices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Audit:
+    checks: list[Check]
+    state: LogState
+    decoded: list[dict[str, Any]]
+
+
+def audit_log(leaves: Sequence[bytes], *, controller_id: str, controller_key_b64: str, cvm_id: str) -> Audit:
+    checks: list[Check] = []
+    decoded: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for i, leaf in enumerate(leaves):
+        try:
+            decoded.append(entries.decode(leaf))
+        except LedgerError as exc:
+            bad.append(f"entry {i}: {exc}")
+            decoded.append({"type": "undecodable"})
+    checks.append(
+        Check("entries_wellformed", not bad, "; ".join(bad[:3]) or f"all {len(leaves)} entries are canonical JSON")
+    )
+    state = LogState()
+    checks.append(_check_genesis(decoded, controller_id, controller_key_b64, cvm_id, state))
+    if not checks[-1].ok:
+        return Audit(checks, state, decoded)
+    checks.extend(_replay(decoded, controller_id, cvm_id, state))
+    return Audit(checks, state, decoded)
+
+
+def _check_genesis(d: list[dict[str, Any]], cid: str, ckey: str, cvm_id: str, state: LogState) -> Check:
+    if not d or d[0].get("type") != "genesis":
+        return Check("genesis", False, "the log does not start with a genesis entry")
+    g = d[0]
+    problems = []
+    if g.get("controller_id") != cid:
+        problems.append("names another controller id")
+    if g.get("controller_key") != ckey:
+        problems.append("names another controller key than the attested one")
+    if g.get("cvm_id") != cvm_id:
+        problems.append(f"is for CVM {g.get('cvm_id')!r}, not {cvm_id!r}")
+    if g.get("origin") != f"duet/{cid}/{cvm_id}":
+        problems.append("has the wrong checkpoint origin")
+    state.host_data = g.get("host_data")
+    state.tee = g.get("tee")
+    if problems:
+        return Check("genesis", False, "genesis " + ", ".join(problems))
+    return Check("genesis", True, f"genesis names this controller and CVM (tee {g.get('tee')}, provider {g.get('provider')})")
+
+
+def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> list[Check]:
+    g = d[0]
+    owner_keys = _keyset(g.get("owner_keys", []))
+    try:
+        policy: Policy = parse_policy(str(g.get("policy", "")))
+    except LedgerError as exc:
+        return [Check("policy", False, f"the genesis policy does not parse: {exc}")]
+    intent_problems: list[str] = []
+    cmd_problems: list[str] = []
+    mode_problems: list[str] = []
+    seen_nonces: set[str] = set()
+    intents: dict[int, Intent] = {}
+    open_commands: dict[int, dict[str, Any]] = {}
+
+    def check_jws(i: int, jws: Any) -> Intent | None:
+        try:
+            it = parse_intent(str(jws))
+            verify_signature(it, owner_keys)
+        except LedgerError as exc:
+            intent_problems.append(f"entry {i}: {exc}")
+            return None
+        if it.payload["aud"] != cid:
+            intent_problems.append(f"entry {i}: intent addressed to another controller")
+        if it.cvm is not None and it.cvm != cvm_id:
+            intent_problems.append(f"entry {i}: intent is for CVM {it.cvm}, logged in {cvm_id}")
+        if it.nonce in seen_nonces:
+            intent_problems.append(f"entry {i}: intent nonce reused (replay)")
+        seen_nonces.add(it.nonce)
+        return it
+
+    for i, e in enumerate(d[1:], start=1):
+        t = e.get("type")
+        if state.deleted:
+            mode_problems.append(f"entry {i}: {t} after the CVM was deleted")
+        if t == "intent":
+            it = check_jws(i, e.get("jws"))
+            if it is not None:
+                intents[i] = it
+                if i == 1 and it.op != "cvm.create":
+                    intent_problems.append("entry 1 is not the cvm.create intent")
+        elif t == "rejected":
+            state.rejected += 1
+            if e.get("jws") is not None:
+                check_jws(i, e.get("jws"))
+        elif t == "owner_keys":
+            prev = intents.get(i - 1)
+            if prev is None or prev.op != "owner.keys" or sorted(prev.args.get("keys", [])) != sorted(e.get("keys", [])):
+                intent_problems.append(f"entry {i}: owner key change not authorised by the preceding intent")
+            else:
+                owner_keys = _keyset(e.get("keys", []))
+        elif t == "policy":
+            prev = intents.get(i - 1)
+            if prev is None or prev.op != "policy.set" or prev.args.get("policy") != e.get("policy"):
+                intent_problems.append(f"entry {i}: policy change not authorised by the preceding intent")
+            if state.mode != "in-update":
+                mode_problems.append(f"entry {i}: policy changed while {state.mode}")
+            try:
+                policy = parse_policy(str(e.get("policy", "")))
+            except LedgerError as exc:
+                mode_problems.append(f"entry {i}: policy does not parse: {exc}")
+        elif t == "provisioned":
+            state.host_key = e.get("host_key")
+        elif t == "lockdown":
+            state.lockdown_indices.append(i)
+        elif t == "evidence":
+            state.evidence_indices.append(i)
+        elif t == "mode":
+            new = e.get("mode")
+            if e.get("previous") != state.mode:
+                mode_problems.append(f"entry {i}: mode entry says previous {e.get('previous')}, log says {state.mode}")
+            if state.mode != "provisioning":
+                it = _nearest_intent(intents, i)
+                if it is None or it.op != "cvm.mode" or it.args.get("mode") != new:
+                    intent_problems.append(f"entry {i}: mode change to {new} without an owner intent")
+            if new == "in-service":
+                state.epoch += 1
+                state.last_in_service_index = i
+            state.mode = str(new)
+        elif t == "command":
+            state.commands += 1
+            open_commands[i] = e
+            _check_command(i, e, intents, state, policy, cmd_problems, mode_problems)
+        elif t in ("result", "interrupted"):
+            ci = e.get("command_index")
+            if not isinstance(ci, int) or ci not in open_commands:
+                cmd_problems.append(f"entry {i}: {t} for index {ci}, which is not an open command")
+            else:
+                del open_commands[ci]
+            if t == "interrupted":
+                state.interrupted += 1
+        elif t == "deleted":
+            state.deleted = True
+            state.mode = "deleted"
+    for ci in sorted(open_commands):
+        cmd_problems.append(f"entry {ci}: command has no result (still running, or lost)")
+    return [
+        Check("intents", not intent_problems, "; ".join(intent_problems[:5])
+              or f"{len(intents)} owner intents, each signed by an owner key in force"),
+        Check("commands_closed", not cmd_problems, "; ".join(cmd_problems[:5])
+              or f"{state.commands} commands, each authorised and with a result or interrupted entry"),
+        Check("mode_discipline", not mode_problems, "; ".join(mode_problems[:5])
+              or "nothing ran that the mode and policy in force forbade"),
+    ]
+
+
+def _check_command(
+    i: int, e: dict[str, Any], intents: dict[int, Intent], state: LogState, policy: Policy,
+    cmd_problems: list[str], mode_problems: list[str],
+) -> None:
+    action = e.get("action")
+    ii = e.get("intent_index")
+    it = intents.get(ii) if isinstance(ii, int) and ii < i else None
+    if it is None:
+        cmd_problems.append(f"entry {i}: command does not point to an owner intent")
+        return
+    if action is None:
+        if it.op != "cvm.run" or it.args.get("command") != e.get("command"):
+            cmd_problems.append(f"entry {i}: command differs from what the owner's intent asked")
+        if not policy.command_allowed(state.mode, str(e.get("command"))):
+            mode_problems.append(f"entry {i}: command ran while {state.mode}, which the policy forbids")
+        return
+    act = policy.actions.get(str(action))
+    if act is None:
+        mode_problems.append(f"entry {i}: action {action!r} is not in the policy in force")
+        return
+    if act.run is not None and act.run != e.get("command"):
+        cmd_problems.append(f"entry {i}: action {action!r} ran {e.get('command')!r}, the policy says {act.run!r}")
+    if it.op == "cvm.action":
+        if it.args.get("name") != action:
+            cmd_problems.append(f"entry {i}: action differs from what the owner's intent asked")
+        if not policy.action_allowed(state.mode, str(action)):
+            mode_problems.append(f"entry {i}: action {action!r} ran while {state.mode}, which the policy forbids")
+    elif it.op == "cvm.mode":
+        target = str(it.args.get("mode"))
+        if action not in policy.on_enter.get(target, ()):
+            cmd_problems.append(f"entry {i}: action {action!r} is not an on-enter action of {target}")
+    else:
+        cmd_problems.append(f"entry {i}: action ran under a {it.op} intent")
+
+
+def _nearest_intent(intents: dict[int, Intent], i: int) -> Intent | None:
+    before = [k for k in intents if k < i]
+    return intents[max(before)] if before else None
+
+
+def _keyset(b64s: Any) -> dict[str, Any]:
+    out = {}
+    for b in b64s if isinstance(b64s, list) else []:
+        try:
+            pub = keys.public_from_b64(str(b))
+        except LedgerError:
+            continue
+        out[keys.key_id(pub)] = pub
+    return out
+

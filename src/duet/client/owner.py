@@ -1,0 +1,62 @@
+"""The service owner's SDK: every operation is a signed intent (DESIGN.md invariant 4)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from duet.client.http import DEFAULT_URL, Http
+from duet.ledger.intent import sign_intent
+
+
+class OwnerClient:
+    def __init__(self, key: Ed25519PrivateKey, url: str = DEFAULT_URL, *, http: Http | None = None) -> None:
+        self.key = key
+        self.http = http or Http(url)
+        self._aud: str | None = None
+
+    @property
+    def controller_id(self) -> str:
+        if self._aud is None:
+            self._aud = str(self.http.get_json("/v1/controller")["controller_id"])
+        return self._aud
+
+    def sign(self, op: str, args: dict[str, Any], cvm: str | None = None) -> str:
+        return sign_intent(self.key, op=op, aud=self.controller_id, args=args, cvm=cvm, iat=int(time.time()))
+
+    def submit(self, op: str, args: dict[str, Any], cvm: str | None = None) -> Any:
+        return self.http.post_json("/v1/intents", {"jws": self.sign(op, args, cvm)})
+
+    def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
+               spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"provider": provider}
+        if name:
+            args["name"] = name
+        if tee:
+            args["tee"] = tee
+        if spec:
+            args["spec"] = spec
+        return dict(self.submit("cvm.create", args)["cvm"])
+
+    def run(self, cvm: str, command: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"command": command}
+        if timeout_s is not None:
+            args["timeout_s"] = timeout_s
+        return dict(self.submit("cvm.run", args, cvm))
+
+    def mode(self, cvm: str, mode: str) -> dict[str, Any]:
+        return dict(self.submit("cvm.mode", {"mode": mode}, cvm)["cvm"])
+
+    def action(self, cvm: str, name: str) -> dict[str, Any]:
+        return dict(self.submit("cvm.action", {"name": name}, cvm))
+
+    def delete(self, cvm: str) -> dict[str, Any]:
+        return dict(self.submit("cvm.delete", {}, cvm)["cvm"])
+
+    def set_policy(self, cvm: str, policy: str) -> dict[str, Any]:
+        return dict(self.submit("policy.set", {"policy": policy}, cvm)["cvm"])
+
+    def set_owner_keys(self, keys_b64: list[str]) -> dict[str, Any]:
+        return dict(self.submit("owner.keys", {"keys": keys_b64}))

@@ -1,0 +1,254 @@
+"""`duet verify`: a service user's check of the controller and one CVM's history.
+
+Order matters: the controller's key is trusted only after its quote verifies and binds
+that key to a fresh nonce; the checkpoint is checked with *that* key (never with a
+verifier string the server hands out); the entries must hash to the checkpoint's root;
+and the checkpoint must extend the one this user saw last (RFC 9162 consistency), so a
+rolled-back or forked log fails. Nothing passes by default: an empty report fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from duet.attestation.errors import AttestationError
+from duet.client.audit import Audit, Check, LogState, audit_log
+from duet.client.http import ClientError, Http
+from duet.ledger import keys, merkle
+from duet.ledger.checkpoint import Checkpoint, open_checkpoint
+from duet.ledger.errors import LedgerError
+from duet.ledger.note import Verifier
+
+QUOTE_DOMAIN = b"duet-controller-v1"
+PAGE = 1000
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("DUET_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "duet"
+
+
+@dataclass
+class Report:
+    cvm: str
+    checks: list[Check] = field(default_factory=list)
+    state: LogState | None = None
+    controller: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        # An empty report is a failure, never a pass.
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def simulated(self) -> bool:
+        return any(c.simulated for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str, *, simulated: bool = False) -> bool:
+        self.checks.append(Check(name, ok, detail, simulated))
+        return ok
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "cvm": self.cvm,
+            "ok": self.ok,
+            "simulated": self.simulated,
+            "controller": self.controller,
+            "checkpoint": self.checkpoint,
+            "state": None if s is None else {
+                "mode": s.mode, "epoch": s.epoch, "commands": s.commands, "rejected": s.rejected,
+                "interrupted": s.interrupted, "host_key": s.host_key,
+            },
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+class CheckpointMemory:
+    """The last checkpoint this user verified, per log origin: the anchor for detecting
+    rollback and forks on the next run."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "checkpoints.json"
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            # A damaged memory is not silently reset: that would forget the anchor.
+            raise ClientError("state_corrupt", f"cannot read remembered checkpoints in {self.path}") from None
+        return data if isinstance(data, dict) else {}
+
+    def get(self, origin: str) -> tuple[int, bytes] | None:
+        entry = self._load().get(origin)
+        if not entry:
+            return None
+        return int(entry["size"]), base64.b64decode(entry["root"])
+
+    def put(self, origin: str, size: int, root: bytes) -> None:
+        data = self._load()
+        data[origin] = {"size": size, "root": base64.b64encode(root).decode()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def verify_controller_quote(
+    quote: dict[str, Any], expected_report_data: bytes, trust_simulated: bool, now: datetime
+) -> tuple[bool, str, dict[str, Any]]:
+    """Verify the controller's SGX quote and its binding; returns (ok, detail, claims)."""
+    from duet.attestation.dcap import verify_sgx_quote
+
+    simulated = bool(quote.get("simulated"))
+    root: bytes | None = None
+    if simulated:
+        if not trust_simulated:
+            return False, ("the controller runs on a SIMULATED TEE (no SGX); pass --trust-simulated "
+                           "to accept its development root (unsafe outside development)"), {}
+        root = base64.b64decode(quote.get("simulated_root_ca", ""))
+    try:
+        raw = base64.b64decode(quote["quote"], validate=True)
+        report = verify_sgx_quote(raw, quote["collateral"], now=now, root_ca_der=root)
+    except (AttestationError, KeyError, ValueError, binascii.Error) as exc:
+        return False, f"quote does not verify: {exc}", {}
+    claims = {
+        "mrenclave": report.mrenclave,
+        "mrsigner": report.mrsigner,
+        "isv_prod_id": report.isv_prod_id,
+        "isv_svn": report.isv_svn,
+        "tcb_status": report.tcb_status,
+        "advisory_ids": list(report.advisory_ids),
+        "debug": report.debug,
+    }
+    if report.report_data != expected_report_data:
+        return False, "quote verifies but its report data does not bind the controller key and our nonce", claims
+    label = "SIMULATED " if simulated else ""
+    return True, (f"{label}SGX quote verifies (TCB {report.tcb_status}); it binds the controller key "
+                  f"and our fresh nonce; MRENCLAVE {report.mrenclave[:16]}…"), claims
+
+
+def fetch_leaves(http: Http, cvm: str, size: int) -> list[bytes]:
+    leaves: list[bytes] = []
+    while len(leaves) < size:
+        page = http.get_json(f"/v1/cvms/{cvm}/entries", start=len(leaves), end=size)["entries"]
+        if not page:
+            raise ClientError("bad_response", f"controller returned no entries at index {len(leaves)}")
+        for item in page:
+            if item["index"] != len(leaves):
+                raise ClientError("bad_response", "controller returned entries out of order")
+            leaves.append(base64.b64decode(item["leaf"], validate=True))
+    return leaves
+
+
+def verify(
+    http: Http,
+    cvm: str,
+    *,
+    trust_simulated: bool = False,
+    state_dir: Path | None = None,
+    now: datetime | None = None,
+    remember: bool = True,
+) -> tuple[Report, Audit | None]:
+    report = Report(cvm)
+    now = now or datetime.now(UTC)
+    memory = CheckpointMemory(state_dir or default_state_dir())
+
+    info = http.get_json("/v1/controller")
+    report.controller = {k: info.get(k) for k in ("controller_id", "tee", "simulated", "version", "measurement")}
+    try:
+        pub_raw = base64.b64decode(info["public_key"], validate=True)
+        controller_key: Ed25519PublicKey = keys.public_from_b64(info["public_key"])
+    except (LedgerError, KeyError, ValueError, binascii.Error):
+        report.add("controller_identity", False, "controller public key is malformed")
+        return report, None
+    cid = keys.key_id(controller_key)
+    if not report.add("controller_identity", cid == info.get("controller_id"),
+                      f"controller id {cid[:16]}… is the hash of its key"
+                      if cid == info.get("controller_id") else "controller id is not the hash of its key"):
+        return report, None
+
+    nonce = secrets.token_bytes(32)
+    quote = http.get_json("/v1/controller/quote", nonce=nonce.hex())
+    expected_rd = hashlib.sha512(QUOTE_DOMAIN + pub_raw + nonce).digest()
+    ok, detail, claims = verify_controller_quote(quote, expected_rd, trust_simulated, now)
+    report.controller.update(claims)
+    if not report.add("controller_quote", ok, detail, simulated=bool(quote.get("simulated"))):
+        return report, None
+
+    origin = f"duet/{cid}/{cvm}"
+    try:
+        note = http.get_text(f"/v1/cvms/{cvm}/checkpoint")
+    except ClientError as exc:
+        if exc.code in ("unknown_cvm", "controller_unreachable"):
+            raise
+        report.add("checkpoint_signature", False, f"the controller serves no checkpoint: [{exc.code}] {exc.message}")
+        return report, None
+    try:
+        cp: Checkpoint = open_checkpoint(note, Verifier(f"duet/{cid}", controller_key), expected_origin=origin)
+    except LedgerError as exc:
+        report.add("checkpoint_signature", False, f"checkpoint is not validly signed by the attested key: {exc}")
+        return report, None
+    report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode()}
+    report.add("checkpoint_signature", True, f"checkpoint (size {cp.size}) is signed by the attested controller key")
+
+    try:
+        leaves = fetch_leaves(http, cvm, cp.size)
+    except ClientError as exc:
+        report.add("log_root", False, f"the controller does not serve the log: [{exc.code}] {exc.message}")
+        return report, None
+    computed = merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
+    if not report.add("log_root", computed == cp.root_hash,
+                      f"the {len(leaves)} entries hash to the checkpoint's root (RFC 9162)"
+                      if computed == cp.root_hash else
+                      "the entries do not hash to the signed root: the log was altered"):
+        return report, None
+
+    _check_consistency(http, cvm, report, memory.get(origin), cp)
+    audit = audit_log(leaves, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
+    report.checks.extend(audit.checks)
+    report.state = audit.state
+    if remember and report.ok:
+        memory.put(origin, cp.size, cp.root_hash)
+    return report, audit
+
+
+def _check_consistency(http: Http, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint) -> None:
+    if old is None:
+        report.add("consistency", True, "first verification of this log: its checkpoint is remembered from now on")
+        return
+    old_size, old_root = old
+    if cp.size < old_size:
+        report.add("consistency", False,
+                   f"log rolled back: we verified size {old_size} before, the controller now serves {cp.size}")
+        return
+    if cp.size == old_size:
+        same = cp.root_hash == old_root
+        report.add("consistency", same, "same checkpoint as last time" if same
+                   else f"fork: same size {cp.size} as last time but a different root")
+        return
+    try:
+        proof = http.get_json(f"/v1/cvms/{cvm}/proofs/consistency", old=old_size, new=cp.size)["hashes"]
+        merkle.verify_consistency(old_size, cp.size, [base64.b64decode(h) for h in proof], old_root, cp.root_hash)
+    except (LedgerError, ClientError, ValueError, KeyError) as exc:
+        report.add("consistency", False,
+                   f"the log does not extend the checkpoint of size {old_size} we verified before: {exc}")
+        return
+    report.add("consistency", True, f"the log extends the checkpoint of size {old_size} we verified before")

@@ -1,0 +1,204 @@
+"""The controller's HTTP API (FastAPI): the user read API and the owner intent endpoint.
+
+Every error body is `{"error": {"code", "message"}}`; codes map to statuses here, in one
+place. A client mistake is always a 4xx; a 500 means a bug or a corrupt store, and its
+body never carries internals.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from duet.controller.errors import DuetError
+from duet.controller.service import Controller
+from duet.cvm.errors import CvmError
+from duet.ledger.errors import LedgerError
+
+log = logging.getLogger("duet.controller.http")
+
+MAX_BODY = 1 << 20
+MAX_PAGE = 1000
+
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_json": 400,
+    "malformed_intent": 400,
+    "invalid_key": 400,
+    "invalid_policy": 400,
+    "unknown_provider": 400,
+    "out_of_range": 400,
+    "bad_signature": 401,
+    "unknown_key": 401,
+    "wrong_audience": 401,
+    "stale_intent": 401,
+    "forbidden": 403,
+    "forbidden_in_mode": 403,
+    "forbidden_by_policy": 403,
+    "invalid_transition": 403,
+    "unknown_cvm": 404,
+    "unknown_log": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "replayed_intent": 409,
+    "cvm_deleted": 409,
+    "cvm_not_ready": 409,
+    "host_key_mismatch": 409,
+    "rollback_detected": 409,
+    "request_too_large": 413,
+    "cvm_unreachable": 502,
+    "provisioning_failed": 502,
+    "command_failed": 502,
+    "log_corrupt": 500,
+}
+
+
+def error_response(code: str, message: str, status: int | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": body}, status_code=status or STATUS.get(code, 400))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    """Read at most MAX_BODY bytes, whatever Content-Length claims (it may be absent)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(controller: Controller) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await controller.startup()
+        yield
+        await controller.shutdown()
+
+    app = FastAPI(
+        title="duet controller",
+        version=controller.info()["version"],
+        description="Owns confidential VMs; every action is in a verifiable log.",
+        lifespan=lifespan,
+    )
+
+    async def _typed_error(_: Request, exc: Exception) -> JSONResponse:
+        code = getattr(exc, "code", "")
+        if code in STATUS:
+            return error_response(code, str(exc), index=getattr(exc, "index", None))
+        log.error("unmapped error code %r: %s", code, exc)
+        return error_response("internal_error", "internal error (see the controller's log)", 500)
+
+    for typed in (DuetError, LedgerError, CvmError):
+        app.add_exception_handler(typed, _typed_error)
+
+    @app.exception_handler(Exception)
+    async def _any_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error_response("internal_error", "internal error (see the controller's log)", 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return error_response("invalid_request", problems or "invalid request", 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return error_response(code, str(exc.detail), exc.status_code)
+
+    @app.get("/v1/controller")
+    async def controller_info() -> dict[str, Any]:
+        return controller.info()
+
+    @app.get("/v1/controller/quote")
+    async def controller_quote(nonce: str = Query(..., description="hex, 1-64 bytes")) -> Any:
+        if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,64}", nonce):
+            return error_response("invalid_request", "nonce must be hex of 1 to 64 bytes")
+        return controller.quote(bytes.fromhex(nonce))
+
+    @app.get("/v1/cvms")
+    async def list_cvms() -> dict[str, Any]:
+        return {"cvms": controller.list_views()}
+
+    @app.get("/v1/cvms/{cvm_id}")
+    async def get_cvm(cvm_id: str) -> dict[str, Any]:
+        return controller.view(controller.record(cvm_id))
+
+    @app.get("/v1/cvms/{cvm_id}/checkpoint", response_class=PlainTextResponse)
+    async def checkpoint(cvm_id: str) -> PlainTextResponse:
+        return PlainTextResponse(controller.checkpoint(cvm_id), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/cvms/{cvm_id}/entries")
+    async def get_entries(cvm_id: str, start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Any:
+        controller.record(cvm_id)
+        size = controller.ledger.tree_head(cvm_id).size
+        stop = size if end is None else end
+        if start > size or stop < start:
+            return error_response("out_of_range", f"range [{start}, {stop}) is outside the log of size {size}")
+        stop = min(stop, size, start + MAX_PAGE)
+        leaves = controller.ledger.leaves(cvm_id, start, stop)
+        return {
+            "tree_size": size,
+            "entries": [
+                {"index": start + i, "leaf": base64.b64encode(leaf).decode()} for i, leaf in enumerate(leaves)
+            ],
+        }
+
+    @app.get("/v1/cvms/{cvm_id}/proofs/inclusion")
+    async def inclusion(cvm_id: str, index: int = Query(..., ge=0), tree_size: int = Query(..., ge=1)) -> Any:
+        controller.record(cvm_id)
+        size = controller.ledger.tree_head(cvm_id).size
+        if tree_size > size or index >= tree_size:
+            return error_response(
+                "out_of_range", f"need index < tree_size <= {size}; got index {index}, tree_size {tree_size}"
+            )
+        hashes = controller.ledger.inclusion_proof(cvm_id, index, tree_size)
+        return {"index": index, "tree_size": tree_size, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+
+    @app.get("/v1/cvms/{cvm_id}/proofs/consistency")
+    async def consistency(cvm_id: str, old: int = Query(..., ge=0), new: int = Query(..., ge=0)) -> Any:
+        controller.record(cvm_id)
+        size = controller.ledger.tree_head(cvm_id).size
+        if not old <= new <= size:
+            return error_response("out_of_range", f"need old <= new <= {size}; got old {old}, new {new}")
+        hashes = controller.ledger.consistency_proof(cvm_id, old, new)
+        return {"old": old, "new": new, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+
+    @app.post("/v1/intents")
+    async def post_intent(request: Request) -> Any:
+        try:
+            raw = await _read_body(request)
+        except _TooLarge:
+            return error_response("request_too_large", f"request body is larger than {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return error_response("invalid_json", "request body is not JSON")
+        if not isinstance(body, dict) or set(body) != {"jws"} or not isinstance(body["jws"], str):
+            return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>"}')
+        status, result = await controller.submit(body["jws"])
+        return JSONResponse(result, status_code=status)
+
+    return app

@@ -1,0 +1,629 @@
+"""The Controller service: CVM lifecycle, modes, commands and policy, all logged.
+
+Log discipline (DESIGN.md invariants 1, 4, 5):
+- an authenticated intent is written to the CVM's log (with what it causes) *before* the
+  controller acts on it: the `intent` and `command` entries are durably committed in one
+  transaction before the command goes out over SSH, the `result` after;
+- a valid intent that the mode or policy forbids is logged as `rejected` and answered 403;
+- an intent that fails authentication changes nothing (it never reaches this class's logs).
+
+Commands on one CVM are serialised by a per-CVM lock; different CVMs run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from duet.controller import errors
+from duet.controller.evidence import EvidenceCollector
+from duet.controller.state import CvmRecord, StateStore
+from duet.cvm.errors import CvmError, HostKeyMismatch
+from duet.cvm.provider import Provider
+from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key
+from duet.cvm.ssh import import_private, public_line
+from duet.ledger import entries, keys
+from duet.ledger.checkpoint import Checkpoint, sign_checkpoint
+from duet.ledger.intent import IAT_WINDOW_S, Intent, check_claims, parse_intent, verify_signature
+from duet.ledger.note import Signer, verifier_key_string
+from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
+from duet.ledger.store import LedgerStore
+from duet.tee.base import TeeBackend, controller_report_data
+
+log = logging.getLogger("duet.controller")
+
+VERSION = "0.1.0"
+DEFAULT_OUTPUT_CAP = 1 << 20
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    cvm: str
+    command_index: int
+    result_index: int
+    action: str | None
+    result: RunResult | None
+    interrupted: str | None
+    tree_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cvm": self.cvm,
+            "command_index": self.command_index,
+            "result_index": self.result_index,
+            "action": self.action,
+            "tree_size": self.tree_size,
+            "interrupted": self.interrupted,
+        }
+        r = self.result
+        if r is not None:
+            out.update(
+                exit_status=r.exit_status,
+                signal=r.signal,
+                timed_out=r.timed_out,
+                duration_ms=round(r.duration_ms, 3),
+                stdout=base64.b64encode(r.stdout).decode(),
+                stderr=base64.b64encode(r.stderr).decode(),
+                stdout_bytes=r.stdout_bytes,
+                stderr_bytes=r.stderr_bytes,
+                stdout_sha256=r.stdout_sha256,
+                stderr_sha256=r.stderr_sha256,
+                stdout_truncated=r.stdout_truncated,
+                stderr_truncated=r.stderr_truncated,
+            )
+        return out
+
+
+def _stream_fields(name: str, data: bytes, total: int, digest: str, truncated: bool) -> dict[str, Any]:
+    """UTF-8 when the captured bytes are valid UTF-8 (readable logs), else base64."""
+    try:
+        text, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(data).decode("ascii"), "base64"
+    return {
+        name: text,
+        f"{name}_encoding": encoding,
+        f"{name}_bytes": total,
+        f"{name}_sha256": digest,
+        f"{name}_truncated": truncated,
+    }
+
+
+def result_entry(command_index: int, r: RunResult) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": "result",
+        "command_index": command_index,
+        "exit_status": r.exit_status,
+        "signal": r.signal,
+        "timed_out": r.timed_out,
+        "duration_ms": round(r.duration_ms, 3),
+    }
+    entry.update(_stream_fields("stdout", r.stdout, r.stdout_bytes, r.stdout_sha256, r.stdout_truncated))
+    entry.update(_stream_fields("stderr", r.stderr, r.stderr_bytes, r.stderr_sha256, r.stderr_truncated))
+    return entry
+
+
+class Controller:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        tee: TeeBackend,
+        key: Ed25519PrivateKey,
+        state: StateStore,
+        ledger: LedgerStore,
+        providers: Mapping[str, Provider],
+        default_policy: str = DEFAULT_POLICY,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+        evidence: EvidenceCollector | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.tee = tee
+        self.key = key
+        self.public_key = key.public_key()
+        self.controller_id = keys.key_id(self.public_key)
+        self.note_name = f"duet/{self.controller_id}"
+        self.signer = Signer(self.note_name, key)
+        self.state = state
+        self.ledger = ledger
+        self.providers = dict(providers)
+        self.default_policy = default_policy
+        self.output_cap = output_cap
+        self.evidence = evidence
+        self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._conns: dict[str, CvmConnection] = {}
+
+    # ---------------------------------------------------------------- identity / read side
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "controller_id": self.controller_id,
+            "public_key": keys.public_b64(self.public_key),
+            "note_verifier_key": verifier_key_string(self.note_name, self.public_key),
+            "origin_prefix": f"duet/{self.controller_id}/",
+            "tee": self.tee.kind,
+            "simulated": self.tee.simulated,
+            "measurement": self.tee.measurement(),
+            "version": VERSION,
+            "owner_keys": sorted(self.state.owner_keys().values()),
+        }
+
+    def quote(self, nonce: bytes) -> dict[str, Any]:
+        raw_pub = keys.raw_public(self.public_key)
+        report_data = controller_report_data(raw_pub, nonce)
+        q = self.tee.quote(report_data)
+        out: dict[str, Any] = {
+            "tee": self.tee.kind,
+            "simulated": self.tee.simulated,
+            "quote": base64.b64encode(q.quote).decode(),
+            "collateral": q.collateral,
+            "nonce": nonce.hex(),
+            "public_key": base64.b64encode(raw_pub).decode(),
+            "report_data": report_data.hex(),
+        }
+        if q.simulated_root_ca is not None:
+            out["simulated_root_ca"] = base64.b64encode(q.simulated_root_ca).decode()
+        return out
+
+    def origin(self, cvm_id: str) -> str:
+        return f"duet/{self.controller_id}/{cvm_id}"
+
+    def record(self, cvm_id: str) -> CvmRecord:
+        rec = self._records.get(cvm_id)
+        if rec is None:
+            raise errors.UnknownCvm(f"no CVM with id {cvm_id!r}")
+        return rec
+
+    def view(self, rec: CvmRecord) -> dict[str, Any]:
+        head = self.ledger.tree_head(rec.id)
+        return {
+            "id": rec.id,
+            "name": rec.name,
+            "provider": rec.provider,
+            "tee": rec.tee,
+            "status": rec.status,
+            "mode": rec.mode,
+            "epoch": rec.epoch,
+            "created_at": rec.created_at,
+            "origin": self.origin(rec.id),
+            "host": rec.host,
+            "port": rec.port,
+            "user": rec.user,
+            "instance_id": rec.instance_id,
+            "host_key": rec.host_key,
+            "host_data": rec.host_data,
+            "policy_sha256": hashlib.sha256(rec.policy.encode()).hexdigest(),
+            "reason": rec.reason,
+            "tree_size": head.size,
+            "root_hash": base64.b64encode(head.root_hash).decode(),
+        }
+
+    def list_views(self) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self._records.values()]
+
+    def checkpoint(self, cvm_id: str) -> str:
+        self.record(cvm_id)
+        head = self.ledger.tree_head(cvm_id)
+        cp = Checkpoint(origin=self.origin(cvm_id), size=head.size, root_hash=head.root_hash)
+        return sign_checkpoint(cp, self.signer)
+
+    # ---------------------------------------------------------------- start-up / recovery
+
+    async def startup(self) -> None:
+        """Close what a crash left open, then bring local CVMs' servers back.
+
+        Commands on a CVM are serialised, so a command cut short by a crash is always the
+        last entry of its log: recovery is O(1) per log, not a scan.
+        """
+        for rec in list(self._records.values()):
+            if rec.mode == "deleted":
+                continue
+            size = self.ledger.tree_head(rec.id).size
+            last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
+            if last is not None and last["type"] == "command":
+                self._append(
+                    rec,
+                    [{
+                        "type": "interrupted",
+                        "command_index": size - 1,
+                        "reason": "controller restarted while the command was running",
+                    }],
+                )
+                log.warning("cvm %s: closed interrupted command at index %d", rec.id, size - 1)
+            if rec.status == "provisioning":
+                self._fail(rec, "provisioning_interrupted", "controller restarted during provisioning")
+                continue
+            if rec.status == "ready":
+                try:
+                    await self._provider(rec.provider).ensure_running(rec.id)
+                except CvmError as exc:
+                    log.warning("cvm %s: could not restart: %s", rec.id, exc)
+
+    async def shutdown(self) -> None:
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
+
+    # ---------------------------------------------------------------- intents
+
+    def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
+        """Every check that needs no CVM state. Failing here changes nothing but the
+        nonce table (and only for an intent that passed every other check)."""
+        intent = parse_intent(jws)
+        owner_keys = {kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()}
+        verify_signature(intent, owner_keys)
+        check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
+        if not self.state.claim_nonce(intent.nonce, intent.iat, keep_s=4 * IAT_WINDOW_S):
+            raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
+        return intent
+
+    async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
+        intent = self.authenticate(jws)
+        op = intent.op
+        if op == "cvm.create":
+            return 201, {"cvm": await self.create(intent)}
+        if op == "owner.keys":
+            return 200, await self.set_owner_keys(intent)
+        assert intent.cvm is not None
+        rec = self.record(intent.cvm)
+        async with self._lock(rec.id):
+            if rec.mode == "deleted":
+                raise errors.CvmDeleted(f"CVM {rec.id} was deleted; its log is closed")
+            if op == "cvm.run":
+                return 200, (await self.run(rec, intent)).to_json()
+            if op == "cvm.action":
+                return 200, (await self.action(rec, intent)).to_json()
+            if op == "cvm.mode":
+                return 200, {"cvm": await self.set_mode(rec, intent)}
+            if op == "cvm.delete":
+                return 200, {"cvm": await self.delete(rec, intent)}
+            if op == "policy.set":
+                return 200, {"cvm": await self.set_policy(rec, intent)}
+        raise errors.InvalidRequest(f"unsupported op {op}")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _lock(self, cvm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(cvm_id, asyncio.Lock())
+
+    def _provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise errors.UnknownProvider(
+                f"provider {name!r} is not enabled here; enabled: {', '.join(sorted(self.providers))}"
+            )
+        return provider
+
+    def _append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
+        """Durably append entries (one transaction); return the index of the first."""
+        now = entries.now_rfc3339()
+        leaves = [entries.encode({"v": 1, "time": now, **item}) for item in items]
+        head = self.ledger.append(rec.id, leaves)
+        return head.size - len(leaves)
+
+    def _intent_entry(self, intent: Intent) -> dict[str, Any]:
+        return {"type": "intent", "jws": intent.jws, "op": intent.op, "kid": intent.kid}
+
+    def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
+        index = self._append(
+            rec,
+            [{"type": "rejected", "jws": intent.jws, "op": intent.op, "reason": exc.message, "code": exc.code}],
+        )
+        exc.index = index
+        return exc
+
+    def _save(self, rec: CvmRecord) -> None:
+        self.state.put_cvm(rec)
+
+    def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
+        self._append(rec, [{"type": "error", "code": code, "message": message}])
+        rec.status, rec.reason = "failed", message
+        self._save(rec)
+
+    def _require_ready(self, rec: CvmRecord) -> None:
+        if rec.status != "ready":
+            raise errors.CvmNotReady(
+                f"CVM {rec.id} is {rec.status}" + (f": {rec.reason}" if rec.reason else "")
+            )
+
+    async def _connection(self, rec: CvmRecord) -> CvmConnection:
+        conn = self._conns.get(rec.id)
+        if conn is None:
+            assert rec.host and rec.port and rec.user
+            conn = CvmConnection(
+                host=rec.host,
+                port=rec.port,
+                user=rec.user,
+                client_key=import_private(self.state.client_key(rec.id)),
+                pinned_host_key=rec.host_key,
+            )
+            self._conns[rec.id] = conn
+        if conn.host_key is None:
+            await self._guarded_connect(rec, conn)
+        return conn
+
+    async def _guarded_connect(self, rec: CvmRecord, conn: CvmConnection) -> str:
+        try:
+            return await conn.connect()
+        except HostKeyMismatch as exc:
+            self._quarantine(rec, exc)
+            raise
+
+    def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
+        """A changed host key means we may be talking to an impostor: stop everything."""
+        self._append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
+        rec.status, rec.reason = "quarantined", str(exc)
+        self._save(rec)
+        conn = self._conns.pop(rec.id, None)
+        if conn is not None:
+            asyncio.ensure_future(conn.close())
+
+    def _policy(self, rec: CvmRecord) -> Policy:
+        return parse_policy(rec.policy)
+
+    # ---------------------------------------------------------------- operations
+
+    async def create(self, intent: Intent) -> dict[str, Any]:
+        args = intent.args
+        provider_name = args["provider"]
+        provider = self._provider(provider_name)
+        tee = args.get("tee", "simulated-snp" if provider_name == "local" else "snp")
+        cvm_id = secrets.token_hex(8)
+        host_data = secrets.token_bytes(32)
+        spec = dict(args.get("spec", {}))
+        policy = parse_policy(self.default_policy)
+        rec = CvmRecord(
+            id=cvm_id,
+            name=args.get("name", cvm_id),
+            provider=provider_name,
+            tee=tee,
+            created_at=entries.now_rfc3339(),
+            policy=policy.text,
+            spec=spec,
+            host_data=host_data.hex(),
+        )
+        client_key = generate_client_key()
+        self.ledger.create_log(cvm_id)
+        self.state.put_cvm(rec, export_private(client_key))
+        self._records[cvm_id] = rec
+        async with self._lock(cvm_id):
+            self._append(
+                rec,
+                [
+                    {
+                        "type": "genesis",
+                        "cvm_id": cvm_id,
+                        "origin": self.origin(cvm_id),
+                        "controller_id": self.controller_id,
+                        "controller_key": keys.public_b64(self.public_key),
+                        "owner_keys": sorted(self.state.owner_keys().values()),
+                        "policy": policy.text,
+                        "policy_sha256": policy.sha256,
+                        "tee": tee,
+                        "provider": provider_name,
+                        "spec": spec,
+                        "host_data": host_data.hex(),
+                    },
+                    self._intent_entry(intent),
+                ],
+            )
+            await self._provision(rec, provider, client_key, host_data)
+        return self.view(rec)
+
+    async def _provision(
+        self, rec: CvmRecord, provider: Provider, client_key: Any, host_data: bytes
+    ) -> None:
+        try:
+            prov = await provider.create(
+                rec.id,
+                authorized_key=public_line(client_key),
+                spec={**rec.spec, "host_data": host_data.hex()},
+            )
+            rec.host, rec.port, rec.user, rec.instance_id = prov.host, prov.port, prov.user, prov.instance_id
+            conn = CvmConnection(
+                host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
+            )
+            host_key = await conn.connect()
+            self._conns[rec.id] = conn
+            rec.host_key = host_key
+            self._append(
+                rec,
+                [{
+                    "type": "provisioned",
+                    "instance_id": prov.instance_id,
+                    "host": prov.host,
+                    "port": prov.port,
+                    "user": prov.user,
+                    "host_key": host_key,
+                    "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest(),
+                    "client_key": public_line(client_key),
+                    "launch": dict(prov.launch),
+                }],
+            )
+            if self.evidence is not None:
+                await self.evidence.after_provisioning(self, rec, conn)
+        except (CvmError, errors.DuetError) as exc:
+            code = getattr(exc, "code", "provisioning_failed")
+            self._fail(rec, code, f"provisioning failed: {exc}")
+            conn_ = self._conns.pop(rec.id, None)
+            if conn_ is not None:
+                await conn_.close()
+            raise errors.CvmNotReady(f"CVM {rec.id} could not be provisioned: {exc}") from None
+        rec.status, rec.mode = "ready", "in-update"
+        self._append(rec, [{"type": "mode", "mode": "in-update", "previous": "provisioning"}])
+        self._save(rec)
+
+    async def run(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
+        command = intent.args["command"]
+        if rec.mode != "in-update":
+            raise self._reject(
+                rec, intent, errors.ModeForbids(f"commands are not allowed while the CVM is {rec.mode}")
+            )
+        if not self._policy(rec).command_allowed(rec.mode, command):
+            raise self._reject(
+                rec, intent, errors.PolicyForbids("the policy does not allow this command in-update")
+            )
+        self._require_ready(rec)
+        timeout = float(intent.args.get("timeout_s", 600))
+        return await self._execute(rec, intent, command, timeout=timeout, action=None)
+
+    async def _execute(
+        self,
+        rec: CvmRecord,
+        intent: Intent | None,
+        command: str,
+        *,
+        timeout: float,
+        action: str | None,
+        intent_index: int | None = None,
+    ) -> CommandOutcome:
+        conn = await self._connection(rec)
+        items: list[dict[str, Any]] = []
+        if intent is not None:
+            # The log is locked for this CVM, so the next index is known before appending.
+            intent_index = self.ledger.tree_head(rec.id).size
+            items.append(self._intent_entry(intent))
+        cmd_entry: dict[str, Any] = {
+            "type": "command",
+            "command": command,
+            "timeout_s": timeout,
+            "intent_index": intent_index,
+        }
+        if action is not None:
+            cmd_entry["action"] = action
+        items.append(cmd_entry)
+        command_index = self._append(rec, items) + len(items) - 1
+        try:
+            result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
+        except CvmError as exc:
+            reason = f"command not completed: {exc}"
+            self._append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
+            if isinstance(exc, HostKeyMismatch):
+                self._quarantine(rec, exc)
+            raise
+        index = self._append(rec, [result_entry(command_index, result)])
+        return CommandOutcome(
+            cvm=rec.id,
+            command_index=command_index,
+            result_index=index,
+            action=action,
+            result=result,
+            interrupted=None,
+            tree_size=index + 1,
+        )
+
+    async def action(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
+        name = intent.args["name"]
+        policy = self._policy(rec)
+        if name not in policy.actions:
+            raise self._reject(rec, intent, errors.PolicyForbids(f"the policy defines no action {name!r}"))
+        if not policy.action_allowed(rec.mode, name):
+            raise self._reject(
+                rec, intent, errors.ModeForbids(f"action {name!r} is not allowed while the CVM is {rec.mode}")
+            )
+        self._require_ready(rec)
+        return await self._run_action(rec, policy.actions[name], intent)
+
+    async def _run_action(
+        self, rec: CvmRecord, action: Action, intent: Intent | None, intent_index: int | None = None
+    ) -> CommandOutcome:
+        if action.builtin is not None:
+            if self.evidence is None:
+                raise errors.CvmNotReady(f"builtin action {action.builtin!r} is not available here")
+            first = self._append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
+            conn = await self._connection(rec)
+            index = await self.evidence.builtin(self, rec, conn, action.builtin, intent_index=first)
+            return CommandOutcome(
+                cvm=rec.id, command_index=index, result_index=index, action=action.name,
+                result=None, interrupted=None, tree_size=index + 1,
+            )
+        assert action.run is not None
+        return await self._execute(
+            rec, intent, action.run, timeout=600.0, action=action.name, intent_index=intent_index
+        )
+
+    async def set_mode(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
+        target = intent.args["mode"]
+        if rec.mode == target:
+            raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is already {target}"))
+        if rec.mode not in ("in-update", "in-service"):
+            raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is {rec.mode}"))
+        self._require_ready(rec)
+        policy = self._policy(rec)
+        intent_index = self._append(rec, [self._intent_entry(intent)])
+        previous = rec.mode
+        if target == "in-service":
+            # Evidence and snapshot first: a CVM that cannot show its state never enters
+            # in-service.
+            if self.evidence is not None:
+                await self.evidence.on_enter_service(self, rec, await self._connection(rec), intent_index)
+            for name in policy.on_enter.get(target, ()):
+                await self._run_action(rec, policy.actions[name], None, intent_index)
+            rec.epoch += 1
+            rec.mode = target
+            self._append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self._save(rec)
+        else:
+            # The epoch ends before anything changes on the CVM.
+            rec.mode = target
+            self._append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self._save(rec)
+            for name in policy.on_enter.get(target, ()):
+                await self._run_action(rec, policy.actions[name], None, intent_index)
+        return self.view(rec)
+
+    async def delete(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
+        self._append(rec, [self._intent_entry(intent)])
+        conn = self._conns.pop(rec.id, None)
+        if conn is not None:
+            await conn.close()
+        await self._provider(rec.provider).delete(rec.id)
+        self._append(rec, [{"type": "deleted", "reason": "deleted by the owner"}])
+        rec.mode, rec.status = "deleted", "deleted"
+        self._save(rec)
+        return self.view(rec)
+
+    async def set_policy(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
+        if rec.mode != "in-update":
+            raise self._reject(
+                rec, intent, errors.ModeForbids(f"the policy can change only in-update, CVM is {rec.mode}")
+            )
+        try:
+            policy = parse_policy(intent.args["policy"])
+        except Exception as exc:
+            raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
+        self._append(
+            rec,
+            [self._intent_entry(intent), {"type": "policy", "policy": policy.text, "policy_sha256": policy.sha256}],
+        )
+        rec.policy = policy.text
+        self._save(rec)
+        return self.view(rec)
+
+    async def set_owner_keys(self, intent: Intent) -> dict[str, Any]:
+        new: dict[str, str] = {}
+        for b64 in intent.args["keys"]:
+            pub: Ed25519PublicKey = keys.public_from_b64(b64)
+            new[keys.key_id(pub)] = keys.public_b64(pub)
+        # Every live log records the change (with the intent that authorised it) before
+        # the new keys take effect, so each log alone tells which keys were in force.
+        for rec in self._records.values():
+            if rec.mode == "deleted":
+                continue
+            async with self._lock(rec.id):
+                self._append(
+                    rec, [self._intent_entry(intent), {"type": "owner_keys", "keys": sorted(new.values())}]
+                )
+        self.state.set_owner_keys(new)
+        return {"owner_keys": sorted(new.values())}

@@ -1,0 +1,153 @@
+"""The controller's durable state: identity, owner keys, CVM records, seen nonces.
+
+Kept in its own SQLite file next to the ledger. Under Gramine the data dir is the
+encrypted mount keyed to MRENCLAVE, so what is stored here (the controller key, each
+CVM's SSH client key) is sealed to the enclave; under the simulated TEE it is a plain
+file and the controller says SIMULATED about everything resting on it.
+
+Like the ledger, this database uses a rollback journal with `locking_mode=EXCLUSIVE`
+(no WAL: Gramine's encrypted files cannot hold WAL's shared-memory index) and
+`synchronous=FULL`, so a nonce recorded before an intent is acted on survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS owner_keys (kid TEXT PRIMARY KEY, public_b64 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, iat INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_iat ON nonces (iat);
+CREATE TABLE IF NOT EXISTS cvms (
+  id TEXT PRIMARY KEY,
+  record TEXT NOT NULL,
+  client_key BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class CvmRecord:
+    """What the controller remembers about one CVM (besides its log)."""
+
+    id: str
+    name: str
+    provider: str
+    tee: str
+    created_at: str
+    status: str = "provisioning"  # provisioning | ready | failed | quarantined | lost | deleted
+    mode: str = "provisioning"  # provisioning | in-update | in-service | deleted
+    policy: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    instance_id: str | None = None
+    host_key: str | None = None
+    host_data: str | None = None
+    reason: str | None = None
+    epoch: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CvmRecord:
+        return cls(**json.loads(text))
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def get_meta(self, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._write("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+    def owner_keys(self) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT kid, public_b64 FROM owner_keys").fetchall()
+        return {kid: pub for kid, pub in rows}
+
+    def set_owner_keys(self, keys: dict[str, str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM owner_keys")
+                self._db.executemany(
+                    "INSERT INTO owner_keys (kid, public_b64) VALUES (?, ?)", keys.items()
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def claim_nonce(self, nonce: str, iat: int, *, keep_s: int) -> bool:
+        """Record a nonce; False if it was seen before. Old nonces are pruned: an intent
+        whose iat is older than the acceptance window is refused anyway, so a nonce only
+        needs remembering for as long as its intent could still be accepted."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "DELETE FROM nonces WHERE iat < ?", (int(time.time()) - keep_s,)
+                )
+                try:
+                    self._db.execute("INSERT INTO nonces (nonce, iat) VALUES (?, ?)", (nonce, iat))
+                except sqlite3.IntegrityError:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def put_cvm(self, record: CvmRecord, client_key: bytes | None = None) -> None:
+        with self._lock:
+            if client_key is None:
+                self._db.execute(
+                    "UPDATE cvms SET record=? WHERE id=?", (record.to_json(), record.id)
+                )
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO cvms (id, record, client_key) VALUES (?, ?, ?)",
+                    (record.id, record.to_json(), client_key),
+                )
+
+    def cvms(self) -> list[CvmRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM cvms ORDER BY rowid").fetchall()
+        return [CvmRecord.from_json(r[0]) for r in rows]
+
+    def client_key(self, cvm_id: str) -> bytes:
+        with self._lock:
+            row = self._db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm_id,)).fetchone()
+        if row is None:
+            raise KeyError(cvm_id)
+        return bytes(row[0])

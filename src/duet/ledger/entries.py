@@ -1,0 +1,693 @@
+"""Log entries: typed records and their RFC 8785 (JCS) canonical JSON encoding.
+
+Each leaf of a CVM's log is the canonical JSON of one entry object
+``{"v": 1, "type": ..., "time": ..., ...}`` (DESIGN.md, "Wire formats"). Third parties
+re-implement this format, so it is checked in both directions:
+
+* :func:`encode` validates the entry's required fields and their JSON types before
+  serialising, so the controller cannot log an entry a verifier would refuse;
+* :func:`decode` accepts only bytes that are *exactly* the canonical form of what they
+  parse to. A log that could hold two encodings of the same entry would let a tampered
+  leaf pass a reader that compares parsed values instead of hashes.
+
+This module checks structure and syntax (types, hex, base64, the time format); it makes
+no trust decision. Whether a hash matches its text, or a key is the expected one, is for
+the verifier. Fields beyond those listed are allowed and kept, so newer controllers can
+add information without breaking older verifiers.
+
+The controller may build plain dicts and call :func:`encode`, or use the frozen
+dataclasses below (``GenesisEntry`` ...); ``encode(record.to_dict())`` and the dict built
+by hand with the same content give the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, cast
+
+import rfc8785
+
+from duet.ledger.errors import EntryError
+
+VERSION = 1
+"""The only entry format version this code reads and writes (the ``v`` field)."""
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RESERVED = ("v", "type", "time")
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with microseconds, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    One fixed width and precision, so that times compare as strings and an entry has
+    a single canonical form.
+    """
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- field checks -------------------------------------------------------------------
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # JSON booleans are not numbers, but Python's bool is an int subclass.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_b64(value: str) -> bytes | None:
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode("ascii") == value else None
+
+
+def _k_str(value: object) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _k_bool(value: object) -> str | None:
+    return None if isinstance(value, bool) else "a boolean"
+
+
+def _k_index(value: object) -> str | None:
+    return None if _is_int(value) and value >= 0 else "a non-negative integer"
+
+
+def _k_int(value: object) -> str | None:
+    return None if _is_int(value) else "an integer"
+
+
+def _k_port(value: object) -> str | None:
+    ok = _is_int(value) and 1 <= value <= 65535
+    return None if ok else "a TCP port (1-65535)"
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    if _is_int(value):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _k_nonneg_number(value: object) -> str | None:
+    return None if _number(value) and value >= 0 else "a non-negative number"
+
+
+def _k_pos_number(value: object) -> str | None:
+    return None if _number(value) and value > 0 else "a positive number"
+
+
+def _k_dict(value: object) -> str | None:
+    return None if isinstance(value, Mapping) else "an object"
+
+
+def _k_hex(value: object) -> str | None:
+    ok = isinstance(value, str) and _HEX.fullmatch(value) is not None
+    return None if ok else "lowercase hex"
+
+
+def _k_sha256(value: object) -> str | None:
+    ok = isinstance(value, str) and _SHA256.fullmatch(value) is not None
+    return None if ok else "64 lowercase hex digits (a SHA-256)"
+
+
+def _k_b64(value: object) -> str | None:
+    ok = isinstance(value, str) and _check_b64(value) is not None
+    return None if ok else "canonical standard base64"
+
+
+def _k_ed25519(value: object) -> str | None:
+    raw = _check_b64(value) if isinstance(value, str) else None
+    return None if raw is not None and len(raw) == 32 else "a base64 raw Ed25519 key (32 bytes)"
+
+
+def _k_key_list(value: object) -> str | None:
+    ok = isinstance(value, list | tuple) and all(_k_ed25519(v) is None for v in value)
+    return None if ok else "a list of base64 raw Ed25519 keys"
+
+
+def _k_encoding(value: object) -> str | None:
+    return None if value in ("utf-8", "base64") else '"utf-8" or "base64"'
+
+
+_CHECK_FIELDS = (("name", _k_str), ("command", _k_str), ("output", _k_str), ("ok", _k_bool))
+
+
+def _k_checks(value: object) -> str | None:
+    want = "a list of {name, command, output: string, ok: boolean} objects"
+    if not isinstance(value, list | tuple):
+        return want
+    for item in value:
+        if not isinstance(item, Mapping):
+            return want
+        for name, check in _CHECK_FIELDS:
+            if name not in item or check(item[name]) is not None:
+                return want
+    return None
+
+
+Check = Callable[[object], "str | None"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One entry field: its JSON name, its check, and whether it may be absent or null."""
+
+    name: str
+    check: Check
+    optional: bool = False
+    nullable: bool = False
+
+
+def _f(name: str, check: Check, *, optional: bool = False, nullable: bool = False) -> FieldSpec:
+    return FieldSpec(name, check, optional, nullable)
+
+
+def _stream_fields(s: str) -> tuple[FieldSpec, ...]:
+    return (
+        _f(s, _k_str),
+        _f(f"{s}_encoding", _k_encoding),
+        _f(f"{s}_bytes", _k_index),
+        _f(f"{s}_sha256", _k_sha256),
+        _f(f"{s}_truncated", _k_bool),
+    )
+
+
+SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
+    "genesis": (
+        _f("cvm_id", _k_str),
+        _f("origin", _k_str),
+        _f("controller_id", _k_sha256),
+        _f("controller_key", _k_ed25519),
+        _f("owner_keys", _k_key_list),
+        _f("policy", _k_str),
+        _f("policy_sha256", _k_sha256),
+        _f("tee", _k_str),
+        _f("provider", _k_str),
+        _f("spec", _k_dict),
+    ),
+    "provisioned": (
+        _f("instance_id", _k_str),
+        _f("host", _k_str),
+        _f("port", _k_port),
+        _f("user", _k_str),
+        _f("host_key", _k_str),
+        _f("host_key_sha256", _k_sha256),
+        _f("launch", _k_dict),
+        _f("request", _k_dict, optional=True),
+    ),
+    "lockdown": (_f("checks", _k_checks), _f("ok", _k_bool)),
+    "evidence": (
+        _f("kind", _k_str),
+        _f("nonce", _k_hex),
+        _f("evidence", _k_b64),
+        _f("binds", _k_dict),
+        _f("report_data", _k_hex, optional=True),
+        _f("collateral", _k_dict, optional=True),
+    ),
+    "intent": (_f("jws", _k_str), _f("op", _k_str), _f("kid", _k_sha256)),
+    "mode": (_f("mode", _k_str), _f("previous", _k_str)),
+    "command": (
+        _f("command", _k_str),
+        _f("intent_index", _k_index, optional=True, nullable=True),
+        _f("action", _k_str, optional=True),
+        _f("timeout_s", _k_pos_number, optional=True),
+    ),
+    "result": (
+        _f("command_index", _k_index),
+        _f("exit_status", _k_int, nullable=True),
+        _f("signal", _k_str, optional=True, nullable=True),
+        _f("duration_ms", _k_nonneg_number),
+        *_stream_fields("stdout"),
+        *_stream_fields("stderr"),
+    ),
+    "rejected": (
+        _f("jws", _k_str, optional=True),
+        _f("op", _k_str),
+        _f("reason", _k_str),
+        _f("code", _k_str),
+    ),
+    "interrupted": (_f("command_index", _k_index), _f("reason", _k_str)),
+    "deleted": (_f("reason", _k_str, optional=True),),
+    "owner_keys": (_f("keys", _k_key_list),),
+    "policy": (_f("policy", _k_str), _f("policy_sha256", _k_sha256)),
+    "error": (_f("code", _k_str), _f("message", _k_str)),
+}
+"""Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
+be JSON null."""
+
+
+def _check_time(value: object) -> None:
+    if not isinstance(value, str) or not _TIME.fullmatch(value):
+        raise EntryError(
+            "field 'time' must be RFC 3339 UTC with microseconds, YYYY-MM-DDTHH:MM:SS.ffffffZ"
+        )
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError as exc:
+        raise EntryError(f"field 'time' is not a valid date and time: {value}") from exc
+
+
+def validate(entry: Mapping[str, object]) -> str:
+    """Check an entry object's version, type, time and typed fields; return its type.
+
+    Raises :class:`EntryError` naming the first field that is missing or ill-typed.
+    """
+    if not isinstance(entry, Mapping):
+        raise EntryError("an entry must be a JSON object")
+    for key in entry:
+        if not isinstance(key, str):
+            raise EntryError(f"entry keys must be strings, got {key!r}")
+    if "v" not in entry:
+        raise EntryError("field 'v' (format version) is required")
+    v = entry["v"]
+    if not _is_int(v) or v != VERSION:
+        raise EntryError(f"unsupported entry version {v!r}; this code reads version {VERSION}")
+    kind = entry.get("type")
+    if not isinstance(kind, str):
+        raise EntryError("field 'type' is required and must be a string")
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise EntryError(f"unknown entry type {kind!r}")
+    if "time" not in entry:
+        raise EntryError(f"field 'time' is required for a {kind} entry")
+    _check_time(entry["time"])
+    for spec in schema:
+        if spec.name not in entry:
+            if spec.optional:
+                continue
+            raise EntryError(f"field {spec.name!r} is required for a {kind} entry")
+        value = entry[spec.name]
+        if value is None:
+            if spec.nullable:
+                continue
+            raise EntryError(f"field {spec.name!r} of a {kind} entry must not be null")
+        problem = spec.check(value)
+        if problem is not None:
+            null = " or null" if spec.nullable else ""
+            raise EntryError(f"field {spec.name!r} of a {kind} entry must be {problem}{null}")
+    if kind == "result":
+        for stream in ("stdout", "stderr"):
+            if entry[f"{stream}_encoding"] == "base64" and _k_b64(entry[stream]) is not None:
+                raise EntryError(f"field {stream!r} of a result entry is not canonical base64")
+    return kind
+
+
+def _canonical(entry: Mapping[str, object]) -> bytes:
+    try:
+        return rfc8785.dumps(entry)  # type: ignore[arg-type]
+    except (rfc8785.CanonicalizationError, TypeError, RecursionError) as exc:
+        raise EntryError(f"entry is not representable as canonical JSON: {exc}") from exc
+
+
+def encode(entry: Mapping[str, object]) -> bytes:
+    """Validate ``entry`` and return its RFC 8785 canonical JSON: the leaf to append."""
+    validate(entry)
+    return _canonical(entry)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EntryError(f"duplicate key {key!r} in entry JSON")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> object:
+    raise EntryError(f"{name} is not valid JSON")
+
+
+def decode(leaf: bytes) -> dict[str, object]:
+    """Parse a leaf into its entry object; only canonical, valid entries are accepted."""
+    if not isinstance(leaf, bytes | bytearray | memoryview):
+        raise EntryError("a leaf must be bytes")
+    raw = bytes(leaf)
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except EntryError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EntryError(f"leaf is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise EntryError("a leaf must be a JSON object")
+    if _canonical(obj) != raw:
+        raise EntryError("leaf is not in RFC 8785 canonical form")
+    validate(obj)
+    return obj
+
+
+# --- typed records ------------------------------------------------------------------
+
+
+def _thaw(value: object) -> object:
+    """Tuples (used in records for immutability) back to JSON arrays."""
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _freeze(value: object) -> object:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+_E = TypeVar("_E", bound="Entry")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """Base of the typed entry records.
+
+    ``time`` defaults to now. ``extra`` holds fields this version does not know, so a
+    record read from a newer log re-encodes to the same bytes. ``explicit_nulls`` names
+    optional fields that were present as JSON null (None otherwise means "absent"); it
+    exists for the same reason.
+    """
+
+    TYPE: ClassVar[str] = ""
+
+    time: str = field(default_factory=now_rfc3339)
+    extra: Mapping[str, object] = field(default_factory=dict)
+    explicit_nulls: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.TYPE not in SCHEMAS:
+            raise EntryError("Entry is abstract: use one of the typed records, e.g. CommandEntry")
+        # Refuse to build a record that could not be logged (bad field, non-JSON extra).
+        encode(self.to_dict())
+
+    def _payload(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for spec in SCHEMAS[self.TYPE]:
+            value = getattr(self, spec.name)
+            if value is None and spec.optional and spec.name not in self.explicit_nulls:
+                continue
+            out[spec.name] = _thaw(value)
+        return out
+
+    @classmethod
+    def _kwargs(cls, entry: Mapping[str, object]) -> dict[str, object]:
+        return {spec.name: _freeze(entry.get(spec.name)) for spec in SCHEMAS[cls.TYPE]}
+
+    def to_dict(self) -> dict[str, object]:
+        """The entry object, as :func:`encode` takes it and :func:`decode` returns it."""
+        out: dict[str, object] = {"v": VERSION, "type": self.TYPE, "time": self.time}
+        payload = self._payload()
+        for key, value in self.extra.items():
+            if key in payload or key in _RESERVED:
+                raise EntryError(f"extra field {key!r} clashes with a defined field")
+            out[key] = value
+        out.update(payload)
+        return out
+
+    def encode(self) -> bytes:
+        """The canonical leaf bytes of this entry."""
+        return encode(self.to_dict())
+
+    @classmethod
+    def from_dict(cls: type[_E], entry: Mapping[str, object]) -> _E:
+        """Build the record for ``entry`` (validated first). On a subclass, the entry's
+        type must be that subclass's; on :class:`Entry`, any known type is accepted."""
+        kind = validate(entry)
+        target = RECORD_TYPES[kind]
+        if cls is not Entry and target is not cls:
+            raise EntryError(f"entry has type {kind!r}, expected {cls.TYPE!r}")
+        known = {spec.name for spec in SCHEMAS[kind]}
+        nulls = frozenset(
+            spec.name
+            for spec in SCHEMAS[kind]
+            if spec.optional and spec.name in entry and entry[spec.name] is None
+        )
+        extra = {k: v for k, v in entry.items() if k not in known and k not in _RESERVED}
+        time = entry["time"]
+        assert isinstance(time, str)
+        record = target(time=time, extra=extra, explicit_nulls=nulls, **target._kwargs(entry))
+        return cast(_E, record)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenesisEntry(Entry):
+    """First entry of every log: who controls the CVM, under which policy, on what."""
+
+    TYPE: ClassVar[str] = "genesis"
+    cvm_id: str
+    origin: str
+    controller_id: str
+    controller_key: str
+    owner_keys: tuple[str, ...]
+    policy: str
+    policy_sha256: str
+    tee: str
+    provider: str
+    spec: Mapping[str, object]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProvisionedEntry(Entry):
+    """The CVM exists: where it is, its pinned SSH host key, how it was launched."""
+
+    TYPE: ClassVar[str] = "provisioned"
+    instance_id: str
+    host: str
+    port: int
+    user: str
+    host_key: str
+    host_key_sha256: str
+    launch: Mapping[str, object]
+    request: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LockdownEntry(Entry):
+    """The checks showing every other way into the CVM is closed."""
+
+    TYPE: ClassVar[str] = "lockdown"
+    checks: tuple[Mapping[str, object], ...]
+    ok: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvidenceEntry(Entry):
+    """Raw hardware attestation evidence and what it binds (nonce, host key)."""
+
+    TYPE: ClassVar[str] = "evidence"
+    kind: str
+    nonce: str
+    evidence: str
+    binds: Mapping[str, object]
+    report_data: str | None = None
+    collateral: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntentEntry(Entry):
+    """An owner's signed intent (JWS), verbatim."""
+
+    TYPE: ClassVar[str] = "intent"
+    jws: str
+    op: str
+    kid: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModeEntry(Entry):
+    """A mode change (provisioning, in-update, in-service, deleted)."""
+
+    TYPE: ClassVar[str] = "mode"
+    mode: str
+    previous: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandEntry(Entry):
+    """A command about to run on the CVM, logged before it is sent."""
+
+    TYPE: ClassVar[str] = "command"
+    command: str
+    intent_index: int | None = None
+    action: str | None = None
+    timeout_s: float | None = None
+
+
+StreamEncoding = Literal["utf-8", "base64"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamOutput:
+    """One output stream of a command as logged: the (possibly truncated) content,
+    its encoding, and the length and SHA-256 of the *full* stream."""
+
+    data: str
+    encoding: StreamEncoding
+    total_bytes: int
+    sha256: str
+    truncated: bool
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, limit: int) -> StreamOutput:
+        """Log at most ``limit`` bytes of ``raw``: as UTF-8 text when the kept prefix is
+        valid UTF-8 (a character cut by the limit is dropped), otherwise base64."""
+        if limit < 0:
+            raise EntryError("output limit must be non-negative")
+        shown, truncated = raw[:limit], len(raw) > limit
+        try:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            data, encoding = decoder.decode(shown, final=not truncated), "utf-8"
+        except UnicodeDecodeError:
+            data, encoding = base64.b64encode(shown).decode("ascii"), "base64"
+        return cls(
+            data=data,
+            encoding=encoding,  # type: ignore[arg-type]
+            total_bytes=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            truncated=truncated,
+        )
+
+    def content(self) -> bytes:
+        """The logged bytes (all of them unless ``truncated``)."""
+        if self.encoding == "base64":
+            return base64.b64decode(self.data)
+        return self.data.encode("utf-8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultEntry(Entry):
+    """The outcome of a command: exit status or signal, outputs, duration."""
+
+    TYPE: ClassVar[str] = "result"
+    command_index: int
+    exit_status: int | None
+    duration_ms: float
+    stdout: StreamOutput
+    stderr: StreamOutput
+    signal: str | None = None
+
+    def _payload(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "command_index": self.command_index,
+            "exit_status": self.exit_status,
+            "duration_ms": self.duration_ms,
+        }
+        if self.signal is not None or "signal" in self.explicit_nulls:
+            out["signal"] = self.signal
+        for name in ("stdout", "stderr"):
+            stream: StreamOutput = getattr(self, name)
+            out[name] = stream.data
+            out[f"{name}_encoding"] = stream.encoding
+            out[f"{name}_bytes"] = stream.total_bytes
+            out[f"{name}_sha256"] = stream.sha256
+            out[f"{name}_truncated"] = stream.truncated
+        return out
+
+    @classmethod
+    def _kwargs(cls, entry: Mapping[str, object]) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "command_index": entry["command_index"],
+            "exit_status": entry["exit_status"],
+            "duration_ms": entry["duration_ms"],
+            "signal": entry.get("signal"),
+        }
+        for name in ("stdout", "stderr"):
+            kwargs[name] = StreamOutput(
+                data=entry[name],  # type: ignore[arg-type]
+                encoding=entry[f"{name}_encoding"],  # type: ignore[arg-type]
+                total_bytes=entry[f"{name}_bytes"],  # type: ignore[arg-type]
+                sha256=entry[f"{name}_sha256"],  # type: ignore[arg-type]
+                truncated=entry[f"{name}_truncated"],  # type: ignore[arg-type]
+            )
+        return kwargs
+
+
+@dataclass(frozen=True, kw_only=True)
+class RejectedEntry(Entry):
+    """A refused request (bad intent, wrong mode, policy) and why."""
+
+    TYPE: ClassVar[str] = "rejected"
+    op: str
+    reason: str
+    code: str
+    jws: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterruptedEntry(Entry):
+    """Recovery's note that a logged command has no result (the controller stopped)."""
+
+    TYPE: ClassVar[str] = "interrupted"
+    command_index: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeletedEntry(Entry):
+    """The CVM was deleted; the last entry of its log."""
+
+    TYPE: ClassVar[str] = "deleted"
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OwnerKeysEntry(Entry):
+    """A new set of owner keys."""
+
+    TYPE: ClassVar[str] = "owner_keys"
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyEntry(Entry):
+    """A new policy (YAML text and its SHA-256)."""
+
+    TYPE: ClassVar[str] = "policy"
+    policy: str
+    policy_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorEntry(Entry):
+    """Something went wrong that users must see (e.g. a host key mismatch)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+RECORD_TYPES: dict[str, type[Entry]] = {
+    cls.TYPE: cls
+    for cls in (
+        GenesisEntry,
+        ProvisionedEntry,
+        LockdownEntry,
+        EvidenceEntry,
+        IntentEntry,
+        ModeEntry,
+        CommandEntry,
+        ResultEntry,
+        RejectedEntry,
+        InterruptedEntry,
+        DeletedEntry,
+        OwnerKeysEntry,
+        PolicyEntry,
+        ErrorEntry,
+    )
+}
+"""Entry type name → record class."""
+
+
+def parse(leaf: bytes) -> Entry:
+    """Decode a leaf into its typed record."""
+    return Entry.from_dict(decode(leaf))

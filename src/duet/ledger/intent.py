@@ -1,0 +1,292 @@
+"""Owner intents: JWS compact (RFC 7515) with EdDSA over a canonical JSON payload.
+
+An intent is the owner's proof that they asked for an operation. The controller checks it
+before acting and stores the compact JWS verbatim in the log, so any service user can
+re-check every intent offline with the owner keys from the log (DESIGN.md invariant 4).
+Parsing and signature checks live here, in the pure verification side, because both the
+controller and the user's verifier run exactly the same code. The stateful parts
+(nonce replay, clock window) are the controller's; `check_claims` takes `now` explicitly.
+
+A JWS library is not used: the format is three base64url parts and one Ed25519 check, and
+we must be stricter than general JWS libraries are (canonical payload, no padding, a
+fixed header, exact argument schemas per operation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from duet.ledger.errors import LedgerError
+from duet.ledger.keys import key_id
+
+MAX_JWS_LEN = 256 * 1024
+MAX_COMMAND_LEN = 64 * 1024
+MAX_POLICY_LEN = 64 * 1024
+IAT_WINDOW_S = 120
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MODES = ("in-update", "in-service")
+OPS = ("cvm.create", "cvm.mode", "cvm.run", "cvm.action", "cvm.delete", "owner.keys", "policy.set")
+#: Operations that target an existing CVM and so must name it in `cvm`. Owner keys are
+#: controller-wide (one owner set for all CVMs), so `owner.keys` names no CVM; the change
+#: is appended to every live CVM's log so each log alone shows the keys in force.
+CVM_OPS = frozenset(OPS) - {"cvm.create", "owner.keys"}
+
+
+class IntentError(LedgerError):
+    code = "malformed_intent"
+
+
+class BadSignature(IntentError):
+    code = "bad_signature"
+
+
+class UnknownKey(IntentError):
+    code = "unknown_key"
+
+
+class WrongAudience(IntentError):
+    code = "wrong_audience"
+
+
+class StaleIntent(IntentError):
+    code = "stale_intent"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A parsed (not yet trusted) intent."""
+
+    jws: str
+    kid: str
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def op(self) -> str:
+        return str(self.payload["op"])
+
+    @property
+    def cvm(self) -> str | None:
+        value = self.payload.get("cvm")
+        return None if value is None else str(value)
+
+    @property
+    def args(self) -> dict[str, Any]:
+        args = self.payload["args"]
+        assert isinstance(args, dict)
+        return args
+
+    @property
+    def nonce(self) -> str:
+        return str(self.payload["nonce"])
+
+    @property
+    def iat(self) -> int:
+        return int(self.payload["iat"])
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(part: str, what: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
+        raise IntentError(f"JWS {what} is not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise IntentError(f"JWS {what} is not valid base64url") from None
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def sign_intent(
+    key: Ed25519PrivateKey,
+    *,
+    op: str,
+    aud: str,
+    args: Mapping[str, Any],
+    cvm: str | None = None,
+    iat: int,
+    nonce: str | None = None,
+) -> str:
+    """Make a compact JWS; the caller supplies `iat` so tests can forge stale intents."""
+    payload: dict[str, Any] = {
+        "v": 1,
+        "op": op,
+        "aud": aud,
+        "args": dict(args),
+        "nonce": nonce or new_nonce(),
+        "iat": iat,
+    }
+    if cvm is not None:
+        payload["cvm"] = cvm
+    header = {"alg": "EdDSA", "kid": key_id(key.public_key()), "typ": "duet-intent+jws"}
+    signing_input = (
+        _b64url(rfc8785.dumps(header)) + "." + _b64url(rfc8785.dumps(payload))
+    ).encode("ascii")
+    return signing_input.decode("ascii") + "." + _b64url(key.sign(signing_input))
+
+
+def parse_intent(jws: str) -> Intent:
+    """Split and decode a compact JWS and check the payload's shape (no trust decision)."""
+    if not isinstance(jws, str) or len(jws) > MAX_JWS_LEN:
+        raise IntentError("intent must be a compact JWS string of at most 256 KiB")
+    parts = jws.split(".")
+    if len(parts) != 3:
+        raise IntentError("intent is not a compact JWS (expected three dot-separated parts)")
+    header_raw = _unb64url(parts[0], "header")
+    payload_raw = _unb64url(parts[1], "payload")
+    signature = _unb64url(parts[2], "signature")
+    header = _json_object(header_raw, "header")
+    if header.get("alg") != "EdDSA":
+        raise IntentError(f"JWS alg must be EdDSA, got {header.get('alg')!r}")
+    unknown = set(header) - {"alg", "kid", "typ"}
+    if unknown:
+        raise IntentError(f"JWS header has unsupported members: {sorted(unknown)}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not re.fullmatch(r"[0-9a-f]{64}", kid):
+        raise IntentError("JWS header kid must be the hex SHA-256 of the owner's public key")
+    payload = _json_object(payload_raw, "payload")
+    if rfc8785.dumps(payload) != payload_raw:
+        raise IntentError("intent payload is not canonical JSON (RFC 8785)")
+    _check_payload_shape(payload)
+    return Intent(
+        jws=jws,
+        kid=kid,
+        payload=payload,
+        signing_input=(parts[0] + "." + parts[1]).encode("ascii"),
+        signature=signature,
+    )
+
+
+def verify_signature(intent: Intent, owner_keys: Mapping[str, Ed25519PublicKey]) -> None:
+    key = owner_keys.get(intent.kid)
+    if key is None:
+        raise UnknownKey(f"intent is signed by key {intent.kid[:16]}…, which is not an owner key")
+    try:
+        key.verify(intent.signature, intent.signing_input)
+    except InvalidSignature:
+        raise BadSignature("intent signature does not verify with the owner key") from None
+
+
+def check_claims(intent: Intent, *, aud: str, now: int, window_s: int = IAT_WINDOW_S) -> None:
+    """The claims a controller checks at receipt; a later verifier need not re-check time."""
+    if intent.payload["aud"] != aud:
+        raise WrongAudience(
+            f"intent is addressed to controller {str(intent.payload['aud'])[:16]}…, "
+            f"not to this one ({aud[:16]}…)"
+        )
+    skew = intent.iat - now
+    if abs(skew) > window_s:
+        raise StaleIntent(
+            f"intent iat is {abs(skew)} s in the {'future' if skew > 0 else 'past'}; "
+            f"the window is ±{window_s} s"
+        )
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise IntentError(f"JWS {what} is not UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise IntentError(f"JWS {what} must be a JSON object")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_payload_shape(p: dict[str, Any]) -> None:
+    required = {"v", "op", "aud", "args", "nonce", "iat"}
+    missing = required - set(p)
+    if missing:
+        raise IntentError(f"intent payload is missing {sorted(missing)}")
+    extra = set(p) - required - {"cvm"}
+    if extra:
+        raise IntentError(f"intent payload has unknown members {sorted(extra)}")
+    if p["v"] != 1 or not _is_int(p["v"]):
+        raise IntentError(f"intent version must be 1, got {p['v']!r}")
+    if p["op"] not in OPS:
+        raise IntentError(f"unknown intent op {p['op']!r}; known: {', '.join(OPS)}")
+    if not isinstance(p["aud"], str) or not p["aud"]:
+        raise IntentError("intent aud must be the controller id")
+    if not isinstance(p["nonce"], str) or not NONCE_RE.fullmatch(p["nonce"]):
+        raise IntentError("intent nonce must be 16-128 base64url characters")
+    if not _is_int(p["iat"]) or p["iat"] < 0:
+        raise IntentError("intent iat must be a non-negative integer (unix seconds)")
+    if p["op"] in CVM_OPS:
+        if not isinstance(p.get("cvm"), str) or not p["cvm"]:
+            raise IntentError(f"{p['op']} intent must name the target CVM in 'cvm'")
+    elif "cvm" in p:
+        raise IntentError(f"{p['op']} intent must not name a CVM")
+    if not isinstance(p["args"], dict):
+        raise IntentError("intent args must be an object")
+    _check_args(p["op"], p["args"])
+
+
+def _check_args(op: str, args: dict[str, Any]) -> None:
+    allowed: dict[str, set[str]] = {
+        "cvm.create": {"provider", "tee", "name", "spec"},
+        "cvm.mode": {"mode"},
+        "cvm.run": {"command", "timeout_s"},
+        "cvm.action": {"name"},
+        "cvm.delete": set(),
+        "owner.keys": {"keys"},
+        "policy.set": {"policy"},
+    }
+    extra = set(args) - allowed[op]
+    if extra:
+        raise IntentError(f"{op} does not take {sorted(extra)}")
+    if op == "cvm.create":
+        if not isinstance(args.get("provider"), str) or not NAME_RE.fullmatch(args["provider"]):
+            raise IntentError("cvm.create needs args.provider (a provider name)")
+        for name in ("tee", "name"):
+            if name in args and (not isinstance(args[name], str) or not NAME_RE.fullmatch(args[name])):
+                raise IntentError(f"cvm.create args.{name} must be a short name")
+        if "spec" in args and not isinstance(args["spec"], dict):
+            raise IntentError("cvm.create args.spec must be an object")
+    elif op == "cvm.mode":
+        if args.get("mode") not in MODES:
+            raise IntentError(f"cvm.mode args.mode must be one of {MODES}")
+    elif op == "cvm.run":
+        command = args.get("command")
+        if not isinstance(command, str) or not command.strip():
+            raise IntentError("cvm.run needs a non-empty args.command string")
+        if len(command.encode("utf-8")) > MAX_COMMAND_LEN or "\x00" in command:
+            raise IntentError("cvm.run args.command is longer than 64 KiB or contains NUL")
+        if "timeout_s" in args:
+            t = args["timeout_s"]
+            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 86400:
+                raise IntentError("cvm.run args.timeout_s must be a number in (0, 86400]")
+    elif op == "cvm.action":
+        if not isinstance(args.get("name"), str) or not NAME_RE.fullmatch(args["name"]):
+            raise IntentError("cvm.action needs args.name (an action name)")
+    elif op == "owner.keys":
+        keys = args.get("keys")
+        if not isinstance(keys, list) or not keys or len(keys) > 16:
+            raise IntentError("owner.keys needs args.keys: 1-16 base64 raw Ed25519 keys")
+        for k in keys:
+            if not isinstance(k, str):
+                raise IntentError("owner.keys args.keys must be strings")
+    elif op == "policy.set":
+        policy = args.get("policy")
+        if not isinstance(policy, str) or len(policy.encode("utf-8")) > MAX_POLICY_LEN:
+            raise IntentError("policy.set needs args.policy: YAML text of at most 64 KiB")

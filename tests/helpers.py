@@ -1,0 +1,71 @@
+"""Test harness: a real controller process on a free port, with its own data dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from duet.client.http import ClientError, Http
+from duet.client.owner import OwnerClient
+from duet.ledger import keys
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ControllerProc:
+    data: Path
+    owner_key: keys.Ed25519PrivateKey
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def owner_pub_path(self) -> Path:
+        return self.data.parent / "owner.pub"
+
+    def start(self, *extra: str) -> ControllerProc:
+        self.owner_pub_path.write_bytes(keys.public_pem(self.owner_key.public_key()))
+        cmd = [sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(self.data),
+               "--listen", f"127.0.0.1:{self.port}", "--owner-key", str(self.owner_pub_path), *extra]
+        log = open(self.data.parent / "controller.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        with Http(self.url, timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"controller exited: {self.log()[-2000:]}")
+                try:
+                    http.get_json("/v1/controller")
+                    return self
+                except ClientError:
+                    time.sleep(0.05)
+        raise RuntimeError("controller did not start")
+
+    def log(self) -> str:
+        return (self.data.parent / "controller.log").read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def owner(self) -> OwnerClient:
+        return OwnerClient(self.owner_key, self.url)
+
+    def http(self) -> Http:
+        return Http(self.url)
