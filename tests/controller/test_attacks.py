@@ -135,16 +135,13 @@ def test_flipped_byte_in_store_is_refused(controller: ControllerProc, tmp_path: 
     owner.run(cvm, "echo payload-to-flip")
     controller.kill()
     db = sqlite3.connect(controller.data / "ledger.sqlite")
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    rows = db.execute("SELECT log, idx, leaf FROM leaves").fetchall()
     flipped = False
-    for table in tables:
-        cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
-        for col in cols:
-            for rowid, value in db.execute(f"SELECT rowid, {col} FROM {table}").fetchall():
-                if isinstance(value, bytes) and b"payload-to-flip" in value and b'"result"' in value:
-                    db.execute(f"UPDATE {table} SET {col}=? WHERE rowid=?",
-                               (value.replace(b"payload-to-flip", b"payload-to-flop"), rowid))
-                    flipped = True
+    for log_id, idx, leaf in rows:
+        if b"payload-to-flip" in leaf and b'"result"' in leaf:
+            db.execute("UPDATE leaves SET leaf=? WHERE log=? AND idx=?",
+                       (leaf.replace(b"payload-to-flip", b"payload-to-flop"), log_id, idx))
+            flipped = True
     db.commit()
     db.close()
     assert flipped, "found no stored leaf to edit"

@@ -145,8 +145,9 @@ async def test_restart_keeps_host_key_and_port(cvm: Cvm) -> None:
     finally:
         await fresh.close()
     # ensure_running on a running CVM changes nothing.
+    running = _pid(cvm)
     assert (await cvm.provider.ensure_running(cvm.cvm_id)).port == cvm.prov.port
-    assert _pid(cvm) == _pid(cvm)
+    assert _pid(cvm) == running
 
 
 async def test_restart_moves_to_a_new_port_if_the_old_one_was_taken(cvm: Cvm) -> None:
@@ -271,11 +272,18 @@ async def test_root_mode_has_a_dedicated_locked_down_user(cvm: Cvm) -> None:
 
     conn = cvm.connection()
     try:
-        r = await conn.run("id -un; touch mine; test -w ../sshd_config || echo no-write")
-        assert r.stdout == f"{user}\nno-write\n".encode()
+        r = await conn.run("id -un; touch mine")
+        assert r.stdout == f"{user}\n".encode()
         assert (cvm.workdir / "mine").stat().st_uid == pw.pw_uid
-        denied = await conn.run("cat ../ssh_host_ed25519_key")
-        assert denied.exit_status != 0 and denied.stdout == b""
+        # The CVM's own sshd files (host key, config) and the controller's data dir are
+        # out of the CVM user's reach.
+        for path in (cvm.dir / "ssh_host_ed25519_key", cvm.dir / "sshd_config"):
+            denied = await conn.run(f"cat {path}")
+            assert denied.exit_status != 0 and denied.stdout == b""
+        denied = await conn.run(f"ls {cvm.provider.base_dir}")
+        assert denied.exit_status != 0 and b"ermission denied" in denied.stderr
+        nope = await conn.run(f"echo x >> {akf}")
+        assert nope.exit_status != 0
     finally:
         await conn.close()
 
@@ -283,6 +291,14 @@ async def test_root_mode_has_a_dedicated_locked_down_user(cvm: Cvm) -> None:
     with pytest.raises(KeyError):
         pwd.getpwnam(user)
     assert not cvm.dir.exists() and not cvm.workdir.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="unprivileged mode only")
+async def test_unprivileged_refuses_a_base_dir_strict_modes_would_reject(tmp_path: Path) -> None:
+    provider = LocalProvider(tmp_path / "cvms")  # below /tmp, which is world-writable
+    with pytest.raises(ProvisioningFailed, match="StrictModes"):
+        await provider.create(new_id(), authorized_key=public_line(generate_client_key()), spec={})
+    assert list((tmp_path / "cvms").iterdir()) == []
 
 
 @root_only

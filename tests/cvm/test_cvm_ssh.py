@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -65,7 +66,8 @@ def test_key_helpers_roundtrip() -> None:
     assert public_line(again) == public_line(key)
     line = public_line(key)
     assert line.startswith("ssh-ed25519 ") and len(line.split()) == 2
-    assert "PRIVATE" not in repr(key.export_public_key("openssh"))
+    c = CvmConnection(host="h", port=1, user="u", client_key=key, pinned_host_key=None)
+    assert "PRIVATE" not in repr(c) and public_line(key).split()[1] not in repr(c)
 
 
 async def test_first_connect_returns_host_key_of_the_cvm(cvm: Cvm) -> None:
@@ -152,6 +154,17 @@ async def test_timeout_also_kills_processes_that_left_the_group(
     assert await _wait_gone(pid), f"escaped process {pid} still running"
 
 
+async def test_cancelled_run_kills_the_remote_process(cvm: Cvm, conn: CvmConnection) -> None:
+    task = asyncio.create_task(conn.run("echo $$ > cancelled.pid; exec sleep 10"))
+    pidfile = cvm.workdir / "cancelled.pid"
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_gone(int(pidfile.read_text()))
+
+
 async def test_concurrent_commands_share_the_connection(conn: CvmConnection) -> None:
     results = await asyncio.gather(*(conn.run(f"echo {i}; sleep 0.2") for i in range(12)))
     assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(12)]
@@ -210,6 +223,23 @@ async def test_password_and_keyboard_interactive_are_not_offered(cvm: Cvm) -> No
     assert _Recorder.offered == set()
 
 
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
+def test_openssh_client_sees_only_publickey_offered(cvm: Cvm, tmp_path: Path) -> None:
+    """The server's own list of remaining methods, as the OpenSSH client reports it."""
+    out = subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-p", str(cvm.prov.port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "-o", "IdentitiesOnly=yes",
+            "-o", "IdentityAgent=none", "-o", "PreferredAuthentications=password",
+            f"{cvm.prov.user}@{cvm.prov.host}", "true",
+        ],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode == 255
+    assert "Permission denied (publickey)." in out.stderr
+
+
 async def test_changed_host_key_is_refused_and_nothing_runs(cvm: Cvm) -> None:
     c = cvm.connection()
     pinned = await c.connect()
@@ -225,6 +255,7 @@ async def test_changed_host_key_is_refused_and_nothing_runs(cvm: Cvm) -> None:
     )
     pid = int((cvm.dir / "sshd.pid").read_text())
     os.kill(pid, signal.SIGKILL)
+    assert await _wait_gone(pid)
     await cvm.provider.ensure_running(cvm.cvm_id)
 
     proof = cvm.workdir / "proof"
@@ -279,3 +310,18 @@ async def test_unreachable(cvm: Cvm) -> None:
         await c.connect()
     assert info.value.code == "cvm_unreachable"
     assert not info.value.may_have_run
+
+
+async def test_pin_of_another_key_type_is_a_mismatch(cvm: Cvm) -> None:
+    other = public_line(asyncssh.generate_private_key("ecdsa-sha2-nistp256"))
+    c = cvm.connection(pinned=other)
+    with pytest.raises(HostKeyMismatch):
+        await c.connect()
+    assert c.host_key is None
+
+
+async def test_pin_of_another_ed25519_key_is_a_mismatch(cvm: Cvm) -> None:
+    c = cvm.connection(pinned=public_line(generate_client_key()))
+    with pytest.raises(HostKeyMismatch) as info:
+        await c.connect()
+    assert "nothing was sent" in info.value.message

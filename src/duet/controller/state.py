@@ -5,8 +5,8 @@ encrypted mount keyed to MRENCLAVE, so what is stored here (the controller key, 
 CVM's SSH client key) is sealed to the enclave; under the simulated TEE it is a plain
 file and the controller says SIMULATED about everything resting on it.
 
-Like the ledger, this database uses a rollback journal with `locking_mode=EXCLUSIVE`
-(no WAL: Gramine's encrypted files cannot hold WAL's shared-memory index) and
+Like the ledger, this database uses WAL with `locking_mode=EXCLUSIVE` set first (so no
+shared-memory index is ever made: Gramine's encrypted files cannot hold one) and
 `synchronous=FULL`, so a nonce recorded before an intent is acted on survives a crash.
 """
 
@@ -67,8 +67,10 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=DELETE")
+        # EXCLUSIVE before the first WAL access: SQLite then never creates the
+        # shared-memory index, which Gramine's encrypted files cannot hold.
         self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 

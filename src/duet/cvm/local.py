@@ -532,8 +532,10 @@ class LocalProvider:
         if child is not None:
             if child.poll() is None and pid is None:
                 child.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=2.0)
+            for _ in range(200):  # reap it (it is our child) without blocking the loop
+                if child.poll() is not None:
+                    break
+                await asyncio.sleep(0.01)
 
     async def _kill_sessions(self, cvm_id: str, uid: int | None) -> None:
         """Kill what the CVM's sessions left running: processes of its own user (root

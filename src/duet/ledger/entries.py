@@ -311,9 +311,15 @@ def _canonical(entry: Mapping[str, object]) -> bytes:
 
 
 def encode(entry: Mapping[str, object]) -> bytes:
-    """Validate ``entry`` and return its RFC 8785 canonical JSON: the leaf to append."""
+    """Validate ``entry`` and return its RFC 8785 canonical JSON: the leaf to append.
+
+    The result is decoded again before it is returned, so the controller can never log a
+    leaf that :func:`decode` (and so a verifier) would refuse.
+    """
     validate(entry)
-    return _canonical(entry)
+    leaf = _canonical(entry)
+    decode(leaf)
+    return leaf
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -329,6 +335,18 @@ def _no_constants(name: str) -> object:
     raise EntryError(f"{name} is not valid JSON")
 
 
+_MAX_SAFE_INT = 2**53 - 1
+
+
+def _parse_int(text: str) -> int | float:
+    """JSON numbers are IEEE doubles (RFC 8785 §3.2.2.3): an integer literal beyond 2**53
+    is a double that happens to print without a fraction (JCS writes 2.0**53 as
+    ``9007199254740992``), so it is read as one; the canonical check then rejects
+    literals that are not exactly representable."""
+    value = int(text)
+    return value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else float(text)
+
+
 def decode(leaf: bytes) -> dict[str, object]:
     """Parse a leaf into its entry object; only canonical, valid entries are accepted."""
     if not isinstance(leaf, bytes | bytearray | memoryview):
@@ -336,7 +354,12 @@ def decode(leaf: bytes) -> dict[str, object]:
     raw = bytes(leaf)
     try:
         text = raw.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        obj = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_int=_parse_int,
+        )
     except EntryError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

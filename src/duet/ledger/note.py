@@ -107,7 +107,7 @@ class Verifier:
         """Parse ``name+hex8+base64(0x01 ‖ pubkey)``; the key ID must match the key."""
         if not isinstance(vkey, str):
             raise NoteError("verifier key must be a string")
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)  # base64 may itself contain '+'
         if len(parts) != 3:
             raise NoteError("verifier key must have the form name+hash+key")
         name, hex_id, b64 = parts
@@ -154,7 +154,7 @@ class Signer:
     def from_skey(cls, skey: str) -> Signer:
         """Parse the ``PRIVATE+KEY+name+hex8+base64(0x01 ‖ seed)`` form used by Go's
         golang.org/x/mod/sumdb/note and its test vectors."""
-        parts = skey.split("+") if isinstance(skey, str) else []
+        parts = skey.split("+", 4) if isinstance(skey, str) else []
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("signer key must have the form PRIVATE+KEY+name+hash+key")
         _, _, name, hex_id, b64 = parts

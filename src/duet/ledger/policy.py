@@ -20,6 +20,7 @@ Shape (YAML)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from duet.ledger.errors import LedgerError
 MODES = ("in-update", "in-service")
 BUILTINS = ("attest", "snapshot")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_POLICY = """\
 version: 1
@@ -84,9 +87,12 @@ class Policy:
         return action is not None and mode in action.modes
 
 
+@functools.lru_cache(maxsize=64)
 def parse_policy(text: str) -> Policy:
+    """Parse a policy; cached because the controller consults it on every command and
+    YAML parsing costs milliseconds (the result is immutable)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader, C when available
     except yaml.YAMLError as exc:
         raise PolicyError(f"policy is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
