@@ -6,8 +6,12 @@
 
 Targets (issue 2): single appends within 2x of the raw fsync rate, batches of 100
 >= 20,000 entries/s, a proof at 10^6 leaves < 2 ms, full verification >= 300,000 leaves/s.
-The raw fsync rate is measured in the same run and on the same file system as the
-database, because it is the physical limit of a durable append.
+
+The raw fsync rate is measured in the same run, in the same directory as the databases,
+and interleaved with the append measurements (fsync rates of shared virtual disks drift
+by large factors within minutes). Rates are the best of a few rounds and latencies are
+medians, because other processes on the machine only ever make a run slower. SQLite
+syncs with fdatasync on Linux, so the limit is the faster of fsync and fdatasync.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from duet.ledger import merkle
-from duet.ledger.store import JournalMode, LedgerStore
+from duet.ledger.store import LedgerStore
 
 LEAF_TEMPLATE = (
     '{"command_index":%d,"duration_ms":12.5,"exit_status":0,"stderr":"",'
@@ -40,8 +45,8 @@ def make_leaf(i: int) -> bytes:
     return (LEAF_TEMPLATE % (i, i, i)).encode()
 
 
-def fsync_rate(directory: Path, seconds: float) -> float:
-    """fsyncs/s for a 4 KiB overwrite + fsync loop: the cost of one durable commit."""
+def sync_rate(directory: Path, seconds: float, sync: Callable[[int], None]) -> float:
+    """Syncs/s of a 4 KiB overwrite + sync loop: the floor cost of one durable commit."""
     path = directory / "fsync-probe"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -51,7 +56,7 @@ def fsync_rate(directory: Path, seconds: float) -> float:
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             os.pwrite(fd, block, 0)
-            os.fsync(fd)
+            sync(fd)
             count += 1
         return count / (time.perf_counter() - start)
     finally:
@@ -59,7 +64,7 @@ def fsync_rate(directory: Path, seconds: float) -> float:
         path.unlink()
 
 
-def timed_loop(fn: Callable[[int], object], seconds: float, minimum: int = 20) -> float:
+def rate(fn: Callable[[int], object], seconds: float, minimum: int = 20) -> float:
     """Calls/s of fn(i) over about ``seconds``."""
     count, start = 0, time.perf_counter()
     while count < minimum or time.perf_counter() - start < seconds:
@@ -68,33 +73,57 @@ def timed_loop(fn: Callable[[int], object], seconds: float, minimum: int = 20) -
     return count / (time.perf_counter() - start)
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    samples = sorted(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return {"median_ms": round(statistics.median(samples) * 1e3, 4), "p99_ms": round(p99 * 1e3, 4)}
-
-
-def measure(fn: Callable[[], object], runs: int) -> dict[str, float]:
+def latency(fn: Callable[[], object], runs: int) -> dict[str, float]:
     samples = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
-    return percentiles(samples)
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return {
+        "median_ms": round(statistics.median(samples) * 1e3, 4),
+        "p99_ms": round(p99 * 1e3, 4),
+    }
 
 
-def bench_appends(directory: Path, journal: JournalMode, seconds: float) -> dict[str, object]:
-    with LedgerStore(directory / f"appends-{journal}.db", journal_mode=journal) as store:
-        store.create_log("single")
-        store.create_log("batch")
-        single = timed_loop(lambda i: store.append("single", [make_leaf(i)]), seconds)
+def bench_appends(directory: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """Interleave raw sync probes with single and batched appends (WAL and rollback)."""
+    best: dict[str, float] = {}
+
+    def keep(name: str, value: float) -> None:
+        best[name] = max(best.get(name, 0.0), value)
+
+    stores = {
+        journal: LedgerStore(directory / f"appends-{journal}.db", journal_mode=journal)
+        for journal in ("wal", "delete")
+    }
+    try:
+        for store in stores.values():
+            store.create_log("single")
+            store.create_log("batch")
         batch = [make_leaf(i) for i in range(100)]
-        batches = timed_loop(lambda i: store.append("batch", batch), seconds)
-    return {"single_appends_per_s": round(single), "batch100_entries_per_s": round(batches * 100)}
+        for _ in range(rounds):
+            keep("raw_fsync_per_s", sync_rate(directory, seconds / 2, os.fsync))
+            keep("raw_fdatasync_per_s", sync_rate(directory, seconds / 2, os.fdatasync))
+            for journal, store in stores.items():
+
+                def single(i: int, s: LedgerStore = store) -> None:
+                    s.append("single", [make_leaf(i)])
+
+                def batched(i: int, s: LedgerStore = store) -> None:
+                    s.append("batch", batch)
+
+                keep(f"{journal}_single_appends_per_s", rate(single, seconds))
+                keep(f"{journal}_batch100_entries_per_s", 100 * rate(batched, seconds))
+    finally:
+        for store in stores.values():
+            store.close()
+    return {k: round(v) for k, v in best.items()}
 
 
-def bench_size(directory: Path, n: int, runs: int, rng: random.Random) -> dict[str, object]:
-    out: dict[str, object] = {"leaves": n}
+def bench_size(directory: Path, n: int, runs: int, rng: random.Random) -> dict[str, Any]:
+    out: dict[str, Any] = {"leaves": n}
     with LedgerStore(directory / f"tree-{n}.db") as store:
         store.create_log("log")
         start, chunk = time.perf_counter(), 10_000
@@ -103,110 +132,108 @@ def bench_size(directory: Path, n: int, runs: int, rng: random.Random) -> dict[s
         out["build_entries_per_s"] = round(n / (time.perf_counter() - start))
         head = store.tree_head("log")
 
-        out["tree_head_past_size"] = measure(
-            lambda: store.tree_head("log", rng.randint(1, n)), runs
-        )
-        out["inclusion_proof_at_head"] = measure(
-            lambda: store.inclusion_proof("log", rng.randrange(n), n), runs
-        )
-
         def incl_past() -> None:
             size = rng.randint(1, n)
             store.inclusion_proof("log", rng.randrange(size), size)
-
-        out["inclusion_proof_past_size"] = measure(incl_past, runs)
 
         def cons() -> None:
             new = rng.randint(1, n)
             store.consistency_proof("log", rng.randint(1, new), new)
 
-        out["consistency_proof"] = measure(cons, runs)
-        out["consistency_proof_to_head"] = measure(
+        # Every proof below is also verified by the store against its head before it is
+        # returned: these are the costs of serving a proof, not just of reading hashes.
+        out["tree_head_past_size"] = latency(
+            lambda: store.tree_head("log", rng.randint(1, n)), runs
+        )
+        out["inclusion_proof_at_head"] = latency(
+            lambda: store.inclusion_proof("log", rng.randrange(n), n), runs
+        )
+        out["inclusion_proof_past_size"] = latency(incl_past, runs)
+        out["consistency_proof"] = latency(cons, runs)
+        out["consistency_proof_to_head"] = latency(
             lambda: store.consistency_proof("log", rng.randint(1, n), n), runs
         )
 
-        # Client-side verification of proofs against the head.
-        cases = []
+        # Client-side verification against the head (what a service user runs).
+        incl_cases = []
         for _ in range(runs):
             i = rng.randrange(n)
-            cases.append((i, store.inclusion_proof("log", i, n)))
-        it = iter(cases)
+            incl_cases.append((i, store.inclusion_proof("log", i, n)))
+        incl_iter = iter(incl_cases)
 
         def verify_incl() -> None:
-            i, proof = next(it)
+            i, proof = next(incl_iter)
             merkle.verify_inclusion(merkle.leaf_hash(make_leaf(i)), i, n, proof, head.root_hash)
 
-        out["verify_inclusion"] = measure(verify_incl, runs)
-        ccases = []
+        out["verify_inclusion"] = latency(verify_incl, runs)
+        cons_cases = []
         for _ in range(runs):
             m = rng.randint(1, n)
-            ccases.append(
+            cons_cases.append(
                 (m, store.tree_head("log", m).root_hash, store.consistency_proof("log", m, n))
             )
-        cit = iter(ccases)
+        cons_iter = iter(cons_cases)
 
         def verify_cons() -> None:
-            m, old_root, proof = next(cit)
+            m, old_root, proof = next(cons_iter)
             merkle.verify_consistency(m, n, proof, old_root, head.root_hash)
 
-        out["verify_consistency"] = measure(verify_cons, runs)
+        out["verify_consistency"] = latency(verify_cons, runs)
 
-        start = time.perf_counter()
-        verified = store.verify_log("log")
-        elapsed = time.perf_counter() - start
-        assert verified == head
-        out["full_verification_leaves_per_s"] = round(n / elapsed)
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            verified = store.verify_log("log")
+            best = max(best, n / (time.perf_counter() - start))
+            assert verified == head
+        out["full_verification_leaves_per_s"] = round(best)
     return out
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller trees, shorter runs")
     parser.add_argument("--dir", type=Path, help="where to put the databases (default: tmp)")
     args = parser.parse_args()
     sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**5, 10**6]
-    seconds = 1.0 if args.quick else 3.0
+    seconds, rounds = (0.5, 2) if args.quick else (1.5, 3)
     runs = 200 if args.quick else 1000
     rng = random.Random(2)
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
-        raw = fsync_rate(directory, seconds)
-        appends = {j: bench_appends(directory, j, seconds) for j in ("wal", "delete")}
+        appends = bench_appends(directory, seconds, rounds)
         trees = {str(n): bench_size(directory, n, runs, rng) for n in sizes}
 
-    wal = appends["wal"]
-    single = float(wal["single_appends_per_s"])  # type: ignore[arg-type]
-    batch = float(wal["batch100_entries_per_s"])  # type: ignore[arg-type]
+    limit = max(appends["raw_fsync_per_s"], appends["raw_fdatasync_per_s"])
+    single = appends["wal_single_appends_per_s"]
+    batch = appends["wal_batch100_entries_per_s"]
     largest = trees[str(sizes[-1])]
-    proof_ms = max(
-        largest[k]["median_ms"]  # type: ignore[index]
-        for k in ("inclusion_proof_at_head", "inclusion_proof_past_size", "consistency_proof")
-    )
-    verify_rate = min(t["full_verification_leaves_per_s"] for t in trees.values() if t["leaves"] >= 10**5)  # type: ignore[type-var]
+    proof_kinds = ("inclusion_proof_at_head", "inclusion_proof_past_size", "consistency_proof")
+    proof_ms = max(largest[k]["median_ms"] for k in proof_kinds)
+    verify_rate = min(t["full_verification_leaves_per_s"] for t in trees.values())
     report = {
         "quick": args.quick,
         "python": sys.version.split()[0],
-        "raw_fsync_per_s": round(raw),
         "appends": appends,
-        "single_append_vs_fsync": round(single / raw, 3),
+        "single_append_vs_sync_limit": round(single / limit, 3),
         "trees": trees,
         "targets": {
-            "single_appends_within_2x_of_fsync": {
-                "target": ">= 0.5 x raw fsync rate",
-                "got": round(single / raw, 3),
-                "ok": single >= raw / 2,
+            "single_appends_within_2x_of_sync": {
+                "target": ">= 0.5 x max(raw fsync, raw fdatasync)",
+                "got": round(single / limit, 3),
+                "ok": single >= limit / 2,
             },
-            "batch100_entries_per_s": {"target": 20000, "got": round(batch), "ok": batch >= 20000},
+            "batch100_entries_per_s": {"target": 20000, "got": batch, "ok": batch >= 20000},
             f"proof_median_ms_at_{sizes[-1]}": {
-                "target": "< 2 ms",
+                "target": "< 2 ms (worst of the three proof kinds)",
                 "got": proof_ms,
                 "ok": proof_ms < 2.0,
             },
             "full_verification_leaves_per_s": {
                 "target": 300000,
                 "got": verify_rate,
-                "ok": verify_rate >= 300000,  # type: ignore[operator]
+                "ok": verify_rate >= 300000,
             },
         },
     }
