@@ -14,7 +14,7 @@ from typing import Any
 from duet.ledger import entries, keys
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, parse_intent, verify_signature
-from duet.ledger.policy import Policy, parse_policy
+from duet.ledger.policy import BUILTINS, SNAPSHOT_COMMANDS, Policy, parse_policy
 
 
 @dataclass
@@ -209,6 +209,9 @@ def _check_command(
     if it is None:
         cmd_problems.append(f"entry {i}: command does not point to an owner intent")
         return
+    if e.get("builtin") is True:
+        _check_builtin(i, e, it, policy, cmd_problems)
+        return
     if action is None:
         if it.op != "cvm.run" or it.args.get("command") != e.get("command"):
             cmd_problems.append(f"entry {i}: command differs from what the owner's intent asked")
@@ -232,6 +235,26 @@ def _check_command(
             cmd_problems.append(f"entry {i}: action {action!r} is not an on-enter action of {target}")
     else:
         cmd_problems.append(f"entry {i}: action ran under a {it.op} intent")
+
+
+def _check_builtin(i: int, e: dict[str, Any], it: Intent, policy: Policy, problems: list[str]) -> None:
+    """Builtins run duet's own fixed commands: evidence (`attest`) and `snapshot`, at
+    provisioning, on entering in-service, or when the owner runs a builtin action."""
+    action = e.get("action")
+    if action not in BUILTINS:
+        problems.append(f"entry {i}: unknown builtin {action!r}")
+        return
+    if action == "snapshot" and e.get("command") not in SNAPSHOT_COMMANDS:
+        problems.append(f"entry {i}: snapshot ran a command that is not one of duet's snapshot commands")
+    if it.op == "cvm.action":
+        act = policy.actions.get(str(it.args.get("name")))
+        if act is None or act.builtin != action:
+            problems.append(f"entry {i}: builtin {action} ran under an action intent that does not name it")
+    elif it.op == "cvm.mode":
+        if it.args.get("mode") != "in-service":
+            problems.append(f"entry {i}: builtin {action} ran while entering {it.args.get('mode')}")
+    elif not (it.op == "cvm.create" and action == "attest"):
+        problems.append(f"entry {i}: builtin {action} ran under a {it.op} intent")
 
 
 def _nearest_intent(intents: dict[int, Intent], i: int) -> Intent | None:

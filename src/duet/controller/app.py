@@ -54,6 +54,8 @@ STATUS: dict[str, int] = {
     "cvm_deleted": 409,
     "cvm_not_ready": 409,
     "host_key_mismatch": 409,
+    "evidence_refused": 409,
+    "lockdown_failed": 409,
     "rollback_detected": 409,
     "request_too_large": 413,
     "cvm_unreachable": 502,

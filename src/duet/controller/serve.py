@@ -71,14 +71,22 @@ def build_controller(
     _settle_owner_keys(state, owner_key)
     key = _load_or_create_key(state)
     ledger = LedgerStore(data_dir / "ledger.sqlite")
+    from duet.attestation import SimulatedSnp
+    from duet.controller.evidence_local import LocalEvidence
+
+    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
+    # lives in the data dir.
+    snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
+    local = LocalProvider(data_dir / "cvms", platform=snp)
     return Controller(
         data_dir,
         tee=backend,
         key=key,
         state=state,
         ledger=ledger,
-        providers={"local": LocalProvider(data_dir / "cvms")},
+        providers={"local": local},
         default_policy=policy_text,
+        evidence=LocalEvidence(snp, local),
     )
 
 

@@ -232,7 +232,7 @@ class Controller:
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
             if last is not None and last["type"] == "command":
-                self._append(
+                self.append(
                     rec,
                     [{
                         "type": "interrupted",
@@ -246,9 +246,16 @@ class Controller:
                 continue
             if rec.status == "ready":
                 try:
-                    await self._provider(rec.provider).ensure_running(rec.id)
+                    prov = await self._provider(rec.provider).ensure_running(rec.id)
                 except CvmError as exc:
                     log.warning("cvm %s: could not restart: %s", rec.id, exc)
+                    continue
+                if prov.port != rec.port:
+                    # The host key stays pinned; only the address moved.
+                    self.append(rec, [{"type": "error", "code": "cvm_moved",
+                                       "message": f"CVM restarted on port {prov.port} (was {rec.port})"}])
+                    rec.port = prov.port
+                    self._save(rec)
 
     async def shutdown(self) -> None:
         for conn in self._conns.values():
@@ -305,7 +312,7 @@ class Controller:
             )
         return provider
 
-    def _append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
+    def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
         now = entries.now_rfc3339()
         leaves = [entries.encode({"v": 1, "time": now, **item}) for item in items]
@@ -316,7 +323,7 @@ class Controller:
         return {"type": "intent", "jws": intent.jws, "op": intent.op, "kid": intent.kid}
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
-        index = self._append(
+        index = self.append(
             rec,
             [{"type": "rejected", "jws": intent.jws, "op": intent.op, "reason": exc.message, "code": exc.code}],
         )
@@ -327,7 +334,7 @@ class Controller:
         self.state.put_cvm(rec)
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
-        self._append(rec, [{"type": "error", "code": code, "message": message}])
+        self.append(rec, [{"type": "error", "code": code, "message": message}])
         rec.status, rec.reason = "failed", message
         self._save(rec)
 
@@ -362,12 +369,16 @@ class Controller:
 
     def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
         """A changed host key means we may be talking to an impostor: stop everything."""
-        self._append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
+        self.append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
         rec.status, rec.reason = "quarantined", str(exc)
         self._save(rec)
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
             asyncio.ensure_future(conn.close())
+
+    def client_public_line(self, cvm_id: str) -> str:
+        """The CVM's authorised key (public half of the sealed SSH client key)."""
+        return public_line(import_private(self.state.client_key(cvm_id)))
 
     def _policy(self, rec: CvmRecord) -> Policy:
         return parse_policy(rec.policy)
@@ -398,7 +409,7 @@ class Controller:
         self.state.put_cvm(rec, export_private(client_key))
         self._records[cvm_id] = rec
         async with self._lock(cvm_id):
-            self._append(
+            self.append(
                 rec,
                 [
                     {
@@ -437,7 +448,7 @@ class Controller:
             host_key = await conn.connect()
             self._conns[rec.id] = conn
             rec.host_key = host_key
-            self._append(
+            self.append(
                 rec,
                 [{
                     "type": "provisioned",
@@ -461,7 +472,7 @@ class Controller:
                 await conn_.close()
             raise errors.CvmNotReady(f"CVM {rec.id} could not be provisioned: {exc}") from None
         rec.status, rec.mode = "ready", "in-update"
-        self._append(rec, [{"type": "mode", "mode": "in-update", "previous": "provisioning"}])
+        self.append(rec, [{"type": "mode", "mode": "in-update", "previous": "provisioning"}])
         self._save(rec)
 
     async def run(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
@@ -476,9 +487,9 @@ class Controller:
             )
         self._require_ready(rec)
         timeout = float(intent.args.get("timeout_s", 600))
-        return await self._execute(rec, intent, command, timeout=timeout, action=None)
+        return await self.execute(rec, intent, command, timeout=timeout, action=None)
 
-    async def _execute(
+    async def execute(
         self,
         rec: CvmRecord,
         intent: Intent | None,
@@ -487,7 +498,9 @@ class Controller:
         timeout: float,
         action: str | None,
         intent_index: int | None = None,
+        builtin: bool = False,
     ) -> CommandOutcome:
+        """Log the command durably, send it, log the result (invariant 1)."""
         conn = await self._connection(rec)
         items: list[dict[str, Any]] = []
         if intent is not None:
@@ -502,17 +515,19 @@ class Controller:
         }
         if action is not None:
             cmd_entry["action"] = action
+        if builtin:
+            cmd_entry["builtin"] = True
         items.append(cmd_entry)
-        command_index = self._append(rec, items) + len(items) - 1
+        command_index = self.append(rec, items) + len(items) - 1
         try:
             result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
         except CvmError as exc:
             reason = f"command not completed: {exc}"
-            self._append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
+            self.append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
             if isinstance(exc, HostKeyMismatch):
                 self._quarantine(rec, exc)
             raise
-        index = self._append(rec, [result_entry(command_index, result)])
+        index = self.append(rec, [result_entry(command_index, result)])
         return CommandOutcome(
             cvm=rec.id,
             command_index=command_index,
@@ -541,15 +556,15 @@ class Controller:
         if action.builtin is not None:
             if self.evidence is None:
                 raise errors.CvmNotReady(f"builtin action {action.builtin!r} is not available here")
-            first = self._append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
             conn = await self._connection(rec)
+            first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
             index = await self.evidence.builtin(self, rec, conn, action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
                 result=None, interrupted=None, tree_size=index + 1,
             )
         assert action.run is not None
-        return await self._execute(
+        return await self.execute(
             rec, intent, action.run, timeout=600.0, action=action.name, intent_index=intent_index
         )
 
@@ -561,7 +576,7 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is {rec.mode}"))
         self._require_ready(rec)
         policy = self._policy(rec)
-        intent_index = self._append(rec, [self._intent_entry(intent)])
+        intent_index = self.append(rec, [self._intent_entry(intent)])
         previous = rec.mode
         if target == "in-service":
             # Evidence and snapshot first: a CVM that cannot show its state never enters
@@ -572,24 +587,24 @@ class Controller:
                 await self._run_action(rec, policy.actions[name], None, intent_index)
             rec.epoch += 1
             rec.mode = target
-            self._append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
             self._save(rec)
         else:
             # The epoch ends before anything changes on the CVM.
             rec.mode = target
-            self._append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
             self._save(rec)
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
         return self.view(rec)
 
     async def delete(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
-        self._append(rec, [self._intent_entry(intent)])
+        self.append(rec, [self._intent_entry(intent)])
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
             await conn.close()
         await self._provider(rec.provider).delete(rec.id)
-        self._append(rec, [{"type": "deleted", "reason": "deleted by the owner"}])
+        self.append(rec, [{"type": "deleted", "reason": "deleted by the owner"}])
         rec.mode, rec.status = "deleted", "deleted"
         self._save(rec)
         return self.view(rec)
@@ -603,7 +618,7 @@ class Controller:
             policy = parse_policy(intent.args["policy"])
         except Exception as exc:
             raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
-        self._append(
+        self.append(
             rec,
             [self._intent_entry(intent), {"type": "policy", "policy": policy.text, "policy_sha256": policy.sha256}],
         )
@@ -622,7 +637,7 @@ class Controller:
             if rec.mode == "deleted":
                 continue
             async with self._lock(rec.id):
-                self._append(
+                self.append(
                     rec, [self._intent_entry(intent), {"type": "owner_keys", "keys": sorted(new.values())}]
                 )
         self.state.set_owner_keys(new)

@@ -68,7 +68,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from duet.attestation.simulated import SimulatedSnp
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
+from duet.cvm.guest import report_client as guest_tool
+from duet.cvm.psp import SimulatedPsp
 from duet.cvm.provider import CVM_MARKER_ENV, RUN_MARKER_ENV, Provisioned
 
 _TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin"
@@ -85,6 +88,10 @@ _PUBKEY_RE = re.compile(
     r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) ([A-Za-z0-9+/]+={0,3})$"
 )
 _STATE_VERSION = 1
+#: The launch measurement of every local CVM: a stand-in for the digest of a CVM image
+#: (there is no image; the value is fixed so users can pin it in their expectations).
+LOCAL_MEASUREMENT = hashlib.sha384(b"duet local simulated CVM image v1").digest()
+SNP_GUEST_POLICY = 0x30000  # SMT allowed, reserved bit 17 set; no debug, no migration agent
 DEFAULT_HOMES_DIR = Path("/var/lib/duet-cvm-homes")
 _START_TIMEOUT_S = 10.0
 _PORT_ATTEMPTS = 8
@@ -266,8 +273,13 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, base_dir: Path, *, homes_dir: Path | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, *, homes_dir: Path | None = None, platform: SimulatedSnp | None = None
+    ) -> None:
         self.base_dir = Path(base_dir).absolute()
+        #: The simulated SEV-SNP "hardware" (a PSP holding the dev VCEK); None: the local
+        #: CVMs have no evidence at all.
+        self.psp = None if platform is None else SimulatedPsp(platform)
         self.homes_dir = Path(homes_dir or DEFAULT_HOMES_DIR).absolute()
         self._locks: dict[str, asyncio.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -326,6 +338,67 @@ class LocalProvider:
     @staticmethod
     def _workdir(st: _State) -> Path:
         return Path(st.workdir)
+
+    def platform_dir(self, cvm_id: str) -> Path:
+        """What the simulated hardware shows the guest: its VCEK bundle and the launch
+        values (measurement, HOST_DATA). Outside the CVM user's home, owned by root in
+        root mode, so the guest reads but does not rewrite its launch parameters."""
+        if self._privileged():
+            return self.homes_dir / f"{cvm_id}.platform"
+        return self.cvm_dir(cvm_id) / "platform"
+
+    def lockdown_context(self, cvm_id: str) -> dict[str, object]:
+        """Paths and names the lockdown checks need for this CVM."""
+        st = self._load(cvm_id)
+        return {
+            "privileged": st.privileged,
+            "user": st.user,
+            "sshd": _which("sshd"),
+            "sshd_config": str(self.cvm_dir(cvm_id) / "sshd_config"),
+            "authorized_keys_file": str(self._authorized_keys_path(st)),
+            "home": str(self._workdir(st)),
+            "port": st.port,
+        }
+
+    def _install_platform(self, st: _State) -> dict[str, object] | None:
+        """Lay out what the guest sees of its platform: the report tool, a copy of its
+        host public key (as a guest reads /etc/ssh/*.pub) and the PSP's socket."""
+        if self.psp is None:
+            return None
+        pdir = self.platform_dir(st.cvm_id)
+        pdir.mkdir(mode=0o755)
+        os.chmod(pdir, 0o755)  # noqa: S103 - the guest reads it; only root writes it
+        shutil.copyfile(Path(guest_tool.__file__), pdir / "report_client.py")
+        shutil.copyfile(self.cvm_dir(st.cvm_id) / "ssh_host_ed25519_key.pub", pdir / "ssh_host_ed25519_key.pub")
+        for f in ("report_client.py", "ssh_host_ed25519_key.pub"):
+            os.chmod(pdir / f, 0o644)  # noqa: S103
+        return {
+            "kind": "simulated-snp",
+            "platform_dir": str(pdir),
+            "report_tool": str(pdir / "report_client.py"),
+            "measurement": LOCAL_MEASUREMENT.hex(),
+            "host_data": self._host_data(st).hex(),
+            "policy": SNP_GUEST_POLICY,
+        }
+
+    @staticmethod
+    def _host_data(st: _State) -> bytes:
+        raw = bytes.fromhex(str(st.spec.get("host_data", "00" * 32)))
+        if len(raw) != 32:
+            raise ProvisioningFailed("spec.host_data must be 32 bytes of hex")
+        return raw
+
+    async def _start_psp(self, st: _State) -> None:
+        if self.psp is None:
+            return
+        await self.psp.serve(
+            st.cvm_id,
+            self.platform_dir(st.cvm_id) / "psp.sock",
+            uid=st.uid,
+            measurement=LOCAL_MEASUREMENT,
+            host_data=self._host_data(st),
+            policy=SNP_GUEST_POLICY,
+        )
 
     def _authorized_keys_path(self, st: _State) -> Path:
         if st.privileged:
@@ -750,9 +823,14 @@ class LocalProvider:
                     "are owned by you or root and not group/world-writable"
                 )
 
+        platform = self._install_platform(st)
+        await self._start_psp(st)
         text = await self._start_with_port_retry(st)
         effective = await self._effective(st)
-        return self._provisioned(st, text, effective, await self._sshd_version())
+        prov = self._provisioned(st, text, effective, await self._sshd_version())
+        if platform is not None:
+            prov.launch["simulated_snp"] = platform
+        return prov
 
     async def ensure_running(self, cvm_id: str) -> Provisioned:
         """Restart sshd from the CVM's config if it is gone; same host key, and the same
@@ -760,6 +838,8 @@ class LocalProvider:
         async with self._lock(cvm_id):
             st = self._load(cvm_id)
             version = await self._sshd_version()
+            if self.psp is not None and not self.psp.running(cvm_id):
+                await self._start_psp(st)
             if self._running_pid(cvm_id) is not None:
                 text = (self.cvm_dir(cvm_id) / "sshd_config").read_text()
                 return self._provisioned(st, text, None, version)
@@ -798,6 +878,8 @@ class LocalProvider:
         self._locks.pop(cvm_id, None)
 
     async def _destroy(self, cvm_id: str, st: _State | None) -> None:
+        if self.psp is not None:
+            await self.psp.stop(cvm_id)
         await self._stop_sshd(cvm_id)
         privileged = st.privileged if st is not None else self._privileged()
         uid: int | None = None
@@ -810,6 +892,7 @@ class LocalProvider:
             await self._delete_user(st.user)
         if st is not None and st.workdir:
             shutil.rmtree(st.workdir, ignore_errors=True)
+        shutil.rmtree(self.platform_dir(cvm_id), ignore_errors=True)
         d = self.cvm_dir(cvm_id)
         if d.exists():
             shutil.rmtree(d)

@@ -137,6 +137,21 @@ class _Log:
     corrupt: str | None = None
 
 
+@dataclass
+class _Plan:
+    """One log's part of an append: rows to insert and the head they lead to."""
+
+    entry: _Log
+    edge: CompactRange
+    leaf_rows: list[tuple[int, int, bytes, bytes]]
+    node_rows: list[tuple[int, int, int, bytes]]
+    root: bytes
+
+
+_INSERT_LEAF = "INSERT INTO leaves (log, idx, hash, leaf) VALUES (?, ?, ?, ?)"
+_INSERT_NODE = "INSERT INTO nodes (log, level, idx, hash) VALUES (?, ?, ?, ?)"
+
+
 class _Reader:
     """Reads stored hashes for one log within one call, remembering what it read (proofs
     and the heads they are checked against share most of their subtrees)."""
@@ -439,61 +454,69 @@ class LedgerStore:
 
     def append(self, log_id: str, leaves: Sequence[bytes]) -> TreeHead:
         """Append ``leaves`` to a log in one durable transaction; return the new head."""
-        return self.append_batch({log_id: leaves})[log_id]
+        with self._lock:
+            plan = self._plan(self._get(log_id), leaves)
+            if plan.leaf_rows:
+                self._commit([plan])
+            return TreeHead(plan.entry.size, plan.entry.root)
 
     def append_batch(self, batch: Mapping[str, Sequence[bytes]]) -> dict[str, TreeHead]:
         """Append to several logs in one transaction (group commit: one fsync in all)."""
         with self._lock:
-            plans = []
-            for log_id, leaves in batch.items():
-                entry = self._get(log_id)
-                if isinstance(leaves, bytes | bytearray | memoryview | str):
-                    raise LedgerError("leaves must be a sequence of bytes, not a single value")
-                edge = entry.edge.copy()
-                leaf_rows: list[tuple[int, int, bytes, bytes]] = []
-                node_rows: list[tuple[int, int, int, bytes]] = []
-                for i, leaf in enumerate(leaves):
-                    if not isinstance(leaf, bytes | bytearray | memoryview):
-                        raise LedgerError(f"leaf {i} is {type(leaf).__name__}, expected bytes")
-                    data = bytes(leaf)
-                    h = leaf_hash(data)
-                    leaf_rows.append((entry.key, edge.size, h, data))
-                    for level, idx, nh in edge.append(h):
-                        if level % NODE_STRIDE == 0:
-                            node_rows.append((entry.key, level, idx, nh))
-                plans.append((entry, edge, leaf_rows, node_rows, edge.root()))
-            if not any(p[2] for p in plans):
-                return {e.name: TreeHead(e.size, e.root) for e, *_ in plans}
-            conn = self._conn
-            try:
-                with self._db_errors(None):
-                    conn.execute("BEGIN IMMEDIATE")
-                    for entry, edge, leaf_rows, node_rows, root in plans:
-                        conn.executemany(
-                            "INSERT INTO leaves (log, idx, hash, leaf) VALUES (?, ?, ?, ?)",
-                            leaf_rows,
-                        )
-                        conn.executemany(
-                            "INSERT INTO nodes (log, level, idx, hash) VALUES (?, ?, ?, ?)",
-                            node_rows,
-                        )
-                        cur = conn.execute(
-                            "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?",
-                            (edge.size, root, entry.key, entry.size),
-                        )
-                        if cur.rowcount != 1:
-                            raise StorageError(
-                                f"log {entry.name!r} changed under the store (head mismatch)"
-                            )
-                    conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            heads = {}
-            for entry, edge, _, _, root in plans:
-                entry.size, entry.root, entry.edge = edge.size, root, edge
-                heads[entry.name] = TreeHead(edge.size, root)
-            return heads
+            plans = [self._plan(self._get(log_id), leaves) for log_id, leaves in batch.items()]
+            if any(plan.leaf_rows for plan in plans):
+                self._commit(plans)
+            return {p.entry.name: TreeHead(p.entry.size, p.entry.root) for p in plans}
+
+    def _plan(self, entry: _Log, leaves: Sequence[bytes]) -> _Plan:
+        """Hash the new leaves and the subtrees they complete, touching nothing yet."""
+        if isinstance(leaves, bytes | bytearray | memoryview | str):
+            raise LedgerError("leaves must be a sequence of bytes, not a single value")
+        edge = entry.edge.copy()
+        key = entry.key
+        leaf_rows: list[tuple[int, int, bytes, bytes]] = []
+        node_rows: list[tuple[int, int, int, bytes]] = []
+        for i, leaf in enumerate(leaves):
+            if type(leaf) is not bytes:
+                if not isinstance(leaf, bytes | bytearray | memoryview):
+                    raise LedgerError(f"leaf {i} is {type(leaf).__name__}, expected bytes")
+                leaf = bytes(leaf)
+            h = leaf_hash(leaf)
+            leaf_rows.append((key, edge.size, h, leaf))
+            for level, idx, nh in edge.append(h):
+                if level % NODE_STRIDE == 0:
+                    node_rows.append((key, level, idx, nh))
+        return _Plan(entry, edge, leaf_rows, node_rows, edge.root() if leaf_rows else entry.root)
+
+    def _commit(self, plans: Sequence[_Plan]) -> None:
+        """Write the plans in one transaction, then (only then) update the in-memory heads."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for p in plans:
+                if len(p.leaf_rows) == 1:
+                    conn.execute(_INSERT_LEAF, p.leaf_rows[0])
+                elif p.leaf_rows:
+                    conn.executemany(_INSERT_LEAF, p.leaf_rows)
+                if p.node_rows:
+                    conn.executemany(_INSERT_NODE, p.node_rows)
+                cur = conn.execute(
+                    "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?",
+                    (p.edge.size, p.root, p.entry.key, p.entry.size),
+                )
+                if cur.rowcount != 1:
+                    raise StorageError(
+                        f"log {p.entry.name!r} changed under the store (head mismatch)"
+                    )
+            conn.execute("COMMIT")  # with synchronous=FULL: returns after fsync
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StorageError(f"append failed, nothing was written: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        for p in plans:
+            p.entry.size, p.entry.root, p.entry.edge = p.edge.size, p.root, p.edge
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
