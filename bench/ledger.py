@@ -11,7 +11,9 @@ The raw fsync rate is measured in the same run, in the same directory as the dat
 and interleaved with the append measurements (fsync rates of shared virtual disks drift
 by large factors within minutes). Rates are the best of a few rounds and latencies are
 medians, because other processes on the machine only ever make a run slower. SQLite
-syncs with fdatasync on Linux, so the limit is the faster of fsync and fdatasync.
+syncs with fdatasync on Linux, so the limit is the faster of fsync and fdatasync. A bare
+SQLite one-row commit with the store's settings is measured too: it is the floor for any
+SQLite-backed append (it writes WAL frames of a page plus header, not one aligned block).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -64,6 +67,25 @@ def sync_rate(directory: Path, seconds: float, sync: Callable[[int], None]) -> f
         path.unlink()
 
 
+def sqlite_floor(directory: Path, seconds: float) -> float:
+    """Commits/s of a bare SQLite insert of one ~400-byte row per transaction, with the
+    store's settings (WAL, locking_mode=EXCLUSIVE, synchronous=FULL): the least any
+    SQLite-backed append can cost on this disk, for comparison with ours."""
+    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (i INTEGER PRIMARY KEY, b BLOB) WITHOUT ROWID")
+        start = conn.execute("SELECT coalesce(max(i), 0) + 1 FROM t").fetchone()[0]
+        return rate(
+            lambda i: conn.execute("INSERT INTO t VALUES (?, ?)", (start + i, make_leaf(i))),
+            seconds,
+        )
+    finally:
+        conn.close()
+
+
 def rate(fn: Callable[[int], object], seconds: float, minimum: int = 20) -> float:
     """Calls/s of fn(i) over about ``seconds``."""
     count, start = 0, time.perf_counter()
@@ -106,6 +128,7 @@ def bench_appends(directory: Path, seconds: float, rounds: int) -> dict[str, Any
         for _ in range(rounds):
             keep("raw_fsync_per_s", sync_rate(directory, seconds / 2, os.fsync))
             keep("raw_fdatasync_per_s", sync_rate(directory, seconds / 2, os.fdatasync))
+            keep("bare_sqlite_commits_per_s", sqlite_floor(directory, seconds / 2))
             for journal, store in stores.items():
 
                 def single(i: int, s: LedgerStore = store) -> None:
@@ -217,6 +240,9 @@ def main() -> int:
         "python": sys.version.split()[0],
         "appends": appends,
         "single_append_vs_sync_limit": round(single / limit, 3),
+        "single_append_vs_bare_sqlite_commit": round(
+            single / appends["bare_sqlite_commits_per_s"], 3
+        ),
         "trees": trees,
         "targets": {
             "single_appends_within_2x_of_sync": {

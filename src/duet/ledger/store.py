@@ -23,8 +23,9 @@ first WAL access. In that mode SQLite keeps the WAL index in heap memory and nev
 or maps the ``-shm`` file (https://sqlite.org/wal.html#noshm), which Gramine's encrypted
 files cannot provide; WAL then costs a single fsync per commit. The price is that only one
 process (the controller) can open the database at a time, which is what we want anyway.
-``journal_mode="delete"`` (a rollback journal) is available for file systems that cannot
-hold a second growing file; it costs about three fsyncs per commit.
+``journal_mode="delete"`` (a rollback journal, also without shared memory) is available
+for file systems where WAL misbehaves; it syncs the journal and the database on every
+commit and measured about half as fast for single appends (bench/ledger.py).
 
 Integrity: the database lives outside the enclave's trust boundary in development, and a
 flipped byte must never become a proof that does not verify. So:
