@@ -23,17 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers import ControllerProc  # noqa: E402
-
-from duet.cvm.cleanup import delete_all_local  # noqa: E402
-from duet.cvm.local import LocalProvider  # noqa: E402
-from duet.cvm.ssh import CvmConnection, generate_client_key, public_line  # noqa: E402
-from duet.ledger import keys  # noqa: E402
+from duet.cvm.cleanup import delete_all_local
+from duet.cvm.local import LocalProvider
+from duet.cvm.ssh import CvmConnection, generate_client_key, public_line
+from duet.ledger import keys
+from helpers import ControllerProc
 
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def stats(xs: list[float]) -> dict[str, float]:

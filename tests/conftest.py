@@ -9,9 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ControllerProc  # noqa: E402
-
-from duet.ledger import keys  # noqa: E402
+from duet.ledger import keys
+from helpers import ControllerProc
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ class ControllerProc:
         self.owner_pub_path.write_bytes(keys.public_pem(self.owner_key.public_key()))
         cmd = [sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(self.data),
                "--listen", f"127.0.0.1:{self.port}", "--owner-key", str(self.owner_pub_path), *extra]
-        log = open(self.data.parent / "controller.log", "ab")  # noqa: SIM115
+        log = open(self.data.parent / "controller.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
         with Http(self.url, timeout=2) as http:

@@ -8,13 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-from helpers import ControllerProc
-
 from duet.client.http import ClientError
 from duet.client.verify import fetch_leaves, verify
 from duet.ledger import entries
 from duet.ledger.store import LedgerStore
+from helpers import ControllerProc
 
 
 def _decoded(c: ControllerProc, cvm: str) -> list[dict[str, object]]:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ControllerProc
 
 from duet.client.http import ClientError
 from duet.client.verify import fetch_leaves
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
+from helpers import ControllerProc
 
 
 def _log(c: ControllerProc, cvm: str) -> list[dict[str, object]]:
@@ -85,7 +85,9 @@ def test_each_auth_failure_has_its_code_and_logs_nothing(controller: ControllerP
     cid = owner.controller_id
     stranger = keys.Ed25519PrivateKey.generate()
     cases = {
-        "wrong_audience": sign_intent(owner.key, op="cvm.run", aud="0" * 64, cvm=cvm, args={"command": "true"}, iat=now),
+        "wrong_audience": sign_intent(
+            owner.key, op="cvm.run", aud="0" * 64, cvm=cvm, args={"command": "true"}, iat=now
+        ),
         "stale_intent": sign_intent(owner.key, op="cvm.run", aud=cid, cvm=cvm, args={"command": "true"}, iat=now - 600),
         "unknown_key": sign_intent(stranger, op="cvm.run", aud=cid, cvm=cvm, args={"command": "true"}, iat=now),
     }
@@ -194,7 +196,7 @@ def test_unknown_cvm_intent(controller: ControllerProc) -> None:
 def test_restart_with_another_owner_key_is_refused(controller: ControllerProc, tmp_path: Path) -> None:
     controller.kill()
     controller.owner_key = keys.Ed25519PrivateKey.generate()
-    with pytest.raises(RuntimeError, match="(?i)owner keys change only through a signed owner.keys intent"):
+    with pytest.raises(RuntimeError, match=r"(?i)owner keys change only through a signed owner\.keys intent"):
         controller.start()
 
 

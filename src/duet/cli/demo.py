@@ -32,7 +32,7 @@ def free_port() -> int:
 def start_controller(data: Path, owner_pub: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(data),
            "--listen", f"127.0.0.1:{port}", "--tee", "simulated", "--owner-key", str(owner_pub)]
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    log = open(log_path, "ab")
     return subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
 
 
@@ -52,7 +52,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 
 def run_demo(console: Console, *, keep: bool = False) -> int:
     work = Path(tempfile.mkdtemp(prefix="duet-demo-"))
-    os.chmod(work, 0o755)  # local CVM users must reach their own directories below
+    os.chmod(work, 0o755)  # noqa: S103 - local CVM users must traverse it
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     key = keys.Ed25519PrivateKey.generate()

@@ -8,7 +8,6 @@ policy (or a failed verification), and a remote command's own exit status for `c
 from __future__ import annotations
 
 import base64
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +25,8 @@ controller_app = typer.Typer(no_args_is_help=True, help="Run or inspect the cont
 cvm_app = typer.Typer(no_args_is_help=True, help="Administer CVMs (owner; signed intents).")
 app.add_typer(controller_app, name="controller")
 app.add_typer(cvm_app, name="cvm")
+state_app = typer.Typer(no_args_is_help=True, help="Export a CVM's state for offline checks.")
+app.add_typer(state_app, name="state")
 
 try:
     from duet.cli.attestation_cmd import app as attestation_app
@@ -39,7 +40,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
 KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
-REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition"}
+REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
+           "evidence_refused", "lockdown_failed"}
 
 
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -261,23 +263,97 @@ def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = t
 @app.command()
 @_guard
 def verify(
-    cvm: str,
+    cvm: Annotated[str | None, typer.Argument(help="CVM id (not needed with --bundle).")] = None,
     controller: ControllerOpt = DEFAULT_URL,
     trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML (see README)."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
     as_json: bool = typer.Option(False, "--json"),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
+    from duet.client.expectations import load_expectations
     from duet.client.verify import verify as do_verify
 
-    with Http(controller) as http:
-        report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir)
+    expectations = load_expectations(expect) if expect is not None else None
+    if bundle is not None:
+        from duet.client.bundle import BundleSource
+
+        source = BundleSource.load(bundle)
+        if cvm is not None and cvm != source.cvm:
+            fail("invalid_request", f"the bundle is for CVM {source.cvm}, not {cvm}", 2)
+        report, _ = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                              expect=expectations)
+    else:
+        if cvm is None:
+            fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
+        with Http(controller) as http:
+            report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                                  expect=expectations)
     if as_json:
         out.print_json(data=report.to_json())
     else:
         render_report(out, report)
     raise typer.Exit(0 if report.ok else 3)
+
+
+@state_app.command("export")
+@_guard
+def state_export(
+    cvm: str,
+    out_path: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
+    controller: ControllerOpt = DEFAULT_URL,
+) -> None:
+    """Write a self-contained bundle (quote, checkpoint, all entries) for offline checks."""
+    from duet.client.bundle import export_bundle
+
+    with Http(controller) as http:
+        data = export_bundle(http, cvm)
+    out_path.write_bytes(data)
+    out.print(f"wrote {out_path} ({len(data)} bytes)")
+
+
+@app.command()
+@_guard
+def watch(
+    cvm: str,
+    controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML."),
+    interval: float = typer.Option(5.0, help="Seconds between checks."),
+    on_violation: str | None = typer.Option(None, "--on-violation", help="Shell command run on a violation."),
+    max_checks: int = typer.Option(0, help="Stop after this many checks (0: forever)."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+) -> None:
+    """Follow a CVM: each new checkpoint must extend the last and the log must keep
+    meeting the expectations; exits 3 (after --on-violation) at the first violation."""
+    import subprocess
+    import time
+
+    from duet.client.expectations import load_expectations
+    from duet.client.verify import verify as do_verify
+
+    expectations = load_expectations(expect) if expect is not None else None
+    n = 0
+    with Http(controller) as http:
+        while True:
+            report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                                  expect=expectations)
+            n += 1
+            size = report.checkpoint.get("size")
+            if not report.ok:
+                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+                err.print(f"duet watch: VIOLATION at size {size}: {failed}", markup=False)
+                if on_violation:
+                    subprocess.run(on_violation, shell=True, check=False,  # noqa: S602 - the user's own hook
+                                   env={**os.environ, "DUET_CVM": cvm, "DUET_VIOLATION": failed})
+                raise typer.Exit(3)
+            out.print(f"ok: size {size}, mode {report.state.mode if report.state else '?'}"
+                      f"{' (SIMULATED)' if report.simulated else ''}")
+            if max_checks and n >= max_checks:
+                return
+            time.sleep(interval)
 
 
 @app.command()

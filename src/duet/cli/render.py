@@ -32,7 +32,8 @@ def _summary(e: dict[str, Any]) -> str:
         return f"{e.get('previous')} → {e.get('mode')}"
     if t == "provisioned":
         key = str(e.get("host_key", ""))
-        return f"{e.get('host')}:{e.get('port')} user {e.get('user')}, host key sha256 {hashlib.sha256(key.encode()).hexdigest()[:12]}…"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return f"{e.get('host')}:{e.get('port')} user {e.get('user')}, host key sha256 {digest}…"
     if t == "interrupted":
         return f"#{e.get('command_index')}: {e.get('reason')}"
     if t == "evidence":
@@ -61,7 +62,8 @@ def render_report(console: Console, report: Report) -> None:
     sim = " SIMULATED" if report.simulated else ""
     console.print(f"duet verify — CVM {report.cvm}{sim}")
     if c.get("controller_id"):
-        console.print(f"controller {c['controller_id']}  tee {c.get('tee')}{' (SIMULATED)' if c.get('simulated') else ''}")
+        sim_label = " (SIMULATED)" if c.get("simulated") else ""
+        console.print(f"controller {c['controller_id']}  tee {c.get('tee')}{sim_label}")
     for check in report.checks:
         mark = "PASS" if check.ok else "FAIL"
         label = " [SIMULATED]" if check.simulated else ""

@@ -91,7 +91,8 @@ def _check_genesis(d: list[dict[str, Any]], cid: str, ckey: str, cvm_id: str, st
     state.tee = g.get("tee")
     if problems:
         return Check("genesis", False, "genesis " + ", ".join(problems))
-    return Check("genesis", True, f"genesis names this controller and CVM (tee {g.get('tee')}, provider {g.get('provider')})")
+    what = f"tee {g.get('tee')}, provider {g.get('provider')}"
+    return Check("genesis", True, f"genesis names this controller and CVM ({what})")
 
 
 def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> list[Check]:
@@ -140,7 +141,9 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
                 check_jws(i, e.get("jws"))
         elif t == "owner_keys":
             prev = intents.get(i - 1)
-            if prev is None or prev.op != "owner.keys" or sorted(prev.args.get("keys", [])) != sorted(e.get("keys", [])):
+            authorised = prev is not None and prev.op == "owner.keys" and sorted(
+                prev.args.get("keys", [])) == sorted(e.get("keys", []))
+            if not authorised:
                 intent_problems.append(f"entry {i}: owner key change not authorised by the preceding intent")
             else:
                 owner_keys = _keyset(e.get("keys", []))
@@ -163,7 +166,8 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
         elif t == "mode":
             new = e.get("mode")
             if e.get("previous") != state.mode:
-                mode_problems.append(f"entry {i}: mode entry says previous {e.get('previous')}, log says {state.mode}")
+                mode_problems.append(
+                    f"entry {i}: mode entry says previous {e.get('previous')}, log says {state.mode}")
             if state.mode != "provisioning":
                 it = _nearest_intent(intents, i)
                 if it is None or it.op != "cvm.mode" or it.args.get("mode") != new:

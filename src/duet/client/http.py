@@ -20,7 +20,9 @@ class ClientError(Exception):
 
 
 class Http:
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 660.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, *, timeout: float = 660.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._client = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 

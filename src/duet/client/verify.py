@@ -18,12 +18,14 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.attestation.errors import AttestationError
 from duet.client.audit import Audit, Check, LogState, audit_log
+from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks
+from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import ClientError, Http
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
@@ -112,9 +114,12 @@ class CheckpointMemory:
 
 
 def verify_controller_quote(
-    quote: dict[str, Any], expected_report_data: bytes, trust_simulated: bool, now: datetime
+    quote: dict[str, Any], expected_report_data: bytes, trust_simulated: bool, now: datetime,
+    expect: ControllerExpectations | None = None,
 ) -> tuple[bool, str, dict[str, Any]]:
-    """Verify the controller's SGX quote and its binding; returns (ok, detail, claims)."""
+    """Verify the controller's SGX quote, its binding, and the user's expectations of it;
+    returns (ok, detail, claims)."""
+    from duet.attestation import validate
     from duet.attestation.dcap import verify_sgx_quote
 
     simulated = bool(quote.get("simulated"))
@@ -139,10 +144,18 @@ def verify_controller_quote(
         "debug": report.debug,
     }
     if report.report_data != expected_report_data:
-        return False, "quote verifies but its report data does not bind the controller key and our nonce", claims
+        return False, "quote verifies but its report data does not bind the controller key and the nonce", claims
+    if expect is not None:
+        if expect.tee is not None and expect.tee != "sgx":
+            return False, f"expected a controller TEE {expect.tee!r}; duet controllers run on SGX", claims
+        failures = validate(report, expect.evidence())
+        if failures:
+            return False, "quote verifies, but " + "; ".join(
+                f"{f.field} is {f.found}, expected {f.expected}" for f in failures), claims
     label = "SIMULATED " if simulated else ""
+    pinned = " and matches the expected identity" if expect is not None else ""
     return True, (f"{label}SGX quote verifies (TCB {report.tcb_status}); it binds the controller key "
-                  f"and our fresh nonce; MRENCLAVE {report.mrenclave[:16]}…"), claims
+                  f"and the nonce{pinned}; MRENCLAVE {report.mrenclave[:16]}…"), claims
 
 
 def fetch_leaves(http: Http, cvm: str, size: int) -> list[bytes]:
@@ -158,20 +171,58 @@ def fetch_leaves(http: Http, cvm: str, size: int) -> list[bytes]:
     return leaves
 
 
+class Source(Protocol):
+    """Where the controller's answers come from: live over HTTP, or an offline bundle."""
+
+    live: bool
+
+    def controller(self) -> dict[str, Any]: ...
+    def quote(self, nonce: bytes | None) -> tuple[bytes, dict[str, Any]]: ...
+    def checkpoint(self, cvm: str) -> str: ...
+    def leaves(self, cvm: str, size: int) -> list[bytes]: ...
+    def consistency(self, cvm: str, old: int, new: int) -> list[bytes]: ...
+
+
+class LiveSource:
+    live = True
+
+    def __init__(self, http: Http) -> None:
+        self.http = http
+
+    def controller(self) -> dict[str, Any]:
+        return dict(self.http.get_json("/v1/controller"))
+
+    def quote(self, nonce: bytes | None) -> tuple[bytes, dict[str, Any]]:
+        nonce = nonce or secrets.token_bytes(32)
+        return nonce, dict(self.http.get_json("/v1/controller/quote", nonce=nonce.hex()))
+
+    def checkpoint(self, cvm: str) -> str:
+        return self.http.get_text(f"/v1/cvms/{cvm}/checkpoint")
+
+    def leaves(self, cvm: str, size: int) -> list[bytes]:
+        return fetch_leaves(self.http, cvm, size)
+
+    def consistency(self, cvm: str, old: int, new: int) -> list[bytes]:
+        proof = self.http.get_json(f"/v1/cvms/{cvm}/proofs/consistency", old=old, new=new)["hashes"]
+        return [base64.b64decode(h, validate=True) for h in proof]
+
+
 def verify(
-    http: Http,
+    http: Http | Source,
     cvm: str,
     *,
     trust_simulated: bool = False,
     state_dir: Path | None = None,
     now: datetime | None = None,
     remember: bool = True,
+    expect: UserExpectations | None = None,
 ) -> tuple[Report, Audit | None]:
+    source: Source = LiveSource(http) if isinstance(http, Http) else http
     report = Report(cvm)
     now = now or datetime.now(UTC)
     memory = CheckpointMemory(state_dir or default_state_dir())
 
-    info = http.get_json("/v1/controller")
+    info = source.controller()
     report.controller = {k: info.get(k) for k in ("controller_id", "tee", "simulated", "version", "measurement")}
     try:
         pub_raw = base64.b64decode(info["public_key"], validate=True)
@@ -185,17 +236,20 @@ def verify(
                       if cid == info.get("controller_id") else "controller id is not the hash of its key"):
         return report, None
 
-    nonce = secrets.token_bytes(32)
-    quote = http.get_json("/v1/controller/quote", nonce=nonce.hex())
+    nonce, quote = source.quote(secrets.token_bytes(32) if source.live else None)
     expected_rd = hashlib.sha512(QUOTE_DOMAIN + pub_raw + nonce).digest()
-    ok, detail, claims = verify_controller_quote(quote, expected_rd, trust_simulated, now)
+    ok, detail, claims = verify_controller_quote(
+        quote, expected_rd, trust_simulated, now, expect.controller if expect else None
+    )
+    if not source.live:
+        detail += " (from the bundle: the nonce is the exporter's, so this shows no freshness)"
     report.controller.update(claims)
     if not report.add("controller_quote", ok, detail, simulated=bool(quote.get("simulated"))):
         return report, None
 
     origin = f"duet/{cid}/{cvm}"
     try:
-        note = http.get_text(f"/v1/cvms/{cvm}/checkpoint")
+        note = source.checkpoint(cvm)
     except ClientError as exc:
         if exc.code in ("unknown_cvm", "controller_unreachable"):
             raise
@@ -210,27 +264,35 @@ def verify(
     report.add("checkpoint_signature", True, f"checkpoint (size {cp.size}) is signed by the attested controller key")
 
     try:
-        leaves = fetch_leaves(http, cvm, cp.size)
+        leaves = source.leaves(cvm, cp.size)
     except ClientError as exc:
         report.add("log_root", False, f"the controller does not serve the log: [{exc.code}] {exc.message}")
         return report, None
-    computed = merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
-    if not report.add("log_root", computed == cp.root_hash,
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    computed = merkle.root(hashes)
+    if not report.add("log_root", len(leaves) == cp.size and computed == cp.root_hash,
                       f"the {len(leaves)} entries hash to the checkpoint's root (RFC 9162)"
                       if computed == cp.root_hash else
                       "the entries do not hash to the signed root: the log was altered"):
         return report, None
 
-    _check_consistency(http, cvm, report, memory.get(origin), cp)
+    _check_consistency(source, cvm, report, memory.get(origin), cp, hashes)
     audit = audit_log(leaves, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
     report.checks.extend(audit.checks)
     report.state = audit.state
+    ev_checks, _ = evidence_checks(audit.decoded, audit.state, trust_simulated=trust_simulated, now=now,
+                                   expect=expect)
+    report.checks.extend(ev_checks)
+    report.checks.extend(history_checks(audit.decoded, expect))
+    report.checks.extend(lockdown_checks(audit.decoded, audit.state, expect))
     if remember and report.ok:
         memory.put(origin, cp.size, cp.root_hash)
     return report, audit
 
 
-def _check_consistency(http: Http, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint) -> None:
+def _check_consistency(
+    source: Source, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint, hashes: list[bytes]
+) -> None:
     if old is None:
         report.add("consistency", True, "first verification of this log: its checkpoint is remembered from now on")
         return
@@ -245,10 +307,14 @@ def _check_consistency(http: Http, cvm: str, report: Report, old: tuple[int, byt
                    else f"fork: same size {cp.size} as last time but a different root")
         return
     try:
-        proof = http.get_json(f"/v1/cvms/{cvm}/proofs/consistency", old=old_size, new=cp.size)["hashes"]
-        merkle.verify_consistency(old_size, cp.size, [base64.b64decode(h) for h in proof], old_root, cp.root_hash)
+        if source.live:
+            proof = source.consistency(cvm, old_size, cp.size)
+            merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root_hash)
+        elif merkle.root(hashes[:old_size]) != old_root:
+            # Offline we hold every leaf: the old tree must be a prefix of this one.
+            raise ValueError(f"the first {old_size} entries do not hash to the remembered root")
     except (LedgerError, ClientError, ValueError, KeyError) as exc:
         report.add("consistency", False,
-                   f"the log does not extend the checkpoint of size {old_size} we verified before: {exc}")
+                   f"fork: the log does not extend the checkpoint of size {old_size} we verified before: {exc}")
         return
     report.add("consistency", True, f"the log extends the checkpoint of size {old_size} we verified before")

@@ -30,8 +30,7 @@ from duet.controller.evidence import EvidenceCollector
 from duet.controller.state import CvmRecord, StateStore
 from duet.cvm.errors import CvmError, HostKeyMismatch
 from duet.cvm.provider import Provider
-from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key
-from duet.cvm.ssh import import_private, public_line
+from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
 from duet.ledger.checkpoint import Checkpoint, sign_checkpoint
 from duet.ledger.intent import IAT_WINDOW_S, Intent, check_claims, parse_intent, verify_signature
@@ -143,6 +142,7 @@ class Controller:
         self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     # ---------------------------------------------------------------- identity / read side
 
@@ -374,7 +374,7 @@ class Controller:
         self._save(rec)
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
-            asyncio.ensure_future(conn.close())
+            self._closing.add(asyncio.ensure_future(conn.close()))
 
     def client_public_line(self, cvm_id: str) -> str:
         """The CVM's authorised key (public half of the sealed SSH client key)."""

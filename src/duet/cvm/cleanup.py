@@ -6,6 +6,7 @@ finds them again; whoever owns a throw-away data dir removes them with this."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 
@@ -21,7 +22,7 @@ def delete_all_local(base: Path) -> None:
             if d.is_dir():
                 try:
                     await provider.delete(d.name)
-                except Exception:  # noqa: BLE001 - best effort: clean up as much as possible
-                    pass
+                except Exception as exc:  # best effort: clean up as much as possible
+                    print(f"duet: could not delete local CVM {d.name}: {exc}", file=sys.stderr)
 
     asyncio.run(run())

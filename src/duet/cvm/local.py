@@ -71,8 +71,8 @@ from pathlib import Path
 from duet.attestation.simulated import SimulatedSnp
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.guest import report_client as guest_tool
-from duet.cvm.psp import SimulatedPsp
 from duet.cvm.provider import CVM_MARKER_ENV, RUN_MARKER_ENV, Provisioned
+from duet.cvm.psp import SimulatedPsp
 
 _TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin"
 # sshd gets a minimal environment: nothing of the controller's (secrets, proxies, ...)
@@ -371,7 +371,7 @@ class LocalProvider:
         shutil.copyfile(Path(guest_tool.__file__), pdir / "report_client.py")
         shutil.copyfile(self.cvm_dir(st.cvm_id) / "ssh_host_ed25519_key.pub", pdir / "ssh_host_ed25519_key.pub")
         for f in ("report_client.py", "ssh_host_ed25519_key.pub"):
-            os.chmod(pdir / f, 0o644)  # noqa: S103
+            os.chmod(pdir / f, 0o644)
         return {
             "kind": "simulated-snp",
             "platform_dir": str(pdir),

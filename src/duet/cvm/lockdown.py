@@ -128,7 +128,8 @@ def judge_absent(output: str, what: str) -> tuple[bool, str]:
 def local_commands(ctx: Mapping[str, object]) -> dict[str, str]:
     """The check commands for a local CVM (run host-side as root)."""
     q = shlex.quote
-    sshd, cfg, akf, user, home = (str(ctx[k]) for k in ("sshd", "sshd_config", "authorized_keys_file", "user", "home"))
+    names = ("sshd", "sshd_config", "authorized_keys_file", "user", "home")
+    sshd, cfg, akf, user, home = (str(ctx[k]) for k in names)
     sshd_t = f"{q(sshd)} -T -f {q(cfg)} -C user={q(user)},host=localhost,addr=127.0.0.1"
     other_keys = (
         f"for f in {q(home)}/.ssh/authorized_keys* {q(home)}/.ssh/authorized_keys2; do "
@@ -143,12 +144,13 @@ def local_commands(ctx: Mapping[str, object]) -> dict[str, str]:
         "passwords_locked": shadow,
         "agents_disabled": (
             "for a in " + " ".join(AGENTS) + '; do p=$(command -v "$a") && echo "installed: $p"; done; '
-            "for u in " + " ".join(AGENT_UNITS) + '; do [ -e "/etc/systemd/system/multi-user.target.wants/$u.service" ] '
-            '&& echo "enabled: $u"; done; true'
+            "for u in " + " ".join(AGENT_UNITS) + "; do "
+            '[ -e "/etc/systemd/system/multi-user.target.wants/$u.service" ] && echo "enabled: $u"; done; true'
         ),
         "serial_console_off": (
             "for t in ttyS0 ttyS1 hvc0 ttyAMA0; do "
-            '[ -e "/etc/systemd/system/getty.target.wants/serial-getty@$t.service" ] && echo "enabled: serial-getty@$t"; '
+            '[ -e "/etc/systemd/system/getty.target.wants/serial-getty@$t.service" ] '
+            '&& echo "enabled: serial-getty@$t"; '
             "done; ps -eo args | grep -E '^[^ ]*getty.*(ttyS|hvc|ttyAMA)' || true"
         ),
     }
@@ -170,12 +172,14 @@ def judge(name: str, output: str, *, controller_key: str, akf: str) -> tuple[boo
     return False, f"unknown check {name}"
 
 
-async def run_checks(commands: Mapping[str, str], runner: Runner, *, controller_key: str, akf: str) -> list[CheckResult]:
+async def run_checks(
+    commands: Mapping[str, str], runner: Runner, *, controller_key: str, akf: str
+) -> list[CheckResult]:
     results = []
     for name, command in commands.items():
         try:
             rc, output = await runner(command)
-        except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+        except Exception as exc:
             results.append(CheckResult(name, command, "", False, f"could not run: {exc}"))
             continue
         ok, detail = judge(name, output, controller_key=controller_key, akf=akf)

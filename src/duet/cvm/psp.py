@@ -43,7 +43,7 @@ class SimulatedPsp:
                 report = self.snp.report(report_data, measurement=measurement, host_data=host_data,
                                          policy=policy)
                 reply = {"report": base64.b64encode(report).decode()}
-            except (ValueError, KeyError, TypeError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ValueError, KeyError, TypeError) as exc:
                 reply = {"error": str(exc) or "bad request"}
             writer.write(json.dumps(reply).encode())
             with contextlib.suppress(ConnectionError):

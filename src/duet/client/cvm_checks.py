@@ -1,0 +1,192 @@
+"""Pure checks of a CVM's hardware evidence and of the user's expectations.
+
+Given the decoded log (already proven to hash to a checkpoint signed by the attested
+controller), these checks re-verify every `evidence` entry from its raw bytes: the
+report's signature chain, its binding to the SSH host key the controller pinned
+(report data = SHA-512(nonce ‖ host key blob)) and to this instance (HOST_DATA =
+the controller's per-CVM launch value from genesis); then they weigh the latest
+evidence, the mode, the command history and the lockdown checks against what the
+user expects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from duet.attestation import AttestationError, SnpReport, validate, verify_snp_report
+from duet.client.audit import Check, LogState
+from duet.client.expectations import UserExpectations
+
+SNP_KINDS = ("snp", "simulated-snp")
+
+
+def _time(entry: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
+
+
+def _pem_blocks(text: str) -> list[bytes]:
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    return [b.encode() + b"\n" for b in blocks]
+
+
+def host_key_blob(line: str) -> bytes:
+    return base64.b64decode(line.split()[1], validate=True)
+
+
+def verify_evidence_entry(
+    e: dict[str, Any], *, host_key: str, host_data: str | None, trust_simulated: bool,
+    decoded: list[dict[str, Any]],
+) -> SnpReport:
+    """Verify one evidence entry; raises ValueError / AttestationError naming the problem."""
+    kind = e.get("kind")
+    if kind not in SNP_KINDS:
+        raise ValueError(f"evidence kind {kind!r} is not supported by this verifier")
+    simulated = kind == "simulated-snp"
+    if simulated and not trust_simulated:
+        raise ValueError("the CVM's evidence is SIMULATED SEV-SNP; pass --trust-simulated to accept it")
+    collateral = e.get("collateral") or {}
+    try:
+        raw = base64.b64decode(str(e["evidence"]), validate=True)
+        vcek = base64.b64decode(str(collateral["vcek"]), validate=True)
+        chain = str(collateral.get("cert_chain", ""))
+        nonce = bytes.fromhex(str(e["nonce"]))
+    except (KeyError, ValueError, binascii.Error):
+        raise ValueError("evidence entry lacks its report, VCEK or nonce") from None
+    blocks = _pem_blocks(chain)
+    trusted = [blocks[-1]] if simulated and blocks else None
+    report = verify_snp_report(
+        raw, vcek_der=vcek, ask_pem=chain.encode() if chain else None, now=_time(e), trusted_arks=trusted
+    )
+    if report.report_data != hashlib.sha512(nonce + host_key_blob(host_key)).digest():
+        raise ValueError("report data does not bind the nonce to the SSH host key the controller pinned")
+    if host_data is not None and report.host_data != host_data:
+        raise ValueError("HOST_DATA is not the launch value the controller chose for this CVM")
+    ci = e.get("command_index")
+    cmd = decoded[ci] if isinstance(ci, int) and 0 <= ci < len(decoded) else {}
+    if cmd.get("type") != "command" or cmd.get("action") != "attest" or str(e["nonce"]) not in str(cmd.get("command")):
+        raise ValueError("evidence does not point to the logged attest command that carried its nonce")
+    return report
+
+
+def evidence_checks(
+    decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
+    expect: UserExpectations | None,
+) -> tuple[list[Check], SnpReport | None]:
+    checks: list[Check] = []
+    indices = state.evidence_indices
+    simulated = any(decoded[i].get("kind") == "simulated-snp" for i in indices)
+    if state.host_key is None:
+        return [Check("evidence", False, "the log has no provisioned entry with a pinned host key")], None
+    if not indices:
+        return [Check("evidence", False, "the log holds no hardware evidence for this CVM")], None
+    problems: list[str] = []
+    latest: SnpReport | None = None
+    for i in indices:
+        try:
+            latest = verify_evidence_entry(decoded[i], host_key=state.host_key, host_data=state.host_data,
+                                           trust_simulated=trust_simulated, decoded=decoded)
+        except (ValueError, AttestationError) as exc:
+            problems.append(f"entry {i}: {exc}")
+            latest = None
+    first_mode = next((i for i, e in enumerate(decoded) if e.get("type") == "mode"), len(decoded))
+    if indices[0] > first_mode:
+        problems.append("no evidence before the CVM was first made usable")
+    problems.extend(_in_service_without_evidence(decoded))
+    label = "SIMULATED SEV-SNP" if simulated else "SEV-SNP"
+    checks.append(Check(
+        "evidence", not problems, "; ".join(problems[:4]) or
+        f"{len(indices)} {label} reports verify, each bound to the pinned host key and this instance's HOST_DATA",
+        simulated=simulated,
+    ))
+    if expect is not None and expect.cvm is not None:
+        checks.extend(_cvm_expectations(decoded, indices[-1], latest, state, expect, now, simulated))
+    return checks, latest
+
+
+def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
+    out, since_mode_change = [], False
+    for i, e in enumerate(decoded):
+        t = e.get("type")
+        if t == "evidence" and e.get("purpose") == "in-service":
+            since_mode_change = True
+        elif t == "mode":
+            if e.get("mode") == "in-service" and not since_mode_change:
+                out.append(f"entry {i}: entered in-service without fresh evidence")
+            since_mode_change = False
+    return out
+
+
+def _cvm_expectations(
+    decoded: list[dict[str, Any]], latest_index: int, latest: SnpReport | None, state: LogState,
+    expect: UserExpectations, now: datetime, simulated: bool,
+) -> list[Check]:
+    cvm = expect.cvm
+    assert cvm is not None
+    checks = []
+    if cvm.tee is not None:
+        checks.append(Check("cvm_tee", cvm.tee == state.tee,
+                            f"TEE is {state.tee}" + ("" if cvm.tee == state.tee else f", expected {cvm.tee}")))
+    if cvm.max_age is not None:
+        age = now - _time(decoded[latest_index])
+        ok = age <= cvm.max_age
+        checks.append(Check("evidence_age", ok, f"latest evidence is {_fmt(age)} old"
+                            + ("" if ok else f", more than the allowed {cvm.max_evidence_age}")))
+    claims = cvm.evidence()
+    if claims.model_dump(exclude_none=True):
+        if latest is None:
+            checks.append(Check("cvm_claims", False, "the latest evidence did not verify, so no claim can be checked"))
+        else:
+            failures = validate(latest, claims)
+            checks.append(Check(
+                "cvm_claims", not failures,
+                "; ".join(f"{f.field} is {f.found}, expected {f.expected}" for f in failures)
+                or "the latest evidence has every expected value", simulated=simulated))
+    if cvm.mode is not None:
+        checks.append(Check("mode", state.mode == cvm.mode,
+                            f"CVM is {state.mode}" + ("" if state.mode == cvm.mode else f", expected {cvm.mode}")))
+    return checks
+
+
+def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | None) -> list[Check]:
+    """Every owner command in the whole history must match an allowed pattern: state a
+    command left behind outlives the update window it ran in."""
+    if expect is None or expect.history is None or expect.history.allowed_commands is None:
+        return []
+    patterns = [re.compile(p) for p in expect.history.allowed_commands]
+    bad = [
+        f"entry {i}: {e.get('command')!r}"
+        for i, e in enumerate(decoded)
+        if e.get("type") == "command" and not e.get("builtin")
+        and not any(p.search(str(e.get("command"))) for p in patterns)
+    ]
+    n = sum(1 for e in decoded if e.get("type") == "command" and not e.get("builtin"))
+    return [Check("history", not bad, ("commands outside the allowed patterns: " + "; ".join(bad[:5]))
+                  if bad else f"all {n} owner commands match the allowed patterns")]
+
+
+def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: UserExpectations | None) -> list[Check]:
+    if expect is None or expect.lockdown is None:
+        return []
+    if not state.lockdown_indices:
+        return [Check("lockdown", False, "the log holds no lockdown checks")]
+    i = state.lockdown_indices[-1]
+    results = {c.get("name"): c for c in decoded[i].get("checks", []) if isinstance(c, dict)}
+    problems = []
+    for name in expect.lockdown:
+        c = results.get(name)
+        if c is None:
+            problems.append(f"{name} was not checked")
+        elif c.get("ok") is not True:
+            problems.append(f"{name} failed: {c.get('detail', '')}")
+    return [Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
+                  if problems else f"latest lockdown (entry {i}) passes {', '.join(expect.lockdown)}")]
+
+
+def _fmt(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
