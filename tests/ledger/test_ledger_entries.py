@@ -405,9 +405,7 @@ def test_result_streams() -> None:
     binary = StreamOutput.from_bytes(b"\xff\x00\xfe", limit=2)
     assert (binary.encoding, binary.truncated) == ("base64", True)
     assert binary.content() == b"\xff\x00"
-    record = ResultEntry(
-        command_index=3, exit_status=None, signal="KILL", duration_ms=5, stdout=text, stderr=binary
-    )
+    record = ResultEntry(command_index=3, exit_status=None, signal="KILL", duration_ms=5, stdout=text, stderr=binary)
     entry = decode(record.encode())
     assert entry["stderr"] == base64.b64encode(b"\xff\x00").decode()
     assert entry["stderr_bytes"] == 3 and entry["stderr_truncated"] is True
@@ -424,8 +422,6 @@ def test_large_doubles_round_trip_and_large_ints_do_not() -> None:
     entry["duration_ms"] = 2**53 + 1  # not a double: no canonical JSON form
     with pytest.raises(EntryError):
         encode(entry)
-    leaf = encode(sample("result")).replace(
-        b'"duration_ms":12.5', b'"duration_ms":9007199254740993'
-    )
+    leaf = encode(sample("result")).replace(b'"duration_ms":12.5', b'"duration_ms":9007199254740993')
     with pytest.raises(EntryError, match="canonical"):
         decode(leaf)

@@ -104,9 +104,7 @@ def _vector_files(kind: str) -> list[Path]:
     return files
 
 
-@pytest.mark.parametrize(
-    "path", _vector_files("inclusion"), ids=lambda p: f"{p.parent.name}/{p.stem}"
-)
+@pytest.mark.parametrize("path", _vector_files("inclusion"), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_transparency_dev_inclusion_vectors(path: Path) -> None:
     v = json.loads(path.read_text())
     args = (b64(v["leafHash"]), v["leafIdx"], v["treeSize"], [b64(p) for p in v["proof"] or []])
@@ -117,9 +115,7 @@ def test_transparency_dev_inclusion_vectors(path: Path) -> None:
         merkle.verify_inclusion(*args, b64(v["root"]))
 
 
-@pytest.mark.parametrize(
-    "path", _vector_files("consistency"), ids=lambda p: f"{p.parent.name}/{p.stem}"
-)
+@pytest.mark.parametrize("path", _vector_files("consistency"), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_transparency_dev_consistency_vectors(path: Path) -> None:
     v = json.loads(path.read_text())
     args = (v["size1"], v["size2"], [b64(p) for p in v["proof"] or []])
@@ -193,9 +189,7 @@ def consistency_case(draw: st.DrawFn) -> tuple[int, int]:
 
 @settings(max_examples=60, deadline=None)
 @given(inclusion_case(), st.integers(1, 255))
-def test_every_inclusion_proof_verifies_and_any_flip_fails(
-    case: tuple[int, int], mask: int
-) -> None:
+def test_every_inclusion_proof_verifies_and_any_flip_fails(case: tuple[int, int], mask: int) -> None:
     index, size = case
     proof = merkle.inclusion_proof(HASHES, index, size)
     root = merkle.root(HASHES[:size])
@@ -216,9 +210,7 @@ def test_every_inclusion_proof_verifies_and_any_flip_fails(
 
 @settings(max_examples=60, deadline=None)
 @given(consistency_case(), st.integers(1, 255))
-def test_every_consistency_proof_verifies_and_any_flip_fails(
-    case: tuple[int, int], mask: int
-) -> None:
+def test_every_consistency_proof_verifies_and_any_flip_fails(case: tuple[int, int], mask: int) -> None:
     old, new = case
     proof = merkle.consistency_proof(HASHES, old, new)
     old_root, new_root = merkle.root(HASHES[:old]), merkle.root(HASHES[:new])

@@ -23,9 +23,7 @@ from duet.ledger.note import (
     verifier_key_string,
 )
 
-VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "signed_note_vectors.json").read_text()
-)
+VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "signed_note_vectors.json").read_text())
 KEYS: dict[str, str] = VECTORS["keys"]
 BY_ID = {v["id"]: v for v in VECTORS["vectors"]}
 
@@ -43,9 +41,7 @@ BOB = _signer("example.com/bob", 2)
 TEXT = "origin\n42\nline three\n"
 
 
-@pytest.mark.parametrize(
-    "vector", [v for v in VECTORS["vectors"] if "note" in v], ids=lambda v: v["id"]
-)
+@pytest.mark.parametrize("vector", [v for v in VECTORS["vectors"] if "note" in v], ids=lambda v: v["id"])
 def test_open_vectors(vector: dict[str, Any]) -> None:
     vs = verifiers(vector["verify_with"])
     if vector["expect"].startswith("reject"):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from duet.ledger import merkle
@@ -104,9 +104,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LedgerStore,
 
 @settings(max_examples=80, deadline=None)
 @given(st.data())
-def test_store_proofs_verify_for_random_sizes(
-    big: tuple[LedgerStore, list[bytes]], data: st.DataObject
-) -> None:
+def test_store_proofs_verify_for_random_sizes(big: tuple[LedgerStore, list[bytes]], data: st.DataObject) -> None:
     s, hashes = big
     new = data.draw(st.integers(1, 2000))
     old = data.draw(st.integers(0, new))
@@ -117,6 +115,26 @@ def test_store_proofs_verify_for_random_sizes(
     merkle.verify_inclusion(hashes[index], index, new, incl, new_root)
     cons = s.consistency_proof("big", old, new)
     merkle.verify_consistency(old, new, cons, s.tree_head("big", old).root_hash, new_root)
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(1, 2000))
+@example(2000)
+def test_every_proof_of_a_random_tree_verifies(big: tuple[LedgerStore, list[bytes]], n: int) -> None:
+    """For one tree size n: all n inclusion proofs and all n consistency proofs."""
+    s, hashes = big
+    prefix = merkle.CompactRange()  # roots of every prefix in one pass
+    roots = [merkle.EMPTY_ROOT]
+    for h in hashes[:n]:
+        prefix.append(h)
+        roots.append(prefix.root())
+    assert roots[n] == merkle.root(hashes[:n]) == s.tree_head("big", n).root_hash
+    for index in range(n):
+        proof = s.inclusion_proof("big", index, n)
+        merkle.verify_inclusion(hashes[index], index, n, proof, roots[n])
+    for old in range(1, n + 1):
+        proof = s.consistency_proof("big", old, n)
+        merkle.verify_consistency(old, n, proof, roots[old], roots[n])
 
 
 def test_out_of_range_requests(store: LedgerStore) -> None:
@@ -184,6 +202,8 @@ def test_second_process_cannot_open(db: Path, store: LedgerStore) -> None:
     store.create_log("log")
     with pytest.raises(StorageError, match="another process"):
         LedgerStore(db, busy_timeout=0.05)
+    with pytest.raises(StorageError, match="cannot open"):
+        LedgerStore(db.parent / "missing-dir" / "x.db")
 
 
 def test_reopen_keeps_everything(db: Path) -> None:
@@ -213,8 +233,7 @@ def test_group_commit_is_all_or_nothing(store: LedgerStore) -> None:
     # Make the second log's insert fail inside the transaction: a stray row where its
     # next leaf goes. The first log's leaves must not survive the rollback.
     store._conn.execute(
-        "INSERT INTO leaves (log, idx, hash, leaf) SELECT id, 1, zeroblob(32), x'' FROM logs "
-        "WHERE name = 'b'"
+        "INSERT INTO leaves (log, idx, hash, leaf) SELECT id, 1, zeroblob(32), x'' FROM logs WHERE name = 'b'"
     )
     with pytest.raises(StorageError):
         store.append_batch({"a": [b"a2", b"a3"], "b": [b"b1"]})
@@ -417,9 +436,7 @@ def test_flipped_byte_in_the_file_is_detected(db: Path) -> None:
 def test_flipped_node_byte_in_the_file_is_detected(db: Path) -> None:
     build(db, n=300)
     conn = sqlite3.connect(db)
-    node = conn.execute(
-        f"SELECT hash FROM nodes WHERE {VICTIM} AND level = {NODE_STRIDE} AND idx = 3"
-    ).fetchone()[0]
+    node = conn.execute(f"SELECT hash FROM nodes WHERE {VICTIM} AND level = {NODE_STRIDE} AND idx = 3").fetchone()[0]
     conn.close()
     raw = bytearray(db.read_bytes())
     pos = raw.find(node)

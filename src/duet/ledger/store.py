@@ -27,8 +27,9 @@ process (the controller) can open the database at a time, which is what we want 
 for file systems where WAL misbehaves; it syncs the journal and the database on every
 commit and measured about half as fast for single appends (bench/ledger.py).
 
-Integrity: the database lives outside the enclave's trust boundary in development, and a
-flipped byte must never become a proof that does not verify. So:
+Integrity: stored bytes can go bad (a disk, a bug, a host editing a file that is not on
+Gramine's encrypted mount), and a flipped byte must never be served as a proof that does
+not verify, or as an entry that is not the one in the tree. So:
 
 * on open, each log's head is recomputed from its right-edge subtree hashes and the last
   leaf's inclusion in it is checked (O(log n) per log);
@@ -316,9 +317,8 @@ class LedgerStore:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
-            raise StorageError(
-                f"cannot open ledger database {self._path} (is another process using it?): {exc}"
-            ) from exc
+            hint = " (another process holds it)" if "locked" in str(exc) else ""
+            raise StorageError(f"cannot open ledger database {self._path}{hint}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self._path} is not a usable ledger database: {exc}") from exc
 
