@@ -27,7 +27,7 @@ def test_evidence_not_bound_to_the_connected_host_key_aborts_provisioning(tmp_pa
     real_create = provider.create
 
     async def create_then_impostor(cvm_id: str, **kw: object):  # type: ignore[no-untyped-def]
-        prov = await real_create(cvm_id, **kw)  # type: ignore[arg-type]
+        await real_create(cvm_id, **kw)  # type: ignore[arg-type]
         # The guest's platform keeps the genuine public key; sshd now serves another.
         d = provider.cvm_dir(cvm_id)
         for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ControllerProc
 
 from duet.client.bundle import BundleSource
 from duet.client.expectations import load_expectations
@@ -20,6 +19,7 @@ from duet.client.http import ClientError
 from duet.client.verify import fetch_leaves, verify
 from duet.cvm.local import LOCAL_MEASUREMENT
 from duet.ledger import entries
+from helpers import ControllerProc
 
 
 def _log(c: ControllerProc, cvm: str) -> list[dict[str, object]]:
@@ -224,7 +224,7 @@ def _semantics(raw: bytes) -> object:
         data = json.loads(raw)
         data["entries"] = [base64.b64decode(e) for e in data["entries"]]
         return data
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
