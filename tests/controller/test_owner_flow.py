@@ -223,3 +223,19 @@ def test_delete(controller: ControllerProc) -> None:
         owner.run(cvm, "true")
     assert info.value.code == "cvm_deleted"
     assert _log(controller, cvm)[-1]["type"] == "deleted"
+
+
+def test_replay_after_a_crash_is_still_refused(controller: ControllerProc) -> None:
+    """The replay guard is rebuilt from the log: a restart does not reopen the window."""
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    jws = owner.sign("cvm.run", {"command": "echo once >> count"}, cvm)
+    with controller.http() as http:
+        http.post_json("/v1/intents", {"jws": jws})
+    controller.kill()
+    controller.start()
+    size = _size(controller, cvm)
+    e = _post(controller, jws)
+    assert e.code == "replayed_intent"
+    assert _size(controller, cvm) == size
+    assert base64.b64decode(owner.run(cvm, "cat count")["stdout"]) == b"once\n"

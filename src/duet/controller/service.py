@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from duet.controller import errors
 from duet.controller.evidence import EvidenceCollector
+from duet.controller.replay import ReplayGuard
 from duet.controller.state import CvmRecord, StateStore
 from duet.cvm.errors import CvmError, HostKeyMismatch
 from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
 from duet.ledger.checkpoint import Checkpoint, sign_checkpoint
-from duet.ledger.intent import IAT_WINDOW_S, Intent, check_claims, parse_intent, verify_signature
+from duet.ledger.intent import Intent, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.ledger.store import LedgerStore
@@ -143,6 +144,7 @@ class Controller:
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self.replay = ReplayGuard()
 
     # ---------------------------------------------------------------- identity / read side
 
@@ -226,6 +228,7 @@ class Controller:
         Commands on a CVM are serialised, so a command cut short by a crash is always the
         last entry of its log: recovery is O(1) per log, not a scan.
         """
+        self.replay.seed_from_logs(self.ledger, int(time.time()))
         for rec in list(self._records.values()):
             if rec.mode == "deleted":
                 continue
@@ -265,13 +268,12 @@ class Controller:
     # ---------------------------------------------------------------- intents
 
     def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
-        """Every check that needs no CVM state. Failing here changes nothing but the
-        nonce table (and only for an intent that passed every other check)."""
+        """Every check that needs no CVM state; failing here changes nothing."""
         intent = parse_intent(jws)
         owner_keys = {kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()}
         verify_signature(intent, owner_keys)
         check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
-        if not self.state.claim_nonce(intent.nonce, intent.iat, keep_s=4 * IAT_WINDOW_S):
+        if not self.replay.claim(intent.nonce, intent.iat, int(time.time())):
             raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
         return intent
 

@@ -1,4 +1,4 @@
-"""The controller's durable state: identity, owner keys, CVM records, seen nonces.
+"""The controller's durable state: identity, owner keys, CVM records.
 
 Kept in its own SQLite file next to the ledger. Under Gramine the data dir is the
 encrypted mount keyed to MRENCLAVE, so what is stored here (the controller key, each
@@ -7,7 +7,7 @@ file and the controller says SIMULATED about everything resting on it.
 
 Like the ledger, this database uses WAL with `locking_mode=EXCLUSIVE` set first (so no
 shared-memory index is ever made: Gramine's encrypted files cannot hold one) and
-`synchronous=FULL`, so a nonce recorded before an intent is acted on survives a crash.
+`synchronous=FULL`. Nonces are not kept here: see `replay.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS owner_keys (kid TEXT PRIMARY KEY, public_b64 TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, iat INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS nonces_iat ON nonces (iat);
 CREATE TABLE IF NOT EXISTS cvms (
   id TEXT PRIMARY KEY,
   record TEXT NOT NULL,
@@ -106,28 +103,6 @@ class StateStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                raise
-
-    def claim_nonce(self, nonce: str, iat: int, *, keep_s: int) -> bool:
-        """Record a nonce; False if it was seen before. Old nonces are pruned: an intent
-        whose iat is older than the acceptance window is refused anyway, so a nonce only
-        needs remembering for as long as its intent could still be accepted."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "DELETE FROM nonces WHERE iat < ?", (int(time.time()) - keep_s,)
-                )
-                try:
-                    self._db.execute("INSERT INTO nonces (nonce, iat) VALUES (?, ?)", (nonce, iat))
-                except sqlite3.IntegrityError:
-                    self._db.execute("ROLLBACK")
-                    return False
-                self._db.execute("COMMIT")
-                return True
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 raise
 
     def put_cvm(self, record: CvmRecord, client_key: bytes | None = None) -> None:
