@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from duet.client.http import ClientError
 from duet.client.verify import fetch_leaves, verify
 from duet.ledger import entries
@@ -150,3 +152,37 @@ def test_flipped_byte_in_store_is_refused(controller: ControllerProc, tmp_path: 
     report = _verify(controller, cvm, tmp_path / "user")
     assert not report.ok
     assert "log_corrupt" in " ".join(_failed(report).values())
+
+
+def test_restored_old_data_dir_is_refused_when_shown_a_newer_checkpoint(
+    controller: ControllerProc, tmp_path: Path
+) -> None:
+    """The host restores an old copy of the (sealed) data dir. A user who saw a newer
+    checkpoint shows it; the controller refuses to serve that log and says why."""
+    import shutil
+
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    owner.run(cvm, "echo one")
+    controller.kill()
+    snapshot = tmp_path / "old-data"
+    shutil.copytree(controller.data, snapshot, ignore=shutil.ignore_patterns("cvms"))
+    controller.start()
+    owner.run(cvm, "echo two")
+    state = tmp_path / "user"
+    assert _verify(controller, cvm, state).ok  # remembers the newer checkpoint
+    controller.kill()
+    for name in ("ledger.sqlite", "state.sqlite"):
+        for suffix in ("", "-wal", "-journal"):
+            Path(str(controller.data / name) + suffix).unlink(missing_ok=True)
+            src = Path(str(snapshot / name) + suffix)
+            if src.exists():
+                shutil.copy2(src, Path(str(controller.data / name) + suffix))
+    controller.start()
+    report = _verify(controller, cvm, state)
+    failed = _failed(report)
+    assert "rolled back" in failed["consistency"] and "refuses" in failed["consistency"]
+    # From now on the controller refuses every request about that log, to anyone.
+    with controller.http() as http, pytest.raises(ClientError) as info:
+        http.get_json(f"/v1/cvms/{cvm}")
+    assert info.value.code == "rollback_detected" and info.value.status == 409

@@ -91,7 +91,7 @@ class BundleSource:
         except ValueError:
             raise ClientError("invalid_bundle", "bundle nonce is not hex") from None
 
-    def checkpoint(self, cvm: str) -> str:
+    def checkpoint(self, cvm: str, shown: str | None = None) -> str:
         return str(self.data["checkpoint"])
 
     def leaves(self, cvm: str, size: int) -> list[bytes]:

@@ -54,8 +54,8 @@ class Http:
         except ValueError:
             raise ClientError("bad_response", f"{path} did not return JSON") from None
 
-    def get_text(self, path: str) -> str:
-        return self._send("GET", path).text
+    def get_text(self, path: str, headers: dict[str, str] | None = None) -> str:
+        return self._send("GET", path, headers=headers).text
 
     def post_json(self, path: str, body: Any) -> Any:
         try:

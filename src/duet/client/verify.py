@@ -104,9 +104,16 @@ class CheckpointMemory:
             return None
         return int(entry["size"]), base64.b64decode(entry["root"])
 
-    def put(self, origin: str, size: int, root: bytes) -> None:
+    def note(self, origin: str) -> str | None:
+        entry = self._load().get(origin) or {}
+        note = entry.get("note")
+        return note if isinstance(note, str) else None
+
+    def put(self, origin: str, size: int, root: bytes, note: str | None = None) -> None:
         data = self._load()
         data[origin] = {"size": size, "root": base64.b64encode(root).decode()}
+        if note is not None:
+            data[origin]["note"] = note
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -178,7 +185,7 @@ class Source(Protocol):
 
     def controller(self) -> dict[str, Any]: ...
     def quote(self, nonce: bytes | None) -> tuple[bytes, dict[str, Any]]: ...
-    def checkpoint(self, cvm: str) -> str: ...
+    def checkpoint(self, cvm: str, shown: str | None = None) -> str: ...
     def leaves(self, cvm: str, size: int) -> list[bytes]: ...
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]: ...
 
@@ -196,8 +203,11 @@ class LiveSource:
         nonce = nonce or secrets.token_bytes(32)
         return nonce, dict(self.http.get_json("/v1/controller/quote", nonce=nonce.hex()))
 
-    def checkpoint(self, cvm: str) -> str:
-        return self.http.get_text(f"/v1/cvms/{cvm}/checkpoint")
+    def checkpoint(self, cvm: str, shown: str | None = None) -> str:
+        """`shown`: the checkpoint we verified last; the controller refuses to serve a log
+        older than it (a rolled-back enclave state) instead of answering."""
+        headers = {"Duet-Checkpoint": base64.b64encode(shown.encode()).decode()} if shown else None
+        return self.http.get_text(f"/v1/cvms/{cvm}/checkpoint", headers=headers)
 
     def leaves(self, cvm: str, size: int) -> list[bytes]:
         return fetch_leaves(self.http, cvm, size)
@@ -249,10 +259,13 @@ def verify(
 
     origin = f"duet/{cid}/{cvm}"
     try:
-        note = source.checkpoint(cvm)
+        note = source.checkpoint(cvm, memory.note(origin))
     except ClientError as exc:
         if exc.code in ("unknown_cvm", "controller_unreachable"):
             raise
+        if exc.code == "rollback_detected":
+            report.add("consistency", False, f"the controller refuses: {exc.message}")
+            return report, None
         report.add("checkpoint_signature", False, f"the controller serves no checkpoint: [{exc.code}] {exc.message}")
         return report, None
     try:
@@ -286,7 +299,7 @@ def verify(
     report.checks.extend(history_checks(audit.decoded, expect))
     report.checks.extend(lockdown_checks(audit.decoded, audit.state, expect))
     if remember and report.ok:
-        memory.put(origin, cp.size, cp.root_hash)
+        memory.put(origin, cp.size, cp.root_hash, note)
     return report, audit
 
 

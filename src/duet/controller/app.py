@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from duet.controller.errors import DuetError
+from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.service import Controller
 from duet.cvm.errors import CvmError
 from duet.ledger.errors import LedgerError
@@ -96,7 +96,18 @@ def create_app(controller: Controller) -> FastAPI:
         yield
         await controller.shutdown()
 
+    async def observe(request: Request) -> None:
+        """Any request may carry a checkpoint the client saw before (rollback defence)."""
+        header = request.headers.get("duet-checkpoint")
+        if header:
+            try:
+                note = base64.b64decode(header, validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidRequest("Duet-Checkpoint must be the base64 of a checkpoint note") from None
+            controller.observe_checkpoint(note)
+
     app = FastAPI(
+        dependencies=[Depends(observe)],
         title="duet controller",
         version=controller.info()["version"],
         description="Owns confidential VMs; every action is in a verifiable log.",

@@ -33,9 +33,10 @@ from duet.cvm.errors import CvmError, HostKeyMismatch
 from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
-from duet.ledger.checkpoint import Checkpoint, sign_checkpoint
+from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, check_claims, parse_intent, verify_signature
-from duet.ledger.note import Signer, verifier_key_string
+from duet.ledger.note import Signer, Verifier, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend, controller_report_data
@@ -145,6 +146,8 @@ class Controller:
         self._conns: dict[str, CvmConnection] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self.replay = ReplayGuard()
+        #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
+        self._rolled_back: dict[str, str] = {}
 
     # ---------------------------------------------------------------- identity / read side
 
@@ -185,7 +188,45 @@ class Controller:
         rec = self._records.get(cvm_id)
         if rec is None:
             raise errors.UnknownCvm(f"no CVM with id {cvm_id!r}")
+        refused = self._rolled_back.get(cvm_id)
+        if refused is not None:
+            raise errors.RollbackDetected(refused)
         return rec
+
+    def observe_checkpoint(self, note: str) -> None:
+        """A client or witness shows a checkpoint it got from us earlier. If our log is
+        older than it, or disagrees with it, our state was rolled back (e.g. the host
+        restored an old copy of the sealed data dir): refuse to serve that log from now
+        on, rather than hand out a history that omits what others already saw."""
+        try:
+            body = note.split("\n\n", 1)[0] + "\n"
+            origin = body.splitlines()[0]
+        except IndexError:
+            raise errors.InvalidRequest("Duet-Checkpoint is not a checkpoint note") from None
+        prefix = f"duet/{self.controller_id}/"
+        if not origin.startswith(prefix):
+            raise errors.InvalidRequest("Duet-Checkpoint is for another controller")
+        cvm_id = origin[len(prefix):]
+        if cvm_id not in self._records:
+            raise errors.UnknownCvm(f"no CVM with id {cvm_id!r}")
+        try:
+            cp = open_checkpoint(note, Verifier(self.note_name, self.public_key), expected_origin=origin)
+        except LedgerError as exc:
+            raise errors.InvalidRequest(f"Duet-Checkpoint does not verify: {exc}") from None
+        head = self.ledger.tree_head(cvm_id)
+        problem = None
+        if cp.size > head.size:
+            problem = (f"a checkpoint of size {cp.size} signed by this controller was shown, but its log "
+                       f"has only {head.size} entries: the controller's state was rolled back")
+        elif self.ledger.tree_head(cvm_id, cp.size).root_hash != cp.root_hash:
+            problem = f"a checkpoint of size {cp.size} signed by this controller disagrees with its log (fork)"
+        if problem is not None:
+            log.error("cvm %s: %s; refusing to serve it", cvm_id, problem)
+            self._rolled_back[cvm_id] = f"refusing to serve CVM {cvm_id}: {problem}"
+            raise errors.RollbackDetected(self._rolled_back[cvm_id])
+
+    def list_views(self) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self._records.values() if r.id not in self._rolled_back]
 
     def view(self, rec: CvmRecord) -> dict[str, Any]:
         head = self.ledger.tree_head(rec.id)
@@ -211,8 +252,6 @@ class Controller:
             "root_hash": base64.b64encode(head.root_hash).decode(),
         }
 
-    def list_views(self) -> list[dict[str, Any]]:
-        return [self.view(r) for r in self._records.values()]
 
     def checkpoint(self, cvm_id: str) -> str:
         self.record(cvm_id)
