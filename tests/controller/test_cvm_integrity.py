@@ -213,7 +213,8 @@ def test_offline_bundle_verifies_and_any_change_fails(controller: ControllerProc
             # Only acceptable if the flip did not change any value (e.g. unused base64 bits).
             if _semantics(bytes(mutated)) != baseline:
                 undetected.append(pos)
-    assert not undetected, f"byte changes at {undetected} went unnoticed"
+    context = [raw[max(0, p - 120):p + 40] for p in undetected]
+    assert not undetected, f"byte changes at {undetected} went unnoticed: {context}"
 
 
 def _semantics(raw: bytes) -> object:

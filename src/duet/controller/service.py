@@ -146,6 +146,7 @@ class Controller:
         self._conns: dict[str, CvmConnection] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self.replay = ReplayGuard()
+        self._owner_key_cache: dict[str, Ed25519PublicKey] | None = None
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
 
@@ -309,12 +310,19 @@ class Controller:
     def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
         """Every check that needs no CVM state; failing here changes nothing."""
         intent = parse_intent(jws)
-        owner_keys = {kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()}
-        verify_signature(intent, owner_keys)
+        verify_signature(intent, self._owner_keys())
         check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
         if not self.replay.claim(intent.nonce, intent.iat, int(time.time())):
             raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
         return intent
+
+    def _owner_keys(self) -> dict[str, Ed25519PublicKey]:
+        """Decoded once per change, not per request."""
+        if self._owner_key_cache is None:
+            self._owner_key_cache = {
+                kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()
+            }
+        return self._owner_key_cache
 
     async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
         intent = self.authenticate(jws)
@@ -682,4 +690,5 @@ class Controller:
                     rec, [self._intent_entry(intent), {"type": "owner_keys", "keys": sorted(new.values())}]
                 )
         self.state.set_owner_keys(new)
+        self._owner_key_cache = None
         return {"owner_keys": sorted(new.values())}

@@ -53,6 +53,9 @@ _KILL_GRACE_S = 0.5
 # --------------------------------------------------------------------------- keys
 
 
+_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+
+
 def generate_client_key() -> asyncssh.SSHKey:
     """A fresh Ed25519 key for one CVM: generated inside the controller (invariant 2)."""
     return asyncssh.generate_private_key("ssh-ed25519")
@@ -316,6 +319,9 @@ class CvmConnection:
                 login_timeout=self._connect_timeout_s,
                 keepalive_interval=self._keepalive_s,
                 keepalive_count_max=3,
+                # AES-GCM runs in OpenSSL (AES-NI) in one call per packet; asyncssh's
+                # default, chacha20-poly1305, computes Poly1305 in Python. Both are AEAD.
+                encryption_algs=_CIPHERS,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyMismatch(

@@ -313,13 +313,27 @@ def _canonical(entry: Mapping[str, object]) -> bytes:
 def encode(entry: Mapping[str, object]) -> bytes:
     """Validate ``entry`` and return its RFC 8785 canonical JSON: the leaf to append.
 
-    The result is decoded again before it is returned, so the controller can never log a
-    leaf that :func:`decode` (and so a verifier) would refuse.
+    Whatever :func:`decode` (and so a verifier) would refuse beyond what `validate`
+    checks is an integer that JSON cannot carry exactly (beyond ±(2**53 - 1)), so that is
+    checked here instead of decoding every leaf again: this runs twice per command.
     """
     validate(entry)
-    leaf = _canonical(entry)
-    decode(leaf)
-    return leaf
+    _check_exact_ints(entry)
+    return _canonical(entry)
+
+
+def _check_exact_ints(value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            raise EntryError(f"integer {value} is not exactly representable in JSON (beyond 2**53 - 1)")
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _check_exact_ints(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_exact_ints(v)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Helpers shared by the cloud and on-premises providers (`azure`, `gcp`, `qemu`)."""

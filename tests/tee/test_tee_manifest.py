@@ -1,0 +1,150 @@
+"""The Gramine manifest template renders (Jinja2, with a stand-in for gramine-manifest's
+helpers) into TOML that satisfies duet's rules for the enclave."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+import pytest
+
+import duet
+from duet.tee.gramine import SEALED_DATA_DIR
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "gramine"
+TEMPLATE = DEPLOY / "duet-controller.manifest.template"
+SITE = "/opt/duet/lib"
+PYTHON = "/usr/bin/python3.12"
+STDLIB = "/usr/lib/python3.12"
+ARCH_LIBDIR = "/lib/x86_64-linux-gnu"
+
+
+class _Runtimedir:
+    """Like graminelibos' Runtimedir: callable, and str() gives the glibc runtime dir."""
+
+    def __call__(self, libc: str = "glibc") -> PurePosixPath:
+        return PurePosixPath("/usr/lib/x86_64-linux-gnu/gramine/runtime") / libc
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+def render(**defines: Any) -> dict[str, Any]:
+    # The same Environment settings as gramine-manifest (graminelibos.gen_jinja_env).
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.globals["gramine"] = {
+        "libos": PurePosixPath("/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"),
+        "runtimedir": _Runtimedir(),
+    }
+    env.globals["python"] = {
+        "stdlib": PurePosixPath(STDLIB),
+        "platstdlib": PurePosixPath(STDLIB),
+        "purelib": PurePosixPath("/usr/local/lib/python3.12/dist-packages"),
+        "get_sys_path": lambda interpreter: iter(()),
+    }
+    env.globals["env"] = {}
+    text = env.from_string(TEMPLATE.read_text()).render(
+        entrypoint=PYTHON, arch_libdir=ARCH_LIBDIR, duet_site=SITE, **defines
+    )
+    return tomllib.loads(text)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    return render()
+
+
+def trusted(manifest: dict[str, Any]) -> list[str]:
+    out = []
+    for tf in manifest["sgx"]["trusted_files"]:
+        uri = tf if isinstance(tf, str) else tf["uri"]
+        assert uri.startswith("file:")
+        out.append(uri[len("file:"):])
+    return out
+
+
+def covered(path: str, entries: list[str]) -> bool:
+    return any(path == e or (e.endswith("/") and path.startswith(e)) for e in entries)
+
+
+def test_encrypted_mount_keyed_by_mrenclave_for_the_data_dir(manifest: dict[str, Any]) -> None:
+    enc = [m for m in manifest["fs"]["mounts"] if m.get("type") == "encrypted"]
+    assert len(enc) == 1
+    assert enc[0]["key_name"] == "_sgx_mrenclave"
+    assert enc[0]["path"] == str(SEALED_DATA_DIR)
+    assert enc[0]["uri"].startswith("file:/")
+    # No hard-coded (insecure) keys, and no other mount over the data dir.
+    assert "insecure__keys" not in manifest["fs"]
+    assert [m for m in manifest["fs"]["mounts"] if m["path"] == str(SEALED_DATA_DIR)] == enc
+
+
+def test_dcap_remote_attestation_production_enclave(manifest: dict[str, Any]) -> None:
+    sgx = manifest["sgx"]
+    assert sgx["remote_attestation"] == "dcap"
+    assert sgx["debug"] is False
+    assert sgx.get("file_check_policy", "strict") == "strict"
+    assert manifest["loader"]["log_level"] in ("none", "error")
+    assert not any(k.startswith("insecure__") or k == "enable_stats" for k in sgx)
+    assert "profile" not in sgx and "vtune_profile" not in sgx
+
+
+def test_no_allowed_files(manifest: dict[str, Any]) -> None:
+    assert "allowed_files" not in manifest["sgx"]
+
+
+def test_argv_and_environment_are_fixed(manifest: dict[str, Any]) -> None:
+    loader = manifest["loader"]
+    for key in ("insecure__use_cmdline_argv", "argv_src_file", "insecure__use_host_env", "env_src_file"):
+        assert key not in loader, key
+    argv = loader["argv"]
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+    assert argv[0] == manifest["libos"]["entrypoint"] == PYTHON
+    assert argv[argv.index("--tee") + 1] == "gramine"
+    assert argv[argv.index("--data") + 1] == str(SEALED_DATA_DIR)
+    assert "controller" in argv and "serve" in argv
+    # No owner key or policy file from the host: those come through signed intents / sealed state.
+    assert "--owner-key" not in argv and "--policy" not in argv
+    for name, value in loader["env"].items():
+        assert isinstance(value, str) or "passthrough" not in value, f"{name} is passed through from the host"
+    assert loader["env"]["PYTHONPATH"] == SITE
+    assert "-s" in argv and "-B" in argv
+
+
+def test_trusted_files_cover_interpreter_stdlib_site_packages_and_duet(manifest: dict[str, Any]) -> None:
+    entries = trusted(manifest)
+    assert covered(PYTHON, entries)
+    assert covered(f"{STDLIB}/ssl.py", entries)
+    assert covered(f"{STDLIB}/lib-dynload/_ssl.cpython-312-x86_64-linux-gnu.so", entries)
+    assert covered(f"{SITE}/cryptography/__init__.py", entries)
+    assert covered(f"{SITE}/fastapi/__init__.py", entries)
+    package = Path(duet.__file__).parent
+    files = [p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files
+    for path in files:
+        inside = f"{SITE}/duet/{path.relative_to(package).as_posix()}"
+        assert covered(inside, entries), inside
+    # Every mount that Python reads code from is trusted (encrypted/tmpfs mounts aside).
+    for m in manifest["fs"]["mounts"]:
+        if m.get("type", "chroot") == "chroot":
+            assert covered(m["uri"][len("file:"):] + "/", entries) or covered(m["uri"][len("file:"):], entries), m
+    # The interpreter's search path holds nothing but trusted dirs.
+    assert covered(manifest["loader"]["env"]["PYTHONPATH"] + "/", entries)
+
+
+def test_build_variables_change_only_what_they_should() -> None:
+    assert render(isvsvn=7)["sgx"]["isvsvn"] == 7
+    with pytest.raises(jinja2.UndefinedError):
+        jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE.read_text()).render()
+
+
+def test_dockerfile_is_pinned() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    base = [line for line in text.splitlines() if line.startswith("ARG BASE_IMAGE=")]
+    assert base and "@sha256:" in base[0]
+    assert "SOURCE_DATE_EPOCH" in text and "--date 0000-00-00" in text
+    lock = [line.split() for line in (DEPLOY / "wheels.lock").read_text().splitlines() if line and line[0] != "#"]
+    assert lock and all(len(row) == 3 and len(row[0]) == 64 and "==" in row[1] for row in lock)
+    names = {row[1].split("==")[0] for row in lock}
+    assert {"cryptography", "dcap-qvl", "fastapi", "uvicorn", "httpx", "pydantic", "rfc8785"} <= names
