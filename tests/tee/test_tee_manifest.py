@@ -148,3 +148,35 @@ def test_dockerfile_is_pinned() -> None:
     assert lock and all(len(row) == 3 and len(row[0]) == 64 and "==" in row[1] for row in lock)
     names = {row[1].split("==")[0] for row in lock}
     assert {"cryptography", "dcap-qvl", "fastapi", "uvicorn", "httpx", "pydantic", "rfc8785"} <= names
+
+
+def test_wheel_installer_checks_hashes_and_paths(tmp_path: Path) -> None:
+    import hashlib
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("install_wheels", DEPLOY / "install_wheels.py")
+    assert spec is not None and spec.loader is not None
+    iw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(iw)
+    assert len(iw.parse_lock(DEPLOY / "wheels.lock")) > 20
+
+    wheel = tmp_path / "cache" / "demo-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("demo/__init__.py", "X = 1\n")
+        z.writestr("demo-1.0.data/purelib/demo_extra.py", "Y = 2\n")
+        z.writestr("demo-1.0.data/scripts/demo", "#!/bin/sh\n")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    url = "https://example.invalid/demo-1.0-py3-none-any.whl"
+    iw.unpack(iw.fetch(sha, url, wheel.parent), tmp_path / "site")
+    assert (tmp_path / "site" / "demo" / "__init__.py").read_text() == "X = 1\n"
+    assert (tmp_path / "site" / "demo_extra.py").exists() and not (tmp_path / "site" / "demo").is_file()
+    with pytest.raises(SystemExit, match="sha256"):
+        iw.fetch("0" * 64, url, wheel.parent)
+
+    evil = tmp_path / "evil.whl"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../escape.py", "")
+    with pytest.raises(SystemExit, match="unsafe path"):
+        iw.unpack(evil, tmp_path / "site")

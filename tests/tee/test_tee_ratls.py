@@ -130,6 +130,7 @@ def test_certificate_key_is_the_controller_key(tmp_path: Path, controller: Any) 
     assert ratls.spki_der(parsed.public_key()) == ratls.spki_der(controller.public_key)
     assert cert.report_data == hashlib.sha256(ratls.spki_der(controller.public_key)).digest() + bytes(32)
     quote = parsed.extensions.get_extension_for_oid(ratls.QUOTE_OID)
+    assert isinstance(quote.value, x509.UnrecognizedExtension)
     assert not quote.critical and quote.value.value == cert.quote
     peer = verify_certificate(cert.cert_der, trust_simulated=True)
     assert peer.controller_id == controller.controller_id

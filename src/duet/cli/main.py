@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from duet.client.http import DEFAULT_URL, ClientError, Http
 from duet.ledger import keys
@@ -35,7 +35,8 @@ try:
 except ImportError:  # pragma: no cover - the attestation CLI is optional while it is built
     pass
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, logs) is not cut to 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
@@ -150,7 +151,9 @@ def cvm_create(
 ) -> None:
     """Create and provision a CVM; prints its id on the last line."""
     cvm = _owner(controller, key).create(provider, name=name, tee=tee)
-    out.print(f"created {cvm['name']} ({cvm['provider']}), mode {cvm['mode']}, host key {cvm['host_key']}")
+    sim = " SIMULATED" if cvm.get("simulated") else ""
+    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {cvm['tee']}{sim}), mode {cvm['mode']}, "
+              f"host key {cvm['host_key']}")
     out.print(cvm["id"])
 
 
@@ -163,7 +166,8 @@ def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Opti
     if as_json:
         out.print_json(data=cvms)
         return
-    table = Table("id", "name", "provider", "tee", "status", "mode", "entries")
+    table = Table("name", "provider", "tee", "status", "mode", "entries")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
     for c in cvms:
         table.add_row(c["id"], c["name"], c["provider"], c["tee"], c["status"], c["mode"], str(c["tree_size"]))
     out.print(table)
@@ -189,6 +193,10 @@ def cvm_run(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
 ) -> None:
     """Run a command on an in-update CVM; exits with the command's status."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        fail("invalid_request", "give the command after --", 2)
     res = _owner(controller, key).run(cvm, " ".join(command), timeout_s=timeout)
     raise typer.Exit(_print_result(res))
 

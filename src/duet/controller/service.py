@@ -236,6 +236,7 @@ class Controller:
             "name": rec.name,
             "provider": rec.provider,
             "tee": rec.tee,
+            "simulated": rec.tee.startswith("simulated"),
             "status": rec.status,
             "mode": rec.mode,
             "epoch": rec.epoch,

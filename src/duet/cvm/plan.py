@@ -113,7 +113,8 @@ def plan_for(
     else:
         raise ProvisioningFailed(f"no plan for provider {provider_name!r} (want one of {', '.join(PROVIDERS)})")
     if notes:
-        plan["notes"] = [*list(plan.get("notes", []) or []), *notes]  # type: ignore[arg-type]
+        earlier = plan.get("notes")
+        plan["notes"] = [*(earlier if isinstance(earlier, list) else []), *notes]
     json.dumps(plan)  # must be JSON-serialisable
     return plan
 

@@ -94,9 +94,11 @@ def build_seed_iso(files: Mapping[str, str], dest: Path) -> None:
     Uses pycdlib (pure Python) when installed, else genisoimage / mkisofs / xorriso."""
     try:
         import pycdlib
+
+        have_pycdlib = True
     except ImportError:
-        pycdlib = None
-    if pycdlib is not None:
+        have_pycdlib = False
+    if have_pycdlib:
         iso = pycdlib.PyCdlib()
         iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
         for i, (name, text) in enumerate(sorted(files.items())):
@@ -259,8 +261,8 @@ class QemuProvider:
         if self.ovmf is None:
             return {"value": None, "why": "no OVMF configured, so the expected measurement cannot be computed"}
         try:
-            from sevsnpmeasure import guest, vcpu_types
-            from sevsnpmeasure.sev_mode import SevMode
+            from sevsnpmeasure import guest, vcpu_types  # type: ignore[import-untyped]
+            from sevsnpmeasure.sev_mode import SevMode  # type: ignore[import-untyped]
         except ImportError:
             return {"value": None, "why": "sev-snp-measure is not installed (pip install duet[qemu])"}
         try:
