@@ -19,6 +19,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from duet.ledger.errors import LedgerError
 
+__all__ = [
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
+    "KeyError_",
+    "key_id",
+    "load_private_pem",
+    "load_public_pem",
+    "private_pem",
+    "public_b64",
+    "public_from_b64",
+    "public_pem",
+    "raw_public",
+    "read_private_key",
+    "read_public_key",
+]
+
 
 class KeyError_(LedgerError):
     """A key file or encoded key that is not a usable Ed25519 key."""
