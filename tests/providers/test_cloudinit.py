@@ -52,6 +52,5 @@ def test_user_name_validated(controller_key: str) -> None:
         cloudinit.user_data(controller_key, cloud="qemu", user="a b")
 
 
-def test_meta_and_network() -> None:
+def test_meta_data() -> None:
     assert yaml.safe_load(cloudinit.meta_data("i-1", "h")) == {"instance-id": "i-1", "local-hostname": "h"}
-    assert yaml.safe_load(cloudinit.network_config())["version"] == 2

@@ -143,11 +143,3 @@ def meta_data(instance_id: str, hostname: str) -> str:
     """NoCloud ``meta-data``."""
     return yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname}, sort_keys=True)
 
-
-def network_config() -> str:
-    """NoCloud ``network-config`` (v2): DHCP on the first Ethernet device."""
-    cfg = {
-        "version": 2,
-        "ethernets": {"primary": {"match": {"name": "e*"}, "dhcp4": True}},
-    }
-    return yaml.safe_dump(cfg, sort_keys=True)

@@ -35,6 +35,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ QEMU_TEES = ("snp", "tdx", "none")
 SNP_POLICY = 0x30000
 SNP_CPU = "EPYC-v4"
 _STATE_VERSION = 1
+_CVM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def host_tee_support() -> dict[str, bool]:
@@ -80,11 +82,14 @@ def mrconfigid_for(host_data_hex: str) -> bytes:
 
 
 def seed_files(cvm_id: str, authorized_key: str, user: str) -> dict[str, str]:
-    """The NoCloud seed's files (name → text)."""
+    """The NoCloud seed's files (name → text).
+
+    No ``network-config``: cloud-init's fallback (DHCP on the first NIC) works with every
+    network renderer and interface naming scheme, unlike a v2 ``match`` (which the ENI
+    renderer of Debian images cannot express)."""
     return {
         "meta-data": cloudinit.meta_data(f"duet-{cvm_id}", resource_prefix(cvm_id, max_len=63)),
         "user-data": cloudinit.user_data(authorized_key, cloud="qemu", user=user),
-        "network-config": cloudinit.network_config(),
     }
 
 
@@ -189,11 +194,12 @@ class QemuProvider:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def cvm_dir(self, cvm_id: str) -> Path:
-        prefix = resource_prefix(cvm_id)  # validates
-        del prefix
-        if "/" in cvm_id or cvm_id in (".", "..") or not cvm_id:
+        if not _CVM_ID_RE.match(cvm_id):
             raise ProvisioningFailed(f"invalid CVM id {cvm_id!r}")
-        return self.base_dir / cvm_id
+        d = self.base_dir / cvm_id
+        if "," in str(d) or "=" in str(d):  # paths go into qemu's comma-separated options
+            raise ProvisioningFailed(f"qemu: {d} has characters qemu options cannot take")
+        return d
 
     # ------------------------------------------------------------------ command line
 

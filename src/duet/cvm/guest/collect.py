@@ -1,0 +1,166 @@
+"""Evidence collection on real CVMs, with only what a stock Ubuntu 22.04/24.04 guest has.
+
+The controller sends one shell command over its SSH session (logged first, as every
+command is) and parses its output. The guest computes the report data itself,
+SHA-512(nonce ‖ its SSH host key blob), from /etc/ssh/ssh_host_ed25519_key.pub, so the
+evidence binds the host key of the machine that produced it (see DESIGN.md invariant 3).
+
+Paths, in order of preference:
+- configfs-tsm (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): SEV-SNP reports (with the
+  host's certificate table in `auxblob` when it provides one) and TDX quotes;
+- `/dev/sev-guest` on older SNP kernels: an ioctl is not reachable from a shell, so the
+  guest's `python3` issues SNP_GET_REPORT directly (stdlib `fcntl`/`ctypes` only; the
+  certificates then come from the provider, not from the guest);
+- Azure CVMs (vTPM: HCL report + TPM2 quote) are verified by `duet.attestation` but not
+  yet collected here: that path needs tpm2-tools and Azure's certificate endpoint, and is
+  left for the provider work where it can be tested against real recorded output.
+
+Output format (one `key: base64` line each) is parsed by `parse_output`; anything
+missing or malformed is a refusal, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shlex
+import struct
+import uuid
+from dataclasses import dataclass, field
+
+HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+
+#: Computes SHA-512(nonce ‖ host key blob) on the guest; prints it as hex.
+_REPORT_DATA = (
+    "python3 -c 'import base64,hashlib,sys;"
+    "k=open(sys.argv[2]).read().split()[1];"
+    "print(hashlib.sha512(bytes.fromhex(sys.argv[1])+base64.b64decode(k)).hexdigest())' {nonce} {pub}"
+)
+
+#: SNP_GET_REPORT through /dev/sev-guest, for SNP kernels without configfs-tsm. The ioctl
+#: is _IOWR('S', 0, struct snp_guest_request_ioctl) = 0xC0205300; the response message
+#: carries status (u32), report size (u32), 24 reserved bytes, then the report.
+SEV_GUEST = r"""import ctypes, fcntl, sys, base64
+rd = bytes.fromhex(sys.argv[1])
+req = ctypes.create_string_buffer(rd + bytes(4 + 28))
+resp = ctypes.create_string_buffer(4000)
+class Io(ctypes.Structure):
+    _fields_ = [("msg_version", ctypes.c_uint8), ("req_data", ctypes.c_uint64),
+                ("resp_data", ctypes.c_uint64), ("exitinfo2", ctypes.c_uint64)]
+io = Io(1, ctypes.addressof(req), ctypes.addressof(resp), 0)
+with open("/dev/sev-guest", "rb+", buffering=0) as f:
+    fcntl.ioctl(f, 0xC0205300, io)
+status, size = int.from_bytes(resp.raw[0:4], "little"), int.from_bytes(resp.raw[4:8], "little")
+if status != 0 or not 0 < size <= 4000 - 32:
+    sys.exit("sev-guest: report request failed, status %d" % status)
+print(base64.b64encode(resp.raw[32:32 + size]).decode())
+"""
+
+CONFIGFS_TSM = """set -eu
+rd=$({report_data})
+if [ ! -d /sys/kernel/config/tsm/report ] && [ -c /dev/sev-guest ]; then
+  echo "provider: sev_guest"
+  echo "report_data: $rd"
+  echo "outblob: $(python3 -c {sev_guest} "$rd")"
+  echo "host_key: $(cut -d' ' -f1,2 {pub})"
+  exit 0
+fi
+d=/sys/kernel/config/tsm/report/duet-$$
+mkdir "$d"
+trap 'rmdir "$d"' EXIT
+printf '%s' "$rd" | python3 -c 'import sys;sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read()))' > "$d/inblob"
+echo "provider: $(cat "$d/provider")"
+echo "report_data: $rd"
+echo "outblob: $(base64 -w0 "$d/outblob")"
+if [ -s "$d/auxblob" ]; then echo "auxblob: $(base64 -w0 "$d/auxblob")"; fi
+echo "host_key: $(cut -d' ' -f1,2 {pub})"
+"""
+
+def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HOST_KEY_PUB) -> str:
+    """The command the controller logs and runs to collect evidence of `kind`."""
+    rd = _REPORT_DATA.format(nonce=nonce.hex(), pub=pub)
+    if kind in ("snp", "tdx"):
+        script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST))
+    else:
+        raise ValueError(f"no evidence collection for TEE kind {kind!r}")
+    quoted = script.replace("'", "'\"'\"'")
+    return f"{'sudo -n ' if sudo else ''}sh -c '{quoted}'"
+
+
+class CollectError(ValueError):
+    code = "evidence_unavailable"
+
+
+@dataclass
+class Collected:
+    provider: str
+    report_data: bytes
+    host_key: str
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+_LINE = re.compile(r"^([a-z_]+): ?(.*)$")
+
+
+def parse_output(text: str) -> Collected:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            fields[m.group(1)] = m.group(2).strip()
+    for needed in ("provider", "report_data", "host_key"):
+        if not fields.get(needed):
+            raise CollectError(f"the guest's evidence output lacks {needed!r}")
+    try:
+        report_data = bytes.fromhex(fields["report_data"])
+        blobs = {
+            k: base64.b64decode(v, validate=True)
+            for k, v in fields.items()
+            if k not in ("provider", "report_data", "host_key") and v
+        }
+    except (ValueError, binascii.Error):
+        raise CollectError("the guest's evidence output is not valid hex/base64") from None
+    if len(report_data) != 64:
+        raise CollectError("the guest's report data is not 64 bytes")
+    return Collected(provider=fields["provider"], report_data=report_data, host_key=fields["host_key"], blobs=blobs)
+
+
+# ---------------------------------------------------------------- SEV-SNP certificate table
+
+VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
+VLEK_GUID = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1")
+ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
+ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
+_NAMES = {VCEK_GUID: "vcek", VLEK_GUID: "vlek", ASK_GUID: "ask", ARK_GUID: "ark"}
+
+
+def parse_cert_table(aux: bytes) -> dict[str, bytes]:
+    """The GHCB extended-report certificate table: (GUID, offset, length) entries ending
+    with an all-zero entry; offsets are from the start of the table (SEV-SNP ABI)."""
+    out: dict[str, bytes] = {}
+    pos = 0
+    while True:
+        if pos + 24 > len(aux):
+            raise CollectError("SNP certificate table is truncated")
+        guid = uuid.UUID(bytes_le=aux[pos:pos + 16])
+        offset, length = struct.unpack_from("<II", aux, pos + 16)
+        if guid.int == 0 and offset == 0 and length == 0:
+            return out
+        if offset + length > len(aux):
+            raise CollectError("SNP certificate table entry points outside the table")
+        name = _NAMES.get(guid)
+        if name is not None:
+            out[name] = aux[offset:offset + length]
+        pos += 24
+
+
+def build_cert_table(certs: dict[str, bytes]) -> bytes:
+    """The inverse of `parse_cert_table` (used by tests and the simulated platform)."""
+    guids = {v: k for k, v in _NAMES.items()}
+    header = 24 * (len(certs) + 1)
+    table, body = b"", b""
+    for name, der in certs.items():
+        table += guids[name].bytes_le + struct.pack("<II", header + len(body), len(der))
+        body += der
+    return table + bytes(24) + body
