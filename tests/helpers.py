@@ -28,10 +28,12 @@ class ControllerProc:
     owner_key: keys.Ed25519PrivateKey
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    tls: bool = False
+    with_owner_key: bool = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def owner_pub_path(self) -> Path:
@@ -40,11 +42,15 @@ class ControllerProc:
     def start(self, *extra: str) -> ControllerProc:
         self.owner_pub_path.write_bytes(keys.public_pem(self.owner_key.public_key()))
         cmd = [sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(self.data),
-               "--listen", f"127.0.0.1:{self.port}", "--owner-key", str(self.owner_pub_path), *extra]
+               "--listen", f"127.0.0.1:{self.port}", *extra]
+        if self.with_owner_key:
+            cmd += ["--owner-key", str(self.owner_pub_path)]
+        if self.tls:
+            cmd.append("--tls")
         log = open(self.data.parent / "controller.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
-        with Http(self.url, timeout=2) as http:
+        with self.http(timeout=2) as http:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"controller exited: {self.log()[-2000:]}")
@@ -65,7 +71,8 @@ class ControllerProc:
         self.proc = None
 
     def owner(self) -> OwnerClient:
-        return OwnerClient(self.owner_key, self.url)
+        return OwnerClient(self.owner_key, self.url, http=self.http())
 
-    def http(self) -> Http:
-        return Http(self.url)
+    def http(self, timeout: float = 660.0) -> Http:
+        # RA-TLS pins live in the test's own state dir, never the user's.
+        return Http(self.url, timeout=timeout, trust_simulated=True, state_dir=self.data.parent / "client-state")

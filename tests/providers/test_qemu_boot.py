@@ -76,8 +76,8 @@ async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:
                                  timeout_s=120)
         finally:
             await conn.close()
-        out = res.stdout.decode() + res.stderr.decode()
-        assert res.exit_status == 0, out
+        out = res.stdout.decode()
+        assert res.exit_status == 0, out + res.stderr.decode()
         lines = out.split()
         assert lines[0] == "duet"
         assert "root L" in out  # root's password locked

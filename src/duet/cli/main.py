@@ -109,13 +109,24 @@ def controller_serve(
     tee: Annotated[str, typer.Option(help="simulated | gramine")] = "simulated",
     owner_key: Annotated[Path | None, typer.Option("--owner-key", help="Owner public key (first start).")] = None,
     policy: Annotated[Path | None, typer.Option(help="Default policy YAML for new CVMs.")] = None,
+    tls: bool = typer.Option(False, "--tls", help="Serve HTTPS with an RA-TLS certificate (always under SGX)."),
+    pccs_url: str | None = typer.Option(None, "--pccs-url", help="PCCS for quote collateral (SGX)."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
 
     if tee == "simulated":
         err.print("duet controller: TEE is SIMULATED (no SGX): quotes chain to a development root")
-    serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy)
+    serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url)
+
+
+@controller_app.command("claim")
+@_guard
+def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+    """Become the owner of a controller that has none yet (a self-signed owner.keys intent)."""
+    owner = _owner(controller, key)
+    owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
+    out.print(f"claimed: owner key {keys.key_id(owner.key.public_key())}")
 
 
 @controller_app.command("info")
@@ -296,7 +307,7 @@ def verify(
     else:
         if cvm is None:
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
-        with Http(controller) as http:
+        with Http(controller, trust_simulated=trust_simulated or None) as http:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                   expect=expectations)
     if as_json:
@@ -344,7 +355,7 @@ def watch(
 
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=trust_simulated or None) as http:
         while True:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                   expect=expectations)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from duet.controller.errors import DuetError, InvalidRequest
@@ -62,6 +63,11 @@ STATUS: dict[str, int] = {
     "provisioning_failed": 502,
     "command_failed": 502,
     "log_corrupt": 500,
+    "collateral_unavailable": 503,
+    "quote_mismatch": 503,
+    "tee_error": 503,
+    "not_in_enclave": 503,
+    "unsealed_data_dir": 503,
 }
 
 
@@ -121,7 +127,9 @@ def create_app(controller: Controller) -> FastAPI:
         log.error("unmapped error code %r: %s", code, exc)
         return error_response("internal_error", "internal error (see the controller's log)", 500)
 
-    for typed in (DuetError, LedgerError, CvmError):
+    from duet.tee.gramine import GramineError
+
+    for typed in (DuetError, LedgerError, CvmError, GramineError):
         app.add_exception_handler(typed, _typed_error)
 
     @app.exception_handler(Exception)
@@ -149,7 +157,8 @@ def create_app(controller: Controller) -> FastAPI:
     async def controller_quote(nonce: str = Query(..., description="hex, 1-64 bytes")) -> Any:
         if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,64}", nonce):
             return error_response("invalid_request", "nonce must be hex of 1 to 64 bytes")
-        return controller.quote(bytes.fromhex(nonce))
+        # A real quote is blocking enclave I/O (and maybe a collateral fetch).
+        return await run_in_threadpool(controller.quote, bytes.fromhex(nonce))
 
     @app.get("/v1/cvms")
     async def list_cvms() -> dict[str, Any]:

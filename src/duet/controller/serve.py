@@ -13,8 +13,13 @@ from duet.controller.state import StateStore
 from duet.ledger import keys
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore
+from duet.tee.base import TeeBackend
 
 log = logging.getLogger("duet.controller")
+
+#: Collateral for real quotes comes from Intel's PCS unless a PCCS is named; the host's
+#: own QCNL configuration is not used (it is an unmeasured file).
+DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
 
 
 def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
@@ -27,12 +32,14 @@ def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
 
 
 def _settle_owner_keys(state: StateStore, owner_key: Path | None) -> None:
-    """First start sets the owner key; later starts must match it (or omit it): the
-    owner keys change only through a signed `owner.keys` intent."""
+    """First start may set the owner key; later starts must match it (or omit it): the
+    owner keys change only through a signed `owner.keys` intent. Without any (as in an
+    enclave, whose argv is fixed in the measured manifest), the first self-signed
+    `owner.keys` intent claims the controller (`duet controller claim`)."""
     stored = state.owner_keys()
     if owner_key is None:
         if not stored:
-            raise ConfigError("first start needs --owner-key (the service owner's public key file)")
+            log.warning("no owner yet: the first self-signed owner.keys intent claims this controller")
         return
     pub = keys.read_public_key(owner_key)
     kid = keys.key_id(pub)
@@ -46,18 +53,31 @@ def _settle_owner_keys(state: StateStore, owner_key: Path | None) -> None:
 
 
 def build_controller(
-    data_dir: Path, *, tee: str = "simulated", owner_key: Path | None = None, policy: Path | None = None
+    data_dir: Path,
+    *,
+    tee: str = "simulated",
+    owner_key: Path | None = None,
+    policy: Path | None = None,
+    pccs_url: str | None = None,
 ) -> Controller:
     from duet.cvm.local import LocalProvider
 
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data_dir, 0o700)
+    backend: TeeBackend
     if tee == "simulated":
         from duet.tee.simulated import SimulatedTee
 
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
         backend = SimulatedTee(data_dir / "tee")
     elif tee == "gramine":
-        raise ConfigError("--tee gramine needs the controller to run inside a Gramine SGX enclave")
+        from duet.tee.gramine import GramineError, GramineTee, pccs_collateral
+
+        try:
+            GramineTee.check_environment()
+            GramineTee.check_data_dir(data_dir)
+        except GramineError as exc:
+            raise ConfigError(str(exc)) from None
+        backend = GramineTee(collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL))
     else:
         raise ConfigError(f"unknown --tee {tee!r} (simulated or gramine)")
     policy_text = DEFAULT_POLICY
@@ -90,7 +110,7 @@ def build_controller(
     )
 
 
-def parse_listen(listen: str, *, tee: str) -> tuple[str, int]:
+def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen must be HOST:PORT, got {listen!r}")
@@ -99,20 +119,39 @@ def parse_listen(listen: str, *, tee: str) -> tuple[str, int]:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
-        # Plain HTTP would expose owner commands and outputs on the wire; until RA-TLS
-        # serves HTTPS, only loopback is allowed.
-        raise ConfigError(f"plain HTTP is served only on loopback; {host} is not a loopback address")
+    if not loopback and not tls:
+        # Plain HTTP would expose owner commands and outputs on the wire.
+        raise ConfigError(f"plain HTTP is served only on loopback; {host} is not a loopback address (use --tls)")
     return host, int(port)
 
 
-def serve(data_dir: Path, *, listen: str, tee: str, owner_key: Path | None, policy: Path | None) -> None:
+def serve(
+    data_dir: Path,
+    *,
+    listen: str,
+    tee: str,
+    owner_key: Path | None,
+    policy: Path | None,
+    tls: bool = False,
+    pccs_url: str | None = None,
+) -> None:
+    """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
+    the controller's identity key with its quote inside, so clients attest the very
+    channel their commands travel on. Plain HTTP is for the simulated TEE on loopback."""
     import uvicorn
 
     from duet.controller.app import create_app
 
-    host, port = parse_listen(listen, tee=tee)
-    controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy)
+    tls = tls or tee == "gramine"
+    host, port = parse_listen(listen, tls=tls)
+    controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url)
     app = create_app(controller)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    if tls:
+        from duet.tee import ratls
+
+        certfile, keyfile = ratls.prepare(data_dir / "tls", controller.key, controller.tee)
+        config = ratls.uvicorn_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
+                                      log_level="warning", access_log=False)
+    else:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()

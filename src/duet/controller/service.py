@@ -35,7 +35,7 @@ from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_clie
 from duet.ledger import entries, keys
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from duet.ledger.errors import LedgerError
-from duet.ledger.intent import Intent, check_claims, parse_intent, verify_signature
+from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, Verifier, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.ledger.store import LedgerStore
@@ -311,11 +311,27 @@ class Controller:
     def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
         """Every check that needs no CVM state; failing here changes nothing."""
         intent = parse_intent(jws)
-        verify_signature(intent, self._owner_keys())
+        owner_keys = self._owner_keys()
+        if not owner_keys:
+            owner_keys = self._claim_keys(intent)
+        verify_signature(intent, owner_keys)
         check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
         if not self.replay.claim(intent.nonce, intent.iat, int(time.time())):
             raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
         return intent
+
+    @staticmethod
+    def _claim_keys(intent: Intent) -> dict[str, Ed25519PublicKey]:
+        """A controller with no owner yet accepts exactly one thing: an `owner.keys`
+        intent signed by one of the keys it names (whoever claims first owns it; the
+        claim is logged in every CVM's genesis as the owner keys)."""
+        if intent.op != "owner.keys":
+            raise UnknownKey("this controller has no owner yet: claim it first (duet controller claim)")
+        claimed: dict[str, Ed25519PublicKey] = {}
+        for b64 in intent.args.get("keys", []):
+            pub = keys.public_from_b64(b64)
+            claimed[keys.key_id(pub)] = pub
+        return claimed
 
     def _owner_keys(self) -> dict[str, Ed25519PublicKey]:
         """Decoded once per change, not per request."""

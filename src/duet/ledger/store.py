@@ -51,6 +51,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from operator import itemgetter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,6 @@ from duet.ledger.errors import (
 from duet.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
-    CompactRange,
     consistency_ranges,
     fold_subtrees,
     inclusion_ranges,
@@ -135,16 +135,20 @@ class _Log:
     name: str
     size: int
     root: bytes
-    edge: CompactRange = field(default_factory=CompactRange)
+    edge: list[tuple[int, bytes]] = field(default_factory=list)
+    """The right edge: (level, hash) of the complete subtrees covering [0, size), largest
+    first (as subtree_nodes(0, size) lists them). Checked against the stored head and the
+    last leaf on open; appends extend it without reading anything back."""
     corrupt: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     """One log's part of an append: rows to insert and the head they lead to."""
 
     entry: _Log
-    edge: CompactRange
+    size: int
+    edge: list[tuple[int, bytes]]
     leaf_rows: list[tuple[int, int, bytes, bytes]]
     node_rows: list[tuple[int, int, int, bytes]]
     root: bytes
@@ -152,6 +156,30 @@ class _Plan:
 
 _INSERT_LEAF = "INSERT INTO leaves (log, idx, hash, leaf) VALUES (?, ?, ?, ?)"
 _INSERT_NODE = "INSERT INTO nodes (log, level, idx, hash) VALUES (?, ?, ?, ?)"
+_UPDATE_HEAD = "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?"
+
+# Hashing in bulk: RFC 9162 leaf and node hashes, spelled so that a whole list is hashed
+# by C-level map() pipelines (no Python frame per hash). Same bytes as merkle.leaf_hash
+# and merkle.node_hash; the tests compare them.
+_sha256 = hashlib.sha256
+_digest = type(hashlib.sha256()).digest
+_leaf_prefixed = b"\x00".__add__
+_node_prefixed = b"\x01".__add__
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def _leaf_hashes(leaves: Iterator[bytes] | Sequence[bytes]) -> list[bytes]:
+    """leaf_hash of each leaf. Raises TypeError if one is not bytes (``bytes + str``
+    gives NotImplemented, which SHA-256 then refuses)."""
+    return list(map(_digest, map(_sha256, map(_leaf_prefixed, leaves))))
+
+
+def _parent_hashes(level: Sequence[bytes]) -> list[bytes]:
+    """node_hash of each pair (level[0], level[1]), (level[2], level[3]), ...; an odd
+    last hash is left out (map stops at the shorter input)."""
+    lefts = map(_node_prefixed, level[::2])
+    return list(map(_digest, map(_sha256, map(bytes.__add__, lefts, level[1::2]))))
 
 
 class _Reader:
@@ -271,6 +299,8 @@ class LedgerStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open ledger database {self._path}: {exc}") from exc
         try:
+            # Appends reuse one cursor (and SQLite's prepared statements) under the lock.
+            self._cursor = self._conn.cursor()
             self._configure(journal_mode)
             self._load_logs()
             if verify_on_open:
@@ -369,7 +399,7 @@ class LedgerStore:
                 raise self._mark_corrupt(
                     entry, f"last leaf is not included in the head: {exc}", index=index
                 ) from exc
-        entry.edge = CompactRange(entry.size, hashes)
+        entry.edge = [(level, h) for (level, _), h in zip(nodes, hashes, strict=True)]
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -458,8 +488,8 @@ class LedgerStore:
         with self._lock:
             plan = self._plan(self._get(log_id), leaves)
             if plan.leaf_rows:
-                self._commit([plan])
-            return TreeHead(plan.entry.size, plan.entry.root)
+                self._commit((plan,))
+            return TreeHead(plan.size, plan.root)
 
     def append_batch(self, batch: Mapping[str, Sequence[bytes]]) -> dict[str, TreeHead]:
         """Append to several logs in one transaction (group commit: one fsync in all)."""
@@ -467,14 +497,21 @@ class LedgerStore:
             plans = [self._plan(self._get(log_id), leaves) for log_id, leaves in batch.items()]
             if any(plan.leaf_rows for plan in plans):
                 self._commit(plans)
-            return {p.entry.name: TreeHead(p.entry.size, p.entry.root) for p in plans}
+            return {p.entry.name: TreeHead(p.size, p.root) for p in plans}
 
     def _plan(self, entry: _Log, leaves: Sequence[bytes]) -> _Plan:
-        """Hash the new leaves and the subtrees they complete, touching nothing yet."""
+        """Hash the new leaves and the subtrees they complete, touching nothing yet.
+
+        Works on a copy of the log's right edge (the in-memory one changes only after the
+        commit), so a failed append needs no undo. Same hashes as merkle.CompactRange:
+        each leaf merges with the edge subtrees of equal size, and the completed subtrees
+        on the stored levels become node rows.
+        """
         if isinstance(leaves, bytes | bytearray | memoryview | str):
             raise LedgerError("leaves must be a sequence of bytes, not a single value")
+        sha, key, stride = _sha256, entry.key, NODE_STRIDE
         edge = entry.edge.copy()
-        key = entry.key
+        size = entry.size
         leaf_rows: list[tuple[int, int, bytes, bytes]] = []
         node_rows: list[tuple[int, int, int, bytes]] = []
         for i, leaf in enumerate(leaves):
@@ -482,34 +519,44 @@ class LedgerStore:
                 if not isinstance(leaf, bytes | bytearray | memoryview):
                     raise LedgerError(f"leaf {i} is {type(leaf).__name__}, expected bytes")
                 leaf = bytes(leaf)
-            h = leaf_hash(leaf)
-            leaf_rows.append((key, edge.size, h, leaf))
-            for level, idx, nh in edge.append(h):
-                if level % NODE_STRIDE == 0:
-                    node_rows.append((key, level, idx, nh))
-        return _Plan(entry, edge, leaf_rows, node_rows, edge.root() if leaf_rows else entry.root)
+            h = sha(b"\x00" + leaf).digest()
+            leaf_rows.append((key, size, h, leaf))
+            size += 1
+            level = 0
+            while edge and edge[-1][0] == level:
+                h = sha(b"\x01" + edge.pop()[1] + h).digest()
+                level += 1
+                if level % stride == 0:
+                    node_rows.append((key, level, (size >> level) - 1, h))
+            edge.append((level, h))
+        if not leaf_rows:
+            return _Plan(entry, size, edge, leaf_rows, node_rows, entry.root)
+        # The head: fold the edge subtrees from the right (merkle.fold_subtrees).
+        root = edge[-1][1]
+        for j in range(len(edge) - 2, -1, -1):
+            root = sha(b"\x01" + edge[j][1] + root).digest()
+        return _Plan(entry, size, edge, leaf_rows, node_rows, root)
 
     def _commit(self, plans: Sequence[_Plan]) -> None:
         """Write the plans in one transaction, then (only then) update the in-memory heads."""
-        conn = self._conn
+        cur = self._cursor
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN IMMEDIATE")
             for p in plans:
                 if len(p.leaf_rows) == 1:
-                    conn.execute(_INSERT_LEAF, p.leaf_rows[0])
+                    cur.execute(_INSERT_LEAF, p.leaf_rows[0])
                 elif p.leaf_rows:
-                    conn.executemany(_INSERT_LEAF, p.leaf_rows)
-                if p.node_rows:
-                    conn.executemany(_INSERT_NODE, p.node_rows)
-                cur = conn.execute(
-                    "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?",
-                    (p.edge.size, p.root, p.entry.key, p.entry.size),
-                )
+                    cur.executemany(_INSERT_LEAF, p.leaf_rows)
+                if len(p.node_rows) == 1:
+                    cur.execute(_INSERT_NODE, p.node_rows[0])
+                elif p.node_rows:
+                    cur.executemany(_INSERT_NODE, p.node_rows)
+                cur.execute(_UPDATE_HEAD, (p.size, p.root, p.entry.key, p.entry.size))
                 if cur.rowcount != 1:
                     raise StorageError(
                         f"log {p.entry.name!r} changed under the store (head mismatch)"
                     )
-            conn.execute("COMMIT")  # with synchronous=FULL: returns after fsync
+            cur.execute("COMMIT")  # with synchronous=FULL: returns after fsync
         except sqlite3.Error as exc:
             self._rollback()
             raise StorageError(f"append failed, nothing was written: {exc}") from exc
@@ -517,7 +564,7 @@ class LedgerStore:
             self._rollback()
             raise
         for p in plans:
-            p.entry.size, p.entry.root, p.entry.edge = p.edge.size, p.root, p.edge
+            p.entry.size, p.entry.root, p.entry.edge = p.size, p.root, p.edge
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
