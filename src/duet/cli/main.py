@@ -8,6 +8,7 @@ policy (or a failed verification), and a remote command's own exit status for `c
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sys
 from pathlib import Path
@@ -111,13 +112,15 @@ def controller_serve(
     policy: Annotated[Path | None, typer.Option(help="Default policy YAML for new CVMs.")] = None,
     tls: bool = typer.Option(False, "--tls", help="Serve HTTPS with an RA-TLS certificate (always under SGX)."),
     pccs_url: str | None = typer.Option(None, "--pccs-url", help="PCCS for quote collateral (SGX)."),
+    providers: Path | None = typer.Option(None, "--providers", help="YAML: settings of azure/gcp/qemu."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
 
     if tee == "simulated":
         err.print("duet controller: TEE is SIMULATED (no SGX): quotes chain to a development root")
-    serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url)
+    serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
+          providers_file=providers)
 
 
 @controller_app.command("claim")
@@ -159,9 +162,37 @@ def cvm_create(
     provider: str = typer.Option("local", help="local (more providers: see README)"),
     name: str | None = typer.Option(None),
     tee: str | None = typer.Option(None),
+    spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
+    plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
+    config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
 ) -> None:
     """Create and provision a CVM; prints its id on the last line."""
-    cvm = _owner(controller, key).create(provider, name=name, tee=tee)
+    try:
+        spec_obj = json.loads(spec) if spec else {}
+    except ValueError:
+        fail("invalid_request", "--spec must be a JSON object", 2)
+    if not isinstance(spec_obj, dict):
+        fail("invalid_request", "--spec must be a JSON object", 2)
+    if plan:
+        from duet.cvm.plan import plan_for
+
+        settings: dict[str, object] = {}
+        if config is not None:
+            import yaml
+
+            settings = yaml.safe_load(config.read_text()) or {}
+        from cryptography.hazmat.primitives import serialization
+
+        # The real key is generated inside the controller at create; a throwaway one
+        # shows where it goes.
+        key_line = keys.Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+        planned = plan_for(provider, tee=tee or spec_obj.get("tee", "snp"), spec=spec_obj,
+                           authorized_key=key_line, config=settings)
+        planned["note"] = "PLAN ONLY: nothing was sent; the SSH key shown is a placeholder"
+        out.print_json(data=planned)
+        return
+    cvm = _owner(controller, key).create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     out.print(f"created {cvm['name']} ({cvm['provider']}, tee {cvm['tee']}{sim}), mode {cvm['mode']}, "
               f"host key {cvm['host_key']}")

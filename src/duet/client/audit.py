@@ -257,7 +257,7 @@ def _check_builtin(i: int, e: dict[str, Any], it: Intent, policy: Policy, proble
     elif it.op == "cvm.mode":
         if it.args.get("mode") != "in-service":
             problems.append(f"entry {i}: builtin {action} ran while entering {it.args.get('mode')}")
-    elif not (it.op == "cvm.create" and action == "attest"):
+    elif not (it.op == "cvm.create" and action in ("attest", "lockdown")):
         problems.append(f"entry {i}: builtin {action} ran under a {it.op} intent")
 
 

@@ -68,6 +68,8 @@ class LocalEvidence:
             return await self.attest(ctl, rec, intent_index=intent_index, purpose="attest")
         if name == "snapshot":
             return await self.snapshot(ctl, rec, intent_index=intent_index)
+        if name == "lockdown":
+            return await self.lockdown(ctl, rec, purpose="action")
         raise errors.InvalidRequest(f"unknown builtin action {name!r}")
 
     # ------------------------------------------------------------------ steps

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 from duet.controller.errors import ConfigError
+from duet.controller.evidence import EvidenceCollector
 from duet.controller.service import Controller
 from duet.controller.state import StateStore
+from duet.cvm.provider import Provider
 from duet.ledger import keys
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore
@@ -59,6 +61,7 @@ def build_controller(
     owner_key: Path | None = None,
     policy: Path | None = None,
     pccs_url: str | None = None,
+    providers_file: Path | None = None,
 ) -> Controller:
     from duet.cvm.local import LocalProvider
 
@@ -98,16 +101,41 @@ def build_controller(
     # lives in the data dir.
     snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
     local = LocalProvider(data_dir / "cvms", platform=snp)
+    providers: dict[str, Provider] = {"local": local}
+    evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local)}
+    if providers_file is not None:
+        from duet.controller.evidence_remote import RemoteEvidence
+        from duet.cvm.plan import make_provider
+
+        for name, config in _load_providers(providers_file).items():
+            providers[name] = make_provider(name, config)
+            evidence[name] = RemoteEvidence()
     return Controller(
         data_dir,
         tee=backend,
         key=key,
         state=state,
         ledger=ledger,
-        providers={"local": local},
+        providers=providers,
         default_policy=policy_text,
-        evidence=LocalEvidence(snp, local),
+        evidence=evidence,
     )
+
+
+def _load_providers(path: Path) -> dict[str, dict[str, object]]:
+    """`--providers FILE`: YAML mapping a provider name to its settings (no credentials:
+    those come from each cloud's standard chain)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read providers file {path}: {exc}") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise ConfigError(f"{path} must map provider names to their settings")
+    if "local" in doc:
+        raise ConfigError(f"{path}: the local provider needs no settings")
+    return {str(k): dict(v) for k, v in doc.items()}
 
 
 def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:
@@ -134,6 +162,7 @@ def serve(
     policy: Path | None,
     tls: bool = False,
     pccs_url: str | None = None,
+    providers_file: Path | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -144,7 +173,8 @@ def serve(
 
     tls = tls or tee == "gramine"
     host, port = parse_listen(listen, tls=tls)
-    controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url)
+    controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
+                                  providers_file=providers_file)
     app = create_app(controller)
     if tls:
         from duet.tee import ratls

@@ -29,7 +29,7 @@ from duet.controller import errors
 from duet.controller.evidence import EvidenceCollector
 from duet.controller.replay import ReplayGuard
 from duet.controller.state import CvmRecord, StateStore
-from duet.cvm.errors import CvmError, HostKeyMismatch
+from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
@@ -126,7 +126,7 @@ class Controller:
         providers: Mapping[str, Provider],
         default_policy: str = DEFAULT_POLICY,
         output_cap: int = DEFAULT_OUTPUT_CAP,
-        evidence: EvidenceCollector | None = None,
+        evidence: Mapping[str, EvidenceCollector] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.tee = tee
@@ -140,7 +140,9 @@ class Controller:
         self.providers = dict(providers)
         self.default_policy = default_policy
         self.output_cap = output_cap
-        self.evidence = evidence
+        #: The evidence/lockdown collector of each provider. A provider without one cannot
+        #: provision: a CVM that cannot prove its state is never made usable.
+        self.evidence = dict(evidence or {})
         self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
@@ -291,7 +293,10 @@ class Controller:
             if rec.status == "ready":
                 try:
                     prov = await self._provider(rec.provider).ensure_running(rec.id)
-                except CvmError as exc:
+                except CvmNotFound as exc:
+                    self._mark_lost(rec, str(exc))
+                    continue
+                except (CvmError, errors.DuetError) as exc:
                     log.warning("cvm %s: could not restart: %s", rec.id, exc)
                     continue
                 if prov.port != rec.port:
@@ -433,6 +438,22 @@ class Controller:
             self._quarantine(rec, exc)
             raise
 
+    def _mark_lost(self, rec: CvmRecord, why: str) -> None:
+        """The CVM disappeared under the controller (e.g. deleted in a cloud console)."""
+        self.append(rec, [{"type": "error", "code": "cvm_lost", "message": f"the CVM is gone: {why}"}])
+        rec.status, rec.reason = "lost", why
+        self._save(rec)
+        log.error("cvm %s: lost: %s", rec.id, why)
+
+    async def _check_lost(self, rec: CvmRecord) -> None:
+        """After a failure to reach the CVM: is it still there at all?"""
+        try:
+            status = await self._provider(rec.provider).status(rec.id)
+        except (CvmError, errors.DuetError):
+            return
+        if status == "missing":
+            self._mark_lost(rec, f"provider {rec.provider} no longer has it")
+
     def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
         """A changed host key means we may be talking to an impostor: stop everything."""
         self.append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
@@ -441,6 +462,12 @@ class Controller:
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
             self._closing.add(asyncio.ensure_future(conn.close()))
+
+    def _collector(self, rec: CvmRecord) -> EvidenceCollector:
+        collector = self.evidence.get(rec.provider)
+        if collector is None:
+            raise errors.CvmNotReady(f"provider {rec.provider!r} has no evidence collector configured")
+        return collector
 
     def client_public_line(self, cvm_id: str) -> str:
         """The CVM's authorised key (public half of the sealed SSH client key)."""
@@ -505,7 +532,7 @@ class Controller:
             prov = await provider.create(
                 rec.id,
                 authorized_key=public_line(client_key),
-                spec={**rec.spec, "host_data": host_data.hex()},
+                spec={**rec.spec, "tee": rec.tee, "host_data": host_data.hex()},
             )
             rec.host, rec.port, rec.user, rec.instance_id = prov.host, prov.port, prov.user, prov.instance_id
             conn = CvmConnection(
@@ -528,8 +555,7 @@ class Controller:
                     "launch": dict(prov.launch),
                 }],
             )
-            if self.evidence is not None:
-                await self.evidence.after_provisioning(self, rec, conn)
+            await self._collector(rec).after_provisioning(self, rec, conn)
         except (CvmError, errors.DuetError) as exc:
             code = getattr(exc, "code", "provisioning_failed")
             self._fail(rec, code, f"provisioning failed: {exc}")
@@ -592,6 +618,8 @@ class Controller:
             self.append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
             if isinstance(exc, HostKeyMismatch):
                 self._quarantine(rec, exc)
+            elif isinstance(exc, CvmUnreachable):
+                await self._check_lost(rec)
             raise
         index = self.append(rec, [result_entry(command_index, result)])
         return CommandOutcome(
@@ -620,11 +648,10 @@ class Controller:
         self, rec: CvmRecord, action: Action, intent: Intent | None, intent_index: int | None = None
     ) -> CommandOutcome:
         if action.builtin is not None:
-            if self.evidence is None:
-                raise errors.CvmNotReady(f"builtin action {action.builtin!r} is not available here")
+            collector = self._collector(rec)
             conn = await self._connection(rec)
             first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
-            index = await self.evidence.builtin(self, rec, conn, action.builtin, intent_index=first)
+            index = await collector.builtin(self, rec, conn, action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
                 result=None, interrupted=None, tree_size=index + 1,
@@ -647,8 +674,7 @@ class Controller:
         if target == "in-service":
             # Evidence and snapshot first: a CVM that cannot show its state never enters
             # in-service.
-            if self.evidence is not None:
-                await self.evidence.on_enter_service(self, rec, await self._connection(rec), intent_index)
+            await self._collector(rec).on_enter_service(self, rec, await self._connection(rec), intent_index)
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
             rec.epoch += 1

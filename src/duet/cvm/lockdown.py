@@ -13,6 +13,7 @@ over the controller's SSH session under `sudo -n`.
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -104,9 +105,12 @@ def judge_only_controller_key(output: str, controller_key: str, akf: str) -> tup
 def judge_passwords_locked(output: str) -> tuple[bool, str]:
     """Output: shadow lines `user:field`; every field must be unusable as a password."""
     usable = []
-    lines = [line for line in output.splitlines() if ":" in line]
+    lines = [line for line in output.splitlines() if line.strip()]
     if not lines:
         return False, "no account was read"
+    odd = [line for line in lines if not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?:[^:]*", line)]
+    if odd:
+        return False, "unexpected output instead of account entries: " + "; ".join(odd[:3])
     for line in lines:
         user, field = line.split(":", 2)[:2]
         if not (field in ("", "*", "!", "!!") or field.startswith(("!", "*"))):
@@ -152,6 +156,42 @@ def local_commands(ctx: Mapping[str, object]) -> dict[str, str]:
             '[ -e "/etc/systemd/system/getty.target.wants/serial-getty@$t.service" ] '
             '&& echo "enabled: serial-getty@$t"; '
             "done; ps -eo args | grep -E '^[^ ]*getty.*(ttyS|hvc|ttyAMA)' || true"
+        ),
+    }
+
+
+def remote_commands(*, user: str, akf: str) -> dict[str, str]:
+    """The check commands for a real CVM, run over SSH by the provisioning user with
+    `sudo -n` (the cloud-init of every provider grants it exactly that)."""
+    q = shlex.quote
+    if not re.fullmatch(r"/[A-Za-z0-9/._-]+", akf):
+        raise ValueError(f"unsafe authorized_keys path {akf!r}")
+    sshd_t = f"sudo -n /usr/sbin/sshd -T -C user={q(user)},host=localhost,addr=127.0.0.1"
+    other_keys = (
+        "sudo -n sh -c 'for h in $(getent passwd | cut -d: -f6 | sort -u) /root; do "
+        'for f in "$h"/.ssh/authorized_keys "$h"/.ssh/authorized_keys2; do '
+        f'[ -e "$f" ] && [ "$f" != {akf} ] && echo "--- $f" && cat "$f"; done; done; true' + "'"
+    )
+    units = " ".join(AGENT_UNITS)
+    # Without a running systemd the unit checks below would print nothing: say so instead,
+    # so that the check fails rather than passes unexamined.
+    need_systemd = '[ -d /run/systemd/system ] || echo "cannot check: systemd is not running"; '
+    return {
+        "password_auth_off": sshd_t,
+        "root_login_off": sshd_t,
+        "only_controller_key": f"{sshd_t}; echo '--- {akf}'; sudo -n cat {q(akf)}; {other_keys}",
+        "passwords_locked": "sudo -n getent shadow | cut -d: -f1,2",
+        "agents_disabled": (
+            need_systemd + f"for u in {units}; do s=$(systemctl is-enabled \"$u\" 2>/dev/null || true); "
+            'case "$s" in enabled*|static|alias|indirect|generated) echo "enabled: $u ($s)";; esac; '
+            'systemctl is-active --quiet "$u" 2>/dev/null && echo "running: $u"; done; true'
+        ),
+        "serial_console_off": (
+            need_systemd + "for t in ttyS0 ttyS1 hvc0 ttyAMA0; do s=$(systemctl is-enabled \"serial-getty@$t.service\" "
+            '2>/dev/null || true); [ "$s" = enabled ] && echo "enabled: serial-getty@$t"; '
+            "systemctl is-active --quiet \"serial-getty@$t.service\" 2>/dev/null "
+            "&& echo \"running: serial-getty@$t\"; "
+            "done; true"
         ),
     }
 

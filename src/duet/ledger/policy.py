@@ -31,7 +31,7 @@ import yaml
 from duet.ledger.errors import LedgerError
 
 MODES = ("in-update", "in-service")
-BUILTINS = ("attest", "snapshot")
+BUILTINS = ("attest", "snapshot", "lockdown")
 
 #: What the builtin `snapshot` action runs on the CVM (as its SSH user): read-only
 #: commands whose outputs, and their SHA-256 digests, describe the CVM's state. Fixed

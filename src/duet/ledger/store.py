@@ -51,9 +51,9 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from operator import itemgetter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Literal
 
@@ -687,7 +687,6 @@ class LedgerStore:
 
     def _verify_all(self, entry: _Log) -> None:
         conn, key, n = self._conn, entry.key, entry.size
-        sha = hashlib.sha256
         chunk = 1 << _VERIFY_CHUNK_LEVEL
         edge: list[tuple[int, bytes]] = []
         for pos in range(0, n, chunk):
@@ -708,12 +707,12 @@ class LedgerStore:
                 missing = next(i for i in range(pos, pos + want) if i not in present)
                 raise self._mark_corrupt(entry, f"leaf {missing} is missing", index=missing)
             try:
-                level_hashes = [sha(b"\x00" + r[1]).digest() for r in rows]
+                level_hashes = _leaf_hashes(map(_second, rows))
             except TypeError:  # a leaf stored as something other than a blob
                 level_hashes = [
-                    sha(b"\x00" + r[1]).digest() if isinstance(r[1], bytes) else b"" for r in rows
+                    leaf_hash(r[1]) if isinstance(r[1], bytes) else b"" for r in rows
                 ]
-            if level_hashes != [r[0] for r in rows]:
+            if level_hashes != list(map(_first, rows)):
                 bad = next(i for i, r in enumerate(rows) if r[0] != level_hashes[i])
                 raise self._mark_corrupt(
                     entry, f"leaf {pos + bad} does not match its stored hash", index=pos + bad
@@ -726,19 +725,20 @@ class LedgerStore:
                     leftovers.append((level, level_hashes[-1]))
                 if len(level_hashes) < 2:
                     break
-                pairs = zip(level_hashes[::2], level_hashes[1::2], strict=False)
-                parents = [sha(b"\x01" + a + b).digest() for a, b in pairs]
+                parents = _parent_hashes(level_hashes)
                 level += 1
                 if level % NODE_STRIDE == 0:
                     first = pos >> level
-                    stored = [
-                        r[0]
-                        for r in conn.execute(
-                            "SELECT hash FROM nodes WHERE log = ? AND level = ? AND idx >= ? "
-                            "AND idx < ? ORDER BY idx",
-                            (key, level, first, first + len(parents)),
+                    stored = list(
+                        map(
+                            _first,
+                            conn.execute(
+                                "SELECT hash FROM nodes WHERE log = ? AND level = ? AND idx >= ? "
+                                "AND idx < ? ORDER BY idx",
+                                (key, level, first, first + len(parents)),
+                            ),
                         )
-                    ]
+                    )
                     if stored != parents:
                         self._raise_node_mismatch(entry, level, first, parents, stored)
                 level_hashes = parents

@@ -1,0 +1,146 @@
+"""Evidence and lockdown for real CVMs (qemu, Azure, Google Cloud), over the SSH session.
+
+Same contract as the local collector: every command sent to the CVM is logged first;
+lockdown checks run under `sudo -n` as the provisioning user; evidence is collected with
+`duet.cvm.guest.collect` and verified here before it is logged: signature chain with
+AMD's / Intel's roots, report data = SHA-512(nonce ‖ the pinned host key blob) and, where
+the platform sets it at launch (qemu's SNP HOST_DATA), the controller's per-CVM value.
+Whatever cannot be checked is refused, and the CVM is not made usable (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from duet.attestation import AttestationError, verify_snp_report, verify_tdx_quote
+from duet.controller.evidence_local import EvidenceRefused, LockdownFailed, host_key_blob
+from duet.cvm.guest.collect import CollectError, collect_command, parse_cert_table, parse_output
+from duet.cvm.lockdown import remote_commands, run_checks
+from duet.ledger.policy import SNAPSHOT_COMMANDS
+
+if TYPE_CHECKING:
+    from duet.controller.service import Controller
+    from duet.controller.state import CvmRecord
+    from duet.cvm.ssh import CvmConnection
+
+#: Fetches DCAP collateral for a TDX quote (e.g. from a PCCS); None: TDX is refused.
+CollateralSource = Callable[[bytes], Any]
+
+
+def _pem(der: bytes) -> bytes:
+    b64 = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+class RemoteEvidence:
+    def __init__(self, *, tdx_collateral: CollateralSource | None = None) -> None:
+        self.tdx_collateral = tdx_collateral
+
+    async def after_provisioning(self, ctl: Controller, rec: CvmRecord, conn: CvmConnection) -> None:
+        await self.lockdown(ctl, rec, purpose="provisioning", intent_index=1)
+        await self.attest(ctl, rec, intent_index=1, purpose="provisioning")
+
+    async def on_enter_service(self, ctl: Controller, rec: CvmRecord, conn: CvmConnection, intent_index: int) -> None:
+        await self.lockdown(ctl, rec, purpose="in-service", intent_index=intent_index)
+        await self.attest(ctl, rec, intent_index=intent_index, purpose="in-service")
+        for command in SNAPSHOT_COMMANDS:
+            await ctl.execute(rec, None, command, timeout=120.0, action="snapshot",
+                              intent_index=intent_index, builtin=True)
+
+    async def builtin(
+        self, ctl: Controller, rec: CvmRecord, conn: CvmConnection, name: str, *, intent_index: int | None
+    ) -> int:
+        if name == "attest":
+            return await self.attest(ctl, rec, intent_index=intent_index, purpose="attest")
+        if name == "lockdown":
+            return await self.lockdown(ctl, rec, purpose="action", intent_index=intent_index)
+        last = 0
+        for command in SNAPSHOT_COMMANDS:
+            last = (await ctl.execute(rec, None, command, timeout=120.0, action="snapshot",
+                                      intent_index=intent_index, builtin=True)).result_index
+        return last
+
+    async def lockdown(self, ctl: Controller, rec: CvmRecord, *, purpose: str, intent_index: int | None) -> int:
+        """The checks run over SSH, each logged as a builtin command with its output."""
+        akf = f"/home/{rec.user}/.ssh/authorized_keys"
+        commands = remote_commands(user=str(rec.user), akf=akf)
+
+        async def runner(command: str) -> tuple[int, str]:
+            outcome = await ctl.execute(rec, None, command, timeout=120.0, action="lockdown",
+                                        intent_index=intent_index, builtin=True)
+            r = outcome.result
+            assert r is not None
+            return (r.exit_status if r.exit_status is not None else 255), r.stdout.decode("utf-8", "replace")
+
+        results = await run_checks(commands, runner, controller_key=ctl.client_public_line(rec.id), akf=akf)
+        ok = all(r.ok for r in results)
+        index = ctl.append(rec, [{"type": "lockdown", "purpose": purpose, "where": "over the controller's SSH "
+                                  "session, with sudo", "checks": [r.to_json() for r in results], "ok": ok}])
+        if not ok:
+            failed = "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
+            ctl.append(rec, [{"type": "error", "code": "lockdown_failed", "message": failed}])
+            raise LockdownFailed(f"lockdown checks failed: {failed}")
+        return index
+
+    async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
+        kind = rec.tee
+        if kind not in ("snp", "tdx"):
+            raise self._refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
+        nonce = secrets.token_bytes(32)
+        outcome = await ctl.execute(rec, None, collect_command(kind, nonce), timeout=120.0, action="attest",
+                                    intent_index=intent_index, builtin=True)
+        r = outcome.result
+        if r is None or r.exit_status != 0:
+            raise self._refuse(ctl, rec, "the guest produced no evidence" + (
+                f": {r.stderr.decode('utf-8', 'replace').strip()[:300]}" if r else ""))
+        assert rec.host_key is not None
+        try:
+            got = parse_output(r.stdout.decode("utf-8", "replace"))
+        except CollectError as exc:
+            raise self._refuse(ctl, rec, str(exc)) from None
+        expected_rd = hashlib.sha512(nonce + host_key_blob(rec.host_key)).digest()
+        if got.report_data != expected_rd or got.host_key.split()[:2] != rec.host_key.split()[:2]:
+            raise self._refuse(ctl, rec, "the evidence is not bound to the SSH host key the controller is "
+                               "connected to (a man in the middle, or another machine, answered)")
+        entry: dict[str, Any] = {
+            "type": "evidence", "kind": kind, "purpose": purpose, "command_index": outcome.command_index,
+            "nonce": nonce.hex(), "report_data": expected_rd.hex(),
+            "binds": {"report_data": "SHA-512(nonce || SSH host key blob)",
+                      "host_key_sha256": hashlib.sha256(rec.host_key.encode()).hexdigest()},
+        }
+        try:
+            raw = got.blobs["outblob"]
+            if kind == "snp":
+                certs = parse_cert_table(got.blobs["auxblob"]) if "auxblob" in got.blobs else {}
+                vcek = certs.get("vcek") or certs.get("vlek")
+                if vcek is None:
+                    raise CollectError("the host supplied no VCEK/VLEK with the report (extended report); "
+                                       "without it the report cannot be verified offline")
+                chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs) or None
+                report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=datetime.now(UTC))
+                if rec.provider == "qemu" and report.host_data != rec.host_data:
+                    raise CollectError("HOST_DATA is not the value the controller set at this CVM's launch")
+                entry["collateral"] = {"vcek": base64.b64encode(vcek).decode(),
+                                       "cert_chain": chain.decode() if chain else ""}
+                entry["binds"]["host_data"] = report.host_data
+            else:
+                if self.tdx_collateral is None:
+                    raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
+                collateral = self.tdx_collateral(raw)
+                verify_tdx_quote(raw, collateral, now=datetime.now(UTC))
+                entry["collateral"] = collateral if isinstance(collateral, dict) else {}
+        except (KeyError, CollectError, AttestationError, ValueError) as exc:
+            raise self._refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
+        entry["evidence"] = base64.b64encode(raw).decode()
+        return ctl.append(rec, [entry])
+
+    @staticmethod
+    def _refuse(ctl: Controller, rec: CvmRecord, message: str) -> EvidenceRefused:
+        ctl.append(rec, [{"type": "error", "code": "evidence_refused", "message": message}])
+        return EvidenceRefused(message)
