@@ -239,3 +239,24 @@ def test_replay_after_a_crash_is_still_refused(controller: ControllerProc) -> No
     assert e.code == "replayed_intent"
     assert _size(controller, cvm) == size
     assert base64.b64decode(owner.run(cvm, "cat count")["stdout"]) == b"once\n"
+
+
+def test_cvm_deleted_behind_the_controllers_back_is_marked_lost(controller: ControllerProc) -> None:
+    import asyncio
+
+    from duet.cvm.local import LocalProvider
+
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    controller.kill()
+    # As if deleted in a cloud console: the provider's side is gone, the controller's log is not.
+    asyncio.run(LocalProvider(controller.data / "cvms").delete(cvm))
+    controller.start()
+    with controller.http() as http:
+        view = http.get_json(f"/v1/cvms/{cvm}")
+    assert view["status"] == "lost"
+    log = _log(controller, cvm)
+    assert log[-1]["type"] == "error" and log[-1]["code"] == "cvm_lost"
+    with pytest.raises(ClientError) as info:
+        owner.run(cvm, "true")
+    assert info.value.code == "cvm_not_ready"

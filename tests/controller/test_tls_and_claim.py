@@ -8,11 +8,11 @@ import sys
 import time
 
 import pytest
-from helpers import ControllerProc
 
 from duet.client.http import ClientError, Http
 from duet.ledger import keys
 from duet.ledger.intent import sign_intent
+from helpers import ControllerProc
 
 
 def test_owner_commands_over_ratls(controller_factory) -> None:  # type: ignore[no-untyped-def]

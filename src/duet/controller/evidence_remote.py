@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from duet.attestation import AttestationError, verify_snp_report, verify_tdx_quote
 from duet.controller.evidence_local import EvidenceRefused, LockdownFailed, host_key_blob
-from duet.cvm.guest.collect import CollectError, collect_command, parse_cert_table, parse_output
+from duet.cvm.guest.collect import Collected, CollectError, collect_command, parse_cert_table, parse_output
 from duet.cvm.lockdown import remote_commands, run_checks
 from duet.ledger.policy import SNAPSHOT_COMMANDS
 
@@ -39,8 +39,12 @@ def _pem(der: bytes) -> bytes:
 
 
 class RemoteEvidence:
-    def __init__(self, *, tdx_collateral: CollateralSource | None = None) -> None:
+    def __init__(
+        self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None
+    ) -> None:
+        """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots)."""
         self.tdx_collateral = tdx_collateral
+        self.trusted_arks = trusted_arks
 
     async def after_provisioning(self, ctl: Controller, rec: CvmRecord, conn: CvmConnection) -> None:
         await self.lockdown(ctl, rec, purpose="provisioning", intent_index=1)
@@ -102,43 +106,59 @@ class RemoteEvidence:
         assert rec.host_key is not None
         try:
             got = parse_output(r.stdout.decode("utf-8", "replace"))
-        except CollectError as exc:
-            raise self._refuse(ctl, rec, str(exc)) from None
-        expected_rd = hashlib.sha512(nonce + host_key_blob(rec.host_key)).digest()
-        if got.report_data != expected_rd or got.host_key.split()[:2] != rec.host_key.split()[:2]:
-            raise self._refuse(ctl, rec, "the evidence is not bound to the SSH host key the controller is "
-                               "connected to (a man in the middle, or another machine, answered)")
-        entry: dict[str, Any] = {
-            "type": "evidence", "kind": kind, "purpose": purpose, "command_index": outcome.command_index,
-            "nonce": nonce.hex(), "report_data": expected_rd.hex(),
-            "binds": {"report_data": "SHA-512(nonce || SSH host key blob)",
-                      "host_key_sha256": hashlib.sha256(rec.host_key.encode()).hexdigest()},
-        }
-        try:
-            raw = got.blobs["outblob"]
-            if kind == "snp":
-                certs = parse_cert_table(got.blobs["auxblob"]) if "auxblob" in got.blobs else {}
-                vcek = certs.get("vcek") or certs.get("vlek")
-                if vcek is None:
-                    raise CollectError("the host supplied no VCEK/VLEK with the report (extended report); "
-                                       "without it the report cannot be verified offline")
-                chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs) or None
-                report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=datetime.now(UTC))
-                if rec.provider == "qemu" and report.host_data != rec.host_data:
-                    raise CollectError("HOST_DATA is not the value the controller set at this CVM's launch")
-                entry["collateral"] = {"vcek": base64.b64encode(vcek).decode(),
-                                       "cert_chain": chain.decode() if chain else ""}
-                entry["binds"]["host_data"] = report.host_data
-            else:
-                if self.tdx_collateral is None:
-                    raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
-                collateral = self.tdx_collateral(raw)
-                verify_tdx_quote(raw, collateral, now=datetime.now(UTC))
-                entry["collateral"] = collateral if isinstance(collateral, dict) else {}
+            entry = self.verify_collected(kind, got, nonce=nonce, host_key=rec.host_key,
+                                          host_data=rec.host_data if rec.provider == "qemu" else None)
         except (KeyError, CollectError, AttestationError, ValueError) as exc:
             raise self._refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
-        entry["evidence"] = base64.b64encode(raw).decode()
+        entry.update(purpose=purpose, command_index=outcome.command_index)
         return ctl.append(rec, [entry])
+
+    def verify_collected(
+        self, kind: str, got: Collected, *, nonce: bytes, host_key: str, host_data: str | None
+    ) -> dict[str, Any]:
+        """Check collected evidence and build its log entry (pure; raises on any failure).
+
+        `host_data`: the launch value to demand, where the platform sets it (qemu SNP)."""
+        expected_rd = hashlib.sha512(nonce + host_key_blob(host_key)).digest()
+        if got.report_data != expected_rd or got.host_key.split()[:2] != host_key.split()[:2]:
+            raise CollectError("it is not bound to the SSH host key the controller is connected to "
+                               "(a man in the middle, or another machine, answered)")
+        entry: dict[str, Any] = {
+            "type": "evidence", "kind": kind, "nonce": nonce.hex(), "report_data": expected_rd.hex(),
+            "binds": {"report_data": "SHA-512(nonce || SSH host key blob)",
+                      "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest()},
+        }
+        raw = got.blobs["outblob"]
+        if kind == "snp":
+            certs = parse_cert_table(got.blobs["auxblob"]) if "auxblob" in got.blobs else {}
+            vcek = certs.get("vcek") or certs.get("vlek")
+            if vcek is None:
+                raise CollectError("the host supplied no VCEK/VLEK with the report (extended report); "
+                                   "without it the report cannot be verified offline")
+            chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs) or None
+            report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=datetime.now(UTC),
+                                       trusted_arks=self.trusted_arks)
+            if report.report_data != expected_rd:
+                raise CollectError("the report's REPORT_DATA is not what the guest said it asked for")
+            if host_data is not None and report.host_data != host_data:
+                raise CollectError("HOST_DATA is not the value the controller set at this CVM's launch")
+            entry["collateral"] = {
+                "vcek": base64.b64encode(vcek).decode(),
+                "cert_chain": chain.decode() if chain else "",
+            }
+            entry["binds"]["host_data"] = report.host_data
+        elif kind == "tdx":
+            if self.tdx_collateral is None:
+                raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
+            collateral = self.tdx_collateral(raw)
+            tdx = verify_tdx_quote(raw, collateral, now=datetime.now(UTC))
+            if tdx.report_data != expected_rd:
+                raise CollectError("the quote's REPORTDATA is not what the guest said it asked for")
+            entry["collateral"] = collateral if isinstance(collateral, dict) else {}
+        else:
+            raise CollectError(f"no verifier for evidence kind {kind!r}")
+        entry["evidence"] = base64.b64encode(raw).decode()
+        return entry
 
     @staticmethod
     def _refuse(ctl: Controller, rec: CvmRecord, message: str) -> EvidenceRefused:
