@@ -37,3 +37,6 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# SGX packaging: gramine-image, gramine-mrenclave, gramine-manifest (see deploy/gramine/README.md).
+include deploy/gramine/gramine.mk
