@@ -54,6 +54,8 @@ def verify_evidence_entry(
 ) -> SnpReport:
     """Verify one evidence entry; raises ValueError / AttestationError naming the problem."""
     kind = e.get("kind")
+    if kind == "none":
+        raise ValueError("the CVM runs without a TEE: there is no hardware evidence")
     if kind not in SNP_KINDS:
         raise ValueError(f"evidence kind {kind!r} is not supported by this verifier")
     simulated = kind == "simulated-snp"

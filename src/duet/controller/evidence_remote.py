@@ -94,6 +94,13 @@ class RemoteEvidence:
 
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         kind = rec.tee
+        if kind == "none":
+            # A plain VM (the owner allowed it explicitly): nothing to attest. The log says
+            # so, and every verifier fails the evidence check on it.
+            return ctl.append(rec, [{
+                "type": "evidence", "kind": "none", "purpose": purpose, "nonce": secrets.token_bytes(32).hex(),
+                "evidence": "", "binds": {}, "reason": "launched without a TEE: no hardware evidence exists",
+            }])
         if kind not in ("snp", "tdx"):
             raise self._refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
         nonce = secrets.token_bytes(32)

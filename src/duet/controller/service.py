@@ -535,6 +535,8 @@ class Controller:
                 spec={**rec.spec, "tee": rec.tee, "host_data": host_data.hex()},
             )
             rec.host, rec.port, rec.user, rec.instance_id = prov.host, prov.port, prov.user, prov.instance_id
+            if prov.launch.get("tee_effective") == "none":
+                rec.tee = "none"  # launched without a TEE (allowed by the provider's settings)
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )

@@ -69,6 +69,16 @@ def judge_root_login(sshd_t: str) -> tuple[bool, str]:
     return False, f"permitrootlogin is {value or 'unknown'}; want no or prohibit-password"
 
 
+def _resolve_akf(path: str, akf: str) -> str:
+    """sshd reads a relative AuthorizedKeysFile (or one with %h) from the user's home;
+    for the CVM's user that is the directory above `.ssh` of the expected file."""
+    home = akf.rsplit("/.ssh/", 1)[0] if "/.ssh/" in akf else None
+    if home is None:
+        return path
+    path = path.replace("%h", home).replace("%%", "%")
+    return path if path.startswith("/") else f"{home}/{path}"
+
+
 def judge_only_controller_key(output: str, controller_key: str, akf: str) -> tuple[bool, str]:
     """Output: `sshd -T` lines, then a line `--- <file>` and each authorized_keys file."""
     sshd_part, _, files_part = output.partition("\n--- ")
@@ -80,7 +90,7 @@ def judge_only_controller_key(output: str, controller_key: str, akf: str) -> tup
         problems.append("an AuthorizedPrincipalsCommand is set")
     if s.get("trustedusercakeys", ["none"])[0] != "none":
         problems.append("TrustedUserCAKeys is set")
-    files = s.get("authorizedkeysfile", [""])[0].split()
+    files = [_resolve_akf(f, akf) for f in s.get("authorizedkeysfile", [""])[0].split()]
     if files != [akf]:
         problems.append(f"AuthorizedKeysFile is {' '.join(files) or 'unset'}, want only {akf}")
     want = " ".join(controller_key.split()[:2])
