@@ -39,6 +39,14 @@ def main() -> None:
     sgx_c = prepare_collateral(v("sgx/dcap-qvl/sgx_quote_collateral.json"))
     now_sgx = datetime(2025, 7, 1, tzinfo=UTC)
     out["sgx"] = rate(lambda: verify_sgx_quote(sgx_q, sgx_c, now=now_sgx))
+    # The direct way: dcap-qvl alone (no claims parsing, no extra Intel-rule checks).
+    import dcap_qvl
+
+    raw_c = dcap_qvl.QuoteCollateralV3.from_json(v("sgx/dcap-qvl/sgx_quote_collateral.json").decode())
+    out["sgx_dcap_qvl_direct"] = rate(lambda: dcap_qvl.verify(sgx_q, raw_c, int(now_sgx.timestamp())))
+    out["sgx_ratio_duet_vs_direct"] = {
+        "ratio": round(out["sgx"]["ms_each"] / out["sgx_dcap_qvl_direct"]["ms_each"], 3)
+    }
 
     tdx_q = v("tdx/dcap-qvl/tdx_quote")
     tdx_c = prepare_collateral(v("tdx/dcap-qvl/tdx_quote_collateral.json"))

@@ -507,7 +507,7 @@ class LedgerStore:
         each leaf merges with the edge subtrees of equal size, and the completed subtrees
         on the stored levels become node rows.
         """
-        if isinstance(leaves, bytes | bytearray | memoryview | str):
+        if isinstance(leaves, (bytes, bytearray, memoryview, str)):  # a tuple: faster than a union
             raise LedgerError("leaves must be a sequence of bytes, not a single value")
         sha, key, stride = _sha256, entry.key, NODE_STRIDE
         edge = entry.edge.copy()
@@ -532,7 +532,7 @@ class LedgerStore:
         if not leaf_rows:
             return _Plan(entry, size, edge, leaf_rows, node_rows, entry.root)
         # The head: fold the edge subtrees from the right (merkle.fold_subtrees).
-        root = edge[-1][1]
+        root = h
         for j in range(len(edge) - 2, -1, -1):
             root = sha(b"\x01" + edge[j][1] + root).digest()
         return _Plan(entry, size, edge, leaf_rows, node_rows, root)
