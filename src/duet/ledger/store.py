@@ -53,7 +53,6 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Literal
 
@@ -157,30 +156,6 @@ class _Plan:
 _INSERT_LEAF = "INSERT INTO leaves (log, idx, hash, leaf) VALUES (?, ?, ?, ?)"
 _INSERT_NODE = "INSERT INTO nodes (log, level, idx, hash) VALUES (?, ?, ?, ?)"
 _UPDATE_HEAD = "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?"
-
-# Hashing in bulk: RFC 9162 leaf and node hashes, spelled so that a whole list is hashed
-# by C-level map() pipelines (no Python frame per hash). Same bytes as merkle.leaf_hash
-# and merkle.node_hash; the tests compare them.
-_sha256 = hashlib.sha256
-_digest = type(hashlib.sha256()).digest
-_leaf_prefixed = b"\x00".__add__
-_node_prefixed = b"\x01".__add__
-_first = itemgetter(0)
-_second = itemgetter(1)
-
-
-def _leaf_hashes(leaves: Iterator[bytes] | Sequence[bytes]) -> list[bytes]:
-    """leaf_hash of each leaf. Raises TypeError if one is not bytes (``bytes + str``
-    gives NotImplemented, which SHA-256 then refuses)."""
-    return list(map(_digest, map(_sha256, map(_leaf_prefixed, leaves))))
-
-
-def _parent_hashes(level: Sequence[bytes]) -> list[bytes]:
-    """node_hash of each pair (level[0], level[1]), (level[2], level[3]), ...; an odd
-    last hash is left out (map stops at the shorter input)."""
-    lefts = map(_node_prefixed, level[::2])
-    return list(map(_digest, map(_sha256, map(bytes.__add__, lefts, level[1::2]))))
-
 
 class _Reader:
     """Reads stored hashes for one log within one call, remembering what it read (proofs
@@ -509,7 +484,7 @@ class LedgerStore:
         """
         if isinstance(leaves, (bytes, bytearray, memoryview, str)):  # a tuple: faster than a union
             raise LedgerError("leaves must be a sequence of bytes, not a single value")
-        sha, key, stride = _sha256, entry.key, NODE_STRIDE
+        sha, key, stride = hashlib.sha256, entry.key, NODE_STRIDE
         edge = entry.edge.copy()
         size = entry.size
         leaf_rows: list[tuple[int, int, bytes, bytes]] = []
@@ -687,6 +662,7 @@ class LedgerStore:
 
     def _verify_all(self, entry: _Log) -> None:
         conn, key, n = self._conn, entry.key, entry.size
+        sha = hashlib.sha256
         chunk = 1 << _VERIFY_CHUNK_LEVEL
         edge: list[tuple[int, bytes]] = []
         for pos in range(0, n, chunk):
@@ -707,12 +683,12 @@ class LedgerStore:
                 missing = next(i for i in range(pos, pos + want) if i not in present)
                 raise self._mark_corrupt(entry, f"leaf {missing} is missing", index=missing)
             try:
-                level_hashes = _leaf_hashes(map(_second, rows))
+                level_hashes = [sha(b"\x00" + r[1]).digest() for r in rows]
             except TypeError:  # a leaf stored as something other than a blob
                 level_hashes = [
-                    leaf_hash(r[1]) if isinstance(r[1], bytes) else b"" for r in rows
+                    sha(b"\x00" + r[1]).digest() if isinstance(r[1], bytes) else b"" for r in rows
                 ]
-            if level_hashes != list(map(_first, rows)):
+            if level_hashes != [r[0] for r in rows]:
                 bad = next(i for i, r in enumerate(rows) if r[0] != level_hashes[i])
                 raise self._mark_corrupt(
                     entry, f"leaf {pos + bad} does not match its stored hash", index=pos + bad
@@ -725,20 +701,19 @@ class LedgerStore:
                     leftovers.append((level, level_hashes[-1]))
                 if len(level_hashes) < 2:
                     break
-                parents = _parent_hashes(level_hashes)
+                pairs = zip(level_hashes[::2], level_hashes[1::2], strict=False)
+                parents = [sha(b"\x01" + a + b).digest() for a, b in pairs]
                 level += 1
                 if level % NODE_STRIDE == 0:
                     first = pos >> level
-                    stored = list(
-                        map(
-                            _first,
-                            conn.execute(
-                                "SELECT hash FROM nodes WHERE log = ? AND level = ? AND idx >= ? "
-                                "AND idx < ? ORDER BY idx",
-                                (key, level, first, first + len(parents)),
-                            ),
+                    stored = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT hash FROM nodes WHERE log = ? AND level = ? AND idx >= ? "
+                            "AND idx < ? ORDER BY idx",
+                            (key, level, first, first + len(parents)),
                         )
-                    )
+                    ]
                     if stored != parents:
                         self._raise_node_mismatch(entry, level, first, parents, stored)
                 level_hashes = parents
