@@ -38,7 +38,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +46,12 @@ from duet.cvm import cloudinit
 from duet.cvm.clouds.common import (
     Tracker,
     Unresolved,
+    brief,
     cidr_of,
     host_data_of,
     image_of,
     resource_prefix,
+    run_sync,
     spec_str,
     tee_of,
 )
@@ -489,11 +491,11 @@ class AzureProvider:
             try:
                 self._delete(item["kind"], item["name"], lay.resource_group, deadline)
             except Exception as exc:
-                problems.append(f"deleting {item['kind']} {item['name']}: {_brief(exc)}")
+                problems.append(f"deleting {item['kind']} {item['name']}: {brief(exc)}")
         try:
             left = self._leftovers(lay)
         except Exception as exc:
-            problems.append(f"listing {lay.resource_group}: {_brief(exc)}")
+            problems.append(f"listing {lay.resource_group}: {brief(exc)}")
         else:
             if left:
                 problems.append("still present after clean-up: " + ", ".join(sorted(left)))
@@ -544,7 +546,7 @@ class AzureProvider:
             problems = self._destroy(lay, tracker.reverse(), cleanup_deadline)
             if not isinstance(exc, Exception):
                 raise
-            msg = f"azure: creating CVM {cvm_id} failed: {_brief(exc)}"
+            msg = f"azure: creating CVM {cvm_id} failed: {brief(exc)}"
             if problems:
                 msg += "; clean-up problems: " + "; ".join(problems)
             else:
@@ -647,26 +649,11 @@ class AzureProvider:
         return await asyncio.to_thread(self._create_sync, cvm_id, plan, lay)
 
     async def ensure_running(self, cvm_id: str) -> Provisioned:
-        return await _run(self._ensure_sync, cvm_id)
+        return await run_sync("azure", self._ensure_sync, cvm_id)
 
     async def status(self, cvm_id: str) -> str:
-        return await _run(self._status_sync, cvm_id)
+        return await run_sync("azure", self._status_sync, cvm_id)
 
     async def delete(self, cvm_id: str) -> None:
-        await _run(self._delete_sync, cvm_id)
+        await run_sync("azure", self._delete_sync, cvm_id)
 
-
-async def _run(fn: Callable[[str], Any], cvm_id: str) -> Any:
-    try:
-        return await asyncio.to_thread(fn, cvm_id)
-    except (ProvisioningFailed, CvmNotFound):
-        raise
-    except Exception as exc:
-        raise ProvisioningFailed(f"azure: {_brief(exc)}") from exc
-
-
-def _brief(exc: BaseException) -> str:
-    """A one-line description of an SDK error (its code and message; never a token)."""
-    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    first = str(msg).strip().splitlines()[0] if str(msg).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {first[:500]}"

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +44,12 @@ from duet.cvm import cloudinit
 from duet.cvm.clouds.common import (
     Tracker,
     Unresolved,
+    brief,
     cidr_of,
     host_data_of,
     image_of,
     resource_prefix,
+    run_sync,
     spec_str,
     tee_of,
 )
@@ -384,11 +386,11 @@ class GcpProvider:
             try:
                 self._delete_one(item["kind"], item["name"], lay, deadline)
             except Exception as exc:
-                problems.append(f"deleting {item['kind']} {item['name']}: {_brief(exc)}")
+                problems.append(f"deleting {item['kind']} {item['name']}: {brief(exc)}")
         try:
             left = self._leftovers(lay)
         except Exception as exc:
-            problems.append(f"listing: {_brief(exc)}")
+            problems.append(f"listing: {brief(exc)}")
         else:
             if left:
                 problems.append("still present after clean-up: " + ", ".join(left))
@@ -438,7 +440,7 @@ class GcpProvider:
             problems = self._destroy(lay, tracker.reverse(), time.monotonic() + max(600.0, self.create_timeout_s))
             if not isinstance(exc, Exception):
                 raise
-            msg = f"gcp: creating CVM {cvm_id} failed: {_brief(exc)}"
+            msg = f"gcp: creating CVM {cvm_id} failed: {brief(exc)}"
             if problems:
                 msg += "; clean-up problems: " + "; ".join(problems)
             else:
@@ -515,26 +517,11 @@ class GcpProvider:
         return await asyncio.to_thread(self._create_sync, cvm_id, plan, lay)
 
     async def ensure_running(self, cvm_id: str) -> Provisioned:
-        return await _run(self._ensure_sync, cvm_id)
+        return await run_sync("gcp", self._ensure_sync, cvm_id)
 
     async def status(self, cvm_id: str) -> str:
-        return await _run(self._status_sync, cvm_id)
+        return await run_sync("gcp", self._status_sync, cvm_id)
 
     async def delete(self, cvm_id: str) -> None:
-        await _run(self._delete_sync, cvm_id)
+        await run_sync("gcp", self._delete_sync, cvm_id)
 
-
-async def _run(fn: Callable[[str], Any], cvm_id: str) -> Any:
-    try:
-        return await asyncio.to_thread(fn, cvm_id)
-    except (ProvisioningFailed, CvmNotFound):
-        raise
-    except Exception as exc:
-        raise ProvisioningFailed(f"gcp: {_brief(exc)}") from exc
-
-
-def _brief(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = str(msg).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return f"{type(exc).__name__}: {first[:500]}"

@@ -7,13 +7,15 @@ A provider never logs credentials and never puts them in a plan or in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from duet.cvm.errors import ProvisioningFailed
+from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 
 TEES = ("snp", "tdx")
 IMAGES = ("ubuntu-22.04", "ubuntu-24.04")
@@ -117,3 +119,21 @@ class Tracker:
 
     def reverse(self) -> list[dict[str, str]]:
         return list(reversed(self.items))
+
+
+def brief(exc: BaseException) -> str:
+    """A one-line description of an SDK error (its type and message; never a token)."""
+    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = str(msg).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:500]}"
+
+
+async def run_sync(cloud: str, fn: Callable[[str], Any], cvm_id: str) -> Any:
+    """Run a blocking SDK call off the event loop; SDK errors become ProvisioningFailed."""
+    try:
+        return await asyncio.to_thread(fn, cvm_id)
+    except (ProvisioningFailed, CvmNotFound):
+        raise
+    except Exception as exc:
+        raise ProvisioningFailed(f"{cloud}: {brief(exc)}") from exc
