@@ -63,3 +63,44 @@ def test_evidence_not_bound_to_the_connected_host_key_aborts_provisioning(tmp_pa
     assert errors[0]["code"] == "evidence_refused"
     rec = ctl._records[next(iter(ctl._records))]
     assert rec.status == "failed"
+
+
+def test_record_is_repaired_from_the_log_after_a_crash(tmp_path: Path) -> None:
+    """A crash between appending a `mode` entry and saving the CVM record: the log wins."""
+    os.chmod(tmp_path, 0o755)
+    owner = keys.Ed25519PrivateKey.generate()
+    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
+
+    async def first() -> str:
+        ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+        await ctl.startup()
+        _, res = await ctl.submit(sign_intent(owner, op="cvm.create", aud=ctl.controller_id,
+                                              args={"provider": "local"}, iat=int(time.time())))
+        cvm = res["cvm"]["id"]
+        rec = ctl.record(cvm)
+        ctl.append(rec, [{"type": "mode", "mode": "in-service", "previous": "in-update", "epoch": 1}])
+        await ctl.shutdown()  # "crash": the record was never saved
+        ctl.close()
+        return cvm
+
+    async def second(cvm: str) -> tuple[str, str]:
+        ctl = build_controller(tmp_path / "data")
+        await ctl.startup()
+        mode = ctl.record(cvm).mode
+        from duet.controller.errors import ModeForbids
+
+        try:
+            await ctl.submit(sign_intent(owner, op="cvm.run", aud=ctl.controller_id, cvm=cvm,
+                                         args={"command": "true"}, iat=int(time.time())))
+            outcome = "ran"
+        except ModeForbids:
+            outcome = "refused"
+        await ctl.shutdown()
+        ctl.close()
+        return mode, outcome
+
+    try:
+        cvm = asyncio.run(first())
+        assert asyncio.run(second(cvm)) == ("in-service", "refused")
+    finally:
+        delete_all_local(tmp_path / "data" / "cvms")
