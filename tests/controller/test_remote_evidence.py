@@ -133,3 +133,53 @@ def test_tdx_without_collateral_is_refused(snp: SimulatedSnp) -> None:
 def test_malformed_guest_output_is_refused(text: str) -> None:
     with pytest.raises(CollectError):
         parse_output(text)
+
+
+AZ = Path(__file__).resolve().parents[1] / "attestation" / "vectors" / "azure" / "az-snp-vtpm"
+
+
+def _azure_collected(rd: bytes, host_key: str):  # type: ignore[no-untyped-def]
+    """What the guest script would print on the Azure CVM that produced the real vectors."""
+    import json
+
+    quote = json.loads((AZ / "tpm-quote-v1.json").read_text())
+    pem = (AZ / "vcek.pem").read_text()
+    first_end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----\n")
+    thim = json.dumps({"vcekCert": pem[:first_end], "certificateChain": pem[first_end:]}).encode()
+    blobs = {
+        "hcl_report": (AZ / "hcl-report.bin").read_bytes(),
+        "tpm_message": bytes.fromhex(quote["message"]),
+        "tpm_signature": bytes.fromhex(quote["signature"]),
+        "tpm_pcrs": b"".join(bytes.fromhex(p) for p in quote["pcrs"]),
+        "vcek_json": thim,
+    }
+    lines = ["provider: azure_vtpm", f"report_data: {rd.hex()}"]
+    lines += [f"{k}: {base64.b64encode(v).decode()}" for k, v in blobs.items()]
+    lines.append(f"host_key: {host_key}")
+    return parse_output("\n".join(lines) + "\n")
+
+
+def test_azure_outputs_become_an_envelope_that_verifies() -> None:
+    from datetime import UTC, datetime
+
+    from duet.attestation import verify_azure_evidence
+    from duet.cvm.guest.collect import azure_envelope
+
+    if not AZ.is_dir():
+        pytest.skip("Azure vectors not present")
+    got = _azure_collected(bytes(64), _host_key_line())
+    report = verify_azure_evidence(azure_envelope(got), now=datetime(2025, 6, 1, tzinfo=UTC), nonce=b"challenge")
+    assert report.vm_id and report.vm_id.upper() == "911B0EF8-9DBA-48B0-B275-4E4DF2D39252"
+
+
+def test_azure_quote_over_another_nonce_is_refused() -> None:
+    from duet.attestation import AttestationError
+
+    if not AZ.is_dir():
+        pytest.skip("Azure vectors not present")
+    host_key, nonce = _host_key_line(), b"n" * 32
+    rd = hashlib.sha512(nonce + base64.b64decode(host_key.split()[1])).digest()
+    with pytest.raises(AttestationError):  # the TPM quote's extraData is "challenge", not our binding
+        RemoteEvidence().verify_collected("azure-snp", _azure_collected(rd, host_key), nonce=nonce,
+                                          host_key=host_key, host_data=None)
+    assert "tpm2_quote" in collect_command("azure-snp", nonce) and "0x01400001" in collect_command("azure-snp", nonce)

@@ -51,11 +51,13 @@ def host_key_blob(line: str) -> bytes:
 def verify_evidence_entry(
     e: dict[str, Any], *, host_key: str, host_data: str | None, trust_simulated: bool,
     decoded: list[dict[str, Any]],
-) -> SnpReport:
+) -> Any:
     """Verify one evidence entry; raises ValueError / AttestationError naming the problem."""
     kind = e.get("kind")
     if kind == "none":
         raise ValueError("the CVM runs without a TEE: there is no hardware evidence")
+    if kind in ("tdx", "azure-snp"):
+        return _verify_other(e, kind, host_key=host_key, decoded=decoded)
     if kind not in SNP_KINDS:
         raise ValueError(f"evidence kind {kind!r} is not supported by this verifier")
     simulated = kind == "simulated-snp"
@@ -92,6 +94,31 @@ def verify_evidence_entry(
     return report
 
 
+def _verify_other(e: dict[str, Any], kind: str, *, host_key: str, decoded: list[dict[str, Any]]) -> Any:
+    """TDX quotes (with the collateral logged beside them) and Azure vTPM evidence."""
+    from duet.attestation import verify_azure_evidence, verify_tdx_quote
+
+    try:
+        nonce = bytes.fromhex(str(e["nonce"]))
+        raw = base64.b64decode(str(e["evidence"]), validate=True)
+    except (KeyError, ValueError, binascii.Error):
+        raise ValueError("evidence entry lacks its evidence or nonce") from None
+    expected = hashlib.sha512(nonce + host_key_blob(host_key)).digest()
+    if kind == "tdx":
+        report: Any = verify_tdx_quote(raw, e.get("collateral") or {}, now=_time(e))
+        if report.report_data != expected:
+            raise ValueError("REPORTDATA does not bind the nonce to the SSH host key the controller pinned")
+    else:
+        import json
+
+        report = verify_azure_evidence(json.loads(raw), now=_time(e), nonce=expected[:32])
+        provisioned = next((d for d in decoded if d.get("type") == "provisioned"), {})
+        if provisioned.get("instance_id") and str(report.vm_id or "").lower() != str(
+                provisioned["instance_id"]).lower():
+            raise ValueError("the vTPM evidence names another VM than the one the controller created")
+    return report
+
+
 def evidence_checks(
     decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
     expect: UserExpectations | None,
@@ -104,7 +131,7 @@ def evidence_checks(
     if not indices:
         return [Check("evidence", False, "the log holds no hardware evidence for this CVM")], None
     problems: list[str] = []
-    latest: SnpReport | None = None
+    latest: Any = None
     for i in indices:
         try:
             latest = verify_evidence_entry(decoded[i], host_key=state.host_key, host_data=state.host_data,

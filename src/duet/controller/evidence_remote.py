@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from duet.attestation import AttestationError, verify_snp_report, verify_tdx_quote
+from duet.attestation import AttestationError, verify_azure_evidence, verify_snp_report, verify_tdx_quote
 from duet.controller.evidence_local import EvidenceRefused, LockdownFailed, host_key_blob
-from duet.cvm.guest.collect import Collected, CollectError, collect_command, parse_cert_table, parse_output
+from duet.cvm.guest.collect import (
+    Collected,
+    CollectError,
+    azure_envelope,
+    collect_command,
+    parse_cert_table,
+    parse_output,
+)
 from duet.cvm.lockdown import remote_commands, run_checks
 from duet.ledger.policy import SNAPSHOT_COMMANDS
 
@@ -101,7 +109,7 @@ class RemoteEvidence:
                 "type": "evidence", "kind": "none", "purpose": purpose, "nonce": secrets.token_bytes(32).hex(),
                 "evidence": "", "binds": {}, "reason": "launched without a TEE: no hardware evidence exists",
             }])
-        if kind not in ("snp", "tdx"):
+        if kind not in ("snp", "tdx", "azure-snp"):
             raise self._refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
         nonce = secrets.token_bytes(32)
         outcome = await ctl.execute(rec, None, collect_command(kind, nonce), timeout=120.0, action="attest",
@@ -114,18 +122,21 @@ class RemoteEvidence:
         try:
             got = parse_output(r.stdout.decode("utf-8", "replace"))
             entry = self.verify_collected(kind, got, nonce=nonce, host_key=rec.host_key,
-                                          host_data=rec.host_data if rec.provider == "qemu" else None)
+                                          host_data=rec.host_data if rec.provider == "qemu" else None,
+                                          instance_id=rec.instance_id if rec.provider == "azure" else None)
         except (KeyError, CollectError, AttestationError, ValueError) as exc:
             raise self._refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
         entry.update(purpose=purpose, command_index=outcome.command_index)
         return ctl.append(rec, [entry])
 
     def verify_collected(
-        self, kind: str, got: Collected, *, nonce: bytes, host_key: str, host_data: str | None
+        self, kind: str, got: Collected, *, nonce: bytes, host_key: str, host_data: str | None,
+        instance_id: str | None = None,
     ) -> dict[str, Any]:
         """Check collected evidence and build its log entry (pure; raises on any failure).
 
-        `host_data`: the launch value to demand, where the platform sets it (qemu SNP)."""
+        `host_data`: the launch value to demand, where the platform sets it (qemu SNP);
+        `instance_id`: the VM id the evidence must name, where it names one (Azure)."""
         expected_rd = hashlib.sha512(nonce + host_key_blob(host_key)).digest()
         if got.report_data != expected_rd or got.host_key.split()[:2] != host_key.split()[:2]:
             raise CollectError("it is not bound to the SSH host key the controller is connected to "
@@ -135,8 +146,8 @@ class RemoteEvidence:
             "binds": {"report_data": "SHA-512(nonce || SSH host key blob)",
                       "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest()},
         }
-        raw = got.blobs["outblob"]
         if kind == "snp":
+            raw = got.blobs["outblob"]
             certs = parse_cert_table(got.blobs["auxblob"]) if "auxblob" in got.blobs else {}
             vcek = certs.get("vcek") or certs.get("vlek")
             if vcek is None:
@@ -155,6 +166,7 @@ class RemoteEvidence:
             }
             entry["binds"]["host_data"] = report.host_data
         elif kind == "tdx":
+            raw = got.blobs["outblob"]
             if self.tdx_collateral is None:
                 raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
             collateral = self.tdx_collateral(raw)
@@ -162,6 +174,18 @@ class RemoteEvidence:
             if tdx.report_data != expected_rd:
                 raise CollectError("the quote's REPORTDATA is not what the guest said it asked for")
             entry["collateral"] = collateral if isinstance(collateral, dict) else {}
+        elif kind == "azure-snp":
+            envelope = azure_envelope(got)
+            az = verify_azure_evidence(envelope, now=datetime.now(UTC), nonce=expected_rd[:32],
+                                       trusted_arks=self.trusted_arks)
+            entry["collateral"] = {"envelope_version": 1}
+            entry["binds"]["tpm_extra_data"] = "first 32 bytes of the report data"
+            if instance_id is not None and (az.vm_id or "").lower() != instance_id.lower():
+                raise CollectError(f"the evidence names VM {az.vm_id}, not the instance {instance_id} "
+                                   "the controller created")
+            entry["binds"]["vm_id"] = az.vm_id
+            entry["evidence"] = base64.b64encode(json.dumps(envelope, sort_keys=True).encode()).decode()
+            return entry
         else:
             raise CollectError(f"no verifier for evidence kind {kind!r}")
         entry["evidence"] = base64.b64encode(raw).decode()

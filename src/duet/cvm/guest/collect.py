@@ -11,9 +11,10 @@ Paths, in order of preference:
 - `/dev/sev-guest` on older SNP kernels: an ioctl is not reachable from a shell, so the
   guest's `python3` issues SNP_GET_REPORT directly (stdlib `fcntl`/`ctypes` only; the
   certificates then come from the provider, not from the guest);
-- Azure CVMs (vTPM: HCL report + TPM2 quote) are verified by `duet.attestation` but not
-  yet collected here: that path needs tpm2-tools and Azure's certificate endpoint, and is
-  left for the provider work where it can be tested against real recorded output.
+- Azure CVMs: the vTPM (tpm2-tools, from the Ubuntu archive): the HCL report from NV index
+  0x01400001 (hardware report + runtime claims carrying the attestation key), a TPM2 quote
+  by the attestation key 0x81000003 over all SHA-256 PCRs with qualifying data = the first
+  32 bytes of the report data, and the VCEK chain from Azure's instance metadata service.
 
 Output format (one `key: base64` line each) is parsed by `parse_output`; anything
 missing or malformed is a refusal, never a silent pass.
@@ -77,11 +78,31 @@ if [ -s "$d/auxblob" ]; then echo "auxblob: $(base64 -w0 "$d/auxblob")"; fi
 echo "host_key: $(cut -d' ' -f1,2 {pub})"
 """
 
+AZURE_VTPM = """set -eu
+rd=$({report_data})
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+tpm2_nvread -C o 0x01400001 -o "$t/hcl" >/dev/null
+tpm2_quote -c 0x81000003 -l sha256:all -q "$(printf '%s' "$rd" | cut -c1-64)" \
+  -m "$t/msg" -s "$t/sig" -f plain -o "$t/pcrs" -F values -g sha256 >/dev/null
+echo "provider: azure_vtpm"
+echo "report_data: $rd"
+echo "hcl_report: $(base64 -w0 "$t/hcl")"
+echo "tpm_message: $(base64 -w0 "$t/msg")"
+echo "tpm_signature: $(base64 -w0 "$t/sig")"
+echo "tpm_pcrs: $(base64 -w0 "$t/pcrs")"
+echo "vcek_json: $(curl -sf -m 10 -H Metadata:true http://169.254.169.254/metadata/THIM/amd/certification | base64 -w0)"
+echo "host_key: $(cut -d' ' -f1,2 {pub})"
+"""
+
+
 def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HOST_KEY_PUB) -> str:
     """The command the controller logs and runs to collect evidence of `kind`."""
     rd = _REPORT_DATA.format(nonce=nonce.hex(), pub=pub)
     if kind in ("snp", "tdx"):
         script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST))
+    elif kind == "azure-snp":
+        script = AZURE_VTPM.format(report_data=rd, pub=pub)
     else:
         raise ValueError(f"no evidence collection for TEE kind {kind!r}")
     quoted = script.replace("'", "'\"'\"'")
@@ -124,6 +145,33 @@ def parse_output(text: str) -> Collected:
     if len(report_data) != 64:
         raise CollectError("the guest's report data is not 64 bytes")
     return Collected(provider=fields["provider"], report_data=report_data, host_key=fields["host_key"], blobs=blobs)
+
+
+def azure_envelope(got: Collected) -> dict[str, object]:
+    """The collected vTPM outputs as the v1 evidence envelope `duet.attestation` verifies
+    (the Confidential Containers `az-*-vtpm` shape), plus the VCEK chain when present."""
+    import json
+
+    pcrs = got.blobs["tpm_pcrs"]
+    if len(pcrs) != 24 * 32:
+        raise CollectError(f"expected 24 SHA-256 PCR values, got {len(pcrs)} bytes")
+    envelope: dict[str, object] = {
+        "version": 1,
+        "tpm_quote": {
+            "signature": got.blobs["tpm_signature"].hex(),
+            "message": got.blobs["tpm_message"].hex(),
+            "pcrs": [pcrs[i:i + 32].hex() for i in range(0, len(pcrs), 32)],
+        },
+        "hcl_report": base64.urlsafe_b64encode(got.blobs["hcl_report"]).decode().rstrip("="),
+    }
+    if got.blobs.get("vcek_json"):
+        try:
+            thim = json.loads(got.blobs["vcek_json"])
+            envelope["vcek"] = str(thim["vcekCert"])
+            envelope["cert_chain"] = str(thim["certificateChain"])
+        except (ValueError, KeyError, TypeError):
+            raise CollectError("Azure's certificate service returned no usable VCEK chain") from None
+    return envelope
 
 
 # ---------------------------------------------------------------- SEV-SNP certificate table
