@@ -182,6 +182,8 @@ def serve(
         certfile, keyfile = ratls.prepare(data_dir / "tls", controller.key, controller.tee)
         config = ratls.uvicorn_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
                                       log_level="warning", access_log=False)
+        assert config.ssl is not None
+        ratls.start_refresher(config.ssl, data_dir / "tls", controller.key, controller.tee)
     else:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()

@@ -41,9 +41,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import secrets
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -201,3 +203,33 @@ def uvicorn_config(app: Any, *, host: str, port: int, certfile: Path, keyfile: P
 def prepare(directory: Path, key: Ed25519PrivateKey, tee: TeeBackend) -> tuple[Path, Path]:
     """Make a fresh RA-TLS certificate for ``key`` and write it; returns (certfile, keyfile)."""
     return write_files(directory, make_certificate(key, tee))
+
+
+def start_refresher(
+    ctx: ssl.SSLContext, directory: Path, key: Ed25519PrivateKey, tee: TeeBackend, *, every_s: float = 6 * 3600
+) -> threading.Event:
+    """Re-issue the certificate periodically, in place on the serving context.
+
+    A real quote's collateral (TCB info, CRLs) expires after about 30 days, after which
+    clients refuse the certificate; a fresh quote with fresh collateral keeps it
+    verifiable. New handshakes use the new certificate; open connections are unaffected.
+    A failure (e.g. the PCCS is unreachable) keeps the old certificate and is logged;
+    set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            refresh(ctx, directory, key, tee)
+
+    threading.Thread(target=loop, name="ratls-refresh", daemon=True).start()
+    return stop
+
+
+def refresh(ctx: ssl.SSLContext, directory: Path, key: Ed25519PrivateKey, tee: TeeBackend) -> bool:
+    try:
+        certfile, keyfile = prepare(directory, key, tee)
+        ctx.load_cert_chain(str(certfile), str(keyfile))
+    except Exception:  # a failed refresh must not take the server down
+        logging.getLogger("duet.ratls").exception("RA-TLS certificate refresh failed; keeping the old one")
+        return False
+    return True
