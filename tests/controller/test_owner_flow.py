@@ -260,3 +260,13 @@ def test_cvm_deleted_behind_the_controllers_back_is_marked_lost(controller: Cont
     with pytest.raises(ClientError) as info:
         owner.run(cvm, "true")
     assert info.value.code == "cvm_not_ready"
+
+
+def test_bad_duet_checkpoint_headers_are_4xx_and_change_nothing(controller: ControllerProc) -> None:
+    cvm = controller.owner().create("local")["id"]
+    for header in ["!!!", base64.b64encode(b"not a note").decode(),
+                   base64.b64encode(b"duet/" + b"0" * 64 + b"/x\n1\nAAAA\n\n\xe2\x80\x94 k sig\n").decode()]:
+        r = httpx.get(controller.url + f"/v1/cvms/{cvm}", headers={"Duet-Checkpoint": header})
+        assert 400 <= r.status_code < 500, (header, r.status_code, r.text)
+        assert "code" in r.json()["error"]
+    assert httpx.get(controller.url + f"/v1/cvms/{cvm}").status_code == 200
