@@ -273,24 +273,19 @@ def validate(report: Any, expected: Expectations) -> list[Failure]:
                     fail(f"reported_tcb.{comp}", have, f">= {floor}")
 
     policy = attr("policy")
-    if expected.no_debug:
-        dbg = attr("debug")
-        if dbg is None:
-            fail("debug", f"not present in {kind} evidence", False)
-        elif dbg:
-            fail("debug", True, False)
-    if expected.no_migration_agent:
-        ma = attr("migrate_ma")
-        if ma is None:
-            fail("policy.MIGRATE_MA", f"not present in {kind} evidence", False)
-        elif ma:
-            fail("policy.MIGRATE_MA", True, False)
-    if expected.no_smt:
-        smt = attr("smt_allowed")
-        if smt is None:
-            fail("policy.SMT", f"not present in {kind} evidence", False)
-        elif smt:
-            fail("policy.SMT", True, False)
+    # Each "must be off" flag: absent from this kind of evidence is a failure, not a pass.
+    for wanted, claim, label in (
+        (expected.no_debug, "debug", "debug"),
+        (expected.no_migration_agent, "migrate_ma", "policy.MIGRATE_MA"),
+        (expected.no_smt, "smt_allowed", "policy.SMT"),
+    ):
+        if not wanted:
+            continue
+        value = attr(claim)
+        if value is None:
+            fail(label, f"not present in {kind} evidence", False)
+        elif value:
+            fail(label, True, False)
     for field, want_bits, must_set in (
         ("policy (required bits)", expected.required_policy_bits, True),
         ("policy (forbidden bits)", expected.forbidden_policy_bits, False),
