@@ -29,7 +29,7 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy --strict src/duet/ledger src/duet/attestation
+	$(BIN)/mypy --strict src/duet
 
 bench: setup
 	$(BIN)/python bench/ledger.py

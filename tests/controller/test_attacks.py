@@ -186,3 +186,32 @@ def test_restored_old_data_dir_is_refused_when_shown_a_newer_checkpoint(
     with controller.http() as http, pytest.raises(ClientError) as info:
         http.get_json(f"/v1/cvms/{cvm}")
     assert info.value.code == "rollback_detected" and info.value.status == 409
+
+
+def test_forked_log_is_refused_when_shown_a_checkpoint_it_signed(controller: ControllerProc) -> None:
+    """Same size, other contents (the host rewrote the log and every hash): a checkpoint
+    this controller signed for the real history exposes the fork."""
+    import base64
+
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    owner.run(cvm, "echo the real output")
+    with controller.http() as http:
+        note = http.get_text(f"/v1/cvms/{cvm}/checkpoint")
+    controller.kill()
+
+    def edit(leaves: list[bytes]) -> list[bytes]:
+        out = []
+        for leaf in leaves:
+            e = entries.decode(leaf)
+            if e["type"] == "result" and e["stdout"] == "the real output\n":
+                e["stdout"] = "a forged output\n"
+            out.append(entries.encode(e))
+        return out
+
+    _rewrite_log(controller.data, cvm, edit)
+    controller.start()
+    header = {"Duet-Checkpoint": base64.b64encode(note.encode()).decode()}
+    with controller.http() as http, pytest.raises(ClientError) as info:
+        http.get_text(f"/v1/cvms/{cvm}/checkpoint", headers=header)
+    assert info.value.code == "rollback_detected" and "fork" in info.value.message

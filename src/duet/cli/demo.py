@@ -20,6 +20,7 @@ from duet.cli.render import render_report, render_timeline
 from duet.client.http import ClientError, Http
 from duet.client.owner import OwnerClient
 from duet.client.verify import fetch_leaves, verify
+from duet.cvm.cleanup import delete_all_local
 from duet.ledger import entries, keys
 
 
@@ -124,13 +125,8 @@ def run_demo(console: Console, *, keep: bool = False) -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        _stop_cvms(work / "data" / "cvms")
+        # Local CVMs outlive the controller on purpose (crash tolerance); the demo cleans up.
+        delete_all_local(work / "data" / "cvms")
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
-
-def _stop_cvms(base: Path) -> None:
-    """Local CVMs outlive the controller on purpose (crash tolerance); the demo cleans up."""
-    from duet.cvm.cleanup import delete_all_local
-
-    delete_all_local(base)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from duet.attestation import AttestationError, SnpReport, validate, verify_snp_report
+from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
 
@@ -42,10 +42,6 @@ def _check_self_signed(pem: bytes) -> None:
         cert.verify_directly_issued_by(cert)
     except Exception as exc:
         raise ValueError(f"the evidence's root certificate is not a valid self-signed certificate: {exc}") from None
-
-
-def host_key_blob(line: str) -> bytes:
-    return base64.b64decode(line.split()[1], validate=True)
 
 
 def verify_evidence_entry(
@@ -83,7 +79,7 @@ def verify_evidence_entry(
     report = verify_snp_report(
         raw, vcek_der=vcek, ask_pem=chain.encode() if chain else None, now=_time(e), trusted_arks=trusted
     )
-    if report.report_data != hashlib.sha512(nonce + host_key_blob(host_key)).digest():
+    if report.report_data != cvm_report_data(nonce, host_key):
         raise ValueError("report data does not bind the nonce to the SSH host key the controller pinned")
     if host_data is not None and report.host_data != host_data:
         raise ValueError("HOST_DATA is not the launch value the controller chose for this CVM")
@@ -103,7 +99,7 @@ def _verify_other(e: dict[str, Any], kind: str, *, host_key: str, decoded: list[
         raw = base64.b64decode(str(e["evidence"]), validate=True)
     except (KeyError, ValueError, binascii.Error):
         raise ValueError("evidence entry lacks its evidence or nonce") from None
-    expected = hashlib.sha512(nonce + host_key_blob(host_key)).digest()
+    expected = cvm_report_data(nonce, host_key)
     if kind == "tdx":
         report: Any = verify_tdx_quote(raw, e.get("collateral") or {}, now=_time(e))
         if report.report_data != expected:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
 from duet.client.audit import Audit, Check, LogState, audit_log
 from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks
@@ -33,7 +33,6 @@ from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
 from duet.ledger.note import Verifier
 
-QUOTE_DOMAIN = b"duet-controller-v1"
 PAGE = 1000
 
 
@@ -274,7 +273,7 @@ def verify(
         return report, None
 
     nonce, quote = source.quote(secrets.token_bytes(32) if source.live else None)
-    expected_rd = hashlib.sha512(QUOTE_DOMAIN + pub_raw + nonce).digest()
+    expected_rd = controller_report_data(pub_raw, nonce)
     ok, detail, claims = verify_controller_quote(
         quote, expected_rd, trust_simulated, now, expect.controller if expect else None
     )

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from duet.attestation import AttestationError, verify_azure_evidence, verify_snp_report, verify_tdx_quote
-from duet.controller.evidence_local import EvidenceRefused, LockdownFailed, host_key_blob
+from duet.attestation.binding import cvm_report_data
+from duet.controller.evidence import Collector
 from duet.cvm.guest.collect import (
     Collected,
     CollectError,
@@ -28,13 +29,11 @@ from duet.cvm.guest.collect import (
     parse_cert_table,
     parse_output,
 )
-from duet.cvm.lockdown import remote_commands, run_checks
-from duet.ledger.policy import SNAPSHOT_COMMANDS
+from duet.cvm.lockdown import CheckResult, remote_commands, run_checks
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
     from duet.controller.state import CvmRecord
-    from duet.cvm.ssh import CvmConnection
 
 #: Fetches DCAP collateral for a TDX quote (e.g. from a PCCS); None: TDX is refused.
 CollateralSource = Callable[[bytes], Any]
@@ -46,7 +45,9 @@ def _pem(der: bytes) -> bytes:
     return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
-class RemoteEvidence:
+class RemoteEvidence(Collector):
+    lockdown_where = "over the controller's SSH session, with sudo"
+
     def __init__(
         self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None
     ) -> None:
@@ -54,34 +55,9 @@ class RemoteEvidence:
         self.tdx_collateral = tdx_collateral
         self.trusted_arks = trusted_arks
 
-    async def after_provisioning(self, ctl: Controller, rec: CvmRecord, conn: CvmConnection) -> None:
-        await self.lockdown(ctl, rec, purpose="provisioning", intent_index=1)
-        await self.attest(ctl, rec, intent_index=1, purpose="provisioning")
-
-    async def on_enter_service(self, ctl: Controller, rec: CvmRecord, conn: CvmConnection, intent_index: int) -> None:
-        await self.lockdown(ctl, rec, purpose="in-service", intent_index=intent_index)
-        await self.attest(ctl, rec, intent_index=intent_index, purpose="in-service")
-        for command in SNAPSHOT_COMMANDS:
-            await ctl.execute(rec, None, command, timeout=120.0, action="snapshot",
-                              intent_index=intent_index, builtin=True)
-
-    async def builtin(
-        self, ctl: Controller, rec: CvmRecord, conn: CvmConnection, name: str, *, intent_index: int | None
-    ) -> int:
-        if name == "attest":
-            return await self.attest(ctl, rec, intent_index=intent_index, purpose="attest")
-        if name == "lockdown":
-            return await self.lockdown(ctl, rec, purpose="action", intent_index=intent_index)
-        last = 0
-        for command in SNAPSHOT_COMMANDS:
-            last = (await ctl.execute(rec, None, command, timeout=120.0, action="snapshot",
-                                      intent_index=intent_index, builtin=True)).result_index
-        return last
-
-    async def lockdown(self, ctl: Controller, rec: CvmRecord, *, purpose: str, intent_index: int | None) -> int:
+    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> list[CheckResult]:
         """The checks run over SSH, each logged as a builtin command with its output."""
         akf = f"/home/{rec.user}/.ssh/authorized_keys"
-        commands = remote_commands(user=str(rec.user), akf=akf)
 
         async def runner(command: str) -> tuple[int, str]:
             outcome = await ctl.execute(rec, None, command, timeout=120.0, action="lockdown",
@@ -90,15 +66,8 @@ class RemoteEvidence:
             assert r is not None
             return (r.exit_status if r.exit_status is not None else 255), r.stdout.decode("utf-8", "replace")
 
-        results = await run_checks(commands, runner, controller_key=ctl.client_public_line(rec.id), akf=akf)
-        ok = all(r.ok for r in results)
-        index = ctl.append(rec, [{"type": "lockdown", "purpose": purpose, "where": "over the controller's SSH "
-                                  "session, with sudo", "checks": [r.to_json() for r in results], "ok": ok}])
-        if not ok:
-            failed = "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
-            ctl.append(rec, [{"type": "error", "code": "lockdown_failed", "message": failed}])
-            raise LockdownFailed(f"lockdown checks failed: {failed}")
-        return index
+        return await run_checks(remote_commands(user=str(rec.user), akf=akf), runner,
+                                controller_key=ctl.client_public_line(rec.id), akf=akf)
 
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         kind = rec.tee
@@ -110,13 +79,13 @@ class RemoteEvidence:
                 "evidence": "", "binds": {}, "reason": "launched without a TEE: no hardware evidence exists",
             }])
         if kind not in ("snp", "tdx", "azure-snp"):
-            raise self._refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
+            raise self.refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
         nonce = secrets.token_bytes(32)
         outcome = await ctl.execute(rec, None, collect_command(kind, nonce), timeout=120.0, action="attest",
                                     intent_index=intent_index, builtin=True)
         r = outcome.result
         if r is None or r.exit_status != 0:
-            raise self._refuse(ctl, rec, "the guest produced no evidence" + (
+            raise self.refuse(ctl, rec, "the guest produced no evidence" + (
                 f": {r.stderr.decode('utf-8', 'replace').strip()[:300]}" if r else ""))
         assert rec.host_key is not None
         try:
@@ -125,7 +94,7 @@ class RemoteEvidence:
                                           host_data=rec.host_data if rec.provider == "qemu" else None,
                                           instance_id=rec.instance_id if rec.provider == "azure" else None)
         except (KeyError, CollectError, AttestationError, ValueError) as exc:
-            raise self._refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
+            raise self.refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
         entry.update(purpose=purpose, command_index=outcome.command_index)
         return ctl.append(rec, [entry])
 
@@ -137,7 +106,7 @@ class RemoteEvidence:
 
         `host_data`: the launch value to demand, where the platform sets it (qemu SNP);
         `instance_id`: the VM id the evidence must name, where it names one (Azure)."""
-        expected_rd = hashlib.sha512(nonce + host_key_blob(host_key)).digest()
+        expected_rd = cvm_report_data(nonce, host_key)
         if got.report_data != expected_rd or got.host_key.split()[:2] != host_key.split()[:2]:
             raise CollectError("it is not bound to the SSH host key the controller is connected to "
                                "(a man in the middle, or another machine, answered)")
@@ -190,8 +159,3 @@ class RemoteEvidence:
             raise CollectError(f"no verifier for evidence kind {kind!r}")
         entry["evidence"] = base64.b64encode(raw).decode()
         return entry
-
-    @staticmethod
-    def _refuse(ctl: Controller, rec: CvmRecord, message: str) -> EvidenceRefused:
-        ctl.append(rec, [{"type": "error", "code": "evidence_refused", "message": message}])
-        return EvidenceRefused(message)

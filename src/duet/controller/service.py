@@ -273,11 +273,11 @@ class Controller:
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
         for rec in list(self._records.values()):
-            self._reconcile(rec)
-            if rec.mode == "deleted":
-                continue
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
+            self._reconcile(rec, last)
+            if rec.mode == "deleted":
+                continue
             if last is not None and last["type"] == "command":
                 self.append(
                     rec,
@@ -307,36 +307,27 @@ class Controller:
                     rec.port = prov.port
                     self._save(rec)
 
-    def _reconcile(self, rec: CvmRecord) -> None:
-        """The log is the truth; the record is a cache of it. A crash between appending a
-        `mode`, `policy` or `deleted` entry and saving the record is repaired here, by
-        reading the log backwards until the latest of each is found."""
-        size = self.ledger.tree_head(rec.id).size
-        mode_entry: dict[str, Any] | None = None
-        policy_text: str | None = None
-        end = size
-        while end > 0 and (mode_entry is None or policy_text is None):
-            start = max(0, end - 256)
-            for leaf in reversed(self.ledger.leaves(rec.id, start, end)):
-                e = entries.decode(leaf)
-                if mode_entry is None and e["type"] in ("mode", "deleted"):
-                    mode_entry = e
-                if policy_text is None and e["type"] in ("policy", "genesis"):
-                    policy_text = str(e["policy"])
-            end = start
-        changed = False
-        if mode_entry is not None:
-            mode = "deleted" if mode_entry["type"] == "deleted" else str(mode_entry["mode"])
-            epoch = int(mode_entry.get("epoch", rec.epoch))
-            if (mode, epoch) != (rec.mode, rec.epoch):
-                rec.mode, rec.epoch, changed = mode, epoch, True
-                if mode == "deleted":
-                    rec.status = "deleted"
-        if policy_text is not None and policy_text != rec.policy:
-            rec.policy, changed = policy_text, True
-        if changed:
-            log.warning("cvm %s: record repaired from the log (mode %s)", rec.id, rec.mode)
-            self._save(rec)
+    def _reconcile(self, rec: CvmRecord, last: dict[str, Any] | None) -> None:
+        """The log is the truth; the record is a cache of it. Every change of mode, policy
+        or deletion appends its entry and saves the record with no await in between, so a
+        crash can leave the record stale only behind the log's *last* entry. (A lost
+        quarantine or lost-CVM status needs no repair: the next connection finds the same
+        host key mismatch, or the same missing CVM, again.)"""
+        if last is None:
+            return
+        if last["type"] == "mode":
+            mode, epoch = str(last["mode"]), int(str(last.get("epoch", rec.epoch)))
+            if (mode, epoch) == (rec.mode, rec.epoch):
+                return
+            rec.mode, rec.epoch = mode, epoch
+        elif last["type"] == "deleted" and rec.mode != "deleted":
+            rec.mode, rec.status = "deleted", "deleted"
+        elif last["type"] == "policy" and last["policy"] != rec.policy:
+            rec.policy = str(last["policy"])
+        else:
+            return
+        log.warning("cvm %s: record repaired from the log (mode %s)", rec.id, rec.mode)
+        self._save(rec)
 
     async def shutdown(self) -> None:
         for conn in self._conns.values():

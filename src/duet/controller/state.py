@@ -75,17 +75,14 @@ class StateStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, args)
-
     def get_meta(self, key: str) -> bytes | None:
         with self._lock:
             row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self._write("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
     def owner_keys(self) -> dict[str, str]:
         with self._lock:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-QUOTE_DOMAIN = b"duet-controller-v1"
+from duet.attestation.binding import controller_report_data
 
-
-def controller_report_data(public_key_raw: bytes, nonce: bytes) -> bytes:
-    """Report data that binds a quote to the controller key and the asker's nonce
-    (DESIGN.md, "Controller quote"): SHA-512 fills the 64-byte field exactly."""
-    return hashlib.sha512(QUOTE_DOMAIN + public_key_raw + nonce).digest()
+__all__ = ["Quote", "TeeBackend", "controller_report_data"]
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
+
+_T = TypeVar("_T")
 
 TEES = ("snp", "tdx")
 IMAGES = ("ubuntu-22.04", "ubuntu-24.04")
@@ -129,7 +131,7 @@ def brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:500]}"
 
 
-async def run_sync(cloud: str, fn: Callable[[str], Any], cvm_id: str) -> Any:
+async def run_sync(cloud: str, fn: Callable[[str], _T], cvm_id: str) -> _T:
     """Run a blocking SDK call off the event loop; SDK errors become ProvisioningFailed."""
     try:
         return await asyncio.to_thread(fn, cvm_id)

@@ -1,0 +1,40 @@
+"""What report data binds: the formulas the controller, the guest and every verifier share.
+
+Kept in one place because they are wire formats (DESIGN.md): a controller and a verifier
+that computed them differently would fail closed on every report. The guest-side script
+(`duet.cvm.guest.collect`, `report_client.py`) repeats the CVM formula in its own words
+because it runs on the guest with only the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from .errors import ParseError
+
+CONTROLLER_QUOTE_DOMAIN = b"duet-controller-v1"
+
+
+def controller_report_data(public_key_raw: bytes, nonce: bytes) -> bytes:
+    """The controller quote's report data: SHA-512("duet-controller-v1" ‖ key ‖ nonce)
+    fills the 64-byte field exactly and binds the asker's nonce to the controller key."""
+    return hashlib.sha512(CONTROLLER_QUOTE_DOMAIN + public_key_raw + nonce).digest()
+
+
+def ssh_key_blob(line: str) -> bytes:
+    """The SSH wire-format public key: the base64 field of an OpenSSH key line."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ParseError("not an OpenSSH public key line")
+    try:
+        return base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("the OpenSSH public key is not valid base64") from None
+
+
+def cvm_report_data(nonce: bytes, host_key_line: str) -> bytes:
+    """A CVM report's data: SHA-512(nonce ‖ the guest's own SSH host key blob), so the
+    evidence names the machine the controller's SSH session is connected to."""
+    return hashlib.sha512(nonce + ssh_key_blob(host_key_line)).digest()
