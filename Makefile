@@ -25,6 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q -n 2
 
 test-slow: setup
+	@bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup

@@ -320,6 +320,7 @@ def verify(
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
     as_json: bool = typer.Option(False, "--json"),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+    report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -333,14 +334,18 @@ def verify(
         source = BundleSource.load(bundle)
         if cvm is not None and cvm != source.cvm:
             fail("invalid_request", f"the bundle is for CVM {source.cvm}, not {cvm}", 2)
-        report, _ = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                              expect=expectations)
+        report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                                  expect=expectations)
     else:
         if cvm is None:
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
         with Http(controller, trust_simulated=trust_simulated or None) as http:
-            report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                  expect=expectations)
+            report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                                      expect=expectations)
+    if report_path is not None:
+        from duet.client.report_html import render_html
+
+        report_path.write_text(render_html(report.to_json(), audit.decoded if audit is not None else []))
     if as_json:
         out.print_json(data=report.to_json())
     else:
