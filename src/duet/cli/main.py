@@ -36,6 +36,10 @@ try:
 except ImportError:  # pragma: no cover - the attestation CLI is optional while it is built
     pass
 
+from duet.cli.witness_cmd import app as witness_app  # noqa: E402
+
+app.add_typer(witness_app, name="witness")
+
 # Piped output (scripts, logs) is not cut to 80 columns.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
