@@ -133,6 +133,18 @@ def _load_all(data: bytes, source: str) -> list[tuple[str, x509.Certificate]]:
         return [(source, x509.load_der_x509_certificate(data))]
 
 
+def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
+    try:
+        if data.lstrip().startswith(b"-----BEGIN X509 CRL"):
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+        _ = crl.issuer
+    except Exception:  # not a CRL either: the caller lists the file as skipped
+        return None
+    return crl
+
+
 def _parsed(cert: x509.Certificate) -> None:
     """cryptography parses lazily: touch what classification and chains use."""
     with warnings.catch_warnings():
@@ -148,6 +160,7 @@ class CertStore:
 
     certs: list[FoundCert] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    crls: list[tuple[str, bytes, x509.Name]] = field(default_factory=list)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -161,7 +174,11 @@ class CertStore:
         except Exception as e:  # ValueError, UnsupportedAlgorithm, DuplicateExtension, ...
             if strict:
                 raise ParseError(f"{source}: not a certificate ({type(e).__name__})") from None
-            self.skipped.append((source, "not a certificate"))
+            crl = _load_crl(data)
+            if crl is not None:
+                self.crls.append((source, crl.public_bytes(Encoding.DER), crl.issuer))
+            else:
+                self.skipped.append((source, "not a certificate"))
             return []
         added = []
         seen = {c.der for c in self.certs}
@@ -207,6 +224,12 @@ class CertStore:
         return store
 
     # -- queries ---------------------------------------------------------------------------
+
+    def crl_issued_by_cn(self, cn: str) -> tuple[str, bytes] | None:
+        for source, der, issuer in self.crls:
+            if _cn_of(issuer) == cn:
+                return source, der
+        return None
 
     def of(self, *roles: str, product: str | None = None) -> list[FoundCert]:
         return [

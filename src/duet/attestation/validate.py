@@ -76,6 +76,19 @@ class SnpTcb(BaseModel):
     fmc: int | None = Field(None, ge=0, le=255)
 
 
+class MaaEnclave(BaseModel):
+    """What MAA's own enclave must be (checked only when its quote was verified)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mrenclave: str | None = None
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+    accepted_tcb_statuses: list[str] | None = None
+
+    _v_32 = field_validator("mrenclave", "mrsigner")(_hex(32))
+
+
 class Expectations(BaseModel):
     """What a service user expects of verified evidence. Every field is optional."""
 
@@ -129,6 +142,9 @@ class Expectations(BaseModel):
     no_smt: bool | None = None
     required_policy_bits: int | None = None
     forbidden_policy_bits: int | None = None
+
+    # MAA tokens: the enclave behind MAA's signing key (needs --collateral)
+    maa_enclave: MaaEnclave | None = None
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -362,6 +378,9 @@ def validate(
         elif not must_set and policy & want_bits:
             fail(field, hex(policy), f"none of {want_bits:#x} set")
 
+    if expected.maa_enclave is not None:
+        _check_maa_enclave(report, expected.maa_enclave, fail, kind)
+
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:
         pcrs = getattr(tpm, "pcrs", None)
@@ -380,6 +399,31 @@ def validate(
         if vm_id is None or str(vm_id).lower() != expected.vm_id.lower():
             fail("vm_id", vm_id, expected.vm_id)
     return out
+
+
+def _check_maa_enclave(report: Any, want: MaaEnclave, fail: Any, kind: str) -> None:
+    quotes = getattr(report, "signer_quotes", None)
+    if quotes is None:
+        fail("maa_enclave", f"not present in {kind} evidence", "an MAA token")
+        return
+    verified = [q for q in quotes if isinstance(q, dict) and q.get("verified")]
+    if not verified:
+        fail("maa_enclave", "not verified (its SGX quote needs --collateral)", "verified")
+        return
+    q = verified[0]
+    for name in ("mrenclave", "mrsigner"):
+        w = getattr(want, name)
+        if w is not None and q.get(name) != w:
+            fail(f"maa_enclave.{name}", q.get(name), w)
+    if want.isv_prod_id is not None and q.get("isv_prod_id") != want.isv_prod_id:
+        fail("maa_enclave.isv_prod_id", q.get("isv_prod_id"), want.isv_prod_id)
+    svn = q.get("isv_svn")
+    if want.min_isv_svn is not None and (not isinstance(svn, int) or svn < want.min_isv_svn):
+        fail("maa_enclave.isv_svn", svn, f">= {want.min_isv_svn}")
+    if want.accepted_tcb_statuses is not None:
+        st = q.get("tcb_status")
+        if st not in want.accepted_tcb_statuses:
+            fail("maa_enclave.tcb_status", st, f"one of {', '.join(want.accepted_tcb_statuses)}")
 
 
 def check(report: Any, expected: Expectations, *, now: datetime | None = None) -> None:

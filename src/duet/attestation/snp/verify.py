@@ -21,7 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # certstore imports this module's package; the type is all we need
+    from ..certstore import CertStore
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +32,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ..certstore import CertStore
 from ..errors import (
     AttestationError,
     CertificateExpired,
@@ -358,6 +360,10 @@ def verify_snp_report_with_certs(
     :meth:`CertStore.snp_chain`); a failure names the certificates (and their files) used.
     """
     chain = certs.snp_chain(parse_report(report))
+    if crl_der is None and chain.vek.product:
+        # AMD's KDS CRL is issued by the ARK of the VEK's product.
+        found = certs.crl_issued_by_cn(f"ARK-{chain.vek.product}")
+        crl_der = found[1] if found else None
     try:
         return verify_snp_report(
             report,
