@@ -5,8 +5,8 @@ from __future__ import annotations
 import string
 
 from .azure.evidence import looks_like_azure_evidence
-from .azure.maa import looks_like_jwt
 from .azure.hcl import HCL_MAGIC
+from .azure.maa import looks_like_jwt
 from .dcap.abi import TEE_TDX, looks_like_quote
 from .errors import ParseError
 from .snp.abi import looks_like_snp_report

@@ -398,7 +398,7 @@ def verify_cmd(
         code = EXIT_INPUT
         result["verdict"] = "unusable input"
         result["error"] = {"code": "unusable_input", "message": " ".join(str(e).split())}
-    except Exception as e:  # noqa: BLE001 - a bug here must still be one line, exit 1
+    except Exception as e:
         code = EXIT_ERROR
         result["verdict"] = "error"
         result["error"] = {"code": "internal_error", "message": f"{type(e).__name__}: {e}"}
