@@ -123,7 +123,7 @@ def test_cli_snp_certs_and_expect(tmp_path: Path) -> None:
     code, out = run(report, "--certs", str(tmp_path), "--now", "2025-01-01T00:00:00Z")
     assert code == 0 and "VERIFIED" in out, out
     exp = tmp_path / "exp.yaml"
-    exp.write_text("measurement: '00'\n")
+    exp.write_text("cvm:\n  measurement: '00'\n")
     code, out = run(report, "--certs", str(tmp_path), "--now", "2025-01-01", "--expect", str(exp))
     assert code == 3 and "FAILED measurement" in out
 
@@ -134,7 +134,7 @@ def test_cli_signature_failure(tmp_path: Path) -> None:
     b[0x90] ^= 1
     (tmp_path / "r.bin").write_bytes(bytes(b))
     code, out = run(str(tmp_path / "r.bin"), "--certs", str(tmp_path), "--now", "2025-01-01")
-    assert code == 2 and "signature_invalid" in out
+    assert code == 3 and "signature_invalid" in out
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def test_cli_simulated_snp_says_simulated(sim_snp: SimulatedSnp, tmp_path: Path)
     f.write_bytes(sim_snp.report(b"x", measurement=bytes(48)))
     certs = str(sim_snp.directory)
     code, out = run(str(f), "--certs", certs, "--now", "2026-06-01")
-    assert code == 2 and "untrusted_root" in out  # as "snp": AMD roots only
+    assert code == 3 and "untrusted_root" in out  # as "snp": AMD roots only
     code, out = run(str(f), "--kind", "simulated-snp", "--certs", certs, "--now", "2026-06-01")
     assert code == 0, out
     assert all(line.startswith("[SIMULATED]") for line in out.splitlines() if line)

@@ -6,11 +6,12 @@ import string
 
 from .azure.evidence import looks_like_azure_evidence
 from .azure.hcl import HCL_MAGIC
+from .azure.maa import looks_like_jwt
 from .dcap.abi import TEE_TDX, looks_like_quote
 from .errors import ParseError
 from .snp.abi import looks_like_snp_report
 
-KINDS = ("sgx", "tdx", "snp", "azure", "simulated-snp")
+KINDS = ("sgx", "tdx", "snp", "azure", "simulated-snp", "maa")
 _HEX = set(string.hexdigits.encode() + b"\r\n\t ")
 
 
@@ -28,9 +29,11 @@ def decode_text(data: bytes) -> bytes:
 
 
 def detect_kind(data: bytes) -> str:
-    """One of ``sgx``, ``tdx``, ``snp``, ``azure``; raises ParseError when unknown."""
+    """One of ``sgx``, ``tdx``, ``snp``, ``azure``, ``maa``; raises ParseError when unknown."""
     if looks_like_azure_evidence(data):
         return "azure"
+    if looks_like_jwt(data):
+        return "maa"
     raw = decode_text(data)
     if raw[:4] == HCL_MAGIC:
         return "azure"

@@ -38,6 +38,12 @@ class UnsupportedVersion(ParseError):
     code = "unsupported_version"
 
 
+class MissingCertificate(ParseError):
+    """A certificate the evidence needs was not given (the message lists what was found)."""
+
+    code = "certificate_missing"
+
+
 class VerificationError(AttestationError):
     """Base for cryptographic failures (signature, chain, collateral, TCB)."""
 
@@ -60,10 +66,28 @@ class UntrustedRoot(ChainInvalid):
     code = "untrusted_root"
 
 
+class ProductMismatch(ChainInvalid):
+    """The certificates given are for another product (a Genoa chain for a Milan VCEK)."""
+
+    code = "product_mismatch"
+
+
 class CertificateExpired(ChainInvalid):
     """A certificate, CRL or signed collateral item is outside its validity period at ``now``."""
 
     code = "certificate_expired"
+
+
+class TokenExpired(CertificateExpired):
+    """A signed token (MAA JWT) is past its ``exp`` at ``now``."""
+
+    code = "token_expired"
+
+
+class TokenNotYetValid(CertificateExpired):
+    """A signed token is before its ``nbf`` at ``now``."""
+
+    code = "token_not_yet_valid"
 
 
 class CertificateRevoked(ChainInvalid):

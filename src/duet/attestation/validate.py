@@ -8,7 +8,9 @@ value found and the value expected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +21,32 @@ from .dcap.verify import TCB_STATUSES, SgxReport, TdxReport
 from .errors import ExpectationFailed, Failure, ParseError
 from .snp.verify import SnpReport
 
-Kind = Literal["sgx", "tdx", "snp", "azure-snp", "azure-tdx"]
+Kind = Literal["sgx", "tdx", "snp", "azure-snp", "azure-tdx", "azure-snp-maa", "azure-tdx-maa"]
+
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+
+
+def parse_age(text: str) -> timedelta:
+    """``90s``, ``30m``, ``1h``, ``7d``: the duration syntax of every expectations file."""
+    m = _DURATION.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"duration {text!r} must look like 90s, 30m, 1h or 7d")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+def one_line(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: ``field.sub: message; ...`` (never the pydantic dump).
+
+    Shared by every reader of expectations so that a malformed file gets the same words
+    from ``duet verify`` and ``duet attestation verify``.
+    """
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        parts.append(f"{where}: {' '.join(str(e['msg']).split())}")
+    return "; ".join(parts)
 
 
 def _hex(n_max: int) -> Any:
@@ -49,6 +76,19 @@ class SnpTcb(BaseModel):
     fmc: int | None = Field(None, ge=0, le=255)
 
 
+class MaaEnclave(BaseModel):
+    """What MAA's own enclave must be (checked only when its quote was verified)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mrenclave: str | None = None
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+    accepted_tcb_statuses: list[str] | None = None
+
+    _v_32 = field_validator("mrenclave", "mrsigner")(_hex(32))
+
+
 class Expectations(BaseModel):
     """What a service user expects of verified evidence. Every field is optional."""
 
@@ -69,6 +109,9 @@ class Expectations(BaseModel):
     # SGX / TDX TCB
     accepted_tcb_statuses: list[str] | None = None
     forbidden_advisories: list[str] | None = None
+    max_collateral_age: str | None = Field(
+        None, description="oldest acceptable collateral issue date, as a duration (30d)"
+    )
 
     # TDX
     mrtd: str | None = None
@@ -89,6 +132,8 @@ class Expectations(BaseModel):
     image_id: str | None = None
     chip_id: str | None = None
     min_tcb: SnpTcb | None = None
+    min_launch_tcb: SnpTcb | None = Field(None, description="floor for the SNP LAUNCH_TCB")
+    min_committed_tcb: SnpTcb | None = Field(None, description="floor for the COMMITTED_TCB")
     min_guest_svn: int | None = None
     vmpl: int | None = None
     product: str | None = None
@@ -97,6 +142,9 @@ class Expectations(BaseModel):
     no_smt: bool | None = None
     required_policy_bits: int | None = None
     forbidden_policy_bits: int | None = None
+
+    # MAA tokens: the enclave behind MAA's signing key (needs --collateral)
+    maa_enclave: MaaEnclave | None = None
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -129,6 +177,13 @@ class Expectations(BaseModel):
                 raise ValueError(f"unknown TCB status {s!r} (known: {', '.join(TCB_STATUSES)})")
         return v
 
+    @field_validator("max_collateral_age")
+    @classmethod
+    def _age(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_age(v)
+        return v
+
     @field_validator("pcrs")
     @classmethod
     def _pcrs(cls, v: dict[int, str] | None) -> dict[int, str] | None:
@@ -156,7 +211,7 @@ class Expectations(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as e:
-            raise ParseError(f"expectations: {e}") from None
+            raise ParseError(f"expectations: {one_line(e)}") from None
 
     @classmethod
     def load(cls, path: Path) -> Expectations:
@@ -174,11 +229,14 @@ def _kind_of(report: Any) -> str:
     return str(getattr(report, "kind", type(report).__name__))
 
 
-def validate(report: Any, expected: Expectations) -> list[Failure]:
+def validate(
+    report: Any, expected: Expectations, *, now: datetime | None = None
+) -> list[Failure]:
     """Compare verified claims to ``expected``; return every failure (empty: all good).
 
     ``report`` is an :class:`SgxReport`, :class:`TdxReport`, :class:`SnpReport` or an
-    Azure result (anything with ``hardware`` and ``tpm`` attributes).
+    Azure result (anything with ``hardware`` and ``tpm`` attributes). ``now`` (default:
+    the current time) is what ``max_collateral_age`` is measured against.
     """
     out: list[Failure] = []
     hw = getattr(report, "hardware", None)
@@ -262,15 +320,36 @@ def validate(report: Any, expected: Expectations) -> list[Failure]:
 
     if expected.product is not None and attr("product") != expected.product:
         fail("product", attr("product"), expected.product)
-    if expected.min_tcb is not None:
-        found_tcb = attr("reported_tcb")
+    for claim, floor_tcb in (
+        ("reported_tcb", expected.min_tcb),
+        ("launch_tcb", expected.min_launch_tcb),
+        ("committed_tcb", expected.min_committed_tcb),
+    ):
+        if floor_tcb is None:
+            continue
+        found_tcb = attr(claim)
         if not isinstance(found_tcb, dict):
-            fail("reported_tcb", f"not present in {kind} evidence", expected.min_tcb)
+            fail(claim, f"not present in {kind} evidence", floor_tcb)
+            continue
+        for comp, floor in floor_tcb.model_dump(exclude_none=True).items():
+            have = found_tcb.get(comp)
+            if have is None or have < floor:
+                fail(f"{claim}.{comp}", have, f">= {floor}")
+    if expected.max_collateral_age is not None:
+        issued = attr("collateral_issued")
+        max_age = parse_age(expected.max_collateral_age)
+        if not issued:
+            fail("collateral_issued", f"not present in {kind} evidence", f"within {max_age}")
         else:
-            for comp, floor in expected.min_tcb.model_dump(exclude_none=True).items():
-                have = found_tcb.get(comp)
-                if have is None or have < floor:
-                    fail(f"reported_tcb.{comp}", have, f">= {floor}")
+            at = now or datetime.now(UTC)
+            try:
+                when = datetime.fromisoformat(str(issued).replace("Z", "+00:00"))
+            except ValueError:
+                when = None
+            if when is None or when.tzinfo is None:
+                fail("collateral_issued", issued, "an ISO 8601 time with zone")
+            elif at - when > max_age:
+                fail("collateral_age", str(at - when), f"at most {max_age} ({issued})")
 
     policy = attr("policy")
     # Each "must be off" flag: absent from this kind of evidence is a failure, not a pass.
@@ -299,6 +378,9 @@ def validate(report: Any, expected: Expectations) -> list[Failure]:
         elif not must_set and policy & want_bits:
             fail(field, hex(policy), f"none of {want_bits:#x} set")
 
+    if expected.maa_enclave is not None:
+        _check_maa_enclave(report, expected.maa_enclave, fail, kind)
+
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:
         pcrs = getattr(tpm, "pcrs", None)
@@ -319,8 +401,33 @@ def validate(report: Any, expected: Expectations) -> list[Failure]:
     return out
 
 
-def check(report: Any, expected: Expectations) -> None:
+def _check_maa_enclave(report: Any, want: MaaEnclave, fail: Any, kind: str) -> None:
+    quotes = getattr(report, "signer_quotes", None)
+    if quotes is None:
+        fail("maa_enclave", f"not present in {kind} evidence", "an MAA token")
+        return
+    verified = [q for q in quotes if isinstance(q, dict) and q.get("verified")]
+    if not verified:
+        fail("maa_enclave", "not verified (its SGX quote needs --collateral)", "verified")
+        return
+    q = verified[0]
+    for name in ("mrenclave", "mrsigner"):
+        w = getattr(want, name)
+        if w is not None and q.get(name) != w:
+            fail(f"maa_enclave.{name}", q.get(name), w)
+    if want.isv_prod_id is not None and q.get("isv_prod_id") != want.isv_prod_id:
+        fail("maa_enclave.isv_prod_id", q.get("isv_prod_id"), want.isv_prod_id)
+    svn = q.get("isv_svn")
+    if want.min_isv_svn is not None and (not isinstance(svn, int) or svn < want.min_isv_svn):
+        fail("maa_enclave.isv_svn", svn, f">= {want.min_isv_svn}")
+    if want.accepted_tcb_statuses is not None:
+        st = q.get("tcb_status")
+        if st not in want.accepted_tcb_statuses:
+            fail("maa_enclave.tcb_status", st, f"one of {', '.join(want.accepted_tcb_statuses)}")
+
+
+def check(report: Any, expected: Expectations, *, now: datetime | None = None) -> None:
     """Raise :class:`ExpectationFailed` carrying every failure, if any."""
-    failures = validate(report, expected)
+    failures = validate(report, expected, now=now)
     if failures:
         raise ExpectationFailed(failures)

@@ -1,13 +1,24 @@
 """``duet attestation verify``: check TEE evidence offline and print claims and a verdict.
 
-Exit status: 0 verified (and expectations met), 2 signature / chain / TCB failure,
-3 expectation failure, 4 unusable input.
+Exit status (README, "Verifying evidence offline"):
+
+* 0 — verified, and the expectations (if any) are met;
+* 1 — an error of this tool (nothing was judged);
+* 2 — usage error (the command line itself; typer's own code);
+* 3 — verification failed: a signature, chain, TCB, binding or expectation does not hold;
+* 4 — unusable input: a file is missing, malformed, of another kind, or the certificates
+  or collateral it needs were not given.
+
+Certificates in ``--certs DIR`` are found by content (:mod:`duet.attestation.certstore`),
+never by file name. ``--expect`` takes the same YAML as ``duet verify --expect``: its
+``controller:`` section for SGX evidence, its ``cvm:`` section for everything else.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,14 +27,20 @@ import typer
 
 from duet.attestation import errors as E
 from duet.attestation.azure.evidence import parse_azure_evidence, verify_azure_evidence
-from duet.attestation.dcap.verify import verify_sgx_quote, verify_tdx_quote
+from duet.attestation.azure.maa import MaaReport, verify_maa_signer_quote, verify_maa_token
+from duet.attestation.certstore import CertStore
+from duet.attestation.dcap.verify import intel_sgx_root_ca_der, verify_sgx_quote, verify_tdx_quote
 from duet.attestation.detect import KINDS, decode_text, detect_kind
-from duet.attestation.snp.verify import verify_snp_report
+from duet.attestation.snp.verify import verify_snp_report_with_certs
 from duet.attestation.validate import Expectations, validate
 
 app = typer.Typer(help="Verify TEE attestation evidence offline.", no_args_is_help=True)
 
-EXIT_OK, EXIT_VERIFY, EXIT_EXPECT, EXIT_INPUT = 0, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_FAILED, EXIT_INPUT = 0, 1, 3, 4
+
+# Sections of the expectations file that describe a log, not a piece of evidence: this
+# command cannot check them and says so rather than pretending.
+_LOG_ONLY_CVM_FIELDS = ("mode", "max_evidence_age")
 
 
 @app.callback()
@@ -34,12 +51,16 @@ def _group() -> None:
 class _Input(Exception):
     """Unusable input discovered by the CLI itself (missing file, bad option)."""
 
+    def __init__(self, message: str, code: str = "unusable_input") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise _Input(f"cannot read {path}: {e}") from None
+        raise _Input(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _first(d: Path | None, *names: str) -> bytes | None:
@@ -62,17 +83,45 @@ def _parse_now(now: str | None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _sim_snp_state(certs: Path | None) -> dict[str, Any] | None:
+def _store(certs: Path | None) -> CertStore:
+    if certs is None:
+        return CertStore()
+    if not certs.is_dir():
+        raise _Input(f"--certs {certs} is not a directory")
+    store = CertStore.from_dir(certs)
+    # A simulated SNP platform directory keeps its VCEK inside its JSON state.
     for name in ("simulated-snp.json", "simulated-snp-guest.json"):
         raw = _first(certs, name)
-        if raw is not None:
-            try:
-                state = json.loads(raw)
-            except ValueError:
-                raise _Input(f"{name} is not JSON") from None
-            if isinstance(state, dict):
-                return state
-    return None
+        if raw is None:
+            continue
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            raise _Input(f"{name} is not JSON") from None
+        if not isinstance(state, dict):
+            continue
+        for key, what in (("vcek_der", "VCEK"), ("ask_pem", "ASK"), ("ark_pem", "ARK")):
+            value = state.get(key)
+            if isinstance(value, str) and value:
+                blob = bytes.fromhex(value) if key.endswith("_der") else value.encode()
+                store.add(blob, f"{name} ({what})", strict=True)
+    return store
+
+
+def _dcap_root(store: CertStore, trust_simulated: bool) -> bytes | None:
+    intel = intel_sgx_root_ca_der()
+    others = [c for c in store.sgx_roots() if c.der != intel]
+    if not others:
+        return None
+    if not trust_simulated:
+        raise _Input(
+            f"--certs holds a custom SGX root ({others[0].describe()}); "
+            "pass --trust-simulated to trust it"
+        )
+    if len(others) > 1:
+        raise _Input("--certs holds several custom SGX roots: " + "; ".join(
+            c.describe() for c in others))
+    return others[0].der
 
 
 def _verify(
@@ -81,43 +130,36 @@ def _verify(
     *,
     certs: Path | None,
     collateral: bytes | None,
+    jwks: bytes | None,
     now: datetime,
     trust_simulated: bool,
 ) -> Any:
+    if kind == "maa":
+        if jwks is None:
+            raise _Input(
+                "MAA tokens need --jwks FILE: the MAA instance's signing keys (its /certs "
+                "document), saved beside the token"
+            )
+        return verify_maa_token(data, jwks, now=now)
+    store = _store(certs)
     if kind in ("sgx", "tdx"):
         if collateral is None:
             collateral = _first(certs, "collateral.json")
         if collateral is None:
             raise _Input(f"{kind} quotes need --collateral (dcap-qvl QuoteCollateralV3 JSON)")
-        root = _first(certs, "sgx_root_ca.der", "root_ca.der")
-        if root is not None and not trust_simulated:
-            raise _Input("--certs holds a custom SGX root; pass --trust-simulated to trust it")
         fn = verify_sgx_quote if kind == "sgx" else verify_tdx_quote
-        return fn(decode_text(data), collateral, now=now, root_ca_der=root)
+        return fn(
+            decode_text(data), collateral, now=now, root_ca_der=_dcap_root(store, trust_simulated)
+        )
     if kind in ("snp", "simulated-snp"):
-        sim = _sim_snp_state(certs)
-        vcek = _first(certs, "vcek.der", "vcek.pem", "vcek.crt", "vcek.cer")
-        ask = _first(certs, "cert_chain.pem", "cert_chain", "ask.pem")
-        ark = _first(certs, "ark.pem", "snp_ark.pem")
-        if sim is not None:
-            vcek = vcek or bytes.fromhex(str(sim.get("vcek_der", "")))
-            ask = ask or str(sim.get("ask_pem", "")).encode()
-            ark = ark or str(sim.get("ark_pem", "")).encode()
-        if vcek is None:
-            raise _Input("SNP reports need the VCEK: put vcek.der (or vcek.pem) in --certs DIR")
         trusted = None
         if kind == "simulated-snp":
-            if ark is None:
-                raise _Input("simulated-snp needs the development ARK (ark.pem) in --certs")
-            trusted = [ark]
-        return verify_snp_report(
-            decode_text(data),
-            vcek_der=vcek,
-            ask_pem=ask,
-            ark_pem=ark,
-            now=now,
-            trusted_arks=trusted,
-            crl_der=_first(certs, "crl.der", "crl.pem", "ark.crl"),
+            arks = store.of("ark")
+            if not arks:
+                raise _Input("simulated-snp needs the development ARK in --certs")
+            trusted = [a.der for a in arks]
+        return verify_snp_report_with_certs(
+            decode_text(data), store, now=now, trusted_arks=trusted
         )
     if kind == "azure":
         if data[:4] == b"HCLA":
@@ -125,13 +167,114 @@ def _verify(
         return verify_azure_evidence(
             parse_azure_evidence(data),
             now=now,
-            vcek_der=_first(certs, "vcek.der", "vcek.pem"),
-            ask_pem=_first(certs, "cert_chain.pem", "cert_chain", "ask.pem"),
-            ark_pem=_first(certs, "ark.pem"),
-            crl_der=_first(certs, "crl.der", "crl.pem"),
+            certs=store,
             tdx_collateral=collateral,
+            root_ca_der=_dcap_root(store, trust_simulated),
         )
     raise _Input(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+# -- expectations --------------------------------------------------------------------------
+
+
+def _evidence_tee(report: Any) -> str:
+    """The name a ``tee:`` expectation uses for this evidence."""
+    kind = str(getattr(report, "kind", ""))
+    simulated = bool(getattr(report, "simulated", False))
+    if kind in ("snp", "tdx") and simulated:
+        return f"simulated-{kind}"
+    return kind
+
+
+def _load_expectations(path: Path, kind: str) -> tuple[Expectations, str | None, list[str]]:
+    """(claims expectations, expected tee, what this command does not check) from the
+    same file ``duet verify --expect`` reads. Raises :class:`_Input` with the very line
+    ``duet verify`` prints for a malformed file."""
+    from duet.client.expectations import load_expectations
+    from duet.client.http import ClientError
+
+    try:
+        user = load_expectations(path)
+    except ClientError as exc:
+        raise _Input(exc.message, exc.code) from None
+    not_checked: list[str] = []
+    section_name = "controller" if kind in ("sgx", "sgx-maa") else "cvm"
+    tee: str | None
+    if section_name == "controller":
+        if user.controller is None:
+            raise _Input(f"{path} has no controller: section (SGX evidence is checked against it)")
+        exp = user.controller.evidence()
+        tee = user.controller.tee
+    else:
+        if user.cvm is None:
+            raise _Input(f"{path} has no cvm: section ({kind} evidence is checked against it)")
+        exp = user.cvm.evidence()
+        tee = user.cvm.tee
+        for name in _LOG_ONLY_CVM_FIELDS:
+            if getattr(user.cvm, name, None) is not None:
+                not_checked.append(f"cvm.{name}")
+    for other in type(user).model_fields:
+        if other not in ("controller", "cvm") and getattr(user, other, None) is not None:
+            not_checked.append(other)
+    return exp, tee, not_checked
+
+
+def _verify_maa_enclave(
+    report: MaaReport, jwks: bytes, collateral: bytes, now: datetime, root: bytes | None
+) -> MaaReport:
+    sgx = verify_maa_signer_quote(jwks, report.kid, collateral, now=now, root_ca_der=root)
+    verified = {
+        "cert": 0,
+        "verified": True,
+        "mrenclave": sgx.mrenclave,
+        "mrsigner": sgx.mrsigner,
+        "isv_prod_id": sgx.isv_prod_id,
+        "isv_svn": sgx.isv_svn,
+        "debug": sgx.debug,
+        "report_data": sgx.report_data.hex(),
+        "names_kid": True,
+        "tcb_status": sgx.tcb_status,
+        "advisory_ids": list(sgx.advisory_ids),
+        "simulated": sgx.simulated,
+    }
+    return replace(report, signer_quotes=[verified])
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _caveats(report: Any) -> list[str]:
+    """What passed, but with a condition the user should see on its own line."""
+    out: list[str] = []
+    hw = getattr(report, "hardware", None)
+    target = hw if hw is not None else report
+    if getattr(target, "debug", False):
+        out.append(
+            "DEBUG ENABLED: the host can read and change this TEE's memory; "
+            "its measurements prove nothing about what runs in it"
+        )
+    status = getattr(target, "tcb_status", None)
+    if isinstance(status, str) and status and status != "UpToDate":
+        out.append(f"TCB status: {status}")
+    for adv in getattr(target, "advisory_ids", None) or []:
+        out.append(f"advisory: {adv}")
+    if isinstance(report, MaaReport):
+        out.append(
+            f"trusted party: Microsoft Azure Attestation ({report.issuer}) verified the "
+            "hardware evidence; only its token signature was checked here"
+        )
+        for q in report.signer_quotes:
+            if not q.get("verified"):
+                out.append(
+                    "MAA enclave quote parsed, not verified (give --collateral and "
+                    "cvm.maa_enclave expectations)"
+                )
+            else:
+                if q.get("tcb_status") not in (None, "UpToDate"):
+                    out.append(f"MAA enclave TCB status: {q.get('tcb_status')}")
+                for adv in q.get("advisory_ids") or []:
+                    out.append(f"MAA enclave advisory: {adv}")
+    return out
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -139,6 +282,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     for k, v in d.items():
         if isinstance(v, dict) and k != "runtime_claims":
             out.extend(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.extend(_flatten(x, f"{prefix}{k}[{i}]."))
         elif isinstance(v, list):
             out.append((prefix + k, ", ".join(str(x) for x in v) or "-"))
         elif k == "runtime_claims":
@@ -150,29 +296,37 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 @app.command("verify")
 def verify_cmd(
-    file: Annotated[Path, typer.Argument(help="evidence file (quote, report, Azure JSON)")],
+    file: Annotated[Path, typer.Argument(help="evidence file (quote, report, Azure JSON, JWT)")],
     kind: Annotated[
-        str | None, typer.Option("--kind", help="sgx|tdx|snp|azure|simulated-snp")
+        str | None, typer.Option("--kind", help="sgx|tdx|snp|azure|simulated-snp|maa")
     ] = None,
     certs: Annotated[
-        Path | None, typer.Option("--certs", help="directory with VCEK / ASK / ARK / roots")
+        Path | None,
+        typer.Option("--certs", help="directory of certificates (any names, PEM/DER, bundles)"),
     ] = None,
     collateral: Annotated[
         Path | None, typer.Option("--collateral", help="DCAP collateral JSON (dcap-qvl)")
     ] = None,
+    jwks: Annotated[
+        Path | None, typer.Option("--jwks", help="MAA signing keys (JWKS JSON) for --kind maa")
+    ] = None,
     now: Annotated[str | None, typer.Option("--now", help="verification time, ISO 8601")] = None,
-    expect: Annotated[Path | None, typer.Option("--expect", help="expectations YAML")] = None,
+    expect: Annotated[
+        Path | None, typer.Option("--expect", help="expectations YAML (as for duet verify)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     trust_simulated: Annotated[
         bool,
         typer.Option("--trust-simulated", help="UNSAFE: trust the development SGX root in --certs"),
     ] = False,
 ) -> None:
-    """Verify FILE; print its claims and the verdict."""
+    """Verify FILE; print its claims, caveats and the verdict (exit 0/1/3/4, see README)."""
     result: dict[str, Any] = {"file": str(file)}
     code = EXIT_OK
     claims: dict[str, Any] = {}
     simulated = False
+    caveats: list[str] = []
+    not_checked: list[str] = []
     try:
         data = _read(file)
         k = kind or detect_kind(data)
@@ -180,21 +334,46 @@ def verify_cmd(
             raise _Input(f"unknown kind {k!r} (one of {', '.join(KINDS)})")
         result["kind"] = k
         coll = _read(collateral) if collateral else None
-        expectations = Expectations.load(expect) if expect else None
+        jwks_raw = _read(jwks) if jwks else None
+        at = _parse_now(now)
+        expectations = None
+        expected_tee = None
+        if expect is not None:
+            section_kind = "sgx" if k == "sgx" else k
+            expectations, expected_tee, not_checked = _load_expectations(expect, section_kind)
         report = _verify(
             k,
             data,
             certs=certs,
-            collateral=coll,
-            now=_parse_now(now),
+            collateral=None if k == "maa" else coll,
+            jwks=jwks_raw,
+            now=at,
             trust_simulated=trust_simulated or k == "simulated-snp",
         )
+        if isinstance(report, MaaReport) and coll is not None:
+            if expectations is None or expectations.maa_enclave is None:
+                raise _Input(
+                    "--collateral with an MAA token verifies MAA's own enclave quote; that "
+                    "needs expectations of that enclave (cvm.maa_enclave in --expect)"
+                )
+            assert jwks_raw is not None
+            report = _verify_maa_enclave(
+                report, jwks_raw, coll, at, _dcap_root(_store(certs), trust_simulated)
+            )
+        result["kind"] = getattr(report, "kind", k)
         claims = report.to_dict()
         simulated = bool(getattr(report, "simulated", False))
+        caveats = _caveats(report)
         result["simulated"] = simulated
         result["claims"] = claims
+        result["caveats"] = caveats
+        if not_checked:
+            result["not_checked"] = not_checked
         if expectations is not None:
-            failures = validate(report, expectations)
+            failures = validate(report, expectations, now=at)
+            found_tee = _evidence_tee(report)
+            if expected_tee is not None and expected_tee != found_tee:
+                failures.insert(0, E.Failure("tee", found_tee, expected_tee))
             result["failures"] = [f.__dict__ for f in failures]
             if failures:
                 raise E.ExpectationFailed(failures)
@@ -202,9 +381,9 @@ def verify_cmd(
     except _Input as e:
         code = EXIT_INPUT
         result["verdict"] = "unusable input"
-        result["error"] = {"code": "unusable_input", "message": str(e)}
+        result["error"] = {"code": e.code, "message": str(e)}
     except E.ExpectationFailed as e:
-        code = EXIT_EXPECT
+        code = EXIT_FAILED
         result["verdict"] = "expectations not met"
         result["error"] = {"code": e.code, "message": e.message}
     except (E.ParseError, E.CollateralError) as e:
@@ -212,25 +391,44 @@ def verify_cmd(
         result["verdict"] = "unusable input"
         result["error"] = {"code": e.code, "message": e.message}
     except E.AttestationError as e:
-        code = EXIT_VERIFY
+        code = EXIT_FAILED
         result["verdict"] = "verification failed"
         result["error"] = {"code": e.code, "message": e.message}
     except ValueError as e:
         code = EXIT_INPUT
         result["verdict"] = "unusable input"
-        result["error"] = {"code": "unusable_input", "message": str(e)}
+        result["error"] = {"code": "unusable_input", "message": " ".join(str(e).split())}
+    except Exception as e:
+        code = EXIT_ERROR
+        result["verdict"] = "error"
+        result["error"] = {"code": "internal_error", "message": f"{type(e).__name__}: {e}"}
 
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    elif result.get("error", {}).get("code") == "invalid_expectations":
+        # Word for word what `duet verify --expect` prints for the same file.
+        sys.stderr.write(f"error [invalid_expectations]: {result['error']['message']}\n")
     else:
         tag = "[SIMULATED] " if simulated else ""
-        lines = [f"{tag}kind: {result.get('kind', '?')}"]
+        lines = []
+        debug = any(c.startswith("DEBUG ENABLED") for c in caveats)
+        if debug:
+            lines.append(f"{tag}!!! DEBUG ENABLED !!!")
+        lines.append(f"{tag}kind: {result.get('kind', '?')}")
         lines += [f"{tag}{k}: {v}" for k, v in _flatten(claims)]
+        for c in caveats:
+            lines.append(f"{tag}CAVEAT {c}")
+        for n in not_checked:
+            lines.append(f"{tag}NOT CHECKED {n} (a property of the log: duet verify checks it)")
         for f in result.get("failures", []):
             lines.append(f"FAILED {f['field']}: found {f['found']}, expected {f['expected']}")
         verdict = str(result["verdict"]).upper()
+        if code == EXIT_OK and caveats:
+            verdict += f" WITH {len(caveats)} CAVEAT(S) (listed above)"
         if simulated and code == EXIT_OK:
             verdict += " (SIMULATED: development root, not real hardware)"
+        if debug and code == EXIT_OK:
+            verdict += " — DEBUG ENABLED"
         lines.append(f"{tag}verdict: {verdict}")
         if "error" in result:
             lines.append(f"error [{result['error']['code']}]: {result['error']['message']}")

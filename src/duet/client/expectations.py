@@ -30,9 +30,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from duet.attestation import Expectations as EvidenceExpectations
+from duet.attestation.validate import one_line
 from duet.client.http import ClientError
 
-CVM_TEES = ("snp", "simulated-snp", "tdx", "azure-snp", "azure-tdx")
+CVM_TEES = (
+    "snp",
+    "simulated-snp",
+    "tdx",
+    "simulated-tdx",
+    "azure-snp",
+    "azure-tdx",
+    "azure-snp-maa",
+    "azure-tdx-maa",
+)
 LOCKDOWN_CHECKS = (
     "password_auth_off",
     "root_login_off",
@@ -60,6 +70,8 @@ class ControllerExpectations(BaseModel):
     isv_prod_id: int | None = None
     min_isv_svn: int | None = None
     accepted_tcb_statuses: list[str] | None = None
+    forbidden_advisories: list[str] | None = None
+    max_collateral_age: str | None = None
 
     def evidence(self) -> EvidenceExpectations:
         return EvidenceExpectations(**self.model_dump(exclude={"tee"}, exclude_none=True))
@@ -138,18 +150,23 @@ def load_expectations(path: Path) -> UserExpectations:
     except OSError as exc:
         raise ClientError("invalid_expectations", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ClientError("invalid_expectations", f"{path} is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise ClientError("invalid_expectations", f"{path} is not valid YAML: {detail}") from None
     if not isinstance(doc, dict):
         raise ClientError("invalid_expectations", f"{path} must be a YAML mapping")
     try:
         exp = UserExpectations.model_validate(doc)
-        if exp.cvm is not None:
-            exp.cvm.evidence()
-        if exp.controller is not None:
-            exp.controller.evidence()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ClientError("invalid_expectations", f"{path}: {problems}") from None
+        raise ClientError("invalid_expectations", f"{path}: {one_line(exc)}") from None
+    # The evidence claims are checked by the attestation package's own model: name the
+    # section in its errors too, so the line reads the same as the file.
+    for name, section in (("cvm", exp.cvm), ("controller", exp.controller)):
+        if section is None:
+            continue
+        try:
+            section.evidence()
+        except ValidationError as exc:
+            raise ClientError(
+                "invalid_expectations", f"{path}: {one_line(exc, prefix=name + '.')}"
+            ) from None
     return exp

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from ..certstore import CertStore
 from ..dcap.abi import TdReportBody, parse_tdx_quote
 from ..dcap.verify import CollateralInput, TdxReport, tdx_report_from_body, verify_tdx_quote
 from ..errors import BindingError, CollateralError, ParseError, UnsupportedVersion
-from ..snp.verify import SnpReport, verify_snp_report
+from ..snp.verify import SnpReport, verify_snp_report, verify_snp_report_with_certs
 from .hcl import REPORT_TYPE_SNP, HclReport, b64url_decode, parse_hcl_report, parse_tdreport
 from .tpm import TpmQuoteInfo, verify_tpm_quote
 
@@ -235,19 +236,34 @@ def verify_azure_evidence(
     crl_der: bytes | None = None,
     tdx_collateral: CollateralInput | None = None,
     root_ca_der: bytes | None = None,
+    certs: CertStore | None = None,
 ) -> AzureReport:
     """Verify the whole chain. SNP: the VCEK comes from the evidence unless ``vcek_der``.
 
     TDX needs ``tdx_collateral`` for the TD quote (there is no way to verify it without);
     without it a :class:`CollateralError` is raised. ``nonce`` (optional) must equal the TPM
     quote's extraData; ``report_data`` (optional, v2 envelopes) must prefix the claims'
-    ``user-data``.
+    ``user-data``. With ``certs`` (and no ``vcek_der``), the SNP chain is picked by content
+    from those certificates together with the evidence's own VCEK and ``cert_chain``.
     """
     ev = evidence if isinstance(evidence, AzureEvidence) else parse_azure_evidence(evidence)
     b = check_azure_bindings(ev, nonce=nonce)
     hcl = b.hcl
-    hardware: SnpReport | TdxReport
-    if hcl.report_type == REPORT_TYPE_SNP:
+    if hcl.report_type == REPORT_TYPE_SNP and certs is not None and vcek_der is None:
+        store = CertStore(list(certs.certs), list(certs.skipped), list(certs.crls))
+        for blob, source in ((ev.vcek, "the evidence's vcek"), (ev.cert_chain, "cert_chain")):
+            if blob is not None:
+                store.add(blob, source, strict=True)
+        for blob, source in ((ask_pem, "ask_pem"), (ark_pem, "ark_pem")):
+            if blob is not None:
+                store.add(blob, source, strict=True)
+        hw = verify_snp_report_with_certs(
+            hcl.hardware_report, store, now=now, trusted_arks=trusted_arks, crl_der=crl_der
+        )
+        if hw.vmpl != 0:
+            raise BindingError(f"the HCL's SNP report is from VMPL {hw.vmpl}, expected 0")
+        hardware: SnpReport | TdxReport = hw
+    elif hcl.report_type == REPORT_TYPE_SNP:
         vek = vcek_der or ev.vcek
         if vek is None:
             raise ParseError("Azure SNP evidence has no VCEK; pass vcek_der")

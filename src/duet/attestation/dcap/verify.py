@@ -86,13 +86,18 @@ class DcapCollateral:
     re-parsing JSON on every verification.
     """
 
-    __slots__ = ("fmspc", "pce_id", "qvl", "tcb_info_id")
+    __slots__ = ("fmspc", "issued", "pce_id", "qvl", "tcb_info_id")
 
-    def __init__(self, qvl: Any, tcb_info_id: str, fmspc: str, pce_id: str) -> None:
+    def __init__(
+        self, qvl: Any, tcb_info_id: str, fmspc: str, pce_id: str, issued: str = ""
+    ) -> None:
         self.qvl = qvl
         self.tcb_info_id = tcb_info_id
         self.fmspc = fmspc
         self.pce_id = pce_id
+        # The older issueDate of TCB Info and QE Identity (ISO 8601): how stale the
+        # platform's TCB verdict may be, for a ``max_collateral_age`` policy.
+        self.issued = issued
 
 
 CollateralInput = DcapCollateral | Mapping[str, object] | str | bytes
@@ -121,13 +126,20 @@ def prepare_collateral(collateral: CollateralInput) -> DcapCollateral:
         tcb_id = str(tcb.get("id", "SGX"))
         fmspc = str(tcb["fmspc"]).lower()
         pce_id = str(tcb["pceId"]).lower()
+        dates = [str(tcb.get("issueDate", ""))]
+        qe = json.loads(str(data["qe_identity"]))
+        dates.append(str(qe.get("issueDate", "")) if isinstance(qe, dict) else "")
+        parsed = [
+            datetime.fromisoformat(d.replace("Z", "+00:00")) for d in dates if d
+        ]
+        issued = min(parsed).isoformat().replace("+00:00", "Z") if parsed else ""
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CollateralError(f"collateral tcb_info is unusable: {e}") from None
     try:
         qvl = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(data))
     except Exception as e:
         raise CollateralError(f"collateral rejected by dcap-qvl: {e}") from None
-    return DcapCollateral(qvl, tcb_id, fmspc, pce_id)
+    return DcapCollateral(qvl, tcb_id, fmspc, pce_id, issued)
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,7 @@ class SgxReport:
     qe_tcb_status: str = ""
     platform_tcb_status: str = ""
     fmspc: str = ""
+    collateral_issued: str = ""
     kind: str = field(default="sgx")
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +210,7 @@ class TdxReport:
     qe_tcb_status: str = ""
     platform_tcb_status: str = ""
     fmspc: str = ""
+    collateral_issued: str = ""
     kind: str = field(default="tdx")
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,11 +383,17 @@ def verify_sgx_quote(
         qe_tcb_status=tcb.qe_status,
         platform_tcb_status=tcb.platform_status,
         fmspc=fmspc,
+        collateral_issued=coll.issued,
     )
 
 
 def tdx_report_from_body(
-    q: Quote, *, tcb: TcbVerdict | None, simulated: bool, fmspc: str = ""
+    q: Quote,
+    *,
+    tcb: TcbVerdict | None,
+    simulated: bool,
+    fmspc: str = "",
+    collateral_issued: str = "",
 ) -> TdxReport:
     """Claims of a TD quote body. With ``tcb=None`` the claims are *unverified*."""
     body = q.body
@@ -404,6 +424,7 @@ def tdx_report_from_body(
         qe_tcb_status=tcb.qe_status if tcb else "",
         platform_tcb_status=tcb.platform_status if tcb else "",
         fmspc=fmspc,
+        collateral_issued=collateral_issued,
     )
 
 
@@ -426,4 +447,10 @@ def verify_tdx_quote(
     fmspc = _check_pck_matches_tcb_info(q, coll)
     verified = _run_qvl(quote, coll, now, root_ca_der)
     tcb = _tcb_verdict(verified)
-    return tdx_report_from_body(q, tcb=tcb, simulated=_is_simulated(root_ca_der), fmspc=fmspc)
+    return tdx_report_from_body(
+        q,
+        tcb=tcb,
+        simulated=_is_simulated(root_ca_der),
+        fmspc=fmspc,
+        collateral_issued=coll.issued,
+    )

@@ -28,6 +28,7 @@ from .. import _der as der
 from ..snp.abi import ReportFields, TcbVersion, encode_report_body, encode_signature
 from ..snp.certs import (
     OID_BL_SPL,
+    OID_CSP_ID,
     OID_HWID,
     OID_PRODUCT_NAME,
     OID_SNP_SPL,
@@ -52,6 +53,7 @@ GUEST_FILE = "simulated-snp-guest.json"
 ARK_FILE = "snp_ark.pem"
 PRODUCT = "Milan"
 DEFAULT_TCB = TcbVersion.build(bootloader=4, tee=0, snp=22, microcode=213)
+VLEK_CSP_ID = "duet-simulated-csp"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
@@ -102,12 +104,15 @@ def _vcek(
     key: ec.EllipticCurvePrivateKey,
     ask: x509.Certificate,
     ask_key: rsa.RSAPrivateKey,
-    chip_id: bytes,
+    chip_id: bytes | None,
     tcb: TcbVersion,
+    *,
+    csp_id: str | None = None,
 ) -> x509.Certificate:
+    """A VCEK (``chip_id``: AMD's hwID extension) or, with ``csp_id``, a VLEK."""
     b = (
         x509.CertificateBuilder()
-        .subject_name(_name("SEV-VCEK"))
+        .subject_name(_name("SEV-VCEK" if csp_id is None else "SEV-VLEK"))
         .issuer_name(ask.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -121,8 +126,11 @@ def _vcek(
         (OID_TEE_SPL, der.integer(tcb.tee)),
         (OID_SNP_SPL, der.integer(tcb.snp)),
         (OID_UCODE_SPL, der.integer(tcb.microcode)),
-        (OID_HWID, chip_id),  # raw, as AMD's KDS issues it
     ]
+    if chip_id is not None:
+        exts.append((OID_HWID, chip_id))  # raw, as AMD's KDS issues it
+    if csp_id is not None:
+        exts.append((OID_CSP_ID, der.tlv(0x0C, csp_id.encode())))
     for oid, value in exts:
         b = b.add_extension(_amd_ext(oid, value), critical=False)
     return b.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
@@ -136,6 +144,11 @@ def _create_state() -> dict[str, Any]:
     vcek_key = ec.generate_private_key(ec.SECP384R1())
     chip_id = os.urandom(64)
     vcek = _vcek(vcek_key, ask, ask_key, chip_id, DEFAULT_TCB)
+    # The VLEK side: an ASVK under the same ARK, and a VLEK that names a (made-up) CSP.
+    asvk_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    asvk = _ca(f"SEV-VLEK-{PRODUCT}", asvk_key, ark.subject, ark_key)
+    vlek_key = ec.generate_private_key(ec.SECP384R1())
+    vlek = _vcek(vlek_key, asvk, asvk_key, None, DEFAULT_TCB, csp_id=VLEK_CSP_ID)
     return {
         "kind": "duet-simulated-snp",
         "version": 1,
@@ -147,12 +160,16 @@ def _create_state() -> dict[str, Any]:
         "vcek_key": key_pem(vcek_key),
         "chip_id": chip_id.hex(),
         "tcb": DEFAULT_TCB.raw,
+        "asvk_pem": cert_pem(asvk),
+        "vlek_der": cert_der(vlek).hex(),
+        "vlek_key": key_pem(vlek_key),
     }
 
 
 def _guest_view(state: dict[str, Any]) -> dict[str, Any]:
     """What a guest needs to sign its own reports: no ARK / ASK private keys."""
     keep = ("kind", "version", "ark_pem", "ask_pem", "vcek_der", "vcek_key", "chip_id", "tcb")
+    # (no VLEK key: the guest signs with the VCEK; the VLEK exists for verifier tests)
     return {k: state[k] for k in keep}
 
 
@@ -165,6 +182,15 @@ class _Signer:
             self.chip_id = bytes.fromhex(state["chip_id"])
             self.tcb = TcbVersion.decode(int(state["tcb"]), turin=False)
             self._key = load_ec_key(state["vcek_key"])
+            # VLEK material is absent from states made before VLEK support, and from
+            # guest bundles: only reports signed by the VCEK are possible then.
+            self.asvk_pem: bytes | None = (
+                str(state["asvk_pem"]).encode() if "asvk_pem" in state else None
+            )
+            self.vlek_der: bytes | None = (
+                bytes.fromhex(state["vlek_der"]) if "vlek_der" in state else None
+            )
+            self._vlek_key = load_ec_key(state["vlek_key"]) if "vlek_key" in state else None
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{where} does not hold a simulated SNP VCEK: {e}") from e
 
@@ -181,7 +207,18 @@ class _Signer:
         guest_svn: int = 0,
         family_id: bytes = bytes(16),
         image_id: bytes = bytes(16),
+        signing_key: str = "vcek",
+        committed_tcb: TcbVersion | None = None,
+        launch_tcb: TcbVersion | None = None,
     ) -> bytes:
+        """A signed report. ``signing_key="vlek"`` signs with the VLEK (SIGNING_KEY=1)."""
+        if signing_key not in ("vcek", "vlek"):
+            raise ValueError("signing_key is vcek or vlek")
+        key = self._key
+        if signing_key == "vlek":
+            if self._vlek_key is None:
+                raise ValueError("this simulated SNP state has no VLEK (made before VLEK support)")
+            key = self._vlek_key
         if len(report_data) > 64:
             raise ValueError("report_data is at most 64 bytes")
         if len(measurement) != 48:
@@ -206,17 +243,18 @@ class _Signer:
             vmpl=vmpl,
             current_tcb=self.tcb.raw,
             platform_info=1,
+            flags=(1 if signing_key == "vlek" else 0) << 2,
             report_data=report_data.ljust(64, b"\0"),
             measurement=measurement,
             host_data=host_data,
             report_id=os.urandom(32),
             reported_tcb=tcb,
             chip_id=self.chip_id,
-            committed_tcb=self.tcb.raw,
-            launch_tcb=self.tcb.raw,
+            committed_tcb=(committed_tcb or self.tcb).raw,
+            launch_tcb=(launch_tcb or self.tcb).raw,
         )
         body = encode_report_body(fields)
-        r, s = decode_dss_signature(self._key.sign(body, ec.ECDSA(hashes.SHA384())))
+        r, s = decode_dss_signature(key.sign(body, ec.ECDSA(hashes.SHA384())))
         return body + encode_signature(r, s)
 
 
@@ -248,6 +286,13 @@ class SimulatedSnp(_Signer):
     def cert_chain_pem(self) -> bytes:
         """ASK then ARK, like AMD KDS ``cert_chain``."""
         return self.ask_pem + self.ark_pem
+
+    @property
+    def vlek_cert_chain_pem(self) -> bytes:
+        """ASVK then ARK, like AMD KDS ``/vlek/v1/<product>/cert_chain``."""
+        if self.asvk_pem is None:
+            raise ValueError("this simulated SNP state has no VLEK (made before VLEK support)")
+        return self.asvk_pem + self.ark_pem
 
     def write_guest_bundle(self, directory: Path) -> Path:
         """Write what a guest needs to sign its own reports (VCEK key + public chain)."""

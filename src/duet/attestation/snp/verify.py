@@ -19,9 +19,12 @@ Checks, in order:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # certstore imports this module's package; the type is all we need
+    from ..certstore import CertStore
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -30,9 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import (
+    AttestationError,
     CertificateExpired,
     CertificateRevoked,
     ChainInvalid,
+    ExpectationFailed,
     ParseError,
     SignatureInvalid,
     TcbError,
@@ -105,6 +110,7 @@ class SnpReport:
     product: str
     product_name: str
     simulated: bool
+    collateral_issued: str = ""  # the CRL's thisUpdate, when a CRL was checked
     kind: str = field(default="snp")
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,7 +206,10 @@ def _split_chain(
     return ask, ark
 
 
-def _check_crl(crl_der: bytes, ark: x509.Certificate, ask: x509.Certificate, now: datetime) -> None:
+def _check_crl(
+    crl_der: bytes, ark: x509.Certificate, ask: x509.Certificate, now: datetime
+) -> datetime:
+    """Check the ARK's CRL and that it does not revoke the ASK; return its thisUpdate."""
     try:
         if crl_der.lstrip().startswith(b"-----BEGIN"):
             crl = x509.load_pem_x509_crl(crl_der)
@@ -223,6 +232,7 @@ def _check_crl(crl_der: bytes, ark: x509.Certificate, ask: x509.Certificate, now
         raise CertificateExpired(f"the CRL expired at {nxt}")
     if crl.get_revoked_certificate_by_serial_number(ask.serial_number) is not None:
         raise CertificateRevoked(f"{common_name(ask)} (serial {ask.serial_number:x}) is revoked")
+    return crl.last_update_utc
 
 
 def verify_snp_report(
@@ -306,8 +316,9 @@ def verify_snp_report(
     ark_cn = common_name(ark)
     if ark_cn.startswith("ARK-") and ark_cn[4:] != info.product:
         raise ChainInvalid(f"the {info.product_name} VCEK chains to {ark_cn}")
+    crl_issued = ""
     if crl_der is not None:
-        _check_crl(crl_der, ark, ask, now)
+        crl_issued = _check_crl(crl_der, ark, ask, now).isoformat().replace("+00:00", "Z")
 
     verify_report_signature(r, vek)
 
@@ -326,9 +337,44 @@ def verify_snp_report(
             pass  # the guest masked its chip id: nothing to compare
         elif r.chip_id[: len(info.hwid)] != info.hwid or any(r.chip_id[len(info.hwid) :]):
             raise ChainInvalid("the VCEK's hwID is not the report's CHIP_ID")
-    return snp_report_claims(
+    claims = snp_report_claims(
         r,
         product=info.product,
         product_name=info.product_name,
         simulated=ark_der not in amd_ark_ders,
     )
+    return replace(claims, collateral_issued=crl_issued) if crl_issued else claims
+
+
+def verify_snp_report_with_certs(
+    report: bytes,
+    certs: CertStore,
+    *,
+    now: datetime,
+    trusted_arks: Sequence[bytes] | None = None,
+    crl_der: bytes | None = None,
+) -> SnpReport:
+    """Verify ``report`` with certificates picked by content from ``certs``.
+
+    The endorsement key is the one the report's SIGNING_KEY names (see
+    :meth:`CertStore.snp_chain`); a failure names the certificates (and their files) used.
+    """
+    chain = certs.snp_chain(parse_report(report))
+    if crl_der is None and chain.vek.product:
+        # AMD's KDS CRL is issued by the ARK of the VEK's product.
+        found = certs.crl_issued_by_cn(f"ARK-{chain.vek.product}")
+        crl_der = found[1] if found else None
+    try:
+        return verify_snp_report(
+            report,
+            vcek_der=chain.vek.der,
+            ask_pem=chain.ask.der if chain.ask else None,
+            ark_pem=chain.ark.der if chain.ark else None,
+            now=now,
+            trusted_arks=trusted_arks,
+            crl_der=crl_der,
+        )
+    except AttestationError as e:
+        if isinstance(e, ExpectationFailed):
+            raise
+        raise type(e)(f"{e.message} [certificates: {chain.describe()}]") from None
