@@ -225,22 +225,44 @@ def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
         out.print(f"{k:<14} {v}")
 
 
-@cvm_app.command("run", context_settings={"allow_interspersed_args": False})
+@cvm_app.command("run")
 @_guard
 def cvm_run(
     cvm: str,
-    command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+    argv: Annotated[list[str] | None, typer.Argument(help="The command's argv (after --).", show_default=False)] = None,
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
+    sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
 ) -> None:
-    """Run a command on an in-update CVM; exits with the command's status."""
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        fail("invalid_request", "give the command after --", 2)
-    res = _owner(controller, key).run(cvm, " ".join(command), timeout_s=timeout)
+    """Run a command on an in-update CVM; exits with the command's status.
+
+    Options go before `--`; everything after it is the command's argv, quoted with
+    `shlex.join`, so the shell on the CVM runs exactly that argv: `-- sh -c 'a; b'` runs
+    `sh` with the two arguments `-c` and `a; b`, and `-- 'a | b'` is one word. To send a
+    shell string with pipes or redirections on purpose, use `--sh 'a | b'`."""
+    command = signed_command(argv or [], sh)
+    if verbose:
+        err.print(f"duet: signing command {command!r}", markup=False)
+    res = _owner(controller, key).run(cvm, command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
+
+
+def signed_command(argv: list[str], sh: str | None) -> str:
+    """The one string the intent signs: the shell string given with `--sh`, or the argv
+    quoted so that a POSIX shell splits it back into exactly that argv."""
+    import shlex
+
+    if sh is not None and argv:
+        fail("invalid_request", "give either --sh STRING or an argv after --, not both", 2)
+    if sh is not None:
+        if not sh.strip():
+            fail("invalid_request", "--sh needs a non-empty shell string", 2)
+        return sh
+    if not argv:
+        fail("invalid_request", "give the command after -- (or a shell string with --sh)", 2)
+    return shlex.join(argv)
 
 
 def _print_result(res: dict[str, Any]) -> int:
