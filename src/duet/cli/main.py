@@ -396,34 +396,57 @@ def watch(
     interval: float = typer.Option(5.0, help="Seconds between checks."),
     on_violation: str | None = typer.Option(None, "--on-violation", help="Shell command run on a violation."),
     max_checks: int = typer.Option(0, help="Stop after this many checks (0: forever)."),
+    grace: str = typer.Option("60s", "--grace", help="How long the CVM may be impossible to verify "
+                              "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
-    meeting the expectations; exits 3 (after --on-violation) at the first violation."""
+    meeting the expectations. A failed check is a violation at once; being unable to
+    check at all is one after --grace. A violation runs --on-violation (with
+    DUET_VIOLATION set to the reason) and exits 3."""
     import subprocess
     import time
 
-    from duet.client.expectations import load_expectations
+    from duet.client.expectations import load_expectations, parse_duration
     from duet.client.verify import verify as do_verify
+    from duet.client.watch import Watcher
 
+    try:
+        grace_s = parse_duration(grace).total_seconds()
+    except ValueError as exc:
+        fail("invalid_request", f"--grace: {exc}", 2)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
-    with Http(controller, trust_simulated=trust_simulated or None) as http:
-        while True:
+    with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None) as http:
+
+        def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                   expect=expectations)
+            return report
+
+        watcher = Watcher(check, grace_s=grace_s)
+        while True:
+            step = watcher.step()
             n += 1
-            size = report.checkpoint.get("size")
-            if not report.ok:
-                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
-                err.print(f"duet watch: VIOLATION at size {size}: {failed}", markup=False)
+            if step.kind == "violation":
+                size = step.report.checkpoint.get("size") if step.report is not None else None
+                at = f" at size {size}" if size is not None else ""
+                err.print(f"duet watch: VIOLATION{at}: {step.reason}", markup=False)
                 if on_violation:
                     subprocess.run(on_violation, shell=True, check=False,  # noqa: S602 - the user's own hook
-                                   env={**os.environ, "DUET_CVM": cvm, "DUET_VIOLATION": failed})
+                                   env={**os.environ, "DUET_CVM": cvm, "DUET_VIOLATION": step.reason})
                 raise typer.Exit(3)
-            out.print(f"ok: size {size}, mode {report.state.mode if report.state else '?'}"
-                      f"{' (SIMULATED)' if report.simulated else ''}")
+            if step.kind == "degraded":
+                err.print(f"duet watch: {step.reason}", markup=False)
+            else:
+                report = step.report
+                out.print(f"ok: size {report.checkpoint.get('size')}, "
+                          f"mode {report.state.mode if report.state else '?'}"
+                          f"{' (SIMULATED)' if report.simulated else ''}")
             if max_checks and n >= max_checks:
+                if step.kind == "degraded":
+                    fail("cannot_verify", "stopped while the CVM could not be verified")
                 return
             time.sleep(interval)
 
