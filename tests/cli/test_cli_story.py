@@ -57,7 +57,7 @@ def test_cli_story(tmp_path: Path) -> None:
 
         run = duet("cvm", "run", cvm, "--", "echo", "hello", env=env)
         assert run.stdout == "hello\n"
-        failing = duet("cvm", "run", cvm, "--", "sh", "-c", "'echo oops >&2; exit 5'", env=env, check=False)
+        failing = duet("cvm", "run", cvm, "--", "sh", "-c", "echo oops >&2; exit 5", env=env, check=False)
         assert failing.returncode == 5 and "oops" in failing.stderr
 
         duet("cvm", "mode", cvm, "in-service", env=env)

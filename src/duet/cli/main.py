@@ -229,22 +229,44 @@ def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
         out.print(f"{k:<14} {v}")
 
 
-@cvm_app.command("run", context_settings={"allow_interspersed_args": False})
+@cvm_app.command("run")
 @_guard
 def cvm_run(
     cvm: str,
-    command: Annotated[list[str], typer.Argument(help="The command (after --).")],
+    argv: Annotated[list[str] | None, typer.Argument(help="The command's argv (after --).", show_default=False)] = None,
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
+    sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
 ) -> None:
-    """Run a command on an in-update CVM; exits with the command's status."""
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        fail("invalid_request", "give the command after --", 2)
-    res = _owner(controller, key).run(cvm, " ".join(command), timeout_s=timeout)
+    """Run a command on an in-update CVM; exits with the command's status.
+
+    Options go before `--`; everything after it is the command's argv, quoted with
+    `shlex.join`, so the shell on the CVM runs exactly that argv: `-- sh -c 'a; b'` runs
+    `sh` with the two arguments `-c` and `a; b`, and `-- 'a | b'` is one word. To send a
+    shell string with pipes or redirections on purpose, use `--sh 'a | b'`."""
+    command = signed_command(argv or [], sh)
+    if verbose:
+        err.print(f"duet: signing command {command!r}", markup=False)
+    res = _owner(controller, key).run(cvm, command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
+
+
+def signed_command(argv: list[str], sh: str | None) -> str:
+    """The one string the intent signs: the shell string given with `--sh`, or the argv
+    quoted so that a POSIX shell splits it back into exactly that argv."""
+    import shlex
+
+    if sh is not None and argv:
+        fail("invalid_request", "give either --sh STRING or an argv after --, not both", 2)
+    if sh is not None:
+        if not sh.strip():
+            fail("invalid_request", "--sh needs a non-empty shell string", 2)
+        return sh
+    if not argv:
+        fail("invalid_request", "give the command after -- (or a shell string with --sh)", 2)
+    return shlex.join(argv)
 
 
 def _print_result(res: dict[str, Any]) -> int:
@@ -383,34 +405,57 @@ def watch(
     interval: float = typer.Option(5.0, help="Seconds between checks."),
     on_violation: str | None = typer.Option(None, "--on-violation", help="Shell command run on a violation."),
     max_checks: int = typer.Option(0, help="Stop after this many checks (0: forever)."),
+    grace: str = typer.Option("60s", "--grace", help="How long the CVM may be impossible to verify "
+                              "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
-    meeting the expectations; exits 3 (after --on-violation) at the first violation."""
+    meeting the expectations. A failed check is a violation at once; being unable to
+    check at all is one after --grace. A violation runs --on-violation (with
+    DUET_VIOLATION set to the reason) and exits 3."""
     import subprocess
     import time
 
-    from duet.client.expectations import load_expectations
+    from duet.client.expectations import load_expectations, parse_duration
     from duet.client.verify import verify as do_verify
+    from duet.client.watch import Watcher
 
+    try:
+        grace_s = parse_duration(grace).total_seconds()
+    except ValueError as exc:
+        fail("invalid_request", f"--grace: {exc}", 2)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
-    with Http(controller, trust_simulated=trust_simulated or None) as http:
-        while True:
+    with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None) as http:
+
+        def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                   expect=expectations)
+            return report
+
+        watcher = Watcher(check, grace_s=grace_s)
+        while True:
+            step = watcher.step()
             n += 1
-            size = report.checkpoint.get("size")
-            if not report.ok:
-                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
-                err.print(f"duet watch: VIOLATION at size {size}: {failed}", markup=False)
+            if step.kind == "violation":
+                size = step.report.checkpoint.get("size") if step.report is not None else None
+                at = f" at size {size}" if size is not None else ""
+                err.print(f"duet watch: VIOLATION{at}: {step.reason}", markup=False)
                 if on_violation:
                     subprocess.run(on_violation, shell=True, check=False,  # noqa: S602 - the user's own hook
-                                   env={**os.environ, "DUET_CVM": cvm, "DUET_VIOLATION": failed})
+                                   env={**os.environ, "DUET_CVM": cvm, "DUET_VIOLATION": step.reason})
                 raise typer.Exit(3)
-            out.print(f"ok: size {size}, mode {report.state.mode if report.state else '?'}"
-                      f"{' (SIMULATED)' if report.simulated else ''}")
+            if step.kind == "degraded":
+                err.print(f"duet watch: {step.reason}", markup=False)
+            else:
+                report = step.report
+                out.print(f"ok: size {report.checkpoint.get('size')}, "
+                          f"mode {report.state.mode if report.state else '?'}"
+                          f"{' (SIMULATED)' if report.simulated else ''}")
             if max_checks and n >= max_checks:
+                if step.kind == "degraded":
+                    fail("cannot_verify", "stopped while the CVM could not be verified")
                 return
             time.sleep(interval)
 

@@ -8,8 +8,8 @@ body never carries internals.
 from __future__ import annotations
 
 import base64
-import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,23 +17,36 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from duet.controller.errors import DuetError, InvalidRequest
+from duet.controller.limits import RateLimiter
 from duet.controller.service import Controller
 from duet.cvm.errors import CvmError
+from duet.ledger import strictjson
 from duet.ledger.errors import LedgerError
 
 log = logging.getLogger("duet.controller.http")
 
 MAX_BODY = 1 << 20
 MAX_PAGE = 1000
+QUOTE_RATE = 1.0
+QUOTE_BURST = 10
+#: A page of entries carries at most this many bytes of base64 leaves (plus one leaf when a
+#: single leaf is larger).
+MAX_PAGE_BYTES = 4 << 20
 
 STATUS: dict[str, int] = {
     "invalid_request": 400,
     "invalid_json": 400,
+    "json_too_deep": 400,
+    "json_non_finite": 400,
+    "json_unsafe_integer": 400,
+    "json_lone_surrogate": 400,
+    "json_duplicate_key": 400,
+    "json_too_large": 413,
     "malformed_intent": 400,
     "invalid_key": 400,
     "invalid_policy": 400,
@@ -59,6 +72,7 @@ STATUS: dict[str, int] = {
     "lockdown_failed": 409,
     "rollback_detected": 409,
     "request_too_large": 413,
+    "rate_limited": 429,
     "cvm_unreachable": 502,
     "provisioning_failed": 502,
     "command_failed": 502,
@@ -95,7 +109,31 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(controller: Controller) -> FastAPI:
+async def _entry_page(
+    controller: Controller, cvm_id: str, size: int, start: int, stop: int, first: list[bytes]
+) -> AsyncIterator[bytes]:
+    """`{"tree_size", "entries": [...]}` written one leaf at a time, each read in a worker
+    thread. The page ends early once `MAX_PAGE_BYTES` of base64 have been sent (always at
+    least one entry), so neither a page's memory nor its size grows with the entries'
+    size; the client asks again from where the page ended."""
+    yield b'{"tree_size":%d,"entries":[' % size
+    sent = 0
+    for index in range(start, stop):
+        leaf = first[0] if index == start and first else (
+            await run_in_threadpool(controller.ledger.leaves, cvm_id, index, index + 1))[0]
+        encoded = base64.b64encode(leaf)
+        if sent and sent + len(encoded) > MAX_PAGE_BYTES:
+            break
+        yield b'%s{"index":%d,"leaf":"%s"}' % (b"," if sent else b"", index, encoded)
+        sent += len(encoded)
+    yield b"]}"
+
+
+def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None) -> FastAPI:
+    """`quote_limit` meters `/v1/controller/quote` per client address: under SGX each call
+    is a real quote (enclave I/O, maybe a collateral fetch), which no unauthenticated
+    client may ask for without bound."""
+    quote_limit = quote_limit or RateLimiter(QUOTE_RATE, QUOTE_BURST)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
@@ -154,9 +192,15 @@ def create_app(controller: Controller) -> FastAPI:
         return controller.info()
 
     @app.get("/v1/controller/quote")
-    async def controller_quote(nonce: str = Query(..., description="hex, 1-64 bytes")) -> Any:
+    async def controller_quote(request: Request, nonce: str = Query(..., description="hex, 1-64 bytes")) -> Any:
         if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,64}", nonce):
             return error_response("invalid_request", "nonce must be hex of 1 to 64 bytes")
+        client = request.client.host if request.client else "?"
+        if not quote_limit.allow(client):
+            wait = max(1, math.ceil(quote_limit.retry_after(client)))
+            response = error_response("rate_limited", f"too many quote requests from {client}; retry in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response
         # A real quote is blocking enclave I/O (and maybe a collateral fetch).
         return await run_in_threadpool(controller.quote, bytes.fromhex(nonce))
 
@@ -180,14 +224,14 @@ def create_app(controller: Controller) -> FastAPI:
         if start > size or stop < start:
             return error_response("out_of_range", f"range [{start}, {stop}) is outside the log of size {size}")
         stop = min(stop, size, start + MAX_PAGE)
-        leaves = controller.ledger.leaves(cvm_id, start, stop)
-        return {
-            "tree_size": size,
-            "entries": [
-                {"index": start + i, "leaf": base64.b64encode(leaf).decode()} for i, leaf in enumerate(leaves)
-            ],
-        }
-
+        if start < stop:
+            # Read the first leaf before the response starts, so a corrupt log is still an
+            # error status rather than a cut-off 200.
+            first = await run_in_threadpool(controller.ledger.leaves, cvm_id, start, start + 1)
+        else:
+            first = []
+        return StreamingResponse(_entry_page(controller, cvm_id, size, start, stop, first),
+                                 media_type="application/json")
     @app.get("/v1/cvms/{cvm_id}/proofs/inclusion")
     async def inclusion(cvm_id: str, index: int = Query(..., ge=0), tree_size: int = Query(..., ge=1)) -> Any:
         controller.record(cvm_id)
@@ -215,9 +259,9 @@ def create_app(controller: Controller) -> FastAPI:
         except _TooLarge:
             return error_response("request_too_large", f"request body is larger than {MAX_BODY} bytes")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return error_response("invalid_json", "request body is not JSON")
+            body = strictjson.loads(raw, max_bytes=MAX_BODY, what="request body")
+        except strictjson.JsonInputError as exc:
+            return error_response(exc.code, str(exc))
         if not isinstance(body, dict) or set(body) != {"jws"} or not isinstance(body["jws"], str):
             return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>"}')
         status, result = await controller.submit(body["jws"])

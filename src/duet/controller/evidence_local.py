@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import secrets
 import shlex
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from duet.attestation.binding import cvm_report_data
 from duet.controller.evidence import Collector
 from duet.cvm.local import LocalProvider
 from duet.cvm.lockdown import CheckResult, host_runner, local_commands, run_checks
+from duet.ledger import strictjson
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
@@ -52,7 +52,7 @@ class LocalEvidence(Collector):
             raise self.refuse(ctl, rec, "the guest produced no report"
                                + (f": {r.stderr.decode(errors='replace').strip()}" if r else ""))
         try:
-            out = json.loads(r.stdout)
+            out = strictjson.loads_object(r.stdout, what="the guest's report reply")
             report_raw = base64.b64decode(out["report"], validate=True)
             report = verify_snp_report(
                 report_raw,
@@ -61,7 +61,7 @@ class LocalEvidence(Collector):
                 now=datetime.now(UTC),
                 trusted_arks=[self.snp.ark_pem],
             )
-        except (ValueError, KeyError, TypeError, AttestationError) as exc:
+        except (ValueError, KeyError, TypeError, AttestationError, strictjson.JsonInputError) as exc:
             raise self.refuse(ctl, rec, f"the guest's report does not verify: {exc}") from None
         assert rec.host_key is not None
         expected_rd = cvm_report_data(nonce, rec.host_key)

@@ -170,6 +170,7 @@ def serve(
     import uvicorn
 
     from duet.controller.app import create_app
+    from duet.controller.limits import server_options
 
     tls = tls or tee == "gramine"
     host, port = parse_listen(listen, tls=tls)
@@ -181,9 +182,10 @@ def serve(
 
         certfile, keyfile = ratls.prepare(data_dir / "tls", controller.key, controller.tee)
         config = ratls.uvicorn_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile,
-                                      log_level="warning", access_log=False)
+                                      log_level="warning", access_log=False, **server_options())
         assert config.ssl is not None
         ratls.start_refresher(config.ssl, data_dir / "tls", controller.key, controller.tee)
     else:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                **server_options())
     uvicorn.Server(config).run()

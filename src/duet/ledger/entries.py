@@ -26,16 +26,16 @@ import base64
 import binascii
 import codecs
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, cast
+from typing import ClassVar, Literal, TypeGuard, TypeVar, cast
 
 import rfc8785
 
+from duet.ledger import strictjson
 from duet.ledger.errors import EntryError
 
 VERSION = 1
@@ -336,29 +336,10 @@ def _check_exact_ints(value: object) -> None:
             _check_exact_ints(v)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise EntryError(f"duplicate key {key!r} in entry JSON")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> object:
-    raise EntryError(f"{name} is not valid JSON")
-
-
-_MAX_SAFE_INT = 2**53 - 1
-
-
-def _parse_int(text: str) -> int | float:
-    """JSON numbers are IEEE doubles (RFC 8785 §3.2.2.3): an integer literal beyond 2**53
-    is a double that happens to print without a fraction (JCS writes 2.0**53 as
-    ``9007199254740992``), so it is read as one; the canonical check then rejects
-    literals that are not exactly representable."""
-    value = int(text)
-    return value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else float(text)
+_MAX_SAFE_INT = strictjson.MAX_SAFE_INT
+#: Leaves carry command output (capped by the controller well below this) and evidence.
+MAX_LEAF_BYTES = 64 << 20
+MAX_LEAF_DEPTH = 128
 
 
 def decode(leaf: bytes) -> dict[str, object]:
@@ -367,17 +348,10 @@ def decode(leaf: bytes) -> dict[str, object]:
         raise EntryError("a leaf must be bytes")
     raw = bytes(leaf)
     try:
-        text = raw.decode("utf-8")
-        obj = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_int=_parse_int,
-        )
-    except EntryError:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise EntryError(f"leaf is not valid UTF-8 JSON: {exc}") from exc
+        obj = strictjson.loads(raw, max_bytes=MAX_LEAF_BYTES, max_depth=MAX_LEAF_DEPTH,
+                                big_ints_as_doubles=True, what="leaf")
+    except strictjson.JsonInputError as exc:
+        raise EntryError(f"leaf is not strict UTF-8 JSON ({exc.code}): {exc}") from exc
     if not isinstance(obj, dict):
         raise EntryError("a leaf must be a JSON object")
     if _canonical(obj) != raw:

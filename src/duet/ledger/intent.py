@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from duet.ledger import strictjson
 from duet.ledger.errors import LedgerError
 from duet.ledger.keys import key_id
 
@@ -201,10 +201,9 @@ def check_claims(intent: Intent, *, aud: str, now: int, window_s: int = IAT_WIND
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise IntentError(f"JWS {what} is not UTF-8 JSON") from None
+    """Strict JSON (strictjson): a payload the canonical encoder cannot re-encode (NaN, a
+    big integer, a lone surrogate, deep nesting) is refused here with its own code."""
+    value = strictjson.loads(raw, max_bytes=MAX_JWS_LEN, what=f"JWS {what}")
     if not isinstance(value, dict):
         raise IntentError(f"JWS {what} must be a JSON object")
     return value
