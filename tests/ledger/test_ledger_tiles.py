@@ -70,3 +70,14 @@ def test_bundle_bounds() -> None:
         decode_bundle(b"\0\0\0\x01a\0\0\0\x01b", 1)  # one entry too many
     with pytest.raises(TileError):
         decode_tile(b"\0" * 31, 1)
+
+
+def test_tile_paths_parse_back_strictly() -> None:
+    from duet.ledger.tiles import parse_tile_path
+
+    for level, index, width in [(0, 0, 256), (0, 1234067, 7), (3, 999, 255), (-1, 1000, 1), (63, 5, 256)]:
+        assert parse_tile_path(tile_path(level, index, width)[len("tile/"):]) == (level, index, width)
+    for bad in ["00/000", "64/000", "0/0", "0/x001", "0/x000/001", "0/000.p/256", "0/000.p/0", "0/000.p/07",
+                "entries/000", "0/../000", "0/000/", "0/x1/000", ""]:
+        with pytest.raises(TileError):
+            parse_tile_path(bad)

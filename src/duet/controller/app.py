@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,8 +25,8 @@ from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.limits import RateLimiter
 from duet.controller.service import Controller
 from duet.cvm.errors import CvmError
-from duet.ledger import strictjson
-from duet.ledger.errors import LedgerError
+from duet.ledger import strictjson, tiles
+from duet.ledger.errors import LedgerError, OutOfRange
 
 log = logging.getLogger("duet.controller.http")
 
@@ -129,6 +129,17 @@ async def _entry_page(
     yield b"]}"
 
 
+IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+async def _bundle(controller: Controller, cvm_id: str, first: int, width: int, leaf0: bytes) -> AsyncIterator[bytes]:
+    """A duet entry bundle (`ledger/tiles.py`), one leaf at a time: a bundle of large
+    outputs can reach hundreds of MiB, and it is never held in memory whole."""
+    yield tiles.encode_bundle([leaf0])
+    for index in range(first + 1, first + width):
+        yield tiles.encode_bundle(await run_in_threadpool(controller.ledger.leaves, cvm_id, index, index + 1))
+
+
 def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None) -> FastAPI:
     """`quote_limit` meters `/v1/controller/quote` per client address: under SGX each call
     is a real quote (enclave I/O, maybe a collateral fetch), which no unauthenticated
@@ -210,7 +221,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
 
     @app.get("/v1/cvms/{cvm_id}")
     async def get_cvm(cvm_id: str) -> dict[str, Any]:
-        return controller.view(controller.record(cvm_id))
+        return {**controller.view(controller.record(cvm_id)), "tlog_prefix": f"/v1/cvms/{cvm_id}/tlog/"}
 
     @app.get("/v1/cvms/{cvm_id}/checkpoint", response_class=PlainTextResponse)
     async def checkpoint(cvm_id: str) -> PlainTextResponse:
@@ -251,6 +262,29 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             return error_response("out_of_range", f"need old <= new <= {size}; got old {old}, new {new}")
         hashes = controller.ledger.consistency_proof(cvm_id, old, new)
         return {"old": old, "new": new, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+
+    @app.get("/v1/cvms/{cvm_id}/tlog/checkpoint", response_class=PlainTextResponse)
+    async def tlog_checkpoint(cvm_id: str) -> PlainTextResponse:
+        """The C2SP tlog-tiles view of a CVM log: this checkpoint, then `tile/...` below."""
+        return PlainTextResponse(controller.checkpoint(cvm_id), media_type="text/plain; charset=utf-8",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/cvms/{cvm_id}/tlog/tile/{path:path}")
+    async def tlog_tile(cvm_id: str, path: str) -> Response:
+        controller.record(cvm_id)
+        try:
+            level, index, width = tiles.parse_tile_path(path)
+            if level >= 0:
+                data = await run_in_threadpool(controller.ledger.tile, cvm_id, level, index, width)
+                return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
+            first = index * tiles.TILE_WIDTH
+            if first + width > controller.ledger.tree_head(cvm_id).size:
+                raise OutOfRange(f"no entry bundle {index} of width {width} in this log")
+            leaves = await run_in_threadpool(controller.ledger.leaves, cvm_id, first, first + 1)
+        except (tiles.TileError, OutOfRange) as exc:
+            return error_response("not_found", str(exc), 404)
+        return StreamingResponse(_bundle(controller, cvm_id, first, width, leaves[0]),
+                                 media_type="application/octet-stream", headers=IMMUTABLE)
 
     @app.post("/v1/intents")
     async def post_intent(request: Request) -> Any:

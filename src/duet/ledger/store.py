@@ -596,6 +596,31 @@ class LedgerStore:
                     raise self._mark_corrupt(entry, f"leaf {missing} is missing", index=missing)
                 return out
 
+    def tile(self, log_id: str, level: int, index: int, width: int) -> bytes:
+        """The C2SP hash tile (`ledger/tiles.py`): the stored hashes of the complete
+        subtrees of 2**(8*level) leaves at positions index*256 .. index*256+width-1. One
+        range read: tile levels are multiples of 8, hence of NODE_STRIDE, so they are
+        stored as they are served. Readers check tiles against a signed checkpoint."""
+        with self._lock:
+            entry = self._get(log_id)
+            first, height = index * 256, 8 * level
+            if level < 0 or not 1 <= width <= 256 or first < 0 or (first + width) << height > entry.size:
+                raise OutOfRange(f"no tile {level}/{index} of width {width} in a log of {entry.size} leaves")
+            with self._db_errors(entry):
+                if level == 0:
+                    rows = self._conn.execute(
+                        "SELECT hash FROM leaves WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                        (entry.key, first, first + width)).fetchall()
+                else:
+                    rows = self._conn.execute(
+                        "SELECT hash FROM nodes WHERE log = ? AND level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                        (entry.key, height, first, first + width)).fetchall()
+                hashes = [row[0] for row in rows]
+                if len(hashes) != width or any(not isinstance(h, bytes) or len(h) != HASH_SIZE for h in hashes):
+                    raise self._mark_corrupt(entry, f"stored hashes of tile {level}/{index} are missing or malformed",
+                                             index=first << height)
+                return b"".join(hashes)
+
     def inclusion_proof(self, log_id: str, index: int, size: int) -> list[bytes]:
         """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves, verified
         against the stored head before it is returned."""

@@ -18,6 +18,7 @@ against a signed checkpoint.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
 
@@ -56,6 +57,31 @@ def tile_path(level: int, index: int, width: int = TILE_WIDTH) -> str:
     head = ENTRIES_DIR if level == -1 else str(level)
     suffix = "" if width == TILE_WIDTH else f".p/{width}"
     return f"tile/{head}/{encode_index(index)}{suffix}"
+
+
+_INDEX_PART = re.compile(r"x[0-9]{3}")
+_LAST_PART = re.compile(r"([0-9]{3})(?:\.p/([1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5]))?")
+_LEVEL = re.compile(r"0|[1-9][0-9]?")
+
+
+def parse_tile_path(path: str) -> tuple[int, int, int]:
+    """(level, index, width) of `<L>/<N>[.p/<W>]` or `duet-entries/<N>[.p/<W>]` (level -1),
+    the part after `tile/`. Strict: one spelling per tile, as the spec defines it."""
+    head, _, rest = path.partition("/")
+    if head == ENTRIES_DIR:
+        level = -1
+    elif _LEVEL.fullmatch(head) and int(head) <= 63:
+        level = int(head)
+    else:
+        raise TileError(f"no tile level {head[:20]!r}")
+    parts = rest.replace(".p/", ".p|").split("/")
+    last = _LAST_PART.fullmatch(parts[-1].replace(".p|", ".p/")) if parts else None
+    if last is None or not all(_INDEX_PART.fullmatch(p) for p in parts[:-1]) or len(parts) > 7:
+        raise TileError(f"malformed tile index {rest[:60]!r}")
+    index = int("".join(p[1:] for p in parts[:-1]) + last.group(1))
+    if parts[:-1] and parts[0] == "x000":
+        raise TileError("tile index has a leading zero group")
+    return level, index, int(last.group(2) or TILE_WIDTH)
 
 
 def tiles_for_size(size: int) -> Iterator[tuple[int, int, int]]:
