@@ -83,6 +83,22 @@ def _guard(fn: Any) -> Any:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from duet import __version__
+
+        typer.echo(f"duet {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print duet's version and exit."),
+) -> None:
+    """duet: own confidential VMs, verifiably."""
+
+
 # ------------------------------------------------------------------------------------ keys
 
 
@@ -117,14 +133,18 @@ def controller_serve(
     tls: bool = typer.Option(False, "--tls", help="Serve HTTPS with an RA-TLS certificate (always under SGX)."),
     pccs_url: str | None = typer.Option(None, "--pccs-url", help="PCCS for quote collateral (SGX)."),
     providers: Path | None = typer.Option(None, "--providers", help="YAML: settings of azure/gcp/qemu."),
+    log_format: str = typer.Option("text", "--log-format", help="Access/server log lines: text | json."),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
 
-    if tee == "simulated":
-        err.print("duet controller: TEE is SIMULATED (no SGX): quotes chain to a development root")
+    if log_format not in ("text", "json"):
+        fail("invalid_request", f"--log-format must be text or json, not {log_format!r}", 2)
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
-          providers_file=providers)
+          providers_file=providers, log_format=log_format, log_level=log_level.lower())
 
 
 @controller_app.command("claim")

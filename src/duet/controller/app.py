@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.limits import RateLimiter
+from duet.controller.observe import Metrics, ObserveMiddleware
 from duet.controller.service import Controller
 from duet.cvm.errors import CvmError
 from duet.ledger import strictjson, tiles
@@ -81,6 +82,7 @@ STATUS: dict[str, int] = {
     "quote_mismatch": 503,
     "tee_error": 503,
     "not_in_enclave": 503,
+    "not_ready": 503,
     "unsealed_data_dir": 503,
 }
 
@@ -145,10 +147,16 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     is a real quote (enclave I/O, maybe a collateral fetch), which no unauthenticated
     client may ask for without bound."""
     quote_limit = quote_limit or RateLimiter(QUOTE_RATE, QUOTE_BURST)
+    metrics = Metrics()
+    controller.ledger.on_commit = metrics.append_seconds.observe
+    controller.on_command = metrics.command_seconds.observe
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
+        controller.ready = True
         yield
+        controller.ready = False
         await controller.shutdown()
 
     async def observe(request: Request) -> None:
@@ -197,6 +205,25 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         return error_response(code, str(exc.detail), exc.status_code)
+
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """Liveness: the event loop answers (it does while commands run)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Any:
+        """Readiness: start-up recovery is done and the stores are open."""
+        if not controller.ready:
+            return error_response("not_ready", "the controller is starting or stopping", 503)
+        return {"status": "ready"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition([(v["status"], v["mode"]) for v in controller.list_views()])
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/controller")
     async def controller_info() -> dict[str, Any]:

@@ -23,6 +23,18 @@ class ConfigError(DuetError):
     code = "config_error"
 
 
+class DataDirInUse(ConfigError):
+    """Another controller process holds this data dir."""
+
+    code = "data_dir_in_use"
+
+
+class AddressInUse(ConfigError):
+    """The listening address cannot be bound (in use, or not ours)."""
+
+    code = "address_in_use"
+
+
 class InvalidRequest(DuetError):
     code = "invalid_request"
 

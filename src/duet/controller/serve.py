@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
 
-from duet.controller.errors import ConfigError
+from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
+from duet.controller.observe import configure_logging
 from duet.controller.service import Controller
 from duet.controller.state import StateStore
 from duet.cvm.provider import Provider
@@ -153,6 +157,35 @@ def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:
     return host, int(port)
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the life of the process: two controllers
+    on one data dir would each believe they own its logs. (Under SGX the host could still
+    start two enclaves on copies of the dir; that case is the rollback defence's job.)"""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(f"data dir {data_dir} is in use by another controller process") from None
+    return fd
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before anything else starts, so a busy port is one clear error, not a log line
+    from deep inside the server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
 def serve(
     data_dir: Path,
     *,
@@ -163,6 +196,8 @@ def serve(
     tls: bool = False,
     pccs_url: str | None = None,
     providers_file: Path | None = None,
+    log_format: str = "text",
+    log_level: str = "info",
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -174,6 +209,12 @@ def serve(
 
     tls = tls or tee == "gramine"
     host, port = parse_listen(listen, tls=tls)
+    if tee == "gramine" and (log_format, log_level) != ("text", "info"):
+        raise ConfigError("under --tee gramine the manifest fixes the log format and level")
+    configure_logging(log_format, log_level)
+    if tee != "gramine":  # Gramine's encrypted mount has no cross-process locks
+        lock_data_dir(data_dir)
+    sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
                                   providers_file=providers_file)
     app = create_app(controller)
@@ -188,4 +229,10 @@ def serve(
     else:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 **server_options())
-    uvicorn.Server(config).run()
+    info = controller.info()
+    sim = " (SIMULATED)" if info.get("simulated") else ""
+    url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
+    # One line an operator can act on; a SIMULATED TEE says so here, before anything else.
+    print(f"duet controller: listening on {url}, TEE {info['tee']}{sim}, controller id {info['controller_id']}, "
+          f"data dir {data_dir}", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run(sockets=[sock])

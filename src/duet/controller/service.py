@@ -18,13 +18,14 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from duet import __version__
 from duet.controller import errors
 from duet.controller.evidence import EvidenceCollector
 from duet.controller.replay import ReplayGuard
@@ -43,7 +44,7 @@ from duet.tee.base import TeeBackend, controller_report_data
 
 log = logging.getLogger("duet.controller")
 
-VERSION = "0.1.0"
+VERSION = __version__
 DEFAULT_OUTPUT_CAP = 1 << 20
 
 
@@ -149,6 +150,10 @@ class Controller:
         self._closing: set[asyncio.Future[None]] = set()
         self.replay = ReplayGuard()
         self._owner_key_cache: dict[str, Ed25519PublicKey] | None = None
+        #: Called with the seconds from a command's durable entry to its logged result.
+        self.on_command: Callable[[float], None] | None = None
+        #: Set once start-up recovery has finished (`/readyz`).
+        self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
 
@@ -641,6 +646,7 @@ class Controller:
             cmd_entry["builtin"] = True
         items.append(cmd_entry)
         command_index = self.append(rec, items) + len(items) - 1
+        started = time.perf_counter()
         try:
             result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
         except CvmError as exc:
@@ -652,6 +658,8 @@ class Controller:
                 await self._check_lost(rec)
             raise
         index = self.append(rec, [result_entry(command_index, result)])
+        if self.on_command is not None:
+            self.on_command(time.perf_counter() - started)
         return CommandOutcome(
             cvm=rec.id,
             command_index=command_index,

@@ -50,7 +50,8 @@ import hashlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +274,8 @@ class LedgerStore:
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open ledger database {self._path}: {exc}") from exc
+        #: Called with the seconds each durable commit took (the controller's metrics).
+        self.on_commit: Callable[[float], None] | None = None
         try:
             # Appends reuse one cursor (and SQLite's prepared statements) under the lock.
             self._cursor = self._conn.cursor()
@@ -514,6 +517,7 @@ class LedgerStore:
 
     def _commit(self, plans: Sequence[_Plan]) -> None:
         """Write the plans in one transaction, then (only then) update the in-memory heads."""
+        started = time.perf_counter()
         cur = self._cursor
         try:
             cur.execute("BEGIN IMMEDIATE")
@@ -540,6 +544,8 @@ class LedgerStore:
             raise
         for p in plans:
             p.entry.size, p.entry.root, p.entry.edge = p.size, p.root, p.edge
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
