@@ -145,6 +145,9 @@ class Expectations(BaseModel):
 
     # MAA tokens: the enclave behind MAA's signing key (needs --collateral)
     maa_enclave: MaaEnclave | None = None
+    maa_signing_keys: list[str] | None = Field(
+        None, description="SHA-256 (hex) of MAA signing keys' SubjectPublicKeyInfo to accept"
+    )
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -380,6 +383,13 @@ def validate(
 
     if expected.maa_enclave is not None:
         _check_maa_enclave(report, expected.maa_enclave, fail, kind)
+    if expected.maa_signing_keys is not None:
+        fp = getattr(report, "signing_key_sha256", None)
+        pinned = [k.strip().lower().removeprefix("0x") for k in expected.maa_signing_keys]
+        if not fp:
+            fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
+        elif fp not in pinned:
+            fail("maa_signing_key", fp, "one of " + ", ".join(pinned))
 
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:

@@ -261,7 +261,8 @@ def _caveats(report: Any) -> list[str]:
     if isinstance(report, MaaReport):
         out.append(
             f"trusted party: Microsoft Azure Attestation ({report.issuer}) verified the "
-            "hardware evidence; only its token signature was checked here"
+            "hardware evidence; only its token signature was checked here, with the key "
+            f"{report.kid!r} (SPKI SHA-256 {report.signing_key_sha256}) from the JWKS given"
         )
         for q in report.signer_quotes:
             if not q.get("verified"):
