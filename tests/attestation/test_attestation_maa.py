@@ -373,3 +373,18 @@ def test_jwks_beside_the_token_must_be_pinned(maa: FakeMaa) -> None:
     assert [f.field for f in validate(r, pin)] == ["maa_signing_key"]
     genuine = AZURE_SNP_MAA.verify(encode_maa_evidence(maa.token(snp_claims()), maa.jwks), now=SIM_NOW)
     assert validate(genuine, pin) == []
+
+
+def test_cli_logged_evidence_uses_its_jwks_and_says_so(maa: FakeMaa, tmp_path: Path) -> None:
+    from duet.attestation.azure.maa import encode_maa_evidence, key_fingerprint
+
+    f = tmp_path / "evidence.json"
+    f.write_bytes(encode_maa_evidence(maa.token(snp_claims()), maa.jwks))
+    exp = tmp_path / "e.yaml"
+    exp.write_text(f"cvm:\n  maa_signing_keys: ['{key_fingerprint(maa.key.public_key())}']\n")
+    code, out = run(str(f), "--now", "2026-06-01", "--expect", str(exp))  # kind detected
+    assert code == 0, out
+    assert "CAVEAT the JWKS came with the evidence" in out
+    exp.write_text(f"cvm:\n  maa_signing_keys: ['{'00' * 32}']\n")
+    code, out = run(str(f), "--now", "2026-06-01", "--expect", str(exp))
+    assert code == 3 and "FAILED maa_signing_key" in out

@@ -88,6 +88,14 @@ class MaaEnclave(BaseModel):
 
     _v_32 = field_validator("mrenclave", "mrsigner")(_hex(32))
 
+    @field_validator("accepted_tcb_statuses")
+    @classmethod
+    def _statuses(cls, v: list[str] | None) -> list[str] | None:
+        for s in v or []:
+            if s not in TCB_STATUSES:
+                raise ValueError(f"unknown TCB status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        return v
+
 
 class Expectations(BaseModel):
     """What a service user expects of verified evidence. Every field is optional."""
@@ -178,6 +186,15 @@ class Expectations(BaseModel):
         for s in v or []:
             if s not in TCB_STATUSES:
                 raise ValueError(f"unknown TCB status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        return v
+
+    @field_validator("maa_signing_keys")
+    @classmethod
+    def _fingerprints(cls, v: list[str] | None) -> list[str] | None:
+        for k in v or []:
+            _hex(32)(k)
+            if len(k.strip().lower().removeprefix("0x")) != 64:
+                raise ValueError("each MAA signing key is a SHA-256 (64 hex digits)")
         return v
 
     @field_validator("max_collateral_age")

@@ -114,7 +114,14 @@ def parse_jwt(token: bytes | str) -> Jwt:
 
 
 def looks_like_jwt(data: bytes) -> bool:
+    """A compact JWS, or MAA CVM evidence (the token with its JWKS, JSON)."""
     s = data.strip()
+    if s[:1] == b"{" and b'"maa_token"' in s[:MAX_TOKEN_BYTES * 2]:
+        try:
+            parse_maa_evidence(s)
+        except ParseError:
+            return False
+        return True
     return s.count(b".") == 2 and s[:3] == b"eyJ" and len(s) <= MAX_TOKEN_BYTES
 
 
