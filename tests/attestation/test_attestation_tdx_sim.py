@@ -160,3 +160,23 @@ def test_ccel_that_is_not_the_measured_one_fails() -> None:
     for cut in (10, 40, len(log) - 3):
         with pytest.raises(ParseError):
             check_rtmrs(log[:cut] + b"\x01", reported)
+
+
+def test_guest_bundle_makes_quotes_without_ca_keys(sim: SimulatedTdx, tmp_path: Path) -> None:
+    """What the integrator wires into a local TD: the guest signs its own quotes, binding
+    the host key through REPORTDATA and the instance through MRCONFIGID."""
+    from duet.attestation.binding import cvm_report_data, tdx_mrconfigid
+    from duet.attestation.simulated import simulated_tdx_quote_from_dir
+
+    path = sim.write_guest_bundle(tmp_path)
+    held = json.loads(path.read_text())
+    assert "pck_ca_key" not in held and "root_key" not in held
+    host_data = hashlib.sha256(b"per-CVM value").digest()
+    host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    rd = cvm_report_data(b"nonce", host_key)
+    q = simulated_tdx_quote_from_dir(tmp_path, rd, mrtd=MRTD, mrconfigid=tdx_mrconfigid(host_data),
+                                     version=5)
+    r = verify_tdx_quote(q, sim.collateral(), now=SIM_NOW, root_ca_der=sim.root_ca_der)
+    assert r.report_data == rd and r.mrconfigid == (host_data + bytes(16)).hex() and r.simulated
+    with pytest.raises(FileNotFoundError):
+        simulated_tdx_quote_from_dir(tmp_path / "nothing", rd)

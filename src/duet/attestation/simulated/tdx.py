@@ -55,6 +55,7 @@ from .sgx import (
 )
 
 STATE_FILE = "simulated-tdx.json"
+GUEST_FILE = "simulated-tdx-guest.json"
 ROOT_FILE = "tdx_root_ca.der"
 
 FMSPC = bytes.fromhex("90c06f000000")
@@ -264,6 +265,14 @@ class SimulatedTdx:
         """The dev root as a DER file, for ``duet attestation verify --certs``."""
         return self.directory / ROOT_FILE
 
+    def write_guest_bundle(self, directory: Path) -> Path:
+        """What a (local, simulated) TD needs to make its own quotes: the attestation key
+        and the QE / PCK tail, no CA keys. See :func:`simulated_tdx_quote_from_dir`."""
+        keep = ("kind", "version", "root_ca_der", "attestation_key", "signature_tail")
+        path = Path(directory) / GUEST_FILE
+        write_state_once(path, {k: self._state[k] for k in keep} | {"collateral": {}})
+        return path
+
     def quote(
         self,
         report_data: bytes,
@@ -341,3 +350,15 @@ class SimulatedTdx:
     @staticmethod
     def valid_at() -> tuple[datetime, datetime]:
         return DEV_NOT_BEFORE, DEV_NOT_AFTER
+
+
+def simulated_tdx_quote_from_dir(directory: Path, report_data: bytes, **fields: Any) -> bytes:
+    """A simulated TD quote made with the key held in ``directory`` (a guest bundle from
+    :meth:`SimulatedTdx.write_guest_bundle`, or the full platform state); ``fields`` are
+    :meth:`SimulatedTdx.quote`'s keyword arguments (mrtd, rtmrs, mrconfigid, version...)."""
+    directory = Path(directory)
+    for name in (GUEST_FILE, STATE_FILE):
+        state = read_state(directory / name)
+        if state is not None:
+            return SimulatedTdx(state, directory).quote(report_data, **fields)
+    raise FileNotFoundError(f"no simulated TDX attestation key in {directory}")
