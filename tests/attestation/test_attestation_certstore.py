@@ -208,17 +208,34 @@ def test_vlek_report_is_not_verified_by_the_vcek(
     assert "signed by a VLEK" in str(ei.value) and "v: VCEK" in str(ei.value)
 
 
-def test_vlek_with_vcek_chain_is_a_mismatch(
+def test_vlek_with_the_vcek_chain_names_the_missing_asvk(
     sim_snp: SimulatedSnp, vlek_dir: tuple[Path, Path], tmp_path: Path
 ) -> None:
     report, _ = vlek_dir
     assert sim_snp.vlek_der is not None
     d = _write(tmp_path / "mixed", {"vlek": sim_snp.vlek_der, "chain": sim_snp.cert_chain_pem})
-    with pytest.raises(ProductMismatch) as ei:
+    with pytest.raises(MissingCertificate) as ei:
         verify_snp_report_with_certs(
             report.read_bytes(), CertStore.from_dir(d), now=SIM_NOW, trusted_arks=[sim_snp.ark_pem]
         )
-    assert "no ASVK" in str(ei.value) and "chain#1: ASK" in str(ei.value)
+    msg = str(ei.value)
+    assert "needs its Milan ASVK (CN=SEV-VLEK-Milan)" in msg and "chain#1: ASK Milan" in msg
+
+
+def test_an_ask_that_did_not_issue_the_vcek_is_named(sim_snp: SimulatedSnp, tmp_path: Path) -> None:
+    """AMD's Milan VCEK beside the *development* Milan chain: same product, wrong issuer.
+    Never silently replaced by the embedded ASK."""
+    d = _write(tmp_path / "c", {"v": vec(GSG + "vcek.testcer"), "dev": sim_snp.cert_chain_pem})
+    with pytest.raises(ChainInvalid) as ei:
+        verify_snp_report_with_certs(vec(GSG + "attestation.bin"), CertStore.from_dir(d), now=NOW)
+    assert not isinstance(ei.value, ProductMismatch)
+    assert "no ASK found issued it: dev#1: ASK Milan (CN=SEV-Milan)" in str(ei.value)
+
+
+def test_a_vcek_beside_only_its_ark_uses_the_embedded_ask(tmp_path: Path) -> None:
+    d = _write(tmp_path / "c", {"v": vec(GSG + "vcek.testcer"), "root": vec(ROOTS + "milan_ark.pem")})
+    r = verify_snp_report_with_certs(vec(GSG + "attestation.bin"), CertStore.from_dir(d), now=NOW)
+    assert r.product == "Milan" and not r.simulated
 
 
 # -- KDS cert_chain bundle under another name; Azure evidence ------------------------------
