@@ -266,3 +266,23 @@ def test_azure_evidence_with_certs_dir_by_content(tmp_path: Path) -> None:
     d2 = _write(tmp_path / "m", {"whatever": vec(ROOTS + "ask_ark_milan.pem")})
     code, out = run(str(ev), "--certs", str(d2), "--now", "2025-06-01")
     assert code == 3 and "product_mismatch" in out and "Milan" in out
+
+
+def test_crl_found_by_content_is_checked(sim_snp: SimulatedSnp, tmp_path: Path) -> None:
+    """A CRL under any name, issued by the product's ARK, is checked: revoking the ASK
+    fails the report; a clean one sets collateral_issued (for max_collateral_age)."""
+    from cryptography import x509 as cx509
+    from test_attestation_snp import _crl
+
+    ask = cx509.load_pem_x509_certificate(sim_snp.ask_pem)
+    rep = tmp_path / "r.bin"
+    rep.write_bytes(sim_snp.report(b"x", measurement=bytes(48)))
+    d = _write(tmp_path / "c", {"v": sim_snp.vcek_der, "chain": sim_snp.cert_chain_pem,
+                                "kds.bin": _crl(sim_snp, [12345])})
+    base = [str(rep), "--kind", "simulated-snp", "--certs", str(d), "--now", "2026-06-01", "--json"]
+    code, out = run(*base)
+    assert code == 0, out
+    assert '"collateral_issued": "2026-05-31T00:00:00Z"' in out
+    (d / "kds.bin").write_bytes(_crl(sim_snp, [ask.serial_number]))
+    code, out = run(*base)
+    assert code == 3 and "certificate_revoked" in out
