@@ -208,17 +208,34 @@ def test_vlek_report_is_not_verified_by_the_vcek(
     assert "signed by a VLEK" in str(ei.value) and "v: VCEK" in str(ei.value)
 
 
-def test_vlek_with_vcek_chain_is_a_mismatch(
+def test_vlek_with_the_vcek_chain_names_the_missing_asvk(
     sim_snp: SimulatedSnp, vlek_dir: tuple[Path, Path], tmp_path: Path
 ) -> None:
     report, _ = vlek_dir
     assert sim_snp.vlek_der is not None
     d = _write(tmp_path / "mixed", {"vlek": sim_snp.vlek_der, "chain": sim_snp.cert_chain_pem})
-    with pytest.raises(ProductMismatch) as ei:
+    with pytest.raises(MissingCertificate) as ei:
         verify_snp_report_with_certs(
             report.read_bytes(), CertStore.from_dir(d), now=SIM_NOW, trusted_arks=[sim_snp.ark_pem]
         )
-    assert "no ASVK" in str(ei.value) and "chain#1: ASK" in str(ei.value)
+    msg = str(ei.value)
+    assert "needs its Milan ASVK (CN=SEV-VLEK-Milan)" in msg and "chain#1: ASK Milan" in msg
+
+
+def test_an_ask_that_did_not_issue_the_vcek_is_named(sim_snp: SimulatedSnp, tmp_path: Path) -> None:
+    """AMD's Milan VCEK beside the *development* Milan chain: same product, wrong issuer.
+    Never silently replaced by the embedded ASK."""
+    d = _write(tmp_path / "c", {"v": vec(GSG + "vcek.testcer"), "dev": sim_snp.cert_chain_pem})
+    with pytest.raises(ChainInvalid) as ei:
+        verify_snp_report_with_certs(vec(GSG + "attestation.bin"), CertStore.from_dir(d), now=NOW)
+    assert not isinstance(ei.value, ProductMismatch)
+    assert "no ASK found issued it: dev#1: ASK Milan (CN=SEV-Milan)" in str(ei.value)
+
+
+def test_a_vcek_beside_only_its_ark_uses_the_embedded_ask(tmp_path: Path) -> None:
+    d = _write(tmp_path / "c", {"v": vec(GSG + "vcek.testcer"), "root": vec(ROOTS + "milan_ark.pem")})
+    r = verify_snp_report_with_certs(vec(GSG + "attestation.bin"), CertStore.from_dir(d), now=NOW)
+    assert r.product == "Milan" and not r.simulated
 
 
 # -- KDS cert_chain bundle under another name; Azure evidence ------------------------------
@@ -249,3 +266,23 @@ def test_azure_evidence_with_certs_dir_by_content(tmp_path: Path) -> None:
     d2 = _write(tmp_path / "m", {"whatever": vec(ROOTS + "ask_ark_milan.pem")})
     code, out = run(str(ev), "--certs", str(d2), "--now", "2025-06-01")
     assert code == 3 and "product_mismatch" in out and "Milan" in out
+
+
+def test_crl_found_by_content_is_checked(sim_snp: SimulatedSnp, tmp_path: Path) -> None:
+    """A CRL under any name, issued by the product's ARK, is checked: revoking the ASK
+    fails the report; a clean one sets collateral_issued (for max_collateral_age)."""
+    from cryptography import x509 as cx509
+    from test_attestation_snp import _crl
+
+    ask = cx509.load_pem_x509_certificate(sim_snp.ask_pem)
+    rep = tmp_path / "r.bin"
+    rep.write_bytes(sim_snp.report(b"x", measurement=bytes(48)))
+    d = _write(tmp_path / "c", {"v": sim_snp.vcek_der, "chain": sim_snp.cert_chain_pem,
+                                "kds.bin": _crl(sim_snp, [12345])})
+    base = [str(rep), "--kind", "simulated-snp", "--certs", str(d), "--now", "2026-06-01", "--json"]
+    code, out = run(*base)
+    assert code == 0, out
+    assert '"collateral_issued": "2026-05-31T00:00:00Z"' in out
+    (d / "kds.bin").write_bytes(_crl(sim_snp, [ask.serial_number]))
+    code, out = run(*base)
+    assert code == 3 and "certificate_revoked" in out

@@ -107,3 +107,45 @@ def test_fuzz_azure_envelope(data: bytes) -> None:
 @given(st.binary(max_size=3000))
 def test_fuzz_detect(data: bytes) -> None:
     typed_only(detect_kind, data)
+
+
+# -- MAA tokens, certificate directories, CC event logs ------------------------------------
+
+MAA_TOKEN = vec("azure/maa/maa_sgx_token.jwt")
+MAA_JWKS = vec("azure/maa/maa_sharedeus_certs.jwks.json")
+
+
+@FUZZ
+@given(mutated(MAA_TOKEN))
+def test_maa_token_mutations(data: bytes) -> None:
+    from duet.attestation.azure.maa import verify_maa_token
+
+    typed_only(verify_maa_token, data, MAA_JWKS, now=at("2023-09-26T15:00:00"))
+
+
+@FUZZ
+@given(mutated(MAA_JWKS))
+def test_maa_jwks_mutations(data: bytes) -> None:
+    from duet.attestation.azure.maa import verify_maa_token
+
+    typed_only(verify_maa_token, MAA_TOKEN, data, now=at("2023-09-26T15:00:00"))
+
+
+@FUZZ
+@given(mutated(vec("snp/amd-roots/ask_ark_milan.pem")), mutated(VCEK))
+def test_certstore_mutations(chain: bytes, vcek: bytes) -> None:
+    from duet.attestation.certstore import CertStore
+    from duet.attestation.snp.verify import verify_snp_report_with_certs
+
+    store = CertStore()
+    store.add(chain, "chain")
+    store.add(vcek, "vcek")
+    typed_only(verify_snp_report_with_certs, SNP, store, now=at("2025-01-01T00:00:00"))
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_ccel_garbage(tail: bytes) -> None:
+    from duet.attestation.ccel import build_ccel, parse_ccel
+
+    typed_only(parse_ccel, build_ccel([(1, 13, b"kernel")])[: len(tail)] + tail)

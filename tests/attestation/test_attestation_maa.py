@@ -342,3 +342,49 @@ def test_maa_enclave_quote_must_name_the_kid(sim_sgx: SimulatedSgx, tmp_path: Pa
 
 def test_vector_provenance_kept() -> None:
     assert "maa_sgx_token.jwt" in vec("PROVENANCE.md").decode()
+
+
+# -- CVM evidence kinds for the registry ---------------------------------------------------
+
+
+def test_evidence_kinds_verify_offline_and_never_cross(maa: FakeMaa) -> None:
+    from duet.attestation.azure.maa import AZURE_SNP_MAA, AZURE_TDX_MAA, encode_maa_evidence
+
+    ev = encode_maa_evidence(maa.token(snp_claims()), maa.jwks)
+    assert AZURE_SNP_MAA.parse(ev).claims["x-ms-attestation-type"] == "azurevm"
+    r = AZURE_SNP_MAA.verify(ev, now=SIM_NOW, report_data=cvm_report_data(NONCE, HOST_KEY))
+    assert AZURE_SNP_MAA.claims(r)["measurement"] == MEAS and r.kind == "azure-snp-maa"
+    with pytest.raises(WrongKind):
+        AZURE_TDX_MAA.verify(ev, now=SIM_NOW)
+    # A user asking for the direct vTPM path is never satisfied by an MAA token.
+    assert [f.field for f in validate(r, Expectations(kind="azure-snp"))] == ["kind"]
+    with pytest.raises(ParseError):
+        AZURE_SNP_MAA.verify(b'{"maa_token": 1}', now=SIM_NOW)
+
+
+def test_jwks_beside_the_token_must_be_pinned(maa: FakeMaa) -> None:
+    """Whoever made the evidence chose the JWKS: only a pinned key makes it MAA's."""
+    from duet.attestation.azure.maa import AZURE_SNP_MAA, encode_maa_evidence, key_fingerprint
+
+    mallory = FakeMaa()
+    forged = encode_maa_evidence(mallory.token(snp_claims()), mallory.jwks)
+    r = AZURE_SNP_MAA.verify(forged, now=SIM_NOW)  # signature fine: with mallory's own JWKS
+    pin = Expectations(maa_signing_keys=[key_fingerprint(maa.key.public_key())])
+    assert [f.field for f in validate(r, pin)] == ["maa_signing_key"]
+    genuine = AZURE_SNP_MAA.verify(encode_maa_evidence(maa.token(snp_claims()), maa.jwks), now=SIM_NOW)
+    assert validate(genuine, pin) == []
+
+
+def test_cli_logged_evidence_uses_its_jwks_and_says_so(maa: FakeMaa, tmp_path: Path) -> None:
+    from duet.attestation.azure.maa import encode_maa_evidence, key_fingerprint
+
+    f = tmp_path / "evidence.json"
+    f.write_bytes(encode_maa_evidence(maa.token(snp_claims()), maa.jwks))
+    exp = tmp_path / "e.yaml"
+    exp.write_text(f"cvm:\n  maa_signing_keys: ['{key_fingerprint(maa.key.public_key())}']\n")
+    code, out = run(str(f), "--now", "2026-06-01", "--expect", str(exp))  # kind detected
+    assert code == 0, out
+    assert "CAVEAT the JWKS came with the evidence" in out
+    exp.write_text(f"cvm:\n  maa_signing_keys: ['{'00' * 32}']\n")
+    code, out = run(str(f), "--now", "2026-06-01", "--expect", str(exp))
+    assert code == 3 and "FAILED maa_signing_key" in out

@@ -38,3 +38,11 @@ def cvm_report_data(nonce: bytes, host_key_line: str) -> bytes:
     """A CVM report's data: SHA-512(nonce ‖ the guest's own SSH host key blob), so the
     evidence names the machine the controller's SSH session is connected to."""
     return hashlib.sha512(nonce + ssh_key_blob(host_key_line)).digest()
+
+
+def tdx_mrconfigid(host_data: bytes) -> bytes:
+    """A TD's MRCONFIGID naming its instance: the controller's 32-byte per-CVM value
+    (SNP's HOST_DATA) followed by 16 zero bytes, as the host launches it."""
+    if len(host_data) != 32:
+        raise ParseError("the per-CVM host data is 32 bytes")
+    return host_data + bytes(16)

@@ -293,31 +293,45 @@ class CertStore:
                         vek = cand
                         break
         mid_role = "ask" if want == "vcek" else "asvk"
+        issuer_cn = _cn_of(vek.cert.issuer)
         mids = [c for c in self.of(mid_role) if c.cert.subject == vek.cert.issuer]
-        same_product = [c for c in mids if c.product in (None, vek.product)]
-        ask = same_product[0] if same_product else None
+        ask = mids[0] if mids else None
         if ask is None:
-            cas = self.of("ask", "asvk", "ark")
-            if cas:
+            given = self.of(mid_role)
+            other_product = [c for c in given if c.product and c.product != vek.product]
+            if given and len(other_product) == len(given):
                 raise ProductMismatch(
                     f"the {want.upper()} in {vek.source} is a {vek.product or '?'} key issued "
-                    f"by {_cn_of(vek.cert.issuer)!r}, but no {mid_role.upper()} for it was "
-                    f"found: {'; '.join(c.describe() for c in cas)}"
+                    f"by {issuer_cn!r}, but the {mid_role.upper()} found is for another "
+                    f"product: {'; '.join(c.describe() for c in given)}"
+                )
+            if given:
+                raise ChainInvalid(
+                    f"the {want.upper()} in {vek.source} is issued by {issuer_cn!r}, and no "
+                    f"{mid_role.upper()} found issued it: "
+                    f"{'; '.join(c.describe() for c in given)}"
                 )
             if want == "vlek":
                 raise MissingCertificate(
                     f"the VLEK in {vek.source} needs its {vek.product or ''} ASVK "
-                    f"(CN={_cn_of(vek.cert.issuer)}) and ARK; found: {amd_found}"
+                    f"(CN={issuer_cn}) and ARK; found: {amd_found}"
                 )
+            # A VCEK alone: the verifier uses AMD's embedded ASK for its product.
         ark = None
         if ask is not None:
-            arks = [c for c in self.of("ark") if c.cert.subject == ask.cert.issuer]
-            if arks:
-                ark = arks[0]
-            elif self.of("ark"):
-                raise ProductMismatch(
+            arks = self.of("ark")
+            issuers = [c for c in arks if c.cert.subject == ask.cert.issuer]
+            if issuers:
+                ark = issuers[0]
+            elif arks:
+                error = (
+                    ProductMismatch
+                    if all(c.product and c.product != ask.product for c in arks)
+                    else ChainInvalid
+                )
+                raise error(
                     f"{ask.describe()} is issued by {_cn_of(ask.cert.issuer)!r}, but the ARK "
-                    f"found is another: {'; '.join(c.describe() for c in self.of('ark'))}"
+                    f"found is another: {'; '.join(c.describe() for c in arks)}"
                 )
         return SnpChain(vek=vek, ask=ask, ark=ark)
 

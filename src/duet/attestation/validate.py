@@ -88,6 +88,14 @@ class MaaEnclave(BaseModel):
 
     _v_32 = field_validator("mrenclave", "mrsigner")(_hex(32))
 
+    @field_validator("accepted_tcb_statuses")
+    @classmethod
+    def _statuses(cls, v: list[str] | None) -> list[str] | None:
+        for s in v or []:
+            if s not in TCB_STATUSES:
+                raise ValueError(f"unknown TCB status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        return v
+
 
 class Expectations(BaseModel):
     """What a service user expects of verified evidence. Every field is optional."""
@@ -145,6 +153,9 @@ class Expectations(BaseModel):
 
     # MAA tokens: the enclave behind MAA's signing key (needs --collateral)
     maa_enclave: MaaEnclave | None = None
+    maa_signing_keys: list[str] | None = Field(
+        None, description="SHA-256 (hex) of MAA signing keys' SubjectPublicKeyInfo to accept"
+    )
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -175,6 +186,15 @@ class Expectations(BaseModel):
         for s in v or []:
             if s not in TCB_STATUSES:
                 raise ValueError(f"unknown TCB status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        return v
+
+    @field_validator("maa_signing_keys")
+    @classmethod
+    def _fingerprints(cls, v: list[str] | None) -> list[str] | None:
+        for k in v or []:
+            _hex(32)(k)
+            if len(k.strip().lower().removeprefix("0x")) != 64:
+                raise ValueError("each MAA signing key is a SHA-256 (64 hex digits)")
         return v
 
     @field_validator("max_collateral_age")
@@ -380,6 +400,13 @@ def validate(
 
     if expected.maa_enclave is not None:
         _check_maa_enclave(report, expected.maa_enclave, fail, kind)
+    if expected.maa_signing_keys is not None:
+        fp = getattr(report, "signing_key_sha256", None)
+        pinned = [k.strip().lower().removeprefix("0x") for k in expected.maa_signing_keys]
+        if not fp:
+            fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
+        elif fp not in pinned:
+            fail("maa_signing_key", fp, "one of " + ", ".join(pinned))
 
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:

@@ -27,7 +27,12 @@ import typer
 
 from duet.attestation import errors as E
 from duet.attestation.azure.evidence import parse_azure_evidence, verify_azure_evidence
-from duet.attestation.azure.maa import MaaReport, verify_maa_signer_quote, verify_maa_token
+from duet.attestation.azure.maa import (
+    MaaReport,
+    parse_maa_evidence,
+    verify_maa_signer_quote,
+    verify_maa_token,
+)
 from duet.attestation.certstore import CertStore
 from duet.attestation.dcap.verify import intel_sgx_root_ca_der, verify_sgx_quote, verify_tdx_quote
 from duet.attestation.detect import KINDS, decode_text, detect_kind
@@ -135,6 +140,11 @@ def _verify(
     trust_simulated: bool,
 ) -> Any:
     if kind == "maa":
+        if data.lstrip()[:1] == b"{":  # CVM evidence: the token with the JWKS logged beside it
+            token, logged = parse_maa_evidence(data)
+            data = token.encode()
+            if jwks is None:
+                jwks = json.dumps(logged).encode()
         if jwks is None:
             raise _Input(
                 "MAA tokens need --jwks FILE: the MAA instance's signing keys (its /certs "
@@ -261,7 +271,8 @@ def _caveats(report: Any) -> list[str]:
     if isinstance(report, MaaReport):
         out.append(
             f"trusted party: Microsoft Azure Attestation ({report.issuer}) verified the "
-            "hardware evidence; only its token signature was checked here"
+            "hardware evidence; only its token signature was checked here, with the key "
+            f"{report.kid!r} (SPKI SHA-256 {report.signing_key_sha256}) from the JWKS given"
         )
         for q in report.signer_quotes:
             if not q.get("verified"):
@@ -364,6 +375,11 @@ def verify_cmd(
         claims = report.to_dict()
         simulated = bool(getattr(report, "simulated", False))
         caveats = _caveats(report)
+        if isinstance(report, MaaReport) and jwks is None:
+            caveats.append(
+                "the JWKS came with the evidence (whoever produced it chose it): pin MAA's key "
+                "with cvm.maa_signing_keys"
+            )
         result["simulated"] = simulated
         result["claims"] = claims
         result["caveats"] = caveats

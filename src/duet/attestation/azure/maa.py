@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..dcap.abi import SgxReportBody, parse_sgx_quote
 from ..dcap.verify import CollateralInput, SgxReport, verify_sgx_quote
@@ -112,7 +114,14 @@ def parse_jwt(token: bytes | str) -> Jwt:
 
 
 def looks_like_jwt(data: bytes) -> bool:
+    """A compact JWS, or MAA CVM evidence (the token with its JWKS, JSON)."""
     s = data.strip()
+    if s[:1] == b"{" and b'"maa_token"' in s[:MAX_TOKEN_BYTES * 2]:
+        try:
+            parse_maa_evidence(s)
+        except ParseError:
+            return False
+        return True
     return s.count(b".") == 2 and s[:3] == b"eyJ" and len(s) <= MAX_TOKEN_BYTES
 
 
@@ -182,6 +191,13 @@ def load_jwks(data: bytes | str | Mapping[str, Any]) -> dict[str, Jwk]:
 
 
 JwksInput = bytes | str | Mapping[str, Any]
+
+
+def key_fingerprint(key: rsa.RSAPublicKey) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo: what an expectation pins (a kid is a
+    name anyone can give their own key)."""
+    spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _keys(jwks: JwksInput | dict[str, Jwk]) -> dict[str, Jwk]:
@@ -261,6 +277,7 @@ class MaaReport:
     isv_svn: int | None = None
     runtime_claims: dict[str, Any] = field(default_factory=dict)
     signer_quotes: list[dict[str, Any]] = field(default_factory=list)
+    signing_key_sha256: str = ""  # SHA-256 of the signing key's SubjectPublicKeyInfo (DER)
     simulated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,6 +490,7 @@ def verify_maa_token(
         user_data=user_data,
         runtime_claims=runtime,
         signer_quotes=maa_signer_quotes(jwk.certs, kid),
+        signing_key_sha256=key_fingerprint(jwk.key),
         **fields,
     )
 
@@ -506,3 +524,68 @@ def verify_maa_signer_quote(
         raise BindingError(f"MAA's enclave quote does not name key {kid!r} in its report data")
     return report
 
+
+
+# -- CVM evidence kinds (for the evidence-kind registry) ------------------------------------
+
+
+def encode_maa_evidence(token: str, jwks: Mapping[str, Any]) -> bytes:
+    """CVM evidence of an MAA kind: the token and, beside it, the JWKS the guest fetched
+    with it, so that the evidence verifies offline later (keys rotate)."""
+    return json.dumps({"maa_token": token, "jwks": dict(jwks)}, sort_keys=True).encode()
+
+
+def parse_maa_evidence(evidence: bytes | str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(token, jwks) of :func:`encode_maa_evidence` output."""
+    if isinstance(evidence, bytes | str):
+        try:
+            obj = json.loads(evidence)
+        except (UnicodeDecodeError, ValueError):
+            raise ParseError("MAA evidence is not JSON") from None
+    else:
+        obj = dict(evidence)
+    if not isinstance(obj, dict):
+        raise ParseError("MAA evidence must be a JSON object")
+    token, jwks = obj.get("maa_token"), obj.get("jwks")
+    if not isinstance(token, str) or not isinstance(jwks, dict):
+        raise ParseError("MAA evidence needs 'maa_token' (string) and 'jwks' (object)")
+    return token, jwks
+
+
+@dataclass(frozen=True)
+class MaaEvidenceKind:
+    """One MAA CVM evidence kind: registering it is one line
+    (``registry[AZURE_SNP_MAA.name] = AZURE_SNP_MAA``).
+
+    The JWKS travels with the evidence, so it proves nothing by itself: whoever produced
+    the evidence chose it. A verifier must pin MAA's signing key (``maa_signing_keys``
+    expectations: :attr:`MaaReport.signing_key_sha256`), or verify MAA's enclave quote
+    (``maa_enclave``), before the claims mean anything.
+    """
+
+    name: str
+
+    def parse(self, evidence: bytes | str | Mapping[str, Any]) -> Jwt:
+        """The token's header and claims, unverified."""
+        token, _ = parse_maa_evidence(evidence)
+        return parse_jwt(token)
+
+    def verify(
+        self,
+        evidence: bytes | str | Mapping[str, Any],
+        *,
+        now: datetime,
+        report_data: bytes | None = None,
+    ) -> MaaReport:
+        token, jwks = parse_maa_evidence(evidence)
+        return verify_maa_token(
+            token, jwks, now=now, expected_kind=self.name, report_data=report_data
+        )
+
+    @staticmethod
+    def claims(report: MaaReport) -> dict[str, Any]:
+        return report.to_dict()
+
+
+AZURE_SNP_MAA = MaaEvidenceKind(KIND_SNP_MAA)
+AZURE_TDX_MAA = MaaEvidenceKind(KIND_TDX_MAA)

@@ -6,5 +6,12 @@ caller passes the development root explicitly (``root_ca_der=`` / ``trusted_arks
 
 from .sgx import SimulatedSgx
 from .snp import SimulatedSnp, simulated_snp_report_from_dir
+from .tdx import SimulatedTdx, simulated_tdx_quote_from_dir
 
-__all__ = ["SimulatedSgx", "SimulatedSnp", "simulated_snp_report_from_dir"]
+__all__ = [
+    "SimulatedSgx",
+    "SimulatedSnp",
+    "SimulatedTdx",
+    "simulated_snp_report_from_dir",
+    "simulated_tdx_quote_from_dir",
+]

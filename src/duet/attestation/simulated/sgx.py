@@ -110,7 +110,9 @@ def _cert(
     return b.sign(issuer_key, hashes.SHA256())
 
 
-def _sgx_extension(ppid: bytes, cpu_svn: bytes, pce_svn: int) -> x509.UnrecognizedExtension:
+def _sgx_extension(
+    ppid: bytes, cpu_svn: bytes, pce_svn: int, *, fmspc: bytes = FMSPC
+) -> x509.UnrecognizedExtension:
     """The Intel SGX PCK certificate extension (processor CA form)."""
 
     def item(suffix: str, value: bytes) -> bytes:
@@ -123,7 +125,7 @@ def _sgx_extension(ppid: bytes, cpu_svn: bytes, pce_svn: int) -> x509.Unrecogniz
         item("1", der.octets(ppid)),
         item("2", der.seq(*tcb)),
         item("3", der.octets(PCE_ID)),
-        item("4", der.octets(FMSPC)),
+        item("4", der.octets(fmspc)),
         item("5", der.enumerated(0)),
     )
     return x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXT_OID), value)
