@@ -1,13 +1,13 @@
-# Every target sets up what it needs: a .venv with the Python deps, and openssh-server
-# (through apt when running as root; otherwise a message saying what to install).
+# Every target sets up what it needs: a .venv with the Python deps, openssh-server and
+# faketime (through apt when running as root; otherwise a message saying what to install).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench setup sshd clean
+.PHONY: demo test test-slow lint typecheck bench setup sshd faketime clean
 
-setup: $(STAMP) sshd
+setup: $(STAMP) sshd faketime
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 sshd:
 	@bash scripts/ensure-sshd.sh
+
+faketime:
+	@bash scripts/ensure-faketime.sh
 
 demo: setup
 	$(BIN)/duet demo

@@ -30,6 +30,10 @@ class ControllerProc:
     proc: subprocess.Popen[bytes] | None = None
     tls: bool = False
     with_owner_key: bool = True
+    #: Run the controller under this command prefix (e.g. faketime), with these extra
+    #: environment variables.
+    prefix: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -41,14 +45,15 @@ class ControllerProc:
 
     def start(self, *extra: str) -> ControllerProc:
         self.owner_pub_path.write_bytes(keys.public_pem(self.owner_key.public_key()))
-        cmd = [sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(self.data),
+        cmd = [*self.prefix, sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data", str(self.data),
                "--listen", f"127.0.0.1:{self.port}", *extra]
         if self.with_owner_key:
             cmd += ["--owner-key", str(self.owner_pub_path)]
         if self.tls:
             cmd.append("--tls")
         log = open(self.data.parent / "controller.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True,
+                                     env={**os.environ, **self.env} if self.env else None)
         deadline = time.monotonic() + 30
         with self.http(timeout=2) as http:
             while time.monotonic() < deadline:

@@ -23,6 +23,10 @@ from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
 
 SNP_KINDS = ("snp", "simulated-snp")
+#: How far the controller's clock may run ahead of the verifier's before an entry dated
+#: after the verifier's own clock fails. The controller's entry times can only be held
+#: back by its host (tee/clock.py), so an entry from the future is a lie, not a delay.
+MAX_CLOCK_SKEW = timedelta(seconds=60)
 
 
 def _time(entry: dict[str, Any]) -> datetime:
@@ -175,9 +179,13 @@ def _cvm_expectations(
                             f"TEE is {state.tee}" + ("" if cvm.tee == state.tee else f", expected {cvm.tee}")))
     if cvm.max_age is not None:
         age = now - _time(decoded[latest_index])
-        ok = age <= cvm.max_age
-        checks.append(Check("evidence_age", ok, f"latest evidence is {_fmt(age)} old"
-                            + ("" if ok else f", more than the allowed {cvm.max_evidence_age}")))
+        if age < -MAX_CLOCK_SKEW:
+            checks.append(Check("evidence_age", False, f"latest evidence is dated {_fmt(-age)} in the future "
+                                f"(beyond the allowed clock skew of {_fmt(MAX_CLOCK_SKEW)}): its age is unknown"))
+        else:
+            ok = age <= cvm.max_age
+            checks.append(Check("evidence_age", ok, f"latest evidence is {_fmt(max(age, timedelta(0)))} old"
+                                + ("" if ok else f", more than the allowed {cvm.max_evidence_age}")))
     claims = cvm.evidence()
     if claims.model_dump(exclude_none=True):
         if latest is None:
@@ -192,6 +200,30 @@ def _cvm_expectations(
         checks.append(Check("mode", state.mode == cvm.mode,
                             f"CVM is {state.mode}" + ("" if state.mode == cvm.mode else f", expected {cvm.mode}")))
     return checks
+
+
+def time_checks(decoded: list[dict[str, Any]], now: datetime, skew: timedelta = MAX_CLOCK_SKEW) -> list[Check]:
+    """Entry times never go back, and none is later than our clock plus `skew`. The
+    controller clamps a host clock that stepped back (the entry then records the host's
+    reading in `host_time`), so a log that breaks either rule was not written by it."""
+    late = now + skew
+    problems: list[str] = []
+    previous: datetime | None = None
+    clamped = 0
+    for i, e in enumerate(decoded):
+        if "time" not in e:
+            continue  # undecodable: entries_wellformed has failed already
+        t = _time(e)
+        if t > late:
+            problems.append(f"entry {i} is dated {e['time']}, after our clock plus {_fmt(skew)}")
+        if previous is not None and t < previous:
+            problems.append(f"entry {i} is dated {e['time']}, before entry {i - 1}")
+        previous = t
+        clamped += "host_time" in e
+    if problems:
+        return [Check("entry_times", False, "; ".join(problems[:5]))]
+    note = f" ({clamped} written while the host clock was behind)" if clamped else ""
+    return [Check("entry_times", True, f"{len(decoded)} entry times never go back nor run ahead of ours{note}")]
 
 
 def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | None) -> list[Check]:

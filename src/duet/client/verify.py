@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
 from duet.client.audit import Audit, Check, LogState, audit_log
-from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks
+from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks, time_checks
 from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import ClientError, Http
 from duet.ledger import keys, merkle
@@ -318,6 +318,7 @@ def verify(
     _check_consistency(source, cvm, report, memory.get(origin), cp, hashes)
     audit = audit_log(leaves, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
     report.checks.extend(audit.checks)
+    report.checks.extend(time_checks(audit.decoded, now))
     report.state = audit.state
     ev_checks, _ = evidence_checks(audit.decoded, audit.state, trust_simulated=trust_simulated, now=now,
                                    expect=expect)

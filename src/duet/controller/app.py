@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.limits import RateLimiter
@@ -319,6 +320,10 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             raw = await _read_body(request)
         except _TooLarge:
             return error_response("request_too_large", f"request body is larger than {MAX_BODY} bytes")
+        except ClientDisconnect:
+            # The client left, or its body was too slow and the server closed it
+            # (controller/limits.py); nobody reads this answer.
+            return error_response("invalid_request", "the client disconnected before sending the whole body")
         try:
             body = strictjson.loads(raw, max_bytes=MAX_BODY, what="request body")
         except strictjson.JsonInputError as exc:

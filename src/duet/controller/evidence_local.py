@@ -14,7 +14,6 @@ import base64
 import hashlib
 import secrets
 import shlex
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from duet.attestation import AttestationError, SimulatedSnp, verify_snp_report
@@ -58,7 +57,7 @@ class LocalEvidence(Collector):
                 report_raw,
                 vcek_der=self.snp.vcek_der,
                 ask_pem=self.snp.cert_chain_pem,
-                now=datetime.now(UTC),
+                now=ctl.clock.now(),
                 trusted_arks=[self.snp.ark_pem],
             )
         except (ValueError, KeyError, TypeError, AttestationError, strictjson.JsonInputError) as exc:
@@ -71,6 +70,7 @@ class LocalEvidence(Collector):
                 "the report is not bound to the SSH host key the controller is connected to "
                 "(a man in the middle, or another machine, answered)",
             )
+        ctl.clock.observe_certificate(self.snp.vcek_der, "SIMULATED VCEK notBefore")
         if report.host_data != rec.host_data:
             raise self.refuse(ctl, rec, "the report's HOST_DATA is not the value set at this CVM's launch")
         return ctl.append(rec, [{

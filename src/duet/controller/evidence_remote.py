@@ -15,7 +15,6 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from duet.attestation import AttestationError, verify_azure_evidence, verify_snp_report, verify_tdx_quote
@@ -30,6 +29,7 @@ from duet.cvm.guest.collect import (
     parse_output,
 )
 from duet.cvm.lockdown import CheckResult, remote_commands, run_checks
+from duet.tee.clock import TrustedClock
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
@@ -92,7 +92,8 @@ class RemoteEvidence(Collector):
             got = parse_output(r.stdout.decode("utf-8", "replace"))
             entry = self.verify_collected(kind, got, nonce=nonce, host_key=rec.host_key,
                                           host_data=rec.host_data if rec.provider == "qemu" else None,
-                                          instance_id=rec.instance_id if rec.provider == "azure" else None)
+                                          instance_id=rec.instance_id if rec.provider == "azure" else None,
+                                          clock=ctl.clock)
         except (KeyError, CollectError, AttestationError, ValueError) as exc:
             raise self.refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
         entry.update(purpose=purpose, command_index=outcome.command_index)
@@ -100,12 +101,15 @@ class RemoteEvidence(Collector):
 
     def verify_collected(
         self, kind: str, got: Collected, *, nonce: bytes, host_key: str, host_data: str | None,
-        instance_id: str | None = None,
+        instance_id: str | None = None, clock: TrustedClock | None = None,
     ) -> dict[str, Any]:
-        """Check collected evidence and build its log entry (pure; raises on any failure).
+        """Check collected evidence and build its log entry (raises on any failure).
 
         `host_data`: the launch value to demand, where the platform sets it (qemu SNP);
-        `instance_id`: the VM id the evidence must name, where it names one (Azure)."""
+        `instance_id`: the VM id the evidence must name, where it names one (Azure);
+        `clock`: the controller's trusted clock, whose lower bound validity checks use
+        and which learns the issue dates of what verified."""
+        clock = clock or TrustedClock()
         expected_rd = cvm_report_data(nonce, host_key)
         if got.report_data != expected_rd or got.host_key.split()[:2] != host_key.split()[:2]:
             raise CollectError("it is not bound to the SSH host key the controller is connected to "
@@ -123,7 +127,7 @@ class RemoteEvidence(Collector):
                 raise CollectError("the host supplied no VCEK/VLEK with the report (extended report); "
                                    "without it the report cannot be verified offline")
             chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs) or None
-            report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=datetime.now(UTC),
+            report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=clock.now(),
                                        trusted_arks=self.trusted_arks)
             if report.report_data != expected_rd:
                 raise CollectError("the report's REPORT_DATA is not what the guest said it asked for")
@@ -134,18 +138,21 @@ class RemoteEvidence(Collector):
                 "cert_chain": chain.decode() if chain else "",
             }
             entry["binds"]["host_data"] = report.host_data
+            clock.observe_certificate(vcek, "VCEK notBefore")
         elif kind == "tdx":
             raw = got.blobs["outblob"]
             if self.tdx_collateral is None:
                 raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
             collateral = self.tdx_collateral(raw)
-            tdx = verify_tdx_quote(raw, collateral, now=datetime.now(UTC))
+            tdx = verify_tdx_quote(raw, collateral, now=clock.now())
             if tdx.report_data != expected_rd:
                 raise CollectError("the quote's REPORTDATA is not what the guest said it asked for")
+            if isinstance(collateral, dict):
+                clock.observe_dcap_collateral(collateral)
             entry["collateral"] = collateral if isinstance(collateral, dict) else {}
         elif kind == "azure-snp":
             envelope = azure_envelope(got)
-            az = verify_azure_evidence(envelope, now=datetime.now(UTC), nonce=expected_rd[:32],
+            az = verify_azure_evidence(envelope, now=clock.now(), nonce=expected_rd[:32],
                                        trusted_arks=self.trusted_arks)
             entry["collateral"] = {"envelope_version": 1}
             entry["binds"]["tpm_extra_data"] = "first 32 bytes of the report data"

@@ -6,7 +6,8 @@ client that sends its request headers one byte at a time (slowloris) keeps a con
 open for ever, and a few hundred of them starve everyone else. `BoundedH11Protocol`
 arms a deadline whenever the server waits for a request: the headers must be complete
 within `HEADER_TIMEOUT_S`, and the body within `BODY_TIMEOUT_S` more, or the connection is
-closed. A connection beyond `MAX_CONNECTIONS` is closed at once, before any read.
+closed. A connection beyond `MAX_CONNECTIONS`, or beyond `MAX_CONNECTIONS_PER_CLIENT` from
+one address, is closed at once, before any read.
 
 h11 (rather than httptools) is the parser because it bounds the bytes of an incomplete
 request head (`h11_max_incomplete_event_size`): headers larger than `MAX_HEADER_BYTES` are
@@ -31,6 +32,10 @@ MAX_HEADER_BYTES = 16 * 1024
 LIMIT_CONCURRENCY = 256
 #: Connections beyond this many are closed when accepted.
 MAX_CONNECTIONS = 2 * LIMIT_CONCURRENCY
+#: Connections from one client address beyond this many are closed when accepted, so one
+#: address cannot fill the table (users behind one NAT share it: a front proxy can do
+#: better, README "Production").
+MAX_CONNECTIONS_PER_CLIENT = 32
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -39,16 +44,22 @@ class BoundedH11Protocol(H11Protocol):
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
     max_connections = MAX_CONNECTIONS
+    max_per_client = MAX_CONNECTIONS_PER_CLIENT
 
     _read_deadline: asyncio.TimerHandle | None = None
     _body_granted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+        if len(self.connections) > self.max_connections or self._from_same_client() > self.max_per_client:
             transport.close()
             return
         self._arm(self.header_timeout_s)
+
+    def _from_same_client(self) -> int:
+        host = self.client[0] if self.client else None
+        peers: list[Any] = [getattr(c, "client", None) for c in self.connections]
+        return sum(1 for peer in peers if peer and peer[0] == host)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

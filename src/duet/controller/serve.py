@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
@@ -20,6 +21,7 @@ from duet.ledger import keys
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend
+from duet.tee.clock import TrustedClock
 
 log = logging.getLogger("duet.controller")
 
@@ -70,6 +72,7 @@ def build_controller(
     from duet.cvm.local import LocalProvider
 
     backend: TeeBackend
+    clock = TrustedClock()
     if tee == "simulated":
         from duet.tee.simulated import SimulatedTee
 
@@ -84,7 +87,8 @@ def build_controller(
             GramineTee.check_data_dir(data_dir)
         except GramineError as exc:
             raise ConfigError(str(exc)) from None
-        backend = GramineTee(collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL))
+        backend = GramineTee(collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL), clock=clock.now,
+                             on_verified=clock.observe_dcap_collateral)
     else:
         raise ConfigError(f"unknown --tee {tee!r} (simulated or gramine)")
     policy_text = DEFAULT_POLICY
@@ -95,6 +99,7 @@ def build_controller(
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
     state = StateStore(data_dir / "state.sqlite")
+    _attach_clock(clock, state)
     _settle_owner_keys(state, owner_key)
     key = _load_or_create_key(state)
     ledger = LedgerStore(data_dir / "ledger.sqlite")
@@ -123,7 +128,20 @@ def build_controller(
         providers=providers,
         default_policy=policy_text,
         evidence=evidence,
+        clock=clock,
     )
+
+
+def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
+    """The time lower bound survives restarts in the sealed state file."""
+    stored = state.get_meta("time_floor")
+    floor = None
+    if stored is not None:
+        try:
+            floor = datetime.fromisoformat(stored.decode())
+        except (UnicodeDecodeError, ValueError):
+            log.warning("ignoring an unreadable stored time lower bound")
+    clock.attach(floor, lambda when: state.set_meta("time_floor", when.isoformat().encode()))
 
 
 def _load_providers(path: Path) -> dict[str, dict[str, object]]:

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from duet.ledger.note import Signer, Verifier, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend, controller_report_data
+from duet.tee.clock import TrustedClock
 
 log = logging.getLogger("duet.controller")
 
@@ -115,6 +117,11 @@ def result_entry(command_index: int, r: RunResult) -> dict[str, Any]:
     return entry
 
 
+def _rfc3339(when: datetime) -> str:
+    """The entry time format (`entries.now_rfc3339`): fixed width, so times compare as strings."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class Controller:
     def __init__(
         self,
@@ -128,6 +135,7 @@ class Controller:
         default_policy: str = DEFAULT_POLICY,
         output_cap: int = DEFAULT_OUTPUT_CAP,
         evidence: Mapping[str, EvidenceCollector] | None = None,
+        clock: TrustedClock | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.tee = tee
@@ -144,6 +152,10 @@ class Controller:
         #: The evidence/lockdown collector of each provider. A provider without one cannot
         #: provision: a CVM that cannot prove its state is never made usable.
         self.evidence = dict(evidence or {})
+        #: Never earlier than an authenticated time we verified (tee/clock.py): for every
+        #: certificate, CRL and collateral validity check, and as a floor for entry times.
+        self.clock = clock or TrustedClock()
+        self._last_time: dict[str, str] = {}
         self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
@@ -170,6 +182,9 @@ class Controller:
             "measurement": self.tee.measurement(),
             "version": VERSION,
             "owner_keys": sorted(self.state.owner_keys().values()),
+            # The trusted clock's lower bound (tee/clock.py): how far back the host clock
+            # can no longer take certificate and collateral checks.
+            "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
         }
 
     def quote(self, nonce: bytes) -> dict[str, Any]:
@@ -418,10 +433,30 @@ class Controller:
 
     def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
-        now = entries.now_rfc3339()
-        leaves = [entries.encode({"v": 1, "time": now, **item}) for item in items]
+        now, host_time = self._entry_time(rec.id)
+        extra = {"host_time": host_time} if host_time is not None else {}
+        leaves = [entries.encode({"v": 1, "time": now, **item, **extra}) for item in items]
         head = self.ledger.append(rec.id, leaves)
+        self._last_time[rec.id] = now
         return head.size - len(leaves)
+
+    def _entry_time(self, log_id: str) -> tuple[str, str | None]:
+        """Entry times never go back within a log, nor below the trusted time bound: an
+        earlier host clock is clamped, and the host's reading is kept in `host_time` so
+        the step is on the record. The append is never refused (a clock step would
+        otherwise deny every operation)."""
+        host = _rfc3339(self.clock.host_now())
+        floor = _rfc3339(self.clock.now())
+        last = self._last_time.get(log_id)
+        if last is None and self.ledger.has_log(log_id):
+            size = self.ledger.tree_head(log_id).size
+            if size:
+                last = str(entries.decode(self.ledger.leaves(log_id, size - 1, size)[0])["time"])
+        now = max(host, floor, last or "")
+        if now == host:
+            return now, None
+        log.warning("log %s: host clock %s is behind %s; entry time clamped", log_id, host, now)
+        return now, host
 
     def _intent_entry(self, intent: Intent) -> dict[str, Any]:
         return {"type": "intent", "jws": intent.jws, "op": intent.op, "kid": intent.kid}

@@ -108,15 +108,19 @@ class GramineTee:
         collateral_ttl: float = 3600.0,
         root_ca_der: bytes | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_verified: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         """``root_ca_der`` exists only for tests (a simulated quoting enclave behind a fake
         ``/dev/attestation``): a real deployment leaves it ``None`` and quotes verify
-        against Intel's SGX root only."""
+        against Intel's SGX root only. ``clock`` is the controller's trusted clock (never
+        earlier than collateral it verified, tee/clock.py) and ``on_verified`` receives
+        each collateral that verified, to raise that bound."""
         self._dir = Path(attestation_dir)
         self._collateral_provider = collateral
         self._collateral_ttl = collateral_ttl
         self._root = root_ca_der
         self._clock = clock
+        self._on_verified = on_verified
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._measurement: dict[str, str] | None = None
@@ -231,6 +235,8 @@ class GramineTee:
                 f"this enclave's quote does not verify with the collateral from the PCCS ({exc}); "
                 "refusing to serve an unverifiable quote"
             ) from None
+        if self._on_verified is not None:
+            self._on_verified(collateral)
         self._cached = (time.monotonic(), collateral)
         return collateral
 

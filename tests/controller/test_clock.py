@@ -1,0 +1,181 @@
+"""Time the host can only delay.
+
+The controller runs under Debian's `faketime` with its clock moved back (as a hostile host
+would): entry times stay monotonic per log (clamped, the host's reading kept in
+`host_time`), and certificate validity checks use the trusted lower bound, persisted across
+restarts, rather than the host clock. The user's verifier fails entries dated after its own
+clock, and evidence dated in the future fails `max_evidence_age`.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from test_remote_evidence import _collected, _host_key_line
+
+from duet.attestation import SimulatedSnp
+from duet.attestation.errors import AttestationError
+from duet.client.cvm_checks import MAX_CLOCK_SKEW, time_checks
+from duet.client.verify import fetch_leaves, verify
+from duet.controller.evidence_remote import RemoteEvidence
+from duet.ledger import entries
+from duet.ledger.intent import sign_intent
+from duet.tee.clock import TrustedClock
+from helpers import ControllerProc
+
+T0 = datetime(2030, 6, 1, tzinfo=UTC)
+
+
+# --- the trusted clock ---------------------------------------------------------------
+
+
+def test_trusted_clock_never_goes_below_what_it_verified() -> None:
+    host = [T0]
+    stored: list[datetime] = []
+    clock = TrustedClock(lambda: host[0])
+    clock.attach(None, stored.append)
+    assert clock.now() == T0
+    clock.observe(T0 + timedelta(days=10), "test")
+    assert clock.now() == T0 + timedelta(days=10)  # the host clock is behind what we verified
+    clock.observe(T0, "older")  # never lowered
+    assert clock.floor == T0 + timedelta(days=10) and stored == [T0 + timedelta(days=10)]
+    host[0] = T0 + timedelta(days=20)
+    assert clock.now() == T0 + timedelta(days=20)  # forward is the host's to give
+    again = TrustedClock(lambda: T0)
+    again.attach(stored[-1], stored.append)  # the bound survives a restart
+    assert again.now() == T0 + timedelta(days=10)
+
+
+def test_dcap_collateral_issue_dates_raise_the_bound(tmp_path: Path) -> None:
+    from duet.tee.simulated import SimulatedTee
+
+    collateral = SimulatedTee(tmp_path).quote(bytes(64)).collateral
+    clock = TrustedClock(lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    clock.observe_dcap_collateral(collateral)
+    assert clock.now() == datetime(2026, 1, 1, tzinfo=UTC)  # the simulated TCB info's issueDate
+
+
+def test_clock_set_back_cannot_revive_an_expired_vcek(tmp_path: Path) -> None:
+    """The simulated VCEK expires in 2036. Once the controller has verified something
+    issued after that, a host clock set back to 2030 must not make the VCEK valid again."""
+    snp = SimulatedSnp.load_or_create(tmp_path / "snp")
+    host_key = _host_key_line()
+    nonce = bytes(range(32))
+    got = _collected(snp, nonce, host_key)
+    collector = RemoteEvidence(trusted_arks=[snp.ark_pem])
+    host_only = TrustedClock(lambda: T0)
+    collector.verify_collected("snp", got, nonce=nonce, host_key=host_key, host_data=None, clock=host_only)
+    bounded = TrustedClock(lambda: T0)
+    bounded.observe(datetime(2036, 6, 1, tzinfo=UTC), "collateral issued after the VCEK expired")
+    with pytest.raises(AttestationError, match="expired"):
+        collector.verify_collected("snp", got, nonce=nonce, host_key=host_key, host_data=None, clock=bounded)
+
+
+# --- the user's verifier -------------------------------------------------------------
+
+
+def _entry(t: datetime, **extra: object) -> dict[str, object]:
+    return {"v": 1, "type": "error", "code": "x", "message": "m",
+            "time": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **extra}
+
+
+def test_verifier_fails_an_entry_from_the_future() -> None:
+    now = T0
+    ok = time_checks([_entry(now - timedelta(hours=1)), _entry(now + MAX_CLOCK_SKEW / 2)], now)
+    assert ok[0].ok
+    late = time_checks([_entry(now - timedelta(hours=1)), _entry(now + MAX_CLOCK_SKEW * 2)], now)
+    assert not late[0].ok and "entry 1" in late[0].detail
+
+
+def test_verifier_fails_entry_times_that_go_back() -> None:
+    back = time_checks([_entry(T0), _entry(T0 - timedelta(seconds=1))], T0 + timedelta(hours=1))
+    assert not back[0].ok and "before entry 0" in back[0].detail
+    clamped = time_checks([_entry(T0), _entry(T0, host_time="2030-05-30T00:00:00.000000Z")], T0)
+    assert clamped[0].ok and "host clock was behind" in clamped[0].detail
+
+
+def test_evidence_dated_in_the_future_fails_max_evidence_age() -> None:
+    from duet.client.audit import LogState
+    from duet.client.cvm_checks import _cvm_expectations
+    from duet.client.expectations import UserExpectations
+
+    expect = UserExpectations.model_validate({"cvm": {"max_evidence_age": "1h"}})
+    future = [_entry(T0 + timedelta(days=1), type="evidence")]
+    checks = _cvm_expectations(future, 0, None, LogState(), expect, T0, True)
+    age = next(c for c in checks if c.name == "evidence_age")
+    assert not age.ok and "in the future" in age.detail
+    fresh = _cvm_expectations([_entry(T0 - timedelta(minutes=5), type="evidence")], 0, None, LogState(), expect,
+                              T0, True)
+    assert next(c for c in fresh if c.name == "evidence_age").ok
+
+
+# --- the controller under faketime ---------------------------------------------------
+
+faketime = shutil.which("faketime")
+needs_faketime = pytest.mark.skipif(faketime is None, reason="faketime is not installed (make setup installs it)")
+
+
+def _under_faketime(c: ControllerProc, back_s: int) -> ControllerProc:
+    c.prefix = (str(faketime), "-f", f"-{back_s}s")
+    # asyncio's timers run on the monotonic clock: leave it alone, move only the wall clock.
+    c.env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    return c.start()
+
+
+def _submit(c: ControllerProc, op: str, cvm: str, args: dict[str, object], back_s: int) -> dict[str, object]:
+    """An intent dated by the (moved) controller clock, so its iat window admits it."""
+    with c.http() as http:
+        aud = http.get_json("/v1/controller")["controller_id"]
+        jws = sign_intent(c.owner_key, op=op, aud=aud, cvm=cvm, args=args, iat=int(time.time()) - back_s)
+        return dict(http.post_json("/v1/intents", {"jws": jws}))
+
+
+def _log(c: ControllerProc, cvm: str) -> list[dict[str, object]]:
+    with c.http() as http:
+        size = http.get_json(f"/v1/cvms/{cvm}")["tree_size"]
+        return [entries.decode(leaf) for leaf in fetch_leaves(http, cvm, size)]
+
+
+@needs_faketime
+def test_controller_clock_moved_back(controller_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    c: ControllerProc = controller_factory().start()
+    cvm = c.owner().create("local")["id"]  # provisioning verifies evidence: the bound is set
+    c.owner().run(cvm, "echo before")
+    before = _log(c, cvm)
+    last_before = str(before[-1]["time"])
+    c.kill(signal.SIGTERM)
+
+    # Two days back: entries are clamped to the log's last time, and say what the host said.
+    back = 2 * 86400
+    _under_faketime(c, back)
+    with c.http() as http:
+        info = http.get_json("/v1/controller")
+    assert info["time_lower_bound"] is not None
+    assert _submit(c, "cvm.run", cvm, {"command": "echo after"}, back)["exit_status"] == 0
+    after = _log(c, cvm)[len(before):]
+    assert after, "the command was logged"
+    assert all(str(e["time"]) >= last_before for e in after)
+    assert all("host_time" in e and str(e["host_time"]) < last_before for e in after)
+    times = [str(e["time"]) for e in _log(c, cvm)]
+    assert times == sorted(times)
+    with c.http() as http:  # the user's verifier, on its own (true) clock
+        report, _ = verify(http, cvm, trust_simulated=True, state_dir=tmp_path / "user")
+    entry_times = next(ch for ch in report.checks if ch.name == "entry_times")
+    assert entry_times.ok and "host clock was behind" in entry_times.detail
+    c.kill(signal.SIGTERM)
+
+    # Before the simulated VCEK's notBefore (2026-01-01): by the host clock alone the
+    # evidence would not verify; the persisted bound keeps the check at an authenticated time.
+    back = int(time.time() - datetime(2025, 6, 1, tzinfo=UTC).timestamp())
+    _under_faketime(c, back)
+    res = _submit(c, "cvm.mode", cvm, {"mode": "in-service"}, back)
+    assert res["cvm"]["mode"] == "in-service", res  # type: ignore[index]
+    evidence = [e for e in _log(c, cvm) if e["type"] == "evidence"]
+    assert len(evidence) >= 2 and "host_time" in evidence[-1]
+    assert base64.b64decode(str(evidence[-1]["evidence"]))
