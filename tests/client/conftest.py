@@ -38,7 +38,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     cmds = [i for i, e in enumerate(log) if e["type"] == "command" and not e.get("builtin")]
     # honest: the first in-service entry after "echo setting up" (everything allowed so far)
     rec.marks["honest"] = next(i for i, e in enumerate(log) if e["type"] == "mode" and e["mode"] == "in-service") + 1
-    rec.marks["first_result"] = next(i for i, e in enumerate(log) if e["type"] == "result") + 1
+    # just after the result of "echo setting up" (in-update, one owner command so far)
+    rec.marks["first_result"] = next(i for i, e in enumerate(log)
+                                     if e["type"] == "result" and e["command_index"] == cmds[0]) + 1
     rec.marks["outside_command"] = cmds[-1]
     assert entries.decode(rec.leaves[cmds[-1]])["command"] == "id -u"
     yield rec

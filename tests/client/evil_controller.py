@@ -144,7 +144,7 @@ class EvilController:
 
         signer = key or self.rec.owner_key
         jws = sign_intent(signer, op=op, aud=self.cid, args=args, cvm=cvm, iat=1_800_000_000)
-        return {"type": "intent", "jws": jws, "op": op, "kid": keys.key_id(signer.public_key()),
+        return {"v": 1, "type": "intent", "jws": jws, "op": op, "kid": keys.key_id(signer.public_key()),
                 "time": "2026-11-30T12:00:00.000000Z"}
 
 
