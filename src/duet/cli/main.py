@@ -46,6 +46,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
 KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
+ExpectOpt = Annotated[Path | None, typer.Option(
+    "--expect", envvar="DUET_EXPECT",
+    help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
 REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
            "evidence_refused", "lockdown_failed"}
 
@@ -55,10 +58,19 @@ def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
-def _owner(url: str, key_path: Path) -> Any:
+def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
+    """An owner client. Plain http:// is refused off loopback; over RA-TLS the
+    controller expectations (if given) are checked in the handshake, before any intent
+    is sent."""
+    from duet.client.config import check_owner_url
+    from duet.client.expectations import load_expectations
     from duet.client.owner import OwnerClient
 
-    return OwnerClient(keys.read_private_key(key_path), url)
+    check_owner_url(url)
+    expectations = load_expectations(expect) if expect is not None else None
+    ctl = expectations.controller if expectations is not None else None
+    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None)
+    return OwnerClient(keys.read_private_key(key_path), url, http=http)
 
 
 def _guard(fn: Any) -> Any:
@@ -78,7 +90,8 @@ def _guard(fn: Any) -> Any:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
                 fail(code, str(exc))
-            raise
+            # Never a traceback: an unexpected failure is still one typed line.
+            fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
 
     return wrapper
 
@@ -149,9 +162,10 @@ def controller_serve(
 
 @controller_app.command("claim")
 @_guard
-def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+                     expect: ExpectOpt = None) -> None:
     """Become the owner of a controller that has none yet (a self-signed owner.keys intent)."""
-    owner = _owner(controller, key)
+    owner = _owner(controller, key, expect)
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
     out.print(f"claimed: owner key {keys.key_id(owner.key.public_key())}")
 
@@ -160,8 +174,10 @@ def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path
 @_guard
 def controller_info(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the controller's identity."""
+    from duet.client.api import ReadClient
+
     with Http(controller) as http:
-        info = http.get_json("/v1/controller")
+        info = ReadClient(http).controller()
     if as_json:
         out.print_json(data=info)
         return
@@ -189,6 +205,7 @@ def cvm_create(
     spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
+    expect: ExpectOpt = None,
 ) -> None:
     """Create and provision a CVM; prints its id on the last line."""
     try:
@@ -216,7 +233,7 @@ def cvm_create(
         planned["note"] = "PLAN ONLY: nothing was sent; the SSH key shown is a placeholder"
         out.print_json(data=planned)
         return
-    cvm = _owner(controller, key).create(provider, name=name, tee=tee, spec=spec_obj or None)
+    cvm = _owner(controller, key, expect).create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     out.print(f"created {cvm['name']} ({cvm['provider']}, tee {cvm['tee']}{sim}), mode {cvm['mode']}, "
               f"host key {cvm['host_key']}")
@@ -227,8 +244,10 @@ def cvm_create(
 @_guard
 def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """List CVMs."""
+    from duet.client.api import ReadClient
+
     with Http(controller) as http:
-        cvms = http.get_json("/v1/cvms")["cvms"]
+        cvms = ReadClient(http).cvms()
     if as_json:
         out.print_json(data=cvms)
         return
@@ -243,8 +262,10 @@ def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Opti
 @_guard
 def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
     """Show one CVM."""
+    from duet.client.api import ReadClient
+
     with Http(controller) as http:
-        c = http.get_json(f"/v1/cvms/{cvm}")
+        c = ReadClient(http).cvm(cvm)
     for k, v in c.items():
         out.print(f"{k:<14} {v}")
 
@@ -259,6 +280,7 @@ def cvm_run(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
     sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
+    expect: ExpectOpt = None,
 ) -> None:
     """Run a command on an in-update CVM; exits with the command's status.
 
@@ -269,7 +291,7 @@ def cvm_run(
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)
-    res = _owner(controller, key).run(cvm, command, timeout_s=timeout)
+    res = _owner(controller, key, expect).run(cvm, command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
 
 
@@ -309,19 +331,21 @@ def _print_result(res: dict[str, Any]) -> int:
 
 @cvm_app.command("mode")
 @_guard
-def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+             expect: ExpectOpt = None) -> None:
     """Put a CVM in-update or in-service."""
     if mode not in ("in-update", "in-service"):
         fail("invalid_request", "mode must be in-update or in-service", 2)
-    c = _owner(controller, key).mode(cvm, mode)
+    c = _owner(controller, key, expect).mode(cvm, mode)
     out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
 
 
 @cvm_app.command("action")
 @_guard
-def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+               expect: ExpectOpt = None) -> None:
     """Run a named action of the policy."""
-    res = _owner(controller, key).action(cvm, name)
+    res = _owner(controller, key, expect).action(cvm, name)
     if "stdout" in res:
         raise typer.Exit(_print_result(res))
     out.print(f"action {name} done; log entry {res['result_index']}")
@@ -329,9 +353,10 @@ def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key
 
 @cvm_app.command("delete")
 @_guard
-def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
+def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+               expect: ExpectOpt = None) -> None:
     """Delete a CVM (its log stays readable)."""
-    c = _owner(controller, key).delete(cvm)
+    c = _owner(controller, key, expect).delete(cvm)
     out.print(f"{c['id']} deleted")
 
 
@@ -343,17 +368,35 @@ def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = 
 def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a CVM's log as a timeline."""
     from duet.cli.render import render_timeline
-    from duet.client.verify import fetch_leaves
+    from duet.client.api import ReadClient
+    from duet.client.owner_check import verified_intents
     from duet.ledger import entries
+    from duet.ledger.errors import LedgerError
 
     with Http(controller) as http:
-        size = http.get_json(f"/v1/cvms/{cvm}")["tree_size"]
-        leaves = fetch_leaves(http, cvm, size)
-    decoded = [entries.decode(leaf) for leaf in leaves]
+        api = ReadClient(http)
+        http.start_run()
+        leaves = api.leaves(cvm, api.tree_size(cvm))
+    decoded: list[dict[str, Any]] = []
+    for leaf in leaves:
+        try:
+            decoded.append(entries.decode(leaf))
+        except LedgerError as exc:
+            decoded.append({"type": "undecodable", "error": str(exc)})
+    signed = verified_intents(decoded)
     if as_json:
-        out.print_json(data=[{"index": i, **e} for i, e in enumerate(decoded)])
+        out.print_json(data=[{"index": i, **e, **_signed_fields(signed, i)} for i, e in enumerate(decoded)])
         return
-    render_timeline(out, decoded)
+    render_timeline(out, decoded, signed)
+
+
+def _signed_fields(signed: dict[int, Any], i: int) -> dict[str, Any]:
+    """For intents: what the signed JWS says (op, kid), verified against the owner keys
+    in force; the entry's own unsigned copies are not shown as facts."""
+    if i not in signed:
+        return {}
+    v = signed[i]
+    return {"verified": None if v is None else {"op": v.op, "kid": v.kid}}
 
 
 @app.command()
@@ -367,13 +410,26 @@ def verify(
     as_json: bool = typer.Option(False, "--json"),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
     report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
+    strict: bool = typer.Option(False, "--strict", help="Fail when the expectations leave the controller open."),
+    accept_new_controller: bool = typer.Option(
+        False, "--accept-new-controller", help="Accept another controller key for a CVM verified before."),
+    max_entries: int = typer.Option(1_000_000, "--max-entries", min=1, help="Largest log to download."),
+    budget: float = typer.Option(900.0, "--budget", min=1.0, help="Seconds the whole verification may take."),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
-    from duet.client.expectations import load_expectations
+    from duet.client.config import Limits
+    from duet.client.expectations import load_expectations, weak_points
     from duet.client.verify import verify as do_verify
 
     expectations = load_expectations(expect) if expect is not None else None
+    weak = weak_points(expectations)
+    for w in weak:
+        err.print(f"WARNING: {w}", markup=False)
+    if strict and weak:
+        fail("weak_expectations", "--strict: " + "; ".join(weak))
+    limits = Limits(max_entries=max_entries, budget=budget)
+    ctl = expectations.controller if expectations is not None else None
     if bundle is not None:
         from duet.client.bundle import BundleSource
 
@@ -381,13 +437,15 @@ def verify(
         if cvm is not None and cvm != source.cvm:
             fail("invalid_request", f"the bundle is for CVM {source.cvm}, not {cvm}", 2)
         report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                  expect=expectations)
+                                  expect=expectations, accept_new_controller=accept_new_controller)
     else:
         if cvm is None:
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
-        with Http(controller, trust_simulated=trust_simulated or None) as http:
+        with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
+                  expect_controller=ctl.evidence() if ctl is not None else None) as http:
             report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                      expect=expectations)
+                                      expect=expectations, accept_new_controller=accept_new_controller)
+    report.warnings.extend(weak)
     if report_path is not None:
         from duet.client.report_html import render_html
 
@@ -447,7 +505,7 @@ def watch(
         fail("invalid_request", f"--grace: {exc}", 2)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
-    with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None) as http:
+    with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None, state_dir=state_dir) as http:
 
         def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,

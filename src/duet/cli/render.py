@@ -12,12 +12,19 @@ from rich.table import Table
 from duet.client.verify import Report
 
 
-def _summary(e: dict[str, Any]) -> str:
+def _signed(signed: Any) -> str:
+    """An intent's op and signer as its verified JWS says (never the entry's copies)."""
+    if signed is None:
+        return "UNVERIFIED intent (its signature does not verify against the owner keys in force)"
+    return f"{signed.op} by {signed.kid[:12]}…"
+
+
+def _summary(e: dict[str, Any], signed: Any = None) -> str:
     t = e.get("type")
     if t == "genesis":
         return f"tee {e.get('tee')}, provider {e.get('provider')}, policy {str(e.get('policy_sha256'))[:12]}…"
     if t == "intent":
-        return f"{e.get('op')} by {str(e.get('kid'))[:12]}…"
+        return _signed(signed)
     if t == "command":
         label = f"[action {e['action']}] " if e.get("action") else ""
         return f"{label}{e.get('command')}"
@@ -27,7 +34,8 @@ def _summary(e: dict[str, Any]) -> str:
         return (f"#{e.get('command_index')} exit {status}, {e.get('stdout_bytes')} B out (sha256 {out_digest}…), "
                 f"{e.get('stderr_bytes')} B err, {e.get('duration_ms')} ms")
     if t == "rejected":
-        return f"{e.get('op')}: [{e.get('code')}] {e.get('reason')}"
+        what = _signed(signed) if e.get("jws") is not None else "(no signed intent)"
+        return f"{what}: [{e.get('code')}] {e.get('reason')}"
     if t == "mode":
         return f"{e.get('previous')} → {e.get('mode')}"
     if t == "provisioned":
@@ -50,10 +58,12 @@ def _summary(e: dict[str, Any]) -> str:
     return ""
 
 
-def render_timeline(console: Console, decoded: list[dict[str, Any]]) -> None:
+def render_timeline(console: Console, decoded: list[dict[str, Any]], signed: dict[int, Any] | None = None) -> None:
+    """`signed`: the verified op/kid of each intent (see `owner_check.verified_intents`)."""
+    signed = signed or {}
     table = Table("#", "time", "type", "details", show_lines=False)
     for i, e in enumerate(decoded):
-        table.add_row(str(i), str(e.get("time", ""))[:23], str(e.get("type")), escape(_summary(e)))
+        table.add_row(str(i), str(e.get("time", ""))[:23], str(e.get("type")), escape(_summary(e, signed.get(i))))
     console.print(table)
 
 
@@ -68,6 +78,10 @@ def render_report(console: Console, report: Report) -> None:
         mark = "PASS" if check.ok else "FAIL"
         label = " [SIMULATED]" if check.simulated else ""
         console.print(f"{mark}  {check.name:<22}{label} {check.detail}", markup=False)
+    if report.owner_keys:
+        console.print(f"owner keys in force: {', '.join(report.owner_keys)}", markup=False)
+    for w in report.warnings:
+        console.print(f"WARNING: {w}", markup=False)
     if report.state is not None:
         s = report.state
         console.print(f"state: mode {s.mode}, epoch {s.epoch}, {s.commands} commands, {s.rejected} rejected, "

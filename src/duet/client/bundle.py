@@ -12,14 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import secrets
+import re
 from pathlib import Path
 from typing import Any
 
 import rfc8785
 
-from duet.client.http import ClientError, Http
-from duet.client.verify import fetch_leaves
+from duet.client.api import ReadClient
+from duet.client.errors import ClientError
+from duet.client.http import Http
+from duet.ledger.errors import LedgerError
+from duet.ledger.note import parse_note
 
 BUNDLE_VERSION = 1
 
@@ -31,13 +34,39 @@ QUOTE_FIELDS = ("quote", "collateral", "simulated", "simulated_root_ca")
 TOP_FIELDS = {"duet_bundle", "cvm", "controller", "nonce", "quote", "checkpoint", "entries"}
 
 
+#: The collateral fields dcap-qvl reads; anything else would ride along unchecked.
+COLLATERAL_FIELDS = frozenset({
+    "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
+    "tcb_info_signature", "qe_identity_issuer_chain", "qe_identity", "qe_identity_signature",
+})
+
+
+def _controller_lines_only(note: str, controller_id: str) -> str:
+    """Keep only the controller's signature line(s): the bundle holds nothing that its
+    verifier does not check (the verifier then demands that each line verifies)."""
+    try:
+        text, sigs = parse_note(note)
+    except LedgerError as exc:
+        raise ClientError("bad_response", f"the controller's checkpoint is malformed: {exc}") from None
+    return text + "\n" + "".join(s.line() for s in sigs if s.name == f"duet/{controller_id}")
+
+
 def export_bundle(http: Http, cvm: str) -> bytes:
-    nonce = secrets.token_bytes(32)
-    controller = http.get_json("/v1/controller")
-    quote = http.get_json("/v1/controller/quote", nonce=nonce.hex())
-    note = http.get_text(f"/v1/cvms/{cvm}/checkpoint")
-    size = int(note.splitlines()[1])
-    leaves = fetch_leaves(http, cvm, size)
+    api = ReadClient(http)
+    http.start_run()
+    controller = api.controller()
+    nonce, quote = api.quote()
+    try:
+        cid = str(controller["controller_id"])
+        note = _controller_lines_only(api.checkpoint(cvm), cid)
+        size = int(note.splitlines()[1])
+        collateral = quote["collateral"]
+    except (KeyError, ValueError, IndexError):
+        raise ClientError("bad_response", "the controller's identity, quote or checkpoint is malformed") from None
+    if not isinstance(collateral, dict):
+        raise ClientError("bad_response", "the quote's collateral is not an object")
+    quote = {**quote, "collateral": {k: v for k, v in collateral.items() if k in COLLATERAL_FIELDS}}
+    leaves = api.leaves(cvm, size)
     return rfc8785.dumps({
         "duet_bundle": BUNDLE_VERSION,
         "cvm": cvm,
@@ -49,8 +78,41 @@ def export_bundle(http: Http, cvm: str) -> bytes:
     })
 
 
+def _canonical_b64(value: Any) -> bool:
+    """Exactly one spelling per byte string: no other base64 text decodes to it."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return base64.b64encode(base64.b64decode(value, validate=True)).decode() == value
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _canonical_problem(data: dict[str, Any]) -> str | None:
+    """Every byte of a bundle is either checked by verification or has one spelling:
+    padding (extra collateral fields, alternative base64, upper-case hex) is refused."""
+    quote = data["quote"]
+    if not re.fullmatch(r"[0-9a-f]{64}", data["nonce"]):
+        return "the nonce is not 32 bytes of lowercase hex"
+    if not isinstance(quote.get("collateral"), dict) or not set(quote["collateral"]) <= COLLATERAL_FIELDS:
+        return "the quote's collateral has fields a quote's collateral does not have"
+    if not all(isinstance(v, str) for v in quote["collateral"].values()):
+        return "the quote's collateral fields are not text"
+    if quote.get("simulated") not in (None, True, False):
+        return "the quote's 'simulated' flag is not a boolean"
+    for name in ("quote", "simulated_root_ca"):
+        if name in quote and not _canonical_b64(quote[name]):
+            return f"quote.{name} is not canonical base64"
+    if not _canonical_b64(data["controller"].get("public_key")):
+        return "the controller key is not canonical base64"
+    if not all(_canonical_b64(e) for e in data["entries"]):
+        return "an entry is not canonical base64"
+    return None
+
+
 class BundleSource:
     live = False
+    where = "bundle"
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
@@ -76,6 +138,9 @@ class BundleSource:
                           ("checkpoint", str), ("entries", list)):
             if not isinstance(data.get(key), kind):
                 raise ClientError("invalid_bundle", f"bundle field {key!r} is missing or malformed")
+        problem = _canonical_problem(data)
+        if problem:
+            raise ClientError("invalid_bundle", f"{path}: {problem}")
         return cls(data)
 
     @property

@@ -21,6 +21,7 @@ from duet.attestation import AttestationError, SnpReport, validate, verify_snp_r
 from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
+from duet.ledger.regex import compile_linear
 
 SNP_KINDS = ("snp", "simulated-snp")
 #: How far the controller's clock may run ahead of the verifier's before an entry dated
@@ -231,7 +232,7 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
     command left behind outlives the update window it ran in."""
     if expect is None or expect.history is None or expect.history.allowed_commands is None:
         return []
-    patterns = [re.compile(p) for p in expect.history.allowed_commands]
+    patterns = [compile_linear(p) for p in expect.history.allowed_commands]  # RE2: no backtracking
     bad = [
         f"entry {i}: {e.get('command')!r}"
         for i, e in enumerate(decoded)

@@ -13,6 +13,8 @@ Shape::
     history:
       allowed_commands: ['^apt-get install -y [a-z0-9.+-]+$']
     lockdown: [password_auth_off, only_controller_key, agents_disabled]
+    owner:
+      keys: ["<key id: 64 hex>", "<public key: base64 of the raw Ed25519 key>"]
 
 Every field is optional ("not checked if absent"); unknown keys are refused, so a typo
 cannot silently drop a check. `controller` and the evidence claims under `cvm` use the
@@ -31,7 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from duet.attestation import Expectations as EvidenceExpectations
 from duet.attestation.validate import one_line
-from duet.client.http import ClientError
+from duet.client.errors import ClientError
+from duet.ledger import keys as ledger_keys
+from duet.ledger.errors import LedgerError
+from duet.ledger.regex import compile_linear
 
 CVM_TEES = (
     "snp",
@@ -122,10 +127,45 @@ class HistoryExpectations(BaseModel):
     def _regexes(cls, v: list[str] | None) -> list[str] | None:
         for p in v or []:
             try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
+                compile_linear(p)  # the engine the history check uses: RE2, linear time
+            except ValueError as exc:
+                raise ValueError(f"{p[:200]!r} is not a valid regex: {exc}") from None
         return v
+
+
+_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def owner_key_id(text: str) -> str:
+    """A user names an owner key by its key id (lowercase hex SHA-256 of the raw key, as
+    `duet keygen` prints it) or by the public key itself (base64 of the raw 32 bytes, as
+    genesis and `owner.keys` intents carry it)."""
+    if _KEY_ID.fullmatch(text):
+        return text
+    try:
+        return ledger_keys.key_id(ledger_keys.public_from_b64(text))
+    except (LedgerError, ValueError, TypeError):
+        raise ValueError(f"{text[:80]!r} is neither a key id (64 lowercase hex) nor a base64 Ed25519 public key")\
+            from None
+
+
+class OwnerExpectations(BaseModel):
+    """The owner keys this user accepts: genesis and every later owner-key change must
+    name only these (a controller that mints its own owner key is caught here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for k in v:
+            owner_key_id(k)
+        return v
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(owner_key_id(k) for k in self.keys)
 
 
 class UserExpectations(BaseModel):
@@ -134,6 +174,7 @@ class UserExpectations(BaseModel):
     cvm: CvmExpectations | None = None
     history: HistoryExpectations | None = None
     lockdown: list[str] | None = None
+    owner: OwnerExpectations | None = None
 
     @field_validator("lockdown")
     @classmethod
@@ -170,3 +211,17 @@ def load_expectations(path: Path) -> UserExpectations:
                 "invalid_expectations", f"{path}: {one_line(exc, prefix=name + '.')}"
             ) from None
     return exp
+
+
+def weak_points(exp: UserExpectations | None) -> list[str]:
+    """What the expectations leave open about the controller: `duet verify` says so
+    loudly, and `--strict` refuses to run with them."""
+    ctl = exp.controller if exp is not None else None
+    out = []
+    if ctl is None or (ctl.mrenclave is None and ctl.mrsigner is None):
+        out.append("the expectations pin neither controller.mrenclave nor controller.mrsigner: ANY genuine SGX "
+                   "enclave (any build, including a modified one) is accepted as the controller")
+    if ctl is None or ctl.accepted_tcb_statuses is None:
+        out.append("the expectations set no controller.accepted_tcb_statuses: every TCB status except Revoked "
+                   "(OutOfDate, SWHardeningNeeded, ...) is accepted")
+    return out

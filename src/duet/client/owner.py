@@ -1,4 +1,6 @@
-"""The service owner's SDK: every operation is a signed intent (DESIGN.md invariant 4)."""
+"""The service owner's SDK: every operation is a signed intent (DESIGN.md invariant 4).
+
+Intents go to an RA-TLS (`https://`) controller, or over plain HTTP to loopback only."""
 
 from __future__ import annotations
 
@@ -7,27 +9,35 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from duet.client.http import DEFAULT_URL, Http
+from duet.client.api import ReadClient
+from duet.client.config import DEFAULT_URL, check_owner_url
+from duet.client.errors import ClientError
+from duet.client.http import Http
 from duet.ledger.intent import sign_intent
 
 
 class OwnerClient:
     def __init__(self, key: Ed25519PrivateKey, url: str = DEFAULT_URL, *, http: Http | None = None) -> None:
         self.key = key
+        check_owner_url(http.url if http is not None else url)
         self.http = http or Http(url)
+        self.api = ReadClient(self.http)
         self._aud: str | None = None
 
     @property
     def controller_id(self) -> str:
         if self._aud is None:
-            self._aud = str(self.http.get_json("/v1/controller")["controller_id"])
+            cid = self.api.controller().get("controller_id")
+            if not isinstance(cid, str):
+                raise ClientError("bad_response", "the controller names no controller id")
+            self._aud = cid
         return self._aud
 
     def sign(self, op: str, args: dict[str, Any], cvm: str | None = None) -> str:
         return sign_intent(self.key, op=op, aud=self.controller_id, args=args, cvm=cvm, iat=int(time.time()))
 
     def submit(self, op: str, args: dict[str, Any], cvm: str | None = None) -> Any:
-        return self.http.post_json("/v1/intents", {"jws": self.sign(op, args, cvm)})
+        return self.api.submit_intent(self.sign(op, args, cvm))
 
     def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
                spec: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import ssl
 import threading
 from collections.abc import Callable, Mapping
@@ -52,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.attestation import Expectations, SgxReport, validate, verify_sgx_quote
 from duet.attestation.errors import AttestationError
+from duet.client.errors import ClientError
+from duet.client.statefile import locked, read_json, write_json
 
 QUOTE_OID = x509.ObjectIdentifier("1.2.840.113741.1337.6")
 ENDORSEMENTS_OID = x509.ObjectIdentifier("2.25.10214357168241375939949257289218269483")
@@ -206,28 +207,25 @@ class PinStore:
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
+            return read_json(self.path, "the pinned controller keys")
+        except ClientError as exc:
             # A damaged pin file is not silently reset: that would forget the pins.
-            raise RaTlsError("state_corrupt", f"cannot read the pinned controller keys in {self.path}") from None
-        if not isinstance(data, dict):
-            raise RaTlsError("state_corrupt", f"{self.path} is not a JSON object")
-        return data
+            raise RaTlsError(exc.code, exc.message) from None
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_json(self.path, data)
 
     def get(self, origin: str) -> dict[str, Any] | None:
-        return self._load().get(origin)
+        with self._lock, self._file_lock():
+            return self._load().get(origin)
+
+    def _file_lock(self) -> Any:
+        """Other processes pin in the same file: read-check-write under its lock."""
+        return locked(self.path, wait=60.0, error=RaTlsError)
 
     def check_or_pin(self, origin: str, peer: PeerIdentity) -> bool:
         """Pin on first sight (returns True); later, refuse a different key."""
-        with self._lock:
+        with self._lock, self._file_lock():
             data = self._load()
             pinned = data.get(origin)
             key_b64 = base64.b64encode(peer.public_key).decode()
@@ -253,7 +251,7 @@ class PinStore:
             return True
 
     def forget(self, origin: str) -> bool:
-        with self._lock:
+        with self._lock, self._file_lock():
             data = self._load()
             if data.pop(origin, None) is None:
                 return False

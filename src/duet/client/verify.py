@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,24 +22,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
+from duet.client.api import ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
+from duet.client.config import controller_key_of_url, default_state_dir
 from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks, time_checks
+from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import ControllerExpectations, UserExpectations
-from duet.client.http import ClientError, Http
+from duet.client.http import Http
+from duet.client.owner_check import owner_checks
+from duet.client.statefile import locked, read_json, write_json
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
-from duet.ledger.note import Verifier
+from duet.ledger.note import Verifier, parse_note
 
-PAGE = 1000
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("DUET_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "duet"
+__all__ = ["CheckpointMemory", "Report", "default_state_dir", "fetch_leaves", "verify"]
 
 
 @dataclass
@@ -51,6 +46,10 @@ class Report:
     state: LogState | None = None
     controller: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    #: Key ids of the owner keys in force at the end of the log (verified entries only).
+    owner_keys: list[str] = field(default_factory=list)
+    #: Loud warnings about what the expectations leave open (printed, not a failure).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +72,8 @@ class Report:
             "simulated": self.simulated,
             "controller": self.controller,
             "checkpoint": self.checkpoint,
+            "owner_keys": self.owner_keys,
+            "warnings": self.warnings,
             "state": None if s is None else {
                 "mode": s.mode, "epoch": s.epoch, "commands": s.commands, "rejected": s.rejected,
                 "interrupted": s.interrupted, "host_key": s.host_key,
@@ -82,42 +83,64 @@ class Report:
 
 
 class CheckpointMemory:
-    """The last checkpoint this user verified, per log origin: the anchor for detecting
-    rollback and forks on the next run."""
+    """What this user saw, in ``<state dir>/checkpoints.json``:
+
+    * ``logs``: per log origin, the last checkpoint whose signature, root and consistency
+      verified (whatever the expectations said): the anchor that exposes a rollback or a
+      fork on the next run;
+    * ``controllers``: per (controller URL, CVM), the controller key that served it, so
+      the same CVM behind the same URL with another key is refused instead of starting
+      over as a "first verification".
+
+    Read-modify-write happens under the file's lock (:func:`locked`)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "checkpoints.json"
 
-    def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            # A damaged memory is not silently reset: that would forget the anchor.
-            raise ClientError("state_corrupt", f"cannot read remembered checkpoints in {self.path}") from None
-        return data if isinstance(data, dict) else {}
+    def lock(self) -> Any:
+        return locked(self.path)
+
+    def _load(self) -> dict[str, Any]:
+        data = read_json(self.path, "remembered checkpoints")
+        if "logs" not in data:  # the first format: origin -> checkpoint at the top level
+            data = {"logs": {k: v for k, v in data.items() if isinstance(v, dict) and "size" in v}}
+        logs, ctl = data.get("logs"), data.setdefault("controllers", {})
+        if not isinstance(logs, dict) or not isinstance(ctl, dict):
+            raise ClientError("state_corrupt", f"remembered checkpoints in {self.path} are malformed")
+        return data
 
     def get(self, origin: str) -> tuple[int, bytes] | None:
-        entry = self._load().get(origin)
+        entry = self._load()["logs"].get(origin)
         if not entry:
             return None
-        return int(entry["size"]), base64.b64decode(entry["root"])
+        try:
+            return int(entry["size"]), base64.b64decode(entry["root"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise ClientError("state_corrupt", f"the remembered checkpoint of {origin} is malformed") from None
 
     def note(self, origin: str) -> str | None:
-        entry = self._load().get(origin) or {}
+        entry = self._load()["logs"].get(origin) or {}
         note = entry.get("note")
         return note if isinstance(note, str) else None
 
-    def put(self, origin: str, size: int, root: bytes, note: str | None = None) -> None:
+    def controller_for(self, where: str, cvm: str) -> str | None:
+        entry = self._load()["controllers"].get(f"{where} {cvm}") or {}
+        cid = entry.get("controller_id")
+        return cid if isinstance(cid, str) else None
+
+    def put(self, origin: str, size: int, root: bytes, note: str | None = None, *,
+            where: str | None = None, cvm: str | None = None, controller_id: str | None = None) -> None:
+        """Call with :meth:`lock` held: the anchor only moves forward."""
         data = self._load()
-        data[origin] = {"size": size, "root": base64.b64encode(root).decode()}
+        old = data["logs"].get(origin)
+        if isinstance(old, dict) and isinstance(old.get("size"), int) and old["size"] > size:
+            raise ClientError("state_conflict", f"the remembered checkpoint of {origin} is newer than this one")
+        data["logs"][origin] = {"size": size, "root": base64.b64encode(root).decode()}
         if note is not None:
-            data[origin]["note"] = note
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+            data["logs"][origin]["note"] = note
+        if where is not None and cvm is not None and controller_id is not None:
+            data["controllers"][f"{where} {cvm}"] = {"controller_id": controller_id, "origin": origin}
+        write_json(self.path, data)
 
 
 def verify_controller_quote(
@@ -125,24 +148,30 @@ def verify_controller_quote(
     expect: ControllerExpectations | None = None,
 ) -> tuple[bool, str, dict[str, Any]]:
     """Verify the controller's SGX quote, its binding, and the user's expectations of it;
-    returns (ok, detail, claims)."""
+    returns (ok, detail, claims). Claims are non-empty only when the quote verified and
+    binds the key (the key is attested), even if the expectations then failed."""
     from duet.attestation import validate
     from duet.attestation.dcap import verify_sgx_quote
 
-    simulated = bool(quote.get("simulated"))
+    simulated = quote.get("simulated") is True
     root: bytes | None = None
+    if quote.get("simulated") not in (None, True, False):
+        return False, "the quote's 'simulated' flag is not a boolean", {}
     if simulated:
         if not trust_simulated:
             return False, ("the controller runs on a SIMULATED TEE (no SGX); pass --trust-simulated "
                            "to accept its development root (unsafe outside development)"), {}
-        root = base64.b64decode(quote.get("simulated_root_ca", ""))
+        try:
+            root = base64.b64decode(str(quote.get("simulated_root_ca", "")), validate=True)
+        except (binascii.Error, ValueError):
+            return False, "the simulated root CA is not base64", {}
     problem = _chain_roots_problem(quote.get("collateral"), root)
     if problem:
         return False, f"quote collateral is inconsistent: {problem}", {}
     try:
         raw = base64.b64decode(quote["quote"], validate=True)
         report = verify_sgx_quote(raw, quote["collateral"], now=now, root_ca_der=root)
-    except (AttestationError, KeyError, ValueError, binascii.Error) as exc:
+    except (AttestationError, KeyError, ValueError, TypeError, binascii.Error) as exc:
         return False, f"quote does not verify: {exc}", {}
     claims = {
         "mrenclave": report.mrenclave,
@@ -154,7 +183,7 @@ def verify_controller_quote(
         "debug": report.debug,
     }
     if report.report_data != expected_report_data:
-        return False, "quote verifies but its report data does not bind the controller key and the nonce", claims
+        return False, "quote verifies but its report data does not bind the controller key and the nonce", {}
     if expect is not None:
         if expect.tee is not None and expect.tee != "sgx":
             return False, f"expected a controller TEE {expect.tee!r}; duet controllers run on SGX", claims
@@ -192,22 +221,16 @@ def _chain_roots_problem(collateral: Any, root: bytes | None) -> str | None:
 
 
 def fetch_leaves(http: Http, cvm: str, size: int) -> list[bytes]:
-    leaves: list[bytes] = []
-    while len(leaves) < size:
-        page = http.get_json(f"/v1/cvms/{cvm}/entries", start=len(leaves), end=size)["entries"]
-        if not page:
-            raise ClientError("bad_response", f"controller returned no entries at index {len(leaves)}")
-        for item in page:
-            if item["index"] != len(leaves):
-                raise ClientError("bad_response", "controller returned entries out of order")
-            leaves.append(base64.b64decode(item["leaf"], validate=True))
-    return leaves
+    """Entries [0, size) of a CVM's log, bounded (see :meth:`ReadClient.leaves`)."""
+    return ReadClient(http).leaves(cvm, size)
 
 
 class Source(Protocol):
     """Where the controller's answers come from: live over HTTP, or an offline bundle."""
 
     live: bool
+    #: The controller's place: its URL (live), or ``bundle`` (offline).
+    where: str
 
     def controller(self) -> dict[str, Any]: ...
     def quote(self, nonce: bytes | None) -> tuple[bytes, dict[str, Any]]: ...
@@ -221,26 +244,23 @@ class LiveSource:
 
     def __init__(self, http: Http) -> None:
         self.http = http
+        self.api = ReadClient(http)
+        self.where = controller_key_of_url(http.url)
 
     def controller(self) -> dict[str, Any]:
-        return dict(self.http.get_json("/v1/controller"))
+        return self.api.controller()
 
     def quote(self, nonce: bytes | None) -> tuple[bytes, dict[str, Any]]:
-        nonce = nonce or secrets.token_bytes(32)
-        return nonce, dict(self.http.get_json("/v1/controller/quote", nonce=nonce.hex()))
+        return self.api.quote(nonce)
 
     def checkpoint(self, cvm: str, shown: str | None = None) -> str:
-        """`shown`: the checkpoint we verified last; the controller refuses to serve a log
-        older than it (a rolled-back enclave state) instead of answering."""
-        headers = {"Duet-Checkpoint": base64.b64encode(shown.encode()).decode()} if shown else None
-        return self.http.get_text(f"/v1/cvms/{cvm}/checkpoint", headers=headers)
+        return self.api.checkpoint(cvm, shown)
 
     def leaves(self, cvm: str, size: int) -> list[bytes]:
-        return fetch_leaves(self.http, cvm, size)
+        return self.api.leaves(cvm, size)
 
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]:
-        proof = self.http.get_json(f"/v1/cvms/{cvm}/proofs/consistency", old=old, new=new)["hashes"]
-        return [base64.b64decode(h, validate=True) for h in proof]
+        return self.api.consistency(cvm, old, new)
 
 
 def verify(
@@ -252,8 +272,19 @@ def verify(
     now: datetime | None = None,
     remember: bool = True,
     expect: UserExpectations | None = None,
+    accept_new_controller: bool = False,
 ) -> tuple[Report, Audit | None]:
-    source: Source = LiveSource(http) if isinstance(http, Http) else http
+    """Verify the controller and one CVM's log.
+
+    The remembered checkpoint advances to every checkpoint whose signature, root and
+    consistency verified, *before* the log's contents are judged: a log that fails the
+    user's expectations is still what the controller committed to, and a host that
+    restores an older log later must be caught as a rollback."""
+    if isinstance(http, Http):
+        http.start_run()
+        source: Source = LiveSource(http)
+    else:
+        source = http
     report = Report(cvm)
     now = now or datetime.now(UTC)
     memory = CheckpointMemory(state_dir or default_state_dir())
@@ -263,7 +294,7 @@ def verify(
     try:
         pub_raw = base64.b64decode(info["public_key"], validate=True)
         controller_key: Ed25519PublicKey = keys.public_from_b64(info["public_key"])
-    except (LedgerError, KeyError, ValueError, binascii.Error):
+    except (LedgerError, KeyError, ValueError, TypeError, binascii.Error):
         report.add("controller_identity", False, "controller public key is malformed")
         return report, None
     cid = keys.key_id(controller_key)
@@ -271,6 +302,17 @@ def verify(
                       f"controller id {cid[:16]}… is the hash of its key"
                       if cid == info.get("controller_id") else "controller id is not the hash of its key"):
         return report, None
+    with memory.lock():
+        known = memory.controller_for(source.where, cvm)
+    if known is not None and known != cid:
+        if not accept_new_controller:
+            report.add("controller_identity", False,
+                       f"CVM {cvm} at {source.where} was served before by controller {known[:16]}…, now by "
+                       f"{cid[:16]}…: refused (a new enclave build or a lost sealed state changes the key; "
+                       "if you expected that, pass --accept-new-controller)")
+            return report, None
+        report.add("controller_identity", True,
+                   f"controller changed from {known[:16]}… to {cid[:16]}…, accepted by --accept-new-controller")
 
     nonce, quote = source.quote(secrets.token_bytes(32) if source.live else None)
     expected_rd = controller_report_data(pub_raw, nonce)
@@ -280,42 +322,15 @@ def verify(
     if not source.live:
         detail += " (from the bundle: the nonce is the exporter's, so this shows no freshness)"
     report.controller.update(claims)
-    if not report.add("controller_quote", ok, detail, simulated=bool(quote.get("simulated"))):
+    report.add("controller_quote", ok, detail, simulated=quote.get("simulated") is True)
+    if not claims:  # the key is not attested: nothing it signed means anything
         return report, None
 
     origin = f"duet/{cid}/{cvm}"
-    try:
-        note = source.checkpoint(cvm, memory.note(origin))
-    except ClientError as exc:
-        if exc.code in ("unknown_cvm", "controller_unreachable"):
-            raise
-        if exc.code == "rollback_detected":
-            report.add("consistency", False, f"the controller refuses: {exc.message}")
-            return report, None
-        report.add("checkpoint_signature", False, f"the controller serves no checkpoint: [{exc.code}] {exc.message}")
+    with memory.lock():
+        leaves = _verify_log(source, cvm, report, memory, origin, cid, controller_key, remember)
+    if leaves is None:
         return report, None
-    try:
-        cp: Checkpoint = open_checkpoint(note, Verifier(f"duet/{cid}", controller_key), expected_origin=origin)
-    except LedgerError as exc:
-        report.add("checkpoint_signature", False, f"checkpoint is not validly signed by the attested key: {exc}")
-        return report, None
-    report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode()}
-    report.add("checkpoint_signature", True, f"checkpoint (size {cp.size}) is signed by the attested controller key")
-
-    try:
-        leaves = source.leaves(cvm, cp.size)
-    except ClientError as exc:
-        report.add("log_root", False, f"the controller does not serve the log: [{exc.code}] {exc.message}")
-        return report, None
-    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
-    computed = merkle.root(hashes)
-    if not report.add("log_root", len(leaves) == cp.size and computed == cp.root_hash,
-                      f"the {len(leaves)} entries hash to the checkpoint's root (RFC 9162)"
-                      if computed == cp.root_hash else
-                      "the entries do not hash to the signed root: the log was altered"):
-        return report, None
-
-    _check_consistency(source, cvm, report, memory.get(origin), cp, hashes)
     audit = audit_log(leaves, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
     report.checks.extend(audit.checks)
     report.checks.extend(time_checks(audit.decoded, now))
@@ -325,27 +340,92 @@ def verify(
     report.checks.extend(ev_checks)
     report.checks.extend(history_checks(audit.decoded, expect))
     report.checks.extend(lockdown_checks(audit.decoded, audit.state, expect))
-    if remember and report.ok:
-        memory.put(origin, cp.size, cp.root_hash, note)
+    owner_result = owner_checks(audit.decoded, expect)
+    report.owner_keys = owner_result.in_force
+    report.checks.extend(owner_result.checks)
     return report, audit
+
+
+def _canonical_note(note: str, verifier: Verifier) -> tuple[str, int]:
+    """The note with only the signature lines that verify under `verifier`, and how many
+    other lines it carried (padding, or cosignatures nobody here can check)."""
+    text, sigs = parse_note(note)
+    msg = text.encode("utf-8")
+    kept = [sig for sig in sigs if sig.name == verifier.name and sig.key_hash == verifier.key_hash
+            and verifier.verify(msg, sig.signature)]
+    return text + "\n" + "".join(sig.line() for sig in kept), len(sigs) - len(kept)
+
+
+def _verify_log(
+    source: Source, cvm: str, report: Report, memory: CheckpointMemory, origin: str, cid: str,
+    controller_key: Ed25519PublicKey, remember: bool,
+) -> list[bytes] | None:
+    """Checkpoint signature, root and consistency (with the memory's lock held); the
+    leaves when all three hold, after moving the anchor to this checkpoint."""
+    try:
+        note = source.checkpoint(cvm, memory.note(origin))
+    except LimitExceeded:
+        raise
+    except ClientError as exc:
+        if exc.code in ("unknown_cvm", "controller_unreachable"):
+            raise
+        if exc.code == "rollback_detected":
+            report.add("consistency", False, f"the controller refuses: {exc.message}")
+            return None
+        report.add("checkpoint_signature", False, f"the controller serves no checkpoint: [{exc.code}] {exc.message}")
+        return None
+    verifier = Verifier(f"duet/{cid}", controller_key)
+    try:
+        cp: Checkpoint = open_checkpoint(note, verifier, expected_origin=origin)
+        canonical, extra = _canonical_note(note, verifier)
+    except LedgerError as exc:
+        report.add("checkpoint_signature", False, f"checkpoint is not validly signed by the attested key: {exc}")
+        return None
+    if extra and not source.live:
+        # A bundle is tamper-evident byte for byte: nothing in it goes unchecked.
+        report.add("checkpoint_signature", False,
+                   f"the bundle's checkpoint carries {extra} signature line(s) that are not the controller's")
+        return None
+    report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode()}
+    report.add("checkpoint_signature", True, f"checkpoint (size {cp.size}) is signed by the attested controller key"
+               + (f"; {extra} other signature line(s) dropped" if extra else ""))
+
+    try:
+        leaves = source.leaves(cvm, cp.size)
+    except LimitExceeded:
+        raise
+    except ClientError as exc:
+        report.add("log_root", False, f"the controller does not serve the log: [{exc.code}] {exc.message}")
+        return None
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    computed = merkle.root(hashes)
+    if not report.add("log_root", len(leaves) == cp.size and computed == cp.root_hash,
+                      f"the {len(leaves)} entries hash to the checkpoint's root (RFC 9162)"
+                      if computed == cp.root_hash else
+                      "the entries do not hash to the signed root: the log was altered"):
+        return None
+
+    if not _check_consistency(source, cvm, report, memory.get(origin), cp, hashes):
+        return None
+    if remember:
+        memory.put(origin, cp.size, cp.root_hash, canonical, where=source.where, cvm=cvm, controller_id=cid)
+    return leaves
 
 
 def _check_consistency(
     source: Source, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint, hashes: list[bytes]
-) -> None:
+) -> bool:
     if old is None:
-        report.add("consistency", True, "first verification of this log: its checkpoint is remembered from now on")
-        return
+        return report.add("consistency", True,
+                          "first verification of this log: its checkpoint is remembered from now on")
     old_size, old_root = old
     if cp.size < old_size:
-        report.add("consistency", False,
-                   f"log rolled back: we verified size {old_size} before, the controller now serves {cp.size}")
-        return
+        return report.add("consistency", False,
+                          f"log rolled back: we verified size {old_size} before, the controller now serves {cp.size}")
     if cp.size == old_size:
         same = cp.root_hash == old_root
-        report.add("consistency", same, "same checkpoint as last time" if same
-                   else f"fork: same size {cp.size} as last time but a different root")
-        return
+        return report.add("consistency", same, "same checkpoint as last time" if same
+                          else f"fork: same size {cp.size} as last time but a different root")
     try:
         if source.live:
             proof = source.consistency(cvm, old_size, cp.size)
@@ -353,8 +433,9 @@ def _check_consistency(
         elif merkle.root(hashes[:old_size]) != old_root:
             # Offline we hold every leaf: the old tree must be a prefix of this one.
             raise ValueError(f"the first {old_size} entries do not hash to the remembered root")
+    except LimitExceeded:
+        raise
     except (LedgerError, ClientError, ValueError, KeyError) as exc:
-        report.add("consistency", False,
-                   f"fork: the log does not extend the checkpoint of size {old_size} we verified before: {exc}")
-        return
-    report.add("consistency", True, f"the log extends the checkpoint of size {old_size} we verified before")
+        return report.add("consistency", False,
+                          f"fork: the log does not extend the checkpoint of size {old_size} we verified before: {exc}")
+    return report.add("consistency", True, f"the log extends the checkpoint of size {old_size} we verified before")

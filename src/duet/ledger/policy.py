@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from duet.ledger.errors import LedgerError
+from duet.ledger.regex import Pattern, compile_linear
 
 MODES = ("in-update", "in-service")
 BUILTINS = ("attest", "snapshot", "lockdown")
@@ -80,7 +81,7 @@ class Action:
 @dataclass(frozen=True)
 class Policy:
     text: str
-    commands: dict[str, tuple[re.Pattern[str], ...]]
+    commands: dict[str, tuple[Pattern, ...]]
     actions: dict[str, Action]
     on_enter: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -120,10 +121,10 @@ def parse_policy(text: str) -> Policy:
     return Policy(text=text, commands=commands, actions=actions, on_enter=on_enter)
 
 
-def _parse_commands(raw: Any) -> dict[str, tuple[re.Pattern[str], ...]]:
+def _parse_commands(raw: Any) -> dict[str, tuple[Pattern, ...]]:
     if not isinstance(raw, dict):
         raise PolicyError("policy 'commands' must map a mode to a list of regexes")
-    out: dict[str, tuple[re.Pattern[str], ...]] = {}
+    out: dict[str, tuple[Pattern, ...]] = {}
     for mode, patterns in raw.items():
         if mode not in MODES:
             raise PolicyError(f"policy 'commands' names unknown mode {mode!r}")
@@ -134,8 +135,8 @@ def _parse_commands(raw: Any) -> dict[str, tuple[re.Pattern[str], ...]]:
         compiled = []
         for p in patterns or []:
             try:
-                compiled.append(re.compile(p))
-            except re.error as exc:
+                compiled.append(compile_linear(p))  # RE2: linear time, whatever the pattern
+            except ValueError as exc:
                 raise PolicyError(f"policy regex {p!r} is invalid: {exc}") from None
         out[mode] = tuple(compiled)
     return out
