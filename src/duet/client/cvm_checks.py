@@ -21,6 +21,7 @@ from duet.attestation import AttestationError, SnpReport, validate, verify_snp_r
 from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
+from duet.ledger.lockdown import judge as judge_lockdown
 
 SNP_KINDS = ("snp", "simulated-snp")
 
@@ -212,21 +213,56 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
 
 
 def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: UserExpectations | None) -> list[Check]:
+    """The latest lockdown must pass every expected check twice: as the controller judged
+    it, and as today's judges (`duet.ledger.lockdown`) judge the facts it logged. A log
+    without facts (an older controller, an older and weaker judge) fails."""
     if expect is None or expect.lockdown is None:
         return []
     if not state.lockdown_indices:
         return [Check("lockdown", False, "the log holds no lockdown checks")]
     i = state.lockdown_indices[-1]
-    results = {c.get("name"): c for c in decoded[i].get("checks", []) if isinstance(c, dict)}
+    entry = decoded[i]
+    results = {c.get("name"): c for c in entry.get("checks", []) if isinstance(c, dict)}
+    facts = entry.get("facts")
     problems = []
     for name in expect.lockdown:
+        if name == "no_update_processes":
+            problems.extend(_update_processes(decoded))
+            continue
         c = results.get(name)
         if c is None:
             problems.append(f"{name} was not checked")
-        elif c.get("ok") is not True:
+            continue
+        if c.get("ok") is not True:
             problems.append(f"{name} failed: {c.get('detail', '')}")
+            continue
+        if not isinstance(facts, dict):
+            problems.append(f"{name}: the entry logs no facts (an older, weaker judge); it cannot be judged again")
+            continue
+        ok, detail = judge_lockdown(name, facts)
+        if not ok:
+            problems.append(f"{name} fails when judged again: {detail}")
     return [Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
                   if problems else f"latest lockdown (entry {i}) passes {', '.join(expect.lockdown)}")]
+
+
+def _update_processes(decoded: list[dict[str, Any]]) -> list[str]:
+    """Processes that the last in-update window started and that were left running into
+    in-service (the `snapshot` entry of that entry to in-service lists them)."""
+    last_mode = max((i for i, e in enumerate(decoded) if e.get("type") == "mode"
+                     and e.get("mode") == "in-service"), default=None)
+    if last_mode is None:
+        return ["no_update_processes: the CVM never entered in-service"]
+    snap = next((e for e in reversed(decoded[:last_mode]) if e.get("type") == "processes"), None)
+    if snap is None:
+        return ["no_update_processes: no process list was logged on entry to in-service"]
+    left = snap.get("left_running")
+    if not isinstance(left, list):
+        return ["no_update_processes: the process list does not say what was left running"]
+    if left:
+        shown = "; ".join(f"pid {p.get('pid')} {p.get('command')!r}" for p in left[:5] if isinstance(p, dict))
+        return [f"no_update_processes: {len(left)} processes of the update window left running: {shown}"]
+    return []
 
 
 def _fmt(d: timedelta) -> str:

@@ -31,16 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from duet.attestation import Expectations as EvidenceExpectations
 from duet.client.http import ClientError
+from duet.ledger.lockdown import CHECKS
 
 CVM_TEES = ("snp", "simulated-snp", "tdx", "azure-snp", "azure-tdx")
-LOCKDOWN_CHECKS = (
-    "password_auth_off",
-    "root_login_off",
-    "only_controller_key",
-    "passwords_locked",
-    "agents_disabled",
-    "serial_console_off",
-)
+LOCKDOWN_CHECKS = (*CHECKS, "no_update_processes")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 

@@ -22,7 +22,7 @@ from duet.attestation import AttestationError, SimulatedSnp, verify_snp_report
 from duet.attestation.binding import cvm_report_data
 from duet.controller.evidence import Collector
 from duet.cvm.local import LocalProvider
-from duet.cvm.lockdown import CheckResult, host_runner, local_commands, run_checks
+from duet.cvm.lockdown import Lockdown, run_local
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
@@ -36,10 +36,8 @@ class LocalEvidence(Collector):
         self.snp = snp
         self.provider = provider
 
-    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> list[CheckResult]:
-        ctx = self.provider.lockdown_context(rec.id)
-        return await run_checks(local_commands(ctx), host_runner, controller_key=ctl.client_public_line(rec.id),
-                                akf=str(ctx["authorized_keys_file"]))
+    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> Lockdown:
+        return await run_local(self.provider.lockdown_context(rec.id), ctl.client_public_line(rec.id))
 
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         nonce = secrets.token_bytes(32)
