@@ -64,7 +64,7 @@ def _mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
-def open_no_follow(path: str, *, require_root: bool) -> tuple[bytes, dict[str, Any]]:
+def open_no_follow(path: str, *, require_root: bool, read: bool = True) -> tuple[bytes, dict[str, Any]]:
     """Read `path` by walking it with openat/O_NOFOLLOW from `/`; refuse links, non-regular
     files, hard-linked files and (with `require_root`) anything not owned by root — all
     checked before reading. Returns the bytes and the facts of the file and its parents."""
@@ -101,7 +101,7 @@ def open_no_follow(path: str, *, require_root: bool) -> tuple[bytes, dict[str, A
             raise Refused(f"owned by uid {st.st_uid}, not root (not read)")
         if st.st_nlink != 1:
             raise Refused(f"has {st.st_nlink} hard links (not read)")
-        data = os.read(fd, _MAX_FILE + 1)
+        data = os.read(fd, _MAX_FILE + 1) if read else b""
     finally:
         os.close(fd)
     if len(data) > _MAX_FILE:
@@ -125,7 +125,7 @@ def present(path: str) -> str | None:
     """What is at `path` (lstat of the last component, parents walked without following),
     or None if nothing is."""
     try:
-        open_no_follow(path, require_root=False)
+        open_no_follow(path, require_root=False, read=False)
         return "a regular file"
     except Refused as exc:
         text = str(exc)
