@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -196,7 +195,7 @@ def test_a_home_path_with_a_space_is_scanned(tmp_path: Path) -> None:
         subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
-class socket_port:  # noqa: N801 - a tiny context manager
+class socket_port:
     def __enter__(self) -> int:
         import socket
 
