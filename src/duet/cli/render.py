@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Any
 
 from rich.console import Console
@@ -10,6 +11,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from duet.client.verify import Report
+
+
+def visible(text: str) -> str:
+    """Text from a log, safe to print: control characters (C0, DEL, C1) and Unicode format
+    characters (bidi overrides, zero-width) shown as escapes (``\\x1b``, ``\\u202e``).
+    A logged command or output is data; printed raw, ``\\x1b[8m`` would hide what follows
+    and a bidi override would reorder it."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _summary(e: dict[str, Any]) -> str:
@@ -53,7 +71,8 @@ def _summary(e: dict[str, Any]) -> str:
 def render_timeline(console: Console, decoded: list[dict[str, Any]]) -> None:
     table = Table("#", "time", "type", "details", show_lines=False)
     for i, e in enumerate(decoded):
-        table.add_row(str(i), str(e.get("time", ""))[:23], str(e.get("type")), escape(_summary(e)))
+        table.add_row(str(i), visible(str(e.get("time", ""))[:23]), visible(str(e.get("type"))),
+                      escape(visible(_summary(e))))
     console.print(table)
 
 
@@ -67,7 +86,7 @@ def render_report(console: Console, report: Report) -> None:
     for check in report.checks:
         mark = "PASS" if check.ok else "FAIL"
         label = " [SIMULATED]" if check.simulated else ""
-        console.print(f"{mark}  {check.name:<22}{label} {check.detail}", markup=False)
+        console.print(f"{mark}  {check.name:<22}{label} {visible(check.detail)}", markup=False)
     if report.state is not None:
         s = report.state
         console.print(f"state: mode {s.mode}, epoch {s.epoch}, {s.commands} commands, {s.rejected} rejected, "
