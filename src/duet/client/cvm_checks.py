@@ -21,6 +21,7 @@ from duet.attestation import AttestationError, SnpReport, validate, verify_snp_r
 from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
+from duet.ledger.builtins import builtin_template
 from duet.ledger.lockdown import judge as judge_lockdown
 
 SNP_KINDS = ("snp", "simulated-snp")
@@ -197,7 +198,9 @@ def _cvm_expectations(
 
 def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | None) -> list[Check]:
     """Every owner command in the whole history must match an allowed pattern: state a
-    command left behind outlives the update window it ran in."""
+    command left behind outlives the update window it ran in. Every builtin command must
+    be exactly one of duet's templates (`duet.ledger.builtins`), so that nothing rides
+    past the allow-list under a builtin's name."""
     if expect is None or expect.history is None or expect.history.allowed_commands is None:
         return []
     patterns = [re.compile(p) for p in expect.history.allowed_commands]
@@ -207,9 +210,22 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
         if e.get("type") == "command" and not e.get("builtin")
         and not any(p.search(str(e.get("command"))) for p in patterns)
     ]
+    provisioned: dict[str, Any] = next((e for e in decoded if e.get("type") == "provisioned"), {})
+    launch = provisioned.get("launch")
+    launch = launch if isinstance(launch, dict) else {}
+    snp = launch.get("simulated_snp")
+    snp = snp if isinstance(snp, dict) else {}
+    user = provisioned.get("user") if isinstance(provisioned.get("user"), str) else None
+    tool = snp.get("report_tool") if isinstance(snp.get("report_tool"), str) else None
+    bad += [
+        f"entry {i}: builtin {e.get('action')} ran {e.get('command')!r}, not one of duet's templates"
+        for i, e in enumerate(decoded)
+        if e.get("type") == "command" and e.get("builtin")
+        and builtin_template(e, user=user, report_tool=tool) is None
+    ]
     n = sum(1 for e in decoded if e.get("type") == "command" and not e.get("builtin"))
     return [Check("history", not bad, ("commands outside the allowed patterns: " + "; ".join(bad[:5]))
-                  if bad else f"all {n} owner commands match the allowed patterns")]
+                  if bad else f"all {n} owner commands match the allowed patterns; every builtin is duet's")]
 
 
 def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: UserExpectations | None) -> list[Check]:
@@ -226,9 +242,6 @@ def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: User
     facts = entry.get("facts")
     problems = []
     for name in expect.lockdown:
-        if name == "no_update_processes":
-            problems.extend(_update_processes(decoded))
-            continue
         c = results.get(name)
         if c is None:
             problems.append(f"{name} was not checked")
@@ -244,25 +257,6 @@ def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: User
             problems.append(f"{name} fails when judged again: {detail}")
     return [Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
                   if problems else f"latest lockdown (entry {i}) passes {', '.join(expect.lockdown)}")]
-
-
-def _update_processes(decoded: list[dict[str, Any]]) -> list[str]:
-    """Processes that the last in-update window started and that were left running into
-    in-service (the `snapshot` entry of that entry to in-service lists them)."""
-    last_mode = max((i for i, e in enumerate(decoded) if e.get("type") == "mode"
-                     and e.get("mode") == "in-service"), default=None)
-    if last_mode is None:
-        return ["no_update_processes: the CVM never entered in-service"]
-    snap = next((e for e in reversed(decoded[:last_mode]) if e.get("type") == "processes"), None)
-    if snap is None:
-        return ["no_update_processes: no process list was logged on entry to in-service"]
-    left = snap.get("left_running")
-    if not isinstance(left, list):
-        return ["no_update_processes: the process list does not say what was left running"]
-    if left:
-        shown = "; ".join(f"pid {p.get('pid')} {p.get('command')!r}" for p in left[:5] if isinstance(p, dict))
-        return [f"no_update_processes: {len(left)} processes of the update window left running: {shown}"]
-    return []
 
 
 def _fmt(d: timedelta) -> str:

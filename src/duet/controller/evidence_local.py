@@ -42,7 +42,8 @@ class LocalEvidence(Collector):
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         nonce = secrets.token_bytes(32)
         tool = self.provider.platform_dir(rec.id) / "report_client.py"
-        command = f"python3 {shlex.quote(str(tool))} {nonce.hex()}"
+        # Clean: no session environment, isolated Python (no site, no user site, no .pth).
+        command = f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin python3 -I -S {shlex.quote(str(tool))} {nonce.hex()}"
         outcome = await ctl.execute(rec, None, command, timeout=60.0, action="attest",
                                     intent_index=intent_index, builtin=True)
         r = outcome.result

@@ -363,6 +363,7 @@ class LocalProvider:
             "home": str(self._workdir(st)),
             "port": st.port,
             "forcecommand": None if st.privileged else self._force_command(st),
+            "sshd_pid": self._running_pid(cvm_id),
         }
 
     def _install_platform(self, st: _State) -> dict[str, object] | None:

@@ -45,7 +45,12 @@ CHECKS = (
     "passwords_locked",
     "agents_disabled",
     "serial_console_off",
+    "no_update_processes",
 )
+#: Judged and logged, but not a reason for the controller to refuse in-service: whether
+#: processes an owner started may keep running is the user's call (their expectations
+#: can require it: ``lockdown: [no_update_processes]``).
+ADVISORY = ("no_update_processes",)
 
 ROOT_LOGIN_OK = ("no",)
 _KEY_TYPES = (
@@ -372,6 +377,17 @@ def judge_passwords_locked(facts: Mapping[str, Any]) -> Verdict:
     return True, f"{len(accounts)} accounts, none with a usable password"
 
 
+def judge_update_processes(facts: Mapping[str, Any]) -> Verdict:
+    procs = facts.get("update_processes")
+    if not isinstance(procs, list):
+        return False, "the processes were not examined"
+    if procs:
+        shown = "; ".join(f"pid {p.get('pid')} ({p.get('user')}, since {p.get('started')}) {p.get('command')!r}"
+                          for p in procs[:5])
+        return False, f"{len(procs)} processes started by controller sessions left running: {shown}"
+    return True, "no process started by a controller session is left running"
+
+
 def _judge_absent(facts: Mapping[str, Any], key: str, what: str) -> Verdict:
     found = facts.get(key)
     if not isinstance(found, list):
@@ -391,6 +407,7 @@ _JUDGES: dict[str, Callable[[Mapping[str, Any]], Verdict]] = {
     "passwords_locked": judge_passwords_locked,
     "agents_disabled": lambda f: _judge_absent(f, "agents", "cloud agent that can inject keys or run commands"),
     "serial_console_off": lambda f: _judge_absent(f, "serial_consoles", "serial console login"),
+    "no_update_processes": judge_update_processes,
 }
 
 

@@ -265,12 +265,15 @@ def _proc_uid(pid: int) -> int | None:
     return None
 
 
-def _has_env(pid: int, marker: bytes) -> bool:
+def _has_env(pid: int, marker: bytes, *, prefix: bool = False) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read(1 << 20).split(b"\0")
+            env = f.read(1 << 20).split(b"\0")
     except OSError:
         return False
+    if prefix:
+        return any(v.startswith(marker + b"=") for v in env)
+    return marker in env
 
 
 def listeners(*, cvm_uid: int | None = None, marker: str | None = None, only_cvm: bool = False) -> list[dict[str, Any]]:
@@ -300,6 +303,84 @@ def listeners(*, cvm_uid: int | None = None, marker: str | None = None, only_cvm
                 continue
             out.append(item)
     return out
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return _proc_text(pid, "stat").rsplit(")", 1)[-1].split()
+
+
+def _boot_time() -> float:
+    with open("/proc/stat") as f:
+        for line in f.read().split("\n"):
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def session_processes(*, cvm_uid: int | None, marker: str | None, sshd_exe: str,
+                      sshd_pid: int | None = None) -> list[dict[str, Any]]:
+    """Live processes that a controller session started (local: the CVM's marker in their
+    environment or the CVM's uid; remote: the ``DUET_RUN`` marker of a controller command,
+    or a login-session cgroup of the controller's user). sshd itself (the controller's own
+    connection) and this gatherer with its ancestors are not counted. Detached processes
+    (nohup, setsid) keep both their environment and their session's cgroup."""
+    import datetime
+
+    own: set[int] = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in own:
+        own.add(pid)
+        fields = _stat_fields(pid)
+        pid = int(fields[1]) if len(fields) > 1 else 0
+    boot = _boot_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    uid_slice = f"/user-{cvm_uid}.slice/session-" if cvm_uid is not None else None
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in own:
+            continue
+        p = int(name)
+        fields = _stat_fields(p)
+        if len(fields) < 20 or fields[0] in ("Z", "X"):
+            continue
+        uid = _proc_uid(p)
+        cgroup = _proc_text(p, "cgroup").split("\n")[0].split(":")[-1]
+        by_marker = marker is not None and _has_env(p, marker.encode())
+        by_uid = sshd_pid is not None and cvm_uid is not None and uid == cvm_uid  # local root mode
+        in_session = uid_slice is not None and uid_slice in cgroup  # whatever uid (sudo)
+        by_run = marker is None and _has_env(p, b"DUET_RUN", prefix=True)
+        if not (by_marker or by_uid or in_session or by_run):
+            continue
+        if os.path.basename(_exe(p)) in ("sshd", "sshd-session", "sshd-auth") and (
+                sshd_pid is None or _descends(p, sshd_pid)):
+            continue  # the controller's own connection
+        try:
+            user = pwd.getpwuid(uid).pw_name if uid is not None else "?"
+        except KeyError:
+            user = str(uid)
+        started = datetime.datetime.fromtimestamp(boot + int(fields[19]) / ticks, datetime.UTC)
+        out.append({"pid": p, "ppid": int(fields[1]), "sid": int(fields[3]), "user": user,
+                    "command": _proc_text(p, "cmdline").replace("\0", " ").strip()[:200],
+                    "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "cgroup": cgroup[:120]})
+    return sorted(out, key=lambda x: x["pid"])
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == ancestor:
+            return True
+        fields = _stat_fields(pid)
+        pid = int(fields[1]) if len(fields) > 1 else 0
+        seen += 1
+    return pid == ancestor
 
 
 # --- accounts, agents, consoles ------------------------------------------------------
@@ -382,6 +463,9 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
                  "note": "unprivileged local CVM: the developer's own account; sshd takes keys only"}]
             facts["agents"] = agents_local()
             facts["serial_consoles"] = serial_local()
+            facts["update_processes"] = session_processes(
+                cvm_uid=params.get("cvm_uid"), marker=params.get("marker"), sshd_exe=str(params["sshd"]),
+                sshd_pid=params.get("sshd_pid"))
         else:
             homes = sorted({p.pw_dir for p in pwd.getpwall() if p.pw_dir.startswith("/")} | {"/root"})
             facts["other_key_files"] = [f for h in homes for f in user_key_files(h, read=True, skip=akf)]
@@ -389,6 +473,9 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
             facts["accounts"] = accounts(None)
             facts["agents"] = _units(list(AGENT_UNITS))
             facts["serial_consoles"] = _units([f"serial-getty@{t}.service" for t in SERIAL_TTYS])
+            duet_uid = pwd.getpwnam(user).pw_uid
+            facts["update_processes"] = session_processes(cvm_uid=duet_uid, marker=None,
+                                                          sshd_exe=os.path.realpath("/usr/sbin/sshd"))
         facts["present_paths"] = [p for p in params.get("must_be_absent", []) if present(p) is not None]
     except Exception as exc:  # any gap fails every check that needs it, never passes
         facts["error"] = f"{type(exc).__name__}: {exc}"[:300]
