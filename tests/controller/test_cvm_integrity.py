@@ -166,8 +166,7 @@ def test_loosened_sshd_fails_lockdown_at_next_in_service(controller: ControllerP
     cvm = owner.create("local")["id"]
     cfg = controller.data / "cvms" / cvm / "sshd_config"
     cfg.write_text(cfg.read_text().replace("PasswordAuthentication no", "PasswordAuthentication yes"))
-    home = Path("/var/lib/duet-cvm-homes") / cvm
-    akf = home / ".ssh" / "authorized_keys"
+    akf = Path("/var/lib/duet-cvm-homes") / f"{cvm}.platform" / "authorized_keys"
     with akf.open("a") as f:
         f.write("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJmUZAXsk1TVXt0itPBTsHxxbL7Ecx+6WvJSzGQJGquK intruder\n")
     with pytest.raises(ClientError) as info:

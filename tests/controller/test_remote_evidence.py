@@ -57,7 +57,8 @@ def test_guest_report_data_matches_the_controllers_expectation(tmp_path: Path) -
     out = subprocess.run(["sh", "-c", _REPORT_DATA.format(nonce=nonce.hex(), pub=pub)],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == hashlib.sha512(nonce + base64.b64decode(host_key.split()[1])).hexdigest()
-    assert "sudo -n sh -c" in collect_command("snp", nonce)
+    assert collect_command("snp", nonce).startswith("sudo -n env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C sh -c ")
+    assert "python3 -c" not in collect_command("snp", nonce)  # only isolated Python (-I -S)
     with pytest.raises(ValueError):
         collect_command("sgx", nonce)
 

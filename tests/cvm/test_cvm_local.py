@@ -266,9 +266,13 @@ async def test_root_mode_has_a_dedicated_locked_down_user(cvm: Cvm) -> None:
         if line
     }
     assert shadow[user] == "*"
-    # The CVM user cannot edit its authorized_keys in place.
-    akf = cvm.workdir / ".ssh" / "authorized_keys"
+    # The controller's key is root's, outside the home the CVM user owns, and so is
+    # every directory above it: the user can neither edit nor swap it.
+    akf = Path(str(cvm.prov.launch["authorized_keys_file"]))
     assert akf.stat().st_uid == 0 and akf.stat().st_mode & 0o777 == 0o644
+    assert not akf.is_relative_to(cvm.workdir)
+    for d in akf.parents:
+        assert d.stat().st_uid == 0 and not d.stat().st_mode & 0o022, d
 
     conn = cvm.connection()
     try:

@@ -79,7 +79,9 @@ def test_plan_has_every_security_setting(controller_key: str) -> None:
     user_data = base64.b64decode(osp["customData"]).decode()
     assert user_data == plan["user_data"]
     cfg = yaml.safe_load(user_data)
-    assert cfg["users"][0]["ssh_authorized_keys"] == [key]
+    assert {"path": "/etc/ssh/duet/authorized_keys", "owner": "root:root", "permissions": "0644",
+            "content": key + "\n"} in cfg["write_files"]
+    assert "rm -f /home/duet/.ssh/authorized_keys" in cfg["runcmd"]  # the osProfile copy goes
     assert "systemctl mask --now walinuxagent.service || true" in cfg["bootcmd"]
     assert p["diagnosticsProfile"] == {"bootDiagnostics": {"enabled": False}}
     assert vm["body"]["tags"]["duet-host-data"] == HOST_DATA

@@ -14,7 +14,13 @@ def test_user_data_locks_every_other_door(cloud: str, controller_key: str) -> No
     key = " ".join(controller_key.split()[:2])
     # one user, the controller's key only (no comment, no options), no default user
     assert [u["name"] for u in cfg["users"]] == ["duet"]
-    assert cfg["users"][0]["ssh_authorized_keys"] == [key]
+    # The key lives only in a root-owned file outside any home, the only AuthorizedKeysFile.
+    assert "ssh_authorized_keys" not in cfg["users"][0]
+    assert cfg["users"][0]["shell"] == "/bin/sh"  # no ~/.bashrc for SSH commands
+    files = {f["path"]: f for f in cfg["write_files"]}
+    akf = files["/etc/ssh/duet/authorized_keys"]
+    assert (akf["content"], akf["owner"], akf["permissions"]) == (key + "\n", "root:root", "0644")
+    assert "rm -f /home/duet/.ssh/authorized_keys" in cfg["runcmd"]
     assert cfg["users"][0]["lock_passwd"] is True
     assert "default" not in cfg["users"]
     assert cfg["ssh_pwauth"] is False
@@ -25,7 +31,9 @@ def test_user_data_locks_every_other_door(cloud: str, controller_key: str) -> No
     dropin = cfg["write_files"][0]
     assert dropin["path"] == "/etc/ssh/sshd_config.d/00-duet.conf"
     for line in ("PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin no",
-                 "AuthorizedKeysCommand none", "PermitEmptyPasswords no"):
+                 "AuthorizedKeysCommand none", "PermitEmptyPasswords no", "AllowUsers duet",
+                 "AuthorizedKeysFile /etc/ssh/duet/authorized_keys", "PermitUserRC no", "ExposeAuthInfo no",
+                 "AuthorizedPrincipalsFile none", "TrustedUserCAKeys none", "PermitUserEnvironment no"):
         assert line in dropin["content"].splitlines()
     assert "systemctl mask serial-getty@.service || true" in cfg["bootcmd"]
     agents = {"azure": ["walinuxagent"], "gcp": ["google-guest-agent", "google-osconfig-agent"], "qemu": []}[cloud]

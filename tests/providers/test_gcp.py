@@ -73,7 +73,8 @@ def test_plan_has_every_security_setting(controller_key: str) -> None:
     assert m["duet-host-data"] == HOST_DATA
     assert inst["labels"]["duet-hd-0"] + inst["labels"]["duet-hd-1"] == HOST_DATA
     cfg = yaml.safe_load(m["user-data"])
-    assert cfg["users"][0]["ssh_authorized_keys"] == [key]
+    assert {"path": "/etc/ssh/duet/authorized_keys", "owner": "root:root", "permissions": "0644",
+            "content": key + "\n"} in cfg["write_files"]
     assert "systemctl mask --now google-guest-agent.service || true" in cfg["bootcmd"]
     assert inst["disks"][0]["autoDelete"] is True
     assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith("/ubuntu-2204-lts")

@@ -45,7 +45,8 @@ def test_qemu_plan_snp(tmp_path: Path, controller_key: str) -> None:
     assert plan["host_data_binding"].startswith("SNP HOST_DATA")  # type: ignore[union-attr]
     seed = plan["seed"]["files"]  # type: ignore[index]
     cfg = yaml.safe_load(seed["user-data"])
-    assert cfg["users"][0]["ssh_authorized_keys"] == [" ".join(controller_key.split()[:2])]
+    akf = next(f for f in cfg["write_files"] if f["path"] == "/etc/ssh/duet/authorized_keys")
+    assert akf["content"] == " ".join(controller_key.split()[:2]) + "\n"
     assert cfg["ssh_pwauth"] is False
     assert yaml.safe_load(seed["meta-data"])["instance-id"] == "duet-cvm1"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Any
 
 from rich.console import Console
@@ -10,6 +11,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from duet.client.verify import Report
+
+
+def visible(text: str) -> str:
+    """Text from a log, safe to print: control characters (C0, DEL, C1) and Unicode format
+    characters (bidi overrides, zero-width) shown as escapes (``\\x1b``, ``\\u202e``).
+    A logged command or output is data; printed raw, ``\\x1b[8m`` would hide what follows
+    and a bidi override would reorder it."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _signed(signed: Any) -> str:
@@ -63,7 +81,8 @@ def render_timeline(console: Console, decoded: list[dict[str, Any]], signed: dic
     signed = signed or {}
     table = Table("#", "time", "type", "details", show_lines=False)
     for i, e in enumerate(decoded):
-        table.add_row(str(i), str(e.get("time", ""))[:23], str(e.get("type")), escape(_summary(e, signed.get(i))))
+        table.add_row(str(i), visible(str(e.get("time", ""))[:23]), visible(str(e.get("type"))),
+                      escape(visible(_summary(e, signed.get(i)))))
     console.print(table)
 
 
@@ -77,11 +96,11 @@ def render_report(console: Console, report: Report) -> None:
     for check in report.checks:
         mark = "PASS" if check.ok else "FAIL"
         label = " [SIMULATED]" if check.simulated else ""
-        console.print(f"{mark}  {check.name:<22}{label} {check.detail}", markup=False)
+        console.print(f"{mark}  {check.name:<22}{label} {visible(check.detail)}", markup=False)
     if report.owner_keys:
         console.print(f"owner keys in force: {', '.join(report.owner_keys)}", markup=False)
     for w in report.warnings:
-        console.print(f"WARNING: {w}", markup=False)
+        console.print(f"WARNING: {visible(w)}", markup=False)
     if report.state is not None:
         s = report.state
         console.print(f"state: mode {s.mode}, epoch {s.epoch}, {s.commands} commands, {s.rejected} rejected, "

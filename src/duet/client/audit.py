@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duet.ledger import entries, keys
+from duet.ledger.builtins import ALL_SNAPSHOT_COMMANDS
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, parse_intent, verify_signature
-from duet.ledger.policy import BUILTINS, SNAPSHOT_COMMANDS, Policy, parse_policy
+from duet.ledger.policy import BUILTINS, Policy, parse_policy
 
 
 @dataclass
@@ -248,7 +249,7 @@ def _check_builtin(i: int, e: dict[str, Any], it: Intent, policy: Policy, proble
     if action not in BUILTINS:
         problems.append(f"entry {i}: unknown builtin {action!r}")
         return
-    if action == "snapshot" and e.get("command") not in SNAPSHOT_COMMANDS:
+    if action == "snapshot" and e.get("command") not in ALL_SNAPSHOT_COMMANDS:
         problems.append(f"entry {i}: snapshot ran a command that is not one of duet's snapshot commands")
     if it.op == "cvm.action":
         act = policy.actions.get(str(it.args.get("name")))

@@ -21,6 +21,8 @@ from duet.attestation import AttestationError, SnpReport, validate, verify_snp_r
 from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
+from duet.ledger.builtins import builtin_template
+from duet.ledger.lockdown import judge as judge_lockdown
 from duet.ledger.regex import compile_linear
 
 SNP_KINDS = ("snp", "simulated-snp")
@@ -229,7 +231,9 @@ def time_checks(decoded: list[dict[str, Any]], now: datetime, skew: timedelta = 
 
 def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | None) -> list[Check]:
     """Every owner command in the whole history must match an allowed pattern: state a
-    command left behind outlives the update window it ran in."""
+    command left behind outlives the update window it ran in. Every builtin command must
+    be exactly one of duet's templates (`duet.ledger.builtins`), so that nothing rides
+    past the allow-list under a builtin's name."""
     if expect is None or expect.history is None or expect.history.allowed_commands is None:
         return []
     patterns = [compile_linear(p) for p in expect.history.allowed_commands]  # RE2: no backtracking
@@ -239,25 +243,51 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
         if e.get("type") == "command" and not e.get("builtin")
         and not any(p.search(str(e.get("command"))) for p in patterns)
     ]
+    provisioned: dict[str, Any] = next((e for e in decoded if e.get("type") == "provisioned"), {})
+    launch = provisioned.get("launch")
+    launch = launch if isinstance(launch, dict) else {}
+    snp = launch.get("simulated_snp")
+    snp = snp if isinstance(snp, dict) else {}
+    user = provisioned.get("user") if isinstance(provisioned.get("user"), str) else None
+    tool = snp.get("report_tool") if isinstance(snp.get("report_tool"), str) else None
+    bad += [
+        f"entry {i}: builtin {e.get('action')} ran {e.get('command')!r}, not one of duet's templates"
+        for i, e in enumerate(decoded)
+        if e.get("type") == "command" and e.get("builtin")
+        and builtin_template(e, user=user, report_tool=tool) is None
+    ]
     n = sum(1 for e in decoded if e.get("type") == "command" and not e.get("builtin"))
     return [Check("history", not bad, ("commands outside the allowed patterns: " + "; ".join(bad[:5]))
-                  if bad else f"all {n} owner commands match the allowed patterns")]
+                  if bad else f"all {n} owner commands match the allowed patterns; every builtin is duet's")]
 
 
 def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: UserExpectations | None) -> list[Check]:
+    """The latest lockdown must pass every expected check twice: as the controller judged
+    it, and as today's judges (`duet.ledger.lockdown`) judge the facts it logged. A log
+    without facts (an older controller, an older and weaker judge) fails."""
     if expect is None or expect.lockdown is None:
         return []
     if not state.lockdown_indices:
         return [Check("lockdown", False, "the log holds no lockdown checks")]
     i = state.lockdown_indices[-1]
-    results = {c.get("name"): c for c in decoded[i].get("checks", []) if isinstance(c, dict)}
+    entry = decoded[i]
+    results = {c.get("name"): c for c in entry.get("checks", []) if isinstance(c, dict)}
+    facts = entry.get("facts")
     problems = []
     for name in expect.lockdown:
         c = results.get(name)
         if c is None:
             problems.append(f"{name} was not checked")
-        elif c.get("ok") is not True:
+            continue
+        if c.get("ok") is not True:
             problems.append(f"{name} failed: {c.get('detail', '')}")
+            continue
+        if not isinstance(facts, dict):
+            problems.append(f"{name}: the entry logs no facts (an older, weaker judge); it cannot be judged again")
+            continue
+        ok, detail = judge_lockdown(name, facts)
+        if not ok:
+            problems.append(f"{name} fails when judged again: {detail}")
     return [Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
                   if problems else f"latest lockdown (entry {i}) passes {', '.join(expect.lockdown)}")]
 

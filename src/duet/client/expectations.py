@@ -36,6 +36,7 @@ from duet.attestation.validate import one_line
 from duet.client.errors import ClientError
 from duet.ledger import keys as ledger_keys
 from duet.ledger.errors import LedgerError
+from duet.ledger.lockdown import CHECKS
 from duet.ledger.regex import compile_linear
 
 CVM_TEES = (
@@ -48,14 +49,7 @@ CVM_TEES = (
     "azure-snp-maa",
     "azure-tdx-maa",
 )
-LOCKDOWN_CHECKS = (
-    "password_auth_off",
-    "root_login_off",
-    "only_controller_key",
-    "passwords_locked",
-    "agents_disabled",
-    "serial_console_off",
-)
+LOCKDOWN_CHECKS = (*CHECKS, "no_update_processes")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 

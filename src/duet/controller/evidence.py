@@ -9,11 +9,11 @@ how evidence is obtained and verified for their kind of CVM.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from duet.controller import errors
-from duet.cvm.lockdown import CheckResult
+from duet.cvm.lockdown import Lockdown
+from duet.ledger.lockdown import ADVISORY, JUDGE_VERSION
 from duet.ledger.policy import SNAPSHOT_COMMANDS
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ class Collector(ABC):
     lockdown_where = ""
 
     @abstractmethod
-    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> list[CheckResult]:
-        """Run every lockdown check on the CVM (logging any command sent to it)."""
+    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> Lockdown:
+        """Gather the lockdown facts on the CVM (logging any command sent to it) and judge them."""
 
     @abstractmethod
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
@@ -81,18 +81,22 @@ class Collector(ABC):
         raise errors.InvalidRequest(f"unknown builtin action {name!r}")
 
     async def lockdown(self, ctl: Controller, rec: CvmRecord, *, purpose: str, intent_index: int | None) -> int:
-        """Log every check with its command and output; any failure is a refusal."""
-        results: Sequence[CheckResult] = await self.run_lockdown(ctl, rec, intent_index)
-        ok = all(r.ok for r in results)
+        """Log the facts and every verdict on them; any failure is a refusal. The facts let
+        `duet verify` judge them again with today's judges (`duet.ledger.lockdown`)."""
+        run = await self.run_lockdown(ctl, rec, intent_index)
+        results = run.results
+        ok = run.ok
         index = ctl.append(rec, [{
             "type": "lockdown",
             "purpose": purpose,
             "where": self.lockdown_where,
             "checks": [r.to_json() for r in results],
             "ok": ok,
+            "judge_version": JUDGE_VERSION,
+            "facts": run.facts,
         }])
         if not ok:
-            failed = "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
+            failed = "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok and r.name not in ADVISORY)
             ctl.append(rec, [{"type": "error", "code": "lockdown_failed", "message": failed}])
             raise LockdownFailed(f"lockdown checks failed: {failed}")
         return index

@@ -20,7 +20,7 @@ from duet.attestation import AttestationError, SimulatedSnp, verify_snp_report
 from duet.attestation.binding import cvm_report_data
 from duet.controller.evidence import Collector
 from duet.cvm.local import LocalProvider
-from duet.cvm.lockdown import CheckResult, host_runner, local_commands, run_checks
+from duet.cvm.lockdown import Lockdown, run_local
 from duet.ledger import strictjson
 
 if TYPE_CHECKING:
@@ -35,15 +35,14 @@ class LocalEvidence(Collector):
         self.snp = snp
         self.provider = provider
 
-    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> list[CheckResult]:
-        ctx = self.provider.lockdown_context(rec.id)
-        return await run_checks(local_commands(ctx), host_runner, controller_key=ctl.client_public_line(rec.id),
-                                akf=str(ctx["authorized_keys_file"]))
+    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> Lockdown:
+        return await run_local(self.provider.lockdown_context(rec.id), ctl.client_public_line(rec.id))
 
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         nonce = secrets.token_bytes(32)
         tool = self.provider.platform_dir(rec.id) / "report_client.py"
-        command = f"python3 {shlex.quote(str(tool))} {nonce.hex()}"
+        # Clean: no session environment, isolated Python (no site, no user site, no .pth).
+        command = f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin python3 -I -S {shlex.quote(str(tool))} {nonce.hex()}"
         outcome = await ctl.execute(rec, None, command, timeout=60.0, action="attest",
                                     intent_index=intent_index, builtin=True)
         r = outcome.result

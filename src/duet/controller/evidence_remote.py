@@ -28,7 +28,7 @@ from duet.cvm.guest.collect import (
     parse_cert_table,
     parse_output,
 )
-from duet.cvm.lockdown import CheckResult, remote_commands, run_checks
+from duet.cvm.lockdown import Lockdown, remote_params, run_remote
 from duet.tee.clock import TrustedClock
 
 if TYPE_CHECKING:
@@ -55,9 +55,10 @@ class RemoteEvidence(Collector):
         self.tdx_collateral = tdx_collateral
         self.trusted_arks = trusted_arks
 
-    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> list[CheckResult]:
-        """The checks run over SSH, each logged as a builtin command with its output."""
-        akf = f"/home/{rec.user}/.ssh/authorized_keys"
+    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> Lockdown:
+        """The gatherer runs in the guest as one logged builtin command; its output is the facts.
+        Azure's osProfile can only put a key in the user's home: cloud-init moves it to the
+        root-owned file and removes it, and the judge checks that it is gone (every provider)."""
 
         async def runner(command: str) -> tuple[int, str]:
             outcome = await ctl.execute(rec, None, command, timeout=120.0, action="lockdown",
@@ -66,8 +67,9 @@ class RemoteEvidence(Collector):
             assert r is not None
             return (r.exit_status if r.exit_status is not None else 255), r.stdout.decode("utf-8", "replace")
 
-        return await run_checks(remote_commands(user=str(rec.user), akf=akf), runner,
-                                controller_key=ctl.client_public_line(rec.id), akf=akf)
+        params = remote_params(user=str(rec.user), controller_key=ctl.client_public_line(rec.id),
+                               must_be_absent=[f"/home/{rec.user}/.ssh/authorized_keys"])
+        return await run_remote(params, runner)
 
     async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
         kind = rec.tee

@@ -745,11 +745,12 @@ class Controller:
         intent_index = self.append(rec, [self._intent_entry(intent)])
         previous = rec.mode
         if target == "in-service":
-            # Evidence and snapshot first: a CVM that cannot show its state never enters
-            # in-service.
-            await self._collector(rec).on_enter_service(self, rec, await self._connection(rec), intent_index)
+            # The on-enter actions first, then lockdown, evidence and snapshot: what those
+            # entries describe is the state in-service starts in, and a CVM that cannot
+            # show its state never enters in-service.
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
+            await self._collector(rec).on_enter_service(self, rec, await self._connection(rec), intent_index)
             rec.epoch += 1
             rec.mode = target
             self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])

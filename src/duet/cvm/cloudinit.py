@@ -2,9 +2,15 @@
 
 It makes the controller's key the only way in (invariant 2):
 
-* one user (``duet`` by default) whose ``authorized_keys`` holds the controller's key and
-  nothing else; no default distribution user; keys the cloud offers through its
-  metadata are ignored (``allow_public_ssh_keys: false``);
+* one user (``duet`` by default), the only one sshd lets in (``AllowUsers``); the
+  controller's key, and nothing else, in ``/etc/ssh/duet/authorized_keys`` (root-owned,
+  0644, every directory above it root's), the only ``AuthorizedKeysFile``: nothing in a
+  home directory, which its user could rewrite or swap. No default distribution user;
+  keys the cloud offers through its metadata are ignored (``allow_public_ssh_keys:
+  false``); Azure's osProfile can only place a key in ``~/.ssh/authorized_keys``, so that
+  file is removed (and the lockdown checks it is gone);
+* the user's shell is ``/bin/sh`` (dash): a non-interactive ``sh -c`` reads no start-up
+  file, where Debian's and Ubuntu's bash read ``~/.bashrc`` for every SSH command;
 * passwords locked (the user's and root's), password / keyboard-interactive SSH login
   off, root login off, fresh host keys generated in the guest (``ssh_deletekeys``);
 * serial console logins masked (``serial-getty@.service``);
@@ -53,10 +59,13 @@ AGENT_PACKAGES: dict[str, tuple[str, ...]] = {
 }
 
 SSHD_DROPIN_PATH = "/etc/ssh/sshd_config.d/00-duet.conf"
-#: sshd settings for the CVM; first match wins in sshd, and the drop-in directory is read
-#: before the rest of Ubuntu's / Debian's sshd_config, so these take precedence.
-SSHD_DROPIN = "\n".join(
-    [
+AUTHORIZED_KEYS_PATH = "/etc/ssh/duet/authorized_keys"
+
+
+def sshd_dropin(user: str) -> str:
+    """sshd settings for the CVM; first match wins in sshd, and the drop-in directory is
+    read before the rest of Ubuntu's / Debian's sshd_config, so these take precedence."""
+    return "\n".join([
         "# written by duet at provisioning: the controller's key is the only way in",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -67,19 +76,22 @@ SSHD_DROPIN = "\n".join(
         "GSSAPIAuthentication no",
         "KerberosAuthentication no",
         "PermitRootLogin no",
-        "AuthorizedKeysFile .ssh/authorized_keys",
+        f"AllowUsers {user}",
+        f"AuthorizedKeysFile {AUTHORIZED_KEYS_PATH}",
         "AuthorizedKeysCommand none",
+        "AuthorizedPrincipalsFile none",
         "AuthorizedPrincipalsCommand none",
         "TrustedUserCAKeys none",
         "PermitUserEnvironment no",
+        "PermitUserRC no",
+        "ExposeAuthInfo no",
         "AllowAgentForwarding no",
         "AllowTcpForwarding no",
         "X11Forwarding no",
         "PermitTunnel no",
         "AcceptEnv DUET_RUN",
         "",
-    ]
-)
+    ])
 
 
 def key_line(authorized_key: str) -> str:
@@ -102,6 +114,9 @@ def user_data(authorized_key: str, *, cloud: Cloud, user: str = DEFAULT_USER) ->
     bootcmd.append("systemctl mask serial-getty@.service || true")
     bootcmd.append("systemctl stop 'serial-getty@*.service' || true")
     runcmd: list[str] = [
+        # Azure's osProfile key (the same key, now in the root-owned file) must not stay.
+        f"rm -f /home/{user}/.ssh/authorized_keys",
+        f"chown root:root /etc/ssh/duet && chmod 0755 /etc/ssh/duet && chmod 0644 {AUTHORIZED_KEYS_PATH}",
         f"passwd -l {user}",
         "passwd -l root",
         "systemctl stop 'serial-getty@*.service' || true",
@@ -116,10 +131,9 @@ def user_data(authorized_key: str, *, cloud: Cloud, user: str = DEFAULT_USER) ->
             {
                 "name": user,
                 "gecos": "duet controller",
-                "shell": "/bin/bash",
+                "shell": "/bin/sh",
                 "lock_passwd": True,
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "ssh_authorized_keys": [key],
             }
         ],
         "disable_root": True,
@@ -130,7 +144,8 @@ def user_data(authorized_key: str, *, cloud: Cloud, user: str = DEFAULT_USER) ->
         "ssh_quiet_keygen": True,
         "chpasswd": {"expire": False},
         "write_files": [
-            {"path": SSHD_DROPIN_PATH, "owner": "root:root", "permissions": "0644", "content": SSHD_DROPIN},
+            {"path": SSHD_DROPIN_PATH, "owner": "root:root", "permissions": "0644", "content": sshd_dropin(user)},
+            {"path": AUTHORIZED_KEYS_PATH, "owner": "root:root", "permissions": "0644", "content": key + "\n"},
         ],
         "bootcmd": bootcmd,
         "runcmd": runcmd,

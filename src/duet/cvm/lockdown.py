@@ -1,30 +1,43 @@
 """Lockdown checks: evidence, in the log, that the controller is the only way in.
 
-Each check is a shell command run with the CVM's root privileges plus a pure judgement
-of its output; the command, its output and the verdict are logged (`lockdown` entry),
-so a user can re-read exactly what was seen. A check that cannot run fails: a missing
-tool or unreadable file never turns into a pass.
+The checks gather *facts* as root (`duet.cvm.guest.lockdown_facts`) and judge them with
+the pure judges of `duet.ledger.lockdown`; the `lockdown` entry logs the facts beside the
+verdicts, and `duet verify` judges the logged facts again. A fact that cannot be gathered
+fails every check that needs it: a missing tool or an unreadable file never passes.
 
-For the `local` provider "the CVM's root" is this machine's root (the local sshd and its
-system user live here), so the commands run host-side; on real CVMs the same commands go
-over the controller's SSH session under `sudo -n`.
+Where the facts are gathered:
+
+* `local`: "the CVM's root" is this machine's root (the local sshd and its system user
+  live here), so the gatherer runs host-side, in-process. It opens every file with
+  openat/O_NOFOLLOW from `/`, refuses links and files not owned by root unread, runs no
+  shell and reads nothing in the CVM user's home (only whether something is there).
+* real CVMs: the same gatherer is sent as the text of a logged command and runs in the
+  guest, ``sudo -n env -i PATH=... python3 -I -S -c <script> <params>``, with no login
+  shell and no start-up files; its JSON output is the facts.
+
+Listener rule per provider: `local`, the CVM's own sshd on its port (127.0.0.1) and no
+socket held by the CVM user or its sessions; real guests (Ubuntu 24.04 / Debian, sshd or a
+socket-activated ``ssh.socket``), port 22 only and no other TCP listener on a non-loopback
+address.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import json
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from duet.cvm.guest import lockdown_facts
+from duet.ledger.lockdown import ADVISORY, CHECKS, JUDGE_VERSION, judge_all
+
 Runner = Callable[[str], Awaitable[tuple[int, str]]]
 
-AGENTS = ("waagent", "walinuxagent", "google_guest_agent", "google_osconfig_agent", "amazon-ssm-agent")
-AGENT_UNITS = ("walinuxagent", "waagent", "google-guest-agent", "google-osconfig-agent",
-               "amazon-ssm-agent", "snap.amazon-ssm-agent.amazon-ssm-agent")
-ROOT_LOGIN_OK = ("no", "prohibit-password", "without-password")
+#: Where real guests keep the controller's key: root-owned, outside any user's home.
+REMOTE_AUTHORIZED_KEYS = "/etc/ssh/duet/authorized_keys"
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -40,212 +53,110 @@ class CheckResult:
                 "detail": self.detail}
 
 
-def _settings(sshd_t: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in sshd_t.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key:
-            out.setdefault(key.lower(), []).append(value.strip())
-    return out
+@dataclass(frozen=True)
+class Lockdown:
+    """One run of the checks: the facts (logged) and the verdicts on them."""
+
+    facts: dict[str, Any]
+    results: list[CheckResult]
+
+    @property
+    def ok(self) -> bool:
+        """Every check that can refuse passes (advisory ones are logged, not enforced)."""
+        return all(r.ok for r in self.results if r.name not in ADVISORY)
 
 
-def judge_password_auth(sshd_t: str) -> tuple[bool, str]:
-    s = _settings(sshd_t)
-    if "passwordauthentication" not in s:
-        return False, "no effective sshd configuration was read"
-    bad = [k for k in ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
-                       "hostbasedauthentication", "gssapiauthentication", "kerberosauthentication")
-           if s.get(k, ["no"])[0] != "no"]
-    if bad:
-        return False, "sshd allows: " + ", ".join(f"{k} {s[k][0]}" for k in bad)
-    return True, "sshd allows public-key login only"
+def judged(facts: dict[str, Any], how: str) -> Lockdown:
+    return Lockdown(facts, [CheckResult(name, how, "", ok, detail) for name, ok, detail in judge_all(facts)])
 
 
-def judge_root_login(sshd_t: str) -> tuple[bool, str]:
-    s = _settings(sshd_t)
-    value = s.get("permitrootlogin", [""])[0]
-    if value in ROOT_LOGIN_OK:
-        return True, f"permitrootlogin {value}"
-    return False, f"permitrootlogin is {value or 'unknown'}; want no or prohibit-password"
-
-
-def _resolve_akf(path: str, akf: str) -> str:
-    """sshd reads a relative AuthorizedKeysFile (or one with %h) from the user's home;
-    for the CVM's user that is the directory above `.ssh` of the expected file."""
-    home = akf.rsplit("/.ssh/", 1)[0] if "/.ssh/" in akf else None
-    if home is None:
-        return path
-    path = path.replace("%h", home).replace("%%", "%")
-    return path if path.startswith("/") else f"{home}/{path}"
-
-
-def judge_only_controller_key(output: str, controller_key: str, akf: str) -> tuple[bool, str]:
-    """Output: `sshd -T` lines, then a line `--- <file>` and each authorized_keys file."""
-    sshd_part, _, files_part = output.partition("\n--- ")
-    s = _settings(sshd_part)
-    problems = []
-    if s.get("authorizedkeyscommand", ["none"])[0] != "none":
-        problems.append("an AuthorizedKeysCommand is set")
-    if s.get("authorizedprincipalscommand", ["none"])[0] != "none":
-        problems.append("an AuthorizedPrincipalsCommand is set")
-    if s.get("trustedusercakeys", ["none"])[0] != "none":
-        problems.append("TrustedUserCAKeys is set")
-    files = [_resolve_akf(f, akf) for f in s.get("authorizedkeysfile", [""])[0].split()]
-    if files != [akf]:
-        problems.append(f"AuthorizedKeysFile is {' '.join(files) or 'unset'}, want only {akf}")
-    want = " ".join(controller_key.split()[:2])
-    found: dict[str, list[str]] = {}
-    current = None
-    for line in ("--- " + files_part).splitlines() if files_part else []:
-        if line.startswith("--- "):
-            current = line[4:].strip()
-            found[current] = []
-        elif current is not None and line.strip() and not line.lstrip().startswith("#"):
-            found[current].append(" ".join(line.split()[:2]))
-    if found.get(akf) != [want]:
-        problems.append(f"{akf} holds {len(found.get(akf, []))} keys, want exactly the controller's")
-    others = {f: k for f, k in found.items() if f != akf and k}
-    if others:
-        problems.append("other authorized keys exist: " + ", ".join(sorted(others)))
-    if problems:
-        return False, "; ".join(problems)
-    return True, "the controller's key is the only way to log in"
-
-
-def judge_passwords_locked(output: str) -> tuple[bool, str]:
-    """Output: shadow lines `user:field`; every field must be unusable as a password."""
-    usable = []
-    lines = [line for line in output.splitlines() if line.strip()]
-    if not lines:
-        return False, "no account was read"
-    odd = [line for line in lines if not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?:[^:]*", line)]
-    if odd:
-        return False, "unexpected output instead of account entries: " + "; ".join(odd[:3])
-    for line in lines:
-        user, field = line.split(":", 2)[:2]
-        if not (field in ("", "*", "!", "!!") or field.startswith(("!", "*"))):
-            usable.append(user)
-        if field == "":
-            usable.append(user + " (empty password)")
-    if usable:
-        return False, "accounts with a usable password: " + ", ".join(usable)
-    return True, f"{len(lines)} accounts, none with a usable password"
-
-
-def judge_absent(output: str, what: str) -> tuple[bool, str]:
-    found = [line for line in output.splitlines() if line.strip() and not line.startswith("#")]
-    if found:
-        return False, f"{what} present: " + "; ".join(found[:5])
-    return True, f"no {what}"
-
-
-def local_commands(ctx: Mapping[str, object]) -> dict[str, str]:
-    """The check commands for a local CVM (run host-side as root)."""
-    q = shlex.quote
-    names = ("sshd", "sshd_config", "authorized_keys_file", "user", "home")
-    sshd, cfg, akf, user, home = (str(ctx[k]) for k in names)
-    sshd_t = f"{q(sshd)} -T -f {q(cfg)} -C user={q(user)},host=localhost,addr=127.0.0.1"
-    other_keys = (
-        f"for f in {q(home)}/.ssh/authorized_keys* {q(home)}/.ssh/authorized_keys2; do "
-        f'[ -e "$f" ] && [ "$f" != {q(akf)} ] && echo "--- $f" && cat "$f"; done; true'
-    )
-    shadow = f"getent shadow {q(user)} | cut -d: -f1,2" if ctx.get("privileged") else \
-        f"echo {q(user)}:'*'  # unprivileged local CVM: the developer's own account, no password login"
+def local_params(ctx: Mapping[str, object], controller_key: str) -> dict[str, Any]:
+    privileged = bool(ctx["privileged"])
     return {
-        "password_auth_off": sshd_t,
-        "root_login_off": sshd_t,
-        "only_controller_key": f"{sshd_t}; echo '--- {akf}'; cat {q(akf)}; {other_keys}",
-        "passwords_locked": shadow,
-        "agents_disabled": (
-            "for a in " + " ".join(AGENTS) + '; do p=$(command -v "$a") && echo "installed: $p"; done; '
-            "for u in " + " ".join(AGENT_UNITS) + "; do "
-            '[ -e "/etc/systemd/system/multi-user.target.wants/$u.service" ] && echo "enabled: $u"; done; true'
-        ),
-        "serial_console_off": (
-            "for t in ttyS0 ttyS1 hvc0 ttyAMA0; do "
-            '[ -e "/etc/systemd/system/getty.target.wants/serial-getty@$t.service" ] '
-            '&& echo "enabled: serial-getty@$t"; '
-            "done; ps -eo args | grep -E '^[^ ]*getty.*(ttyS|hvc|ttyAMA)' || true"
-        ),
+        "where": "local",
+        "user": ctx["user"],
+        "authorized_keys_file": ctx["authorized_keys_file"],
+        "sshd": ctx["sshd"],
+        "sshd_config": ctx["sshd_config"],
+        "home": ctx["home"],
+        "privileged": privileged,
+        "cvm_uid": ctx.get("uid") if privileged else None,
+        "marker": ctx.get("marker"),
+        "sshd_pid": ctx.get("sshd_pid"),
+        # Unprivileged, the CVM user is the developer, who owns the CVM directory.
+        "require_root": privileged,
+        "expected": {
+            "user": ctx["user"],
+            "authorized_keys_file": ctx["authorized_keys_file"],
+            "controller_key": " ".join(controller_key.split()[:2]),
+            "root_owned_key_file": privileged,
+            "forcecommand": ctx.get("forcecommand"),
+            "listener_rule": "local",
+            "port": ctx["port"],
+        },
     }
 
 
-def remote_commands(*, user: str, akf: str) -> dict[str, str]:
-    """The check commands for a real CVM, run over SSH by the provisioning user with
-    `sudo -n` (the cloud-init of every provider grants it exactly that)."""
-    q = shlex.quote
-    if not re.fullmatch(r"/[A-Za-z0-9/._-]+", akf):
-        raise ValueError(f"unsafe authorized_keys path {akf!r}")
-    sshd_t = f"sudo -n /usr/sbin/sshd -T -C user={q(user)},host=localhost,addr=127.0.0.1"
-    other_keys = (
-        "sudo -n sh -c 'for h in $(getent passwd | cut -d: -f6 | sort -u) /root; do "
-        'for f in "$h"/.ssh/authorized_keys "$h"/.ssh/authorized_keys2; do '
-        f'[ -e "$f" ] && [ "$f" != {akf} ] && echo "--- $f" && cat "$f"; done; done; true' + "'"
-    )
-    units = " ".join(AGENT_UNITS)
-    # Without a running systemd the unit checks below would print nothing: say so instead,
-    # so that the check fails rather than passes unexamined.
-    need_systemd = '[ -d /run/systemd/system ] || echo "cannot check: systemd is not running"; '
+async def run_local(ctx: Mapping[str, object], controller_key: str) -> Lockdown:
+    """Gather host-side (this process is the local CVM's root) and judge."""
+    params = local_params(ctx, controller_key)
+    facts = await asyncio.to_thread(lockdown_facts.gather, params)
+    return judged(facts, "host-side, in-process: openat/O_NOFOLLOW reads, sshd -T (no shell)")
+
+
+def remote_params(*, user: str, controller_key: str, must_be_absent: list[str]) -> dict[str, Any]:
     return {
-        "password_auth_off": sshd_t,
-        "root_login_off": sshd_t,
-        "only_controller_key": f"{sshd_t}; echo '--- {akf}'; sudo -n cat {q(akf)}; {other_keys}",
-        "passwords_locked": "sudo -n getent shadow | cut -d: -f1,2",
-        "agents_disabled": (
-            need_systemd + f"for u in {units}; do s=$(systemctl is-enabled \"$u\" 2>/dev/null || true); "
-            'case "$s" in enabled*|static|alias|indirect|generated) echo "enabled: $u ($s)";; esac; '
-            'systemctl is-active --quiet "$u" 2>/dev/null && echo "running: $u"; done; true'
-        ),
-        "serial_console_off": (
-            need_systemd + "for t in ttyS0 ttyS1 hvc0 ttyAMA0; do s=$(systemctl is-enabled \"serial-getty@$t.service\" "
-            '2>/dev/null || true); [ "$s" = enabled ] && echo "enabled: serial-getty@$t"; '
-            "systemctl is-active --quiet \"serial-getty@$t.service\" 2>/dev/null "
-            "&& echo \"running: serial-getty@$t\"; "
-            "done; true"
-        ),
+        "where": "remote",
+        "user": user,
+        "authorized_keys_file": REMOTE_AUTHORIZED_KEYS,
+        "sshd": "/usr/sbin/sshd",
+        "must_be_absent": must_be_absent,
+        "expected": {
+            "user": user,
+            "authorized_keys_file": REMOTE_AUTHORIZED_KEYS,
+            "controller_key": " ".join(controller_key.split()[:2]),
+            "root_owned_key_file": True,
+            "forcecommand": None,
+            "listener_rule": "remote",
+            "port": 22,
+            "must_be_absent": must_be_absent,
+        },
     }
 
 
-def judge(name: str, output: str, *, controller_key: str, akf: str) -> tuple[bool, str]:
-    if name == "password_auth_off":
-        return judge_password_auth(output)
-    if name == "root_login_off":
-        return judge_root_login(output)
-    if name == "only_controller_key":
-        return judge_only_controller_key(output, controller_key, akf)
-    if name == "passwords_locked":
-        return judge_passwords_locked(output)
-    if name == "agents_disabled":
-        return judge_absent(output, "cloud agent that can inject keys or run commands")
-    if name == "serial_console_off":
-        return judge_absent(output, "serial console login")
-    return False, f"unknown check {name}"
+def remote_command(params: Mapping[str, Any]) -> str:
+    """The logged command that gathers the facts in a real guest: clean environment,
+    isolated Python (no site, no user site, no PYTHON* variables), no login shell."""
+    return (f"sudo -n env -i PATH={CLEAN_PATH} LANG=C python3 -I -S -c "
+            f"{shlex.quote(lockdown_facts.guest_source())} {shlex.quote(json.dumps(params, sort_keys=True))}")
 
 
-async def run_checks(
-    commands: Mapping[str, str], runner: Runner, *, controller_key: str, akf: str
-) -> list[CheckResult]:
-    results = []
-    for name, command in commands.items():
-        try:
-            rc, output = await runner(command)
-        except Exception as exc:
-            results.append(CheckResult(name, command, "", False, f"could not run: {exc}"))
-            continue
-        ok, detail = judge(name, output, controller_key=controller_key, akf=akf)
-        if rc != 0:
-            ok, detail = False, f"exit status {rc}: {detail}"
-        results.append(CheckResult(name, command, output, ok, detail))
-    return results
+async def run_remote(params: Mapping[str, Any], runner: Runner) -> Lockdown:
+    command = remote_command(params)
+    try:
+        rc, out = await runner(command)
+    except Exception as exc:
+        return judged({"judge_version": JUDGE_VERSION, "error": f"could not run: {exc}"}, "over SSH")
+    try:
+        facts = json.loads(out)
+        if not isinstance(facts, dict) or rc != 0:
+            raise ValueError(f"exit status {rc}")
+    except ValueError as exc:
+        facts = {"judge_version": JUDGE_VERSION, "error": f"the gatherer gave no facts ({exc})"}
+    # The guest reports what it saw; what it had to compare with is the controller's.
+    facts["expected"] = dict(params["expected"])
+    return judged(facts, "in the guest: the logged lockdown command (python3 -I -S, sudo, env -i)")
 
 
-async def host_runner(command: str) -> tuple[int, str]:
-    """Run a check command on this machine (the local provider's "CVM root")."""
-    proc = await asyncio.create_subprocess_shell(
-        command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode("utf-8", "replace")
+__all__ = [
+    "CHECKS",
+    "REMOTE_AUTHORIZED_KEYS",
+    "CheckResult",
+    "Lockdown",
+    "judged",
+    "local_params",
+    "remote_command",
+    "remote_params",
+    "run_local",
+    "run_remote",
+]

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from duet.ledger.builtins import SNAPSHOT_V2
 from duet.ledger.errors import LedgerError
 from duet.ledger.regex import Pattern, compile_linear
 
@@ -35,16 +36,11 @@ MODES = ("in-update", "in-service")
 BUILTINS = ("attest", "snapshot", "lockdown")
 
 #: What the builtin `snapshot` action runs on the CVM (as its SSH user): read-only
-#: commands whose outputs, and their SHA-256 digests, describe the CVM's state. Fixed
-#: here so a verifier can check that a logged snapshot ran exactly these.
-SNAPSHOT_COMMANDS = (
-    "dpkg-query -W -f='${Package} ${Version}\\n' 2>/dev/null | LC_ALL=C sort",
-    "ss -ltnuH 2>/dev/null || cat /proc/net/tcp /proc/net/tcp6",
-    "systemctl list-unit-files --state=enabled --no-legend 2>/dev/null || echo 'no systemd'",
-    "cat /proc/cmdline",
-    "sha256sum ~/.ssh/authorized_keys 2>/dev/null || echo 'no authorized_keys in home'",
-    "uname -a",
-)
+#: commands whose outputs, and their SHA-256 digests, describe the CVM's state (packages,
+#: listening sockets, processes, persistence points, units, kernel modules). Fixed here so
+#: a verifier can check that a logged snapshot ran exactly these (`duet.ledger.builtins`
+#: keeps every older version too).
+SNAPSHOT_COMMANDS = SNAPSHOT_V2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

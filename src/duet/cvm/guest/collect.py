@@ -31,10 +31,11 @@ import uuid
 from dataclasses import dataclass, field
 
 HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: Computes SHA-512(nonce ‖ host key blob) on the guest; prints it as hex.
 _REPORT_DATA = (
-    "python3 -c 'import base64,hashlib,sys;"
+    "python3 -I -S -c 'import base64,hashlib,sys;"
     "k=open(sys.argv[2]).read().split()[1];"
     "print(hashlib.sha512(bytes.fromhex(sys.argv[1])+base64.b64decode(k)).hexdigest())' {nonce} {pub}"
 )
@@ -63,14 +64,14 @@ rd=$({report_data})
 if [ ! -d /sys/kernel/config/tsm/report ] && [ -c /dev/sev-guest ]; then
   echo "provider: sev_guest"
   echo "report_data: $rd"
-  echo "outblob: $(python3 -c {sev_guest} "$rd")"
+  echo "outblob: $(python3 -I -S -c {sev_guest} "$rd")"
   echo "host_key: $(cut -d' ' -f1,2 {pub})"
   exit 0
 fi
 d=/sys/kernel/config/tsm/report/duet-$$
 mkdir "$d"
 trap 'rmdir "$d"' EXIT
-printf '%s' "$rd" | python3 -c 'import sys;sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read()))' > "$d/inblob"
+printf '%s' "$rd" | python3 -I -S -c 'import sys;sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read()))' > "$d/inblob"
 echo "provider: $(cat "$d/provider")"
 echo "report_data: $rd"
 echo "outblob: $(base64 -w0 "$d/outblob")"
@@ -106,7 +107,10 @@ def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HO
     else:
         raise ValueError(f"no evidence collection for TEE kind {kind!r}")
     quoted = script.replace("'", "'\"'\"'")
-    return f"{'sudo -n ' if sudo else ''}sh -c '{quoted}'"
+    # A clean run: no environment of the SSH session (env -i), no start-up files (sh -c is
+    # neither a login nor an interactive shell), an isolated Python (-I -S: no PYTHON*
+    # variables, no site or user site, so no .pth file runs).
+    return f"{'sudo -n ' if sudo else ''}env -i PATH={CLEAN_PATH} LANG=C sh -c '{quoted}'"
 
 
 class CollectError(ValueError):
