@@ -1,11 +1,12 @@
 # Every target sets up what it needs: a .venv with the Python deps, and openssh-server
-# (through apt when running as root; otherwise a message saying what to install).
+# (through apt when running as root; otherwise a message saying what to install);
+# test-slow also qemu-system-x86, qemu-utils, mmdebstrap and e2fsprogs.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench setup sshd clean
+.PHONY: demo test test-slow lint typecheck bench setup sshd slow-deps clean
 
 setup: $(STAMP) sshd
 
@@ -24,8 +25,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+slow-deps:
+	@bash scripts/ensure-slow-deps.sh
+
+# -rs: the only tests allowed to skip (live clouds, which need accounts) say why.
+test-slow: setup slow-deps
+	$(BIN)/python -m pytest -q -rs -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests bench
