@@ -1,11 +1,12 @@
 # Every target sets up what it needs: a .venv with the Python deps, openssh-server and
-# faketime (through apt when running as root; otherwise a message saying what to install).
+# faketime (through apt when running as root; otherwise a message saying what to install);
+# test-slow also qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs and chromium.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench setup sshd faketime clean
+.PHONY: demo test test-slow lint typecheck bench setup sshd faketime slow-deps clean
 
 setup: $(STAMP) sshd faketime
 
@@ -27,9 +28,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
-test-slow: setup
+slow-deps:
+	@bash scripts/ensure-slow-deps.sh
 	@bash scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest -q -m slow
+
+# -rs: the only tests allowed to skip (live clouds, which need accounts) say why.
+test-slow: setup slow-deps
+	$(BIN)/python -m pytest -q -rs -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -44,7 +44,7 @@ def facts(key_bytes: bytes = (KEY + "\n").encode(), **over: Any) -> dict[str, An
         "listeners": [{"proto": "tcp", "addr": "0.0.0.0", "port": 22, "pid": 1, "comm": "systemd",
                        "loopback": False}],
         "accounts": [{"user": "root", "password": "locked"}, {"user": "duet", "password": "locked"}],
-        "agents": [], "serial_consoles": [], "present_paths": [],
+        "agents": [], "serial_consoles": [], "present_paths": [], "update_processes": [],
     }
     f.update(over)
     return f
@@ -192,3 +192,58 @@ def test_facts_of_an_older_judge_fail_and_stay_readable() -> None:
     del old["judge_version"]
     assert all(not ok and "older" in why for _, ok, why in judge_all(old))
     assert all(not ok for _, ok, _ in judge_all({"judge_version": JUDGE_VERSION, "garbage": 1}))
+
+
+def test_verify_fails_a_lockdown_entry_without_facts() -> None:
+    from types import SimpleNamespace
+
+    from duet.client.cvm_checks import lockdown_checks
+    from duet.client.expectations import UserExpectations
+
+    expect = UserExpectations.model_validate({"lockdown": ["only_controller_key"]})
+    old = {"type": "lockdown", "ok": True, "checks": [{"name": "only_controller_key", "ok": True, "detail": "fine",
+                                                        "command": "cat", "output": KEY}]}
+    [check] = lockdown_checks([old], SimpleNamespace(lockdown_indices=[0]), expect)  # type: ignore[arg-type]
+    assert not check.ok and "older" in check.detail
+    # Facts a weaker judge passed fail when judged again.
+    lax = {**old, "facts": facts(f"{OTHER}\n--- {AKF}\n{KEY}\n".encode())}
+    [check] = lockdown_checks([lax], SimpleNamespace(lockdown_indices=[0]), expect)  # type: ignore[arg-type]
+    assert not check.ok and "judged again" in check.detail
+    good = {**old, "facts": facts()}
+    [check] = lockdown_checks([good], SimpleNamespace(lockdown_indices=[0]), expect)  # type: ignore[arg-type]
+    assert check.ok, check.detail
+
+
+def test_the_guest_gatherer_runs_standalone_and_is_a_registered_template() -> None:
+    import hashlib
+    import json
+    import subprocess
+
+    from duet.cvm.guest.lockdown_facts import guest_source
+    from duet.cvm.lockdown import remote_command, remote_params
+    from duet.ledger.builtins import LOCKDOWN_GATHERER_SHA256, builtin_template
+
+    assert hashlib.sha256(guest_source().encode()).hexdigest() in LOCKDOWN_GATHERER_SHA256, (
+        "the guest gatherer changed: add its digest to duet.ledger.builtins (a new template version)")
+    params = remote_params(user="duet", controller_key=KEY, must_be_absent=["/home/duet/.ssh/authorized_keys"])
+    command = remote_command(params)
+    assert builtin_template({"action": "lockdown", "command": command}, user="duet", report_tool=None)
+    assert builtin_template({"action": "lockdown", "command": command}, user="other", report_tool=None) is None
+    assert builtin_template({"action": "lockdown", "command": command + " x"}, user="duet", report_tool=None) is None
+    # The same script, without duet importable (python3 -I -S, as in a guest): it gathers.
+    out = subprocess.run(["python3", "-I", "-S", "-c", guest_source(), json.dumps(params)], capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["judge_version"] == JUDGE_VERSION and "sshd" in got and "accounts" in got, got.get("error")
+
+
+def test_remote_attest_commands_are_registered_templates() -> None:
+    from duet.cvm.guest.collect import collect_command
+    from duet.ledger.builtins import builtin_template
+
+    for kind in ("snp", "tdx", "azure-snp"):
+        cmd = collect_command(kind, bytes(range(32)))
+        assert builtin_template({"action": "attest", "command": cmd}, user="duet", report_tool=None), kind
+        assert builtin_template({"action": "attest", "command": cmd.replace("-I -S ", "")}, user="duet",
+                                report_tool=None) is None

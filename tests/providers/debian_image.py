@@ -21,9 +21,9 @@ from pathlib import Path
 SUITE = "bookworm"
 PACKAGES = [
     "systemd-sysv", "udev", "linux-image-cloud-amd64", "openssh-server", "cloud-init", "ifupdown",
-    "isc-dhcp-client", "sudo", "netbase", "iproute2", "dbus",
+    "isc-dhcp-client", "sudo", "netbase", "iproute2", "dbus", "procps", "python3", "libpam-systemd",
 ]
-VERSION = "1"
+VERSION = "2"
 
 
 @dataclass(frozen=True)

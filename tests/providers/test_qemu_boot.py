@@ -4,7 +4,9 @@ controller's SSH channel (`duet.cvm.ssh.CvmConnection`). Slow: `make test-slow`.
 
 The image is built from Debian packages (tests/providers/debian_image.py: mmdebstrap,
 mke2fs -d) on first use and cached; that needs root, network access to a Debian mirror
-and a few minutes. ``DUET_QEMU_ACCEL=kvm`` boots with KVM where available.
+and a few minutes. ``DUET_QEMU_ACCEL=kvm`` boots with KVM where available. `make test-slow`
+installs the tools; a prerequisite that is still missing, or an image that cannot be
+built, fails the test with the reason (a skipped slow test would read as a pass).
 """
 
 from __future__ import annotations
@@ -34,19 +36,24 @@ def _why_not() -> str | None:
     return None
 
 
-async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:
+def require_image():  # type: ignore[no-untyped-def]
+    """The cached (or freshly built) Debian image; a failure, never a skip, without it."""
     reason = _why_not()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(f"cannot run: {reason}", pytrace=False)
     import debian_image
 
+    try:
+        return debian_image.build()
+    except Exception as exc:  # no mirror reachable, no space, ...
+        pytest.fail(f"could not build the Debian test image: {exc}", pytrace=False)
+
+
+async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:
+    image = require_image()
     from duet.cvm.qemu import QemuProvider
     from duet.cvm.ssh import CvmConnection, generate_client_key, public_line
 
-    try:
-        image = debian_image.build()
-    except Exception as exc:  # no mirror reachable, no space, ...
-        pytest.skip(f"could not build the Debian test image: {exc}")
     accel = os.environ.get("DUET_QEMU_ACCEL", "tcg")
     provider = QemuProvider(
         tmp_path / "qemu",
@@ -72,8 +79,9 @@ async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:
         try:
             host_key = await conn.connect()
             assert host_key.startswith("ssh-ed25519 ")
-            res = await conn.run("id -un && sudo -n passwd -S root && grep -c . ~/.ssh/authorized_keys",
-                                 timeout_s=120)
+            res = await conn.run("id -un && sudo -n passwd -S root && test ! -e ~/.ssh/authorized_keys && "
+                                 "stat -c '%U %a' /etc/ssh/duet/authorized_keys && "
+                                 "grep -c . /etc/ssh/duet/authorized_keys", timeout_s=120)
         finally:
             await conn.close()
         out = res.stdout.decode()
@@ -81,6 +89,7 @@ async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:
         lines = out.split()
         assert lines[0] == "duet"
         assert "root L" in out  # root's password locked
+        assert "root 644" in out  # the key file is root's, outside any home
         assert lines[-1] == "1"  # the controller's key only
     finally:
         await provider.delete("boot-1")

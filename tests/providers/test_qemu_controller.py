@@ -12,27 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from test_qemu_boot import _why_not
+from test_qemu_boot import require_image
 
 pytestmark = pytest.mark.slow
 
 
 async def test_qemu_cvm_through_the_controller(tmp_path: Path) -> None:
-    reason = _why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    import debian_image
-
+    image = require_image()
     from duet.client.audit import audit_log
     from duet.client.cvm_checks import evidence_checks
     from duet.controller.serve import build_controller
     from duet.ledger import entries, keys
     from duet.ledger.intent import sign_intent
 
-    try:
-        image = debian_image.build()
-    except Exception as exc:  # no mirror reachable, no space, ...
-        pytest.skip(f"could not build the Debian test image: {exc}")
     os.chmod(tmp_path, 0o755)
     providers = tmp_path / "providers.yaml"
     providers.write_text(json.dumps({"qemu": {

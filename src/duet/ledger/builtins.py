@@ -74,7 +74,10 @@ ATTEST_REMOTE_SHA256 = {
     "9a58b47ebdc5cd18e2b154fb75a9810e6f5d94128b120681e7b656b791bae244": "v2 azure-snp",
 }
 #: The lockdown gatherer sent to real guests (`duet.cvm.guest.lockdown_facts.guest_source`).
-LOCKDOWN_GATHERER_SHA256: dict[str, str] = {}
+#: Each change to that file or to `duet.ledger.lockdown` is a new version: add its digest.
+LOCKDOWN_GATHERER_SHA256: dict[str, str] = {
+    "97b40b4a5f1d06bc1726167db43625bd1c9c074b5e68e52a5b8019958289ee64": "v2",
+}
 _LOCKDOWN_V2_ARGV = ["sudo", "-n", "env", "-i", f"PATH={CLEAN_PATH}", "LANG=C", "python3", "-I", "-S", "-c"]
 
 

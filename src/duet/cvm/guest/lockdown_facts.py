@@ -365,7 +365,7 @@ def session_processes(*, cvm_uid: int | None, marker: str | None, sshd_exe: str,
             user = pwd.getpwuid(uid).pw_name if uid is not None else "?"
         except KeyError:
             user = str(uid)
-        started = datetime.datetime.fromtimestamp(boot + int(fields[19]) / ticks, datetime.UTC)
+        started = datetime.datetime.fromtimestamp(boot + int(fields[19]) / ticks, datetime.timezone.utc)  # noqa: UP017 - guests may run 3.10
         out.append({"pid": p, "ppid": int(fields[1]), "sid": int(fields[3]), "user": user,
                     "command": _proc_text(p, "cmdline").replace("\0", " ").strip()[:200],
                     "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "cgroup": cgroup[:120]})
@@ -473,7 +473,10 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
             facts["accounts"] = accounts(None)
             facts["agents"] = _units(list(AGENT_UNITS))
             facts["serial_consoles"] = _units([f"serial-getty@{t}.service" for t in SERIAL_TTYS])
-            duet_uid = pwd.getpwnam(user).pw_uid
+            try:
+                duet_uid: int | None = pwd.getpwnam(user).pw_uid
+            except KeyError:  # no such user: no session of it to find (DUET_RUN still is)
+                duet_uid = None
             facts["update_processes"] = session_processes(cvm_uid=duet_uid, marker=None,
                                                           sshd_exe=os.path.realpath("/usr/sbin/sshd"))
         facts["present_paths"] = [p for p in params.get("must_be_absent", []) if present(p) is not None]
