@@ -4,7 +4,7 @@ Shape::
 
     controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1}
     cvm:
-      tee: snp                        # snp | simulated-snp | tdx | azure-snp | azure-tdx
+      tee: snp                        # one of CVM_TEES (below)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
       min_tcb: {bootloader: 3, tee: 0, snp: 8, microcode: 115}
