@@ -124,7 +124,7 @@ class BundleSource:
             data = json.loads(raw)
         except OSError as exc:
             raise ClientError("invalid_bundle", f"cannot read {path}: {exc.strerror}") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ClientError("invalid_bundle", f"{path} is not JSON") from None
         if not isinstance(data, dict) or data.get("duet_bundle") != BUNDLE_VERSION:
             raise ClientError("invalid_bundle", f"{path} is not a duet bundle (version {BUNDLE_VERSION})")
