@@ -369,6 +369,7 @@ def verify(
         False, "--accept-new-controller", help="Accept another controller key for a CVM verified before."),
     max_entries: int = typer.Option(1_000_000, "--max-entries", min=1, help="Largest log to download."),
     budget: float = typer.Option(900.0, "--budget", min=1.0, help="Seconds the whole verification may take."),
+    max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -382,7 +383,7 @@ def verify(
         err.print(f"WARNING: {w}", markup=False)
     if strict and weak:
         fail("weak_expectations", "--strict: " + "; ".join(weak))
-    limits = Limits(max_entries=max_entries, budget=budget)
+    limits = Limits(max_entries=max_entries, budget=budget, max_total_bytes=max_mib << 20)
     ctl = expectations.controller if expectations is not None else None
     if bundle is not None:
         from duet.client.bundle import BundleSource
