@@ -63,6 +63,11 @@ def test_a_padded_bundle_fails_and_leaves_no_trace(evil: EvilController, recorde
 @pytest.mark.parametrize("edit", [
     lambda d: {**d, "quote": {**d["quote"], "collateral": {**d["quote"]["collateral"], "padding": "x" * 100_000}}},
     lambda d: {**d, "quote": {**d["quote"], "simulated": "true"}},
+    lambda d: {**d, "quote": {**d["quote"], "collateral": {
+        **d["quote"]["collateral"],
+        "tcb_info_issuer_chain": "padding " * 1000 + d["quote"]["collateral"]["tcb_info_issuer_chain"]}}},
+    lambda d: {**d, "quote": {**d["quote"], "collateral": {
+        **d["quote"]["collateral"], "pck_crl": d["quote"]["collateral"]["pck_crl"].upper()}}},
     lambda d: {**d, "nonce": d["nonce"].upper()},
     lambda d: {**d, "entries": [_alt_b64(d["entries"][0]), *d["entries"][1:]]},
     lambda d: {**d, "controller": {**d["controller"], "public_key": _alt_b64(d["controller"]["public_key"])}},

@@ -17,9 +17,12 @@ from pathlib import Path
 from rich.console import Console
 
 from duet.cli.render import render_report, render_timeline
-from duet.client.http import ClientError, Http
+from duet.client.api import ReadClient
+from duet.client.errors import ClientError
+from duet.client.http import Http
 from duet.client.owner import OwnerClient
-from duet.client.verify import fetch_leaves, verify
+from duet.client.owner_check import verified_intents
+from duet.client.verify import verify
 from duet.cvm.cleanup import delete_all_local
 from duet.ledger import entries, keys
 
@@ -44,7 +47,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
             if proc.poll() is not None:
                 raise RuntimeError(f"controller exited with status {proc.returncode}")
             try:
-                http.get_json("/v1/controller")
+                ReadClient(http).controller()
                 return
             except ClientError:
                 time.sleep(0.1)
@@ -70,7 +73,7 @@ def run_demo(console: Console, *, keep: bool = False) -> int:
         console.print("duet demo — controller on a SIMULATED SGX TEE, one local CVM (a real OpenSSH sshd)")
         wait_ready(url, proc)
         owner = OwnerClient(key, url)
-        info = owner.http.get_json("/v1/controller")
+        info = owner.api.controller()
         console.print(f"controller {info['controller_id'][:16]}… listening on {url} (tee {info['tee']}, SIMULATED)")
 
         say("The owner creates a CVM (signed cvm.create intent)")
@@ -101,9 +104,9 @@ def run_demo(console: Console, *, keep: bool = False) -> int:
 
         say("The CVM's log")
         with Http(url) as http:
-            size = http.get_json(f"/v1/cvms/{cid}")["tree_size"]
-            decoded = [entries.decode(leaf) for leaf in fetch_leaves(http, cid, size)]
-        render_timeline(console, decoded)
+            api = ReadClient(http)
+            decoded = [entries.decode(leaf) for leaf in api.leaves(cid, api.tree_size(cid))]
+        render_timeline(console, decoded, verified_intents(decoded))
 
         say("A service user verifies the controller and the CVM (trusting the SIMULATED root)")
         with Http(url) as http:

@@ -385,18 +385,19 @@ def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = t
             decoded.append({"type": "undecodable", "error": str(exc)})
     signed = verified_intents(decoded)
     if as_json:
-        out.print_json(data=[{"index": i, **e, **_signed_fields(signed, i)} for i, e in enumerate(decoded)])
+        out.print_json(data=[_json_entry(i, e, signed) for i, e in enumerate(decoded)])
         return
     render_timeline(out, decoded, signed)
 
 
-def _signed_fields(signed: dict[int, Any], i: int) -> dict[str, Any]:
-    """For intents: what the signed JWS says (op, kid), verified against the owner keys
-    in force; the entry's own unsigned copies are not shown as facts."""
+def _json_entry(i: int, e: dict[str, Any], signed: dict[int, Any]) -> dict[str, Any]:
+    """For intents: `op` and `kid` as the signed JWS says, verified against the owner
+    keys in force (null when it does not verify); the entry's own copies are dropped."""
     if i not in signed:
-        return {}
+        return {"index": i, **e}
     v = signed[i]
-    return {"verified": None if v is None else {"op": v.op, "kid": v.kid}}
+    rest = {k: val for k, val in e.items() if k not in ("op", "kid")}
+    return {"index": i, **rest, "verified": None if v is None else {"op": v.op, "kid": v.kid}}
 
 
 @app.command()
@@ -415,6 +416,7 @@ def verify(
         False, "--accept-new-controller", help="Accept another controller key for a CVM verified before."),
     max_entries: int = typer.Option(1_000_000, "--max-entries", min=1, help="Largest log to download."),
     budget: float = typer.Option(900.0, "--budget", min=1.0, help="Seconds the whole verification may take."),
+    max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -428,7 +430,7 @@ def verify(
         err.print(f"WARNING: {w}", markup=False)
     if strict and weak:
         fail("weak_expectations", "--strict: " + "; ".join(weak))
-    limits = Limits(max_entries=max_entries, budget=budget)
+    limits = Limits(max_entries=max_entries, budget=budget, max_total_bytes=max_mib << 20)
     ctl = expectations.controller if expectations is not None else None
     if bundle is not None:
         from duet.client.bundle import BundleSource

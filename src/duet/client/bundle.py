@@ -41,6 +41,36 @@ COLLATERAL_FIELDS = frozenset({
 })
 
 
+HEX_COLLATERAL = frozenset({"root_ca_crl", "pck_crl", "tcb_info_signature", "qe_identity_signature"})
+
+
+def _canonical_chain(chain: str) -> str | None:
+    """A PEM chain in its one spelling (cryptography's PEM of each certificate, in order),
+    or None if it is not a PEM chain. Text between or around the certificates (which a
+    PEM reader skips) would otherwise ride along unchecked."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certs = x509.load_pem_x509_certificates(chain.encode())
+    except ValueError:
+        return None
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def _canonical_collateral(collateral: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in collateral.items():
+        if k not in COLLATERAL_FIELDS:
+            continue
+        if isinstance(v, str) and k.endswith("_issuer_chain"):
+            v = _canonical_chain(v) or v
+        elif isinstance(v, str) and k in HEX_COLLATERAL:
+            v = v.lower()
+        out[k] = v
+    return out
+
+
 def _controller_lines_only(note: str, controller_id: str) -> str:
     """Keep only the controller's signature line(s): the bundle holds nothing that its
     verifier does not check (the verifier then demands that each line verifies)."""
@@ -65,7 +95,7 @@ def export_bundle(http: Http, cvm: str) -> bytes:
         raise ClientError("bad_response", "the controller's identity, quote or checkpoint is malformed") from None
     if not isinstance(collateral, dict):
         raise ClientError("bad_response", "the quote's collateral is not an object")
-    quote = {**quote, "collateral": {k: v for k, v in collateral.items() if k in COLLATERAL_FIELDS}}
+    quote = {**quote, "collateral": _canonical_collateral(collateral)}
     leaves = api.leaves(cvm, size)
     return rfc8785.dumps({
         "duet_bundle": BUNDLE_VERSION,
@@ -96,8 +126,13 @@ def _canonical_problem(data: dict[str, Any]) -> str | None:
         return "the nonce is not 32 bytes of lowercase hex"
     if not isinstance(quote.get("collateral"), dict) or not set(quote["collateral"]) <= COLLATERAL_FIELDS:
         return "the quote's collateral has fields a quote's collateral does not have"
-    if not all(isinstance(v, str) for v in quote["collateral"].values()):
-        return "the quote's collateral fields are not text"
+    for k, v in quote["collateral"].items():
+        if not isinstance(v, str):
+            return "the quote's collateral fields are not text"
+        if k.endswith("_issuer_chain") and _canonical_chain(v) != v:
+            return f"collateral {k} is not exactly its PEM certificates"
+        if k in HEX_COLLATERAL and not re.fullmatch(r"(?:[0-9a-f]{2})*", v):
+            return f"collateral {k} is not lowercase hex"
     if quote.get("simulated") not in (None, True, False):
         return "the quote's 'simulated' flag is not a boolean"
     for name in ("quote", "simulated_root_ca"):
@@ -124,7 +159,7 @@ class BundleSource:
             data = json.loads(raw)
         except OSError as exc:
             raise ClientError("invalid_bundle", f"cannot read {path}: {exc.strerror}") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ClientError("invalid_bundle", f"{path} is not JSON") from None
         if not isinstance(data, dict) or data.get("duet_bundle") != BUNDLE_VERSION:
             raise ClientError("invalid_bundle", f"{path} is not a duet bundle (version {BUNDLE_VERSION})")

@@ -101,7 +101,7 @@ class Limits:
     #: One response body (a page of entries, a quote, a checkpoint).
     max_response_bytes: int = 64 << 20
     #: All response bodies of one run together.
-    max_total_bytes: int = 1 << 30
+    max_total_bytes: int = 512 << 20
     #: No byte for this long ends a request.
     read_timeout: float = 30.0
     #: One request, from sending to the last byte of the body (defeats a trickle).
