@@ -53,9 +53,9 @@ def test_strict_reader_keeps_what_is_valid() -> None:
         strictjson.loads(b" " * 11 + b"1", max_bytes=10)
 
 
-def test_depth_check_is_linear_on_unterminated_strings() -> None:
-    # An unterminated string of escaped quotes once made the string-stripping regex
-    # quadratic; the possessive pattern scans it once.
+def test_hostile_shapes_are_refused_in_linear_time() -> None:
+    # An unterminated string of escaped quotes is quadratic for a naive string-stripping
+    # pre-scan; the reader has none.
     started = time.process_time()
     with pytest.raises(strictjson.JsonInputError):
         strictjson.loads(b'"' + b'\\"' * 400_000)

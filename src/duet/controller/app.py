@@ -8,6 +8,7 @@ body never carries internals.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import re
@@ -325,7 +326,9 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             # (controller/limits.py); nobody reads this answer.
             return error_response("invalid_request", "the client disconnected before sending the whole body")
         try:
-            body = strictjson.loads(raw, max_bytes=MAX_BODY, what="request body")
+            # A large body is parsed in a worker thread, so the event loop keeps serving.
+            parse = functools.partial(strictjson.loads, raw, max_bytes=MAX_BODY, what="request body")
+            body = await run_in_threadpool(parse) if len(raw) > 64 * 1024 else parse()
         except strictjson.JsonInputError as exc:
             return error_response(exc.code, str(exc))
         if not isinstance(body, dict) or set(body) != {"jws"} or not isinstance(body["jws"], str):

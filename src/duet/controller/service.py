@@ -446,7 +446,7 @@ class Controller:
         the step is on the record. The append is never refused (a clock step would
         otherwise deny every operation)."""
         host = _rfc3339(self.clock.host_now())
-        floor = _rfc3339(self.clock.now())
+        floor = _rfc3339(self.clock.floor) if self.clock.floor is not None else ""
         last = self._last_time.get(log_id)
         if last is None and self.ledger.has_log(log_id):
             size = self.ledger.tree_head(log_id).size

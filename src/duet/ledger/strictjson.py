@@ -8,8 +8,9 @@ parser let in) or as two parsers disagreeing on one document. This module refuse
 the edge, each with its own stable `code`, so the HTTP layer answers 4xx and a client can
 tell which rule it broke.
 
-The depth limit is checked *before* parsing, on the text with its strings removed, so no
-input can reach the recursion limit of the standard parser.
+Nesting beyond the standard parser's recursion limit is caught as the `RecursionError` it
+raises (the C parser counts its own depth); anything shallower is measured after parsing,
+without recursion.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
 from typing import Any
 
 from duet.ledger.errors import LedgerError
@@ -27,10 +27,9 @@ MAX_SAFE_INT = 2**53 - 1
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_BYTES = 1 << 20
 
-#: A string token, or an unterminated one up to the end (possessive: linear on any input).
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: The only way a parsed string can hold a lone surrogate that the text did not: an escape.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JsonInputError(LedgerError):
@@ -116,13 +115,6 @@ def _not_utf8(raw: bytes, what: str) -> JsonInputError:
     return JsonLoneSurrogate(f"{what} contains an encoded surrogate code point")
 
 
-def depth(text: str) -> int:
-    """Nesting depth of a JSON text, counted on its brackets outside strings."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    steps = (1 if c in "[{" else -1 for c in brackets)
-    return max(accumulate(steps, initial=0))
-
-
 def loads(
     raw: bytes | str,
     *,
@@ -151,8 +143,6 @@ def loads(
         raise JsonTooLarge(f"{what} is {size} bytes; at most {max_bytes} are accepted")
     if _SURROGATE.search(text):
         raise JsonLoneSurrogate(f"{what} contains a surrogate code point outside a pair")
-    if depth(text) > max_depth:
-        raise JsonTooDeep(f"{what} nests deeper than {max_depth} levels")
     try:
         value = json.loads(
             text,
@@ -163,25 +153,42 @@ def loads(
         )
     except JsonInputError:
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # The C parser counts its recursion; nothing this deep is within the limit.
+        raise JsonTooDeep(f"{what} nests deeper than {max_depth} levels") from None
+    except ValueError as exc:
         raise JsonInputError(f"{what} is not JSON: {str(exc)[:200]}") from None
-    _check_strings(value, what)
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
+    if escapes or text.count("[") + text.count("{") > max_depth:
+        _walk(value, max_depth, escapes, what)
     return value
 
 
-def _check_strings(value: Any, what: str) -> None:
-    """`\\ud800` escapes decode to lone surrogates, which UTF-8 cannot carry (RFC 8259 §8.2)."""
-    stack = [value]
+def _walk(value: Any, max_depth: int, strings: bool, what: str) -> None:
+    """Nesting depth, and (when the text has surrogate escapes) the strings: `\\ud800`
+    decodes to a lone surrogate, which UTF-8 cannot carry (RFC 8259 §8.2). Iterative, so
+    it cannot itself run out of stack; only containers are pushed."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    if strings and isinstance(value, str):
+        _check_string(value, what)
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                raise JsonLoneSurrogate(f"{what} contains an escaped lone surrogate")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise JsonTooDeep(f"{what} nests deeper than {max_depth} levels")
+        children = item.values() if isinstance(item, dict) else item
+        if strings and isinstance(item, dict):
+            for key in item:
+                _check_string(key, what)
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif strings and isinstance(child, str):
+                _check_string(child, what)
+
+
+def _check_string(text: str, what: str) -> None:
+    if _SURROGATE.search(text):
+        raise JsonLoneSurrogate(f"{what} contains an escaped lone surrogate")
 
 
 def loads_object(raw: bytes | str, **kwargs: Any) -> dict[str, Any]:
