@@ -124,7 +124,9 @@ needs_faketime = pytest.mark.skipif(faketime is None, reason="faketime is not in
 def _under_faketime(c: ControllerProc, back_s: int) -> ControllerProc:
     c.prefix = (str(faketime), "-f", f"-{back_s}s")
     # asyncio's timers run on the monotonic clock: leave it alone, move only the wall clock.
-    c.env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    # NO_FAKE_STAT: file timestamps stay real (libfaketime's stat wrappers reject the
+    # openat/fstatat calls the lockdown gatherer makes); the clocks are what the host moves.
+    c.env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
     return c.start()
 
 
