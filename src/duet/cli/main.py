@@ -408,6 +408,7 @@ def verify(
     trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML (see README)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
+    from_tiles: str | None = typer.Option(None, "--from-tiles", help="Verify from a tile mirror (URL or dir)."),
     as_json: bool = typer.Option(False, "--json"),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
     report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
@@ -432,14 +433,20 @@ def verify(
         fail("weak_expectations", "--strict: " + "; ".join(weak))
     limits = Limits(max_entries=max_entries, budget=budget, max_total_bytes=max_mib << 20)
     ctl = expectations.controller if expectations is not None else None
-    if bundle is not None:
+    if bundle is not None or from_tiles is not None:
         from duet.client.bundle import BundleSource
+        from duet.client.tiles_source import TileSource
 
-        source = BundleSource.load(bundle)
+        source: BundleSource | TileSource = (BundleSource.load(bundle) if bundle is not None
+                                             else TileSource(str(from_tiles)))
         if cvm is not None and cvm != source.cvm:
             fail("invalid_request", f"the bundle is for CVM {source.cvm}, not {cvm}", 2)
-        report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                  expect=expectations, accept_new_controller=accept_new_controller)
+        try:
+            report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
+                                      expect=expectations, accept_new_controller=accept_new_controller)
+        finally:
+            if isinstance(source, TileSource):
+                source.close()
     else:
         if cvm is None:
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
@@ -463,14 +470,25 @@ def verify(
 @_guard
 def state_export(
     cvm: str,
-    out_path: Annotated[Path, typer.Option("--out", help="Bundle file to write.")],
+    out_path: Path | None = typer.Option(None, "--out", help="Bundle file to write."),
+    tiles_dir: Path | None = typer.Option(None, "--tiles", help="Write a static tile mirror to this directory."),
     controller: ControllerOpt = DEFAULT_URL,
 ) -> None:
-    """Write a self-contained bundle (quote, checkpoint, all entries) for offline checks."""
+    """Write a self-contained bundle (quote, checkpoint, all entries) for offline checks, or
+    the same as a C2SP tile mirror any static file server can serve (`--from-tiles`)."""
     from duet.client.bundle import export_bundle
 
+    if (out_path is None) == (tiles_dir is None):
+        fail("invalid_request", "give exactly one of --out FILE or --tiles DIR", 2)
     with Http(controller) as http:
         data = export_bundle(http, cvm)
+    if tiles_dir is not None:
+        from duet.client.tiles_source import write_mirror
+
+        n = write_mirror(data, tiles_dir)
+        out.print(f"wrote a tile mirror of {n} files to {tiles_dir}")
+        return
+    assert out_path is not None
     out_path.write_bytes(data)
     out.print(f"wrote {out_path} ({len(data)} bytes)")
 

@@ -320,7 +320,8 @@ def verify(
         quote, expected_rd, trust_simulated, now, expect.controller if expect else None
     )
     if not source.live:
-        detail += " (from the bundle: the nonce is the exporter's, so this shows no freshness)"
+        copy = "the bundle" if source.where == "bundle" else f"the tile mirror {source.where}"
+        detail += f" (from {copy}: the nonce is the exporter's, so this shows no freshness)"
     report.controller.update(claims)
     report.add("controller_quote", ok, detail, simulated=quote.get("simulated") is True)
     if not claims:  # the key is not attested: nothing it signed means anything
