@@ -1,6 +1,6 @@
 """What report data binds: the formulas the controller, the guest and every verifier share.
 
-Kept in one place because they are wire formats (DESIGN.md): a controller and a verifier
+Kept in one place because they are wire formats (docs/wire-formats.md): a controller and a verifier
 that computed them differently would fail closed on every report. The guest-side script
 (`duet.cvm.guest.collect`, `report_client.py`) repeats the CVM formula in its own words
 because it runs on the guest with only the standard library.
@@ -38,3 +38,21 @@ def cvm_report_data(nonce: bytes, host_key_line: str) -> bytes:
     """A CVM report's data: SHA-512(nonce ‖ the guest's own SSH host key blob), so the
     evidence names the machine the controller's SSH session is connected to."""
     return hashlib.sha512(nonce + ssh_key_blob(host_key_line)).digest()
+
+
+def mrconfigid_for(host_data_hex: str) -> bytes:
+    """TDX MRCONFIGID (48 bytes) carrying the controller's 32-byte per-CVM value, zero-padded."""
+    return bytes.fromhex(host_data_hex) + bytes(16)
+
+
+def instance_value_for(binding: str, *, host_data: str | None, instance_id: str | None) -> str | None:
+    """The value a CVM's evidence must carry for its instance binding, as lowercase hex
+    (or the VM id): HOST_DATA is the per-CVM value itself, MRCONFIGID that value
+    zero-padded to 48 bytes, the VM id the instance the controller created."""
+    if binding == "host_data":
+        return host_data.lower() if host_data else None
+    if binding == "mrconfigid":
+        return mrconfigid_for(host_data).hex() if host_data else None
+    if binding == "vm_id":
+        return instance_id.lower() if instance_id else None
+    return None

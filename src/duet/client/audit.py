@@ -38,6 +38,8 @@ class LogState:
     host_key: str | None = None
     host_data: str | None = None
     tee: str | None = None
+    #: The kind of the newest evidence that verified (set by the evidence checks).
+    evidence_kind: str | None = None
     commands: int = 0
     rejected: int = 0
     interrupted: int = 0

@@ -4,7 +4,8 @@ Shape::
 
     controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1}
     cvm:
-      tee: snp                        # snp | simulated-snp | tdx | azure-snp | azure-tdx
+      tee: snp                        # the evidence kind: snp | simulated-snp | tdx | azure-snp | azure-tdx
+      instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
       min_tcb: {bootloader: 3, tee: 0, snp: 8, microcode: 115}
@@ -30,9 +31,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from duet.attestation import Expectations as EvidenceExpectations
+from duet.attestation.cvm_kinds import CvmKind, InstanceBinding
 from duet.client.http import ClientError
 
-CVM_TEES = ("snp", "simulated-snp", "tdx", "azure-snp", "azure-tdx")
+#: What `cvm.tee` may name: an evidence kind (a plain VM, `none`, never verifies).
+CVM_TEES = tuple(k.value for k in CvmKind if k is not CvmKind.NONE)
+INSTANCE_BINDINGS = tuple(b.value for b in InstanceBinding)
 LOCKDOWN_CHECKS = (
     "password_auth_off",
     "root_login_off",
@@ -68,8 +72,16 @@ class ControllerExpectations(BaseModel):
 class CvmExpectations(BaseModel):
     model_config = ConfigDict(extra="allow")
     tee: str | None = None
+    instance_binding: str | None = None
     max_evidence_age: str | None = None
     mode: str | None = None
+
+    @field_validator("instance_binding")
+    @classmethod
+    def _binding(cls, v: str | None) -> str | None:
+        if v is not None and v not in INSTANCE_BINDINGS:
+            raise ValueError(f"must be one of {', '.join(INSTANCE_BINDINGS)}")
+        return v
 
     @field_validator("tee")
     @classmethod

@@ -25,8 +25,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from duet.attestation import cvm_kinds
+from duet.attestation.errors import AttestationError
 from duet.controller import errors
-from duet.controller.evidence import EvidenceCollector
+from duet.controller.evidence import CvmPort, EvidenceCollector
 from duet.controller.replay import ReplayGuard
 from duet.controller.state import CvmRecord, StateStore
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
@@ -114,6 +116,27 @@ def result_entry(command_index: int, r: RunResult) -> dict[str, Any]:
     return entry
 
 
+class _Port:
+    """A collector's view of one CVM (`evidence.CvmPort`)."""
+
+    def __init__(self, ctl: Controller, rec: CvmRecord) -> None:
+        self._ctl, self._rec = ctl, rec
+
+    @property
+    def rec(self) -> CvmRecord:
+        return self._rec
+
+    async def execute(self, command: str, *, timeout: float, action: str, intent_index: int | None) -> CommandOutcome:
+        return await self._ctl.execute(self._rec, None, command, timeout=timeout, action=action,
+                                       intent_index=intent_index, builtin=True)
+
+    def append(self, items: Sequence[Mapping[str, Any] | entries.Entry]) -> int:
+        return self._ctl.append(self._rec, items)
+
+    def client_key_line(self) -> str:
+        return self._ctl.client_public_line(self._rec.id)
+
+
 class Controller:
     def __init__(
         self,
@@ -144,6 +167,8 @@ class Controller:
         #: provision: a CVM that cannot prove its state is never made usable.
         self.evidence = dict(evidence or {})
         self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
+        for rec in self._records.values():
+            self._fill_offer(rec)
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
         self._closing: set[asyncio.Future[None]] = set()
@@ -151,6 +176,16 @@ class Controller:
         self._owner_key_cache: dict[str, Ed25519PublicKey] | None = None
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+
+    def _fill_offer(self, rec: CvmRecord) -> None:
+        """Records written before providers declared their offers: take the declaration
+        of the provider for the TEE the record names (the log's genesis is unchanged)."""
+        if rec.evidence_kind is not None or rec.tee == cvm_kinds.CvmKind.NONE:
+            return
+        provider = self.providers.get(rec.provider)
+        offer = provider.tees.get(rec.tee) if provider is not None else None
+        if offer is not None:
+            rec.evidence_kind, rec.instance_binding = offer.evidence_kind, offer.binding.value
 
     # ---------------------------------------------------------------- identity / read side
 
@@ -238,7 +273,12 @@ class Controller:
             "name": rec.name,
             "provider": rec.provider,
             "tee": rec.tee,
-            "simulated": rec.tee.startswith("simulated"),
+            "evidence_kind": rec.kind,
+            "instance_binding": rec.instance_binding,
+            # Derived from what can be shown, never from a label: the controller's TEE,
+            # and the kind of evidence this CVM produces (the provider's declaration
+            # before any evidence exists; the controller logs no other kind).
+            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind),
             "status": rec.status,
             "mode": rec.mode,
             "epoch": rec.epoch,
@@ -411,10 +451,15 @@ class Controller:
             )
         return provider
 
-    def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
+    def port(self, rec: CvmRecord) -> CvmPort:
+        """The narrow per-CVM interface evidence collectors work through."""
+        return _Port(self, rec)
+
+    def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any] | entries.Entry]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
         now = entries.now_rfc3339()
-        leaves = [entries.encode({"v": 1, "time": now, **item}) for item in items]
+        leaves = [item.encode() if isinstance(item, entries.Entry)
+                  else entries.encode({"v": entries.VERSION, "time": now, **item}) for item in items]
         head = self.ledger.append(rec.id, leaves)
         return head.size - len(leaves)
 
@@ -510,7 +555,10 @@ class Controller:
         args = intent.args
         provider_name = args["provider"]
         provider = self._provider(provider_name)
-        tee = args.get("tee", "simulated-snp" if provider_name == "local" else "snp")
+        try:
+            tee, offer = cvm_kinds.resolve_offer(provider_name, provider.tees, args.get("tee"))
+        except AttestationError as exc:
+            raise errors.TeeNotOffered(str(exc)) from None
         cvm_id = secrets.token_hex(8)
         host_data = secrets.token_bytes(32)
         spec = dict(args.get("spec", {}))
@@ -524,6 +572,8 @@ class Controller:
             policy=policy.text,
             spec=spec,
             host_data=host_data.hex(),
+            evidence_kind=offer.evidence_kind,
+            instance_binding=offer.binding.value,
         )
         client_key = generate_client_key()
         self.ledger.create_log(cvm_id)
@@ -546,6 +596,8 @@ class Controller:
                         "provider": provider_name,
                         "spec": spec,
                         "host_data": host_data.hex(),
+                        "evidence_kind": offer.evidence_kind,
+                        "instance_binding": offer.binding.value,
                     },
                     self._intent_entry(intent),
                 ],
@@ -564,7 +616,10 @@ class Controller:
             )
             rec.host, rec.port, rec.user, rec.instance_id = prov.host, prov.port, prov.user, prov.instance_id
             if prov.launch.get("tee_effective") == "none":
-                rec.tee = "none"  # launched without a TEE (allowed by the provider's settings)
+                # Launched without a TEE (allowed by the provider's settings): its evidence
+                # is kind `none`, which every verifier fails, saying why.
+                rec.evidence_kind = cvm_kinds.CvmKind.NONE.value
+                rec.instance_binding = cvm_kinds.InstanceBinding.NONE.value
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )
@@ -585,7 +640,7 @@ class Controller:
                     "launch": dict(prov.launch),
                 }],
             )
-            await self._collector(rec).after_provisioning(self, rec, conn)
+            await self._collector(rec).after_provisioning(self.port(rec))
         except (CvmError, errors.DuetError) as exc:
             code = getattr(exc, "code", "provisioning_failed")
             self._fail(rec, code, f"provisioning failed: {exc}")
@@ -679,9 +734,9 @@ class Controller:
     ) -> CommandOutcome:
         if action.builtin is not None:
             collector = self._collector(rec)
-            conn = await self._connection(rec)
+            await self._connection(rec)
             first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
-            index = await collector.builtin(self, rec, conn, action.builtin, intent_index=first)
+            index = await collector.builtin(self.port(rec), action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
                 result=None, interrupted=None, tree_size=index + 1,
@@ -704,7 +759,8 @@ class Controller:
         if target == "in-service":
             # Evidence and snapshot first: a CVM that cannot show its state never enters
             # in-service.
-            await self._collector(rec).on_enter_service(self, rec, await self._connection(rec), intent_index)
+            await self._connection(rec)
+            await self._collector(rec).on_enter_service(self.port(rec), intent_index)
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
             rec.epoch += 1

@@ -47,6 +47,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RESERVED = ("v", "type", "time")
 
 
+def sha256_hex(text: str) -> str:
+    """SHA-256 of a text's UTF-8 bytes, as lowercase hex (host keys, policies)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with microseconds, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 
@@ -195,6 +200,10 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("tee", _k_str),
         _f("provider", _k_str),
         _f("spec", _k_dict),
+        # Optional in v1 (logs of early controllers lack them); always written now.
+        _f("host_data", _k_hex, optional=True),
+        _f("evidence_kind", _k_str, optional=True),
+        _f("instance_binding", _k_str, optional=True),
     ),
     "provisioned": (
         _f("instance_id", _k_str),
@@ -205,8 +214,14 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("host_key_sha256", _k_sha256),
         _f("launch", _k_dict),
         _f("request", _k_dict, optional=True),
+        _f("client_key", _k_str, optional=True),
     ),
-    "lockdown": (_f("checks", _k_checks), _f("ok", _k_bool)),
+    "lockdown": (
+        _f("checks", _k_checks),
+        _f("ok", _k_bool),
+        _f("purpose", _k_str, optional=True),
+        _f("where", _k_str, optional=True),
+    ),
     "evidence": (
         _f("kind", _k_str),
         _f("nonce", _k_hex),
@@ -214,20 +229,24 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("binds", _k_dict),
         _f("report_data", _k_hex, optional=True),
         _f("collateral", _k_dict, optional=True),
+        _f("purpose", _k_str, optional=True),
+        _f("command_index", _k_index, optional=True),
     ),
     "intent": (_f("jws", _k_str), _f("op", _k_str), _f("kid", _k_sha256)),
-    "mode": (_f("mode", _k_str), _f("previous", _k_str)),
+    "mode": (_f("mode", _k_str), _f("previous", _k_str), _f("epoch", _k_index, optional=True)),
     "command": (
         _f("command", _k_str),
         _f("intent_index", _k_index, optional=True, nullable=True),
         _f("action", _k_str, optional=True),
         _f("timeout_s", _k_pos_number, optional=True),
+        _f("builtin", _k_bool, optional=True),
     ),
     "result": (
         _f("command_index", _k_index),
         _f("exit_status", _k_int, nullable=True),
         _f("signal", _k_str, optional=True, nullable=True),
         _f("duration_ms", _k_nonneg_number),
+        _f("timed_out", _k_bool, optional=True),
         *_stream_fields("stdout"),
         *_stream_fields("stderr"),
     ),
@@ -491,6 +510,9 @@ class GenesisEntry(Entry):
     tee: str
     provider: str
     spec: Mapping[str, object]
+    host_data: str | None = None
+    evidence_kind: str | None = None
+    instance_binding: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -506,6 +528,7 @@ class ProvisionedEntry(Entry):
     host_key_sha256: str
     launch: Mapping[str, object]
     request: Mapping[str, object] | None = None
+    client_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,6 +538,8 @@ class LockdownEntry(Entry):
     TYPE: ClassVar[str] = "lockdown"
     checks: tuple[Mapping[str, object], ...]
     ok: bool
+    purpose: str | None = None
+    where: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -528,6 +553,8 @@ class EvidenceEntry(Entry):
     binds: Mapping[str, object]
     report_data: str | None = None
     collateral: Mapping[str, object] | None = None
+    purpose: str | None = None
+    command_index: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -547,6 +574,7 @@ class ModeEntry(Entry):
     TYPE: ClassVar[str] = "mode"
     mode: str
     previous: str
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -558,6 +586,7 @@ class CommandEntry(Entry):
     intent_index: int | None = None
     action: str | None = None
     timeout_s: float | None = None
+    builtin: bool | None = None
 
 
 StreamEncoding = Literal["utf-8", "base64"]
@@ -612,6 +641,7 @@ class ResultEntry(Entry):
     stdout: StreamOutput
     stderr: StreamOutput
     signal: str | None = None
+    timed_out: bool | None = None
 
     def _payload(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -621,6 +651,8 @@ class ResultEntry(Entry):
         }
         if self.signal is not None or "signal" in self.explicit_nulls:
             out["signal"] = self.signal
+        if self.timed_out is not None:
+            out["timed_out"] = self.timed_out
         for name in ("stdout", "stderr"):
             stream: StreamOutput = getattr(self, name)
             out[name] = stream.data
@@ -637,6 +669,7 @@ class ResultEntry(Entry):
             "exit_status": entry["exit_status"],
             "duration_ms": entry["duration_ms"],
             "signal": entry.get("signal"),
+            "timed_out": entry.get("timed_out"),
         }
         for name in ("stdout", "stderr"):
             kwargs[name] = StreamOutput(
