@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -63,7 +63,7 @@ class CvmPort(Protocol):
         """Log `command` as a builtin command, run it, log its result."""
         ...
 
-    def append(self, items: Sequence[Mapping[str, Any] | entries.Entry]) -> int:
+    def append(self, items: Sequence[entries.Entry]) -> int:
         """Durably append entries; return the index of the first."""
         ...
 

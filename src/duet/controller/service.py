@@ -1,6 +1,6 @@
 """The Controller service: CVM lifecycle, modes, commands and policy, all logged.
 
-Log discipline (DESIGN.md invariants 1, 4, 5):
+Log discipline (docs/invariants.md, invariants 1, 4, 5):
 - an authenticated intent is written to the CVM's log (with what it causes) *before* the
   controller acts on it: the `intent` and `command` entries are durably committed in one
   transaction before the command goes out over SSH, the `result` after;
@@ -36,6 +36,7 @@ from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from duet.ledger.entries import Mode
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, Verifier, verifier_key_string
@@ -87,33 +88,17 @@ class CommandOutcome:
         return out
 
 
-def _stream_fields(name: str, data: bytes, total: int, digest: str, truncated: bool) -> dict[str, Any]:
-    """UTF-8 when the captured bytes are valid UTF-8 (readable logs), else base64."""
-    try:
-        text, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(data).decode("ascii"), "base64"
-    return {
-        name: text,
-        f"{name}_encoding": encoding,
-        f"{name}_bytes": total,
-        f"{name}_sha256": digest,
-        f"{name}_truncated": truncated,
-    }
-
-
-def result_entry(command_index: int, r: RunResult) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "type": "result",
-        "command_index": command_index,
-        "exit_status": r.exit_status,
-        "signal": r.signal,
-        "timed_out": r.timed_out,
-        "duration_ms": round(r.duration_ms, 3),
-    }
-    entry.update(_stream_fields("stdout", r.stdout, r.stdout_bytes, r.stdout_sha256, r.stdout_truncated))
-    entry.update(_stream_fields("stderr", r.stderr, r.stderr_bytes, r.stderr_sha256, r.stderr_truncated))
-    return entry
+def result_entry(command_index: int, r: RunResult) -> entries.ResultEntry:
+    return entries.ResultEntry(
+        command_index=command_index,
+        exit_status=r.exit_status,
+        signal=r.signal,
+        explicit_nulls=frozenset({"signal"}),
+        timed_out=r.timed_out,
+        duration_ms=round(r.duration_ms, 3),
+        stdout=entries.StreamOutput.captured(r.stdout, r.stdout_bytes, r.stdout_sha256, r.stdout_truncated),
+        stderr=entries.StreamOutput.captured(r.stderr, r.stderr_bytes, r.stderr_sha256, r.stderr_truncated),
+    )
 
 
 class _Port:
@@ -130,7 +115,7 @@ class _Port:
         return await self._ctl.execute(self._rec, None, command, timeout=timeout, action=action,
                                        intent_index=intent_index, builtin=True)
 
-    def append(self, items: Sequence[Mapping[str, Any] | entries.Entry]) -> int:
+    def append(self, items: Sequence[entries.Entry]) -> int:
         return self._ctl.append(self._rec, items)
 
     def client_key_line(self) -> str:
@@ -319,14 +304,8 @@ class Controller:
             if rec.mode == "deleted":
                 continue
             if last is not None and last["type"] == "command":
-                self.append(
-                    rec,
-                    [{
-                        "type": "interrupted",
-                        "command_index": size - 1,
-                        "reason": "controller restarted while the command was running",
-                    }],
-                )
+                self.append(rec, [entries.InterruptedEntry(
+                    command_index=size - 1, reason="controller restarted while the command was running")])
                 log.warning("cvm %s: closed interrupted command at index %d", rec.id, size - 1)
             if rec.status == "provisioning":
                 self._fail(rec, "provisioning_interrupted", "controller restarted during provisioning")
@@ -342,8 +321,8 @@ class Controller:
                     continue
                 if prov.port != rec.port:
                     # The host key stays pinned; only the address moved.
-                    self.append(rec, [{"type": "error", "code": "cvm_moved",
-                                       "message": f"CVM restarted on port {prov.port} (was {rec.port})"}])
+                    self.append(rec, [entries.ErrorEntry(
+                        code="cvm_moved", message=f"CVM restarted on port {prov.port} (was {rec.port})")])
                     rec.port = prov.port
                     self._save(rec)
 
@@ -455,21 +434,19 @@ class Controller:
         """The narrow per-CVM interface evidence collectors work through."""
         return _Port(self, rec)
 
-    def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any] | entries.Entry]) -> int:
+    def append(self, rec: CvmRecord, items: Sequence[entries.Entry]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
-        now = entries.now_rfc3339()
-        leaves = [item.encode() if isinstance(item, entries.Entry)
-                  else entries.encode({"v": entries.VERSION, "time": now, **item}) for item in items]
+        leaves = [item.encode() for item in items]
         head = self.ledger.append(rec.id, leaves)
         return head.size - len(leaves)
 
-    def _intent_entry(self, intent: Intent) -> dict[str, Any]:
-        return {"type": "intent", "jws": intent.jws, "op": intent.op, "kid": intent.kid}
+    def _intent_entry(self, intent: Intent) -> entries.IntentEntry:
+        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid)
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
         index = self.append(
             rec,
-            [{"type": "rejected", "jws": intent.jws, "op": intent.op, "reason": exc.message, "code": exc.code}],
+            [entries.RejectedEntry(jws=intent.jws, op=intent.op, reason=exc.message, code=exc.code)],
         )
         exc.index = index
         return exc
@@ -478,7 +455,7 @@ class Controller:
         self.state.put_cvm(rec)
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
-        self.append(rec, [{"type": "error", "code": code, "message": message}])
+        self.append(rec, [entries.ErrorEntry(code=code, message=message)])
         rec.status, rec.reason = "failed", message
         self._save(rec)
 
@@ -513,7 +490,7 @@ class Controller:
 
     def _mark_lost(self, rec: CvmRecord, why: str) -> None:
         """The CVM disappeared under the controller (e.g. deleted in a cloud console)."""
-        self.append(rec, [{"type": "error", "code": "cvm_lost", "message": f"the CVM is gone: {why}"}])
+        self.append(rec, [entries.ErrorEntry(code="cvm_lost", message=f"the CVM is gone: {why}")])
         rec.status, rec.reason = "lost", why
         self._save(rec)
         log.error("cvm %s: lost: %s", rec.id, why)
@@ -529,7 +506,7 @@ class Controller:
 
     def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
         """A changed host key means we may be talking to an impostor: stop everything."""
-        self.append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
+        self.append(rec, [entries.ErrorEntry(code=exc.code, message=str(exc))])
         rec.status, rec.reason = "quarantined", str(exc)
         self._save(rec)
         conn = self._conns.pop(rec.id, None)
@@ -583,22 +560,21 @@ class Controller:
             self.append(
                 rec,
                 [
-                    {
-                        "type": "genesis",
-                        "cvm_id": cvm_id,
-                        "origin": self.origin(cvm_id),
-                        "controller_id": self.controller_id,
-                        "controller_key": keys.public_b64(self.public_key),
-                        "owner_keys": sorted(self.state.owner_keys().values()),
-                        "policy": policy.text,
-                        "policy_sha256": policy.sha256,
-                        "tee": tee,
-                        "provider": provider_name,
-                        "spec": spec,
-                        "host_data": host_data.hex(),
-                        "evidence_kind": offer.evidence_kind,
-                        "instance_binding": offer.binding.value,
-                    },
+                    entries.GenesisEntry(
+                        cvm_id=cvm_id,
+                        origin=self.origin(cvm_id),
+                        controller_id=self.controller_id,
+                        controller_key=keys.public_b64(self.public_key),
+                        owner_keys=tuple(sorted(self.state.owner_keys().values())),
+                        policy=policy.text,
+                        policy_sha256=policy.sha256,
+                        tee=tee,
+                        provider=provider_name,
+                        spec=spec,
+                        host_data=host_data.hex(),
+                        evidence_kind=offer.evidence_kind,
+                        instance_binding=offer.binding.value,
+                    ),
                     self._intent_entry(intent),
                 ],
             )
@@ -628,17 +604,16 @@ class Controller:
             rec.host_key = host_key
             self.append(
                 rec,
-                [{
-                    "type": "provisioned",
-                    "instance_id": prov.instance_id,
-                    "host": prov.host,
-                    "port": prov.port,
-                    "user": prov.user,
-                    "host_key": host_key,
-                    "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest(),
-                    "client_key": public_line(client_key),
-                    "launch": dict(prov.launch),
-                }],
+                [entries.ProvisionedEntry(
+                    instance_id=prov.instance_id,
+                    host=prov.host,
+                    port=prov.port,
+                    user=prov.user,
+                    host_key=host_key,
+                    host_key_sha256=entries.sha256_hex(host_key),
+                    client_key=public_line(client_key),
+                    launch=dict(prov.launch),
+                )],
             )
             await self._collector(rec).after_provisioning(self.port(rec))
         except (CvmError, errors.DuetError) as exc:
@@ -649,7 +624,7 @@ class Controller:
                 await conn_.close()
             raise errors.CvmNotReady(f"CVM {rec.id} could not be provisioned: {exc}") from None
         rec.status, rec.mode = "ready", "in-update"
-        self.append(rec, [{"type": "mode", "mode": "in-update", "previous": "provisioning"}])
+        self.append(rec, [entries.ModeEntry(mode=Mode.IN_UPDATE.value, previous=Mode.PROVISIONING.value)])
         self._save(rec)
 
     async def run(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
@@ -679,28 +654,21 @@ class Controller:
     ) -> CommandOutcome:
         """Log the command durably, send it, log the result (invariant 1)."""
         conn = await self._connection(rec)
-        items: list[dict[str, Any]] = []
+        items: list[entries.Entry] = []
         if intent is not None:
             # The log is locked for this CVM, so the next index is known before appending.
             intent_index = self.ledger.tree_head(rec.id).size
             items.append(self._intent_entry(intent))
-        cmd_entry: dict[str, Any] = {
-            "type": "command",
-            "command": command,
-            "timeout_s": timeout,
-            "intent_index": intent_index,
-        }
-        if action is not None:
-            cmd_entry["action"] = action
-        if builtin:
-            cmd_entry["builtin"] = True
-        items.append(cmd_entry)
+        items.append(entries.CommandEntry(
+            command=command, timeout_s=timeout, intent_index=intent_index, action=action,
+            builtin=True if builtin else None, explicit_nulls=frozenset({"intent_index"}),
+        ))
         command_index = self.append(rec, items) + len(items) - 1
         try:
             result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
         except CvmError as exc:
             reason = f"command not completed: {exc}"
-            self.append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
+            self.append(rec, [entries.InterruptedEntry(command_index=command_index, reason=reason)])
             if isinstance(exc, HostKeyMismatch):
                 self._quarantine(rec, exc)
             elif isinstance(exc, CvmUnreachable):
@@ -765,12 +733,12 @@ class Controller:
                 await self._run_action(rec, policy.actions[name], None, intent_index)
             rec.epoch += 1
             rec.mode = target
-            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [entries.ModeEntry(mode=target, previous=previous, epoch=rec.epoch)])
             self._save(rec)
         else:
             # The epoch ends before anything changes on the CVM.
             rec.mode = target
-            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [entries.ModeEntry(mode=target, previous=previous, epoch=rec.epoch)])
             self._save(rec)
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
@@ -782,7 +750,7 @@ class Controller:
         if conn is not None:
             await conn.close()
         await self._provider(rec.provider).delete(rec.id)
-        self.append(rec, [{"type": "deleted", "reason": "deleted by the owner"}])
+        self.append(rec, [entries.DeletedEntry(reason="deleted by the owner")])
         rec.mode, rec.status = "deleted", "deleted"
         self._save(rec)
         return self.view(rec)
@@ -798,7 +766,7 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
         self.append(
             rec,
-            [self._intent_entry(intent), {"type": "policy", "policy": policy.text, "policy_sha256": policy.sha256}],
+            [self._intent_entry(intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
         )
         rec.policy = policy.text
         self._save(rec)
@@ -816,7 +784,7 @@ class Controller:
                 continue
             async with self._lock(rec.id):
                 self.append(
-                    rec, [self._intent_entry(intent), {"type": "owner_keys", "keys": sorted(new.values())}]
+                    rec, [self._intent_entry(intent), entries.OwnerKeysEntry(keys=tuple(sorted(new.values())))]
                 )
         self.state.set_owner_keys(new)
         self._owner_key_cache = None

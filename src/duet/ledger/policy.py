@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
+from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
 
-MODES = ("in-update", "in-service")
+MODES = OWNER_MODES
 BUILTINS = ("attest", "snapshot", "lockdown")
 
 #: What the builtin `snapshot` action runs on the CVM (as its SSH user): read-only
