@@ -78,7 +78,7 @@ def test_record_is_repaired_from_the_log_after_a_crash(tmp_path: Path) -> None:
                                               args={"provider": "local"}, iat=int(time.time())))
         cvm = res["cvm"]["id"]
         rec = ctl.record(cvm)
-        ctl.append(rec, [{"type": "mode", "mode": "in-service", "previous": "in-update", "epoch": 1}])
+        ctl.append(rec, [entries.ModeEntry(mode="in-service", previous="in-update", epoch=1)])
         await ctl.shutdown()  # "crash": the record was never saved
         ctl.close()
         return cvm

@@ -1,5 +1,5 @@
 """The CVM's side: evidence bound to the pinned host key, lockdown, expectations,
-offline bundles (DESIGN.md invariants 2 and 3)."""
+offline bundles (docs/invariants.md, invariants 2 and 3)."""
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ def test_good_snp_evidence_is_accepted(snp: SimulatedSnp) -> None:
     host_key, nonce = _host_key_line(), b"n" * 32
     host_data = bytes(range(32))
     entry = collector.verify_collected("snp", _collected(snp, nonce, host_key, host_data=host_data), nonce=nonce,
-                                       host_key=host_key, host_data=host_data.hex())
-    assert entry["kind"] == "snp" and entry["binds"]["host_data"] == host_data.hex()
+                                       host_key=host_key, binding="host_data", host_data=host_data.hex())
+    assert entry["kind"] == "snp" and entry["claims"]["host_data"] == host_data.hex()
     assert base64.b64decode(entry["evidence"])[0x50:0x50 + 64] == hashlib.sha512(
         nonce + base64.b64decode(host_key.split()[1])).digest()
 
@@ -94,39 +94,42 @@ def test_evidence_of_another_host_key_is_refused(snp: SimulatedSnp) -> None:
     collector = RemoteEvidence(trusted_arks=[snp.ark_pem])
     genuine, impostor, nonce = _host_key_line(), _host_key_line(), b"n" * 32
     with pytest.raises(CollectError, match="host key"):
-        collector.verify_collected("snp", _collected(snp, nonce, genuine), nonce=nonce, host_key=impostor,
-                                   host_data=None)
+        collector.verify_collected("snp", _collected(snp, nonce, genuine), nonce=nonce, host_key=impostor)
 
 
 def test_report_data_differing_from_what_the_guest_claims_is_refused(snp: SimulatedSnp) -> None:
     collector = RemoteEvidence(trusted_arks=[snp.ark_pem])
     host_key, nonce = _host_key_line(), b"n" * 32
     got = _collected(snp, nonce, host_key, report_rd=b"\x01" * 64)
-    with pytest.raises(CollectError, match="REPORT_DATA"):
-        collector.verify_collected("snp", got, nonce=nonce, host_key=host_key, host_data=None)
+    from duet.attestation.errors import BindingError
+
+    with pytest.raises(BindingError, match="REPORT_DATA"):
+        collector.verify_collected("snp", got, nonce=nonce, host_key=host_key)
 
 
 def test_wrong_host_data_and_missing_vcek_and_untrusted_root(snp: SimulatedSnp) -> None:
     host_key, nonce = _host_key_line(), b"n" * 32
     trusting = RemoteEvidence(trusted_arks=[snp.ark_pem])
-    with pytest.raises(CollectError, match="HOST_DATA"):
+    from duet.attestation.errors import BindingError
+
+    with pytest.raises(BindingError, match="host_data"):
         trusting.verify_collected("snp", _collected(snp, nonce, host_key), nonce=nonce, host_key=host_key,
-                                  host_data="11" * 32)
+                                  binding="host_data", host_data="11" * 32)
     with pytest.raises(CollectError, match="VCEK"):
         trusting.verify_collected("snp", _collected(snp, nonce, host_key, with_certs=False), nonce=nonce,
-                                  host_key=host_key, host_data=None)
+                                  host_key=host_key)
     from duet.attestation import AttestationError
 
     with pytest.raises(AttestationError):  # AMD's roots only: a development chain is refused
         RemoteEvidence().verify_collected("snp", _collected(snp, nonce, host_key), nonce=nonce,
-                                          host_key=host_key, host_data=None)
+                                          host_key=host_key)
 
 
 def test_tdx_without_collateral_is_refused(snp: SimulatedSnp) -> None:
     host_key, nonce = _host_key_line(), b"n" * 32
     got = _collected(snp, nonce, host_key)
     with pytest.raises(CollectError, match="collateral"):
-        RemoteEvidence().verify_collected("tdx", got, nonce=nonce, host_key=host_key, host_data=None)
+        RemoteEvidence().verify_collected("tdx", got, nonce=nonce, host_key=host_key)
 
 
 @pytest.mark.parametrize("text", ["", "provider: x\n", "provider: x\nreport_data: zz\nhost_key: k\n",
@@ -182,5 +185,5 @@ def test_azure_quote_over_another_nonce_is_refused() -> None:
     rd = hashlib.sha512(nonce + base64.b64decode(host_key.split()[1])).digest()
     with pytest.raises(AttestationError):  # the TPM quote's extraData is "challenge", not our binding
         RemoteEvidence().verify_collected("azure-snp", _azure_collected(rd, host_key), nonce=nonce,
-                                          host_key=host_key, host_data=None)
+                                          host_key=host_key)
     assert "tpm2_quote" in collect_command("azure-snp", nonce) and "0x01400001" in collect_command("azure-snp", nonce)

@@ -1,5 +1,5 @@
 """Secrets (the controller key, the CVM SSH client keys) never leave the controller: not in
-the API, the log, the controller's own output, or error messages (DESIGN.md invariant 2)."""
+the API, the log, the controller's own output, or error messages (docs/invariants.md, invariant 2)."""
 
 from __future__ import annotations
 

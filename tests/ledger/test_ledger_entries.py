@@ -54,6 +54,9 @@ BODIES: dict[str, dict[str, Any]] = {
         "tee": "snp",
         "provider": "local",
         "spec": {"cpus": 2, "image": "ubuntu-24.04"},
+        "host_data": "11" * 32,
+        "evidence_kind": "snp",
+        "instance_binding": "host_data",
     },
     "provisioned": {
         "instance_id": "i-123",
@@ -64,10 +67,13 @@ BODIES: dict[str, dict[str, Any]] = {
         "host_key_sha256": SHA,
         "launch": {"host_data": "00" * 32},
         "request": {"provisionVMAgent": False},
+        "client_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA duet",
     },
     "lockdown": {
         "checks": [{"name": "sshd", "command": "sshd -T", "output": "x", "ok": True}],
         "ok": True,
+        "purpose": "provisioning",
+        "where": "over ssh",
     },
     "evidence": {
         "kind": "snp",
@@ -76,15 +82,18 @@ BODIES: dict[str, dict[str, Any]] = {
         "binds": {"host_key_sha256": SHA},
         "report_data": "ab" * 64,
         "collateral": {"vcek": "..."},
+        "purpose": "attest",
+        "command_index": 7,
     },
     "intent": {"jws": "eyJ.eyJ.sig", "op": "cvm.run", "kid": SHA},
-    "mode": {"mode": "in-update", "previous": "provisioning"},
-    "command": {"command": "uname -a", "intent_index": 4, "action": "health", "timeout_s": 2.5},
+    "mode": {"mode": "in-update", "previous": "provisioning", "epoch": 0},
+    "command": {"command": "uname -a", "intent_index": 4, "action": "health", "timeout_s": 2.5, "builtin": False},
     "result": {
         "command_index": 5,
         "exit_status": 0,
         "signal": None,
         "duration_ms": 12.5,
+        "timed_out": False,
         **_stream("stdout", "Linux\n"),
         **_stream("stderr", ""),
     },
@@ -140,6 +149,9 @@ KINDS: dict[tuple[str, str], str] = {
             "tee": "str",
             "provider": "str",
             "spec": "dict",
+            "host_data": "hex",
+            "evidence_kind": "str",
+            "instance_binding": "str",
         }.items()
     },
     **{
@@ -153,10 +165,13 @@ KINDS: dict[tuple[str, str], str] = {
             "host_key_sha256": "sha256",
             "launch": "dict",
             "request": "dict",
+            "client_key": "str",
         }.items()
     },
     ("lockdown", "checks"): "checks",
     ("lockdown", "ok"): "bool",
+    ("lockdown", "purpose"): "str",
+    ("lockdown", "where"): "str",
     **{
         ("evidence", f): k
         for f, k in {
@@ -166,6 +181,8 @@ KINDS: dict[tuple[str, str], str] = {
             "binds": "dict",
             "report_data": "hex",
             "collateral": "dict",
+            "purpose": "str",
+            "command_index": "index",
         }.items()
     },
     ("intent", "jws"): "str",
@@ -173,14 +190,17 @@ KINDS: dict[tuple[str, str], str] = {
     ("intent", "kid"): "sha256",
     ("mode", "mode"): "str",
     ("mode", "previous"): "str",
+    ("mode", "epoch"): "index",
     ("command", "command"): "str",
     ("command", "intent_index"): "index",
     ("command", "action"): "str",
     ("command", "timeout_s"): "positive",
+    ("command", "builtin"): "bool",
     ("result", "command_index"): "index",
     ("result", "exit_status"): "int",
     ("result", "signal"): "str",
     ("result", "duration_ms"): "number",
+    ("result", "timed_out"): "bool",
     **{
         ("result", f"{s}{suffix}"): k
         for s in ("stdout", "stderr")
@@ -206,6 +226,17 @@ KINDS: dict[tuple[str, str], str] = {
     ("error", "message"): "str",
 }
 OPTIONAL = {
+    ("genesis", "host_data"),
+    ("genesis", "evidence_kind"),
+    ("genesis", "instance_binding"),
+    ("provisioned", "client_key"),
+    ("lockdown", "purpose"),
+    ("lockdown", "where"),
+    ("evidence", "purpose"),
+    ("evidence", "command_index"),
+    ("mode", "epoch"),
+    ("command", "builtin"),
+    ("result", "timed_out"),
     ("provisioned", "request"),
     ("evidence", "report_data"),
     ("evidence", "collateral"),

@@ -1,6 +1,6 @@
 """What report data binds: the formulas the controller, the guest and every verifier share.
 
-Kept in one place because they are wire formats (DESIGN.md): a controller and a verifier
+Kept in one place because they are wire formats (docs/wire-formats.md): a controller and a verifier
 that computed them differently would fail closed on every report. The guest-side script
 (`duet.cvm.guest.collect`, `report_client.py`) repeats the CVM formula in its own words
 because it runs on the guest with only the standard library.
@@ -46,3 +46,21 @@ def tdx_mrconfigid(host_data: bytes) -> bytes:
     if len(host_data) != 32:
         raise ParseError("the per-CVM host data is 32 bytes")
     return host_data + bytes(16)
+
+
+def mrconfigid_for(host_data_hex: str) -> bytes:
+    """TDX MRCONFIGID (48 bytes) carrying the controller's 32-byte per-CVM value, zero-padded."""
+    return tdx_mrconfigid(bytes.fromhex(host_data_hex))
+
+
+def instance_value_for(binding: str, *, host_data: str | None, instance_id: str | None) -> str | None:
+    """The value a CVM's evidence must carry for its instance binding, as lowercase hex
+    (or the VM id): HOST_DATA is the per-CVM value itself, MRCONFIGID that value
+    zero-padded to 48 bytes, the VM id the instance the controller created."""
+    if binding == "host_data":
+        return host_data.lower() if host_data else None
+    if binding == "mrconfigid":
+        return mrconfigid_for(host_data).hex() if host_data else None
+    if binding == "vm_id":
+        return instance_id.lower() if instance_id else None
+    return None

@@ -7,11 +7,12 @@ import string
 from .azure.evidence import looks_like_azure_evidence
 from .azure.hcl import HCL_MAGIC
 from .azure.maa import looks_like_jwt
+from .cvm_kinds import EvidenceFormat
 from .dcap.abi import TEE_TDX, looks_like_quote
 from .errors import ParseError
 from .snp.abi import looks_like_snp_report
 
-KINDS = ("sgx", "tdx", "snp", "azure", "simulated-snp", "maa")
+KINDS = tuple(f.value for f in EvidenceFormat)
 _HEX = set(string.hexdigits.encode() + b"\r\n\t ")
 
 

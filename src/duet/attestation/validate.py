@@ -12,16 +12,15 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .cvm_kinds import REPORT_KINDS
 from .dcap.verify import TCB_STATUSES, SgxReport, TdxReport
 from .errors import ExpectationFailed, Failure, ParseError
 from .snp.verify import SnpReport
-
-Kind = Literal["sgx", "tdx", "snp", "azure-snp", "azure-tdx", "azure-snp-maa", "azure-tdx-maa"]
 
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
@@ -102,7 +101,7 @@ class Expectations(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Kind | None = None
+    kind: str | None = Field(None, description="one of cvm_kinds.REPORT_KINDS")
     simulated: bool | None = Field(
         None, description="false: refuse evidence that rests on a development root"
     )
@@ -179,6 +178,13 @@ class Expectations(BaseModel):
     )(_hex(48))
     _v_16 = field_validator("family_id", "image_id")(_hex(16))
     _v_64 = field_validator("chip_id", "nonce")(_hex(64))
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str | None) -> str | None:
+        if v is not None and v not in REPORT_KINDS:
+            raise ValueError(f"must be one of {', '.join(REPORT_KINDS)}")
+        return v
 
     @field_validator("accepted_tcb_statuses")
     @classmethod

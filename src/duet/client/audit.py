@@ -39,6 +39,8 @@ class LogState:
     host_key: str | None = None
     host_data: str | None = None
     tee: str | None = None
+    #: The kind of the newest evidence that verified (set by the evidence checks).
+    evidence_kind: str | None = None
     commands: int = 0
     rejected: int = 0
     interrupted: int = 0
@@ -59,13 +61,16 @@ def audit_log(leaves: Sequence[bytes], *, controller_id: str, controller_key_b64
     decoded: list[dict[str, Any]] = []
     bad: list[str] = []
     for i, leaf in enumerate(leaves):
+        # Through the typed model: every field a check below relies on is validated
+        # here, and a mismatch names the field.
         try:
-            decoded.append(entries.decode(leaf))
+            decoded.append(entries.parse(leaf).to_dict())
         except LedgerError as exc:
             bad.append(f"entry {i}: {exc}")
             decoded.append({"type": "undecodable"})
     checks.append(
-        Check("entries_wellformed", not bad, "; ".join(bad[:3]) or f"all {len(leaves)} entries are canonical JSON")
+        Check("entries_wellformed", not bad, "; ".join(bad[:3])
+              or f"all {len(leaves)} entries are canonical JSON and match their schema")
     )
     state = LogState()
     checks.append(_check_genesis(decoded, controller_id, controller_key_b64, cvm_id, state))

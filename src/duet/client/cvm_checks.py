@@ -3,22 +3,19 @@
 Given the decoded log (already proven to hash to a checkpoint signed by the attested
 controller), these checks re-verify every `evidence` entry from its raw bytes: the
 report's signature chain, its binding to the SSH host key the controller pinned
-(report data = SHA-512(nonce ‖ host key blob)) and to this instance (HOST_DATA =
-the controller's per-CVM launch value from genesis); then they weigh the latest
-evidence, the mode, the command history and the lockdown checks against what the
-user expects.
+(report data = SHA-512(nonce ‖ host key blob)) and to this instance (the binding the
+provider declared in genesis: HOST_DATA, MRCONFIGID, the VM id, or none, which the
+user must accept explicitly), all through the same registry the controller used
+(`duet.attestation.cvm_kinds`); then they weigh the newest verified evidence, the mode,
+the command history and the lockdown checks against what the user expects.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from duet.attestation import AttestationError, SnpReport, validate, verify_snp_report
-from duet.attestation.binding import cvm_report_data
+from duet.attestation import AttestationError, cvm_kinds, validate
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
 from duet.ledger.builtins import builtin_template
@@ -36,125 +33,115 @@ def _time(entry: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
 
 
-def _pem_blocks(text: str) -> list[bytes]:
-    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
-    return [b.encode() + b"\n" for b in blocks]
+def declared_kind(genesis: dict[str, Any]) -> str | None:
+    """The evidence kind the provider declared at create (genesis). Logs of early
+    controllers lack it; there the `tee` field was the evidence kind."""
+    kind = genesis.get("evidence_kind", genesis.get("tee"))
+    return kind if isinstance(kind, str) else None
 
 
-def _check_self_signed(pem: bytes) -> None:
-    from cryptography import x509
-
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        cert.verify_directly_issued_by(cert)
-    except Exception as exc:
-        raise ValueError(f"the evidence's root certificate is not a valid self-signed certificate: {exc}") from None
+def declared_binding(genesis: dict[str, Any]) -> str:
+    """The instance binding the provider declared. Logs of early controllers lack it:
+    there SNP kinds were bound by HOST_DATA (when genesis carries it), Azure by the VM
+    id, and nothing else had one."""
+    binding = genesis.get("instance_binding")
+    if isinstance(binding, str):
+        return binding
+    kind = declared_kind(genesis)
+    if kind in (cvm_kinds.CvmKind.SNP, cvm_kinds.CvmKind.SIMULATED_SNP) and genesis.get("host_data"):
+        return cvm_kinds.InstanceBinding.HOST_DATA
+    if kind in (cvm_kinds.CvmKind.AZURE_SNP, cvm_kinds.CvmKind.AZURE_TDX):
+        return cvm_kinds.InstanceBinding.VM_ID
+    return cvm_kinds.InstanceBinding.NONE
 
 
 def verify_evidence_entry(
-    e: dict[str, Any], *, host_key: str, host_data: str | None, trust_simulated: bool,
-    decoded: list[dict[str, Any]],
-) -> Any:
-    """Verify one evidence entry; raises ValueError / AttestationError naming the problem."""
-    kind = e.get("kind")
-    if kind == "none":
-        raise ValueError("the CVM runs without a TEE: there is no hardware evidence")
-    if kind in ("tdx", "azure-snp"):
-        return _verify_other(e, kind, host_key=host_key, decoded=decoded)
-    if kind not in SNP_KINDS:
-        raise ValueError(f"evidence kind {kind!r} is not supported by this verifier")
-    simulated = kind == "simulated-snp"
-    if simulated and not trust_simulated:
-        raise ValueError("the CVM's evidence is SIMULATED SEV-SNP; pass --trust-simulated to accept it")
-    collateral = e.get("collateral") or {}
-    try:
-        raw = base64.b64decode(str(e["evidence"]), validate=True)
-        vcek = base64.b64decode(str(collateral["vcek"]), validate=True)
-        chain = str(collateral.get("cert_chain", ""))
-        nonce = bytes.fromhex(str(e["nonce"]))
-    except (KeyError, ValueError, binascii.Error):
-        raise ValueError("evidence entry lacks its report, VCEK or nonce") from None
-    blocks = _pem_blocks(chain)
-    trusted = None
-    if simulated:
-        # The development ARK travels in the log; accept it only as a well-formed,
-        # self-signed root, so every byte of it is still checked.
-        if len(blocks) != 2:
-            raise ValueError("simulated evidence must carry exactly its ASK and ARK")
-        _check_self_signed(blocks[-1])
-        trusted = [blocks[-1]]
-    report = verify_snp_report(
-        raw, vcek_der=vcek, ask_pem=chain.encode() if chain else None, now=_time(e), trusted_arks=trusted
-    )
-    if report.report_data != cvm_report_data(nonce, host_key):
-        raise ValueError("report data does not bind the nonce to the SSH host key the controller pinned")
-    if host_data is not None and report.host_data != host_data:
-        raise ValueError("HOST_DATA is not the launch value the controller chose for this CVM")
+    e: dict[str, Any], *, host_key: str, binding: str, host_data: str | None, instance_id: str | None,
+    trust_simulated: bool, decoded: list[dict[str, Any]], index: int, snp_arks: tuple[bytes, ...] | None = None,
+) -> cvm_kinds.Verified:
+    """Verify one evidence entry exactly as the controller did before logging it
+    (`cvm_kinds.verify_evidence`), then its link to the logged command that asked for
+    it. Raises ValueError / AttestationError naming the problem."""
+    verified = cvm_kinds.verify_evidence(
+        e, host_key=host_key, now=_time(e), trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks),
+        binding=binding, host_data=host_data, instance_id=instance_id)
+    _check_command_link(e, decoded, index)
+    return verified
+
+
+def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
+    """Every kind alike: the evidence names the builtin `attest` command, logged before
+    it, whose text carries its nonce and which completed before the evidence was logged."""
     ci = e.get("command_index")
-    cmd = decoded[ci] if isinstance(ci, int) and 0 <= ci < len(decoded) else {}
-    if cmd.get("type") != "command" or cmd.get("action") != "attest" or str(e["nonce"]) not in str(cmd.get("command")):
+    if not isinstance(ci, int) or not 0 <= ci < index:
         raise ValueError("evidence does not point to the logged attest command that carried its nonce")
-    return report
-
-
-def _verify_other(e: dict[str, Any], kind: str, *, host_key: str, decoded: list[dict[str, Any]]) -> Any:
-    """TDX quotes (with the collateral logged beside them) and Azure vTPM evidence."""
-    from duet.attestation import verify_azure_evidence, verify_tdx_quote
-
-    try:
-        nonce = bytes.fromhex(str(e["nonce"]))
-        raw = base64.b64decode(str(e["evidence"]), validate=True)
-    except (KeyError, ValueError, binascii.Error):
-        raise ValueError("evidence entry lacks its evidence or nonce") from None
-    expected = cvm_report_data(nonce, host_key)
-    if kind == "tdx":
-        report: Any = verify_tdx_quote(raw, e.get("collateral") or {}, now=_time(e))
-        if report.report_data != expected:
-            raise ValueError("REPORTDATA does not bind the nonce to the SSH host key the controller pinned")
-    else:
-        import json
-
-        report = verify_azure_evidence(json.loads(raw), now=_time(e), nonce=expected[:32])
-        provisioned = next((d for d in decoded if d.get("type") == "provisioned"), {})
-        if provisioned.get("instance_id") and str(report.vm_id or "").lower() != str(
-                provisioned["instance_id"]).lower():
-            raise ValueError("the vTPM evidence names another VM than the one the controller created")
-    return report
+    cmd = decoded[ci]
+    if cmd.get("type") != "command" or cmd.get("action") != "attest" or cmd.get("builtin") is not True \
+            or str(e.get("nonce")) not in str(cmd.get("command")):
+        raise ValueError("evidence does not point to the logged attest command that carried its nonce")
+    done = any(d.get("type") == "result" and d.get("command_index") == ci for d in decoded[ci + 1:index])
+    if not done:
+        raise ValueError("evidence was logged before its attest command's result")
 
 
 def evidence_checks(
     decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
-    expect: UserExpectations | None,
-) -> tuple[list[Check], SnpReport | None]:
+    expect: UserExpectations | None, snp_arks: tuple[bytes, ...] | None = None,
+) -> tuple[list[Check], Any]:
+    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (private roots, tests)."""
     checks: list[Check] = []
     indices = state.evidence_indices
-    simulated = any(decoded[i].get("kind") == "simulated-snp" for i in indices)
     if state.host_key is None:
         return [Check("evidence", False, "the log has no provisioned entry with a pinned host key")], None
     if not indices:
         return [Check("evidence", False, "the log holds no hardware evidence for this CVM")], None
+    genesis = decoded[0]
+    kind, binding = declared_kind(genesis), declared_binding(genesis)
+    provisioned = next((d for d in decoded if d.get("type") == "provisioned"), {})
+    instance_id = provisioned.get("instance_id")
     problems: list[str] = []
-    latest: Any = None
+    accepted = expect.cvm.instance_binding if expect is not None and expect.cvm is not None else None
+    if binding == cvm_kinds.InstanceBinding.NONE and accepted != cvm_kinds.InstanceBinding.NONE:
+        problems.append(
+            f"the provider ({genesis.get('provider')}) declares no instance binding: the evidence is bound to the "
+            "SSH host key only; accept that explicitly with cvm.instance_binding: none")
+    elif accepted is not None and accepted != binding:
+        problems.append(f"the CVM's instance binding is {binding}, expected {accepted}")
+    latest: cvm_kinds.Verified | None = None
+    nonces: set[str] = set()
     for i in indices:
+        e = decoded[i]
+        latest = None
+        if e.get("kind") != kind and e.get("kind") != cvm_kinds.CvmKind.NONE:
+            problems.append(f"entry {i}: evidence kind {e.get('kind')} is not the kind declared at create ({kind})")
+            continue
+        if str(e.get("nonce")) in nonces:
+            problems.append(f"entry {i}: evidence nonce reused (not fresh)")
+            continue
+        nonces.add(str(e.get("nonce")))
         try:
-            latest = verify_evidence_entry(decoded[i], host_key=state.host_key, host_data=state.host_data,
-                                           trust_simulated=trust_simulated, decoded=decoded)
+            latest = verify_evidence_entry(
+                e, host_key=state.host_key, binding=binding, host_data=state.host_data,
+                instance_id=str(instance_id) if instance_id else None, trust_simulated=trust_simulated,
+                decoded=decoded, index=i, snp_arks=snp_arks)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
-            latest = None
+    state.evidence_kind = latest.kind if latest is not None else None
     first_mode = next((i for i, e in enumerate(decoded) if e.get("type") == "mode"), len(decoded))
     if indices[0] > first_mode:
         problems.append("no evidence before the CVM was first made usable")
     problems.extend(_in_service_without_evidence(decoded))
-    label = "SIMULATED SEV-SNP" if simulated else "SEV-SNP"
+    simulated = cvm_kinds.is_simulated(kind) or bool(latest and latest.simulated)
+    label = cvm_kinds.label_of(kind)
+    bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     checks.append(Check(
         "evidence", not problems, "; ".join(problems[:4]) or
-        f"{len(indices)} {label} reports verify, each bound to the pinned host key and this instance's HOST_DATA",
+        f"{len(indices)} {label} reports verify, each bound to the pinned host key and {bound}",
         simulated=simulated,
     ))
     if expect is not None and expect.cvm is not None:
         checks.extend(_cvm_expectations(decoded, indices[-1], latest, state, expect, now, simulated))
-    return checks, latest
+    return checks, latest.report if latest is not None else None
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
@@ -171,15 +158,18 @@ def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
 
 
 def _cvm_expectations(
-    decoded: list[dict[str, Any]], latest_index: int, latest: SnpReport | None, state: LogState,
+    decoded: list[dict[str, Any]], latest_index: int, latest: cvm_kinds.Verified | None, state: LogState,
     expect: UserExpectations, now: datetime, simulated: bool,
 ) -> list[Check]:
     cvm = expect.cvm
     assert cvm is not None
     checks = []
     if cvm.tee is not None:
-        checks.append(Check("cvm_tee", cvm.tee == state.tee,
-                            f"TEE is {state.tee}" + ("" if cvm.tee == state.tee else f", expected {cvm.tee}")))
+        # The kind of the newest evidence that verified, never the owner's label.
+        found = latest.kind if latest is not None else None
+        checks.append(Check("cvm_tee", cvm.tee == found,
+                            (f"the newest evidence is {found}" if found else "the newest evidence did not verify")
+                            + ("" if cvm.tee == found else f", expected {cvm.tee}")))
     if cvm.max_age is not None:
         age = now - _time(decoded[latest_index])
         if age < -MAX_CLOCK_SKEW:
@@ -194,7 +184,7 @@ def _cvm_expectations(
         if latest is None:
             checks.append(Check("cvm_claims", False, "the latest evidence did not verify, so no claim can be checked"))
         else:
-            failures = validate(latest, claims)
+            failures = validate(latest.report, claims)
             checks.append(Check(
                 "cvm_claims", not failures,
                 "; ".join(f"{f.field} is {f.found}, expected {f.expected}" for f in failures)

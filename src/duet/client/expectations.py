@@ -4,7 +4,8 @@ Shape::
 
     controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1}
     cvm:
-      tee: snp                        # one of CVM_TEES (below)
+      tee: snp                        # the evidence kind: snp | simulated-snp | tdx | azure-snp | azure-tdx
+      instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
       min_tcb: {bootloader: 3, tee: 0, snp: 8, microcode: 115}
@@ -32,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from duet.attestation import Expectations as EvidenceExpectations
+from duet.attestation.cvm_kinds import REPORTED_ONLY_KINDS, CvmKind, InstanceBinding
 from duet.attestation.validate import one_line
 from duet.client.errors import ClientError
 from duet.ledger import keys as ledger_keys
@@ -39,16 +41,10 @@ from duet.ledger.errors import LedgerError
 from duet.ledger.lockdown import CHECKS
 from duet.ledger.regex import compile_linear
 
-CVM_TEES = (
-    "snp",
-    "simulated-snp",
-    "tdx",
-    "simulated-tdx",
-    "azure-snp",
-    "azure-tdx",
-    "azure-snp-maa",
-    "azure-tdx-maa",
-)
+#: What `cvm.tee` may name: an evidence kind (a plain VM, `none`, never verifies), or a
+#: kind that only `duet attestation verify` reports so far.
+CVM_TEES = (*(k.value for k in CvmKind if k is not CvmKind.NONE), *REPORTED_ONLY_KINDS)
+INSTANCE_BINDINGS = tuple(b.value for b in InstanceBinding)
 LOCKDOWN_CHECKS = (*CHECKS, "no_update_processes")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
@@ -79,8 +75,16 @@ class ControllerExpectations(BaseModel):
 class CvmExpectations(BaseModel):
     model_config = ConfigDict(extra="allow")
     tee: str | None = None
+    instance_binding: str | None = None
     max_evidence_age: str | None = None
     mode: str | None = None
+
+    @field_validator("instance_binding")
+    @classmethod
+    def _binding(cls, v: str | None) -> str | None:
+        if v is not None and v not in INSTANCE_BINDINGS:
+            raise ValueError(f"must be one of {', '.join(INSTANCE_BINDINGS)}")
+        return v
 
     @field_validator("tee")
     @classmethod

@@ -1,4 +1,4 @@
-"""The service owner's SDK: every operation is a signed intent (DESIGN.md invariant 4).
+"""The service owner's SDK: every operation is a signed intent (docs/invariants.md, invariant 4).
 
 Intents go to an RA-TLS (`https://`) controller, or over plain HTTP to loopback only."""
 

@@ -54,6 +54,7 @@ STATUS: dict[str, int] = {
     "invalid_key": 400,
     "invalid_policy": 400,
     "unknown_provider": 400,
+    "tee_not_offered": 400,
     "out_of_range": 400,
     "bad_signature": 401,
     "unknown_key": 401,

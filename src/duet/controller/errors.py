@@ -1,7 +1,8 @@
 """The controller's typed errors: each has a stable `code` clients can act on.
 
 Errors from other parts (ledger, attestation, cvm) also carry a `code`; the HTTP layer
-(`http_errors.py`) maps every code to a status in one place.
+(`controller/app.py`, `STATUS`) maps every code to a status in one place; docs/errors.md
+lists them.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ class InvalidPolicy(DuetError):
 
 class UnknownProvider(DuetError):
     code = "unknown_provider"
+
+
+class TeeNotOffered(DuetError):
+    """A create asked for a TEE its provider cannot deliver: refused, never substituted."""
+
+    code = "tee_not_offered"
 
 
 class RollbackDetected(DuetError):

@@ -1,25 +1,24 @@
 """Evidence and lockdown for real CVMs (qemu, Azure, Google Cloud), over the SSH session.
 
 Same contract as the local collector: every command sent to the CVM is logged first;
-lockdown checks run under `sudo -n` as the provisioning user; evidence is collected with
-`duet.cvm.guest.collect` and verified here before it is logged: signature chain with
-AMD's / Intel's roots, report data = SHA-512(nonce ‖ the pinned host key blob) and, where
-the platform sets it at launch (qemu's SNP HOST_DATA), the controller's per-CVM value.
-Whatever cannot be checked is refused, and the CVM is not made usable (fail closed).
+lockdown checks run under `sudo -n` as the provisioning user; evidence is fetched with
+`duet.cvm.guest.collect` and handed, as the entry it would become, to the shared check in
+`Collector.attest` (the registry in `duet.attestation.cvm_kinds`, which users run too):
+signature chains with AMD's / Intel's roots, report data = SHA-512(nonce ‖ the pinned
+host key blob), and the instance binding the provider declared. Whatever cannot be
+checked is refused, and the CVM is not made usable (fail closed).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from duet.attestation import AttestationError, verify_azure_evidence, verify_snp_report, verify_tdx_quote
+from duet.attestation import AttestationError, cvm_kinds
 from duet.attestation.binding import cvm_report_data
-from duet.controller.evidence import Collector
+from duet.controller.evidence import Collector, CvmPort, Fetched
 from duet.cvm.guest.collect import (
     Collected,
     CollectError,
@@ -30,10 +29,6 @@ from duet.cvm.guest.collect import (
 )
 from duet.cvm.lockdown import Lockdown, remote_params, run_remote
 from duet.tee.clock import TrustedClock
-
-if TYPE_CHECKING:
-    from duet.controller.service import Controller
-    from duet.controller.state import CvmRecord
 
 #: Fetches DCAP collateral for a TDX quote (e.g. from a PCCS); None: TDX is refused.
 CollateralSource = Callable[[bytes], Any]
@@ -53,118 +48,92 @@ class RemoteEvidence(Collector):
     ) -> None:
         """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots)."""
         self.tdx_collateral = tdx_collateral
-        self.trusted_arks = trusted_arks
+        self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None)
 
-    async def run_lockdown(self, ctl: Controller, rec: CvmRecord, intent_index: int | None) -> Lockdown:
+    async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
         """The gatherer runs in the guest as one logged builtin command; its output is the facts.
         Azure's osProfile can only put a key in the user's home: cloud-init moves it to the
         root-owned file and removes it, and the judge checks that it is gone (every provider)."""
+        rec = port.rec
 
         async def runner(command: str) -> tuple[int, str]:
-            outcome = await ctl.execute(rec, None, command, timeout=120.0, action="lockdown",
-                                        intent_index=intent_index, builtin=True)
+            outcome = await port.execute(command, timeout=120.0, action="lockdown", intent_index=intent_index)
             r = outcome.result
             assert r is not None
             return (r.exit_status if r.exit_status is not None else 255), r.stdout.decode("utf-8", "replace")
 
-        params = remote_params(user=str(rec.user), controller_key=ctl.client_public_line(rec.id),
+        params = remote_params(user=str(rec.user), controller_key=port.client_key_line(),
                                must_be_absent=[f"/home/{rec.user}/.ssh/authorized_keys"])
         return await run_remote(params, runner)
 
-    async def attest(self, ctl: Controller, rec: CvmRecord, *, intent_index: int | None, purpose: str) -> int:
-        kind = rec.tee
-        if kind == "none":
-            # A plain VM (the owner allowed it explicitly): nothing to attest. The log says
-            # so, and every verifier fails the evidence check on it.
-            return ctl.append(rec, [{
-                "type": "evidence", "kind": "none", "purpose": purpose, "nonce": secrets.token_bytes(32).hex(),
-                "evidence": "", "binds": {}, "reason": "launched without a TEE: no hardware evidence exists",
-            }])
-        if kind not in ("snp", "tdx", "azure-snp"):
-            raise self.refuse(ctl, rec, f"no verifiable evidence for TEE kind {kind!r} on this provider")
-        nonce = secrets.token_bytes(32)
-        outcome = await ctl.execute(rec, None, collect_command(kind, nonce), timeout=120.0, action="attest",
-                                    intent_index=intent_index, builtin=True)
+    async def fetch(self, port: CvmPort, kind: str, nonce: bytes, *, intent_index: int | None) -> Fetched:
+        try:
+            command = collect_command(kind, nonce)
+        except ValueError as exc:
+            raise self.refuse(port, str(exc)) from None
+        outcome = await port.execute(command, timeout=120.0, action="attest", intent_index=intent_index)
         r = outcome.result
         if r is None or r.exit_status != 0:
-            raise self.refuse(ctl, rec, "the guest produced no evidence" + (
+            raise self.refuse(port, "the guest produced no evidence" + (
                 f": {r.stderr.decode('utf-8', 'replace').strip()[:300]}" if r else ""))
-        assert rec.host_key is not None
+        assert port.rec.host_key is not None
         try:
-            got = parse_output(r.stdout.decode("utf-8", "replace"))
-            entry = self.verify_collected(kind, got, nonce=nonce, host_key=rec.host_key,
-                                          host_data=rec.host_data if rec.provider == "qemu" else None,
-                                          instance_id=rec.instance_id if rec.provider == "azure" else None,
-                                          clock=ctl.clock)
+            fields = self.entry_fields(kind, parse_output(r.stdout.decode("utf-8", "replace")),
+                                       nonce=nonce, host_key=port.rec.host_key)
         except (KeyError, CollectError, AttestationError, ValueError) as exc:
-            raise self.refuse(ctl, rec, f"the evidence does not verify: {exc}") from None
-        entry.update(purpose=purpose, command_index=outcome.command_index)
-        return ctl.append(rec, [entry])
+            raise self.refuse(port, f"the evidence does not verify: {exc}") from None
+        return Fetched(outcome.command_index, fields)
 
-    def verify_collected(
-        self, kind: str, got: Collected, *, nonce: bytes, host_key: str, host_data: str | None,
-        instance_id: str | None = None, clock: TrustedClock | None = None,
-    ) -> dict[str, Any]:
-        """Check collected evidence and build its log entry (raises on any failure).
+    def entry_fields(self, kind: str, got: Collected, *, nonce: bytes, host_key: str) -> dict[str, Any]:
+        """The evidence entry's `evidence` / `collateral` from the guest's output (pure).
 
-        `host_data`: the launch value to demand, where the platform sets it (qemu SNP);
-        `instance_id`: the VM id the evidence must name, where it names one (Azure);
-        `clock`: the controller's trusted clock, whose lower bound validity checks use
-        and which learns the issue dates of what verified."""
-        clock = clock or TrustedClock()
+        The guest's own statement of its report data and host key must already match
+        the pinned key; the report itself is checked by the registry afterwards."""
         expected_rd = cvm_report_data(nonce, host_key)
         if got.report_data != expected_rd or got.host_key.split()[:2] != host_key.split()[:2]:
             raise CollectError("it is not bound to the SSH host key the controller is connected to "
                                "(a man in the middle, or another machine, answered)")
-        entry: dict[str, Any] = {
-            "type": "evidence", "kind": kind, "nonce": nonce.hex(), "report_data": expected_rd.hex(),
-            "binds": {"report_data": "SHA-512(nonce || SSH host key blob)",
-                      "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest()},
-        }
-        if kind == "snp":
+        if kind == cvm_kinds.CvmKind.SNP:
             raw = got.blobs["outblob"]
             certs = parse_cert_table(got.blobs["auxblob"]) if "auxblob" in got.blobs else {}
             vcek = certs.get("vcek") or certs.get("vlek")
             if vcek is None:
                 raise CollectError("the host supplied no VCEK/VLEK with the report (extended report); "
                                    "without it the report cannot be verified offline")
-            chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs) or None
-            report = verify_snp_report(raw, vcek_der=vcek, ask_pem=chain, now=clock.now(),
-                                       trusted_arks=self.trusted_arks)
-            if report.report_data != expected_rd:
-                raise CollectError("the report's REPORT_DATA is not what the guest said it asked for")
-            if host_data is not None and report.host_data != host_data:
-                raise CollectError("HOST_DATA is not the value the controller set at this CVM's launch")
-            entry["collateral"] = {
-                "vcek": base64.b64encode(vcek).decode(),
-                "cert_chain": chain.decode() if chain else "",
-            }
-            entry["binds"]["host_data"] = report.host_data
-            clock.observe_certificate(vcek, "VCEK notBefore")
-        elif kind == "tdx":
+            chain = b"".join(_pem(certs[n]) for n in ("ask", "ark") if n in certs)
+            return {"evidence": base64.b64encode(raw).decode(),
+                    "collateral": {"vcek": base64.b64encode(vcek).decode(), "cert_chain": chain.decode()}}
+        if kind == cvm_kinds.CvmKind.TDX:
             raw = got.blobs["outblob"]
             if self.tdx_collateral is None:
                 raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
             collateral = self.tdx_collateral(raw)
-            tdx = verify_tdx_quote(raw, collateral, now=clock.now())
-            if tdx.report_data != expected_rd:
-                raise CollectError("the quote's REPORTDATA is not what the guest said it asked for")
-            if isinstance(collateral, dict):
-                clock.observe_dcap_collateral(collateral)
-            entry["collateral"] = collateral if isinstance(collateral, dict) else {}
-        elif kind == "azure-snp":
+            return {"evidence": base64.b64encode(raw).decode(),
+                    "collateral": collateral if isinstance(collateral, dict) else {}}
+        if kind in (cvm_kinds.CvmKind.AZURE_SNP, cvm_kinds.CvmKind.AZURE_TDX):
             envelope = azure_envelope(got)
-            az = verify_azure_evidence(envelope, now=clock.now(), nonce=expected_rd[:32],
-                                       trusted_arks=self.trusted_arks)
-            entry["collateral"] = {"envelope_version": 1}
-            entry["binds"]["tpm_extra_data"] = "first 32 bytes of the report data"
-            if instance_id is not None and (az.vm_id or "").lower() != instance_id.lower():
-                raise CollectError(f"the evidence names VM {az.vm_id}, not the instance {instance_id} "
-                                   "the controller created")
-            entry["binds"]["vm_id"] = az.vm_id
-            entry["evidence"] = base64.b64encode(json.dumps(envelope, sort_keys=True).encode()).decode()
-            return entry
-        else:
-            raise CollectError(f"no verifier for evidence kind {kind!r}")
-        entry["evidence"] = base64.b64encode(raw).decode()
-        return entry
+            az_collateral: dict[str, Any] = {"envelope_version": 1}
+            if kind == cvm_kinds.CvmKind.AZURE_TDX:
+                td_quote = envelope.get("td_quote")
+                if self.tdx_collateral is None or not isinstance(td_quote, str):
+                    raise CollectError("an Azure TDX CVM's TD quote needs collateral (PCCS), none is configured")
+                az_collateral["tdx"] = self.tdx_collateral(base64.b64decode(td_quote))
+            return {"evidence": base64.b64encode(json.dumps(envelope, sort_keys=True).encode()).decode(),
+                    "collateral": az_collateral,
+                    "binds": {"tpm_extra_data": "first 32 bytes of the report data"}}
+        raise CollectError(f"no evidence collection for kind {kind!r}")
+
+    def verify_collected(
+        self, kind: str, got: Collected, *, nonce: bytes, host_key: str, binding: str = "none",
+        host_data: str | None = None, instance_id: str | None = None, clock: TrustedClock | None = None,
+    ) -> dict[str, Any]:
+        """Entry fields from collected output, checked by the registry (raises). `clock`: the
+        controller's trusted clock (`tee/clock.py`), whose lower bound validity checks use."""
+        fields = self.entry_fields(kind, got, nonce=nonce, host_key=host_key)
+        candidate = {"kind": kind, "nonce": nonce.hex(), **fields}
+        now = (clock or TrustedClock()).now()
+        verified = cvm_kinds.verify_evidence(candidate, host_key=host_key, now=now, trust=self.trust,
+                                             binding=binding, host_data=host_data, instance_id=instance_id)
+        candidate["claims"] = dict(cvm_kinds.spec_of(kind).claims(verified.report))
+        return candidate
+

@@ -1,6 +1,6 @@
 """The Controller service: CVM lifecycle, modes, commands and policy, all logged.
 
-Log discipline (DESIGN.md invariants 1, 4, 5):
+Log discipline (docs/invariants.md, invariants 1, 4, 5):
 - an authenticated intent is written to the CVM's log (with what it causes) *before* the
   controller acts on it: the `intent` and `command` entries are durably committed in one
   transaction before the command goes out over SSH, the `result` after;
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -27,8 +28,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from duet import __version__
+from duet.attestation import cvm_kinds
+from duet.attestation.errors import AttestationError
 from duet.controller import errors
-from duet.controller.evidence import EvidenceCollector
+from duet.controller.evidence import CvmPort, EvidenceCollector
 from duet.controller.replay import ReplayGuard
 from duet.controller.state import CvmRecord, StateStore
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
@@ -36,6 +39,7 @@ from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from duet.ledger.entries import Mode
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, Verifier, verifier_key_string
@@ -88,33 +92,42 @@ class CommandOutcome:
         return out
 
 
-def _stream_fields(name: str, data: bytes, total: int, digest: str, truncated: bool) -> dict[str, Any]:
-    """UTF-8 when the captured bytes are valid UTF-8 (readable logs), else base64."""
-    try:
-        text, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(data).decode("ascii"), "base64"
-    return {
-        name: text,
-        f"{name}_encoding": encoding,
-        f"{name}_bytes": total,
-        f"{name}_sha256": digest,
-        f"{name}_truncated": truncated,
-    }
+def result_entry(command_index: int, r: RunResult) -> entries.ResultEntry:
+    return entries.ResultEntry(
+        command_index=command_index,
+        exit_status=r.exit_status,
+        signal=r.signal,
+        explicit_nulls=frozenset({"signal"}),
+        timed_out=r.timed_out,
+        duration_ms=round(r.duration_ms, 3),
+        stdout=entries.StreamOutput.captured(r.stdout, r.stdout_bytes, r.stdout_sha256, r.stdout_truncated),
+        stderr=entries.StreamOutput.captured(r.stderr, r.stderr_bytes, r.stderr_sha256, r.stderr_truncated),
+    )
 
 
-def result_entry(command_index: int, r: RunResult) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "type": "result",
-        "command_index": command_index,
-        "exit_status": r.exit_status,
-        "signal": r.signal,
-        "timed_out": r.timed_out,
-        "duration_ms": round(r.duration_ms, 3),
-    }
-    entry.update(_stream_fields("stdout", r.stdout, r.stdout_bytes, r.stdout_sha256, r.stdout_truncated))
-    entry.update(_stream_fields("stderr", r.stderr, r.stderr_bytes, r.stderr_sha256, r.stderr_truncated))
-    return entry
+class _Port:
+    """A collector's view of one CVM (`evidence.CvmPort`)."""
+
+    def __init__(self, ctl: Controller, rec: CvmRecord) -> None:
+        self._ctl, self._rec = ctl, rec
+
+    @property
+    def rec(self) -> CvmRecord:
+        return self._rec
+
+    async def execute(self, command: str, *, timeout: float, action: str, intent_index: int | None) -> CommandOutcome:
+        return await self._ctl.execute(self._rec, None, command, timeout=timeout, action=action,
+                                       intent_index=intent_index, builtin=True)
+
+    def append(self, items: Sequence[entries.Entry]) -> int:
+        return self._ctl.append(self._rec, items)
+
+    def client_key_line(self) -> str:
+        return self._ctl.client_public_line(self._rec.id)
+
+    @property
+    def clock(self) -> TrustedClock:
+        return self._ctl.clock
 
 
 def _rfc3339(when: datetime) -> str:
@@ -157,6 +170,8 @@ class Controller:
         self.clock = clock or TrustedClock()
         self._last_time: dict[str, str] = {}
         self._records: dict[str, CvmRecord] = {r.id: r for r in state.cvms()}
+        for rec in self._records.values():
+            self._fill_offer(rec)
         self._locks: dict[str, asyncio.Lock] = {}
         self._conns: dict[str, CvmConnection] = {}
         self._closing: set[asyncio.Future[None]] = set()
@@ -168,6 +183,16 @@ class Controller:
         self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+
+    def _fill_offer(self, rec: CvmRecord) -> None:
+        """Records written before providers declared their offers: take the declaration
+        of the provider for the TEE the record names (the log's genesis is unchanged)."""
+        if rec.evidence_kind is not None or rec.tee == cvm_kinds.CvmKind.NONE:
+            return
+        provider = self.providers.get(rec.provider)
+        offer = provider.tees.get(rec.tee) if provider is not None else None
+        if offer is not None:
+            rec.evidence_kind, rec.instance_binding = offer.evidence_kind, offer.binding.value
 
     # ---------------------------------------------------------------- identity / read side
 
@@ -258,7 +283,12 @@ class Controller:
             "name": rec.name,
             "provider": rec.provider,
             "tee": rec.tee,
-            "simulated": rec.tee.startswith("simulated"),
+            "evidence_kind": rec.kind,
+            "instance_binding": rec.instance_binding,
+            # Derived from what can be shown, never from a label: the controller's TEE,
+            # and the kind of evidence this CVM produces (the provider's declaration
+            # before any evidence exists; the controller logs no other kind).
+            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind),
             "status": rec.status,
             "mode": rec.mode,
             "epoch": rec.epoch,
@@ -299,14 +329,8 @@ class Controller:
             if rec.mode == "deleted":
                 continue
             if last is not None and last["type"] == "command":
-                self.append(
-                    rec,
-                    [{
-                        "type": "interrupted",
-                        "command_index": size - 1,
-                        "reason": "controller restarted while the command was running",
-                    }],
-                )
+                self.append(rec, [entries.InterruptedEntry(
+                    command_index=size - 1, reason="controller restarted while the command was running")])
                 log.warning("cvm %s: closed interrupted command at index %d", rec.id, size - 1)
             if rec.status == "provisioning":
                 self._fail(rec, "provisioning_interrupted", "controller restarted during provisioning")
@@ -322,8 +346,8 @@ class Controller:
                     continue
                 if prov.port != rec.port:
                     # The host key stays pinned; only the address moved.
-                    self.append(rec, [{"type": "error", "code": "cvm_moved",
-                                       "message": f"CVM restarted on port {prov.port} (was {rec.port})"}])
+                    self.append(rec, [entries.ErrorEntry(
+                        code="cvm_moved", message=f"CVM restarted on port {prov.port} (was {rec.port})")])
                     rec.port = prov.port
                     self._save(rec)
 
@@ -431,11 +455,15 @@ class Controller:
             )
         return provider
 
-    def append(self, rec: CvmRecord, items: Sequence[Mapping[str, Any]]) -> int:
+    def port(self, rec: CvmRecord) -> CvmPort:
+        """The narrow per-CVM interface evidence collectors work through."""
+        return _Port(self, rec)
+
+    def append(self, rec: CvmRecord, items: Sequence[entries.Entry]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
         now, host_time = self._entry_time(rec.id)
-        extra = {"host_time": host_time} if host_time is not None else {}
-        leaves = [entries.encode({"v": 1, "time": now, **item, **extra}) for item in items]
+        clamped = {"host_time": host_time} if host_time else {}
+        leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
         head = self.ledger.append(rec.id, leaves)
         self._last_time[rec.id] = now
         return head.size - len(leaves)
@@ -458,13 +486,13 @@ class Controller:
         log.warning("log %s: host clock %s is behind %s; entry time clamped", log_id, host, now)
         return now, host
 
-    def _intent_entry(self, intent: Intent) -> dict[str, Any]:
-        return {"type": "intent", "jws": intent.jws, "op": intent.op, "kid": intent.kid}
+    def _intent_entry(self, intent: Intent) -> entries.IntentEntry:
+        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid)
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
         index = self.append(
             rec,
-            [{"type": "rejected", "jws": intent.jws, "op": intent.op, "reason": exc.message, "code": exc.code}],
+            [entries.RejectedEntry(jws=intent.jws, op=intent.op, reason=exc.message, code=exc.code)],
         )
         exc.index = index
         return exc
@@ -473,7 +501,7 @@ class Controller:
         self.state.put_cvm(rec)
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
-        self.append(rec, [{"type": "error", "code": code, "message": message}])
+        self.append(rec, [entries.ErrorEntry(code=code, message=message)])
         rec.status, rec.reason = "failed", message
         self._save(rec)
 
@@ -508,7 +536,7 @@ class Controller:
 
     def _mark_lost(self, rec: CvmRecord, why: str) -> None:
         """The CVM disappeared under the controller (e.g. deleted in a cloud console)."""
-        self.append(rec, [{"type": "error", "code": "cvm_lost", "message": f"the CVM is gone: {why}"}])
+        self.append(rec, [entries.ErrorEntry(code="cvm_lost", message=f"the CVM is gone: {why}")])
         rec.status, rec.reason = "lost", why
         self._save(rec)
         log.error("cvm %s: lost: %s", rec.id, why)
@@ -524,7 +552,7 @@ class Controller:
 
     def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
         """A changed host key means we may be talking to an impostor: stop everything."""
-        self.append(rec, [{"type": "error", "code": exc.code, "message": str(exc)}])
+        self.append(rec, [entries.ErrorEntry(code=exc.code, message=str(exc))])
         rec.status, rec.reason = "quarantined", str(exc)
         self._save(rec)
         conn = self._conns.pop(rec.id, None)
@@ -550,7 +578,10 @@ class Controller:
         args = intent.args
         provider_name = args["provider"]
         provider = self._provider(provider_name)
-        tee = args.get("tee", "simulated-snp" if provider_name == "local" else "snp")
+        try:
+            tee, offer = cvm_kinds.resolve_offer(provider_name, provider.tees, args.get("tee"))
+        except AttestationError as exc:
+            raise errors.TeeNotOffered(str(exc)) from None
         cvm_id = secrets.token_hex(8)
         host_data = secrets.token_bytes(32)
         spec = dict(args.get("spec", {}))
@@ -564,6 +595,8 @@ class Controller:
             policy=policy.text,
             spec=spec,
             host_data=host_data.hex(),
+            evidence_kind=offer.evidence_kind,
+            instance_binding=offer.binding.value,
         )
         client_key = generate_client_key()
         self.ledger.create_log(cvm_id)
@@ -573,20 +606,21 @@ class Controller:
             self.append(
                 rec,
                 [
-                    {
-                        "type": "genesis",
-                        "cvm_id": cvm_id,
-                        "origin": self.origin(cvm_id),
-                        "controller_id": self.controller_id,
-                        "controller_key": keys.public_b64(self.public_key),
-                        "owner_keys": sorted(self.state.owner_keys().values()),
-                        "policy": policy.text,
-                        "policy_sha256": policy.sha256,
-                        "tee": tee,
-                        "provider": provider_name,
-                        "spec": spec,
-                        "host_data": host_data.hex(),
-                    },
+                    entries.GenesisEntry(
+                        cvm_id=cvm_id,
+                        origin=self.origin(cvm_id),
+                        controller_id=self.controller_id,
+                        controller_key=keys.public_b64(self.public_key),
+                        owner_keys=tuple(sorted(self.state.owner_keys().values())),
+                        policy=policy.text,
+                        policy_sha256=policy.sha256,
+                        tee=tee,
+                        provider=provider_name,
+                        spec=spec,
+                        host_data=host_data.hex(),
+                        evidence_kind=offer.evidence_kind,
+                        instance_binding=offer.binding.value,
+                    ),
                     self._intent_entry(intent),
                 ],
             )
@@ -604,7 +638,10 @@ class Controller:
             )
             rec.host, rec.port, rec.user, rec.instance_id = prov.host, prov.port, prov.user, prov.instance_id
             if prov.launch.get("tee_effective") == "none":
-                rec.tee = "none"  # launched without a TEE (allowed by the provider's settings)
+                # Launched without a TEE (allowed by the provider's settings): its evidence
+                # is kind `none`, which every verifier fails, saying why.
+                rec.evidence_kind = cvm_kinds.CvmKind.NONE.value
+                rec.instance_binding = cvm_kinds.InstanceBinding.NONE.value
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )
@@ -613,19 +650,18 @@ class Controller:
             rec.host_key = host_key
             self.append(
                 rec,
-                [{
-                    "type": "provisioned",
-                    "instance_id": prov.instance_id,
-                    "host": prov.host,
-                    "port": prov.port,
-                    "user": prov.user,
-                    "host_key": host_key,
-                    "host_key_sha256": hashlib.sha256(host_key.encode()).hexdigest(),
-                    "client_key": public_line(client_key),
-                    "launch": dict(prov.launch),
-                }],
+                [entries.ProvisionedEntry(
+                    instance_id=prov.instance_id,
+                    host=prov.host,
+                    port=prov.port,
+                    user=prov.user,
+                    host_key=host_key,
+                    host_key_sha256=entries.sha256_hex(host_key),
+                    client_key=public_line(client_key),
+                    launch=dict(prov.launch),
+                )],
             )
-            await self._collector(rec).after_provisioning(self, rec, conn)
+            await self._collector(rec).after_provisioning(self.port(rec))
         except (CvmError, errors.DuetError) as exc:
             code = getattr(exc, "code", "provisioning_failed")
             self._fail(rec, code, f"provisioning failed: {exc}")
@@ -634,7 +670,7 @@ class Controller:
                 await conn_.close()
             raise errors.CvmNotReady(f"CVM {rec.id} could not be provisioned: {exc}") from None
         rec.status, rec.mode = "ready", "in-update"
-        self.append(rec, [{"type": "mode", "mode": "in-update", "previous": "provisioning"}])
+        self.append(rec, [entries.ModeEntry(mode=Mode.IN_UPDATE.value, previous=Mode.PROVISIONING.value)])
         self._save(rec)
 
     async def run(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
@@ -664,29 +700,22 @@ class Controller:
     ) -> CommandOutcome:
         """Log the command durably, send it, log the result (invariant 1)."""
         conn = await self._connection(rec)
-        items: list[dict[str, Any]] = []
+        items: list[entries.Entry] = []
         if intent is not None:
             # The log is locked for this CVM, so the next index is known before appending.
             intent_index = self.ledger.tree_head(rec.id).size
             items.append(self._intent_entry(intent))
-        cmd_entry: dict[str, Any] = {
-            "type": "command",
-            "command": command,
-            "timeout_s": timeout,
-            "intent_index": intent_index,
-        }
-        if action is not None:
-            cmd_entry["action"] = action
-        if builtin:
-            cmd_entry["builtin"] = True
-        items.append(cmd_entry)
+        items.append(entries.CommandEntry(
+            command=command, timeout_s=timeout, intent_index=intent_index, action=action,
+            builtin=True if builtin else None, explicit_nulls=frozenset({"intent_index"}),
+        ))
         command_index = self.append(rec, items) + len(items) - 1
         started = time.perf_counter()
         try:
             result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
         except CvmError as exc:
             reason = f"command not completed: {exc}"
-            self.append(rec, [{"type": "interrupted", "command_index": command_index, "reason": reason}])
+            self.append(rec, [entries.InterruptedEntry(command_index=command_index, reason=reason)])
             if isinstance(exc, HostKeyMismatch):
                 self._quarantine(rec, exc)
             elif isinstance(exc, CvmUnreachable):
@@ -722,9 +751,9 @@ class Controller:
     ) -> CommandOutcome:
         if action.builtin is not None:
             collector = self._collector(rec)
-            conn = await self._connection(rec)
+            await self._connection(rec)
             first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
-            index = await collector.builtin(self, rec, conn, action.builtin, intent_index=first)
+            index = await collector.builtin(self.port(rec), action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
                 result=None, interrupted=None, tree_size=index + 1,
@@ -750,15 +779,16 @@ class Controller:
             # show its state never enters in-service.
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
-            await self._collector(rec).on_enter_service(self, rec, await self._connection(rec), intent_index)
+            await self._connection(rec)
+            await self._collector(rec).on_enter_service(self.port(rec), intent_index)
             rec.epoch += 1
             rec.mode = target
-            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [entries.ModeEntry(mode=target, previous=previous, epoch=rec.epoch)])
             self._save(rec)
         else:
             # The epoch ends before anything changes on the CVM.
             rec.mode = target
-            self.append(rec, [{"type": "mode", "mode": target, "previous": previous, "epoch": rec.epoch}])
+            self.append(rec, [entries.ModeEntry(mode=target, previous=previous, epoch=rec.epoch)])
             self._save(rec)
             for name in policy.on_enter.get(target, ()):
                 await self._run_action(rec, policy.actions[name], None, intent_index)
@@ -770,7 +800,7 @@ class Controller:
         if conn is not None:
             await conn.close()
         await self._provider(rec.provider).delete(rec.id)
-        self.append(rec, [{"type": "deleted", "reason": "deleted by the owner"}])
+        self.append(rec, [entries.DeletedEntry(reason="deleted by the owner")])
         rec.mode, rec.status = "deleted", "deleted"
         self._save(rec)
         return self.view(rec)
@@ -786,7 +816,7 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
         self.append(
             rec,
-            [self._intent_entry(intent), {"type": "policy", "policy": policy.text, "policy_sha256": policy.sha256}],
+            [self._intent_entry(intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
         )
         rec.policy = policy.text
         self._save(rec)
@@ -804,7 +834,7 @@ class Controller:
                 continue
             async with self._lock(rec.id):
                 self.append(
-                    rec, [self._intent_entry(intent), {"type": "owner_keys", "keys": sorted(new.values())}]
+                    rec, [self._intent_entry(intent), entries.OwnerKeysEntry(keys=tuple(sorted(new.values())))]
                 )
         self.state.set_owner_keys(new)
         self._owner_key_cache = None

@@ -51,6 +51,21 @@ class CvmRecord:
     host_data: str | None = None
     reason: str | None = None
     epoch: int = 0
+    #: What the provider declared it delivers for `tee` (attestation.cvm_kinds); None in
+    #: records written before these fields existed (then `tee` is the evidence kind).
+    evidence_kind: str | None = None
+    instance_binding: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The evidence kind this CVM produces (never a label the owner typed)."""
+        return self.evidence_kind if self.evidence_kind is not None else self.tee
+
+    @property
+    def binding(self) -> str:
+        """The instance binding the provider declared (`none` when unknown: then users
+        must accept the host-key binding alone, so nothing is assumed)."""
+        return self.instance_binding or "none"
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

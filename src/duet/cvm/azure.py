@@ -40,8 +40,9 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.cvm import cloudinit
 from duet.cvm.clouds.common import (
     Tracker,
@@ -128,6 +129,11 @@ class AzureProvider:
     """
 
     name = "azure"
+    #: Azure takes no host-set HOST_DATA/MRCONFIGID; its vTPM evidence names the VM id.
+    tees: ClassVar[Mapping[str, TeeOffer]] = {
+        "snp": TeeOffer(CvmKind.AZURE_SNP, InstanceBinding.VM_ID),
+        "tdx": TeeOffer(CvmKind.AZURE_TDX, InstanceBinding.VM_ID),
+    }
 
     def __init__(
         self,

@@ -38,8 +38,9 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.cvm import cloudinit
 from duet.cvm.clouds.common import (
     Tracker,
@@ -93,6 +94,12 @@ class GcpProvider:
     """
 
     name = "gcp"
+    #: GCP can set neither HOST_DATA nor MRCONFIGID, and its raw SNP/TDX evidence names
+    #: no instance: the host-key binding only, which users must accept explicitly.
+    tees: ClassVar[Mapping[str, TeeOffer]] = {
+        "snp": TeeOffer(CvmKind.SNP, InstanceBinding.NONE),
+        "tdx": TeeOffer(CvmKind.TDX, InstanceBinding.NONE),
+    }
 
     def __init__(
         self,

@@ -69,7 +69,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.attestation.simulated import SimulatedSnp
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.guest import report_client as guest_tool
@@ -274,6 +276,10 @@ class LocalProvider:
     """Local CVMs: one sshd per CVM on 127.0.0.1, state under ``base_dir/<cvm_id>/``."""
 
     name = "local"
+    #: SIMULATED SEV-SNP only; the simulated PSP sets HOST_DATA per CVM.
+    tees: ClassVar[Mapping[str, TeeOffer]] = {
+        "simulated-snp": TeeOffer(CvmKind.SIMULATED_SNP, InstanceBinding.HOST_DATA),
+    }
 
     def __init__(
         self, base_dir: Path, *, homes_dir: Path | None = None, platform: SimulatedSnp | None = None

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from duet.attestation.cvm_kinds import TeeOffer
+
 Status = Literal["running", "stopped", "missing"]
 
 
@@ -37,6 +39,11 @@ class Provider(Protocol):
     """What the controller needs from a CVM provider (`local`, `qemu`, `azure`, `gcp`)."""
 
     name: str
+    @property
+    def tees(self) -> Mapping[str, TeeOffer]:
+        """Requested TEE -> what the provider delivers (evidence kind, instance binding).
+        The first entry is the default; a TEE not listed is refused at create."""
+        ...
 
     async def create(
         self, cvm_id: str, *, authorized_key: str, spec: Mapping[str, object]

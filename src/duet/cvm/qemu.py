@@ -45,8 +45,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from duet.attestation.binding import mrconfigid_for
+from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.cvm import cloudinit
 from duet.cvm.clouds.common import host_data_of, resource_prefix, spec_str
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
@@ -74,11 +76,6 @@ def host_tee_support() -> dict[str, bool]:
         "snp": kvm and flag("/sys/module/kvm_amd/parameters/sev_snp"),
         "tdx": kvm and flag("/sys/module/kvm_intel/parameters/tdx"),
     }
-
-
-def mrconfigid_for(host_data_hex: str) -> bytes:
-    """TDX MRCONFIGID (48 bytes) carrying the controller's 32-byte per-CVM value."""
-    return bytes.fromhex(host_data_hex) + bytes(16)
 
 
 def seed_files(cvm_id: str, authorized_key: str, user: str) -> dict[str, str]:
@@ -154,6 +151,13 @@ class QemuProvider:
     """
 
     name = "qemu"
+    #: qemu sets the per-CVM value itself: SNP HOST_DATA, TDX MRCONFIGID. `none` is a
+    #: plain VM, allowed only with `allow_no_tee`.
+    tees: ClassVar[Mapping[str, TeeOffer]] = {
+        "snp": TeeOffer(CvmKind.SNP, InstanceBinding.HOST_DATA),
+        "tdx": TeeOffer(CvmKind.TDX, InstanceBinding.MRCONFIGID),
+        "none": TeeOffer(CvmKind.NONE, InstanceBinding.NONE),
+    }
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 A checkpoint is the note text ``<origin>\\n<size>\\n<base64 root>\\n[extension lines]``.
 Clients remember the last checkpoint they saw and demand a consistency proof to every
-newer one (DESIGN.md invariant 6), so a checkpoint must have exactly one textual form:
+newer one (docs/invariants.md, invariant 6), so a checkpoint must have exactly one textual form:
 parsing rejects leading zeros, non-canonical base64, empty lines and a wrong origin
 rather than normalising them.
 """

@@ -1,7 +1,7 @@
 """Log entries: typed records and their RFC 8785 (JCS) canonical JSON encoding.
 
 Each leaf of a CVM's log is the canonical JSON of one entry object
-``{"v": 1, "type": ..., "time": ..., ...}`` (DESIGN.md, "Wire formats"). Third parties
+``{"v": 1, "type": ..., "time": ..., ...}`` (docs/wire-formats.md; schema: docs/entries.schema.json). Third parties
 re-implement this format, so it is checked in both directions:
 
 * :func:`encode` validates the entry's required fields and their JSON types before
@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import ClassVar, Literal, TypeGuard, TypeVar, cast
 
 import rfc8785
@@ -39,12 +40,48 @@ from duet.ledger import strictjson
 from duet.ledger.errors import EntryError
 
 VERSION = 1
-"""The only entry format version this code reads and writes (the ``v`` field)."""
+"""The only entry format version this code reads and writes (the ``v`` field).
+
+Fields added since the first controllers (``genesis.host_data``, ``evidence.purpose``,
+``command.builtin`` ...) are optional in version 1, so their logs stay readable; the
+controller always writes them. Unknown fields are allowed and kept."""
+
+
+class Mode(StrEnum):
+    """A CVM's mode, as `mode` entries and the controller's record say."""
+
+    PROVISIONING = "provisioning"
+    IN_UPDATE = "in-update"
+    IN_SERVICE = "in-service"
+    DELETED = "deleted"
+
+
+OWNER_MODES = (Mode.IN_UPDATE.value, Mode.IN_SERVICE.value)
+"""The modes an owner's `cvm.mode` intent may ask for."""
+
+
+class EvidencePurpose(StrEnum):
+    """Why evidence was collected: the user's rules depend on it (in-service needs fresh)."""
+
+    PROVISIONING = "provisioning"
+    IN_SERVICE = "in-service"
+    ATTEST = "attest"
+
+
+class LockdownPurpose(StrEnum):
+    PROVISIONING = "provisioning"
+    IN_SERVICE = "in-service"
+    ACTION = "action"
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RESERVED = ("v", "type", "time")
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of a text's UTF-8 bytes, as lowercase hex (host keys, policies)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def now_rfc3339() -> str:
@@ -62,6 +99,9 @@ def now_rfc3339() -> str:
 def _is_int(value: object) -> TypeGuard[int]:
     # JSON booleans are not numbers, but Python's bool is an int subclass.
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+Check = Callable[[object], "str | None"]
 
 
 def _check_b64(value: str) -> bytes | None:
@@ -136,6 +176,16 @@ def _k_key_list(value: object) -> str | None:
     return None if ok else "a list of base64 raw Ed25519 keys"
 
 
+def _k_enum(enum: type[StrEnum]) -> Check:
+    values = tuple(m.value for m in enum)
+
+    def check(value: object) -> str | None:
+        return None if value in values else "one of " + ", ".join(values)
+
+    check.enum = values  # type: ignore[attr-defined]
+    return check
+
+
 def _k_encoding(value: object) -> str | None:
     return None if value in ("utf-8", "base64") else '"utf-8" or "base64"'
 
@@ -156,7 +206,6 @@ def _k_checks(value: object) -> str | None:
     return None
 
 
-Check = Callable[[object], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -195,6 +244,10 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("tee", _k_str),
         _f("provider", _k_str),
         _f("spec", _k_dict),
+        # Optional in v1 (logs of early controllers lack them); always written now.
+        _f("host_data", _k_hex, optional=True),
+        _f("evidence_kind", _k_str, optional=True),
+        _f("instance_binding", _k_str, optional=True),
     ),
     "provisioned": (
         _f("instance_id", _k_str),
@@ -205,8 +258,14 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("host_key_sha256", _k_sha256),
         _f("launch", _k_dict),
         _f("request", _k_dict, optional=True),
+        _f("client_key", _k_str, optional=True),
     ),
-    "lockdown": (_f("checks", _k_checks), _f("ok", _k_bool)),
+    "lockdown": (
+        _f("checks", _k_checks),
+        _f("ok", _k_bool),
+        _f("purpose", _k_enum(LockdownPurpose), optional=True),
+        _f("where", _k_str, optional=True),
+    ),
     "evidence": (
         _f("kind", _k_str),
         _f("nonce", _k_hex),
@@ -214,20 +273,24 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("binds", _k_dict),
         _f("report_data", _k_hex, optional=True),
         _f("collateral", _k_dict, optional=True),
+        _f("purpose", _k_enum(EvidencePurpose), optional=True),
+        _f("command_index", _k_index, optional=True),
     ),
     "intent": (_f("jws", _k_str), _f("op", _k_str), _f("kid", _k_sha256)),
-    "mode": (_f("mode", _k_str), _f("previous", _k_str)),
+    "mode": (_f("mode", _k_enum(Mode)), _f("previous", _k_enum(Mode)), _f("epoch", _k_index, optional=True)),
     "command": (
         _f("command", _k_str),
         _f("intent_index", _k_index, optional=True, nullable=True),
         _f("action", _k_str, optional=True),
         _f("timeout_s", _k_pos_number, optional=True),
+        _f("builtin", _k_bool, optional=True),
     ),
     "result": (
         _f("command_index", _k_index),
         _f("exit_status", _k_int, nullable=True),
         _f("signal", _k_str, optional=True, nullable=True),
         _f("duration_ms", _k_nonneg_number),
+        _f("timed_out", _k_bool, optional=True),
         *_stream_fields("stdout"),
         *_stream_fields("stderr"),
     ),
@@ -245,6 +308,67 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
 }
 """Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
 be JSON null."""
+
+
+_B64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_ED25519: dict[str, object] = {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"}
+_JSON: dict[Check, dict[str, object]] = {
+    _k_str: {"type": "string"},
+    _k_bool: {"type": "boolean"},
+    _k_index: {"type": "integer", "minimum": 0},
+    _k_int: {"type": "integer"},
+    _k_port: {"type": "integer", "minimum": 1, "maximum": 65535},
+    _k_nonneg_number: {"type": "number", "minimum": 0},
+    _k_pos_number: {"type": "number", "exclusiveMinimum": 0},
+    _k_dict: {"type": "object"},
+    _k_hex: {"type": "string", "pattern": "^(?:[0-9a-f]{2})*$"},
+    _k_sha256: {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    _k_b64: {"type": "string", "pattern": _B64, "contentEncoding": "base64"},
+    _k_ed25519: _ED25519,
+    _k_key_list: {"type": "array", "items": _ED25519},
+    _k_encoding: {"enum": ["utf-8", "base64"]},
+    _k_checks: {"type": "array", "items": {
+        "type": "object", "required": [n for n, _ in _CHECK_FIELDS],
+        "properties": {"name": {"type": "string"}, "command": {"type": "string"},
+                       "output": {"type": "string"}, "ok": {"type": "boolean"}}}},
+}
+
+
+def _field_schema(spec: FieldSpec) -> dict[str, object]:
+    enum = getattr(spec.check, "enum", None)
+    out: dict[str, object] = {"enum": list(enum)} if enum is not None else dict(_JSON[spec.check])
+    if spec.nullable:
+        out = {"oneOf": [out, {"type": "null"}]}
+    return out
+
+
+def json_schema() -> dict[str, object]:
+    """JSON Schema (2020-12) of every entry type, generated from :data:`SCHEMAS`, for
+    people who re-implement a verifier. Structure only: canonical form (RFC 8785), the
+    time's calendar validity and base64 canonicality are checked by :func:`decode`."""
+    defs: dict[str, object] = {}
+    for kind, specs in SCHEMAS.items():
+        props: dict[str, object] = {
+            "v": {"const": VERSION},
+            "type": {"const": kind},
+            "time": {"type": "string", "pattern": "^" + _TIME.pattern + "$"},
+        }
+        props.update({spec.name: _field_schema(spec) for spec in specs})
+        defs[kind] = {
+            "type": "object",
+            "required": ["v", "type", "time", *(spec.name for spec in specs if not spec.optional)],
+            "properties": props,
+            "additionalProperties": True,
+        }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "duet/log-entry/v1",
+        "title": "duet CVM log entry (version 1)",
+        "description": "One leaf of a CVM's log: the RFC 8785 canonical JSON of one of these objects. "
+                       "Generated from duet.ledger.entries.SCHEMAS; do not edit.",
+        "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in SCHEMAS],
+        "$defs": defs,
+    }
 
 
 def _check_time(value: object) -> None:
@@ -465,6 +589,9 @@ class GenesisEntry(Entry):
     tee: str
     provider: str
     spec: Mapping[str, object]
+    host_data: str | None = None
+    evidence_kind: str | None = None
+    instance_binding: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -480,6 +607,7 @@ class ProvisionedEntry(Entry):
     host_key_sha256: str
     launch: Mapping[str, object]
     request: Mapping[str, object] | None = None
+    client_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -489,6 +617,12 @@ class LockdownEntry(Entry):
     TYPE: ClassVar[str] = "lockdown"
     checks: tuple[Mapping[str, object], ...]
     ok: bool
+    purpose: str | None = None
+    where: str | None = None
+    #: The judge's version and the parsed facts it judged (`ledger/lockdown.py`), so that a
+    #: verifier judges them again; absent in logs from before facts were logged.
+    judge_version: int | None = None
+    facts: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -502,6 +636,8 @@ class EvidenceEntry(Entry):
     binds: Mapping[str, object]
     report_data: str | None = None
     collateral: Mapping[str, object] | None = None
+    purpose: str | None = None
+    command_index: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -521,6 +657,7 @@ class ModeEntry(Entry):
     TYPE: ClassVar[str] = "mode"
     mode: str
     previous: str
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -532,6 +669,7 @@ class CommandEntry(Entry):
     intent_index: int | None = None
     action: str | None = None
     timeout_s: float | None = None
+    builtin: bool | None = None
 
 
 StreamEncoding = Literal["utf-8", "base64"]
@@ -568,6 +706,17 @@ class StreamOutput:
             truncated=truncated,
         )
 
+    @classmethod
+    def captured(cls, data: bytes, total: int, sha256: str, truncated: bool) -> StreamOutput:
+        """A stream captured elsewhere (already capped): UTF-8 when the kept bytes are
+        valid UTF-8 (readable logs), else base64; length and digest of the full stream."""
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(data).decode("ascii"), "base64"
+        return cls(data=text, encoding=encoding,  # type: ignore[arg-type]
+                   total_bytes=total, sha256=sha256, truncated=truncated)
+
     def content(self) -> bytes:
         """The logged bytes (all of them unless ``truncated``)."""
         if self.encoding == "base64":
@@ -586,6 +735,7 @@ class ResultEntry(Entry):
     stdout: StreamOutput
     stderr: StreamOutput
     signal: str | None = None
+    timed_out: bool | None = None
 
     def _payload(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -595,6 +745,8 @@ class ResultEntry(Entry):
         }
         if self.signal is not None or "signal" in self.explicit_nulls:
             out["signal"] = self.signal
+        if self.timed_out is not None:
+            out["timed_out"] = self.timed_out
         for name in ("stdout", "stderr"):
             stream: StreamOutput = getattr(self, name)
             out[name] = stream.data
@@ -611,6 +763,7 @@ class ResultEntry(Entry):
             "exit_status": entry["exit_status"],
             "duration_ms": entry["duration_ms"],
             "signal": entry.get("signal"),
+            "timed_out": entry.get("timed_out"),
         }
         for name in ("stdout", "stderr"):
             kwargs[name] = StreamOutput(

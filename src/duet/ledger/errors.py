@@ -2,7 +2,7 @@
 
 One base class, :class:`LedgerError`, with a stable snake_case ``code`` per subclass, so
 that the HTTP layer can map every ledger failure to a machine-readable error body in one
-place (DESIGN.md, "Errors") without parsing messages. Messages are for people: they name
+place (docs/errors.md) without parsing messages. Messages are for people: they name
 the check that failed and, where it helps, the values involved.
 """
 

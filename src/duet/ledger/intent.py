@@ -2,7 +2,7 @@
 
 An intent is the owner's proof that they asked for an operation. The controller checks it
 before acting and stores the compact JWS verbatim in the log, so any service user can
-re-check every intent offline with the owner keys from the log (DESIGN.md invariant 4).
+re-check every intent offline with the owner keys from the log (docs/invariants.md, invariant 4).
 Parsing and signature checks live here, in the pure verification side, because both the
 controller and the user's verifier run exactly the same code. The stateful parts
 (nonce replay, clock window) are the controller's; `check_claims` takes `now` explicitly.
@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from duet.ledger import strictjson
+from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
 from duet.ledger.keys import key_id
 
@@ -36,7 +37,7 @@ MAX_POLICY_LEN = 64 * 1024
 IAT_WINDOW_S = 120
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MODES = ("in-update", "in-service")
+MODES = OWNER_MODES
 OPS = ("cvm.create", "cvm.mode", "cvm.run", "cvm.action", "cvm.delete", "owner.keys", "policy.set")
 #: Operations that target an existing CVM and so must name it in `cvm`. Owner keys are
 #: controller-wide (one owner set for all CVMs), so `owner.keys` names no CVM; the change

