@@ -10,8 +10,8 @@ clock, and evidence dated in the future fails `max_evidence_age`.
 from __future__ import annotations
 
 import base64
-import shutil
 import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,16 +117,40 @@ def test_evidence_dated_in_the_future_fails_max_evidence_age() -> None:
 
 # --- the controller under faketime ---------------------------------------------------
 
-faketime = shutil.which("faketime")
-needs_faketime = pytest.mark.skipif(faketime is None, reason="faketime is not installed (make setup installs it)")
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+# libfaketime 0.9.10 (Debian 12) breaks clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) when
+# the monotonic clock is left alone: Python's time.sleep then fails with EINVAL at random
+# (inside subprocess waits). A host that moves the wall clock does not change how long a
+# sleep lasts, so this shim, loaded before libfaketime, hands sleeps straight to the kernel.
+_SLEEP_SHIM = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+int clock_nanosleep(clockid_t c, int f, const struct timespec *r, struct timespec *rem) {
+    return syscall(SYS_clock_nanosleep, c, f, r, rem) == 0 ? 0 : errno;
+}
+int nanosleep(const struct timespec *r, struct timespec *rem) { return (int)syscall(SYS_nanosleep, r, rem); }
+"""
+
+
+def _preload(tmp: Path) -> str:
+    if not LIBFAKETIME.exists():
+        pytest.fail(f"{LIBFAKETIME} is missing: make setup installs Debian's faketime")
+    shim = tmp / "sleep_shim.so"
+    if not shim.exists():
+        (tmp / "sleep_shim.c").write_text(_SLEEP_SHIM)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(tmp / "sleep_shim.c")], check=True)
+    return f"{shim}:{LIBFAKETIME}"
 
 
 def _under_faketime(c: ControllerProc, back_s: int) -> ControllerProc:
-    c.prefix = (str(faketime), "-f", f"-{back_s}s")
-    # asyncio's timers run on the monotonic clock: leave it alone, move only the wall clock.
-    # NO_FAKE_STAT: file timestamps stay real (libfaketime's stat wrappers reject the
-    # openat/fstatat calls the lockdown gatherer makes); the clocks are what the host moves.
-    c.env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+    # Only the wall clock moves (asyncio's timers run on the monotonic clock, which a host
+    # setting its clock does not move). NO_FAKE_STAT: file timestamps stay real.
+    c.env = {"LD_PRELOAD": _preload(c.data.parent), "FAKETIME": f"-{back_s}s",
+             "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
     return c.start()
 
 
@@ -144,7 +168,6 @@ def _log(c: ControllerProc, cvm: str) -> list[dict[str, object]]:
         return [entries.decode(leaf) for leaf in fetch_leaves(http, cvm, size)]
 
 
-@needs_faketime
 def test_controller_clock_moved_back(controller_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c: ControllerProc = controller_factory().start()
     cvm = c.owner().create("local")["id"]  # provisioning verifies evidence: the bound is set

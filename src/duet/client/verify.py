@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -217,6 +219,14 @@ def _chain_roots_problem(collateral: Any, root: bytes | None) -> str | None:
             return f"{name} is not a PEM certificate chain"
         if not certs or certs[-1].public_bytes(serialization.Encoding.DER) != anchor:
             return f"{name} does not end in the trusted root certificate"
+        # Each certificate issued by the next: the quote verifier may take an intermediate
+        # from elsewhere (the quote's own PCK chain), and a chain copy it never reads must
+        # not carry bytes that nothing checks.
+        for child, parent in itertools.pairwise(certs):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                return f"{name}: {child.subject.rfc4514_string()} is not signed by the next certificate"
     return None
 
 
