@@ -194,7 +194,8 @@ def cvm_create(
         return
     cvm = _owner(controller, key).create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
-    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {cvm['tee']}{sim}), mode {cvm['mode']}, "
+    kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
+    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
               f"host key {cvm['host_key']}")
     out.print(cvm["id"])
 
