@@ -164,11 +164,14 @@ class Controller:
 
     def _fill_offer(self, rec: CvmRecord) -> None:
         """Records written before providers declared their offers: take the declaration
-        of the provider for the TEE the record names (the log's genesis is unchanged)."""
+        of the provider for the TEE the record names or, for a label the provider never
+        delivered (`local` accepted `tdx` and ran SIMULATED SEV-SNP), what it always
+        delivers: its default. The log's genesis is unchanged."""
         if rec.evidence_kind is not None or rec.tee == cvm_kinds.CvmKind.NONE:
             return
         provider = self.providers.get(rec.provider)
-        offer = provider.tees.get(rec.tee) if provider is not None else None
+        offers = provider.tees if provider is not None else {}
+        offer = offers.get(rec.tee) or next(iter(offers.values()), None)
         if offer is not None:
             rec.evidence_kind, rec.instance_binding = offer.evidence_kind, offer.binding.value
 
