@@ -266,8 +266,10 @@ def _print_result(res: dict[str, Any]) -> int:
 @_guard
 def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key")) -> None:
     """Put a CVM in-update or in-service."""
-    if mode not in ("in-update", "in-service"):
-        fail("invalid_request", "mode must be in-update or in-service", 2)
+    from duet.ledger.entries import OWNER_MODES
+
+    if mode not in OWNER_MODES:
+        fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
     c = _owner(controller, key).mode(cvm, mode)
     out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
 

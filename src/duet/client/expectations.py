@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from duet.attestation import Expectations as EvidenceExpectations
 from duet.attestation.cvm_kinds import CvmKind, InstanceBinding
 from duet.client.http import ClientError
+from duet.ledger.entries import OWNER_MODES
 
 #: What `cvm.tee` may name: an evidence kind (a plain VM, `none`, never verifies).
 CVM_TEES = tuple(k.value for k in CvmKind if k is not CvmKind.NONE)
@@ -100,8 +101,8 @@ class CvmExpectations(BaseModel):
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str | None) -> str | None:
-        if v is not None and v not in ("in-update", "in-service"):
-            raise ValueError("must be in-update or in-service")
+        if v is not None and v not in OWNER_MODES:
+            raise ValueError(f"must be one of {', '.join(OWNER_MODES)}")
         return v
 
     @property
