@@ -74,12 +74,14 @@ class LogBuilder:
         self.entries.append({"v": 1, "type": type, "time": entries.now_rfc3339(), **fields})
         return len(self.entries) - 1
 
-    def intent(self, op: str, args: dict[str, Any], *, cvm: str | None = CVM_ID) -> int:
+    def intent(self, op: str, args: dict[str, Any], *, cvm: str | None = CVM_ID, nonce: str | None = None,
+               key: Ed25519PrivateKey | None = None) -> int:
         self._n += 1
-        jws = sign_intent(self.owner, op=op, aud=self.controller_id, args=args,
+        key = key or self.owner
+        jws = sign_intent(key, op=op, aud=self.controller_id, args=args,
                           cvm=None if op in ("cvm.create", "owner.keys") else cvm, iat=T0 + self._n,
-                          nonce=f"nonce-{self._n:04d}-abcdefghijkl")
-        return self.add("intent", jws=jws, op=op, kid=keys.key_id(self.owner.public_key()))
+                          nonce=nonce or f"nonce-{self._n:04d}-abcdefghijkl")
+        return self.add("intent", jws=jws, op=op, kid=keys.key_id(key.public_key()))
 
     def command(self, text: str, intent_index: int, *, action: str | None = None, builtin: bool = False,
                 result: bool = True) -> int:

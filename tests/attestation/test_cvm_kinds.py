@@ -20,6 +20,7 @@ from duet.cvm.azure import AzureProvider
 from duet.cvm.gcp import GcpProvider
 from duet.cvm.local import LocalProvider
 from duet.cvm.qemu import QemuProvider
+from duet.tee.clock import TrustedClock
 from logbuilder import LogBuilder, all_checks, host_key_for
 
 
@@ -186,6 +187,8 @@ def test_a_fake_kind_flows_through_the_controller_and_the_user(snp: SimulatedSnp
 
             def client_key_line(self) -> str:
                 return ""
+
+            clock = TrustedClock()
 
         class FakeCollector(Collector):
             trust = cvm_kinds.Trust(simulated=True)

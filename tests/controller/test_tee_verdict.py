@@ -125,3 +125,20 @@ def test_plain_vm_evidence_fails_and_says_why(snp: SimulatedSnp) -> None:
                         expect=expect)
     assert not checks["evidence"].ok and "without a TEE" in checks["evidence"].detail
     assert create == 1
+
+
+def test_a_record_of_an_earlier_controller_is_judged_by_what_its_provider_delivers(tmp_path: Path) -> None:
+    """A local CVM created with the label `tdx` before creates were checked: its view says
+    SIMULATED, because local CVMs only ever produce SIMULATED SEV-SNP evidence."""
+    from duet.controller.state import CvmRecord
+
+    ctl, _ = _controller(tmp_path)
+    try:
+        rec = CvmRecord(id="0011223344556677", name="old", provider="local", tee="tdx", created_at="")
+        ctl.ledger.create_log(rec.id)
+        ctl._fill_offer(rec)
+        view = ctl.view(rec)
+    finally:
+        ctl.close()
+    assert view["tee"] == "tdx"  # the label is shown as what it is
+    assert view["evidence_kind"] == "simulated-snp" and view["simulated"] is True

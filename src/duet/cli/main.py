@@ -235,7 +235,8 @@ def cvm_create(
         return
     cvm = _owner(controller, key, expect).create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
-    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {cvm['tee']}{sim}), mode {cvm['mode']}, "
+    kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
+    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
               f"host key {cvm['host_key']}")
     out.print(cvm["id"])
 
@@ -334,8 +335,10 @@ def _print_result(res: dict[str, Any]) -> int:
 def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
              expect: ExpectOpt = None) -> None:
     """Put a CVM in-update or in-service."""
-    if mode not in ("in-update", "in-service"):
-        fail("invalid_request", "mode must be in-update or in-service", 2)
+    from duet.ledger.entries import OWNER_MODES
+
+    if mode not in OWNER_MODES:
+        fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
     c = _owner(controller, key, expect).mode(cvm, mode)
     out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
 
@@ -361,6 +364,42 @@ def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = 
 
 
 # ------------------------------------------------------------------------------ log/verify
+
+
+@app.command("intent")
+@_guard
+def intent_cmd(
+    op: Annotated[str, typer.Argument(help="A registered owner operation (see --list).")] = "",
+    args: str = typer.Option("{}", "--args", help="The operation's arguments, a JSON object."),
+    cvm: str | None = typer.Option(None, "--cvm", help="The target CVM (operations on a CVM)."),
+    list_ops: bool = typer.Option(False, "--list", help="List the operations and their arguments."),
+    controller: ControllerOpt = DEFAULT_URL,
+    key: KeyOpt = Path("owner.key"),
+) -> None:
+    """Sign and submit any owner operation, as the registry (duet.ledger.operations) defines it."""
+    from duet.ledger.operations import OPERATIONS, check_args
+
+    if list_ops or not op:
+        for o in OPERATIONS.values():
+            fields = ", ".join(o.args.model_fields)
+            out.print(f"{o.op:<12} {'--cvm ' if o.targets_cvm else '':<6} {{{fields}}}  {o.summary}", markup=False)
+        return
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        fail("invalid_request", f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}", 2)
+    try:
+        parsed = json.loads(args)
+    except ValueError:
+        fail("invalid_request", "--args must be a JSON object", 2)
+    if not isinstance(parsed, dict):
+        fail("invalid_request", "--args must be a JSON object", 2)
+    try:
+        check_args(op, parsed)
+    except ValueError as exc:
+        fail("malformed_intent", str(exc), 2)
+    if operation.targets_cvm != (cvm is not None):
+        fail("invalid_request", f"{op} {'needs' if operation.targets_cvm else 'takes no'} --cvm", 2)
+    out.print_json(data=_owner(controller, key).submit(op, parsed, cvm))
 
 
 @app.command("log")

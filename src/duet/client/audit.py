@@ -13,8 +13,10 @@ from typing import Any
 
 from duet.ledger import entries, keys
 from duet.ledger.builtins import ALL_SNAPSHOT_COMMANDS
+from duet.ledger.entries import Mode
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, parse_intent, verify_signature
+from duet.ledger.operations import Op
 from duet.ledger.policy import BUILTINS, Policy, parse_policy
 
 
@@ -33,7 +35,7 @@ class Check:
 class LogState:
     """What the log says about the CVM, after replaying it."""
 
-    mode: str = "provisioning"
+    mode: str = Mode.PROVISIONING
     epoch: int = 0
     deleted: bool = False
     host_key: str | None = None
@@ -139,7 +141,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             it = check_jws(i, e.get("jws"))
             if it is not None:
                 intents[i] = it
-                if i == 1 and it.op != "cvm.create":
+                if i == 1 and it.op != Op.CREATE:
                     intent_problems.append("entry 1 is not the cvm.create intent")
         elif t == "rejected":
             state.rejected += 1
@@ -147,7 +149,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
                 check_jws(i, e.get("jws"))
         elif t == "owner_keys":
             prev = intents.get(i - 1)
-            authorised = prev is not None and prev.op == "owner.keys" and sorted(
+            authorised = prev is not None and prev.op == Op.OWNER_KEYS and sorted(
                 prev.args.get("keys", [])) == sorted(e.get("keys", []))
             if not authorised:
                 intent_problems.append(f"entry {i}: owner key change not authorised by the preceding intent")
@@ -155,9 +157,9 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
                 owner_keys = _keyset(e.get("keys", []))
         elif t == "policy":
             prev = intents.get(i - 1)
-            if prev is None or prev.op != "policy.set" or prev.args.get("policy") != e.get("policy"):
+            if prev is None or prev.op != Op.POLICY_SET or prev.args.get("policy") != e.get("policy"):
                 intent_problems.append(f"entry {i}: policy change not authorised by the preceding intent")
-            if state.mode != "in-update":
+            if state.mode != Mode.IN_UPDATE:
                 mode_problems.append(f"entry {i}: policy changed while {state.mode}")
             try:
                 policy = parse_policy(str(e.get("policy", "")))
@@ -174,11 +176,11 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             if e.get("previous") != state.mode:
                 mode_problems.append(
                     f"entry {i}: mode entry says previous {e.get('previous')}, log says {state.mode}")
-            if state.mode != "provisioning":
+            if state.mode != Mode.PROVISIONING:
                 it = _nearest_intent(intents, i)
-                if it is None or it.op != "cvm.mode" or it.args.get("mode") != new:
+                if it is None or it.op != Op.MODE or it.args.get("mode") != new:
                     intent_problems.append(f"entry {i}: mode change to {new} without an owner intent")
-            if new == "in-service":
+            if new == Mode.IN_SERVICE:
                 state.epoch += 1
                 state.last_in_service_index = i
             state.mode = str(new)
@@ -196,7 +198,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
                 state.interrupted += 1
         elif t == "deleted":
             state.deleted = True
-            state.mode = "deleted"
+            state.mode = Mode.DELETED
     for ci in sorted(open_commands):
         cmd_problems.append(f"entry {ci}: command has no result (still running, or lost)")
     return [
@@ -223,7 +225,7 @@ def _check_command(
         _check_builtin(i, e, it, policy, cmd_problems)
         return
     if action is None:
-        if it.op != "cvm.run" or it.args.get("command") != e.get("command"):
+        if it.op != Op.RUN or it.args.get("command") != e.get("command"):
             cmd_problems.append(f"entry {i}: command differs from what the owner's intent asked")
         if not policy.command_allowed(state.mode, str(e.get("command"))):
             mode_problems.append(f"entry {i}: command ran while {state.mode}, which the policy forbids")
@@ -234,12 +236,12 @@ def _check_command(
         return
     if act.run is not None and act.run != e.get("command"):
         cmd_problems.append(f"entry {i}: action {action!r} ran {e.get('command')!r}, the policy says {act.run!r}")
-    if it.op == "cvm.action":
+    if it.op == Op.ACTION:
         if it.args.get("name") != action:
             cmd_problems.append(f"entry {i}: action differs from what the owner's intent asked")
         if not policy.action_allowed(state.mode, str(action)):
             mode_problems.append(f"entry {i}: action {action!r} ran while {state.mode}, which the policy forbids")
-    elif it.op == "cvm.mode":
+    elif it.op == Op.MODE:
         target = str(it.args.get("mode"))
         if action not in policy.on_enter.get(target, ()):
             cmd_problems.append(f"entry {i}: action {action!r} is not an on-enter action of {target}")
@@ -256,14 +258,14 @@ def _check_builtin(i: int, e: dict[str, Any], it: Intent, policy: Policy, proble
         return
     if action == "snapshot" and e.get("command") not in ALL_SNAPSHOT_COMMANDS:
         problems.append(f"entry {i}: snapshot ran a command that is not one of duet's snapshot commands")
-    if it.op == "cvm.action":
+    if it.op == Op.ACTION:
         act = policy.actions.get(str(it.args.get("name")))
         if act is None or act.builtin != action:
             problems.append(f"entry {i}: builtin {action} ran under an action intent that does not name it")
-    elif it.op == "cvm.mode":
-        if it.args.get("mode") != "in-service":
+    elif it.op == Op.MODE:
+        if it.args.get("mode") != Mode.IN_SERVICE:
             problems.append(f"entry {i}: builtin {action} ran while entering {it.args.get('mode')}")
-    elif not (it.op == "cvm.create" and action in ("attest", "lockdown")):
+    elif not (it.op == Op.CREATE and action in ("attest", "lockdown")):
         problems.append(f"entry {i}: builtin {action} ran under a {it.op} intent")
 
 

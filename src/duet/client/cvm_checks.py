@@ -19,6 +19,7 @@ from duet.attestation import AttestationError, cvm_kinds, validate
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
 from duet.ledger.builtins import builtin_template
+from duet.ledger.entries import EvidencePurpose, Mode
 from duet.ledger.lockdown import judge as judge_lockdown
 from duet.ledger.regex import compile_linear
 
@@ -148,10 +149,10 @@ def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
     out, since_mode_change = [], False
     for i, e in enumerate(decoded):
         t = e.get("type")
-        if t == "evidence" and e.get("purpose") == "in-service":
+        if t == "evidence" and e.get("purpose") == EvidencePurpose.IN_SERVICE:
             since_mode_change = True
         elif t == "mode":
-            if e.get("mode") == "in-service" and not since_mode_change:
+            if e.get("mode") == Mode.IN_SERVICE and not since_mode_change:
                 out.append(f"entry {i}: entered in-service without fresh evidence")
             since_mode_change = False
     return out

@@ -37,6 +37,7 @@ from duet.attestation.cvm_kinds import REPORTED_ONLY_KINDS, CvmKind, InstanceBin
 from duet.attestation.validate import one_line
 from duet.client.errors import ClientError
 from duet.ledger import keys as ledger_keys
+from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
 from duet.ledger.lockdown import CHECKS
 from duet.ledger.regex import compile_linear
@@ -103,8 +104,8 @@ class CvmExpectations(BaseModel):
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str | None) -> str | None:
-        if v is not None and v not in ("in-update", "in-service"):
-            raise ValueError("must be in-update or in-service")
+        if v is not None and v not in OWNER_MODES:
+            raise ValueError(f"must be one of {', '.join(OWNER_MODES)}")
         return v
 
     @property

@@ -14,6 +14,7 @@ from duet.client.config import DEFAULT_URL, check_owner_url
 from duet.client.errors import ClientError
 from duet.client.http import Http
 from duet.ledger.intent import sign_intent
+from duet.ledger.operations import Op
 
 
 class OwnerClient:
@@ -48,25 +49,25 @@ class OwnerClient:
             args["tee"] = tee
         if spec:
             args["spec"] = spec
-        return dict(self.submit("cvm.create", args)["cvm"])
+        return dict(self.submit(Op.CREATE, args)["cvm"])
 
     def run(self, cvm: str, command: str, *, timeout_s: float | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {"command": command}
         if timeout_s is not None:
             args["timeout_s"] = timeout_s
-        return dict(self.submit("cvm.run", args, cvm))
+        return dict(self.submit(Op.RUN, args, cvm))
 
     def mode(self, cvm: str, mode: str) -> dict[str, Any]:
-        return dict(self.submit("cvm.mode", {"mode": mode}, cvm)["cvm"])
+        return dict(self.submit(Op.MODE, {"mode": mode}, cvm)["cvm"])
 
     def action(self, cvm: str, name: str) -> dict[str, Any]:
-        return dict(self.submit("cvm.action", {"name": name}, cvm))
+        return dict(self.submit(Op.ACTION, {"name": name}, cvm))
 
     def delete(self, cvm: str) -> dict[str, Any]:
-        return dict(self.submit("cvm.delete", {}, cvm)["cvm"])
+        return dict(self.submit(Op.DELETE, {}, cvm)["cvm"])
 
     def set_policy(self, cvm: str, policy: str) -> dict[str, Any]:
-        return dict(self.submit("policy.set", {"policy": policy}, cvm)["cvm"])
+        return dict(self.submit(Op.POLICY_SET, {"policy": policy}, cvm)["cvm"])
 
     def set_owner_keys(self, keys_b64: list[str]) -> dict[str, Any]:
-        return dict(self.submit("owner.keys", {"keys": keys_b64}))
+        return dict(self.submit(Op.OWNER_KEYS, {"keys": keys_b64}))

@@ -33,13 +33,13 @@ from duet.attestation.errors import AttestationError
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, EvidenceCollector
 from duet.controller.replay import ReplayGuard
-from duet.controller.state import CvmRecord, StateStore
+from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
-from duet.ledger import entries, keys
+from duet.ledger import entries, keys, operations
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from duet.ledger.entries import Mode
+from duet.ledger.entries import OWNER_MODES, Mode
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, Verifier, verifier_key_string
@@ -186,11 +186,14 @@ class Controller:
 
     def _fill_offer(self, rec: CvmRecord) -> None:
         """Records written before providers declared their offers: take the declaration
-        of the provider for the TEE the record names (the log's genesis is unchanged)."""
+        of the provider for the TEE the record names or, for a label the provider never
+        delivered (`local` accepted `tdx` and ran SIMULATED SEV-SNP), what it always
+        delivers: its default. The log's genesis is unchanged."""
         if rec.evidence_kind is not None or rec.tee == cvm_kinds.CvmKind.NONE:
             return
         provider = self.providers.get(rec.provider)
-        offer = provider.tees.get(rec.tee) if provider is not None else None
+        offers = provider.tees if provider is not None else {}
+        offer = offers.get(rec.tee) or next(iter(offers.values()), None)
         if offer is not None:
             rec.evidence_kind, rec.instance_binding = offer.evidence_kind, offer.binding.value
 
@@ -326,16 +329,16 @@ class Controller:
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
             self._reconcile(rec, last)
-            if rec.mode == "deleted":
+            if rec.mode == Mode.DELETED:
                 continue
             if last is not None and last["type"] == "command":
                 self.append(rec, [entries.InterruptedEntry(
                     command_index=size - 1, reason="controller restarted while the command was running")])
                 log.warning("cvm %s: closed interrupted command at index %d", rec.id, size - 1)
-            if rec.status == "provisioning":
+            if rec.status == Status.PROVISIONING:
                 self._fail(rec, "provisioning_interrupted", "controller restarted during provisioning")
                 continue
-            if rec.status == "ready":
+            if rec.status == Status.READY:
                 try:
                     prov = await self._provider(rec.provider).ensure_running(rec.id)
                 except CvmNotFound as exc:
@@ -364,8 +367,8 @@ class Controller:
             if (mode, epoch) == (rec.mode, rec.epoch):
                 return
             rec.mode, rec.epoch = mode, epoch
-        elif last["type"] == "deleted" and rec.mode != "deleted":
-            rec.mode, rec.status = "deleted", "deleted"
+        elif last["type"] == "deleted" and rec.mode != Mode.DELETED:
+            rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
         elif last["type"] == "policy" and last["policy"] != rec.policy:
             rec.policy = str(last["policy"])
         else:
@@ -419,28 +422,26 @@ class Controller:
         return self._owner_key_cache
 
     async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
+        """Authenticate, then run the operation's handler as its registry record says
+        (`duet.ledger.operations`): operations on a CVM hold that CVM's lock."""
         intent = self.authenticate(jws)
-        op = intent.op
-        if op == "cvm.create":
-            return 201, {"cvm": await self.create(intent)}
-        if op == "owner.keys":
-            return 200, await self.set_owner_keys(intent)
+        operation = operations.OPERATIONS.get(intent.op)
+        handler = getattr(self, operation.handler, None) if operation is not None else None
+        if operation is None or handler is None:
+            raise errors.InvalidRequest(f"unsupported op {intent.op}")
+        if not operation.targets_cvm:
+            return operation.status, self._wrap(operation, await handler(intent))
         assert intent.cvm is not None
         rec = self.record(intent.cvm)
         async with self._lock(rec.id):
-            if rec.mode == "deleted":
+            if rec.mode == Mode.DELETED:
                 raise errors.CvmDeleted(f"CVM {rec.id} was deleted; its log is closed")
-            if op == "cvm.run":
-                return 200, (await self.run(rec, intent)).to_json()
-            if op == "cvm.action":
-                return 200, (await self.action(rec, intent)).to_json()
-            if op == "cvm.mode":
-                return 200, {"cvm": await self.set_mode(rec, intent)}
-            if op == "cvm.delete":
-                return 200, {"cvm": await self.delete(rec, intent)}
-            if op == "policy.set":
-                return 200, {"cvm": await self.set_policy(rec, intent)}
-        raise errors.InvalidRequest(f"unsupported op {op}")
+            return operation.status, self._wrap(operation, await handler(rec, intent))
+
+    @staticmethod
+    def _wrap(operation: operations.Operation, result: Any) -> dict[str, Any]:
+        body = result.to_json() if isinstance(result, CommandOutcome) else result
+        return {operation.wrap: body} if operation.wrap is not None else dict(body)
 
     # ---------------------------------------------------------------- helpers
 
@@ -502,11 +503,11 @@ class Controller:
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
         self.append(rec, [entries.ErrorEntry(code=code, message=message)])
-        rec.status, rec.reason = "failed", message
+        rec.status, rec.reason = Status.FAILED.value, message
         self._save(rec)
 
     def _require_ready(self, rec: CvmRecord) -> None:
-        if rec.status != "ready":
+        if rec.status != Status.READY:
             raise errors.CvmNotReady(
                 f"CVM {rec.id} is {rec.status}" + (f": {rec.reason}" if rec.reason else "")
             )
@@ -537,7 +538,7 @@ class Controller:
     def _mark_lost(self, rec: CvmRecord, why: str) -> None:
         """The CVM disappeared under the controller (e.g. deleted in a cloud console)."""
         self.append(rec, [entries.ErrorEntry(code="cvm_lost", message=f"the CVM is gone: {why}")])
-        rec.status, rec.reason = "lost", why
+        rec.status, rec.reason = Status.LOST.value, why
         self._save(rec)
         log.error("cvm %s: lost: %s", rec.id, why)
 
@@ -553,7 +554,7 @@ class Controller:
     def _quarantine(self, rec: CvmRecord, exc: CvmError) -> None:
         """A changed host key means we may be talking to an impostor: stop everything."""
         self.append(rec, [entries.ErrorEntry(code=exc.code, message=str(exc))])
-        rec.status, rec.reason = "quarantined", str(exc)
+        rec.status, rec.reason = Status.QUARANTINED.value, str(exc)
         self._save(rec)
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
@@ -669,13 +670,13 @@ class Controller:
             if conn_ is not None:
                 await conn_.close()
             raise errors.CvmNotReady(f"CVM {rec.id} could not be provisioned: {exc}") from None
-        rec.status, rec.mode = "ready", "in-update"
+        rec.status, rec.mode = Status.READY.value, Mode.IN_UPDATE.value
         self.append(rec, [entries.ModeEntry(mode=Mode.IN_UPDATE.value, previous=Mode.PROVISIONING.value)])
         self._save(rec)
 
     async def run(self, rec: CvmRecord, intent: Intent) -> CommandOutcome:
         command = intent.args["command"]
-        if rec.mode != "in-update":
+        if rec.mode != Mode.IN_UPDATE:
             raise self._reject(
                 rec, intent, errors.ModeForbids(f"commands are not allowed while the CVM is {rec.mode}")
             )
@@ -767,13 +768,13 @@ class Controller:
         target = intent.args["mode"]
         if rec.mode == target:
             raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is already {target}"))
-        if rec.mode not in ("in-update", "in-service"):
+        if rec.mode not in OWNER_MODES:
             raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is {rec.mode}"))
         self._require_ready(rec)
         policy = self._policy(rec)
         intent_index = self.append(rec, [self._intent_entry(intent)])
         previous = rec.mode
-        if target == "in-service":
+        if target == Mode.IN_SERVICE:
             # The on-enter actions first, then lockdown, evidence and snapshot: what those
             # entries describe is the state in-service starts in, and a CVM that cannot
             # show its state never enters in-service.
@@ -801,12 +802,12 @@ class Controller:
             await conn.close()
         await self._provider(rec.provider).delete(rec.id)
         self.append(rec, [entries.DeletedEntry(reason="deleted by the owner")])
-        rec.mode, rec.status = "deleted", "deleted"
+        rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
         self._save(rec)
         return self.view(rec)
 
     async def set_policy(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
-        if rec.mode != "in-update":
+        if rec.mode != Mode.IN_UPDATE:
             raise self._reject(
                 rec, intent, errors.ModeForbids(f"the policy can change only in-update, CVM is {rec.mode}")
             )
@@ -830,7 +831,7 @@ class Controller:
         # Every live log records the change (with the intent that authorised it) before
         # the new keys take effect, so each log alone tells which keys were in force.
         for rec in self._records.values():
-            if rec.mode == "deleted":
+            if rec.mode == Mode.DELETED:
                 continue
             async with self._lock(rec.id):
                 self.append(

@@ -16,8 +16,11 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from duet.ledger.entries import Mode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -30,6 +33,17 @@ CREATE TABLE IF NOT EXISTS cvms (
 """
 
 
+class Status(StrEnum):
+    """Whether the controller can use a CVM (its mode is `duet.ledger.entries.Mode`)."""
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+    LOST = "lost"
+    DELETED = "deleted"
+
+
 @dataclass
 class CvmRecord:
     """What the controller remembers about one CVM (besides its log)."""
@@ -39,8 +53,8 @@ class CvmRecord:
     provider: str
     tee: str
     created_at: str
-    status: str = "provisioning"  # provisioning | ready | failed | quarantined | lost | deleted
-    mode: str = "provisioning"  # provisioning | in-update | in-service | deleted
+    status: str = Status.PROVISIONING.value
+    mode: str = Mode.PROVISIONING.value
     policy: str = ""
     spec: dict[str, Any] = field(default_factory=dict)
     host: str | None = None

@@ -558,7 +558,9 @@ class Entry:
         """Build the record for ``entry`` (validated first). On a subclass, the entry's
         type must be that subclass's; on :class:`Entry`, any known type is accepted."""
         kind = validate(entry)
-        target = RECORD_TYPES[kind]
+        target = RECORD_TYPES.get(kind)
+        if target is None:  # a schema without its record class: a bug here, not bad input
+            raise EntryError(f"entry type {kind!r} has no typed record")
         if cls is not Entry and target is not cls:
             raise EntryError(f"entry has type {kind!r}, expected {cls.TYPE!r}")
         known = {spec.name for spec in SCHEMAS[kind]}

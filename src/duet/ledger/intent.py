@@ -26,23 +26,18 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from duet.ledger import strictjson
+from duet.ledger import operations, strictjson
 from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
 from duet.ledger.keys import key_id
 
 MAX_JWS_LEN = 256 * 1024
-MAX_COMMAND_LEN = 64 * 1024
-MAX_POLICY_LEN = 64 * 1024
+MAX_COMMAND_LEN = operations.MAX_COMMAND_LEN
+MAX_POLICY_LEN = operations.MAX_POLICY_LEN
 IAT_WINDOW_S = 120
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = operations.NAME_RE
 MODES = OWNER_MODES
-OPS = ("cvm.create", "cvm.mode", "cvm.run", "cvm.action", "cvm.delete", "owner.keys", "policy.set")
-#: Operations that target an existing CVM and so must name it in `cvm`. Owner keys are
-#: controller-wide (one owner set for all CVMs), so `owner.keys` names no CVM; the change
-#: is appended to every live CVM's log so each log alone shows the keys in force.
-CVM_OPS = frozenset(OPS) - {"cvm.create", "owner.keys"}
 
 
 class IntentError(LedgerError):
@@ -224,15 +219,18 @@ def _check_payload_shape(p: dict[str, Any]) -> None:
         raise IntentError(f"intent payload has unknown members {sorted(extra)}")
     if p["v"] != 1 or not _is_int(p["v"]):
         raise IntentError(f"intent version must be 1, got {p['v']!r}")
-    if p["op"] not in OPS:
-        raise IntentError(f"unknown intent op {p['op']!r}; known: {', '.join(OPS)}")
+    operation = operations.OPERATIONS.get(p["op"]) if isinstance(p["op"], str) else None
+    if operation is None:
+        raise IntentError(f"unknown intent op {p['op']!r}; known: {', '.join(operations.OPERATIONS)}")
     if not isinstance(p["aud"], str) or not p["aud"]:
         raise IntentError("intent aud must be the controller id")
     if not isinstance(p["nonce"], str) or not NONCE_RE.fullmatch(p["nonce"]):
         raise IntentError("intent nonce must be 16-128 base64url characters")
     if not _is_int(p["iat"]) or p["iat"] < 0:
         raise IntentError("intent iat must be a non-negative integer (unix seconds)")
-    if p["op"] in CVM_OPS:
+    # Owner keys are controller-wide (one owner set for all CVMs), so `owner.keys` names
+    # no CVM; the change is appended to every live CVM's log.
+    if operation.targets_cvm:
         if not isinstance(p.get("cvm"), str) or not p["cvm"]:
             raise IntentError(f"{p['op']} intent must name the target CVM in 'cvm'")
     elif "cvm" in p:
@@ -243,50 +241,7 @@ def _check_payload_shape(p: dict[str, Any]) -> None:
 
 
 def _check_args(op: str, args: dict[str, Any]) -> None:
-    allowed: dict[str, set[str]] = {
-        "cvm.create": {"provider", "tee", "name", "spec"},
-        "cvm.mode": {"mode"},
-        "cvm.run": {"command", "timeout_s"},
-        "cvm.action": {"name"},
-        "cvm.delete": set(),
-        "owner.keys": {"keys"},
-        "policy.set": {"policy"},
-    }
-    extra = set(args) - allowed[op]
-    if extra:
-        raise IntentError(f"{op} does not take {sorted(extra)}")
-    if op == "cvm.create":
-        if not isinstance(args.get("provider"), str) or not NAME_RE.fullmatch(args["provider"]):
-            raise IntentError("cvm.create needs args.provider (a provider name)")
-        for name in ("tee", "name"):
-            if name in args and (not isinstance(args[name], str) or not NAME_RE.fullmatch(args[name])):
-                raise IntentError(f"cvm.create args.{name} must be a short name")
-        if "spec" in args and not isinstance(args["spec"], dict):
-            raise IntentError("cvm.create args.spec must be an object")
-    elif op == "cvm.mode":
-        if args.get("mode") not in MODES:
-            raise IntentError(f"cvm.mode args.mode must be one of {MODES}")
-    elif op == "cvm.run":
-        command = args.get("command")
-        if not isinstance(command, str) or not command.strip():
-            raise IntentError("cvm.run needs a non-empty args.command string")
-        if len(command.encode("utf-8")) > MAX_COMMAND_LEN or "\x00" in command:
-            raise IntentError("cvm.run args.command is longer than 64 KiB or contains NUL")
-        if "timeout_s" in args:
-            t = args["timeout_s"]
-            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 86400:
-                raise IntentError("cvm.run args.timeout_s must be a number in (0, 86400]")
-    elif op == "cvm.action":
-        if not isinstance(args.get("name"), str) or not NAME_RE.fullmatch(args["name"]):
-            raise IntentError("cvm.action needs args.name (an action name)")
-    elif op == "owner.keys":
-        keys = args.get("keys")
-        if not isinstance(keys, list) or not keys or len(keys) > 16:
-            raise IntentError("owner.keys needs args.keys: 1-16 base64 raw Ed25519 keys")
-        for k in keys:
-            if not isinstance(k, str):
-                raise IntentError("owner.keys args.keys must be strings")
-    elif op == "policy.set":
-        policy = args.get("policy")
-        if not isinstance(policy, str) or len(policy.encode("utf-8")) > MAX_POLICY_LEN:
-            raise IntentError("policy.set needs args.policy: YAML text of at most 64 KiB")
+    try:
+        operations.check_args(op, args)
+    except ValueError as exc:
+        raise IntentError(str(exc)) from None

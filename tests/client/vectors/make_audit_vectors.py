@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from duet.attestation import SimulatedSnp  # noqa: E402
-from logbuilder import CVM_ID, LogBuilder  # noqa: E402
+from duet.ledger import keys  # noqa: E402
+from logbuilder import CVM_ID, LogBuilder, _key  # noqa: E402
 
 
 def _life(log: LogBuilder, *, until_service: bool = True) -> dict[str, int]:
@@ -130,6 +131,25 @@ def builtin_under_a_run_intent(log: LogBuilder) -> None:
     log.command("cat /etc/shadow", idx["run"], action="snapshot", builtin=True)
 
 
+def intent_nonce_reused(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    first = log.intent("cvm.run", {"command": "id"}, nonce="the-same-nonce-twice")
+    log.command("id", first)
+    again = log.intent("cvm.run", {"command": "id"}, nonce="the-same-nonce-twice")
+    log.command("id", again)
+
+
+def intent_signed_by_a_replaced_owner_key(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    old = log.owner
+    new = _key(b"duet-test", b"new owner")
+    log.intent("owner.keys", {"keys": [keys.public_b64(new.public_key())]})
+    log.add("owner_keys", keys=[keys.public_b64(new.public_key())])
+    log.owner = new
+    i = log.intent("cvm.run", {"command": "id"}, key=old)
+    log.command("id", i)
+
+
 VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]]] = {
     # name: (builder, checks that must fail, LogBuilder options)
     "honest": (honest, [], {}),
@@ -148,6 +168,9 @@ VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]
     "command_after_delete": (command_after_delete, ["mode_discipline"], {}),
     "mode_previous_mismatch": (mode_previous_mismatch, ["mode_discipline"], {}),
     "builtin_under_a_run_intent": (builtin_under_a_run_intent, ["commands_closed"], {}),
+    "intent_nonce_reused": (intent_nonce_reused, ["intents"], {}),
+    "intent_signed_by_a_replaced_owner_key": (intent_signed_by_a_replaced_owner_key, ["intents", "commands_closed"],
+                                              {}),
 }
 
 

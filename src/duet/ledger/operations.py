@@ -1,0 +1,156 @@
+"""Owner operations: one record per operation, read by everything that deals with intents.
+
+Intent parsing (`duet.ledger.intent`) checks an intent's arguments with the operation's
+pydantic model; the controller dispatches to the method the record names; the owner SDK
+checks arguments before signing; the user's audit replays the log with the same names.
+Adding an operation is one record here (and its handler on the controller).
+
+The argument models are strict (no coercion: `"5"` is not a number, `1` is not `true`)
+and refuse unknown arguments, because a signed intent is evidence and must mean exactly
+one thing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from duet.ledger.entries import OWNER_MODES
+
+MAX_COMMAND_LEN = 64 * 1024
+MAX_POLICY_LEN = 64 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+Name = Annotated[str, StringConstraints(pattern=NAME_RE.pattern)]
+
+
+class Op(StrEnum):
+    CREATE = "cvm.create"
+    MODE = "cvm.mode"
+    RUN = "cvm.run"
+    ACTION = "cvm.action"
+    DELETE = "cvm.delete"
+    OWNER_KEYS = "owner.keys"
+    POLICY_SET = "policy.set"
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CreateArgs(_Args):
+    provider: Name
+    tee: Name | None = None
+    name: Name | None = None
+    spec: dict[str, Any] | None = None
+
+
+class ModeArgs(_Args):
+    mode: Literal[OWNER_MODES]  # type: ignore[valid-type]
+
+
+class RunArgs(_Args):
+    command: str
+    timeout_s: float | None = Field(None, gt=0, le=86400)
+
+    @field_validator("timeout_s", mode="before")
+    @classmethod
+    def _number(cls, v: object) -> object:
+        # Strict floats refuse ints; JSON has one number type, booleans are not numbers.
+        if isinstance(v, bool) or not isinstance(v, int | float | None):
+            raise ValueError("must be a number in (0, 86400]")
+        return float(v) if v is not None else None
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty command")
+        if len(v.encode("utf-8")) > MAX_COMMAND_LEN or "\x00" in v:
+            raise ValueError("is longer than 64 KiB or contains NUL")
+        return v
+
+
+class ActionArgs(_Args):
+    name: Name
+
+
+class DeleteArgs(_Args):
+    pass
+
+
+class OwnerKeysArgs(_Args):
+    keys: list[str] = Field(min_length=1, max_length=16)
+
+
+class PolicyArgs(_Args):
+    policy: str
+
+    @field_validator("policy")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if len(v.encode("utf-8")) > MAX_POLICY_LEN:
+            raise ValueError("must be YAML text of at most 64 KiB")
+        return v
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One owner operation.
+
+    ``targets_cvm``: the intent must name an existing CVM in ``cvm`` (and the controller
+    holds that CVM's lock while it runs). ``handler``: the name of the controller method
+    that carries it out (the controller layer is not importable from here).
+    ``status``/``wrap``: the HTTP status of success, and the key the handler's result
+    is returned under (None: returned as is).
+    """
+
+    op: str
+    targets_cvm: bool
+    args: type[BaseModel]
+    handler: str
+    summary: str
+    status: int = 200
+    wrap: str | None = "cvm"
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def register(operation: Operation) -> Operation:
+    OPERATIONS[operation.op] = operation
+    return operation
+
+
+def unregister(op: str) -> None:
+    OPERATIONS.pop(op, None)
+
+
+for _o in (
+    Operation(Op.CREATE, False, CreateArgs, "create", "create a CVM", status=201),
+    Operation(Op.MODE, True, ModeArgs, "set_mode", "put a CVM in-update or in-service"),
+    Operation(Op.RUN, True, RunArgs, "run", "run a command on a CVM (in-update)", wrap=None),
+    Operation(Op.ACTION, True, ActionArgs, "action", "run an action of the CVM's policy", wrap=None),
+    Operation(Op.DELETE, True, DeleteArgs, "delete", "delete a CVM and close its log"),
+    Operation(Op.OWNER_KEYS, False, OwnerKeysArgs, "set_owner_keys", "replace the owner keys", wrap=None),
+    Operation(Op.POLICY_SET, True, PolicyArgs, "set_policy", "replace a CVM's policy (in-update)"),
+):
+    register(_o)
+
+
+def check_args(op: str, args: dict[str, Any]) -> BaseModel:
+    """Validate an intent's arguments; raises ValueError naming the argument."""
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        raise ValueError(f"unknown intent op {op!r}; known: {', '.join(OPERATIONS)}")
+    try:
+        return operation.args.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"args.{'.'.join(str(p) for p in e['loc']) or '?'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{op} {problems}") from None
