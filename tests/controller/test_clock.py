@@ -117,12 +117,11 @@ def test_evidence_dated_in_the_future_fails_max_evidence_age() -> None:
 
 # --- the controller under faketime ---------------------------------------------------
 
-faketime = shutil.which("faketime")
-needs_faketime = pytest.mark.skipif(faketime is None, reason="faketime is not installed (make setup installs it)")
-
-
 def _under_faketime(c: ControllerProc, back_s: int) -> ControllerProc:
-    c.prefix = (str(faketime), "-f", f"-{back_s}s")
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        pytest.fail("faketime is not installed (`make setup` installs it: scripts/ensure-faketime.sh)")
+    c.prefix = (faketime, "-f", f"-{back_s}s")
     # asyncio's timers run on the monotonic clock: leave it alone, move only the wall clock.
     c.env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     return c.start()
@@ -142,7 +141,6 @@ def _log(c: ControllerProc, cvm: str) -> list[dict[str, object]]:
         return [entries.decode(leaf) for leaf in fetch_leaves(http, cvm, size)]
 
 
-@needs_faketime
 def test_controller_clock_moved_back(controller_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c: ControllerProc = controller_factory().start()
     cvm = c.owner().create("local")["id"]  # provisioning verifies evidence: the bound is set

@@ -129,6 +129,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     is a real quote (enclave I/O, maybe a collateral fetch), which no unauthenticated
     client may ask for without bound."""
     quote_limit = quote_limit or RateLimiter(QUOTE_RATE, QUOTE_BURST)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
