@@ -99,6 +99,7 @@ def server_options() -> dict[str, Any]:
     """uvicorn.Config keyword arguments for every way the controller is served."""
     return {
         "http": BoundedH11Protocol,
+        "ws": "none",  # the API has no WebSocket routes: no upgrade path to bound
         "timeout_keep_alive": KEEP_ALIVE_S,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "limit_concurrency": LIMIT_CONCURRENCY,
