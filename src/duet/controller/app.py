@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from duet.controller.errors import DuetError, InvalidRequest
-from duet.controller.limits import RateLimiter
+from duet.controller.limits import HeadLimit, RateLimiter
 from duet.controller.service import Controller
 from duet.cvm.errors import CvmError
 from duet.ledger import strictjson
@@ -74,6 +74,7 @@ STATUS: dict[str, int] = {
     "lockdown_failed": 409,
     "rollback_detected": 409,
     "request_too_large": 413,
+    "request_head_too_large": 431,
     "rate_limited": 429,
     "cvm_unreachable": 502,
     "provisioning_failed": 502,
@@ -153,6 +154,8 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         description="Owns confidential VMs; every action is in a verifiable log.",
         lifespan=lifespan,
     )
+
+    app.add_middleware(HeadLimit)
 
     async def _typed_error(_: Request, exc: Exception) -> JSONResponse:
         code = getattr(exc, "code", "")
