@@ -171,3 +171,11 @@ def test_rate_limiter_refills_and_keeps_clients_apart() -> None:
     assert not rl.allow("c", 0)  # the table is full of buckets that carry information
     assert rl.allow("a", 1.0)  # one token back after a second
     assert rl.allow("c", 10.0)  # full buckets are forgotten to make room
+
+
+def test_an_oversized_request_head_is_refused(controller: ControllerProc) -> None:
+    with httpx.Client(timeout=30) as client:
+        r = client.get(f"{controller.url}/v1/controller", headers={"X-Pad": "a" * (4 * limits.MAX_HEADER_BYTES)})
+        assert r.status_code == 431
+        assert r.json()["error"]["code"] == "request_head_too_large"
+        assert client.get(f"{controller.url}/v1/controller").status_code == 200

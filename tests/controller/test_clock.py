@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import signal
+import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -154,6 +155,20 @@ def _under_faketime(c: ControllerProc, back_s: int) -> ControllerProc:
     return c.start()
 
 
+def _stop(c: ControllerProc) -> None:
+    """Stop the controller and wait until its port is free (a stopped controller's
+    socket may linger a moment after the process is reaped)."""
+    c.kill(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", c.port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the controller did not stop")
+
+
 def _submit(c: ControllerProc, op: str, cvm: str, args: dict[str, object], back_s: int) -> dict[str, object]:
     """An intent dated by the (moved) controller clock, so its iat window admits it."""
     with c.http() as http:
@@ -175,7 +190,7 @@ def test_controller_clock_moved_back(controller_factory, tmp_path: Path) -> None
     before = _log(c, cvm)
     assert not [e for e in before if "host_time" in e]  # an honest clock is never clamped
     last_before = str(before[-1]["time"])
-    c.kill(signal.SIGTERM)
+    _stop(c)
 
     # Two days back: entries are clamped to the log's last time, and say what the host said.
     back = 2 * 86400
@@ -194,7 +209,7 @@ def test_controller_clock_moved_back(controller_factory, tmp_path: Path) -> None
         report, _ = verify(http, cvm, trust_simulated=True, state_dir=tmp_path / "user")
     entry_times = next(ch for ch in report.checks if ch.name == "entry_times")
     assert entry_times.ok and "host clock was behind" in entry_times.detail
-    c.kill(signal.SIGTERM)
+    _stop(c)
 
     # Before the simulated VCEK's notBefore (2026-01-01): by the host clock alone the
     # evidence would not verify; the persisted bound keeps the check at an authenticated time.

@@ -169,3 +169,13 @@ def test_generated_json_at_every_endpoint_is_2xx_or_4xx(tmp_path: Path) -> None:
         assert len(routes) >= 9
         for method, path in routes:
             _probe(client, method, path)()
+
+
+def test_hostile_vcek_document_from_the_guest_is_a_refusal() -> None:
+    from duet.cvm.guest.collect import Collected, CollectError, azure_envelope
+
+    blobs = {"tpm_pcrs": bytes(24 * 32), "tpm_signature": b"s", "tpm_message": b"m", "hcl_report": b"h",
+             "vcek_json": DEEP}
+    got = Collected(provider="azure", report_data=bytes(64), host_key="ssh-ed25519 AAAA", blobs=blobs)
+    with pytest.raises(CollectError, match="no usable VCEK"):
+        azure_envelope(got)

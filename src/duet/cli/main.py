@@ -271,7 +271,10 @@ def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
         out.print(f"{k:<14} {v}")
 
 
-@cvm_app.command("run")
+@cvm_app.command("run", help=(
+    "Run a command on an in-update CVM; exits with the command's status. Options go before --; "
+    "the argv after -- is signed as shlex.join(argv), so it runs exactly as given "
+    "(`-- 'a | b'` is one word; use --sh 'a | b' for a shell pipeline)."))
 @_guard
 def cvm_run(
     cvm: str,
@@ -283,12 +286,7 @@ def cvm_run(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
     expect: ExpectOpt = None,
 ) -> None:
-    """Run a command on an in-update CVM; exits with the command's status.
-
-    Options go before `--`; everything after it is the command's argv, quoted with
-    `shlex.join`, so the shell on the CVM runs exactly that argv: `-- sh -c 'a; b'` runs
-    `sh` with the two arguments `-c` and `a; b`, and `-- 'a | b'` is one word. To send a
-    shell string with pipes or redirections on purpose, use `--sh 'a | b'`."""
+    """The owner signs the one string the CVM's shell will run; it must be what they typed."""
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)

@@ -9,15 +9,18 @@ within `HEADER_TIMEOUT_S`, and the body within `BODY_TIMEOUT_S` more, or the con
 closed. A connection beyond `MAX_CONNECTIONS`, or beyond `MAX_CONNECTIONS_PER_CLIENT` from
 one address, is closed at once, before any read.
 
-h11 (rather than httptools) is the parser because it bounds the bytes of an incomplete
-request head (`h11_max_incomplete_event_size`): headers larger than `MAX_HEADER_BYTES` are
-a 400, not a growing buffer. A production deployment may still put a reverse proxy in
-front (README, "Production"), but the controller does not depend on one.
+h11 (rather than httptools) is the parser because it bounds the bytes it buffers of an
+incomplete request head (`h11_max_incomplete_event_size`): a head that keeps growing is a
+400, not a growing buffer. A head that arrives whole in one read is bounded by that read;
+`HeadLimit` then refuses any head larger than `MAX_HEADER_BYTES` (431). A production
+deployment may still put a reverse proxy in front (README, "Production"), but the
+controller does not depend on one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -95,10 +98,35 @@ class BoundedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+class HeadLimit:
+    """ASGI wrapper: a request whose target and headers exceed `max_bytes` gets a 431."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in scope.get("headers") or ())
+            if size > self.max_bytes:
+                body = json.dumps({"error": {
+                    "code": "request_head_too_large",
+                    "message": f"the request line and headers exceed {self.max_bytes} bytes",
+                }}).encode()
+                await send({"type": "http.response.start", "status": 431, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def server_options() -> dict[str, Any]:
     """uvicorn.Config keyword arguments for every way the controller is served."""
     return {
         "http": BoundedH11Protocol,
+        "ws": "none",  # the API has no WebSocket routes: no upgrade path to bound
         "timeout_keep_alive": KEEP_ALIVE_S,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "limit_concurrency": LIMIT_CONCURRENCY,

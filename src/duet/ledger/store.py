@@ -627,6 +627,46 @@ class LedgerStore:
                                              index=first << height)
                 return b"".join(hashes)
 
+    def leaves_page(self, log_id: str, start: int, end: int, max_bytes: int) -> list[bytes]:
+        """Leaves from ``start`` toward ``end``, stopping before the leaf that would take the
+        total beyond ``max_bytes`` (always at least one): a read page whose memory does not
+        grow with the leaves' size. Each leaf is checked against its stored hash; rows are
+        read one at a time from the cursor."""
+        with self._lock:
+            entry = self._get(log_id)
+            _check_int(start, "start")
+            _check_int(end, "end")
+            if not 0 <= start <= end <= entry.size:
+                raise OutOfRange(
+                    f"leaf range [{start}, {end}) is out of range: log has {entry.size} leaves"
+                )
+            out: list[bytes] = []
+            total = 0
+            with self._db_errors(entry):
+                cursor = self._conn.execute(
+                    "SELECT idx, hash, leaf FROM leaves WHERE log = ? AND idx >= ? AND idx < ? "
+                    "ORDER BY idx",
+                    (entry.key, start, end),
+                )
+                try:
+                    for expected, (idx, stored, leaf) in enumerate(cursor, start):
+                        if idx != expected:
+                            raise self._mark_corrupt(entry, f"leaf {expected} is missing", index=expected)
+                        if not isinstance(leaf, bytes) or leaf_hash(leaf) != stored:
+                            raise self._mark_corrupt(
+                                entry, f"leaf {idx} does not match its stored hash", index=idx
+                            )
+                        if out and total + len(leaf) > max_bytes:
+                            return out
+                        out.append(bytes(leaf))
+                        total += len(leaf)
+                finally:
+                    cursor.close()
+                if len(out) != end - start:
+                    missing = start + len(out)
+                    raise self._mark_corrupt(entry, f"leaf {missing} is missing", index=missing)
+                return out
+
     def inclusion_proof(self, log_id: str, index: int, size: int) -> list[bytes]:
         """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves, verified
         against the stored head before it is returned."""

@@ -154,7 +154,7 @@ def parse_output(text: str) -> Collected:
 def azure_envelope(got: Collected) -> dict[str, object]:
     """The collected vTPM outputs as the v1 evidence envelope `duet.attestation` verifies
     (the Confidential Containers `az-*-vtpm` shape), plus the VCEK chain when present."""
-    import json
+    from duet.ledger import strictjson
 
     pcrs = got.blobs["tpm_pcrs"]
     if len(pcrs) != 24 * 32:
@@ -170,10 +170,10 @@ def azure_envelope(got: Collected) -> dict[str, object]:
     }
     if got.blobs.get("vcek_json"):
         try:
-            thim = json.loads(got.blobs["vcek_json"])
+            thim = strictjson.loads_object(got.blobs["vcek_json"], what="the VCEK document")
             envelope["vcek"] = str(thim["vcekCert"])
             envelope["cert_chain"] = str(thim["certificateChain"])
-        except (ValueError, KeyError, TypeError):
+        except (strictjson.JsonInputError, KeyError, TypeError):
             raise CollectError("Azure's certificate service returned no usable VCEK chain") from None
     return envelope
 
