@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -201,6 +202,7 @@ def _chain_roots_problem(collateral: Any, root: bytes | None) -> str | None:
     """Every issuer chain in the collateral must end in exactly the trust anchor used:
     a verifier that ignores the chain's copy of the root would leave bytes unchecked."""
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
 
     from duet.attestation import intel_sgx_root_ca_der
 
@@ -217,6 +219,13 @@ def _chain_roots_problem(collateral: Any, root: bytes | None) -> str | None:
             return f"{name} is not a PEM certificate chain"
         if not certs or certs[-1].public_bytes(serialization.Encoding.DER) != anchor:
             return f"{name} does not end in the trusted root certificate"
+        # Each certificate must be issued by the next one: then every byte of the chain is
+        # checked here, whether or not the quote verifier reads that chain.
+        for child, parent in itertools.pairwise(certs):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                return f"{name}: {child.subject.rfc4514_string()[:80]} is not issued by the next certificate"
     return None
 
 
