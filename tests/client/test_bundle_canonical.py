@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -112,3 +113,25 @@ def test_live_verify_stores_only_the_verified_signature(evil: EvilController, re
     note = CheckpointMemory(state).note(f"duet/{evil.cid}/{recorded.cvm}")
     assert note is not None and "witness.example" not in note and note.count("\n— ") == 1
     assert report.checkpoint["size"] == len(recorded.leaves)
+
+
+def test_a_changed_certificate_in_a_collateral_chain_fails(evil: EvilController, recorded: Recorded,
+                                                           tmp_path: Path) -> None:
+    """A byte changed inside a chain certificate that the quote verifier may not read
+    (here the PCK CRL issuer chain), re-encoded as clean PEM: the chain check catches it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "b.json"
+    data: dict[str, Any] = _export(evil, recorded, path)
+    chain = data["quote"]["collateral"]["pck_crl_issuer_chain"]
+    certs = x509.load_pem_x509_certificates(chain.encode())
+    der = certs[0].public_bytes(serialization.Encoding.DER)
+    assert b"PCK" in der
+    forged = x509.load_der_x509_certificate(der.replace(b"PCK", b"PCX", 1))
+    new_chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in [forged, *certs[1:]])
+    _write(path, {**data, "quote": {**data["quote"], "collateral": {
+        **data["quote"]["collateral"], "pck_crl_issuer_chain": new_chain}}})
+    report, _ = verify(BundleSource.load(path), recorded.cvm, trust_simulated=True, state_dir=tmp_path / "u")
+    assert not report.ok
+    assert "not issued by" in {c.name: c.detail for c in report.checks if not c.ok}.get("controller_quote", "")

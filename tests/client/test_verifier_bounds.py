@@ -296,3 +296,21 @@ def test_a_regex_re2_cannot_run_is_refused_not_backtracked(tmp_path: Path) -> No
     with pytest.raises(ClientError) as info:
         load_expectations(path)
     assert info.value.code == "invalid_expectations"
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"\xff\xfe", b'{"controller_id": [1, 2]}', b"null"])
+def test_cli_verify_against_a_garbage_controller_is_one_typed_line(body: bytes, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = _Trickler(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body, pause=0)
+    try:
+        res = subprocess.run([sys.executable, "-m", "duet.cli.main", "verify", "abc", "--controller", server.url,
+                              "--trust-simulated", "--state-dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=CEILING)
+    finally:
+        server.close()
+    assert res.returncode in (1, 3), res
+    assert "Traceback" not in res.stderr
+    if res.returncode == 1:
+        assert res.stderr.strip().splitlines()[-1].startswith("error ["), res.stderr

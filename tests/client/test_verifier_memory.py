@@ -139,3 +139,34 @@ def test_damaged_memory_is_a_typed_error_not_a_reset(evil: EvilController, recor
     with pytest.raises(ClientError) as info:
         _run(evil, recorded.cvm, state)
     assert info.value.code == "state_corrupt"
+
+
+def test_concurrent_cli_verifies_in_separate_processes(evil: EvilController, recorded: Recorded,
+                                                        tmp_path: Path) -> None:
+    """The review's setting: several `duet verify` processes on one state dir (bundles of
+    different sizes of the same log, started together). None crashes, and the anchor ends
+    at the largest size."""
+    import subprocess
+    import sys
+
+    from duet.client.bundle import export_bundle
+
+    sizes = [recorded.marks["honest"], len(recorded.leaves)]
+    bundles = []
+    for size in sizes:
+        evil.logs[recorded.cvm] = recorded.leaves[:size]
+        path = tmp_path / f"b{size}.json"
+        with evil.http() as http:
+            path.write_bytes(export_bundle(http, recorded.cvm))
+        bundles.append(path)
+    state = tmp_path / "user"
+    procs = [subprocess.Popen([sys.executable, "-m", "duet.cli.main", "verify", "--bundle", str(bundles[n % 2]),
+                               "--trust-simulated", "--state-dir", str(state)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(6)]
+    results = [(p.wait(timeout=300), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "")
+               for p in procs]
+    for rc, out, err in results:
+        assert rc in (0, 3), (rc, out, err)  # verified, or refused as a rollback: never a crash
+        assert "Traceback" not in err and "error [" not in err, err
+    anchor = CheckpointMemory(state).get(f"duet/{evil.cid}/{recorded.cvm}")
+    assert anchor is not None and anchor[0] == sizes[1]

@@ -47,13 +47,17 @@ class RunBudget:
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
+    """Iterative (no recursion), visiting containers only: cheap next to json.loads."""
+    if not isinstance(value, dict | list):
+        return True
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, dict | list):
-            if d > limit:
-                return False
-            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+        if d > limit:
+            return False
+        for c in v.values() if isinstance(v, dict) else v:
+            if isinstance(c, dict | list):
+                stack.append((c, d + 1))
     return True
 
 

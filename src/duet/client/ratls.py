@@ -18,7 +18,8 @@ test checks both sides agree).
 3. its report data is SHA-256(the certificate's SubjectPublicKeyInfo) ‖ 32 zero bytes —
    TLS 1.3's CertificateVerify has just proven the server holds that very key;
 4. optional expectations (MRENCLAVE, MRSIGNER, ISV SVN, TCB statuses);
-5. the key is pinned per controller origin in ``<state dir>/ratls-pins.json``; a different
+5. the key is pinned per controller origin in ``<state dir>/ratls-pins.json`` (read and
+   rewritten under the file's lock, atomically: :mod:`duet.client.statefile`); a different
    key later is refused (``ratls_key_changed``) until the user forgets the pin.
 
 Any failure raises :class:`RaTlsError` out of ``wrap_socket`` / ``do_handshake``, so the
