@@ -34,7 +34,7 @@ from duet.client.http import ClientError
 from duet.ledger.lockdown import CHECKS
 
 CVM_TEES = ("snp", "simulated-snp", "tdx", "azure-snp", "azure-tdx")
-LOCKDOWN_CHECKS = (*CHECKS, "no_update_processes")
+LOCKDOWN_CHECKS = CHECKS
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 
