@@ -247,3 +247,29 @@ def test_remote_attest_commands_are_registered_templates() -> None:
         assert builtin_template({"action": "attest", "command": cmd}, user="duet", report_tool=None), kind
         assert builtin_template({"action": "attest", "command": cmd.replace("-I -S ", "")}, user="duet",
                                 report_tool=None) is None
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to make files of another owner")
+def test_the_walker_follows_only_links_root_controls(tmp_path: Any) -> None:
+    import os
+
+    from duet.cvm.guest.lockdown_facts import Refused, open_no_follow
+
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x\n")
+    os.symlink("real", tmp_path / "rootlink")  # a root-owned link in a root-owned dir: like /bin -> usr/bin
+    assert open_no_follow(str(tmp_path / "rootlink" / "f"), require_root=True)[0] == b"x\n"
+    os.symlink("real", tmp_path / "userlink")
+    os.lchown(tmp_path / "userlink", 4242, 4242)  # a user's link: never followed
+    with pytest.raises(Refused, match="not followed"):
+        open_no_follow(str(tmp_path / "userlink" / "f"), require_root=True)
+    os.symlink(str(tmp_path / "real" / "f"), tmp_path / "last")  # the file itself a link: never
+    with pytest.raises(Refused, match="symbolic link"):
+        open_no_follow(str(tmp_path / "last"), require_root=False)
+    user_dir = tmp_path / "home"
+    user_dir.mkdir()
+    os.symlink(str(tmp_path / "real"), user_dir / "in")
+    os.chown(user_dir, 4242, 4242)  # a root-owned link, but in a directory a user owns
+    with pytest.raises(Refused):
+        open_no_follow(str(user_dir / "in" / "f"), require_root=True)

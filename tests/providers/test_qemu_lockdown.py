@@ -25,8 +25,9 @@ ENFORCED = ["password_auth_off", "root_login_off", "only_controller_key", "sshd_
 
 def _set_akf(body: str) -> str:
     """A command writing `body` ({key} = the controller's key line) to the key file."""
-    script = body.replace("{key}", "$(cat /root/akf.orig)")
-    return f"sudo -n sh -c 'cp -n {AKF} /root/akf.orig; printf \"%s\\n\" \"{script}\" > {AKF}'"
+    # One line (the policy's `.*` does not span lines): printf %b makes the newlines.
+    script = body.replace("{key}", "$(cat /root/akf.orig)").replace("\n", "\\n")
+    return f"sudo -n sh -c 'cp -n {AKF} /root/akf.orig; printf \"%b\\n\" \"{script}\" > {AKF}'"
 
 
 RESTORE_AKF = f"sudo -n cp /root/akf.orig {AKF}"
@@ -140,8 +141,10 @@ async def test_lockdown_scenarios_against_a_debian_guest(tmp_path: Path) -> None
         plant = ("d=$(python3 -c 'import site; print(site.getusersitepackages())') && mkdir -p \"$d\" && "
                  "echo 'import os; open(os.path.expanduser(\"~\") + \"/pwned-pth\", \"a\")' > \"$d/zz.pth\" && "
                  "for f in .bashrc .profile .shrc; do echo 'touch ~/pwned-rc' > ~/$f; done; "
-                 "rm -f ~/pwned-pth ~/pwned-rc")
-        await run(cvm, plant)
+                 "python3 -c pass; ls -a ~")
+        planted = await run(cvm, plant)
+        assert "pwned-pth" in planted["stdout"], planted  # the hook works in an ordinary python3
+        await run(cvm, "rm -f ~/pwned-pth ~/pwned-rc")
         await ctl.submit(intent("cvm.mode", {"mode": "in-service"}, cvm))
         await ctl.submit(intent("cvm.mode", {"mode": "in-update"}, cvm))
         left = await run(cvm, "ls -a ~")

@@ -76,7 +76,7 @@ ATTEST_REMOTE_SHA256 = {
 #: The lockdown gatherer sent to real guests (`duet.cvm.guest.lockdown_facts.guest_source`).
 #: Each change to that file or to `duet.ledger.lockdown` is a new version: add its digest.
 LOCKDOWN_GATHERER_SHA256: dict[str, str] = {
-    "97b40b4a5f1d06bc1726167db43625bd1c9c074b5e68e52a5b8019958289ee64": "v2",
+    "dfe101ea4807b98dbb3b69d52f20c7f00c586cd400c4ccbb6e8670cdb0634fb8": "v2",
 }
 _LOCKDOWN_V2_ARGV = ["sudo", "-n", "env", "-i", f"PATH={CLEAN_PATH}", "LANG=C", "python3", "-I", "-S", "-c"]
 

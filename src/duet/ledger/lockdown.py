@@ -99,7 +99,7 @@ def _split_options(text: str) -> tuple[str, str] | None:
         c = text[i]
         if not quoted and c in " \t":
             return text[:i], text[i:]
-        if c == "\\" and quoted and text[i + 1:i + 2] == '"':
+        if c == "\\" and text[i + 1:i + 2] == '"':  # sshd skips both, quoted or not
             i += 2
             continue
         if c == '"':
@@ -112,7 +112,7 @@ def _options(text: str) -> list[str]:
     out, cur, quoted, i = [], "", False, 0
     while i < len(text):
         c = text[i]
-        if c == "\\" and quoted and text[i + 1:i + 2] == '"':
+        if c == "\\" and text[i + 1:i + 2] == '"':
             cur += '\\"'
             i += 2
             continue

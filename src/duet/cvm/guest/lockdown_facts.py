@@ -64,27 +64,53 @@ def _mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
+def _root_link(dfd: int, name: str) -> str | None:
+    """The target of `name` in the directory `dfd`, if it is a link only root could have
+    made or changed: owned by root, in a root-owned directory no one else may write
+    (merged-/usr's ``/bin -> usr/bin``). Any other link is not followed."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return None
+    d = os.fstat(dfd)
+    if not stat.S_ISLNK(st.st_mode) or st.st_uid != 0 or d.st_uid != 0 or _mode(d) & 0o022:
+        return None
+    return os.readlink(name, dir_fd=dfd)
+
+
 def open_no_follow(path: str, *, require_root: bool, read: bool = True) -> tuple[bytes, dict[str, Any]]:
-    """Read `path` by walking it with openat/O_NOFOLLOW from `/`; refuse links, non-regular
-    files, hard-linked files and (with `require_root`) anything not owned by root — all
-    checked before reading. Returns the bytes and the facts of the file and its parents."""
+    """Read `path` by walking it with openat/O_NOFOLLOW from `/`; refuse links (but those
+    only root controls, in directories above the file), non-regular files, hard-linked
+    files and (with `require_root`) anything not owned by root — all checked before
+    reading. Returns the bytes and the facts of the file and its parents."""
     if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/":
         raise Refused("not a plain absolute path")
     parts = [p for p in path.split("/") if p]
     parents: list[dict[str, Any]] = []
     dfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    hops = 0
     try:
         cur = ""
-        for name in parts[:-1]:
+        while len(parts) > 1:
+            name = parts.pop(0)
             st = os.fstat(dfd)
             parents.append({"path": cur or "/", "owner_uid": st.st_uid, "mode": _mode(st)})
-            cur += "/" + name
             try:
                 nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
             except OSError as exc:
-                raise Refused(_why(exc, cur)) from None
+                target = _root_link(dfd, name)
+                if target is None or hops >= 8 or ".." in target.split("/"):
+                    raise Refused(_why(exc, f"{cur}/{name}")) from None
+                hops += 1
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                if target.startswith("/"):
+                    os.close(dfd)
+                    dfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    cur = ""
+                continue
             os.close(dfd)
             dfd = nfd
+            cur += "/" + name
         st = os.fstat(dfd)
         parents.append({"path": cur or "/", "owner_uid": st.st_uid, "mode": _mode(st)})
         try:
