@@ -74,6 +74,8 @@ BODIES: dict[str, dict[str, Any]] = {
         "ok": True,
         "purpose": "provisioning",
         "where": "over ssh",
+        "judge_version": 2,
+        "facts": {"where": "remote"},
     },
     "evidence": {
         "kind": "snp",
@@ -172,6 +174,8 @@ KINDS: dict[tuple[str, str], str] = {
     ("lockdown", "ok"): "bool",
     ("lockdown", "purpose"): "str",
     ("lockdown", "where"): "str",
+    ("lockdown", "judge_version"): "index",
+    ("lockdown", "facts"): "dict",
     **{
         ("evidence", f): k
         for f, k in {
@@ -232,6 +236,8 @@ OPTIONAL = {
     ("provisioned", "client_key"),
     ("lockdown", "purpose"),
     ("lockdown", "where"),
+    ("lockdown", "judge_version"),
+    ("lockdown", "facts"),
     ("evidence", "purpose"),
     ("evidence", "command_index"),
     ("mode", "epoch"),

@@ -265,6 +265,10 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("ok", _k_bool),
         _f("purpose", _k_enum(LockdownPurpose), optional=True),
         _f("where", _k_str, optional=True),
+        # The facts the judge saw and its version (ledger/lockdown.py), so a verifier judges
+        # them again; absent in logs of controllers that logged only verdicts.
+        _f("judge_version", _k_index, optional=True),
+        _f("facts", _k_dict, optional=True),
     ),
     "evidence": (
         _f("kind", _k_str),
