@@ -122,6 +122,24 @@ class LogBuilder:
             fields["command_index"] = ci
         return self.add("evidence", **fields)
 
+    def lockdown(self, purpose: str, *, ok: bool = True) -> int:
+        return self.add("lockdown", purpose=purpose, where="test", ok=ok,
+                        checks=[{"name": "password_auth_off", "command": "sshd -T", "output": "", "ok": ok}])
+
+    def snapshot(self, intent_index: int) -> int:
+        return self.command("uname -a", intent_index, action="snapshot", builtin=True)
+
+    def enter_service(self, intent_index: int, epoch: int, *, lockdown: bool = True, evidence: bool = True,
+                      snapshot: bool = True) -> int:
+        """What earns in-service after its cvm.mode intent: lockdown, fresh evidence, snapshot."""
+        if lockdown:
+            self.lockdown("in-service")
+        if evidence:
+            self.evidence("in-service", intent_index)
+        if snapshot:
+            self.snapshot(intent_index)
+        return self.mode("in-service", "in-update", epoch)
+
     def mode(self, new: str, previous: str, epoch: int) -> int:
         return self.add("mode", mode=new, previous=previous, epoch=epoch)
 
@@ -137,8 +155,7 @@ class LogBuilder:
         run = self.intent("cvm.run", {"command": "echo hello"})
         self.command("echo hello", run)
         service = self.intent("cvm.mode", {"mode": "in-service"})
-        self.evidence("in-service", service)
-        self.mode("in-service", "in-update", 1)
+        self.enter_service(service, 1)
         return self
 
     def leaves(self) -> list[bytes]:

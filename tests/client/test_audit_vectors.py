@@ -17,7 +17,8 @@ from logbuilder import all_checks
 VECTORS = Path(__file__).resolve().parent / "vectors" / "audit"
 FILES = sorted(VECTORS.glob("*.json"))
 
-LOG_CHECKS = {"entries_wellformed", "genesis", "intents", "commands_closed", "mode_discipline", "evidence"}
+LOG_CHECKS = {"entries_wellformed", "genesis", "intents", "commands_closed", "mode_discipline", "evidence",
+              "in_service_entry"}
 
 
 def _run(v: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,11 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
     seen_nonces: set[str] = set()
     intents: dict[int, Intent] = {}
     open_commands: dict[int, dict[str, Any]] = {}
+    entry_problems: list[str] = []
+    evidence_nonces: set[str] = set()
+    used_intents: dict[int, int] = {}
+    #: The entry into in-service in progress: its intent's index and what it has shown.
+    transition: dict[str, Any] | None = None
 
     def check_jws(i: int, jws: Any) -> Intent | None:
         try:
@@ -139,10 +144,13 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             mode_problems.append(f"entry {i}: {t} after the CVM was deleted")
         if t == "intent":
             it = check_jws(i, e.get("jws"))
+            transition = None
             if it is not None:
                 intents[i] = it
                 if i == 1 and it.op != Op.CREATE:
                     intent_problems.append("entry 1 is not the cvm.create intent")
+                if it.op == Op.MODE and it.args.get("mode") == Mode.IN_SERVICE:
+                    transition = {"intent": i, "lockdown": False, "evidence": False, "snapshot": False}
         elif t == "rejected":
             state.rejected += 1
             if e.get("jws") is not None:
@@ -169,8 +177,14 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             state.host_key = e.get("host_key")
         elif t == "lockdown":
             state.lockdown_indices.append(i)
+            if transition is not None and e.get("ok") is True:
+                transition["lockdown"] = True
         elif t == "evidence":
             state.evidence_indices.append(i)
+            nonce = str(e.get("nonce"))
+            if transition is not None and nonce not in evidence_nonces:
+                transition["evidence"] = True
+            evidence_nonces.add(nonce)
         elif t == "mode":
             new = e.get("mode")
             if e.get("previous") != state.mode:
@@ -183,11 +197,17 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             if new == Mode.IN_SERVICE:
                 state.epoch += 1
                 state.last_in_service_index = i
+                entry_problems.extend(_earned(i, transition))
+            transition = None
             state.mode = str(new)
         elif t == "command":
             state.commands += 1
             open_commands[i] = e
             _check_command(i, e, intents, state, policy, cmd_problems, mode_problems)
+            _check_one_use(i, e, intents, used_intents, cmd_problems)
+            if transition is not None and e.get("builtin") is True and e.get("action") == "snapshot" \
+                    and e.get("intent_index") == transition["intent"]:
+                transition["snapshot"] = True
         elif t in ("result", "interrupted"):
             ci = e.get("command_index")
             if not isinstance(ci, int) or ci not in open_commands:
@@ -208,7 +228,46 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
               or f"{state.commands} commands, each authorised and with a result or interrupted entry"),
         Check("mode_discipline", not mode_problems, "; ".join(mode_problems[:5])
               or "nothing ran that the mode and policy in force forbade"),
+        Check("in_service_entry", not entry_problems, "; ".join(entry_problems[:5])
+              or f"each of the {state.epoch} entries into in-service was earned: a passing lockdown, "
+                 "fresh evidence and a snapshot under its own intent"),
     ]
+
+
+def _earned(i: int, transition: dict[str, Any] | None) -> list[str]:
+    """In-service is earned within its own transition (after the owner's cvm.mode intent,
+    before the mode entry): a passing lockdown, evidence over a nonce this log never used
+    before (re-logging an old report proves nothing about now) and a snapshot. Without
+    them the mode entry describes a state nobody looked at."""
+    if transition is None:
+        return [f"entry {i}: in-service entered without its own cvm.mode intent before it"]
+    missing = [what for what, shown in (("a passing lockdown", transition["lockdown"]),
+                                         ("fresh evidence", transition["evidence"]),
+                                         ("a snapshot", transition["snapshot"])) if not shown]
+    if missing:
+        return [f"entry {i}: in-service entered without {', '.join(missing)} after intent {transition['intent']}"]
+    return []
+
+
+def _check_one_use(
+    i: int, e: dict[str, Any], intents: dict[int, Intent], used: dict[int, int], problems: list[str],
+) -> None:
+    """A command runs under the newest intent (the controller appends the intent and its
+    commands together, under the CVM's lock), and an owner command or run action under an
+    intent of its own: one signed `cvm.run` authorises one execution, never a later replay
+    of it. (Builtins and on-enter actions may share the intent that started them.)"""
+    ii = e.get("intent_index")
+    if not isinstance(ii, int) or ii not in intents:
+        return
+    newest = max((k for k in intents if k < i), default=None)
+    if newest != ii:
+        problems.append(f"entry {i}: command runs under intent {ii}, but intent {newest} came after it")
+    if e.get("builtin") is True:
+        return
+    if intents[ii].op in (Op.RUN, Op.ACTION):
+        if ii in used:
+            problems.append(f"entry {i}: intent {ii} already authorised the command at entry {used[ii]}")
+        used.setdefault(ii, i)
 
 
 def _check_command(

