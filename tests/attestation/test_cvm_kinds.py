@@ -53,7 +53,7 @@ def test_every_provider_declares_what_it_delivers() -> None:
             assert offer.evidence_kind == CvmKind.NONE or offer.evidence_kind in cvm_kinds.REGISTRY
             if offer.evidence_kind != CvmKind.NONE:
                 assert offer.binding in cvm_kinds.REGISTRY[offer.evidence_kind].bindings
-    assert set(offers["local"]) == {"simulated-snp"}
+    assert set(offers["local"]) == {"simulated-snp", "simulated-tdx"}  # simulated kinds only
     assert offers["qemu"]["snp"].binding is InstanceBinding.HOST_DATA
     assert offers["qemu"]["tdx"].binding is InstanceBinding.MRCONFIGID
     assert {o.binding for o in offers["gcp"].values()} == {InstanceBinding.NONE}

@@ -53,6 +53,7 @@ class CvmKind(StrEnum):
     AZURE_SNP = "azure-snp"
     AZURE_TDX = "azure-tdx"
     SIMULATED_SNP = "simulated-snp"
+    SIMULATED_TDX = "simulated-tdx"
     NONE = "none"
 
 
@@ -71,18 +72,20 @@ FORMAT_OF: dict[str, EvidenceFormat | None] = {
     CvmKind.AZURE_SNP: EvidenceFormat.AZURE,
     CvmKind.AZURE_TDX: EvidenceFormat.AZURE,
     CvmKind.SIMULATED_SNP: EvidenceFormat.SIMULATED_SNP,
+    CvmKind.SIMULATED_TDX: EvidenceFormat.TDX,
     CvmKind.NONE: None,
 }
 """CVM evidence kind -> the file format `duet attestation verify` reads it as."""
 
 
-REPORTED_ONLY_KINDS = ("simulated-tdx", "azure-snp-maa", "azure-tdx-maa")
+REPORTED_ONLY_KINDS = ("azure-snp-maa", "azure-tdx-maa")
 """Kinds `duet attestation verify` reports that no CVM log carries yet: no collector
 produces them, and MAA needs the user to pin MAA's signing keys before a token means
 anything. Registering one (a `KindSpec`) makes it a CVM kind."""
 
 
-REPORT_KINDS = ("sgx", *(k.value for k in CvmKind if k not in (CvmKind.NONE, CvmKind.SIMULATED_SNP)),
+REPORT_KINDS = ("sgx", *(k.value for k in CvmKind if k not in (CvmKind.NONE, CvmKind.SIMULATED_SNP,
+                                                                 CvmKind.SIMULATED_TDX)),
                 *REPORTED_ONLY_KINDS)
 """The `kind` a verified report states (an SGX quote, or a CVM kind; simulated SEV-SNP
 reports say `snp` and `simulated: true`): what `Expectations.kind` may name."""
@@ -113,6 +116,9 @@ class Trust:
 
     simulated: bool = False
     snp_arks: tuple[bytes, ...] | None = None
+    #: DCAP roots (DER) for simulated TDX quotes; when absent, the self-signed root the
+    #: log carries is used (with ``simulated`` set, only).
+    tdx_roots: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,47 @@ def _verify_tdx(parsed: tuple[bytes, Any], expected: bytes, now: datetime, trust
     return report
 
 
+@dataclass(frozen=True)
+class _SimTdxParsed:
+    quote: bytes
+    collateral: Mapping[str, Any]
+    root: bytes
+
+
+def _parse_simulated_tdx(entry: Mapping[str, Any]) -> _SimTdxParsed:
+    collateral = entry.get("collateral")
+    if not isinstance(collateral, Mapping):
+        raise ParseError("simulated TDX evidence carries no collateral")
+    return _SimTdxParsed(_b64(entry, "evidence"), {k: v for k, v in collateral.items() if k not in ("root_ca",
+                                                   "simulated")}, _b64(entry, "collateral", "root_ca"))
+
+
+def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .dcap.verify import verify_tdx_quote
+
+    if trust.tdx_roots is not None:
+        if parsed.root not in trust.tdx_roots:
+            raise ParseError("the evidence's development root is not the one this verifier trusts")
+        root = parsed.root
+    else:
+        # The development root travels in the log: accept it only as a well-formed,
+        # self-signed certificate, so every byte of it is still checked.
+        from cryptography import x509
+
+        try:
+            cert = x509.load_der_x509_certificate(parsed.root)
+        except ValueError:
+            raise ParseError("the evidence's root is not a DER certificate") from None
+        _self_signed(cert.public_bytes(Encoding.PEM))
+        root = parsed.root
+    report = verify_tdx_quote(parsed.quote, dict(parsed.collateral), now=now, root_ca_der=root)
+    if report.report_data != expected:
+        raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
+    return report
+
+
 def _tdx_claims(report: Any) -> Mapping[str, object]:
     return {"mrconfigid": report.mrconfigid, "mrtd": report.mrtd}
 
@@ -361,6 +408,8 @@ for _spec in (
     KindSpec(CvmKind.SIMULATED_SNP, "SIMULATED SEV-SNP", True, _SNP_BINDINGS, _parse_snp, _verify_simulated_snp,
              _snp_claims, EvidenceFormat.SIMULATED_SNP),
     KindSpec(CvmKind.TDX, "TDX", False, _TDX_BINDINGS, _parse_tdx, _verify_tdx, _tdx_claims, EvidenceFormat.TDX),
+    KindSpec(CvmKind.SIMULATED_TDX, "SIMULATED TDX", True, _TDX_BINDINGS, _parse_simulated_tdx,
+             _verify_simulated_tdx, _tdx_claims, EvidenceFormat.TDX),
     KindSpec(CvmKind.AZURE_SNP, "Azure vTPM (SEV-SNP)", False, _AZURE_BINDINGS, _parse_azure,
              _azure_verifier(CvmKind.AZURE_SNP), _azure_claims, EvidenceFormat.AZURE),
     KindSpec(CvmKind.AZURE_TDX, "Azure vTPM (TDX)", False, _AZURE_BINDINGS, _parse_azure,

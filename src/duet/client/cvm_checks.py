@@ -237,7 +237,7 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
     provisioned: dict[str, Any] = next((e for e in decoded if e.get("type") == "provisioned"), {})
     launch = provisioned.get("launch")
     launch = launch if isinstance(launch, dict) else {}
-    snp = launch.get("simulated_snp")
+    snp = launch.get("simulated_snp") or launch.get("simulated_tdx")
     snp = snp if isinstance(snp, dict) else {}
     user = provisioned.get("user") if isinstance(provisioned.get("user"), str) else None
     tool = snp.get("report_tool") if isinstance(snp.get("report_tool"), str) else None

@@ -15,6 +15,7 @@ import base64
 import shlex
 
 from duet.attestation import SimulatedSnp, cvm_kinds
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.controller.evidence import Collector, CvmPort, Fetched
 from duet.cvm.local import LocalProvider
 from duet.cvm.lockdown import Lockdown, run_local
@@ -24,11 +25,13 @@ from duet.ledger import strictjson
 class LocalEvidence(Collector):
     lockdown_where = "host-side, as root (the local provider's CVM runs on this machine)"
 
-    def __init__(self, snp: SimulatedSnp, provider: LocalProvider) -> None:
+    def __init__(self, snp: SimulatedSnp, provider: LocalProvider, tdx: SimulatedTdx | None = None) -> None:
         self.snp = snp
+        self.tdx = tdx
         self.provider = provider
-        # The development ARK of this machine's simulated PSP, not the one in the output.
-        self.trust = cvm_kinds.Trust(simulated=True, snp_arks=(snp.ark_pem,))
+        # The development roots of this machine's simulated platform, not the ones in the output.
+        self.trust = cvm_kinds.Trust(simulated=True, snp_arks=(snp.ark_pem,),
+                                     tdx_roots=(tdx.root_ca_der,) if tdx is not None else None)
 
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
         return await run_local(self.provider.lockdown_context(port.rec.id), port.client_key_line())
@@ -47,11 +50,12 @@ class LocalEvidence(Collector):
             report_raw = base64.b64decode(out["report"], validate=True)
         except (ValueError, KeyError, TypeError, strictjson.JsonInputError) as exc:
             raise self.refuse(port, f"the guest's report does not verify: {exc}") from None
-        return Fetched(outcome.command_index, {
-            "evidence": base64.b64encode(report_raw).decode(),
-            "collateral": {
-                "vcek": base64.b64encode(self.snp.vcek_der).decode(),
-                "cert_chain": self.snp.cert_chain_pem.decode(),
-                "simulated": True,
-            },
-        })
+        if kind == cvm_kinds.CvmKind.SIMULATED_TDX and self.tdx is not None:
+            # The TD quote with its DCAP collateral and the development root, all in the log.
+            collateral: dict[str, object] = {**self.tdx.collateral(), "simulated": True,
+                                             "root_ca": base64.b64encode(self.tdx.root_ca_der).decode()}
+        else:
+            collateral = {"vcek": base64.b64encode(self.snp.vcek_der).decode(),
+                          "cert_chain": self.snp.cert_chain_pem.decode(), "simulated": True}
+        return Fetched(outcome.command_index, {"evidence": base64.b64encode(report_raw).decode(),
+                                               "collateral": collateral})

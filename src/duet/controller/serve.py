@@ -104,14 +104,16 @@ def build_controller(
     key = _load_or_create_key(state)
     ledger = LedgerStore(data_dir / "ledger.sqlite")
     from duet.attestation import SimulatedSnp
+    from duet.attestation.simulated.tdx import SimulatedTdx
     from duet.controller.evidence_local import LocalEvidence
 
     # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
     # lives in the data dir.
     snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
-    local = LocalProvider(data_dir / "cvms", platform=snp)
+    tdx = SimulatedTdx.load_or_create(data_dir / "tee" / "tdx")
+    local = LocalProvider(data_dir / "cvms", platform=snp, tdx=tdx)
     providers: dict[str, Provider] = {"local": local}
-    evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local)}
+    evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local, tdx)}
     if providers_file is not None:
         from duet.controller.evidence_remote import RemoteEvidence
         from duet.cvm.plan import make_provider

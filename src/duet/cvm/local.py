@@ -73,6 +73,7 @@ from typing import ClassVar
 
 from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.attestation.simulated import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.guest import report_client as guest_tool
 from duet.cvm.provider import CVM_MARKER_ENV, RUN_MARKER_ENV, Provisioned
@@ -276,18 +277,21 @@ class LocalProvider:
     """Local CVMs: one sshd per CVM on 127.0.0.1, state under ``base_dir/<cvm_id>/``."""
 
     name = "local"
-    #: SIMULATED SEV-SNP only; the simulated PSP sets HOST_DATA per CVM.
+    #: SIMULATED kinds only: the simulated platform sets HOST_DATA (SNP) or MRCONFIGID (TDX)
+    #: per CVM.
     tees: ClassVar[Mapping[str, TeeOffer]] = {
         "simulated-snp": TeeOffer(CvmKind.SIMULATED_SNP, InstanceBinding.HOST_DATA),
+        "simulated-tdx": TeeOffer(CvmKind.SIMULATED_TDX, InstanceBinding.MRCONFIGID),
     }
 
     def __init__(
-        self, base_dir: Path, *, homes_dir: Path | None = None, platform: SimulatedSnp | None = None
+        self, base_dir: Path, *, homes_dir: Path | None = None, platform: SimulatedSnp | None = None,
+        tdx: SimulatedTdx | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
-        #: The simulated SEV-SNP "hardware" (a PSP holding the dev VCEK); None: the local
-        #: CVMs have no evidence at all.
-        self.psp = None if platform is None else SimulatedPsp(platform)
+        #: The simulated "hardware" (a PSP holding the dev VCEK, and the dev TDX attestation
+        #: key); None: the local CVMs have no evidence at all.
+        self.psp = None if platform is None else SimulatedPsp(platform, tdx)
         self.homes_dir = Path(homes_dir or DEFAULT_HOMES_DIR).absolute()
         self._locks: dict[str, asyncio.Lock] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -383,7 +387,7 @@ class LocalProvider:
         for f in ("report_client.py", "ssh_host_ed25519_key.pub"):
             os.chmod(pdir / f, 0o644)
         return {
-            "kind": "simulated-snp",
+            "kind": self._kind(st),
             "platform_dir": str(pdir),
             "report_tool": str(pdir / "report_client.py"),
             "measurement": LOCAL_MEASUREMENT.hex(),
@@ -396,6 +400,10 @@ class LocalProvider:
         pdir.mkdir(mode=0o755, exist_ok=True)
         os.chmod(pdir, 0o755)  # noqa: S103 - the guest reads it; only root writes it
         return pdir
+
+    @staticmethod
+    def _kind(st: _State) -> str:
+        return str(st.spec.get("tee", "simulated-snp"))
 
     @staticmethod
     def _host_data(st: _State) -> bytes:
@@ -414,6 +422,7 @@ class LocalProvider:
             measurement=LOCAL_MEASUREMENT,
             host_data=self._host_data(st),
             policy=SNP_GUEST_POLICY,
+            kind=self._kind(st),
         )
 
     def _authorized_keys_path(self, st: _State) -> Path:
@@ -849,7 +858,7 @@ class LocalProvider:
         effective = await self._effective(st)
         prov = self._provisioned(st, text, effective, await self._sshd_version())
         if platform is not None:
-            prov.launch["simulated_snp"] = platform
+            prov.launch["simulated_tdx" if platform["kind"] == "simulated-tdx" else "simulated_snp"] = platform
         return prov
 
     async def ensure_running(self, cvm_id: str) -> Provisioned:

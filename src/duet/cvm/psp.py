@@ -1,10 +1,11 @@
-"""A SIMULATED AMD Secure Processor for local CVMs.
+"""A SIMULATED secure processor for local CVMs: AMD's PSP (SEV-SNP) or a TDX quoting path.
 
-Real SNP hardware signs reports with a VCEK the guest never sees, and takes the
-measurement and HOST_DATA from the launch, not from the guest. This stand-in keeps
-both properties: it runs host-side (in the process that owns the local provider),
-holds the development VCEK, and serves each CVM on a Unix socket in that CVM's platform
-directory that only the CVM's user may open. The guest supplies only the report data.
+Real hardware signs with a key the guest never sees (SNP's VCEK, TDX's attestation key
+behind the quoting enclave), and takes the measurement and the per-instance value (SNP
+HOST_DATA, TDX MRCONFIGID) from the launch, not from the guest. This stand-in keeps both
+properties: it runs host-side (in the process that owns the local provider), holds the
+development keys, and serves each CVM on a Unix socket in that CVM's platform directory
+that only the CVM's user may open. The guest supplies only the report data.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ import os
 from pathlib import Path
 
 from duet.attestation import SimulatedSnp
+from duet.attestation.binding import tdx_mrconfigid
+from duet.attestation.simulated.tdx import SimulatedTdx
 
 MAX_REQUEST = 4096
 
 
 class SimulatedPsp:
-    def __init__(self, snp: SimulatedSnp) -> None:
+    def __init__(self, snp: SimulatedSnp, tdx: SimulatedTdx | None = None) -> None:
         self.snp = snp
+        self.tdx = tdx
         self._servers: dict[str, asyncio.AbstractServer] = {}
 
+    def sign(self, kind: str, report_data: bytes, *, measurement: bytes, host_data: bytes, policy: int) -> bytes:
+        """An SNP report, or a TD quote whose MRTD is the launch measurement and whose
+        MRCONFIGID carries the per-CVM value, as a host sets them at launch."""
+        if kind == "simulated-tdx":
+            if self.tdx is None:
+                raise ValueError("this platform has no simulated TDX")
+            return self.tdx.quote(report_data, mrtd=measurement, mrconfigid=tdx_mrconfigid(host_data))
+        return self.snp.report(report_data, measurement=measurement, host_data=host_data, policy=policy)
+
     async def serve(self, cvm_id: str, socket_path: Path, *, uid: int, measurement: bytes,
-                    host_data: bytes, policy: int) -> None:
+                    host_data: bytes, policy: int, kind: str = "simulated-snp") -> None:
         await self.stop(cvm_id)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
@@ -40,8 +53,8 @@ class SimulatedPsp:
                 report_data = bytes.fromhex(json.loads(line)["report_data"])
                 if len(report_data) != 64:
                     raise ValueError("report_data must be 64 bytes")
-                report = self.snp.report(report_data, measurement=measurement, host_data=host_data,
-                                         policy=policy)
+                report = self.sign(kind, report_data, measurement=measurement, host_data=host_data,
+                                   policy=policy)
                 reply = {"report": base64.b64encode(report).decode()}
             except (TimeoutError, ValueError, KeyError, TypeError) as exc:
                 reply = {"error": str(exc) or "bad request"}
