@@ -110,6 +110,7 @@ def evidence_checks(
         problems.append(f"the CVM's instance binding is {binding}, expected {accepted}")
     latest: cvm_kinds.Verified | None = None
     nonces: set[str] = set()
+    allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
     for i in indices:
         e = decoded[i]
         latest = None
@@ -127,6 +128,10 @@ def evidence_checks(
                 decoded=decoded, index=i, snp_arks=snp_arks)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
+            continue
+        if getattr(latest.report, "debug", False) is not False and not allow_debug:
+            problems.append(f"entry {i}: the CVM runs with DEBUG enabled (the host can read and change its "
+                            "memory); accept that explicitly with cvm.allow_debug: true")
     state.evidence_kind = latest.kind if latest is not None else None
     first_mode = next((i for i, e in enumerate(decoded) if e.get("type") == "mode"), len(decoded))
     if indices[0] > first_mode:

@@ -79,6 +79,9 @@ class CvmExpectations(BaseModel):
     instance_binding: str | None = None
     max_evidence_age: str | None = None
     mode: str | None = None
+    #: A CVM whose evidence says DEBUG (the host can read and change its memory) fails
+    #: `duet verify` unless this is true: a user must ask for it by name.
+    allow_debug: bool = False
 
     @field_validator("instance_binding")
     @classmethod
