@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -572,35 +573,7 @@ class LedgerStore:
     def leaves(self, log_id: str, start: int, end: int) -> list[bytes]:
         """Leaves ``start`` (inclusive) to ``end`` (exclusive), each checked against its
         stored hash."""
-        with self._lock:
-            entry = self._get(log_id)
-            _check_int(start, "start")
-            _check_int(end, "end")
-            if not 0 <= start <= end <= entry.size:
-                raise OutOfRange(
-                    f"leaf range [{start}, {end}) is out of range: log has {entry.size} leaves"
-                )
-            with self._db_errors(entry):
-                rows = self._conn.execute(
-                    "SELECT idx, hash, leaf FROM leaves WHERE log = ? AND idx >= ? AND idx < ? "
-                    "ORDER BY idx",
-                    (entry.key, start, end),
-                ).fetchall()
-                out = []
-                for expected, (idx, stored, leaf) in enumerate(rows, start):
-                    if idx != expected:
-                        raise self._mark_corrupt(
-                            entry, f"leaf {expected} is missing", index=expected
-                        )
-                    if not isinstance(leaf, bytes) or leaf_hash(leaf) != stored:
-                        raise self._mark_corrupt(
-                            entry, f"leaf {idx} does not match its stored hash", index=idx
-                        )
-                    out.append(bytes(leaf))
-                if len(out) != end - start:
-                    missing = start + len(out)
-                    raise self._mark_corrupt(entry, f"leaf {missing} is missing", index=missing)
-                return out
+        return self.leaves_page(log_id, start, end, max_bytes=sys.maxsize)
 
     def tile(self, log_id: str, level: int, index: int, width: int) -> bytes:
         """The C2SP hash tile (`ledger/tiles.py`): the stored hashes of the complete

@@ -252,6 +252,24 @@ def _qe_identity() -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+def _collateral(root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey, pck_ca: x509.Certificate,
+                pck_ca_key: ec.EllipticCurvePrivateKey, tcb_cert: x509.Certificate,
+                tcb_key: ec.EllipticCurvePrivateKey, tcb_info: str, qe_identity: str) -> dict[str, object]:
+    """dcap-qvl's QuoteCollateralV3: CRLs, signed TCB Info and QE identity, issuer chains
+    (shared by the simulated SGX and TDX platforms; only the JSON documents differ)."""
+    return {
+        "pck_crl_issuer_chain": cert_pem(pck_ca) + cert_pem(root),
+        "root_ca_crl": _crl(root, root_key, []).hex(),
+        "pck_crl": _crl(pck_ca, pck_ca_key, []).hex(),
+        "tcb_info_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
+        "tcb_info": tcb_info,
+        "tcb_info_signature": _raw_sig(tcb_key, tcb_info.encode()).hex(),
+        "qe_identity_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
+        "qe_identity": qe_identity,
+        "qe_identity_signature": _raw_sig(tcb_key, qe_identity.encode()).hex(),
+    }
+
+
 def _create_state() -> dict[str, Any]:
     root_key = ec.generate_private_key(ec.SECP256R1())
     root = _cert("duet simulated SGX Root CA", root_key, None, root_key, ca=True)
@@ -292,19 +310,7 @@ def _create_state() -> dict[str, Any]:
         + len(chain).to_bytes(4, "little")
         + chain
     )
-    tcb_info = _tcb_info()
-    qe_identity = _qe_identity()
-    collateral = {
-        "pck_crl_issuer_chain": cert_pem(pck_ca) + cert_pem(root),
-        "root_ca_crl": _crl(root, root_key, []).hex(),
-        "pck_crl": _crl(pck_ca, pck_ca_key, []).hex(),
-        "tcb_info_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
-        "tcb_info": tcb_info,
-        "tcb_info_signature": _raw_sig(tcb_key, tcb_info.encode()).hex(),
-        "qe_identity_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
-        "qe_identity": qe_identity,
-        "qe_identity_signature": _raw_sig(tcb_key, qe_identity.encode()).hex(),
-    }
+    collateral = _collateral(root, root_key, pck_ca, pck_ca_key, tcb_cert, tcb_key, _tcb_info(), _qe_identity())
     return {
         "kind": "duet-simulated-sgx",
         "version": 1,

@@ -47,6 +47,7 @@ from .sgx import (
     QE_MRSIGNER,
     TCB_EVAL_NUMBER,
     _cert,
+    _collateral,
     _crl,
     _raw_pub,
     _raw_sig,
@@ -199,19 +200,7 @@ def _create_state() -> dict[str, Any]:
         + len(qe_cert_data).to_bytes(4, "little")
         + qe_cert_data
     )
-    tcb_info = _tcb_info()
-    qe_identity = _qe_identity()
-    collateral = {
-        "pck_crl_issuer_chain": cert_pem(pck_ca) + cert_pem(root),
-        "root_ca_crl": _crl(root, root_key, []).hex(),
-        "pck_crl": _crl(pck_ca, pck_ca_key, []).hex(),
-        "tcb_info_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
-        "tcb_info": tcb_info,
-        "tcb_info_signature": _raw_sig(tcb_key, tcb_info.encode()).hex(),
-        "qe_identity_issuer_chain": cert_pem(tcb_cert) + cert_pem(root),
-        "qe_identity": qe_identity,
-        "qe_identity_signature": _raw_sig(tcb_key, qe_identity.encode()).hex(),
-    }
+    collateral = _collateral(root, root_key, pck_ca, pck_ca_key, tcb_cert, tcb_key, _tcb_info(), _qe_identity())
     return {
         "kind": "duet-simulated-tdx",
         "version": 1,
