@@ -105,6 +105,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "owner_keys": {"keys": [KEY, base64.b64encode(bytes(32)).decode()]},
     "policy": {"policy": "x: 1\n", "policy_sha256": SHA},
     "error": {"code": "host_key_mismatch", "message": "host key changed"},
+    "control_plane": {"provider": "azure", "purpose": "in-service", "model_sha256": SHA,
+                      "facts": {"provider": "azure"}, "checks": [{"name": "no_extensions", "ok": True, "detail": "x"}],
+                      "ok": True},
 }
 
 
@@ -128,6 +131,7 @@ WRONG: dict[str, list[Any]] = {
     "number": ["1", True, -1, float("inf")],
     "positive": [0, -1, "1", True],
     "bool": [1, 0, "true"],
+    "verdicts": [[{"name": "x", "ok": 1, "detail": ""}], [{"name": "x"}], "x", [5]],
     "dict": [[], "x", 1],
     "hex": ["ABCD", "abc", "zz", 5],
     "sha256": [SHA[:-2], SHA.upper(), SHA + "00", 5],
@@ -228,6 +232,12 @@ KINDS: dict[tuple[str, str], str] = {
     ("policy", "policy_sha256"): "sha256",
     ("error", "code"): "str",
     ("error", "message"): "str",
+    ("control_plane", "provider"): "str",
+    ("control_plane", "purpose"): "str",
+    ("control_plane", "model_sha256"): "sha256",
+    ("control_plane", "facts"): "dict",
+    ("control_plane", "checks"): "verdicts",
+    ("control_plane", "ok"): "bool",
 }
 OPTIONAL = {
     ("genesis", "host_data"),

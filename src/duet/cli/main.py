@@ -50,7 +50,7 @@ ExpectOpt = Annotated[Path | None, typer.Option(
     "--expect", envvar="DUET_EXPECT",
     help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
 REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
-           "evidence_refused", "lockdown_failed"}
+           "evidence_refused", "lockdown_failed", "control_plane_failed"}
 
 
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:

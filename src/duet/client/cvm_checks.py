@@ -18,6 +18,7 @@ from typing import Any
 from duet.attestation import AttestationError, cvm_kinds, validate
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
+from duet.ledger import control_plane
 from duet.ledger.builtins import builtin_template
 from duet.ledger.entries import EvidencePurpose, Mode
 from duet.ledger.lockdown import judge as judge_lockdown
@@ -291,3 +292,29 @@ def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: User
 def _fmt(d: timedelta) -> str:
     s = int(d.total_seconds())
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def control_plane_checks(decoded: list[dict[str, Any]]) -> list[Check]:
+    """For a CVM of a cloud whose control plane duet judges (`duet.ledger.control_plane`):
+    every entry into in-service inspected the cloud's model of the CVM, and the newest
+    inspection passes when today's judges read its facts again."""
+    provider = str(decoded[0].get("provider")) if decoded else ""
+    if provider not in control_plane.JUDGES:
+        return []
+    seen = [i for i, e in enumerate(decoded) if e.get("type") == "control_plane"]
+    if not seen:
+        return [Check("control_plane", False, f"the {provider} control plane of this CVM was never inspected")]
+    problems = []
+    modes = [i for i, e in enumerate(decoded) if e.get("type") == "mode"]
+    for i in modes:
+        if decoded[i].get("mode") == Mode.IN_SERVICE:
+            before = max((m for m in modes if m < i), default=0)
+            if not any(before < c < i for c in seen):
+                problems.append(f"entry {i}: in-service entered without inspecting the control plane")
+    latest = decoded[seen[-1]]
+    facts = latest.get("facts")
+    verdicts = control_plane.judge(facts if isinstance(facts, dict) else {})
+    problems += [f"entry {seen[-1]}: {name}: {detail}" for name, ok, detail in verdicts if not ok]
+    return [Check("control_plane", not problems, "; ".join(problems[:5]) or
+                  f"the {provider} model of the CVM (entry {seen[-1]}) passes every check: "
+                  + ", ".join(name for name, _, _ in verdicts))]

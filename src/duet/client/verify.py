@@ -27,7 +27,13 @@ from duet.attestation.errors import AttestationError
 from duet.client.api import ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
 from duet.client.config import controller_key_of_url, default_state_dir
-from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks, time_checks
+from duet.client.cvm_checks import (
+    control_plane_checks,
+    evidence_checks,
+    history_checks,
+    lockdown_checks,
+    time_checks,
+)
 from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import Http
@@ -350,6 +356,7 @@ def verify(
     report.checks.extend(ev_checks)
     report.checks.extend(history_checks(audit.decoded, expect))
     report.checks.extend(lockdown_checks(audit.decoded, audit.state, expect))
+    report.checks.extend(control_plane_checks(audit.decoded))
     owner_result = owner_checks(audit.decoded, expect)
     report.owner_keys = owner_result.in_force
     report.checks.extend(owner_result.checks)

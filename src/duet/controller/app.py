@@ -74,6 +74,7 @@ STATUS: dict[str, int] = {
     "host_key_mismatch": 409,
     "evidence_refused": 409,
     "lockdown_failed": 409,
+    "control_plane_failed": 409,
     "rollback_detected": 409,
     "request_too_large": 413,
     "request_head_too_large": 431,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from duet.controller import errors
 from duet.controller.state import CvmRecord
 from duet.cvm.lockdown import Lockdown
 from duet.cvm.ssh import RunResult
-from duet.ledger import entries
+from duet.ledger import control_plane, entries
 from duet.ledger.lockdown import ADVISORY, JUDGE_VERSION
 from duet.ledger.policy import SNAPSHOT_COMMANDS
 from duet.tee.clock import TrustedClock
@@ -40,6 +40,16 @@ class EvidenceRefused(errors.DuetError):
 
 class LockdownFailed(errors.DuetError):
     code = "lockdown_failed"
+
+
+class ControlPlaneFailed(errors.DuetError):
+    """The cloud's own model of the CVM opens a door (or could not be read)."""
+
+    code = "control_plane_failed"
+
+
+#: Reads a CVM's model from its cloud's API: {"facts": ..., "model_sha256": ...}.
+Inspector = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 class Outcome(Protocol):
@@ -108,6 +118,8 @@ class Collector(ABC):
     lockdown_where = ""
     #: Roots trusted beyond the vendors' (the local provider's development ARK, tests).
     trust = cvm_kinds.Trust()
+    #: The provider's control-plane reader, where its cloud has one worth judging.
+    inspector: Inspector | None = None
 
     @abstractmethod
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
@@ -119,10 +131,12 @@ class Collector(ABC):
 
     async def after_provisioning(self, port: CvmPort) -> None:
         await self.lockdown(port, purpose="provisioning", intent_index=1)  # 1: the create intent
+        await self.control_plane(port, purpose="provisioning")
         await self.attest(port, intent_index=1, purpose="provisioning")
 
     async def on_enter_service(self, port: CvmPort, intent_index: int) -> None:
         await self.lockdown(port, purpose="in-service", intent_index=intent_index)
+        await self.control_plane(port, purpose="in-service")
         await self.attest(port, intent_index=intent_index, purpose="in-service")
         await self.snapshot(port, intent_index=intent_index)
 
@@ -187,6 +201,30 @@ class Collector(ABC):
             failed = "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok and r.name not in ADVISORY)
             port.append([entries.ErrorEntry(code="lockdown_failed", message=failed)])
             raise LockdownFailed(f"lockdown checks failed: {failed}")
+        return index
+
+    async def control_plane(self, port: CvmPort, *, purpose: str) -> int | None:
+        """Read the CVM's model from the cloud API, log the facts with the verdicts and a
+        digest of the model, and refuse on any failed check. A model that cannot be read
+        is a refusal too: an unchecked door is not a closed one."""
+        if self.inspector is None:
+            return None
+        rec = port.rec
+        try:
+            seen = await self.inspector(rec.id)
+        except Exception as exc:
+            message = f"the cloud control plane could not be read: {type(exc).__name__}: {str(exc)[:300]}"
+            port.append([entries.ErrorEntry(code="control_plane_failed", message=message)])
+            raise ControlPlaneFailed(message) from None
+        verdicts = control_plane.judge(seen["facts"])
+        ok = bool(verdicts) and all(v[1] for v in verdicts)
+        index = port.append([entries.ControlPlaneEntry(
+            provider=rec.provider, purpose=purpose, model_sha256=str(seen["model_sha256"]), facts=seen["facts"],
+            checks=tuple({"name": n, "ok": v, "detail": d} for n, v, d in verdicts), ok=ok)])
+        if not ok:
+            failed = "; ".join(f"{n}: {d}" for n, v, d in verdicts if not v)
+            port.append([entries.ErrorEntry(code="control_plane_failed", message=failed)])
+            raise ControlPlaneFailed(f"the cloud control plane opens a door: {failed}")
         return index
 
     async def snapshot(self, port: CvmPort, *, intent_index: int | None) -> int:

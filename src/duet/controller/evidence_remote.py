@@ -18,7 +18,7 @@ from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds
 from duet.attestation.binding import cvm_report_data
-from duet.controller.evidence import Collector, CvmPort, Fetched
+from duet.controller.evidence import Collector, CvmPort, Fetched, Inspector
 from duet.cvm.guest.collect import (
     Collected,
     CollectError,
@@ -44,10 +44,14 @@ class RemoteEvidence(Collector):
     lockdown_where = "over the controller's SSH session, with sudo"
 
     def __init__(
-        self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None
+        self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None,
+        inspector: Inspector | None = None,
     ) -> None:
-        """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots)."""
+        """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots);
+        `inspector`: the provider's control-plane reader (Azure), judged on every entry into
+        in-service (`Collector.control_plane`)."""
         self.tdx_collateral = tdx_collateral
+        self.inspector = inspector
         self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None)
 
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:

@@ -120,7 +120,7 @@ def build_controller(
 
         for name, config in _load_providers(providers_file).items():
             providers[name] = make_provider(name, config)
-            evidence[name] = RemoteEvidence()
+            evidence[name] = RemoteEvidence(inspector=getattr(providers[name], "inspect", None))
     return Controller(
         data_dir,
         tee=backend,

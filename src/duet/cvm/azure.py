@@ -628,6 +628,31 @@ class AzureProvider:
         vm_id = str((vm or {}).get("properties", {}).get("vmId", "")) or lay.vm
         return Provisioned(instance_id=vm_id, host=address, port=22, user=lay.user, launch=launch)
 
+    def _inspect_sync(self, cvm_id: str) -> dict[str, Any]:
+        """The VM's model as ARM holds it now: the VM, its NSG and its extensions, reduced to
+        the facts `duet.ledger.control_plane` judges, with a digest of all of it."""
+        from duet.ledger import control_plane
+
+        lay, view = self._lookup(cvm_id)
+        if view is None:
+            raise CvmNotFound(f"azure: VM {lay.vm} is gone from {lay.resource_group}")
+        compute, network, resources = self._sdk()
+        vm = compute.virtual_machines.get(lay.resource_group, lay.vm, api_version=API_VERSIONS["compute"],
+                                          cls=_raw) or {}
+        nsg = network.network_security_groups.get(lay.resource_group, lay.nsg, api_version=API_VERSIONS["network"],
+                                                  cls=_raw) or {}
+        extensions = []
+        for res in resources.resources.list_by_resource_group(lay.resource_group):
+            get = res.get if isinstance(res, Mapping) else lambda k, r=res: getattr(r, k, None)
+            if str(get("type") or "").lower() == "microsoft.compute/virtualmachines/extensions" and \
+                    str(get("name") or "").lower().startswith(lay.vm.lower() + "/"):
+                extensions.append(str(get("name")))
+        facts = control_plane.azure_facts(vm, nsg, extensions, cidr_of(self.controller_cidr) or "")
+        return {"facts": facts, "model_sha256": control_plane.model_digest(vm, nsg, sorted(extensions))}
+
+    async def inspect(self, cvm_id: str) -> dict[str, Any]:
+        return await run_sync("azure", self._inspect_sync, cvm_id)
+
     def _delete_sync(self, cvm_id: str) -> None:
         unresolved = Unresolved()
         lay = self._layout(cvm_id, {}, unresolved)

@@ -208,6 +208,19 @@ def _k_checks(value: object) -> str | None:
 
 
 
+_VERDICT_FIELDS = (("name", _k_str), ("ok", _k_bool), ("detail", _k_str))
+
+
+def _k_verdicts(value: object) -> str | None:
+    want = "a list of {name: string, ok: boolean, detail: string} objects"
+    if not isinstance(value, list | tuple):
+        return want
+    for item in value:
+        if not isinstance(item, Mapping) or any(n not in item or c(item[n]) is not None for n, c in _VERDICT_FIELDS):
+            return want
+    return None
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One entry field: its JSON name, its check, and whether it may be absent or null."""
@@ -309,6 +322,14 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
     "owner_keys": (_f("keys", _k_key_list),),
     "policy": (_f("policy", _k_str), _f("policy_sha256", _k_sha256)),
     "error": (_f("code", _k_str), _f("message", _k_str)),
+    "control_plane": (
+        _f("provider", _k_str),
+        _f("purpose", _k_str),
+        _f("model_sha256", _k_sha256),
+        _f("facts", _k_dict),
+        _f("checks", _k_verdicts),
+        _f("ok", _k_bool),
+    ),
 }
 """Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
 be JSON null."""
@@ -331,6 +352,9 @@ _JSON: dict[Check, dict[str, object]] = {
     _k_ed25519: _ED25519,
     _k_key_list: {"type": "array", "items": _ED25519},
     _k_encoding: {"enum": ["utf-8", "base64"]},
+    _k_verdicts: {"type": "array", "items": {
+        "type": "object", "required": [n for n, _ in _VERDICT_FIELDS],
+        "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"}}}},
     _k_checks: {"type": "array", "items": {
         "type": "object", "required": [n for n, _ in _CHECK_FIELDS],
         "properties": {"name": {"type": "string"}, "command": {"type": "string"},
@@ -836,6 +860,20 @@ class ErrorEntry(Entry):
     message: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ControlPlaneEntry(Entry):
+    """The CVM's cloud resource as the cloud API describes it, and the verdicts on it
+    (`ledger/control_plane.py`): the facts, and a digest of the whole model read."""
+
+    TYPE: ClassVar[str] = "control_plane"
+    provider: str
+    purpose: str
+    model_sha256: str
+    facts: Mapping[str, object]
+    checks: tuple[Mapping[str, object], ...]
+    ok: bool
+
+
 RECORD_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
     for cls in (
@@ -853,6 +891,7 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         OwnerKeysEntry,
         PolicyEntry,
         ErrorEntry,
+        ControlPlaneEntry,
     )
 }
 """Entry type name → record class."""
