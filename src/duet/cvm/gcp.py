@@ -501,6 +501,26 @@ class GcpProvider:
         launch["restarted"] = restarted
         return Provisioned(instance_id=str(inst.id), host=address, port=22, user=lay.user, launch=launch)
 
+    def _inspect_sync(self, cvm_id: str) -> dict[str, Any]:
+        """The instance and every firewall rule that applies to it, as GCE holds them now,
+        reduced to the facts `duet.ledger.control_plane` judges, with a digest of all of it."""
+        from google.cloud import compute_v1
+
+        from duet.ledger import control_plane
+
+        lay = self._configured(cvm_id)
+        inst = self._read(lay)
+        if inst is None:
+            raise CvmNotFound(f"gcp: instance {lay.instance} is gone")
+        instance = json.loads(compute_v1.Instance.to_json(inst, use_integers_for_enums=False))
+        firewalls = [json.loads(compute_v1.Firewall.to_json(fw, use_integers_for_enums=False))
+                     for fw in self._sdk()["firewalls"].list(project=lay.project)]
+        facts = control_plane.gcp_facts(instance, firewalls, cidr_of(self.controller_cidr) or "")
+        return {"facts": facts, "model_sha256": control_plane.model_digest(instance, firewalls)}
+
+    async def inspect(self, cvm_id: str) -> dict[str, Any]:
+        return await run_sync("gcp", self._inspect_sync, cvm_id)
+
     def _delete_sync(self, cvm_id: str) -> None:
         lay = self._configured(cvm_id)
         problems = self._destroy(lay, self._all_items(lay), time.monotonic() + max(900.0, self.create_timeout_s))

@@ -10,7 +10,8 @@ as it judges lockdown facts. The judges are pure and live here, in the ledger pa
 because `duet verify` runs them again on the logged facts: a log judged by an older, weaker
 judge then fails.
 
-Only Azure is judged today; a provider without judges has no `control_plane` entries.
+Azure and Google Cloud are judged; a provider without judges (qemu, local) has no
+`control_plane` entries.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ AZURE_CHECKS = (
     "no_extensions",
     "no_password_login",
     "boot_diagnostics_off",
+    "ssh_only_from_controller",
+)
+
+GCP_CHECKS = (
+    "confidential_vm",
+    "shielded_vm",
+    "no_os_login",
+    "project_keys_blocked",
+    "serial_console_off",
+    "no_service_account",
     "ssh_only_from_controller",
 )
 
@@ -127,7 +138,82 @@ def _azure(f: Mapping[str, Any]) -> list[Verdict]:
     ]
 
 
-JUDGES: dict[str, Callable[[Mapping[str, Any]], list[Verdict]]] = {"azure": _azure}
+def gcp_facts(instance: Mapping[str, Any], firewalls: Sequence[Mapping[str, Any]],
+              controller_cidr: str) -> dict[str, Any]:
+    """The security-relevant fields of a GCE instance (REST JSON) and of every firewall
+    rule that applies to it (no target tags, or one of the instance's tags) (pure)."""
+    meta = {str(i.get("key")): str(i.get("value")) for i in _get(instance, "metadata", "items") or []
+            if isinstance(i, Mapping)}
+    tags = set(_get(instance, "tags", "items") or [])
+    rules = []
+    for fw in firewalls:
+        targets = set(fw.get("targetTags") or [])
+        if fw.get("disabled") or fw.get("direction", "INGRESS") != "INGRESS" or (targets and not targets & tags):
+            continue
+        rules.append({"name": fw.get("name"), "priority": fw.get("priority", 1000),
+                      "source_ranges": list(fw.get("sourceRanges") or []),
+                      "allowed": [{"protocol": a.get("IPProtocol"), "ports": list(a.get("ports") or [])}
+                                  for a in fw.get("allowed") or []],
+                      "denied": [{"protocol": d.get("IPProtocol"), "ports": list(d.get("ports") or [])}
+                                 for d in fw.get("denied") or []]})
+    shielded = _get(instance, "shieldedInstanceConfig") or {}
+    keys = [line for line in meta.get("ssh-keys", "").splitlines() if line.strip()]
+    return {
+        "provider": "gcp",
+        "judge_version": JUDGE_VERSION,
+        "confidential_type": _get(instance, "confidentialInstanceConfig", "confidentialInstanceType"),
+        "secure_boot": shielded.get("enableSecureBoot"),
+        "vtpm": shielded.get("enableVtpm"),
+        "integrity_monitoring": shielded.get("enableIntegrityMonitoring"),
+        "metadata": {k: meta.get(k) for k in ("enable-oslogin", "block-project-ssh-keys", "serial-port-enable",
+                                              "serial-port-logging-enable", "enable-guest-attributes")},
+        "ssh_keys": len(keys),
+        "service_accounts": [str(_get(a, "email")) for a in instance.get("serviceAccounts") or []],
+        "firewall_rules": rules,
+        "controller_cidr": controller_cidr,
+    }
+
+
+def _is(value: object, word: str) -> bool:
+    return isinstance(value, str) and value.strip().upper() == word
+
+
+def _gcp_firewall(f: Mapping[str, Any]) -> Verdict:
+    cidr = str(f.get("controller_cidr"))
+    rules = [r for r in f.get("firewall_rules") or [] if isinstance(r, Mapping)]
+    bad = [str(r.get("name")) for r in rules for a in r.get("allowed") or []
+           if not (str(a.get("protocol")).lower() == "tcp" and a.get("ports") == ["22"]
+                   and r.get("source_ranges") == [cidr])]
+    deny_all = any(d.get("protocol") == "all" and not d.get("ports") and "0.0.0.0/0" in (r.get("source_ranges") or [])
+                   for r in rules for d in r.get("denied") or [])
+    if bad:
+        return "ssh_only_from_controller", False, f"firewall rules open more than SSH from {cidr}: {', '.join(bad)}"
+    if not deny_all:
+        return "ssh_only_from_controller", False, "no deny-all ingress rule applies to the instance"
+    return "ssh_only_from_controller", True, f"ingress: only TCP 22 from {cidr}, everything else denied"
+
+
+def _gcp(f: Mapping[str, Any]) -> list[Verdict]:
+    meta = f.get("metadata") if isinstance(f.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    return [
+        ("confidential_vm", f.get("confidential_type") in ("SEV_SNP", "TDX"),
+         f"confidential instance type {f.get('confidential_type')}"),
+        ("shielded_vm", all(f.get(k) is True for k in ("secure_boot", "vtpm", "integrity_monitoring")),
+         f"secure boot {f.get('secure_boot')}, vTPM {f.get('vtpm')}, integrity {f.get('integrity_monitoring')}"),
+        ("no_os_login", _is(meta.get("enable-oslogin"), "FALSE"), f"enable-oslogin is {meta.get('enable-oslogin')}"),
+        ("project_keys_blocked", _is(meta.get("block-project-ssh-keys"), "TRUE") and f.get("ssh_keys") == 1,
+         f"block-project-ssh-keys {meta.get('block-project-ssh-keys')}, {f.get('ssh_keys')} instance key(s)"),
+        ("serial_console_off", _is(meta.get("serial-port-enable"), "FALSE")
+         and not _is(meta.get("serial-port-logging-enable"), "TRUE"),
+         f"serial-port-enable {meta.get('serial-port-enable')}"),
+        ("no_service_account", not f.get("service_accounts"),
+         f"service accounts: {', '.join(f.get('service_accounts') or []) or 'none'}"),
+        _gcp_firewall(f),
+    ]
+
+
+JUDGES: dict[str, Callable[[Mapping[str, Any]], list[Verdict]]] = {"azure": _azure, "gcp": _gcp}
 
 
 def judge(facts: Mapping[str, Any]) -> list[Verdict]:
