@@ -16,8 +16,8 @@ from test_gcp import CVM, PREFIX, SPEC, gce, provider  # noqa: F401  (gce is a f
 from duet.ledger import control_plane
 
 
-def _meta(gce: FakeGce, key: str, value: str) -> None:
-    items = gce.instances[PREFIX]["metadata"]["items"]
+def _meta(fake: FakeGce, key: str, value: str) -> None:
+    items = fake.instances[PREFIX]["metadata"]["items"]
     items[:] = [i for i in items if i["key"] != key] + [{"key": key, "value": value}]
 
 
@@ -37,8 +37,8 @@ MUTATIONS: dict[str, tuple[Callable[[FakeGce], None], str]] = {
 }
 
 
-async def _inspected(gce: FakeGce, controller_key: str, create: bool) -> dict[str, Any]:
-    p = provider(gce, controller_cidr="198.51.100.10/32")
+async def _inspected(fake: FakeGce, controller_key: str, create: bool) -> dict[str, Any]:
+    p = provider(fake, controller_cidr="198.51.100.10/32")
     if create:
         await p.create(CVM, authorized_key=controller_key, spec=SPEC)
     return await p.inspect(CVM)
