@@ -6,6 +6,7 @@ same name, and is undone before the next. Slow: `make test-slow`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -85,7 +86,10 @@ async def test_lockdown_scenarios_against_a_debian_guest(tmp_path: Path) -> None
         return audit.decoded, audit
 
     async def run(cvm: str, command: str) -> dict[str, Any]:
+        """Run a command; its result with stdout/stderr decoded (the API sends base64)."""
         _, res = await ctl.submit(intent("cvm.run", {"command": command, "timeout_s": 300}, cvm))
+        for stream in ("stdout", "stderr"):
+            res[stream] = base64.b64decode(res[stream]).decode("utf-8", "replace")
         return res
 
     async def enter(cvm: str) -> str | None:
