@@ -119,9 +119,12 @@ class RemoteEvidence(Collector):
             az_collateral: dict[str, Any] = {"envelope_version": 1}
             if kind == cvm_kinds.CvmKind.AZURE_TDX:
                 td_quote = envelope.get("td_quote")
-                if self.tdx_collateral is None or not isinstance(td_quote, str):
+                if not isinstance(td_quote, str):
+                    raise CollectError("the Azure TDX guest returned no TD quote")
+                if self.tdx_collateral is None:
                     raise CollectError("an Azure TDX CVM's TD quote needs collateral (PCCS), none is configured")
-                az_collateral["tdx"] = self.tdx_collateral(base64.b64decode(td_quote))
+                raw_quote = base64.urlsafe_b64decode(td_quote + "=" * (-len(td_quote) % 4))
+                az_collateral["tdx"] = self.tdx_collateral(raw_quote)
             return {"evidence": base64.b64encode(json.dumps(envelope, sort_keys=True).encode()).decode(),
                     "collateral": az_collateral,
                     "binds": {"tpm_extra_data": "first 32 bytes of the report data"}}

@@ -117,10 +117,15 @@ def build_controller(
     if providers_file is not None:
         from duet.controller.evidence_remote import RemoteEvidence
         from duet.cvm.plan import make_provider
+        from duet.tee.gramine import pccs_collateral
 
         for name, config in _load_providers(providers_file).items():
             providers[name] = make_provider(name, config)
-            evidence[name] = RemoteEvidence(inspector=getattr(providers[name], "inspect", None))
+            # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral
+            # from the PCCS (or Intel's PCS); it decides availability only, the collateral is
+            # checked against Intel's root before use.
+            evidence[name] = RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL),
+                                            inspector=getattr(providers[name], "inspect", None))
     return Controller(
         data_dir,
         tee=backend,

@@ -92,8 +92,21 @@ echo "hcl_report: $(base64 -w0 "$t/hcl")"
 echo "tpm_message: $(base64 -w0 "$t/msg")"
 echo "tpm_signature: $(base64 -w0 "$t/sig")"
 echo "tpm_pcrs: $(base64 -w0 "$t/pcrs")"
-echo "vcek_json: $(curl -sf -m 10 -H Metadata:true http://169.254.169.254/metadata/THIM/amd/certification | base64 -w0)"
-echo "host_key: $(cut -d' ' -f1,2 {pub})"
+{hardware}echo "host_key: $(cut -d' ' -f1,2 {pub})"
+"""
+
+#: SEV-SNP: the VCEK chain from Azure's certificate service (THIM).
+AZURE_SNP_CERTS = """echo "vcek_json: $(curl -sf -m 10 -H Metadata:true http://169.254.169.254/metadata/THIM/amd/certification | base64 -w0)"
+"""  # noqa: E501 - the exact text older logs carry
+
+#: TDX: the HCL report carries a TDREPORT (1024 bytes after its 32-byte header), which only
+#: the platform's quoting service turns into a TD quote; Azure serves it on the instance
+#: metadata endpoint. The quote travels beside the HCL report and is verified with DCAP
+#: collateral (`evidence_remote`), its REPORTDATA tied to the HCL report's runtime claims.
+AZURE_TDX_QUOTE = """tdr=$(python3 -I -S -c 'import base64,sys;d=open(sys.argv[1],"rb").read()[32:32+1024];\
+print(base64.urlsafe_b64encode(d).decode().rstrip("="))' "$t/hcl")
+echo "td_quote_json: $(printf '{"report":"%s"}' "$tdr" | curl -sf -m 30 -H Content-Type:application/json \
+  -d @- http://169.254.169.254/acc/tdquote | base64 -w0)"
 """
 
 
@@ -102,8 +115,9 @@ def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HO
     rd = _REPORT_DATA.format(nonce=nonce.hex(), pub=pub)
     if kind in ("snp", "tdx"):
         script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST))
-    elif kind == "azure-snp":
-        script = AZURE_VTPM.format(report_data=rd, pub=pub)
+    elif kind in ("azure-snp", "azure-tdx"):
+        hardware = AZURE_SNP_CERTS if kind == "azure-snp" else AZURE_TDX_QUOTE
+        script = AZURE_VTPM.format(report_data=rd, pub=pub, hardware=hardware)
     else:
         raise ValueError(f"no evidence collection for TEE kind {kind!r}")
     quoted = script.replace("'", "'\"'\"'")
@@ -168,6 +182,12 @@ def azure_envelope(got: Collected) -> dict[str, object]:
         },
         "hcl_report": base64.urlsafe_b64encode(got.blobs["hcl_report"]).decode().rstrip("="),
     }
+    if got.blobs.get("td_quote_json"):
+        try:
+            reply = strictjson.loads_object(got.blobs["td_quote_json"], what="the TD quote service's reply")
+            envelope["td_quote"] = str(reply["quote"]).rstrip("=")
+        except (strictjson.JsonInputError, KeyError, TypeError):
+            raise CollectError("Azure's TD quote service returned no quote") from None
     if got.blobs.get("vcek_json"):
         try:
             thim = strictjson.loads_object(got.blobs["vcek_json"], what="the VCEK document")
