@@ -15,7 +15,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -325,11 +325,13 @@ def _create_state() -> dict[str, Any]:
     }
 
 
-class SimulatedSgx:
-    """A development SGX platform: quotes and collateral under a per-directory dev root.
+class DcapPlatform:
+    """What the simulated SGX and TDX platforms share: a state file made once per directory
+    (keys, the QE/PCK tail, the collateral) and the dev root written beside it as DER."""
 
-    Every quote it makes is SIMULATED. It verifies only with ``root_ca_der=self.root_ca_der``.
-    """
+    STATE_FILE: ClassVar[str] = STATE_FILE
+    ROOT_FILE: ClassVar[str] = ROOT_FILE
+    LABEL: ClassVar[str] = "SGX"
 
     def __init__(self, state: dict[str, Any], directory: Path) -> None:
         try:
@@ -340,20 +342,31 @@ class SimulatedSgx:
             self._collateral: dict[str, object] = dict(state["collateral"])
             self._state = state
         except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{directory / STATE_FILE} is not a simulated SGX state: {e}") from e
+            raise ValueError(f"{directory / self.STATE_FILE} is not a simulated {self.LABEL} state: {e}") from e
+
+    @staticmethod
+    def _new_state() -> dict[str, Any]:
+        return _create_state()
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> SimulatedSgx:
+    def load_or_create(cls, directory: Path) -> Self:
         directory = Path(directory)
-        path = directory / STATE_FILE
+        path = directory / cls.STATE_FILE
         state = read_state(path)
         if state is None:
-            state = write_state_once(path, _create_state())
+            state = write_state_once(path, cls._new_state())
         sim = cls(state, directory)
-        root_path = directory / ROOT_FILE
+        root_path = directory / cls.ROOT_FILE
         if not root_path.exists():
             write_public(root_path, sim.root_ca_der)
         return sim
+
+
+class SimulatedSgx(DcapPlatform):
+    """A development SGX platform: quotes and collateral under a per-directory dev root.
+
+    Every quote it makes is SIMULATED. It verifies only with ``root_ca_der=self.root_ca_der``.
+    """
 
     @property
     def root_ca_path(self) -> Path:

@@ -20,7 +20,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,7 +34,6 @@ from ._store import (
     key_pem,
     load_ec_key,
     read_state,
-    write_public,
     write_state_once,
 )
 from .sgx import (
@@ -46,6 +45,7 @@ from .sgx import (
     QE_AUTH_DATA,
     QE_MRSIGNER,
     TCB_EVAL_NUMBER,
+    DcapPlatform,
     _cert,
     _collateral,
     _crl,
@@ -220,34 +220,19 @@ def _fixed(name: str, value: bytes, n: int) -> bytes:
     return value
 
 
-class SimulatedTdx:
+class SimulatedTdx(DcapPlatform):
     """A development TDX platform: TD quotes and collateral under a per-directory dev root.
 
     Every quote it makes is SIMULATED. It verifies only with ``root_ca_der=self.root_ca_der``.
     """
 
-    def __init__(self, state: dict[str, Any], directory: Path) -> None:
-        try:
-            self.directory = directory
-            self.root_ca_der: bytes = bytes.fromhex(state["root_ca_der"])
-            self._ak = load_ec_key(state["attestation_key"])
-            self._tail = bytes.fromhex(state["signature_tail"])
-            self._collateral: dict[str, object] = dict(state["collateral"])
-            self._state = state
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{directory / STATE_FILE} is not a simulated TDX state: {e}") from e
+    STATE_FILE: ClassVar[str] = STATE_FILE
+    ROOT_FILE: ClassVar[str] = ROOT_FILE
+    LABEL: ClassVar[str] = "TDX"
 
-    @classmethod
-    def load_or_create(cls, directory: Path) -> SimulatedTdx:
-        directory = Path(directory)
-        path = directory / STATE_FILE
-        state = read_state(path)
-        if state is None:
-            state = write_state_once(path, _create_state())
-        sim = cls(state, directory)
-        if not (directory / ROOT_FILE).exists():
-            write_public(directory / ROOT_FILE, sim.root_ca_der)
-        return sim
+    @staticmethod
+    def _new_state() -> dict[str, Any]:
+        return _create_state()
 
     @property
     def root_ca_path(self) -> Path:
