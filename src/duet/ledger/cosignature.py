@@ -60,6 +60,22 @@ def vkey(name: str, public_key: Ed25519PublicKey) -> str:
     return f"{name}+{key_id(name, public_key):08x}+{encoded}"
 
 
+def _key_material(b64: str) -> bytes:
+    """The 32 key bytes of a ``base64(0x04 ‖ key)`` field (a vkey's public key, a skey's seed)."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise NoteError("witness key is not valid base64") from None
+    if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
+        raise NoteError("witness key is not a cosignature/v1 key (0x04 followed by 32 bytes)")
+    return raw[1:]
+
+
+def _check_hash(key_hash: int, hex_id: str) -> None:
+    if f"{key_hash:08x}" != hex_id:
+        raise NoteError(f"witness key hash {hex_id!r} does not match the key")
+
+
 @dataclass(frozen=True)
 class Cosigner:
     """A witness's signing key with its name."""
@@ -90,15 +106,8 @@ class Cosigner:
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("witness key file must hold PRIVATE+KEY+name+hash+key")
         _, _, name, hex_id, b64 = parts
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except ValueError:
-            raise NoteError("witness key is not valid base64") from None
-        if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
-            raise NoteError("witness key is not a cosignature/v1 key (0x04 followed by a 32-byte seed)")
-        signer = cls(name, Ed25519PrivateKey.from_private_bytes(raw[1:]))
-        if f"{signer.key_hash:08x}" != hex_id:
-            raise NoteError(f"witness key hash {hex_id!r} does not match the key")
+        signer = cls(name, Ed25519PrivateKey.from_private_bytes(_key_material(b64)))
+        _check_hash(signer.key_hash, hex_id)
         return signer
 
     def cosign(self, body: str, timestamp: int) -> NoteSignature:
@@ -125,15 +134,8 @@ class CosignatureVerifier:
             raise NoteError("witness key must have the form name+hash+key")
         name, hex_id, b64 = parts
         check_key_name(name)
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except ValueError:
-            raise NoteError("witness key is not valid base64") from None
-        if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
-            raise NoteError("witness key is not a cosignature/v1 key (0x04 followed by 32 bytes)")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(raw[1:]))
-        if f"{verifier.key_hash:08x}" != hex_id:
-            raise NoteError(f"witness key hash {hex_id!r} does not match the key")
+        verifier = cls(name, Ed25519PublicKey.from_public_bytes(_key_material(b64)))
+        _check_hash(verifier.key_hash, hex_id)
         return verifier
 
     def vkey(self) -> str:
