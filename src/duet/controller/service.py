@@ -52,6 +52,41 @@ log = logging.getLogger("duet.controller")
 
 VERSION = __version__
 DEFAULT_OUTPUT_CAP = 1 << 20
+#: The controller log's id in the ledger (CVM ids are 16 hex digits, so it cannot clash).
+CONTROLLER_LOG = "controller"
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One owner-key change in the controller log: the intent that authorised it (None
+    for the key set given at first start with `--owner-key`), the keys, and the
+    controller-log size once it was appended."""
+
+    jws: str | None
+    op: str
+    kid: str
+    keys: tuple[str, ...]
+    size: int
+
+
+def controller_log_keys(ledger: LedgerStore) -> list[KeyChange]:
+    """Every owner-key change the controller log holds, in order. The controller log is
+    small (claims and key changes), so it is read whole."""
+    if not ledger.has_log(CONTROLLER_LOG):
+        return []
+    size = ledger.tree_head(CONTROLLER_LOG).size
+    changes: list[KeyChange] = []
+    prev: dict[str, Any] | None = None
+    for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, 0, size) if size else []):
+        e = entries.decode(leaf)
+        if e["type"] == "owner_keys":
+            ks = tuple(sorted(str(k) for k in e["keys"]))  # type: ignore[attr-defined]
+            if prev is not None and prev["type"] == "intent" and prev["op"] == "owner.keys":
+                changes.append(KeyChange(str(prev["jws"]), str(prev["op"]), str(prev["kid"]), ks, i + 1))
+            else:
+                changes.append(KeyChange(None, "", "", ks, i + 1))
+        prev = e
+    return changes
 
 
 @dataclass(frozen=True)
@@ -177,12 +212,61 @@ class Controller:
         self._closing: set[asyncio.Future[None]] = set()
         self.replay = ReplayGuard()
         self._owner_key_cache: dict[str, Ed25519PublicKey] | None = None
+        #: Owner keys in force come from the controller log, never from the state file
+        #: (a cache the host can roll back on its own).
+        self._key_changes: list[KeyChange] = self._open_controller_log()
+        #: Per CVM: the controller-log size its log's owner keys are current with.
+        self._synced: dict[str, int] = {}
         #: Called with the seconds from a command's durable entry to its logged result.
         self.on_command: Callable[[float], None] | None = None
         #: Set once start-up recovery has finished (`/readyz`).
         self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+
+    def _open_controller_log(self) -> list[KeyChange]:
+        """Create the controller log on first start; derive the owner keys in force from
+        it. A data dir that predates the controller log (or a first start with
+        `--owner-key`) has its keys only in the state file: they become the log's first
+        key set, once. From then on the log decides and the state file follows it."""
+        if not self.ledger.has_log(CONTROLLER_LOG):
+            self.ledger.create_log(CONTROLLER_LOG)
+        changes = controller_log_keys(self.ledger)
+        cached = self.state.owner_keys()
+        if not changes and cached:
+            self._append_controller([entries.OwnerKeysEntry(keys=tuple(sorted(cached.values())))])
+            changes = controller_log_keys(self.ledger)
+        in_force = self._keys_of(changes)
+        if in_force != cached:
+            if cached:
+                log.warning("state file's owner keys disagree with the controller log; repaired from the log")
+            self.state.set_owner_keys(in_force)
+        return changes
+
+    @staticmethod
+    def _keys_of(changes: Sequence[KeyChange]) -> dict[str, str]:
+        if not changes:
+            return {}
+        return {keys.key_id(keys.public_from_b64(b)): b for b in changes[-1].keys}
+
+    def _append_controller(self, items: Sequence[entries.Entry]) -> int:
+        """Append to the controller log (one transaction); return the first index. No
+        await happens inside, so appends never interleave."""
+        now, host_time = self._entry_time(CONTROLLER_LOG)
+        clamped = {"host_time": host_time} if host_time else {}
+        leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
+        head = self.ledger.append(CONTROLLER_LOG, leaves)
+        self._last_time[CONTROLLER_LOG] = now
+        return head.size - len(leaves)
+
+    def controller_log_checkpoint(self) -> str:
+        head = self.ledger.tree_head(CONTROLLER_LOG)
+        cp = Checkpoint(origin=self.controller_origin, size=head.size, root_hash=head.root_hash)
+        return sign_checkpoint(cp, self.signer)
+
+    @property
+    def controller_origin(self) -> str:
+        return f"duet/{self.controller_id}/controller"
 
     def _fill_offer(self, rec: CvmRecord) -> None:
         """Records written before providers declared their offers: take the declaration
@@ -209,7 +293,7 @@ class Controller:
             "simulated": self.tee.simulated,
             "measurement": self.tee.measurement(),
             "version": VERSION,
-            "owner_keys": sorted(self.state.owner_keys().values()),
+            "owner_keys": sorted(self._keys_of(self._key_changes).values()),
             # The trusted clock's lower bound (tee/clock.py): how far back the host clock
             # can no longer take certificate and collateral checks.
             "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
@@ -414,12 +498,57 @@ class Controller:
         return claimed
 
     def _owner_keys(self) -> dict[str, Ed25519PublicKey]:
-        """Decoded once per change, not per request."""
+        """The keys of the controller log's newest key set (decoded once per change)."""
         if self._owner_key_cache is None:
             self._owner_key_cache = {
-                kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()
+                kid: keys.public_from_b64(b64) for kid, b64 in self._keys_of(self._key_changes).items()
             }
         return self._owner_key_cache
+
+    def _still_authorised(self, intent: Intent) -> None:
+        """Called right before an intent is logged (no await in between): a key revoked
+        while the intent waited for its CVM's lock authorises nothing."""
+        if intent.kid not in self._owner_keys():
+            raise UnknownKey(f"owner key {intent.kid[:16]}… was revoked before this intent could run")
+
+    def _sync_owner_keys(self, rec: CvmRecord) -> None:
+        """Bring this CVM's log up to the controller log's owner keys before it logs an
+        intent: each change not yet in it is copied (its intent verbatim and the new
+        keys), so the CVM log alone still tells which keys were in force. This happens
+        under the CVM's lock, when the CVM is next used: a rotation itself never waits
+        for a CVM (the controller log alone decides)."""
+        synced = self._synced.get(rec.id)
+        if synced is None:
+            synced = self._synced[rec.id] = self._last_synced(rec.id)
+        todo = [c for c in self._key_changes if c.size > synced and c.jws is not None]
+        if todo:
+            items: list[entries.Entry] = []
+            for c in todo:
+                assert c.jws is not None
+                items += [entries.IntentEntry(jws=c.jws, op=c.op, kid=c.kid, controller_log_size=c.size),
+                          entries.OwnerKeysEntry(keys=c.keys)]
+            self.append(rec, items)
+        if self._key_changes:
+            self._synced[rec.id] = max(synced, self._key_changes[-1].size)
+
+    def _last_synced(self, cvm_id: str) -> int:
+        """The newest controller-log size this CVM's log records (its last intent, or
+        genesis); 0 for a log written before the controller log existed (its owner
+        keys came from its own `owner_keys` entries, which the first key set copies).
+        Reads back only to the last intent."""
+        end = self.ledger.tree_head(cvm_id).size
+        while end > 0:
+            start = max(0, end - 64)
+            for leaf in reversed(self.ledger.leaves(cvm_id, start, end)):
+                e = entries.decode(leaf)
+                if e["type"] in ("intent", "genesis"):
+                    value = e.get("controller_log_size")
+                    if isinstance(value, int):
+                        return value
+                    if e["type"] == "genesis":
+                        return 0
+            end = start
+        return 0
 
     async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
         """Authenticate, then run the operation's handler as its registry record says
@@ -487,10 +616,18 @@ class Controller:
         log.warning("log %s: host clock %s is behind %s; entry time clamped", log_id, host, now)
         return now, host
 
-    def _intent_entry(self, intent: Intent) -> entries.IntentEntry:
-        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid)
+    def _intent_entry(self, rec: CvmRecord, intent: Intent) -> entries.IntentEntry:
+        """The intent's entry, built right before it is appended (no await in between):
+        the key must still be in force, the CVM's log gets the owner-key changes it
+        lacks first, and the entry records the controller-log size in force."""
+        self._still_authorised(intent)
+        self._sync_owner_keys(rec)
+        size = self.ledger.tree_head(CONTROLLER_LOG).size
+        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size)
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
+        self._still_authorised(intent)
+        self._sync_owner_keys(rec)
         index = self.append(
             rec,
             [entries.RejectedEntry(jws=intent.jws, op=intent.op, reason=exc.message, code=exc.code)],
@@ -604,6 +741,9 @@ class Controller:
         self.state.put_cvm(rec, export_private(client_key))
         self._records[cvm_id] = rec
         async with self._lock(cvm_id):
+            self._still_authorised(intent)
+            ctl = self.ledger.tree_head(CONTROLLER_LOG)
+            self._synced[cvm_id] = ctl.size
             self.append(
                 rec,
                 [
@@ -612,7 +752,7 @@ class Controller:
                         origin=self.origin(cvm_id),
                         controller_id=self.controller_id,
                         controller_key=keys.public_b64(self.public_key),
-                        owner_keys=tuple(sorted(self.state.owner_keys().values())),
+                        owner_keys=tuple(sorted(self._keys_of(self._key_changes).values())),
                         policy=policy.text,
                         policy_sha256=policy.sha256,
                         tee=tee,
@@ -621,8 +761,10 @@ class Controller:
                         host_data=host_data.hex(),
                         evidence_kind=offer.evidence_kind,
                         instance_binding=offer.binding.value,
+                        controller_log_size=ctl.size,
+                        controller_log_root=base64.b64encode(ctl.root_hash).decode(),
                     ),
-                    self._intent_entry(intent),
+                    self._intent_entry(rec, intent),
                 ],
             )
             await self._provision(rec, provider, client_key, host_data)
@@ -703,9 +845,11 @@ class Controller:
         conn = await self._connection(rec)
         items: list[entries.Entry] = []
         if intent is not None:
-            # The log is locked for this CVM, so the next index is known before appending.
+            # The log is locked for this CVM, so the next index is known before appending
+            # (after the owner-key changes the intent entry may bring in first).
+            intent_entry = self._intent_entry(rec, intent)
             intent_index = self.ledger.tree_head(rec.id).size
-            items.append(self._intent_entry(intent))
+            items.append(intent_entry)
         items.append(entries.CommandEntry(
             command=command, timeout_s=timeout, intent_index=intent_index, action=action,
             builtin=True if builtin else None, explicit_nulls=frozenset({"intent_index"}),
@@ -753,7 +897,7 @@ class Controller:
         if action.builtin is not None:
             collector = self._collector(rec)
             await self._connection(rec)
-            first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
+            first = self.append(rec, [self._intent_entry(rec, intent)]) if intent is not None else intent_index
             index = await collector.builtin(self.port(rec), action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
@@ -772,7 +916,7 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is {rec.mode}"))
         self._require_ready(rec)
         policy = self._policy(rec)
-        intent_index = self.append(rec, [self._intent_entry(intent)])
+        intent_index = self.append(rec, [self._intent_entry(rec, intent)])
         previous = rec.mode
         if target == Mode.IN_SERVICE:
             # The on-enter actions first, then lockdown, evidence and snapshot: what those
@@ -796,7 +940,7 @@ class Controller:
         return self.view(rec)
 
     async def delete(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
-        self.append(rec, [self._intent_entry(intent)])
+        self.append(rec, [self._intent_entry(rec, intent)])
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
             await conn.close()
@@ -817,26 +961,32 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
         self.append(
             rec,
-            [self._intent_entry(intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
+            [self._intent_entry(rec, intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
         )
         rec.policy = policy.text
         self._save(rec)
         return self.view(rec)
 
     async def set_owner_keys(self, intent: Intent) -> dict[str, Any]:
+        """One controller-log append decides, and the new keys are in force the moment it
+        returns: no CVM lock is taken (a command already running finishes under the key
+        that authorised it; anything logged later is checked against the new keys).
+        Nothing here awaits, so two rotations, or a rotation and a create, never
+        interleave."""
         new: dict[str, str] = {}
         for b64 in intent.args["keys"]:
             pub: Ed25519PublicKey = keys.public_from_b64(b64)
             new[keys.key_id(pub)] = keys.public_b64(pub)
-        # Every live log records the change (with the intent that authorised it) before
-        # the new keys take effect, so each log alone tells which keys were in force.
-        for rec in self._records.values():
-            if rec.mode == Mode.DELETED:
-                continue
-            async with self._lock(rec.id):
-                self.append(
-                    rec, [self._intent_entry(intent), entries.OwnerKeysEntry(keys=tuple(sorted(new.values())))]
-                )
-        self.state.set_owner_keys(new)
+        if self._key_changes:
+            self._still_authorised(intent)
+        size = self.ledger.tree_head(CONTROLLER_LOG).size
+        ordered = tuple(sorted(new.values()))
+        self._append_controller([
+            entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size),
+            entries.OwnerKeysEntry(keys=ordered),
+        ])
+        self._key_changes.append(KeyChange(intent.jws, intent.op, intent.kid, ordered, size + 2))
         self._owner_key_cache = None
+        # The state file is a cache: a crash before this line is repaired at start-up.
+        self.state.set_owner_keys(new)
         return {"owner_keys": sorted(new.values())}
