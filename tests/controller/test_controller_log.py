@@ -263,3 +263,32 @@ def test_creates_and_rotations_do_not_interleave(controller: ControllerProc) -> 
         assert sorted(g["owner_keys"]) == _keys_at(ctl, size)
         assert base64.b64decode(g["controller_log_root"]) == merkle.root(
             [merkle.leaf_hash(entries.encode(e)) for e in ctl[:size]])
+
+
+def test_restoring_an_old_state_file_does_not_bring_back_an_old_policy(controller: ControllerProc) -> None:
+    """The host restores a state.sqlite from before a policy change that is no longer the
+    log's last entry: the record is replayed from the log, so the policy in force is the
+    logged one and a command it forbids does not run."""
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    controller.kill(signal.SIGTERM)
+    saved = controller.data.parent / "state-before-policy"
+    saved.mkdir()
+    for f in controller.data.glob("state.sqlite*"):
+        shutil.copy2(f, saved / f.name)
+    controller.start()
+    owner = controller.owner()
+    owner.set_policy(cvm, "commands:\n  in-update: ['echo [a-z]+']\nactions: {}\n")
+    assert owner.run(cvm, "echo fine", timeout_s=30)["exit_status"] == 0  # the policy is no longer last
+    controller.kill(signal.SIGTERM)
+    for f in controller.data.glob("state.sqlite*"):
+        f.unlink()
+    for f in saved.iterdir():
+        shutil.copy2(f, controller.data / f.name)
+    controller.start()
+    with pytest.raises(ClientError) as info:
+        controller.owner().run(cvm, "touch forbidden", timeout_s=30)
+    assert info.value.code == "forbidden_by_policy"
+    assert not any(e["type"] == "command" and "forbidden" in e["command"] for e in _cvm_log(controller, cvm))
+    with controller.http() as http:
+        assert http.get_json(f"/v1/cvms/{cvm}")["mode"] == "in-update"

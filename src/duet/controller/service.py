@@ -406,13 +406,14 @@ class Controller:
         """Close what a crash left open, then bring local CVMs' servers back.
 
         Commands on a CVM are serialised, so a command cut short by a crash is always the
-        last entry of its log: recovery is O(1) per log, not a scan.
+        last entry of its log: closing it is O(1) per log. Each record is replayed from the
+        log size it was saved at (`_reconcile`), so the cost is the growth since.
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
-            self._reconcile(rec, last)
+            self._reconcile(rec)
             if rec.mode == Mode.DELETED:
                 continue
             if last is not None and last["type"] == "command":
@@ -438,26 +439,45 @@ class Controller:
                     rec.port = prov.port
                     self._save(rec)
 
-    def _reconcile(self, rec: CvmRecord, last: dict[str, Any] | None) -> None:
-        """The log is the truth; the record is a cache of it. Every change of mode, policy
-        or deletion appends its entry and saves the record with no await in between, so a
-        crash can leave the record stale only behind the log's *last* entry. (A lost
-        quarantine or lost-CVM status needs no repair: the next connection finds the same
-        host key mismatch, or the same missing CVM, again.)"""
-        if last is None:
+    def _reconcile(self, rec: CvmRecord) -> None:
+        """The log is the truth; the record is a cache of it. The record remembers the log
+        size it was saved at; every entry since then is replayed onto it (mode, epoch,
+        policy, deletion, loss, quarantine). A crash leaves the record behind the log by
+        at most its last entry; a host that restores an older state file (a sealed file
+        can be rolled back alone) leaves it further behind, and the replay catches up all
+        the same. The cost is the log's growth since the last save, not its length."""
+        size = self.ledger.tree_head(rec.id).size
+        start = min(rec.log_size, size)
+        if start >= size:
             return
-        if last["type"] == "mode":
-            mode, epoch = str(last["mode"]), int(str(last.get("epoch", rec.epoch)))
-            if (mode, epoch) == (rec.mode, rec.epoch):
-                return
-            rec.mode, rec.epoch = mode, epoch
-        elif last["type"] == "deleted" and rec.mode != Mode.DELETED:
-            rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
-        elif last["type"] == "policy" and last["policy"] != rec.policy:
-            rec.policy = str(last["policy"])
-        else:
-            return
-        log.warning("cvm %s: record repaired from the log (mode %s)", rec.id, rec.mode)
+        before = (rec.mode, rec.epoch, rec.policy, rec.status)
+        pos = start
+        while pos < size:
+            end = min(size, pos + 256)
+            for leaf in self.ledger.leaves(rec.id, pos, end):
+                e = entries.decode(leaf)
+                t = e["type"]
+                if t == "genesis":
+                    rec.policy = str(e["policy"])
+                elif t == "mode":
+                    rec.mode = str(e["mode"])
+                    epoch = e.get("epoch")
+                    if isinstance(epoch, int):
+                        rec.epoch = epoch
+                    if e["previous"] == Mode.PROVISIONING and rec.status == Status.PROVISIONING:
+                        rec.status = Status.READY.value
+                elif t == "policy":
+                    rec.policy = str(e["policy"])
+                elif t == "deleted":
+                    rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
+                elif t == "error" and e["code"] == "cvm_lost" and rec.status != Status.DELETED:
+                    rec.status, rec.reason = Status.LOST.value, str(e["message"])
+                elif t == "error" and e["code"] == "host_key_mismatch" and rec.status != Status.DELETED:
+                    rec.status, rec.reason = Status.QUARANTINED.value, str(e["message"])
+            pos = end
+        if (rec.mode, rec.epoch, rec.policy, rec.status) != before:
+            log.warning("cvm %s: record was %d entries behind its log; repaired from the log (mode %s)",
+                        rec.id, size - start, rec.mode)
         self._save(rec)
 
     async def shutdown(self) -> None:
@@ -636,6 +656,7 @@ class Controller:
         return exc
 
     def _save(self, rec: CvmRecord) -> None:
+        rec.log_size = self.ledger.tree_head(rec.id).size
         self.state.put_cvm(rec)
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
