@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,3 +293,58 @@ def test_restoring_an_old_state_file_does_not_bring_back_an_old_policy(controlle
     assert not any(e["type"] == "command" and "forbidden" in e["command"] for e in _cvm_log(controller, cvm))
     with controller.http() as http:
         assert http.get_json(f"/v1/cvms/{cvm}")["mode"] == "in-update"
+
+
+def test_no_intent_runs_twice_with_the_clock_moved_across_restarts(  # type: ignore[no-untyped-def]
+    controller_factory, tmp_path: Path,
+) -> None:
+    """The host moves the controller's clock forward (the in-memory guard forgets, and
+    a restart seeds it only from recent-looking entries), restarts it, then moves the
+    clock back so the captured intent's iat is fresh again: the durable nonce table,
+    which expires by ledger growth and not by the clock alone, still refuses it."""
+    from test_clock import _preload, _stop
+
+    c: ControllerProc = controller_factory()
+    stamp = tmp_path / "faketime"
+    stamp.write_text("+0s\n")
+    c.env = {"LD_PRELOAD": _preload(c.data.parent), "FAKETIME_TIMESTAMP_FILE": str(stamp),
+             "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+    c.start()
+    owner = c.owner()
+    cvm = owner.create("local")["id"]
+    captured = owner.sign("cvm.run", {"command": "echo captured"}, cvm)
+
+    def post(jws: str) -> Any:
+        try:
+            with c.http() as http:
+                return http.post_json("/v1/intents", {"jws": jws})
+        except ClientError as exc:
+            return exc
+
+    def runs() -> int:
+        return sum(e["type"] == "command" and e["command"] == "echo captured" for e in _cvm_log(c, cvm))
+
+    assert post(captured)["exit_status"] == 0
+    forward = 3 * 86400
+    stamp.write_text(f"+{forward}s\n")
+    # An intent dated by the moved clock: the in-memory guard prunes by that time.
+    fresh = sign_intent_at(owner, cvm, "true", time.time() + forward)
+    assert post(fresh)["exit_status"] == 0
+    _stop(c)
+    c.start()  # still three days ahead: start-up seeding skips the "old" intent
+    assert isinstance(post(captured), ClientError)  # its iat is stale by this clock
+    stamp.write_text("+0s\n")  # and back, without a restart
+    got = post(captured)
+    assert isinstance(got, ClientError) and got.code == "replayed_intent", got
+    _stop(c)
+    c.start()  # and after one more restart at the true time
+    got = post(captured)
+    assert isinstance(got, ClientError) and got.code == "replayed_intent", got
+    assert runs() == 1
+
+
+def sign_intent_at(owner: OwnerClient, cvm: str, command: str, iat: float) -> str:
+    from duet.ledger.intent import sign_intent
+
+    return sign_intent(owner.key, op="cvm.run", aud=owner.controller_id, args={"command": command}, cvm=cvm,
+                       iat=int(iat))

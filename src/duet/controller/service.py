@@ -32,7 +32,7 @@ from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, EvidenceCollector
-from duet.controller.replay import ReplayGuard
+from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
@@ -52,6 +52,9 @@ log = logging.getLogger("duet.controller")
 
 VERSION = __version__
 DEFAULT_OUTPUT_CAP = 1 << 20
+#: A logged intent's nonce is remembered until the ledger has grown by this many leaves
+#: (and its iat has left the window): far more than any clock skew lets pass.
+NONCE_GROWTH = 100_000
 #: The controller log's id in the ledger (CVM ids are 16 hex digits, so it cannot clash).
 CONTROLLER_LOG = "controller"
 
@@ -217,6 +220,8 @@ class Controller:
         self._key_changes: list[KeyChange] = self._open_controller_log()
         #: Per CVM: the controller-log size its log's owner keys are current with.
         self._synced: dict[str, int] = {}
+        #: (nonce, iat) of intents about to be logged, by JWS (see `_logging`).
+        self._pending_nonces: dict[str, tuple[str, int]] = {}
         #: Called with the seconds from a command's durable entry to its logged result.
         self.on_command: Callable[[float], None] | None = None
         #: Set once start-up recovery has finished (`/readyz`).
@@ -255,7 +260,8 @@ class Controller:
         now, host_time = self._entry_time(CONTROLLER_LOG)
         clamped = {"host_time": host_time} if host_time else {}
         leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
-        head = self.ledger.append(CONTROLLER_LOG, leaves)
+        nonces = self._nonces_of(items)
+        head = self.ledger.append(CONTROLLER_LOG, leaves, nonces=nonces, forget=self._forget() if nonces else None)
         self._last_time[CONTROLLER_LOG] = now
         return head.size - len(leaves)
 
@@ -500,9 +506,37 @@ class Controller:
             owner_keys = self._claim_keys(intent)
         verify_signature(intent, owner_keys)
         check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
+        self._check_nonce(intent)
         if not self.replay.claim(intent.nonce, intent.iat, int(time.time())):
             raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
         return intent
+
+    def _check_nonce(self, intent: Intent) -> None:
+        """The durable guard: the ledger remembers the nonce of every logged intent, in
+        the same transaction as its entry, until the ledger has grown by NONCE_GROWTH
+        leaves *and* its iat is older than the window by the trusted clock. A clock the
+        host moves forward (or back, across restarts) forgets nothing."""
+        if self.ledger.nonce_seen(intent.nonce):
+            raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
+
+    def _logging(self, intent: Intent) -> None:
+        """An intent is about to be logged (no await until its append): check its nonce
+        once more (a twin may have been logged while it waited for the lock) and hand
+        the nonce to the append that logs it."""
+        self._check_nonce(intent)
+        self._pending_nonces[intent.jws] = (intent.nonce, intent.iat)
+
+    def _nonces_of(self, items: Sequence[entries.Entry]) -> list[tuple[str, int]]:
+        out = []
+        for item in items:
+            if isinstance(item, entries.IntentEntry | entries.RejectedEntry) and item.jws is not None:
+                got = self._pending_nonces.pop(item.jws, None)
+                if got is not None:
+                    out.append(got)
+        return out
+
+    def _forget(self) -> tuple[int, int]:
+        return NONCE_GROWTH, int(self.clock.now().timestamp()) - KEEP_S
 
     @staticmethod
     def _claim_keys(intent: Intent) -> dict[str, Ed25519PublicKey]:
@@ -614,7 +648,8 @@ class Controller:
         now, host_time = self._entry_time(rec.id)
         clamped = {"host_time": host_time} if host_time else {}
         leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
-        head = self.ledger.append(rec.id, leaves)
+        nonces = self._nonces_of(items)
+        head = self.ledger.append(rec.id, leaves, nonces=nonces, forget=self._forget() if nonces else None)
         self._last_time[rec.id] = now
         return head.size - len(leaves)
 
@@ -642,12 +677,14 @@ class Controller:
         lacks first, and the entry records the controller-log size in force."""
         self._still_authorised(intent)
         self._sync_owner_keys(rec)
+        self._logging(intent)
         size = self.ledger.tree_head(CONTROLLER_LOG).size
         return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size)
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
         self._still_authorised(intent)
         self._sync_owner_keys(rec)
+        self._logging(intent)
         index = self.append(
             rec,
             [entries.RejectedEntry(jws=intent.jws, op=intent.op, reason=exc.message, code=exc.code)],
@@ -1000,6 +1037,7 @@ class Controller:
             new[keys.key_id(pub)] = keys.public_b64(pub)
         if self._key_changes:
             self._still_authorised(intent)
+        self._logging(intent)
         size = self.ledger.tree_head(CONTROLLER_LOG).size
         ordered = tuple(sorted(new.values()))
         self._append_controller([
