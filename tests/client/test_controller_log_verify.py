@@ -116,7 +116,8 @@ def test_controller_log_rules() -> None:
     assert all(c.ok for c in checks), checks
     assert ctl.keys_at(1) == [keys.key_id(a.public_key())] and ctl.keys_at(3) == [keys.key_id(b.public_key())]
     # A key change signed by a stranger, and one with no intent at all, fail.
-    forged = [*honest[:1], _intent(stranger, "owner.keys", {"keys": [keys.public_b64(stranger.public_key())]}), _keys_entry(stranger)]
+    claim = _intent(stranger, "owner.keys", {"keys": [keys.public_b64(stranger.public_key())]})
+    forged = [*honest[:1], claim, _keys_entry(stranger)]
     checks, _ = controller_log_checks([entries.encode(e) for e in forged], controller_id=CID, expect=None)
     assert not checks[0].ok
     bare = [*honest[:1], _keys_entry(stranger)]
