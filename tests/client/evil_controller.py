@@ -37,6 +37,8 @@ class Recorded:
     leaves: list[bytes]
     #: Indices that mark interesting prefixes of the log (see the fixture).
     marks: dict[str, int] = field(default_factory=dict)
+    #: The controller log (owner keys), served under /v1/controller/log/.
+    controller_leaves: list[bytes] = field(default_factory=list)
 
     def controller_key(self) -> keys.Ed25519PrivateKey:
         state = StateStore(self.data / "state.sqlite")
@@ -55,9 +57,11 @@ def read_recorded(data: Path, cvm: str, owner_key: keys.Ed25519PrivateKey) -> Re
     store = LedgerStore(data / "ledger.sqlite")
     try:
         leaves = store.leaves(cvm, 0, store.tree_head(cvm).size)
+        ctl = store.leaves("controller", 0, store.tree_head("controller").size) if store.has_log("controller") \
+            else []
     finally:
         store.close()
-    return Recorded(data, cvm, owner_key, leaves)
+    return Recorded(data, cvm, owner_key, leaves, controller_leaves=ctl)
 
 
 class EvilController:
@@ -69,7 +73,7 @@ class EvilController:
         self.key = key or rec.controller_key()
         self.cid = keys.key_id(self.key.public_key())
         self.tee = SimulatedTee(rec.data / "tee")
-        self.logs: dict[str, list[bytes]] = {rec.cvm: list(rec.leaves)}
+        self.logs: dict[str, list[bytes]] = {rec.cvm: list(rec.leaves), "controller": list(rec.controller_leaves)}
         #: size to claim in the checkpoint (None: the real size)
         self.claimed_size: int | None = None
         #: extra lines appended to the checkpoint note (signature padding)
@@ -110,6 +114,8 @@ class EvilController:
             if path.endswith(prefix):
                 return hook(request)
         parts = path.strip("/").split("/")
+        if parts[:3] == ["v1", "controller", "log"]:  # served like a CVM log named "controller"
+            parts = ["v1", "cvms", "controller", *parts[3:]]
         if path == "/v1/controller":
             return httpx.Response(200, json=self.info())
         if path == "/v1/controller/quote":

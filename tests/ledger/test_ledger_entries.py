@@ -57,6 +57,8 @@ BODIES: dict[str, dict[str, Any]] = {
         "host_data": "11" * 32,
         "evidence_kind": "snp",
         "instance_binding": "host_data",
+        "controller_log_size": 2,
+        "controller_log_root": base64.b64encode(bytes(32)).decode(),
     },
     "provisioned": {
         "instance_id": "i-123",
@@ -87,7 +89,7 @@ BODIES: dict[str, dict[str, Any]] = {
         "purpose": "attest",
         "command_index": 7,
     },
-    "intent": {"jws": "eyJ.eyJ.sig", "op": "cvm.run", "kid": SHA},
+    "intent": {"jws": "eyJ.eyJ.sig", "op": "cvm.run", "kid": SHA, "controller_log_size": 2},
     "mode": {"mode": "in-update", "previous": "provisioning", "epoch": 0},
     "command": {"command": "uname -a", "intent_index": 4, "action": "health", "timeout_s": 2.5, "builtin": False},
     "result": {
@@ -158,6 +160,8 @@ KINDS: dict[tuple[str, str], str] = {
             "host_data": "hex",
             "evidence_kind": "str",
             "instance_binding": "str",
+            "controller_log_size": "index",
+            "controller_log_root": "b64",
         }.items()
     },
     **{
@@ -196,6 +200,7 @@ KINDS: dict[tuple[str, str], str] = {
     ("intent", "jws"): "str",
     ("intent", "op"): "str",
     ("intent", "kid"): "sha256",
+    ("intent", "controller_log_size"): "index",
     ("mode", "mode"): "str",
     ("mode", "previous"): "str",
     ("mode", "epoch"): "index",
@@ -243,6 +248,9 @@ OPTIONAL = {
     ("genesis", "host_data"),
     ("genesis", "evidence_kind"),
     ("genesis", "instance_binding"),
+    ("genesis", "controller_log_size"),
+    ("genesis", "controller_log_root"),
+    ("intent", "controller_log_size"),
     ("provisioned", "client_key"),
     ("lockdown", "purpose"),
     ("lockdown", "where"),

@@ -455,6 +455,8 @@ def verify(
     max_entries: int = typer.Option(1_000_000, "--max-entries", min=1, help="Largest log to download."),
     budget: float = typer.Option(900.0, "--budget", min=1.0, help="Seconds the whole verification may take."),
     max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
+    controller_log: bool = typer.Option(
+        False, "--controller-log", help="Verify the controller (quote) and its own log (owner keys) alone."),
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -484,6 +486,16 @@ def verify(
         finally:
             if isinstance(source, TileSource):
                 source.close()
+    elif controller_log:
+        from duet.client.verify import verify_controller_log
+
+        if cvm is not None:
+            fail("invalid_request", "--controller-log takes no CVM id", 2)
+        with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
+                  expect_controller=ctl.evidence() if ctl is not None else None) as http:
+            report = verify_controller_log(http, trust_simulated=trust_simulated, state_dir=state_dir,
+                                           expect=expectations)
+        audit = None
     else:
         if cvm is None:
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)

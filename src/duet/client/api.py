@@ -14,9 +14,17 @@ from urllib.parse import quote as urlquote
 from duet.client.errors import ClientError, LimitExceeded
 from duet.client.http import Http
 
+#: Stands for the controller log where a CVM id is expected ("@" is in no CVM id).
+CONTROLLER_LOG = "@controller"
+
 
 def _seg(cvm: str) -> str:
     return urlquote(cvm, safe="")
+
+
+def _log_path(cvm: str) -> str:
+    """The read routes of a CVM's log, or of the controller log."""
+    return "/v1/controller/log" if cvm == CONTROLLER_LOG else f"/v1/cvms/{_seg(cvm)}"
 
 
 def _bad(what: str) -> ClientError:
@@ -75,7 +83,9 @@ class ReadClient:
         """`shown`: the checkpoint we verified last; the controller refuses to serve a log
         older than it (a rolled-back enclave state) instead of answering."""
         headers = {"Duet-Checkpoint": base64.b64encode(shown.encode()).decode()} if shown else None
-        return self.http.get_text(f"/v1/cvms/{_seg(cvm)}/checkpoint", headers=headers)
+        if cvm == CONTROLLER_LOG:
+            headers = None  # the controller log's rollback is caught by the consistency check
+        return self.http.get_text(f"{_log_path(cvm)}/checkpoint", headers=headers)
 
     def leaves(self, cvm: str, size: int) -> list[bytes]:
         """Entries [0, size), page by page. The size is what the caller asked for (a
@@ -93,7 +103,7 @@ class ReadClient:
             if pages > max_pages:
                 raise LimitExceeded("pages", f"the controller split {size} entries into more than {max_pages} pages")
             start = len(leaves)
-            page = _obj(self.http.get_json(f"/v1/cvms/{_seg(cvm)}/entries", start=start, end=size), "a page")
+            page = _obj(self.http.get_json(f"{_log_path(cvm)}/entries", start=start, end=size), "a page")
             items = page.get("entries")
             if not isinstance(items, list):
                 raise _bad("a page has no entry list")
@@ -109,7 +119,7 @@ class ReadClient:
         return leaves
 
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]:
-        proof = _obj(self.http.get_json(f"/v1/cvms/{_seg(cvm)}/proofs/consistency", old=old, new=new),
+        proof = _obj(self.http.get_json(f"{_log_path(cvm)}/proofs/consistency", old=old, new=new),
                      "the consistency proof").get("hashes")
         if not isinstance(proof, list) or len(proof) > self.http.limits.max_proof_hashes:
             raise _bad("the consistency proof is not a short list of hashes")

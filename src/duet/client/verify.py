@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
-from duet.client.api import ReadClient
+from duet.client.api import CONTROLLER_LOG, ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
 from duet.client.config import controller_key_of_url, default_state_dir
+from duet.client.controller_log import ControllerLog, controller_log_checks, cvm_link_checks
 from duet.client.cvm_checks import (
     control_plane_checks,
     evidence_checks,
@@ -360,7 +361,69 @@ def verify(
     owner_result = owner_checks(audit.decoded, expect)
     report.owner_keys = owner_result.in_force
     report.checks.extend(owner_result.checks)
+    if source.live:
+        with memory.lock():
+            ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)
+        if ctl is not None:
+            report.checks.extend(cvm_link_checks(audit.decoded, ctl))
+    else:
+        report.warnings.append("the controller log is not part of a bundle or tile mirror: the owner keys in "
+                               "force were taken from the CVM log alone")
     return report, audit
+
+
+def check_controller_log(
+    source: Source, report: Report, memory: CheckpointMemory, cid: str, controller_key: Ed25519PublicKey,
+    remember: bool, expect: UserExpectations | None,
+) -> ControllerLog | None:
+    """The controller log, checked as a CVM log is (signature with the attested key, root,
+    consistency with the remembered checkpoint), then its owner-key history. Call with
+    the memory's lock held."""
+    sub = Report(CONTROLLER_LOG)
+    leaves = _verify_log(source, CONTROLLER_LOG, sub, memory, f"duet/{cid}/controller", cid, controller_key, remember)
+    for c in sub.checks:
+        report.add(f"controller_log_{c.name}", c.ok, c.detail, simulated=c.simulated)
+    if leaves is None:
+        return None
+    checks, ctl = controller_log_checks(leaves, controller_id=cid, expect=expect)
+    report.checks.extend(checks)
+    return ctl
+
+
+def verify_controller_log(
+    http: Http, *, trust_simulated: bool = False, state_dir: Path | None = None, now: datetime | None = None,
+    remember: bool = True, expect: UserExpectations | None = None,
+) -> Report:
+    """`duet verify --controller-log`: the controller's quote, then its own log alone."""
+    http.start_run()
+    source = LiveSource(http)
+    report = Report(CONTROLLER_LOG)
+    now = now or datetime.now(UTC)
+    memory = CheckpointMemory(state_dir or default_state_dir())
+    info = source.controller()
+    try:
+        pub_raw = base64.b64decode(info["public_key"], validate=True)
+        controller_key: Ed25519PublicKey = keys.public_from_b64(info["public_key"])
+    except (LedgerError, KeyError, ValueError, TypeError, binascii.Error):
+        report.add("controller_identity", False, "controller public key is malformed")
+        return report
+    cid = keys.key_id(controller_key)
+    if not report.add("controller_identity", cid == info.get("controller_id"),
+                      "controller id is the hash of its key" if cid == info.get("controller_id")
+                      else "controller id is not the hash of its key"):
+        return report
+    nonce, quote = source.quote(secrets.token_bytes(32))
+    ok, detail, claims = verify_controller_quote(
+        quote, controller_report_data(pub_raw, nonce), trust_simulated, now, expect.controller if expect else None)
+    report.controller = {"controller_id": cid, **claims}
+    report.add("controller_quote", ok, detail, simulated=quote.get("simulated") is True)
+    if not claims:
+        return report
+    with memory.lock():
+        ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)
+    if ctl is not None and ctl.changes:
+        report.owner_keys = ctl.changes[-1][1]
+    return report
 
 
 def _canonical_note(note: str, verifier: Verifier) -> tuple[str, int]:

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.limits import HeadLimit, RateLimiter
 from duet.controller.observe import Metrics, ObserveMiddleware
-from duet.controller.service import Controller
+from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.cvm.errors import CvmError
 from duet.ledger import strictjson, tiles
 from duet.ledger.errors import LedgerError, OutOfRange
@@ -254,10 +254,8 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     async def checkpoint(cvm_id: str) -> PlainTextResponse:
         return PlainTextResponse(controller.checkpoint(cvm_id), media_type="text/plain; charset=utf-8")
 
-    @app.get("/v1/cvms/{cvm_id}/entries")
-    async def get_entries(cvm_id: str, start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Any:
-        controller.record(cvm_id)
-        size = controller.ledger.tree_head(cvm_id).size
+    async def log_entries(log_id: str, start: int, end: int | None) -> Any:
+        size = controller.ledger.tree_head(log_id).size
         stop = size if end is None else end
         if start > size or stop < start:
             return error_response("out_of_range", f"range [{start}, {stop}) is outside the log of size {size}")
@@ -265,28 +263,57 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         # Read in a worker thread (SQLite and hashing are blocking), bounded in bytes: the
         # page ends early once MAX_PAGE_BYTES of base64 would be exceeded (always at least
         # one entry), and the client asks again from where it ended.
-        leaves = await run_in_threadpool(controller.ledger.leaves_page, cvm_id, start, stop, MAX_PAGE_BYTES * 3 // 4)
+        leaves = await run_in_threadpool(controller.ledger.leaves_page, log_id, start, stop, MAX_PAGE_BYTES * 3 // 4)
         return StreamingResponse(_entry_page(size, start, leaves), media_type="application/json")
 
-    @app.get("/v1/cvms/{cvm_id}/proofs/inclusion")
-    async def inclusion(cvm_id: str, index: int = Query(..., ge=0), tree_size: int = Query(..., ge=1)) -> Any:
-        controller.record(cvm_id)
-        size = controller.ledger.tree_head(cvm_id).size
+    def log_inclusion(log_id: str, index: int, tree_size: int) -> Any:
+        size = controller.ledger.tree_head(log_id).size
         if tree_size > size or index >= tree_size:
             return error_response(
                 "out_of_range", f"need index < tree_size <= {size}; got index {index}, tree_size {tree_size}"
             )
-        hashes = controller.ledger.inclusion_proof(cvm_id, index, tree_size)
+        hashes = controller.ledger.inclusion_proof(log_id, index, tree_size)
         return {"index": index, "tree_size": tree_size, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+
+    def log_consistency(log_id: str, old: int, new: int) -> Any:
+        size = controller.ledger.tree_head(log_id).size
+        if not old <= new <= size:
+            return error_response("out_of_range", f"need old <= new <= {size}; got old {old}, new {new}")
+        hashes = controller.ledger.consistency_proof(log_id, old, new)
+        return {"old": old, "new": new, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+
+    @app.get("/v1/cvms/{cvm_id}/entries")
+    async def get_entries(cvm_id: str, start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Any:
+        controller.record(cvm_id)
+        return await log_entries(cvm_id, start, end)
+
+    @app.get("/v1/cvms/{cvm_id}/proofs/inclusion")
+    async def inclusion(cvm_id: str, index: int = Query(..., ge=0), tree_size: int = Query(..., ge=1)) -> Any:
+        controller.record(cvm_id)
+        return log_inclusion(cvm_id, index, tree_size)
 
     @app.get("/v1/cvms/{cvm_id}/proofs/consistency")
     async def consistency(cvm_id: str, old: int = Query(..., ge=0), new: int = Query(..., ge=0)) -> Any:
         controller.record(cvm_id)
-        size = controller.ledger.tree_head(cvm_id).size
-        if not old <= new <= size:
-            return error_response("out_of_range", f"need old <= new <= {size}; got old {old}, new {new}")
-        hashes = controller.ledger.consistency_proof(cvm_id, old, new)
-        return {"old": old, "new": new, "hashes": [base64.b64encode(h).decode() for h in hashes]}
+        return log_consistency(cvm_id, old, new)
+
+    # The controller log (origin duet/<controller-id>/controller): claims and owner-key
+    # changes, read exactly as a CVM log is.
+    @app.get("/v1/controller/log/checkpoint", response_class=PlainTextResponse)
+    async def controller_log_checkpoint() -> PlainTextResponse:
+        return PlainTextResponse(controller.controller_log_checkpoint(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/controller/log/entries")
+    async def controller_log_entries(start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Any:
+        return await log_entries(CONTROLLER_LOG, start, end)
+
+    @app.get("/v1/controller/log/proofs/inclusion")
+    async def controller_log_inclusion(index: int = Query(..., ge=0), tree_size: int = Query(..., ge=1)) -> Any:
+        return log_inclusion(CONTROLLER_LOG, index, tree_size)
+
+    @app.get("/v1/controller/log/proofs/consistency")
+    async def controller_log_consistency(old: int = Query(..., ge=0), new: int = Query(..., ge=0)) -> Any:
+        return log_consistency(CONTROLLER_LOG, old, new)
 
     @app.get("/v1/cvms/{cvm_id}/tlog/checkpoint", response_class=PlainTextResponse)
     async def tlog_checkpoint(cvm_id: str) -> PlainTextResponse:

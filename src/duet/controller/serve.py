@@ -14,7 +14,7 @@ from pathlib import Path
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
 from duet.controller.observe import configure_logging
-from duet.controller.service import Controller
+from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
 from duet.cvm.provider import Provider
 from duet.ledger import keys
@@ -39,12 +39,16 @@ def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
     return keys.load_private_pem(pem, source="the sealed controller key")
 
 
-def _settle_owner_keys(state: StateStore, owner_key: Path | None) -> None:
+def _settle_owner_keys(state: StateStore, ledger: LedgerStore, owner_key: Path | None) -> None:
     """First start may set the owner key; later starts must match it (or omit it): the
     owner keys change only through a signed `owner.keys` intent. Without any (as in an
     enclave, whose argv is fixed in the measured manifest), the first self-signed
-    `owner.keys` intent claims the controller (`duet controller claim`)."""
-    stored = state.owner_keys()
+    `owner.keys` intent claims the controller (`duet controller claim`). The keys in
+    force are the controller log's; the state file is consulted only before the
+    controller log names any (it then seeds the log's first key set)."""
+    changes = controller_log_keys(ledger)
+    stored = ({keys.key_id(keys.public_from_b64(b)): b for b in changes[-1].keys} if changes
+              else state.owner_keys())
     if owner_key is None:
         if not stored:
             log.warning("no owner yet: the first self-signed owner.keys intent claims this controller")
@@ -100,9 +104,13 @@ def build_controller(
         parse_policy(policy_text)
     state = StateStore(data_dir / "state.sqlite")
     _attach_clock(clock, state)
-    _settle_owner_keys(state, owner_key)
     key = _load_or_create_key(state)
     ledger = LedgerStore(data_dir / "ledger.sqlite")
+    try:
+        _settle_owner_keys(state, ledger, owner_key)
+    except BaseException:
+        ledger.close()
+        raise
     from duet.attestation import SimulatedSnp
     from duet.attestation.simulated.tdx import SimulatedTdx
     from duet.controller.evidence_local import LocalEvidence

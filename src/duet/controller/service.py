@@ -32,7 +32,7 @@ from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, EvidenceCollector
-from duet.controller.replay import ReplayGuard
+from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
@@ -52,6 +52,44 @@ log = logging.getLogger("duet.controller")
 
 VERSION = __version__
 DEFAULT_OUTPUT_CAP = 1 << 20
+#: A logged intent's nonce is remembered until the ledger has grown by this many leaves
+#: (and its iat has left the window): far more than any clock skew lets pass.
+NONCE_GROWTH = 100_000
+#: The controller log's id in the ledger (CVM ids are 16 hex digits, so it cannot clash).
+CONTROLLER_LOG = "controller"
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One owner-key change in the controller log: the intent that authorised it (None
+    for the key set given at first start with `--owner-key`), the keys, and the
+    controller-log size once it was appended."""
+
+    jws: str | None
+    op: str
+    kid: str
+    keys: tuple[str, ...]
+    size: int
+
+
+def controller_log_keys(ledger: LedgerStore) -> list[KeyChange]:
+    """Every owner-key change the controller log holds, in order. The controller log is
+    small (claims and key changes), so it is read whole."""
+    if not ledger.has_log(CONTROLLER_LOG):
+        return []
+    size = ledger.tree_head(CONTROLLER_LOG).size
+    changes: list[KeyChange] = []
+    prev: dict[str, Any] | None = None
+    for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, 0, size) if size else []):
+        e = entries.decode(leaf)
+        if e["type"] == "owner_keys":
+            ks = tuple(sorted(str(k) for k in e["keys"]))  # type: ignore[attr-defined]
+            if prev is not None and prev["type"] == "intent" and prev["op"] == "owner.keys":
+                changes.append(KeyChange(str(prev["jws"]), str(prev["op"]), str(prev["kid"]), ks, i + 1))
+            else:
+                changes.append(KeyChange(None, "", "", ks, i + 1))
+        prev = e
+    return changes
 
 
 @dataclass(frozen=True)
@@ -177,12 +215,64 @@ class Controller:
         self._closing: set[asyncio.Future[None]] = set()
         self.replay = ReplayGuard()
         self._owner_key_cache: dict[str, Ed25519PublicKey] | None = None
+        #: Owner keys in force come from the controller log, never from the state file
+        #: (a cache the host can roll back on its own).
+        self._key_changes: list[KeyChange] = self._open_controller_log()
+        #: Per CVM: the controller-log size its log's owner keys are current with.
+        self._synced: dict[str, int] = {}
+        #: (nonce, iat) of intents about to be logged, by JWS (see `_logging`).
+        self._pending_nonces: dict[str, tuple[str, int]] = {}
         #: Called with the seconds from a command's durable entry to its logged result.
         self.on_command: Callable[[float], None] | None = None
         #: Set once start-up recovery has finished (`/readyz`).
         self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+
+    def _open_controller_log(self) -> list[KeyChange]:
+        """Create the controller log on first start; derive the owner keys in force from
+        it. A data dir that predates the controller log (or a first start with
+        `--owner-key`) has its keys only in the state file: they become the log's first
+        key set, once. From then on the log decides and the state file follows it."""
+        if not self.ledger.has_log(CONTROLLER_LOG):
+            self.ledger.create_log(CONTROLLER_LOG)
+        changes = controller_log_keys(self.ledger)
+        cached = self.state.owner_keys()
+        if not changes and cached:
+            self._append_controller([entries.OwnerKeysEntry(keys=tuple(sorted(cached.values())))])
+            changes = controller_log_keys(self.ledger)
+        in_force = self._keys_of(changes)
+        if in_force != cached:
+            if cached:
+                log.warning("state file's owner keys disagree with the controller log; repaired from the log")
+            self.state.set_owner_keys(in_force)
+        return changes
+
+    @staticmethod
+    def _keys_of(changes: Sequence[KeyChange]) -> dict[str, str]:
+        if not changes:
+            return {}
+        return {keys.key_id(keys.public_from_b64(b)): b for b in changes[-1].keys}
+
+    def _append_controller(self, items: Sequence[entries.Entry]) -> int:
+        """Append to the controller log (one transaction); return the first index. No
+        await happens inside, so appends never interleave."""
+        now, host_time = self._entry_time(CONTROLLER_LOG)
+        clamped = {"host_time": host_time} if host_time else {}
+        leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
+        nonces = self._nonces_of(items)
+        head = self.ledger.append(CONTROLLER_LOG, leaves, nonces=nonces, forget=self._forget() if nonces else None)
+        self._last_time[CONTROLLER_LOG] = now
+        return head.size - len(leaves)
+
+    def controller_log_checkpoint(self) -> str:
+        head = self.ledger.tree_head(CONTROLLER_LOG)
+        cp = Checkpoint(origin=self.controller_origin, size=head.size, root_hash=head.root_hash)
+        return sign_checkpoint(cp, self.signer)
+
+    @property
+    def controller_origin(self) -> str:
+        return f"duet/{self.controller_id}/controller"
 
     def _fill_offer(self, rec: CvmRecord) -> None:
         """Records written before providers declared their offers: take the declaration
@@ -209,7 +299,7 @@ class Controller:
             "simulated": self.tee.simulated,
             "measurement": self.tee.measurement(),
             "version": VERSION,
-            "owner_keys": sorted(self.state.owner_keys().values()),
+            "owner_keys": sorted(self._keys_of(self._key_changes).values()),
             # The trusted clock's lower bound (tee/clock.py): how far back the host clock
             # can no longer take certificate and collateral checks.
             "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
@@ -322,13 +412,14 @@ class Controller:
         """Close what a crash left open, then bring local CVMs' servers back.
 
         Commands on a CVM are serialised, so a command cut short by a crash is always the
-        last entry of its log: recovery is O(1) per log, not a scan.
+        last entry of its log: closing it is O(1) per log. Each record is replayed from the
+        log size it was saved at (`_reconcile`), so the cost is the growth since.
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
-            self._reconcile(rec, last)
+            self._reconcile(rec)
             if rec.mode == Mode.DELETED:
                 continue
             if last is not None and last["type"] == "command":
@@ -354,26 +445,45 @@ class Controller:
                     rec.port = prov.port
                     self._save(rec)
 
-    def _reconcile(self, rec: CvmRecord, last: dict[str, Any] | None) -> None:
-        """The log is the truth; the record is a cache of it. Every change of mode, policy
-        or deletion appends its entry and saves the record with no await in between, so a
-        crash can leave the record stale only behind the log's *last* entry. (A lost
-        quarantine or lost-CVM status needs no repair: the next connection finds the same
-        host key mismatch, or the same missing CVM, again.)"""
-        if last is None:
+    def _reconcile(self, rec: CvmRecord) -> None:
+        """The log is the truth; the record is a cache of it. The record remembers the log
+        size it was saved at; every entry since then is replayed onto it (mode, epoch,
+        policy, deletion, loss, quarantine). A crash leaves the record behind the log by
+        at most its last entry; a host that restores an older state file (a sealed file
+        can be rolled back alone) leaves it further behind, and the replay catches up all
+        the same. The cost is the log's growth since the last save, not its length."""
+        size = self.ledger.tree_head(rec.id).size
+        start = min(rec.log_size, size)
+        if start >= size:
             return
-        if last["type"] == "mode":
-            mode, epoch = str(last["mode"]), int(str(last.get("epoch", rec.epoch)))
-            if (mode, epoch) == (rec.mode, rec.epoch):
-                return
-            rec.mode, rec.epoch = mode, epoch
-        elif last["type"] == "deleted" and rec.mode != Mode.DELETED:
-            rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
-        elif last["type"] == "policy" and last["policy"] != rec.policy:
-            rec.policy = str(last["policy"])
-        else:
-            return
-        log.warning("cvm %s: record repaired from the log (mode %s)", rec.id, rec.mode)
+        before = (rec.mode, rec.epoch, rec.policy, rec.status)
+        pos = start
+        while pos < size:
+            end = min(size, pos + 256)
+            for leaf in self.ledger.leaves(rec.id, pos, end):
+                e = entries.decode(leaf)
+                t = e["type"]
+                if t == "genesis":
+                    rec.policy = str(e["policy"])
+                elif t == "mode":
+                    rec.mode = str(e["mode"])
+                    epoch = e.get("epoch")
+                    if isinstance(epoch, int):
+                        rec.epoch = epoch
+                    if e["previous"] == Mode.PROVISIONING and rec.status == Status.PROVISIONING:
+                        rec.status = Status.READY.value
+                elif t == "policy":
+                    rec.policy = str(e["policy"])
+                elif t == "deleted":
+                    rec.mode, rec.status = Mode.DELETED.value, Status.DELETED.value
+                elif t == "error" and e["code"] == "cvm_lost" and rec.status != Status.DELETED:
+                    rec.status, rec.reason = Status.LOST.value, str(e["message"])
+                elif t == "error" and e["code"] == "host_key_mismatch" and rec.status != Status.DELETED:
+                    rec.status, rec.reason = Status.QUARANTINED.value, str(e["message"])
+            pos = end
+        if (rec.mode, rec.epoch, rec.policy, rec.status) != before:
+            log.warning("cvm %s: record was %d entries behind its log; repaired from the log (mode %s)",
+                        rec.id, size - start, rec.mode)
         self._save(rec)
 
     async def shutdown(self) -> None:
@@ -396,9 +506,37 @@ class Controller:
             owner_keys = self._claim_keys(intent)
         verify_signature(intent, owner_keys)
         check_claims(intent, aud=self.controller_id, now=int(time.time()) if now is None else now)
+        self._check_nonce(intent)
         if not self.replay.claim(intent.nonce, intent.iat, int(time.time())):
             raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
         return intent
+
+    def _check_nonce(self, intent: Intent) -> None:
+        """The durable guard: the ledger remembers the nonce of every logged intent, in
+        the same transaction as its entry, until the ledger has grown by NONCE_GROWTH
+        leaves *and* its iat is older than the window by the trusted clock. A clock the
+        host moves forward (or back, across restarts) forgets nothing."""
+        if self.ledger.nonce_seen(intent.nonce):
+            raise errors.ReplayedIntent("this intent's nonce was used before (replay refused)")
+
+    def _logging(self, intent: Intent) -> None:
+        """An intent is about to be logged (no await until its append): check its nonce
+        once more (a twin may have been logged while it waited for the lock) and hand
+        the nonce to the append that logs it."""
+        self._check_nonce(intent)
+        self._pending_nonces[intent.jws] = (intent.nonce, intent.iat)
+
+    def _nonces_of(self, items: Sequence[entries.Entry]) -> list[tuple[str, int]]:
+        out = []
+        for item in items:
+            if isinstance(item, entries.IntentEntry | entries.RejectedEntry) and item.jws is not None:
+                got = self._pending_nonces.pop(item.jws, None)
+                if got is not None:
+                    out.append(got)
+        return out
+
+    def _forget(self) -> tuple[int, int]:
+        return NONCE_GROWTH, int(self.clock.now().timestamp()) - KEEP_S
 
     @staticmethod
     def _claim_keys(intent: Intent) -> dict[str, Ed25519PublicKey]:
@@ -414,12 +552,57 @@ class Controller:
         return claimed
 
     def _owner_keys(self) -> dict[str, Ed25519PublicKey]:
-        """Decoded once per change, not per request."""
+        """The keys of the controller log's newest key set (decoded once per change)."""
         if self._owner_key_cache is None:
             self._owner_key_cache = {
-                kid: keys.public_from_b64(b64) for kid, b64 in self.state.owner_keys().items()
+                kid: keys.public_from_b64(b64) for kid, b64 in self._keys_of(self._key_changes).items()
             }
         return self._owner_key_cache
+
+    def _still_authorised(self, intent: Intent) -> None:
+        """Called right before an intent is logged (no await in between): a key revoked
+        while the intent waited for its CVM's lock authorises nothing."""
+        if intent.kid not in self._owner_keys():
+            raise UnknownKey(f"owner key {intent.kid[:16]}… was revoked before this intent could run")
+
+    def _sync_owner_keys(self, rec: CvmRecord) -> None:
+        """Bring this CVM's log up to the controller log's owner keys before it logs an
+        intent: each change not yet in it is copied (its intent verbatim and the new
+        keys), so the CVM log alone still tells which keys were in force. This happens
+        under the CVM's lock, when the CVM is next used: a rotation itself never waits
+        for a CVM (the controller log alone decides)."""
+        synced = self._synced.get(rec.id)
+        if synced is None:
+            synced = self._synced[rec.id] = self._last_synced(rec.id)
+        todo = [c for c in self._key_changes if c.size > synced and c.jws is not None]
+        if todo:
+            items: list[entries.Entry] = []
+            for c in todo:
+                assert c.jws is not None
+                items += [entries.IntentEntry(jws=c.jws, op=c.op, kid=c.kid, controller_log_size=c.size),
+                          entries.OwnerKeysEntry(keys=c.keys)]
+            self.append(rec, items)
+        if self._key_changes:
+            self._synced[rec.id] = max(synced, self._key_changes[-1].size)
+
+    def _last_synced(self, cvm_id: str) -> int:
+        """The newest controller-log size this CVM's log records (its last intent, or
+        genesis); 0 for a log written before the controller log existed (its owner
+        keys came from its own `owner_keys` entries, which the first key set copies).
+        Reads back only to the last intent."""
+        end = self.ledger.tree_head(cvm_id).size
+        while end > 0:
+            start = max(0, end - 64)
+            for leaf in reversed(self.ledger.leaves(cvm_id, start, end)):
+                e = entries.decode(leaf)
+                if e["type"] in ("intent", "genesis"):
+                    value = e.get("controller_log_size")
+                    if isinstance(value, int):
+                        return value
+                    if e["type"] == "genesis":
+                        return 0
+            end = start
+        return 0
 
     async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
         """Authenticate, then run the operation's handler as its registry record says
@@ -465,7 +648,8 @@ class Controller:
         now, host_time = self._entry_time(rec.id)
         clamped = {"host_time": host_time} if host_time else {}
         leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
-        head = self.ledger.append(rec.id, leaves)
+        nonces = self._nonces_of(items)
+        head = self.ledger.append(rec.id, leaves, nonces=nonces, forget=self._forget() if nonces else None)
         self._last_time[rec.id] = now
         return head.size - len(leaves)
 
@@ -487,10 +671,20 @@ class Controller:
         log.warning("log %s: host clock %s is behind %s; entry time clamped", log_id, host, now)
         return now, host
 
-    def _intent_entry(self, intent: Intent) -> entries.IntentEntry:
-        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid)
+    def _intent_entry(self, rec: CvmRecord, intent: Intent) -> entries.IntentEntry:
+        """The intent's entry, built right before it is appended (no await in between):
+        the key must still be in force, the CVM's log gets the owner-key changes it
+        lacks first, and the entry records the controller-log size in force."""
+        self._still_authorised(intent)
+        self._sync_owner_keys(rec)
+        self._logging(intent)
+        size = self.ledger.tree_head(CONTROLLER_LOG).size
+        return entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size)
 
     def _reject(self, rec: CvmRecord, intent: Intent, exc: errors.DuetError) -> errors.DuetError:
+        self._still_authorised(intent)
+        self._sync_owner_keys(rec)
+        self._logging(intent)
         index = self.append(
             rec,
             [entries.RejectedEntry(jws=intent.jws, op=intent.op, reason=exc.message, code=exc.code)],
@@ -499,6 +693,7 @@ class Controller:
         return exc
 
     def _save(self, rec: CvmRecord) -> None:
+        rec.log_size = self.ledger.tree_head(rec.id).size
         self.state.put_cvm(rec)
 
     def _fail(self, rec: CvmRecord, code: str, message: str) -> None:
@@ -604,6 +799,9 @@ class Controller:
         self.state.put_cvm(rec, export_private(client_key))
         self._records[cvm_id] = rec
         async with self._lock(cvm_id):
+            self._still_authorised(intent)
+            ctl = self.ledger.tree_head(CONTROLLER_LOG)
+            self._synced[cvm_id] = ctl.size
             self.append(
                 rec,
                 [
@@ -612,7 +810,7 @@ class Controller:
                         origin=self.origin(cvm_id),
                         controller_id=self.controller_id,
                         controller_key=keys.public_b64(self.public_key),
-                        owner_keys=tuple(sorted(self.state.owner_keys().values())),
+                        owner_keys=tuple(sorted(self._keys_of(self._key_changes).values())),
                         policy=policy.text,
                         policy_sha256=policy.sha256,
                         tee=tee,
@@ -621,8 +819,10 @@ class Controller:
                         host_data=host_data.hex(),
                         evidence_kind=offer.evidence_kind,
                         instance_binding=offer.binding.value,
+                        controller_log_size=ctl.size,
+                        controller_log_root=base64.b64encode(ctl.root_hash).decode(),
                     ),
-                    self._intent_entry(intent),
+                    self._intent_entry(rec, intent),
                 ],
             )
             await self._provision(rec, provider, client_key, host_data)
@@ -703,9 +903,11 @@ class Controller:
         conn = await self._connection(rec)
         items: list[entries.Entry] = []
         if intent is not None:
-            # The log is locked for this CVM, so the next index is known before appending.
+            # The log is locked for this CVM, so the next index is known before appending
+            # (after the owner-key changes the intent entry may bring in first).
+            intent_entry = self._intent_entry(rec, intent)
             intent_index = self.ledger.tree_head(rec.id).size
-            items.append(self._intent_entry(intent))
+            items.append(intent_entry)
         items.append(entries.CommandEntry(
             command=command, timeout_s=timeout, intent_index=intent_index, action=action,
             builtin=True if builtin else None, explicit_nulls=frozenset({"intent_index"}),
@@ -753,7 +955,7 @@ class Controller:
         if action.builtin is not None:
             collector = self._collector(rec)
             await self._connection(rec)
-            first = self.append(rec, [self._intent_entry(intent)]) if intent is not None else intent_index
+            first = self.append(rec, [self._intent_entry(rec, intent)]) if intent is not None else intent_index
             index = await collector.builtin(self.port(rec), action.builtin, intent_index=first)
             return CommandOutcome(
                 cvm=rec.id, command_index=index, result_index=index, action=action.name,
@@ -772,7 +974,7 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidTransition(f"CVM is {rec.mode}"))
         self._require_ready(rec)
         policy = self._policy(rec)
-        intent_index = self.append(rec, [self._intent_entry(intent)])
+        intent_index = self.append(rec, [self._intent_entry(rec, intent)])
         previous = rec.mode
         if target == Mode.IN_SERVICE:
             # The on-enter actions first, then lockdown, evidence and snapshot: what those
@@ -796,7 +998,7 @@ class Controller:
         return self.view(rec)
 
     async def delete(self, rec: CvmRecord, intent: Intent) -> dict[str, Any]:
-        self.append(rec, [self._intent_entry(intent)])
+        self.append(rec, [self._intent_entry(rec, intent)])
         conn = self._conns.pop(rec.id, None)
         if conn is not None:
             await conn.close()
@@ -817,26 +1019,33 @@ class Controller:
             raise self._reject(rec, intent, errors.InvalidPolicy(str(exc))) from None
         self.append(
             rec,
-            [self._intent_entry(intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
+            [self._intent_entry(rec, intent), entries.PolicyEntry(policy=policy.text, policy_sha256=policy.sha256)],
         )
         rec.policy = policy.text
         self._save(rec)
         return self.view(rec)
 
     async def set_owner_keys(self, intent: Intent) -> dict[str, Any]:
+        """One controller-log append decides, and the new keys are in force the moment it
+        returns: no CVM lock is taken (a command already running finishes under the key
+        that authorised it; anything logged later is checked against the new keys).
+        Nothing here awaits, so two rotations, or a rotation and a create, never
+        interleave."""
         new: dict[str, str] = {}
         for b64 in intent.args["keys"]:
             pub: Ed25519PublicKey = keys.public_from_b64(b64)
             new[keys.key_id(pub)] = keys.public_b64(pub)
-        # Every live log records the change (with the intent that authorised it) before
-        # the new keys take effect, so each log alone tells which keys were in force.
-        for rec in self._records.values():
-            if rec.mode == Mode.DELETED:
-                continue
-            async with self._lock(rec.id):
-                self.append(
-                    rec, [self._intent_entry(intent), entries.OwnerKeysEntry(keys=tuple(sorted(new.values())))]
-                )
-        self.state.set_owner_keys(new)
+        if self._key_changes:
+            self._still_authorised(intent)
+        self._logging(intent)
+        size = self.ledger.tree_head(CONTROLLER_LOG).size
+        ordered = tuple(sorted(new.values()))
+        self._append_controller([
+            entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size),
+            entries.OwnerKeysEntry(keys=ordered),
+        ])
+        self._key_changes.append(KeyChange(intent.jws, intent.op, intent.kid, ordered, size + 2))
         self._owner_key_cache = None
+        # The state file is a cache: a crash before this line is repaired at start-up.
+        self.state.set_owner_keys(new)
         return {"owner_keys": sorted(new.values())}

@@ -69,6 +69,9 @@ class CvmRecord:
     #: records written before these fields existed (then `tee` is the evidence kind).
     evidence_kind: str | None = None
     instance_binding: str | None = None
+    #: The CVM log's size when this record was last saved: start-up replays the log from
+    #: here, so a record restored from an older state file is brought up to the log.
+    log_size: int = 0
 
     @property
     def kind(self) -> str:

@@ -261,6 +261,10 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("host_data", _k_hex, optional=True),
         _f("evidence_kind", _k_str, optional=True),
         _f("instance_binding", _k_str, optional=True),
+        # The controller log's head when the CVM was created (absent in logs written
+        # before the controller log existed).
+        _f("controller_log_size", _k_index, optional=True),
+        _f("controller_log_root", _k_b64, optional=True),
     ),
     "provisioned": (
         _f("instance_id", _k_str),
@@ -293,7 +297,14 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("purpose", _k_enum(EvidencePurpose), optional=True),
         _f("command_index", _k_index, optional=True),
     ),
-    "intent": (_f("jws", _k_str), _f("op", _k_str), _f("kid", _k_sha256)),
+    "intent": (
+        _f("jws", _k_str),
+        _f("op", _k_str),
+        _f("kid", _k_sha256),
+        # The controller-log size in force when the intent was accepted: the owner keys
+        # that authorised it are those of the controller log's prefix of that size.
+        _f("controller_log_size", _k_index, optional=True),
+    ),
     "mode": (_f("mode", _k_enum(Mode)), _f("previous", _k_enum(Mode)), _f("epoch", _k_index, optional=True)),
     "command": (
         _f("command", _k_str),
@@ -622,6 +633,8 @@ class GenesisEntry(Entry):
     host_data: str | None = None
     evidence_kind: str | None = None
     instance_binding: str | None = None
+    controller_log_size: int | None = None
+    controller_log_root: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -678,6 +691,7 @@ class IntentEntry(Entry):
     jws: str
     op: str
     kid: str
+    controller_log_size: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -119,7 +119,16 @@ CREATE TABLE IF NOT EXISTS nodes (
     hash  BLOB    NOT NULL,
     PRIMARY KEY (log, level, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce TEXT    PRIMARY KEY,
+    iat   INTEGER NOT NULL,
+    seq   INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+# `nonces` (added to schema version 1 with IF NOT EXISTS: older files gain it on open):
+# the replay guard's durable memory, written in the same transaction as the entry that
+# logs the intent (see `append`). `seq` is the total number of leaves in the store
+# after that transaction: nonces expire by the ledger's growth, never by a clock alone.
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,8 @@ class _Plan:
 _INSERT_LEAF = "INSERT INTO leaves (log, idx, hash, leaf) VALUES (?, ?, ?, ?)"
 _INSERT_NODE = "INSERT INTO nodes (log, level, idx, hash) VALUES (?, ?, ?, ?)"
 _UPDATE_HEAD = "UPDATE logs SET size = ?, root = ? WHERE id = ? AND size = ?"
+_INSERT_NONCE = "INSERT INTO nonces (nonce, iat, seq) VALUES (?, ?, ?)"
+_PRUNE_NONCES = "DELETE FROM nonces WHERE seq < ? AND iat < ?"
 
 class _Reader:
     """Reads stored hashes for one log within one call, remembering what it read (proofs
@@ -462,13 +473,34 @@ class LedgerStore:
 
     # --- writes ------------------------------------------------------------------------
 
-    def append(self, log_id: str, leaves: Sequence[bytes]) -> TreeHead:
-        """Append ``leaves`` to a log in one durable transaction; return the new head."""
+    def append(
+        self, log_id: str, leaves: Sequence[bytes], *, nonces: Sequence[tuple[str, int]] = (),
+        forget: tuple[int, int] | None = None,
+    ) -> TreeHead:
+        """Append ``leaves`` to a log in one durable transaction; return the new head.
+
+        ``nonces`` ((nonce, iat) of the intents these leaves log) are remembered in the
+        same transaction: a nonce already remembered fails the whole append. ``forget``
+        (growth, iat_before) drops, in the same transaction, the nonces remembered more
+        than ``growth`` leaves ago whose iat is also before ``iat_before``."""
         with self._lock:
             plan = self._plan(self._get(log_id), leaves)
             if plan.leaf_rows:
-                self._commit((plan,))
+                self._commit((plan,), nonces, forget)
             return TreeHead(plan.size, plan.root)
+
+    def nonce_seen(self, nonce: str) -> bool:
+        """Whether a logged intent used this nonce (and it has not expired)."""
+        with self._lock:
+            self._open()
+            with self._db_errors(None):
+                row = self._conn.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+            return row is not None
+
+    def total_leaves(self) -> int:
+        """Leaves in all logs together: the clock nonces expire by."""
+        with self._lock:
+            return sum(e.size for e in self._logs.values())
 
     def append_batch(self, batch: Mapping[str, Sequence[bytes]]) -> dict[str, TreeHead]:
         """Append to several logs in one transaction (group commit: one fsync in all)."""
@@ -516,12 +548,21 @@ class LedgerStore:
             root = sha(b"\x01" + edge[j][1] + root).digest()
         return _Plan(entry, size, edge, leaf_rows, node_rows, root)
 
-    def _commit(self, plans: Sequence[_Plan]) -> None:
+    def _commit(
+        self, plans: Sequence[_Plan], nonces: Sequence[tuple[str, int]] = (),
+        forget: tuple[int, int] | None = None,
+    ) -> None:
         """Write the plans in one transaction, then (only then) update the in-memory heads."""
         started = time.perf_counter()
         cur = self._cursor
         try:
             cur.execute("BEGIN IMMEDIATE")
+            if nonces or forget is not None:
+                seq = sum(e.size for e in self._logs.values()) + sum(p.size - p.entry.size for p in plans)
+                if forget is not None:
+                    cur.execute(_PRUNE_NONCES, (seq - forget[0], forget[1]))
+                for nonce, iat in nonces:
+                    cur.execute(_INSERT_NONCE, (nonce, iat, seq))
             for p in plans:
                 if len(p.leaf_rows) == 1:
                     cur.execute(_INSERT_LEAF, p.leaf_rows[0])
