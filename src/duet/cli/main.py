@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Column, Table
+from rich.markup import escape
+from rich.table import Column
 
+from duet.cli.output import JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
+from duet.cli.output import table as new_table
 from duet.client.http import DEFAULT_URL, ClientError, Http
 from duet.ledger import keys
 
@@ -28,6 +30,8 @@ app.add_typer(controller_app, name="controller")
 app.add_typer(cvm_app, name="cvm")
 state_app = typer.Typer(no_args_is_help=True, help="Export a CVM's state for offline checks.")
 app.add_typer(state_app, name="state")
+expect_app = typer.Typer(no_args_is_help=True, help="Write expectations files.")
+app.add_typer(expect_app, name="expect")
 
 try:
     from duet.cli.attestation_cmd import app as attestation_app
@@ -40,15 +44,18 @@ from duet.cli.witness_cmd import app as witness_app  # noqa: E402
 
 app.add_typer(witness_app, name="witness")
 
-# Piped output (scripts, logs) is not cut to 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = make_out()
+err = make_err()
 
 ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
 KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
 ExpectOpt = Annotated[Path | None, typer.Option(
     "--expect", envvar="DUET_EXPECT",
     help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-simulated", help="Accept a SIMULATED TEE (unsafe). Env: DUET_TRUST_SIMULATED=1.")]
+StateDirOpt = Annotated[Path | None, typer.Option(
+    "--state-dir", envvar="DUET_STATE_DIR", help="Where checkpoints and pins are remembered.")]
 REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
            "evidence_refused", "lockdown_failed"}
 
@@ -56,6 +63,13 @@ REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_tra
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
     err.print(f"error [{code}]: {message}", markup=False)
     raise typer.Exit(exit_code)
+
+
+def _trust(flag: bool) -> bool:
+    """`--trust-simulated`, or DUET_TRUST_SIMULATED parsed strictly (`false` is false, `maybe` an error)."""
+    from duet.client.config import env_bool
+
+    return flag or env_bool("DUET_TRUST_SIMULATED")
 
 
 def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
@@ -71,6 +85,24 @@ def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
     ctl = expectations.controller if expectations is not None else None
     http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None)
     return OwnerClient(keys.read_private_key(key_path), url, http=http)
+
+
+def _cvm_id(http: Http, ref: str) -> str:
+    """A CVM is named by its id or by a unique live name (the controller refuses a
+    duplicate live name and a name that looks like an id, so the two never collide)."""
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{16}", ref):
+        return ref
+    from duet.client.api import ReadClient
+
+    live = [c for c in ReadClient(http).cvms() if c.get("name") == ref and c.get("status") != "deleted"]
+    if not live:
+        fail("unknown_cvm", f"no live CVM is named {ref!r} (and it is not an id)")
+    if len(live) > 1:
+        fail("ambiguous_name", f"{len(live)} live CVMs are named {ref!r}; use the id: "
+             + ", ".join(str(c["id"]) for c in live))
+    return str(live[0]["id"])
 
 
 def _guard(fn: Any) -> Any:
@@ -206,8 +238,11 @@ def cvm_create(
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
     expect: ExpectOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Create and provision a CVM; prints its id on the last line."""
+    """Create and provision a CVM; prints its id on the last line (`-o id`: only the id)."""
+    fmt = resolve(output, as_json)
     try:
         spec_obj = json.loads(spec) if spec else {}
     except ValueError:
@@ -236,39 +271,50 @@ def cvm_create(
     cvm = _owner(controller, key, expect).create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
-    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
-              f"host key {cvm['host_key']}")
-    out.print(cvm["id"])
+    human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
+                               f"host key {cvm['host_key']}", markup=False)
+    emit(cvm, fmt, ids=str(cvm["id"]), render=lambda: out.print(cvm["id"]))
 
 
 @cvm_app.command("list")
 @_guard
-def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List CVMs."""
+def cvm_list(controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None, as_json: JsonOpt = False,
+             show_all: bool = typer.Option(False, "--all", "-a", help="Include deleted CVMs.")) -> None:
+    """List CVMs (live ones; --all adds the deleted)."""
+    from duet.cli.render import visible
     from duet.client.api import ReadClient
 
+    fmt = resolve(output, as_json)
     with Http(controller) as http:
-        cvms = ReadClient(http).cvms()
-    if as_json:
-        out.print_json(data=cvms)
-        return
-    table = Table("name", "provider", "tee", "status", "mode", "entries")
-    table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
-    for c in cvms:
-        table.add_row(c["id"], c["name"], c["provider"], c["tee"], c["status"], c["mode"], str(c["tree_size"]))
-    out.print(table)
+        cvms = [c for c in ReadClient(http).cvms() if show_all or c.get("status") != "deleted"]
+
+    def render() -> None:
+        table = new_table("name", "provider", "tee", "status", "mode", "entries")
+        table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
+        for c in cvms:
+            table.add_row(c["id"], escape(visible(str(c["name"]))), c["provider"], c["tee"], c["status"], c["mode"],
+                          str(c["tree_size"]))
+        out.print(table)
+
+    emit(cvms, fmt, ids=[str(c["id"]) for c in cvms], render=render)
 
 
 @cvm_app.command("show")
 @_guard
-def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
-    """Show one CVM."""
+def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Show one CVM (by id or name)."""
     from duet.client.api import ReadClient
 
+    fmt = resolve(output, as_json)
     with Http(controller) as http:
-        c = ReadClient(http).cvm(cvm)
-    for k, v in c.items():
-        out.print(f"{k:<14} {v}")
+        c = ReadClient(http).cvm(_cvm_id(http, cvm))
+
+    def render() -> None:
+        for k, v in c.items():
+            out.print(f"{k:<14} {v}", markup=False)
+
+    emit(c, fmt, ids=str(c["id"]), render=render)
 
 
 @cvm_app.command("run", help=(
@@ -290,7 +336,8 @@ def cvm_run(
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)
-    res = _owner(controller, key, expect).run(cvm, command, timeout_s=timeout)
+    owner = _owner(controller, key, expect)
+    res = owner.run(_cvm_id(owner.http, cvm), command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
 
 
@@ -337,7 +384,8 @@ def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: 
 
     if mode not in OWNER_MODES:
         fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
-    c = _owner(controller, key, expect).mode(cvm, mode)
+    owner = _owner(controller, key, expect)
+    c = owner.mode(_cvm_id(owner.http, cvm), mode)
     out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
 
 
@@ -346,7 +394,8 @@ def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: 
 def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
                expect: ExpectOpt = None) -> None:
     """Run a named action of the policy."""
-    res = _owner(controller, key, expect).action(cvm, name)
+    owner = _owner(controller, key, expect)
+    res = owner.action(_cvm_id(owner.http, cvm), name)
     if "stdout" in res:
         raise typer.Exit(_print_result(res))
     out.print(f"action {name} done; log entry {res['result_index']}")
@@ -355,10 +404,22 @@ def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key
 @cvm_app.command("delete")
 @_guard
 def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None) -> None:
-    """Delete a CVM (its log stays readable)."""
-    c = _owner(controller, key, expect).delete(cvm)
-    out.print(f"{c['id']} deleted")
+               expect: ExpectOpt = None,
+               yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
+               output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete a CVM (its log stays readable). Asks on a terminal; elsewhere needs --yes."""
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect)
+    cid = _cvm_id(owner.http, cvm)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("confirmation_required", f"deleting CVM {cid} needs --yes when not on a terminal", 2)
+        label = cid if cid == cvm else f"{cvm} ({cid})"
+        if not typer.confirm(f"Delete CVM {label}? Its machine is destroyed; its log stays", default=False,
+                             err=True):
+            fail("aborted", "nothing was deleted", 1)
+    c = owner.delete(cid)
+    emit(c, fmt, ids=str(c["id"]), render=lambda: out.print(f"{c['id']} deleted"))
 
 
 # ------------------------------------------------------------------------------ log/verify
@@ -412,6 +473,7 @@ def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = t
 
     with Http(controller) as http:
         api = ReadClient(http)
+        cvm = _cvm_id(http, cvm)
         http.start_run()
         leaves = api.leaves(cvm, api.tree_size(cvm))
     decoded: list[dict[str, Any]] = []
@@ -442,12 +504,12 @@ def _json_entry(i: int, e: dict[str, Any], signed: dict[int, Any]) -> dict[str, 
 def verify(
     cvm: Annotated[str | None, typer.Argument(help="CVM id (not needed with --bundle).")] = None,
     controller: ControllerOpt = DEFAULT_URL,
-    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    trust_simulated: TrustOpt = False,
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML (see README)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
     from_tiles: str | None = typer.Option(None, "--from-tiles", help="Verify from a tile mirror (URL or dir)."),
     as_json: bool = typer.Option(False, "--json"),
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+    state_dir: StateDirOpt = None,
     report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
     strict: bool = typer.Option(False, "--strict", help="Fail when the expectations leave the controller open."),
     accept_new_controller: bool = typer.Option(
@@ -462,6 +524,7 @@ def verify(
     from duet.client.expectations import load_expectations, weak_points
     from duet.client.verify import verify as do_verify
 
+    trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     weak = weak_points(expectations)
     for w in weak:
@@ -489,6 +552,7 @@ def verify(
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
         with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
+            cvm = _cvm_id(http, cvm)
             report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                       expect=expectations, accept_new_controller=accept_new_controller)
     report.warnings.extend(weak)
@@ -518,7 +582,7 @@ def state_export(
     if (out_path is None) == (tiles_dir is None):
         fail("invalid_request", "give exactly one of --out FILE or --tiles DIR", 2)
     with Http(controller) as http:
-        data = export_bundle(http, cvm)
+        data = export_bundle(http, _cvm_id(http, cvm))
     if tiles_dir is not None:
         from duet.client.tiles_source import write_mirror
 
@@ -530,12 +594,50 @@ def state_export(
     out.print(f"wrote {out_path} ({len(data)} bytes)")
 
 
+@expect_app.command("init")
+@_guard
+def expect_init(
+    cvm: Annotated[str, typer.Argument(help="CVM id or name.")],
+    controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Write expectations (YAML, on stdout) from a CVM that verifies now: controller build,
+    measurement, host data, TEE, the commands seen so far and the policy's actions as
+    anchored regexes, passing lockdown checks, owner keys. Trust on first use: read it."""
+    import yaml
+
+    from duet.cli.expect_init import build
+    from duet.client.cvm_checks import evidence_checks
+    from duet.client.verify import verify as do_verify
+
+    trust = _trust(trust_simulated)
+    with Http(controller, trust_simulated=trust or None, state_dir=state_dir) as http:
+        cvm = _cvm_id(http, cvm)
+        report, audit = do_verify(http, cvm, trust_simulated=trust, state_dir=state_dir)
+    if not report.ok or audit is None:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+        fail("not_verified", f"CVM {cvm} does not verify, so nothing is pinned: {failed}", 3)
+    from datetime import UTC, datetime
+
+    _, latest = evidence_checks(audit.decoded, audit.state, trust_simulated=trust, now=datetime.now(UTC),
+                                expect=None)
+    doc, notes = build(report, audit.decoded, latest)
+    sim = " SIMULATED" if report.simulated else ""
+    err.print(f"duet expect init: TRUST ON FIRST USE{sim}: this pins what CVM {cvm} is today, as verified; "
+              "read every command it allows before relying on it", markup=False)
+    for n in notes:
+        err.print(f"  pinned {n}", markup=False)
+    sys.stdout.write(f"# duet expect init {cvm}: trust on first use{sim}; read it and tighten it\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, width=10_000))
+
+
 @app.command()
 @_guard
 def watch(
     cvm: str,
     controller: ControllerOpt = DEFAULT_URL,
-    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    trust_simulated: TrustOpt = False,
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML."),
     interval: float = typer.Option(5.0, help="Seconds between checks."),
     on_violation: str | None = typer.Option(None, "--on-violation", help="Shell command run on a violation."),
@@ -543,7 +645,7 @@ def watch(
     grace: str = typer.Option("60s", "--grace", help="How long the CVM may be impossible to verify "
                               "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+    state_dir: StateDirOpt = None,
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
     meeting the expectations. A failed check is a violation at once; being unable to
@@ -560,9 +662,11 @@ def watch(
         grace_s = parse_duration(grace).total_seconds()
     except ValueError as exc:
         fail("invalid_request", f"--grace: {exc}", 2)
+    trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
     with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None, state_dir=state_dir) as http:
+        cvm = _cvm_id(http, cvm)
 
         def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
