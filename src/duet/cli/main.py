@@ -463,30 +463,84 @@ def intent_cmd(
 
 @app.command("log")
 @_guard
-def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show a CVM's log as a timeline."""
+def log_cmd(
+    cvm: Annotated[str, typer.Argument(help="CVM id or name.")],
+    controller: ControllerOpt = DEFAULT_URL,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+    digests: bool = typer.Option(False, "--digests", help="Add the SHA-256 of each command's stdout and stderr."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing operations as they are logged."),
+    since: str | None = typer.Option(None, "--since", help="Only operations since a duration ago (1h) or a time."),
+    types: Annotated[list[str] | None, typer.Option(
+        "--type", help="Only these operations: create, run, action, mode, delete, refused, policy, ...")] = None,
+    entries_view: bool = typer.Option(False, "--entries", help="One row per log entry, as stored."),
+    interval: float = typer.Option(2.0, "--interval", help="With --follow: seconds between polls."),
+) -> None:
+    """Show a CVM's log: one row per operation (time UTC, mode, who, what, outcome)."""
+    import time
+
+    from duet.cli.log_view import keep, operations, since_filter
     from duet.cli.render import render_timeline
     from duet.client.api import ReadClient
     from duet.client.owner_check import verified_intents
     from duet.ledger import entries
     from duet.ledger.errors import LedgerError
 
+    fmt = resolve(output, as_json)
+    try:
+        since_t = since_filter(since) if since is not None else None
+    except ValueError as exc:
+        fail("invalid_request", str(exc), 2)
+    printed = 0
     with Http(controller) as http:
         api = ReadClient(http)
         cvm = _cvm_id(http, cvm)
-        http.start_run()
-        leaves = api.leaves(cvm, api.tree_size(cvm))
-    decoded: list[dict[str, Any]] = []
-    for leaf in leaves:
-        try:
-            decoded.append(entries.decode(leaf))
-        except LedgerError as exc:
-            decoded.append({"type": "undecodable", "error": str(exc)})
-    signed = verified_intents(decoded)
-    if as_json:
-        out.print_json(data=[_json_entry(i, e, signed) for i, e in enumerate(decoded)])
+        while True:
+            http.start_run()
+            leaves = api.leaves(cvm, api.tree_size(cvm))
+            decoded: list[dict[str, Any]] = []
+            for leaf in leaves:
+                try:
+                    decoded.append(entries.decode(leaf))
+                except LedgerError as exc:
+                    decoded.append({"type": "undecodable", "error": str(exc)})
+            signed = verified_intents(decoded)
+            if entries_view:
+                rows_json: list[Any] = [_json_entry(i, e, signed) for i, e in enumerate(decoded)]
+                emit(rows_json, fmt, ids=[str(r["index"]) for r in rows_json],
+                     render=lambda d=decoded, sg=signed: render_timeline(out, d, sg))  # type: ignore[misc]
+                return
+            ops = operations(decoded, signed)
+            # While following, an operation is printed once it is complete (or another followed it).
+            ready = ops if not follow else [o for k, o in enumerate(ops) if o.complete or k < len(ops) - 1]
+            shown = [o for o in ready[printed:] if keep(o, since_t, types or [])]
+            printed = len(ready)
+            _print_ops(shown, fmt, digests, follow)
+            if not follow:
+                return
+            time.sleep(interval)
+
+
+def _print_ops(ops: list[Any], fmt: Any, digests: bool, follow: bool) -> None:
+    from duet.cli.output import Format
+
+    if fmt in (Format.json, Format.yaml) and follow:  # a stream: one JSON object per line
+        for o in ops:
+            sys.stdout.write(json.dumps(o.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
         return
-    render_timeline(out, decoded, signed)
+    if fmt in (Format.json, Format.yaml, Format.id):
+        emit([o.to_json() for o in ops], fmt, ids=[str(o.first) for o in ops])
+        return
+    if not ops:
+        return
+    table = new_table("#", "time (UTC)", "mode", "who", "what", "outcome", *(["stdout sha256"] if digests else []))
+    for o in ops:
+        extra = [o.digests.get("stdout_sha256", "")] if digests else []
+        table.add_row(str(o.first), o.time, o.mode, o.who, escape(o.what), escape(o.outcome), *extra)
+    out.print(table)
+    if follow:
+        out.file.flush()
 
 
 def _json_entry(i: int, e: dict[str, Any], signed: dict[int, Any]) -> dict[str, Any]:

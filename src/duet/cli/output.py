@@ -46,8 +46,8 @@ def _no_color() -> bool:
 
 
 def make_out() -> Console:
-    # Piped output (scripts, logs) is not cut to 80 columns.
-    return Console(highlight=False, soft_wrap=True, width=None if stdout_is_tty() else 200,
+    # Piped output (scripts, logs, grep) is never wrapped: a row stays one line.
+    return Console(highlight=False, soft_wrap=True, width=None if stdout_is_tty() else 100_000,
                    no_color=_no_color())
 
 
