@@ -72,8 +72,8 @@ def test_cli_story(tmp_path: Path) -> None:
         assert cvm in listing.stdout and "in-service" in listing.stdout
 
         timeline = duet("log", cvm, env=env)
-        assert "rejected" in timeline.stdout and "genesis" in timeline.stdout
-        as_json = duet("log", cvm, "--json", env=env)
+        assert "refused [forbidden_in_mode]" in timeline.stdout and "create local" in timeline.stdout
+        as_json = duet("log", cvm, "--entries", "--json", env=env)
         assert '"type": "genesis"' in as_json.stdout
 
         plain = duet("verify", cvm, env=env, check=False)

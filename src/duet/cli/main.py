@@ -18,12 +18,12 @@ import typer
 from rich.markup import escape
 from rich.table import Column
 
-from duet.cli.output import JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
+from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
 from duet.client.http import DEFAULT_URL, ClientError, Http
 from duet.ledger import keys
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="duet: own confidential VMs, verifiably.")
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="duet: own confidential VMs, verifiably.")
 controller_app = typer.Typer(no_args_is_help=True, help="Run or inspect the controller.")
 cvm_app = typer.Typer(no_args_is_help=True, help="Administer CVMs (owner; signed intents).")
 app.add_typer(controller_app, name="controller")
@@ -32,6 +32,8 @@ state_app = typer.Typer(no_args_is_help=True, help="Export a CVM's state for off
 app.add_typer(state_app, name="state")
 expect_app = typer.Typer(no_args_is_help=True, help="Write expectations files.")
 app.add_typer(expect_app, name="expect")
+context_app = typer.Typer(no_args_is_help=True, help="Named contexts (controller, key, expectations), as in kubectl.")
+app.add_typer(context_app, name="context")
 
 try:
     from duet.cli.attestation_cmd import app as attestation_app
@@ -105,6 +107,35 @@ def _cvm_id(http: Http, ref: str) -> str:
     return str(live[0]["id"])
 
 
+def _apply_context(kwargs: dict[str, Any]) -> None:
+    """Fill in --controller/--key/--expect/--state-dir from the context in force, for
+    the ones neither the command line nor the environment set."""
+    from duet.cli import contexts
+
+    names = [p for p in contexts.FIELDS.values() if p in kwargs]
+    if not names:
+        return
+    try:  # typer >= 0.25 vendors click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return
+
+    def defaulted_(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+    defaulted = [n for n in names if defaulted_(n)]
+    if not defaulted:
+        return
+    _, settings = contexts.current()
+    for field, param in contexts.FIELDS.items():
+        if param in defaulted and field in settings:
+            kwargs[param] = contexts.value(settings, field)
+
+
 def _guard(fn: Any) -> Any:
     """Turn every typed error into one line and an exit code."""
     import functools
@@ -112,6 +143,7 @@ def _guard(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _apply_context(kwargs)
             return fn(*args, **kwargs)
         except ClientError as exc:
             suffix = f" (logged as entry {exc.index})" if exc.index is not None else ""
@@ -150,8 +182,10 @@ def _main(
 @app.command()
 @_guard
 def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")] = Path("owner.key"),
-           force: bool = typer.Option(False, help="Overwrite existing files.")) -> None:
+           force: bool = typer.Option(False, help="Overwrite existing files."),
+           output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Make an owner key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub."""
+    fmt = resolve(output, as_json)
     pub_path = Path(str(out_path) + ".pub")
     if not force and (out_path.exists() or pub_path.exists()):
         fail("exists", f"{out_path} or {pub_path} exists; pass --force to overwrite")
@@ -160,8 +194,10 @@ def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key fil
     with os.fdopen(fd, "wb") as f:
         f.write(keys.private_pem(key))
     pub_path.write_bytes(keys.public_pem(key.public_key()))
-    out.print(f"wrote {out_path} and {pub_path}")
-    out.print(f"owner key id {keys.key_id(key.public_key())}")
+    kid = keys.key_id(key.public_key())
+    human(fmt, out, err).print(f"wrote {out_path} and {pub_path}", markup=False)
+    emit({"key_id": kid, "private_key": str(out_path), "public_key": str(pub_path)}, fmt, ids=kid,
+         render=lambda: out.print(f"owner key id {kid}"))
 
 
 # ------------------------------------------------------------------------------ controller
@@ -195,23 +231,27 @@ def controller_serve(
 @controller_app.command("claim")
 @_guard
 def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-                     expect: ExpectOpt = None) -> None:
+                     expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Become the owner of a controller that has none yet (a self-signed owner.keys intent)."""
+    fmt = resolve(output, as_json)
     owner = _owner(controller, key, expect)
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
-    out.print(f"claimed: owner key {keys.key_id(owner.key.public_key())}")
+    kid = keys.key_id(owner.key.public_key())
+    emit({"owner_key_id": kid}, fmt, ids=kid, render=lambda: out.print(f"claimed: owner key {kid}"))
 
 
 @controller_app.command("info")
 @_guard
-def controller_info(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
+def controller_info(controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None,
+                    as_json: JsonOpt = False) -> None:
     """Show the controller's identity."""
     from duet.client.api import ReadClient
 
+    fmt = resolve(output, as_json)
     with Http(controller) as http:
         info = ReadClient(http).controller()
-    if as_json:
-        out.print_json(data=info)
+    if fmt is not Format.table:
+        emit(info, fmt, ids=str(info.get("controller_id")))
         return
     sim = " (SIMULATED)" if info.get("simulated") else ""
     out.print(f"controller id   {info['controller_id']}")
@@ -378,24 +418,30 @@ def _print_result(res: dict[str, Any]) -> int:
 @cvm_app.command("mode")
 @_guard
 def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-             expect: ExpectOpt = None) -> None:
+             expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Put a CVM in-update or in-service."""
     from duet.ledger.entries import OWNER_MODES
 
     if mode not in OWNER_MODES:
         fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
     owner = _owner(controller, key, expect)
+    fmt = resolve(output, as_json)
     c = owner.mode(_cvm_id(owner.http, cvm), mode)
-    out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
+    emit(c, fmt, ids=str(c["id"]), render=lambda: out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})"))
 
 
 @cvm_app.command("action")
 @_guard
 def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None) -> None:
-    """Run a named action of the policy."""
+               expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Run a named action of the policy (its output as is; -o json: the whole result)."""
+    fmt = resolve(output, as_json)
     owner = _owner(controller, key, expect)
     res = owner.action(_cvm_id(owner.http, cvm), name)
+    if fmt is not Format.table:
+        emit(res, fmt, ids=str(res.get("result_index", "")))
+        status = res.get("exit_status")
+        raise typer.Exit(int(status) if isinstance(status, int) else 0)
     if "stdout" in res:
         raise typer.Exit(_print_result(res))
     out.print(f"action {name} done; log entry {res['result_index']}")
@@ -434,6 +480,7 @@ def intent_cmd(
     list_ops: bool = typer.Option(False, "--list", help="List the operations and their arguments."),
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
+    output: OutputOpt = None,
 ) -> None:
     """Sign and submit any owner operation, as the registry (duet.ledger.operations) defines it."""
     from duet.ledger.operations import OPERATIONS, check_args
@@ -458,7 +505,8 @@ def intent_cmd(
         fail("malformed_intent", str(exc), 2)
     if operation.targets_cvm != (cvm is not None):
         fail("invalid_request", f"{op} {'needs' if operation.targets_cvm else 'takes no'} --cvm", 2)
-    out.print_json(data=_owner(controller, key).submit(op, parsed, cvm))
+    res = _owner(controller, key).submit(op, parsed, cvm)
+    emit(res, output or Format.json, ids=str(res.get("id", "")) if isinstance(res, dict) else None)
 
 
 @app.command("log")
@@ -562,7 +610,7 @@ def verify(
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML (see README)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
     from_tiles: str | None = typer.Option(None, "--from-tiles", help="Verify from a tile mirror (URL or dir)."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
     report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
     strict: bool = typer.Option(False, "--strict", help="Fail when the expectations leave the controller open."),
@@ -571,6 +619,7 @@ def verify(
     max_entries: int = typer.Option(1_000_000, "--max-entries", min=1, help="Largest log to download."),
     budget: float = typer.Option(900.0, "--budget", min=1.0, help="Seconds the whole verification may take."),
     max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
+    output: OutputOpt = None,
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -578,6 +627,7 @@ def verify(
     from duet.client.expectations import load_expectations, weak_points
     from duet.client.verify import verify as do_verify
 
+    fmt = resolve(output, as_json)
     trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     weak = weak_points(expectations)
@@ -614,10 +664,7 @@ def verify(
         from duet.client.report_html import render_html
 
         report_path.write_text(render_html(report.to_json(), audit.decoded if audit is not None else []))
-    if as_json:
-        out.print_json(data=report.to_json())
-    else:
-        render_report(out, report)
+    emit(report.to_json(), fmt, ids=report.cvm if report.ok else [], render=lambda: render_report(out, report))
     raise typer.Exit(0 if report.ok else 3)
 
 
@@ -628,6 +675,8 @@ def state_export(
     out_path: Path | None = typer.Option(None, "--out", help="Bundle file to write."),
     tiles_dir: Path | None = typer.Option(None, "--tiles", help="Write a static tile mirror to this directory."),
     controller: ControllerOpt = DEFAULT_URL,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a self-contained bundle (quote, checkpoint, all entries) for offline checks, or
     the same as a C2SP tile mirror any static file server can serve (`--from-tiles`)."""
@@ -635,17 +684,21 @@ def state_export(
 
     if (out_path is None) == (tiles_dir is None):
         fail("invalid_request", "give exactly one of --out FILE or --tiles DIR", 2)
+    fmt = resolve(output, as_json)
     with Http(controller) as http:
-        data = export_bundle(http, _cvm_id(http, cvm))
+        cvm = _cvm_id(http, cvm)
+        data = export_bundle(http, cvm)
     if tiles_dir is not None:
         from duet.client.tiles_source import write_mirror
 
         n = write_mirror(data, tiles_dir)
-        out.print(f"wrote a tile mirror of {n} files to {tiles_dir}")
+        emit({"cvm": cvm, "tiles": str(tiles_dir), "files": n}, fmt, ids=cvm,
+             render=lambda: out.print(f"wrote a tile mirror of {n} files to {tiles_dir}"))
         return
     assert out_path is not None
     out_path.write_bytes(data)
-    out.print(f"wrote {out_path} ({len(data)} bytes)")
+    emit({"cvm": cvm, "bundle": str(out_path), "bytes": len(data)}, fmt, ids=cvm,
+         render=lambda: out.print(f"wrote {out_path} ({len(data)} bytes)"))
 
 
 @expect_app.command("init")
@@ -751,6 +804,67 @@ def watch(
                     fail("cannot_verify", "stopped while the CVM could not be verified")
                 return
             time.sleep(interval)
+
+
+@context_app.command("list")
+@_guard
+def context_list(output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """List the contexts of the config file; * marks the one in force."""
+    from duet.cli import contexts
+
+    fmt = resolve(output, as_json)
+    doc = contexts.load()
+    name, _ = contexts.current(doc) if doc.get("current-context") or os.environ.get("DUET_CONTEXT") else (None, {})
+    rows = [{"name": n, "current": n == name, **c} for n, c in doc["contexts"].items()]
+
+    def render() -> None:
+        table = new_table("", "name", "controller", "key", "expect")
+        for r in rows:
+            table.add_row("*" if r["current"] else "", escape(r["name"]), escape(r.get("controller", "")),
+                          escape(r.get("key", "")), escape(r.get("expect", "")))
+        out.print(table)
+        human(fmt, out, err).print(f"config: {contexts.config_path()}", markup=False)
+
+    emit(rows, fmt, ids=[r["name"] for r in rows], render=render)
+
+
+@context_app.command("use")
+@_guard
+def context_use(name: str) -> None:
+    """Make NAME the context in force."""
+    from duet.cli import contexts
+
+    doc = contexts.load()
+    if name not in doc["contexts"]:
+        fail("unknown_context", f"no context {name!r} in {contexts.config_path()}; see duet context list")
+    doc["current-context"] = name
+    contexts.save(doc)
+    err.print(f"using context {name}", markup=False)
+
+
+@context_app.command("set")
+@_guard
+def context_set(
+    name: str,
+    controller_url: str | None = typer.Option(None, "--controller", help="Controller URL."),
+    key_path: Path | None = typer.Option(None, "--key", help="Owner private key (PEM)."),
+    expect_path: Path | None = typer.Option(None, "--expect", help="Expectations YAML."),
+    state: Path | None = typer.Option(None, "--state-dir", help="State directory."),
+) -> None:
+    """Create or update context NAME (paths are stored absolute)."""
+    from duet.cli import contexts
+
+    doc = contexts.load()
+    ctx = dict(doc["contexts"].get(name) or {})
+    for field, v in (("controller", controller_url), ("key", key_path), ("expect", expect_path),
+                     ("state-dir", state)):
+        if v is not None:
+            ctx[field] = v if isinstance(v, str) else str(v.expanduser().absolute())
+    doc["contexts"][name] = ctx
+    if not doc.get("current-context"):
+        doc["current-context"] = name
+    path = contexts.save(doc)
+    err.print(f"context {name} saved in {path}", markup=False)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -55,10 +55,15 @@ def make_err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True, no_color=_no_color())
 
 
+def usage(message: str) -> NoReturn:
+    make_err().print(f"error [invalid_request]: {message}", markup=False)
+    raise typer.Exit(2)
+
+
 def resolve(output: Format | None, as_json: bool = False) -> Format:
     if as_json:
         if output not in (None, Format.json):
-            raise typer.BadParameter("--json is -o json; give one of them", param_hint="--json")
+            usage("--json is -o json; give one of them")
         return Format.json
     return output or Format.table
 
@@ -91,7 +96,7 @@ def emit(data: Any, fmt: Format, *, ids: Iterable[str] | str | None = None,
         return
     if fmt is Format.id:
         if ids is None:
-            raise typer.BadParameter("this command has no id to print; use -o json", param_hint="-o")
+            usage("this command has no id to print; use -o json")
         for i in [ids] if isinstance(ids, str) else ids:
             sys.stdout.write(f"{i}\n")
         sys.stdout.flush()
