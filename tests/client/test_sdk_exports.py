@@ -33,7 +33,8 @@ def test_the_public_names_are_pinned() -> None:
 
 
 def test_importing_the_http_client_does_not_load_the_verifier() -> None:
-    code = "import sys, duet.client.http, duet.client; print(any(m.startswith('duet.attestation') for m in sys.modules))"
+    code = ("import sys, duet.client.http, duet.client; "
+            "print(any(m.startswith('duet.attestation') for m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
 
