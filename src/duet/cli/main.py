@@ -35,16 +35,27 @@ app.add_typer(expect_app, name="expect")
 context_app = typer.Typer(no_args_is_help=True, help="Named contexts (controller, key, expectations), as in kubectl.")
 app.add_typer(context_app, name="context")
 
-try:
-    from duet.cli.attestation_cmd import app as attestation_app
+#: Sub-apps whose modules are heavy (the attestation package alone takes a third of a
+#: second to import): registered only when the command line may need them, so that
+#: `duet cvm run` does not pay for them (see bench/cli.py).
+_LAZY_APPS = {"attestation": ("duet.cli.attestation_cmd", "Verify attestation evidence offline."),
+              "witness": ("duet.cli.witness_cmd", None)}
 
-    app.add_typer(attestation_app, name="attestation", help="Verify attestation evidence offline.")
-except ImportError:  # pragma: no cover - the attestation CLI is optional while it is built
-    pass
 
-from duet.cli.witness_cmd import app as witness_app  # noqa: E402
+def _register_lazy_apps(argv: list[str]) -> None:
+    import importlib
 
-app.add_typer(witness_app, name="witness")
+    if argv in (["--version"], ["-V"]):
+        return
+    first = next((a for a in argv if not a.startswith("-")), None)
+    completing = any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+    for name, (module, help_text) in _LAZY_APPS.items():
+        if first is None or first == name or first not in _COMMANDS or completing:
+            sub = importlib.import_module(module).app
+            if help_text is None:
+                app.add_typer(sub, name=name)
+            else:
+                app.add_typer(sub, name=name, help=help_text)
 
 out = make_out()
 err = make_err()
@@ -79,12 +90,14 @@ def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
     controller expectations (if given) are checked in the handshake, before any intent
     is sent."""
     from duet.client.config import check_owner_url
-    from duet.client.expectations import load_expectations
     from duet.client.owner import OwnerClient
 
     check_owner_url(url)
-    expectations = load_expectations(expect) if expect is not None else None
-    ctl = expectations.controller if expectations is not None else None
+    ctl = None
+    if expect is not None:  # the expectations (and the attestation package) only when asked for
+        from duet.client.expectations import load_expectations
+
+        ctl = load_expectations(expect).controller
     http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None)
     return OwnerClient(keys.read_private_key(key_path), url, http=http)
 
@@ -875,7 +888,13 @@ def demo(keep: bool = typer.Option(False, help="Keep the demo's data directory."
     raise typer.Exit(run_demo(out, keep=keep))
 
 
+#: Every top-level command and group registered eagerly (the rest are in _LAZY_APPS).
+_COMMANDS = frozenset({"keygen", "controller", "cvm", "state", "expect", "context", "intent", "log", "verify",
+                       "watch", "demo"})
+
+
 def main() -> None:
+    _register_lazy_apps(sys.argv[1:])
     app()
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from duet.client.verify import Report
+if TYPE_CHECKING:  # the verifier is heavy; `duet log` and `cvm list` only need visible()
+    from duet.client.verify import Report
 
 
 def visible(text: str) -> str:
