@@ -83,3 +83,23 @@ def test_o_on_result_commands(controller: ControllerProc, tmp_path: Path) -> Non
                               env=env).stdout)["controller_id"] == info["controller_id"]
     both = run("controller", "info", "--controller", controller.url, "--json", "-o", "yaml", env=env)
     assert both.returncode == 2
+
+
+def test_trust_simulated_flag_and_env_alike_over_ratls(controller_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    c = controller_factory()
+    c.tls = True
+    c.start()
+    env = clean_env(tmp_path)
+    key = tmp_path / "owner.key"
+    key.write_bytes(keys.private_pem(c.owner_key))
+    env.update(DUET_CONTROLLER=c.url, DUET_OWNER_KEY=str(key))
+    for argv in (["controller", "info", "-o", "id"], ["cvm", "list", "-o", "id"],
+                 ["cvm", "create", "--provider", "local", "--name", "t", "-o", "id"]):
+        refused = run(*argv, env=env)
+        assert refused.returncode == 1 and refused.stdout == "", argv  # a SIMULATED quote is not trusted by default
+        by_flag = run(*argv, "--trust-simulated", env=env)
+        assert by_flag.returncode == 0, (argv, by_flag.stderr)
+        if argv[0] == "cvm" and argv[1] == "create":
+            run("cvm", "delete", "t", "--yes", "--trust-simulated", env=env)
+        by_env = run(*argv, env={**env, "DUET_TRUST_SIMULATED": "1"})
+        assert by_env.returncode == 0 and by_env.stdout == by_flag.stdout or argv[1] == "create", (argv, by_env.stderr)

@@ -85,7 +85,8 @@ def _trust(flag: bool) -> bool:
     return flag or env_bool("DUET_TRUST_SIMULATED")
 
 
-def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
+def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated: bool = False,
+           state_dir: Path | None = None) -> Any:
     """An owner client. Plain http:// is refused off loopback; over RA-TLS the
     controller expectations (if given) are checked in the handshake, before any intent
     is sent."""
@@ -98,7 +99,9 @@ def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
         from duet.client.expectations import load_expectations
 
         ctl = load_expectations(expect).controller
-    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None)
+    # Over https:// the RA-TLS handshake checks the quote (a SIMULATED one only when trusted).
+    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None,
+                trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir)
     return OwnerClient(keys.read_private_key(key_path), url, http=http)
 
 
@@ -244,10 +247,12 @@ def controller_serve(
 @controller_app.command("claim")
 @_guard
 def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-                     expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+                     expect: ExpectOpt = None,
+                     trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Become the owner of a controller that has none yet (a self-signed owner.keys intent)."""
     fmt = resolve(output, as_json)
-    owner = _owner(controller, key, expect)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
     kid = keys.key_id(owner.key.public_key())
     emit({"owner_key_id": kid}, fmt, ids=kid, render=lambda: out.print(f"claimed: owner key {kid}"))
@@ -255,13 +260,14 @@ def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path
 
 @controller_app.command("info")
 @_guard
-def controller_info(controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None,
+def controller_info(controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+                    state_dir: StateDirOpt = None, output: OutputOpt = None,
                     as_json: JsonOpt = False) -> None:
     """Show the controller's identity."""
     from duet.client.api import ReadClient
 
     fmt = resolve(output, as_json)
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         info = ReadClient(http).controller()
     if fmt is not Format.table:
         emit(info, fmt, ids=str(info.get("controller_id")))
@@ -290,7 +296,7 @@ def cvm_create(
     spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
-    expect: ExpectOpt = None,
+    expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -321,7 +327,8 @@ def cvm_create(
         planned["note"] = "PLAN ONLY: nothing was sent; the SSH key shown is a placeholder"
         out.print_json(data=planned)
         return
-    cvm = _owner(controller, key, expect).create(provider, name=name, tee=tee, spec=spec_obj or None)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
     human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
@@ -331,14 +338,15 @@ def cvm_create(
 
 @cvm_app.command("list")
 @_guard
-def cvm_list(controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None, as_json: JsonOpt = False,
+def cvm_list(controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+             state_dir: StateDirOpt = None, output: OutputOpt = None, as_json: JsonOpt = False,
              show_all: bool = typer.Option(False, "--all", "-a", help="Include deleted CVMs.")) -> None:
     """List CVMs (live ones; --all adds the deleted)."""
     from duet.cli.render import visible
     from duet.client.api import ReadClient
 
     fmt = resolve(output, as_json)
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         cvms = [c for c in ReadClient(http).cvms() if show_all or c.get("status") != "deleted"]
 
     def render() -> None:
@@ -354,13 +362,14 @@ def cvm_list(controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None, 
 
 @cvm_app.command("show")
 @_guard
-def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL, output: OutputOpt = None,
+def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+             state_dir: StateDirOpt = None, output: OutputOpt = None,
              as_json: JsonOpt = False) -> None:
     """Show one CVM (by id or name)."""
     from duet.client.api import ReadClient
 
     fmt = resolve(output, as_json)
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         c = ReadClient(http).cvm(_cvm_id(http, cvm))
 
     def render() -> None:
@@ -383,13 +392,13 @@ def cvm_run(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
     sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
-    expect: ExpectOpt = None,
+    expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
 ) -> None:
     """The owner signs the one string the CVM's shell will run; it must be what they typed."""
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)
-    owner = _owner(controller, key, expect)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     res = owner.run(_cvm_id(owner.http, cvm), command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
 
@@ -431,13 +440,15 @@ def _print_result(res: dict[str, Any]) -> int:
 @cvm_app.command("mode")
 @_guard
 def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-             expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+             expect: ExpectOpt = None,
+             trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Put a CVM in-update or in-service."""
     from duet.ledger.entries import OWNER_MODES
 
     if mode not in OWNER_MODES:
         fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
-    owner = _owner(controller, key, expect)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     fmt = resolve(output, as_json)
     c = owner.mode(_cvm_id(owner.http, cvm), mode)
     emit(c, fmt, ids=str(c["id"]), render=lambda: out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})"))
@@ -446,10 +457,12 @@ def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: 
 @cvm_app.command("action")
 @_guard
 def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+               expect: ExpectOpt = None,
+               trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Run a named action of the policy (its output as is; -o json: the whole result)."""
     fmt = resolve(output, as_json)
-    owner = _owner(controller, key, expect)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     res = owner.action(_cvm_id(owner.http, cvm), name)
     if fmt is not Format.table:
         emit(res, fmt, ids=str(res.get("result_index", "")))
@@ -463,12 +476,12 @@ def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key
 @cvm_app.command("delete")
 @_guard
 def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None,
+               expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
                output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Delete a CVM (its log stays readable). Asks on a terminal; elsewhere needs --yes."""
     fmt = resolve(output, as_json)
-    owner = _owner(controller, key, expect)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     cid = _cvm_id(owner.http, cvm)
     if not yes:
         if not sys.stdin.isatty():
@@ -494,6 +507,8 @@ def intent_cmd(
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
     output: OutputOpt = None,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
 ) -> None:
     """Sign and submit any owner operation, as the registry (duet.ledger.operations) defines it."""
     from duet.ledger.operations import OPERATIONS, check_args
@@ -518,7 +533,7 @@ def intent_cmd(
         fail("malformed_intent", str(exc), 2)
     if operation.targets_cvm != (cvm is not None):
         fail("invalid_request", f"{op} {'needs' if operation.targets_cvm else 'takes no'} --cvm", 2)
-    res = _owner(controller, key).submit(op, parsed, cvm)
+    res = _owner(controller, key, None, trust_simulated, state_dir).submit(op, parsed, cvm)
     emit(res, output or Format.json, ids=str(res.get("id", "")) if isinstance(res, dict) else None)
 
 
@@ -527,6 +542,8 @@ def intent_cmd(
 def log_cmd(
     cvm: Annotated[str, typer.Argument(help="CVM id or name.")],
     controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
     digests: bool = typer.Option(False, "--digests", help="Add the SHA-256 of each command's stdout and stderr."),
@@ -553,7 +570,7 @@ def log_cmd(
     except ValueError as exc:
         fail("invalid_request", str(exc), 2)
     printed = 0
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         api = ReadClient(http)
         cvm = _cvm_id(http, cvm)
         while True:
@@ -688,6 +705,8 @@ def state_export(
     out_path: Path | None = typer.Option(None, "--out", help="Bundle file to write."),
     tiles_dir: Path | None = typer.Option(None, "--tiles", help="Write a static tile mirror to this directory."),
     controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -698,7 +717,7 @@ def state_export(
     if (out_path is None) == (tiles_dir is None):
         fail("invalid_request", "give exactly one of --out FILE or --tiles DIR", 2)
     fmt = resolve(output, as_json)
-    with Http(controller) as http:
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         cvm = _cvm_id(http, cvm)
         data = export_bundle(http, cvm)
     if tiles_dir is not None:
