@@ -137,3 +137,15 @@ def test_expect_init_regexes_match_exactly_the_command(command: str) -> None:
     assert p.search(command)
     assert not p.search(command + "; rm -rf /") and not p.search("x" + command)
     assert not p.search(command.replace(command[0], "Z", 1))
+
+
+def test_watch_and_expect_init_speak_json(env: dict[str, str], tmp_path: Path) -> None:
+    env = {**env, "DUET_TRUST_SIMULATED": "1"}
+    cid = run("cvm", "create", "--provider", "local", "--name", "j", "-o", "id", env=env).stdout.strip()
+    doc = json.loads(run("expect", "init", "j", "-o", "json", env=env).stdout)
+    assert doc["cvm"]["tee"] == "simulated-snp"
+    (tmp_path / "e.yaml").write_text(run("expect", "init", "j", env=env).stdout)
+    watched = run("watch", "j", "--expect", str(tmp_path / "e.yaml"), "--max-checks", "1", "-o", "json", env=env)
+    assert watched.returncode == 0, watched.stderr
+    line = json.loads(watched.stdout)
+    assert line["cvm"] == cid and line["ok"] is True and line["mode"] == "in-update"

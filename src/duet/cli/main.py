@@ -740,6 +740,7 @@ def expect_init(
     controller: ControllerOpt = DEFAULT_URL,
     trust_simulated: TrustOpt = False,
     state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
 ) -> None:
     """Write expectations (YAML, on stdout) from a CVM that verifies now: controller build,
     measurement, host data, TEE, the commands seen so far and the policy's actions as
@@ -767,6 +768,9 @@ def expect_init(
               "read every command it allows before relying on it", markup=False)
     for n in notes:
         err.print(f"  pinned {n}", markup=False)
+    if output not in (None, Format.yaml):
+        emit(doc, output, ids=cvm)
+        return
     sys.stdout.write(f"# duet expect init {cvm}: trust on first use{sim}; read it and tighten it\n")
     sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, width=10_000))
 
@@ -785,6 +789,8 @@ def watch(
                               "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
     state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
     meeting the expectations. A failed check is a violation at once; being unable to
@@ -801,6 +807,7 @@ def watch(
         grace_s = parse_duration(grace).total_seconds()
     except ValueError as exc:
         fail("invalid_request", f"--grace: {exc}", 2)
+    fmt = resolve(output, as_json)
     trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
@@ -826,6 +833,15 @@ def watch(
                 raise typer.Exit(3)
             if step.kind == "degraded":
                 err.print(f"duet watch: {step.reason}", markup=False)
+            elif fmt in (Format.json, Format.yaml):  # a stream: one JSON object per check
+                report = step.report
+                sys.stdout.write(json.dumps({"cvm": cvm, "ok": True, "size": report.checkpoint.get("size"),
+                                             "mode": report.state.mode if report.state else None,
+                                             "simulated": report.simulated}) + "\n")
+                sys.stdout.flush()
+            elif fmt is Format.id:
+                sys.stdout.write(f"{cvm}\n")
+                sys.stdout.flush()
             else:
                 report = step.report
                 out.print(f"ok: size {report.checkpoint.get('size')}, "
