@@ -20,7 +20,8 @@ from rich.table import Column
 
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
-from duet.client.http import DEFAULT_URL, ClientError, Http
+from duet.client.config import DEFAULT_URL
+from duet.client.errors import ClientError
 from duet.ledger import keys
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="duet: own confidential VMs, verifiably.")
@@ -78,6 +79,13 @@ def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
+def Http(*args: Any, **kwargs: Any) -> Any:  # stands in for the class: httpx only when needed
+    """The HTTP client (httpx), imported by the commands that talk to a controller only."""
+    from duet.client.http import Http as _Http
+
+    return _Http(*args, **kwargs)
+
+
 def _trust(flag: bool) -> bool:
     """`--trust-simulated`, or DUET_TRUST_SIMULATED parsed strictly (`false` is false, `maybe` an error)."""
     from duet.client.config import env_bool
@@ -105,7 +113,7 @@ def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated
     return OwnerClient(keys.read_private_key(key_path), url, http=http)
 
 
-def _cvm_id(http: Http, ref: str) -> str:
+def _cvm_id(http: Any, ref: str) -> str:
     """A CVM is named by its id or by a unique live name (the controller refuses a
     duplicate live name and a name that looks like an id, so the two never collide)."""
     import re

@@ -82,7 +82,7 @@ def render_timeline(console: Console, decoded: list[dict[str, Any]], signed: dic
     signed = signed or {}
     table = Table("#", "time", "type", "details", show_lines=False)
     for i, e in enumerate(decoded):
-        table.add_row(str(i), visible(str(e.get("time", ""))[:23]), visible(str(e.get("type"))),
+        table.add_row(str(i), visible(str(e.get("time", ""))), visible(str(e.get("type"))),
                       escape(visible(_summary(e, signed.get(i)))))
     console.print(table)
 
