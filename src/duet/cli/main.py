@@ -15,40 +15,61 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Column, Table
+from rich.markup import escape
+from rich.table import Column
 
-from duet.client.http import DEFAULT_URL, ClientError, Http
+from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
+from duet.cli.output import table as new_table
+from duet.client.config import DEFAULT_URL
+from duet.client.errors import ClientError
 from duet.ledger import keys
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="duet: own confidential VMs, verifiably.")
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="duet: own confidential VMs, verifiably.")
 controller_app = typer.Typer(no_args_is_help=True, help="Run or inspect the controller.")
 cvm_app = typer.Typer(no_args_is_help=True, help="Administer CVMs (owner; signed intents).")
 app.add_typer(controller_app, name="controller")
 app.add_typer(cvm_app, name="cvm")
 state_app = typer.Typer(no_args_is_help=True, help="Export a CVM's state for offline checks.")
 app.add_typer(state_app, name="state")
+expect_app = typer.Typer(no_args_is_help=True, help="Write expectations files.")
+app.add_typer(expect_app, name="expect")
+context_app = typer.Typer(no_args_is_help=True, help="Named contexts (controller, key, expectations), as in kubectl.")
+app.add_typer(context_app, name="context")
 
-try:
-    from duet.cli.attestation_cmd import app as attestation_app
+#: Sub-apps whose modules are heavy (the attestation package alone takes a third of a
+#: second to import): registered only when the command line may need them, so that
+#: `duet cvm run` does not pay for them (see bench/cli.py).
+_LAZY_APPS = {"attestation": ("duet.cli.attestation_cmd", "Verify attestation evidence offline."),
+              "witness": ("duet.cli.witness_cmd", None)}
 
-    app.add_typer(attestation_app, name="attestation", help="Verify attestation evidence offline.")
-except ImportError:  # pragma: no cover - the attestation CLI is optional while it is built
-    pass
 
-from duet.cli.witness_cmd import app as witness_app  # noqa: E402
+def _register_lazy_apps(argv: list[str]) -> None:
+    import importlib
 
-app.add_typer(witness_app, name="witness")
+    if argv in (["--version"], ["-V"]):
+        return
+    first = next((a for a in argv if not a.startswith("-")), None)
+    completing = any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+    for name, (module, help_text) in _LAZY_APPS.items():
+        if first is None or first == name or first not in _COMMANDS or completing:
+            sub = importlib.import_module(module).app
+            if help_text is None:
+                app.add_typer(sub, name=name)
+            else:
+                app.add_typer(sub, name=name, help=help_text)
 
-# Piped output (scripts, logs) is not cut to 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = make_out()
+err = make_err()
 
 ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
 KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
 ExpectOpt = Annotated[Path | None, typer.Option(
     "--expect", envvar="DUET_EXPECT",
     help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-simulated", help="Accept a SIMULATED TEE (unsafe). Env: DUET_TRUST_SIMULATED=1.")]
+StateDirOpt = Annotated[Path | None, typer.Option(
+    "--state-dir", envvar="DUET_STATE_DIR", help="Where checkpoints and pins are remembered.")]
 REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
            "evidence_refused", "lockdown_failed", "control_plane_failed"}
 
@@ -58,19 +79,85 @@ def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
-def _owner(url: str, key_path: Path, expect: Path | None = None) -> Any:
+def Http(*args: Any, **kwargs: Any) -> Any:  # stands in for the class: httpx only when needed
+    """The HTTP client (httpx), imported by the commands that talk to a controller only."""
+    from duet.client.http import Http as _Http
+
+    return _Http(*args, **kwargs)
+
+
+def _trust(flag: bool) -> bool:
+    """`--trust-simulated`, or DUET_TRUST_SIMULATED parsed strictly (`false` is false, `maybe` an error)."""
+    from duet.client.config import env_bool
+
+    return flag or env_bool("DUET_TRUST_SIMULATED")
+
+
+def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated: bool = False,
+           state_dir: Path | None = None) -> Any:
     """An owner client. Plain http:// is refused off loopback; over RA-TLS the
     controller expectations (if given) are checked in the handshake, before any intent
     is sent."""
     from duet.client.config import check_owner_url
-    from duet.client.expectations import load_expectations
     from duet.client.owner import OwnerClient
 
     check_owner_url(url)
-    expectations = load_expectations(expect) if expect is not None else None
-    ctl = expectations.controller if expectations is not None else None
-    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None)
+    ctl = None
+    if expect is not None:  # the expectations (and the attestation package) only when asked for
+        from duet.client.expectations import load_expectations
+
+        ctl = load_expectations(expect).controller
+    # Over https:// the RA-TLS handshake checks the quote (a SIMULATED one only when trusted).
+    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None,
+                trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir)
     return OwnerClient(keys.read_private_key(key_path), url, http=http)
+
+
+def _cvm_id(http: Any, ref: str) -> str:
+    """A CVM is named by its id or by a unique live name (the controller refuses a
+    duplicate live name and a name that looks like an id, so the two never collide)."""
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{16}", ref):
+        return ref
+    from duet.client.api import ReadClient
+
+    live = [c for c in ReadClient(http).cvms() if c.get("name") == ref and c.get("status") != "deleted"]
+    if not live:
+        fail("unknown_cvm", f"no live CVM is named {ref!r} (and it is not an id)")
+    if len(live) > 1:
+        fail("ambiguous_name", f"{len(live)} live CVMs are named {ref!r}; use the id: "
+             + ", ".join(str(c["id"]) for c in live))
+    return str(live[0]["id"])
+
+
+def _apply_context(kwargs: dict[str, Any]) -> None:
+    """Fill in --controller/--key/--expect/--state-dir from the context in force, for
+    the ones neither the command line nor the environment set."""
+    from duet.cli import contexts
+
+    names = [p for p in contexts.FIELDS.values() if p in kwargs]
+    if not names:
+        return
+    try:  # typer >= 0.25 vendors click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return
+
+    def defaulted_(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+    defaulted = [n for n in names if defaulted_(n)]
+    if not defaulted:
+        return
+    _, settings = contexts.current()
+    for field, param in contexts.FIELDS.items():
+        if param in defaulted and field in settings:
+            kwargs[param] = contexts.value(settings, field)
 
 
 def _guard(fn: Any) -> Any:
@@ -80,6 +167,7 @@ def _guard(fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _apply_context(kwargs)
             return fn(*args, **kwargs)
         except ClientError as exc:
             suffix = f" (logged as entry {exc.index})" if exc.index is not None else ""
@@ -118,8 +206,10 @@ def _main(
 @app.command()
 @_guard
 def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")] = Path("owner.key"),
-           force: bool = typer.Option(False, help="Overwrite existing files.")) -> None:
+           force: bool = typer.Option(False, help="Overwrite existing files."),
+           output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Make an owner key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub."""
+    fmt = resolve(output, as_json)
     pub_path = Path(str(out_path) + ".pub")
     if not force and (out_path.exists() or pub_path.exists()):
         fail("exists", f"{out_path} or {pub_path} exists; pass --force to overwrite")
@@ -128,8 +218,10 @@ def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key fil
     with os.fdopen(fd, "wb") as f:
         f.write(keys.private_pem(key))
     pub_path.write_bytes(keys.public_pem(key.public_key()))
-    out.print(f"wrote {out_path} and {pub_path}")
-    out.print(f"owner key id {keys.key_id(key.public_key())}")
+    kid = keys.key_id(key.public_key())
+    human(fmt, out, err).print(f"wrote {out_path} and {pub_path}", markup=False)
+    emit({"key_id": kid, "private_key": str(out_path), "public_key": str(pub_path)}, fmt, ids=kid,
+         render=lambda: out.print(f"owner key id {kid}"))
 
 
 # ------------------------------------------------------------------------------ controller
@@ -163,23 +255,30 @@ def controller_serve(
 @controller_app.command("claim")
 @_guard
 def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-                     expect: ExpectOpt = None) -> None:
+                     expect: ExpectOpt = None,
+                     trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Become the owner of a controller that has none yet (a self-signed owner.keys intent)."""
-    owner = _owner(controller, key, expect)
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
-    out.print(f"claimed: owner key {keys.key_id(owner.key.public_key())}")
+    kid = keys.key_id(owner.key.public_key())
+    emit({"owner_key_id": kid}, fmt, ids=kid, render=lambda: out.print(f"claimed: owner key {kid}"))
 
 
 @controller_app.command("info")
 @_guard
-def controller_info(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
+def controller_info(controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+                    state_dir: StateDirOpt = None, output: OutputOpt = None,
+                    as_json: JsonOpt = False) -> None:
     """Show the controller's identity."""
     from duet.client.api import ReadClient
 
-    with Http(controller) as http:
+    fmt = resolve(output, as_json)
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         info = ReadClient(http).controller()
-    if as_json:
-        out.print_json(data=info)
+    if fmt is not Format.table:
+        emit(info, fmt, ids=str(info.get("controller_id")))
         return
     sim = " (SIMULATED)" if info.get("simulated") else ""
     out.print(f"controller id   {info['controller_id']}")
@@ -205,9 +304,12 @@ def cvm_create(
     spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
-    expect: ExpectOpt = None,
+    expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Create and provision a CVM; prints its id on the last line."""
+    """Create and provision a CVM; prints its id on the last line (`-o id`: only the id)."""
+    fmt = resolve(output, as_json)
     try:
         spec_obj = json.loads(spec) if spec else {}
     except ValueError:
@@ -233,42 +335,56 @@ def cvm_create(
         planned["note"] = "PLAN ONLY: nothing was sent; the SSH key shown is a placeholder"
         out.print_json(data=planned)
         return
-    cvm = _owner(controller, key, expect).create(provider, name=name, tee=tee, spec=spec_obj or None)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
-    out.print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
-              f"host key {cvm['host_key']}")
-    out.print(cvm["id"])
+    human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
+                               f"host key {cvm['host_key']}", markup=False)
+    emit(cvm, fmt, ids=str(cvm["id"]), render=lambda: out.print(cvm["id"]))
 
 
 @cvm_app.command("list")
 @_guard
-def cvm_list(controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List CVMs."""
+def cvm_list(controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+             state_dir: StateDirOpt = None, output: OutputOpt = None, as_json: JsonOpt = False,
+             show_all: bool = typer.Option(False, "--all", "-a", help="Include deleted CVMs.")) -> None:
+    """List CVMs (live ones; --all adds the deleted)."""
+    from duet.cli.render import visible
     from duet.client.api import ReadClient
 
-    with Http(controller) as http:
-        cvms = ReadClient(http).cvms()
-    if as_json:
-        out.print_json(data=cvms)
-        return
-    table = Table("name", "provider", "tee", "status", "mode", "entries")
-    table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
-    for c in cvms:
-        table.add_row(c["id"], c["name"], c["provider"], c["tee"], c["status"], c["mode"], str(c["tree_size"]))
-    out.print(table)
+    fmt = resolve(output, as_json)
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
+        cvms = [c for c in ReadClient(http).cvms() if show_all or c.get("status") != "deleted"]
+
+    def render() -> None:
+        table = new_table("name", "provider", "tee", "status", "mode", "entries")
+        table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
+        for c in cvms:
+            table.add_row(c["id"], escape(visible(str(c["name"]))), c["provider"], c["tee"], c["status"], c["mode"],
+                          str(c["tree_size"]))
+        out.print(table)
+
+    emit(cvms, fmt, ids=[str(c["id"]) for c in cvms], render=render)
 
 
 @cvm_app.command("show")
 @_guard
-def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL) -> None:
-    """Show one CVM."""
+def cvm_show(cvm: str, controller: ControllerOpt = DEFAULT_URL, trust_simulated: TrustOpt = False,
+             state_dir: StateDirOpt = None, output: OutputOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Show one CVM (by id or name)."""
     from duet.client.api import ReadClient
 
-    with Http(controller) as http:
-        c = ReadClient(http).cvm(cvm)
-    for k, v in c.items():
-        out.print(f"{k:<14} {v}")
+    fmt = resolve(output, as_json)
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
+        c = ReadClient(http).cvm(_cvm_id(http, cvm))
+
+    def render() -> None:
+        for k, v in c.items():
+            out.print(f"{k:<14} {v}", markup=False)
+
+    emit(c, fmt, ids=str(c["id"]), render=render)
 
 
 @cvm_app.command("run", help=(
@@ -284,13 +400,14 @@ def cvm_run(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
     sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
-    expect: ExpectOpt = None,
+    expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
 ) -> None:
     """The owner signs the one string the CVM's shell will run; it must be what they typed."""
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)
-    res = _owner(controller, key, expect).run(cvm, command, timeout_s=timeout)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    res = owner.run(_cvm_id(owner.http, cvm), command, timeout_s=timeout)
     raise typer.Exit(_print_result(res))
 
 
@@ -331,22 +448,34 @@ def _print_result(res: dict[str, Any]) -> int:
 @cvm_app.command("mode")
 @_guard
 def cvm_mode(cvm: str, mode: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-             expect: ExpectOpt = None) -> None:
+             expect: ExpectOpt = None,
+             trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Put a CVM in-update or in-service."""
     from duet.ledger.entries import OWNER_MODES
 
     if mode not in OWNER_MODES:
         fail("invalid_request", f"mode must be one of {', '.join(OWNER_MODES)}", 2)
-    c = _owner(controller, key, expect).mode(cvm, mode)
-    out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})")
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    fmt = resolve(output, as_json)
+    c = owner.mode(_cvm_id(owner.http, cvm), mode)
+    emit(c, fmt, ids=str(c["id"]), render=lambda: out.print(f"{c['id']} is {c['mode']} (epoch {c['epoch']})"))
 
 
 @cvm_app.command("action")
 @_guard
 def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None) -> None:
-    """Run a named action of the policy."""
-    res = _owner(controller, key, expect).action(cvm, name)
+               expect: ExpectOpt = None,
+               trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                     output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Run a named action of the policy (its output as is; -o json: the whole result)."""
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    res = owner.action(_cvm_id(owner.http, cvm), name)
+    if fmt is not Format.table:
+        emit(res, fmt, ids=str(res.get("result_index", "")))
+        status = res.get("exit_status")
+        raise typer.Exit(int(status) if isinstance(status, int) else 0)
     if "stdout" in res:
         raise typer.Exit(_print_result(res))
     out.print(f"action {name} done; log entry {res['result_index']}")
@@ -355,10 +484,22 @@ def cvm_action(cvm: str, name: str, controller: ControllerOpt = DEFAULT_URL, key
 @cvm_app.command("delete")
 @_guard
 def cvm_delete(cvm: str, controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
-               expect: ExpectOpt = None) -> None:
-    """Delete a CVM (its log stays readable)."""
-    c = _owner(controller, key, expect).delete(cvm)
-    out.print(f"{c['id']} deleted")
+               expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+               yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
+               output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete a CVM (its log stays readable). Asks on a terminal; elsewhere needs --yes."""
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    cid = _cvm_id(owner.http, cvm)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("confirmation_required", f"deleting CVM {cid} needs --yes when not on a terminal", 2)
+        label = cid if cid == cvm else f"{cvm} ({cid})"
+        if not typer.confirm(f"Delete CVM {label}? Its machine is destroyed; its log stays", default=False,
+                             err=True):
+            fail("aborted", "nothing was deleted", 1)
+    c = owner.delete(cid)
+    emit(c, fmt, ids=str(c["id"]), render=lambda: out.print(f"{c['id']} deleted"))
 
 
 # ------------------------------------------------------------------------------ log/verify
@@ -373,6 +514,9 @@ def intent_cmd(
     list_ops: bool = typer.Option(False, "--list", help="List the operations and their arguments."),
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
+    output: OutputOpt = None,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
 ) -> None:
     """Sign and submit any owner operation, as the registry (duet.ledger.operations) defines it."""
     from duet.ledger.operations import OPERATIONS, check_args
@@ -397,34 +541,92 @@ def intent_cmd(
         fail("malformed_intent", str(exc), 2)
     if operation.targets_cvm != (cvm is not None):
         fail("invalid_request", f"{op} {'needs' if operation.targets_cvm else 'takes no'} --cvm", 2)
-    out.print_json(data=_owner(controller, key).submit(op, parsed, cvm))
+    res = _owner(controller, key, None, trust_simulated, state_dir).submit(op, parsed, cvm)
+    emit(res, output or Format.json, ids=str(res.get("id", "")) if isinstance(res, dict) else None)
 
 
 @app.command("log")
 @_guard
-def log_cmd(cvm: str, controller: ControllerOpt = DEFAULT_URL, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show a CVM's log as a timeline."""
+def log_cmd(
+    cvm: Annotated[str, typer.Argument(help="CVM id or name.")],
+    controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+    digests: bool = typer.Option(False, "--digests", help="Add the SHA-256 of each command's stdout and stderr."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing operations as they are logged."),
+    since: str | None = typer.Option(None, "--since", help="Only operations since a duration ago (1h) or a time."),
+    types: Annotated[list[str] | None, typer.Option(
+        "--type", help="Only these operations: create, run, action, mode, delete, refused, policy, ...")] = None,
+    entries_view: bool = typer.Option(False, "--entries", help="One row per log entry, as stored."),
+    interval: float = typer.Option(2.0, "--interval", help="With --follow: seconds between polls."),
+) -> None:
+    """Show a CVM's log: one row per operation (time UTC, mode, who, what, outcome)."""
+    import time
+
+    from duet.cli.log_view import keep, operations, since_filter
     from duet.cli.render import render_timeline
     from duet.client.api import ReadClient
     from duet.client.owner_check import verified_intents
     from duet.ledger import entries
     from duet.ledger.errors import LedgerError
 
-    with Http(controller) as http:
+    fmt = resolve(output, as_json)
+    try:
+        since_t = since_filter(since) if since is not None else None
+    except ValueError as exc:
+        fail("invalid_request", str(exc), 2)
+    printed = 0
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
         api = ReadClient(http)
-        http.start_run()
-        leaves = api.leaves(cvm, api.tree_size(cvm))
-    decoded: list[dict[str, Any]] = []
-    for leaf in leaves:
-        try:
-            decoded.append(entries.decode(leaf))
-        except LedgerError as exc:
-            decoded.append({"type": "undecodable", "error": str(exc)})
-    signed = verified_intents(decoded)
-    if as_json:
-        out.print_json(data=[_json_entry(i, e, signed) for i, e in enumerate(decoded)])
+        cvm = _cvm_id(http, cvm)
+        while True:
+            http.start_run()
+            leaves = api.leaves(cvm, api.tree_size(cvm))
+            decoded: list[dict[str, Any]] = []
+            for leaf in leaves:
+                try:
+                    decoded.append(entries.decode(leaf))
+                except LedgerError as exc:
+                    decoded.append({"type": "undecodable", "error": str(exc)})
+            signed = verified_intents(decoded)
+            if entries_view:
+                rows_json: list[Any] = [_json_entry(i, e, signed) for i, e in enumerate(decoded)]
+                emit(rows_json, fmt, ids=[str(r["index"]) for r in rows_json],
+                     render=lambda d=decoded, sg=signed: render_timeline(out, d, sg))  # type: ignore[misc]
+                return
+            ops = operations(decoded, signed)
+            # While following, an operation is printed once it is complete (or another followed it).
+            ready = ops if not follow else [o for k, o in enumerate(ops) if o.complete or k < len(ops) - 1]
+            shown = [o for o in ready[printed:] if keep(o, since_t, types or [])]
+            printed = len(ready)
+            _print_ops(shown, fmt, digests, follow)
+            if not follow:
+                return
+            time.sleep(interval)
+
+
+def _print_ops(ops: list[Any], fmt: Any, digests: bool, follow: bool) -> None:
+    from duet.cli.output import Format
+
+    if fmt in (Format.json, Format.yaml) and follow:  # a stream: one JSON object per line
+        for o in ops:
+            sys.stdout.write(json.dumps(o.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
         return
-    render_timeline(out, decoded, signed)
+    if fmt in (Format.json, Format.yaml, Format.id):
+        emit([o.to_json() for o in ops], fmt, ids=[str(o.first) for o in ops])
+        return
+    if not ops:
+        return
+    table = new_table("#", "time (UTC)", "mode", "who", "what", "outcome", *(["stdout sha256"] if digests else []))
+    for o in ops:
+        extra = [o.digests.get("stdout_sha256", "")] if digests else []
+        table.add_row(str(o.first), o.time, o.mode, o.who, escape(o.what), escape(o.outcome), *extra)
+    out.print(table)
+    if follow:
+        out.file.flush()
 
 
 def _json_entry(i: int, e: dict[str, Any], signed: dict[int, Any]) -> dict[str, Any]:
@@ -442,12 +644,12 @@ def _json_entry(i: int, e: dict[str, Any], signed: dict[int, Any]) -> dict[str, 
 def verify(
     cvm: Annotated[str | None, typer.Argument(help="CVM id (not needed with --bundle).")] = None,
     controller: ControllerOpt = DEFAULT_URL,
-    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    trust_simulated: TrustOpt = False,
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML (see README)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
     from_tiles: str | None = typer.Option(None, "--from-tiles", help="Verify from a tile mirror (URL or dir)."),
-    as_json: bool = typer.Option(False, "--json"),
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
     report_path: Path | None = typer.Option(None, "--report", help="Also write a self-contained HTML report."),
     strict: bool = typer.Option(False, "--strict", help="Fail when the expectations leave the controller open."),
     accept_new_controller: bool = typer.Option(
@@ -457,6 +659,7 @@ def verify(
     max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
     controller_log: bool = typer.Option(
         False, "--controller-log", help="Verify the controller (quote) and its own log (owner keys) alone."),
+    output: OutputOpt = None,
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -464,6 +667,8 @@ def verify(
     from duet.client.expectations import load_expectations, weak_points
     from duet.client.verify import verify as do_verify
 
+    fmt = resolve(output, as_json)
+    trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     weak = weak_points(expectations)
     for w in weak:
@@ -501,6 +706,7 @@ def verify(
             fail("invalid_request", "name a CVM id, or pass --bundle FILE", 2)
         with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
+            cvm = _cvm_id(http, cvm)
             report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                       expect=expectations, accept_new_controller=accept_new_controller)
     report.warnings.extend(weak)
@@ -508,10 +714,7 @@ def verify(
         from duet.client.report_html import render_html
 
         report_path.write_text(render_html(report.to_json(), audit.decoded if audit is not None else []))
-    if as_json:
-        out.print_json(data=report.to_json())
-    else:
-        render_report(out, report)
+    emit(report.to_json(), fmt, ids=report.cvm if report.ok else [], render=lambda: render_report(out, report))
     raise typer.Exit(0 if report.ok else 3)
 
 
@@ -522,6 +725,10 @@ def state_export(
     out_path: Path | None = typer.Option(None, "--out", help="Bundle file to write."),
     tiles_dir: Path | None = typer.Option(None, "--tiles", help="Write a static tile mirror to this directory."),
     controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a self-contained bundle (quote, checkpoint, all entries) for offline checks, or
     the same as a C2SP tile mirror any static file server can serve (`--from-tiles`)."""
@@ -529,17 +736,63 @@ def state_export(
 
     if (out_path is None) == (tiles_dir is None):
         fail("invalid_request", "give exactly one of --out FILE or --tiles DIR", 2)
-    with Http(controller) as http:
+    fmt = resolve(output, as_json)
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir) as http:
+        cvm = _cvm_id(http, cvm)
         data = export_bundle(http, cvm)
     if tiles_dir is not None:
         from duet.client.tiles_source import write_mirror
 
         n = write_mirror(data, tiles_dir)
-        out.print(f"wrote a tile mirror of {n} files to {tiles_dir}")
+        emit({"cvm": cvm, "tiles": str(tiles_dir), "files": n}, fmt, ids=cvm,
+             render=lambda: out.print(f"wrote a tile mirror of {n} files to {tiles_dir}"))
         return
     assert out_path is not None
     out_path.write_bytes(data)
-    out.print(f"wrote {out_path} ({len(data)} bytes)")
+    emit({"cvm": cvm, "bundle": str(out_path), "bytes": len(data)}, fmt, ids=cvm,
+         render=lambda: out.print(f"wrote {out_path} ({len(data)} bytes)"))
+
+
+@expect_app.command("init")
+@_guard
+def expect_init(
+    cvm: Annotated[str, typer.Argument(help="CVM id or name.")],
+    controller: ControllerOpt = DEFAULT_URL,
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Write expectations (YAML, on stdout) from a CVM that verifies now: controller build,
+    measurement, host data, TEE, the commands seen so far and the policy's actions as
+    anchored regexes, passing lockdown checks, owner keys. Trust on first use: read it."""
+    import yaml
+
+    from duet.cli.expect_init import build
+    from duet.client.cvm_checks import evidence_checks
+    from duet.client.verify import verify as do_verify
+
+    trust = _trust(trust_simulated)
+    with Http(controller, trust_simulated=trust or None, state_dir=state_dir) as http:
+        cvm = _cvm_id(http, cvm)
+        report, audit = do_verify(http, cvm, trust_simulated=trust, state_dir=state_dir)
+    if not report.ok or audit is None:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+        fail("not_verified", f"CVM {cvm} does not verify, so nothing is pinned: {failed}", 3)
+    from datetime import UTC, datetime
+
+    _, latest = evidence_checks(audit.decoded, audit.state, trust_simulated=trust, now=datetime.now(UTC),
+                                expect=None)
+    doc, notes = build(report, audit.decoded, latest)
+    sim = " SIMULATED" if report.simulated else ""
+    err.print(f"duet expect init: TRUST ON FIRST USE{sim}: this pins what CVM {cvm} is today, as verified; "
+              "read every command it allows before relying on it", markup=False)
+    for n in notes:
+        err.print(f"  pinned {n}", markup=False)
+    if output not in (None, Format.yaml):
+        emit(doc, output, ids=cvm)
+        return
+    sys.stdout.write(f"# duet expect init {cvm}: trust on first use{sim}; read it and tighten it\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, width=10_000))
 
 
 @app.command()
@@ -547,7 +800,7 @@ def state_export(
 def watch(
     cvm: str,
     controller: ControllerOpt = DEFAULT_URL,
-    trust_simulated: bool = typer.Option(False, "--trust-simulated", help="Accept a SIMULATED TEE (unsafe)."),
+    trust_simulated: TrustOpt = False,
     expect: Path | None = typer.Option(None, "--expect", help="Expectations YAML."),
     interval: float = typer.Option(5.0, help="Seconds between checks."),
     on_violation: str | None = typer.Option(None, "--on-violation", help="Shell command run on a violation."),
@@ -555,7 +808,9 @@ def watch(
     grace: str = typer.Option("60s", "--grace", help="How long the CVM may be impossible to verify "
                               "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DUET_STATE_DIR"),
+    state_dir: StateDirOpt = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
     meeting the expectations. A failed check is a violation at once; being unable to
@@ -572,9 +827,12 @@ def watch(
         grace_s = parse_duration(grace).total_seconds()
     except ValueError as exc:
         fail("invalid_request", f"--grace: {exc}", 2)
+    fmt = resolve(output, as_json)
+    trust_simulated = _trust(trust_simulated)
     expectations = load_expectations(expect) if expect is not None else None
     n = 0
     with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None, state_dir=state_dir) as http:
+        cvm = _cvm_id(http, cvm)
 
         def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
@@ -595,6 +853,15 @@ def watch(
                 raise typer.Exit(3)
             if step.kind == "degraded":
                 err.print(f"duet watch: {step.reason}", markup=False)
+            elif fmt in (Format.json, Format.yaml):  # a stream: one JSON object per check
+                report = step.report
+                sys.stdout.write(json.dumps({"cvm": cvm, "ok": True, "size": report.checkpoint.get("size"),
+                                             "mode": report.state.mode if report.state else None,
+                                             "simulated": report.simulated}) + "\n")
+                sys.stdout.flush()
+            elif fmt is Format.id:
+                sys.stdout.write(f"{cvm}\n")
+                sys.stdout.flush()
             else:
                 report = step.report
                 out.print(f"ok: size {report.checkpoint.get('size')}, "
@@ -607,6 +874,67 @@ def watch(
             time.sleep(interval)
 
 
+@context_app.command("list")
+@_guard
+def context_list(output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """List the contexts of the config file; * marks the one in force."""
+    from duet.cli import contexts
+
+    fmt = resolve(output, as_json)
+    doc = contexts.load()
+    name, _ = contexts.current(doc) if doc.get("current-context") or os.environ.get("DUET_CONTEXT") else (None, {})
+    rows = [{"name": n, "current": n == name, **c} for n, c in doc["contexts"].items()]
+
+    def render() -> None:
+        table = new_table("", "name", "controller", "key", "expect")
+        for r in rows:
+            table.add_row("*" if r["current"] else "", escape(r["name"]), escape(r.get("controller", "")),
+                          escape(r.get("key", "")), escape(r.get("expect", "")))
+        out.print(table)
+        human(fmt, out, err).print(f"config: {contexts.config_path()}", markup=False)
+
+    emit(rows, fmt, ids=[r["name"] for r in rows], render=render)
+
+
+@context_app.command("use")
+@_guard
+def context_use(name: str) -> None:
+    """Make NAME the context in force."""
+    from duet.cli import contexts
+
+    doc = contexts.load()
+    if name not in doc["contexts"]:
+        fail("unknown_context", f"no context {name!r} in {contexts.config_path()}; see duet context list")
+    doc["current-context"] = name
+    contexts.save(doc)
+    err.print(f"using context {name}", markup=False)
+
+
+@context_app.command("set")
+@_guard
+def context_set(
+    name: str,
+    controller_url: str | None = typer.Option(None, "--controller", help="Controller URL."),
+    key_path: Path | None = typer.Option(None, "--key", help="Owner private key (PEM)."),
+    expect_path: Path | None = typer.Option(None, "--expect", help="Expectations YAML."),
+    state: Path | None = typer.Option(None, "--state-dir", help="State directory."),
+) -> None:
+    """Create or update context NAME (paths are stored absolute)."""
+    from duet.cli import contexts
+
+    doc = contexts.load()
+    ctx = dict(doc["contexts"].get(name) or {})
+    for field, v in (("controller", controller_url), ("key", key_path), ("expect", expect_path),
+                     ("state-dir", state)):
+        if v is not None:
+            ctx[field] = v if isinstance(v, str) else str(v.expanduser().absolute())
+    doc["contexts"][name] = ctx
+    if not doc.get("current-context"):
+        doc["current-context"] = name
+    path = contexts.save(doc)
+    err.print(f"context {name} saved in {path}", markup=False)
+
+
 @app.command()
 def demo(keep: bool = typer.Option(False, help="Keep the demo's data directory.")) -> None:
     """Run the whole story locally (SIMULATED SGX + a local CVM) and verify it."""
@@ -615,7 +943,13 @@ def demo(keep: bool = typer.Option(False, help="Keep the demo's data directory."
     raise typer.Exit(run_demo(out, keep=keep))
 
 
+#: Every top-level command and group registered eagerly (the rest are in _LAZY_APPS).
+_COMMANDS = frozenset({"keygen", "controller", "cvm", "state", "expect", "context", "intent", "log", "verify",
+                       "watch", "demo"})
+
+
 def main() -> None:
+    _register_lazy_apps(sys.argv[1:])
     app()
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from duet.client.verify import Report
+if TYPE_CHECKING:  # the verifier is heavy; `duet log` and `cvm list` only need visible()
+    from duet.client.verify import Report
 
 
 def visible(text: str) -> str:
@@ -81,7 +82,7 @@ def render_timeline(console: Console, decoded: list[dict[str, Any]], signed: dic
     signed = signed or {}
     table = Table("#", "time", "type", "details", show_lines=False)
     for i, e in enumerate(decoded):
-        table.add_row(str(i), visible(str(e.get("time", ""))[:23]), visible(str(e.get("type"))),
+        table.add_row(str(i), visible(str(e.get("time", ""))), visible(str(e.get("type"))),
                       escape(visible(_summary(e, signed.get(i)))))
     console.print(table)
 

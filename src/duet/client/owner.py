@@ -13,6 +13,7 @@ from duet.client.api import ReadClient
 from duet.client.config import DEFAULT_URL, check_owner_url
 from duet.client.errors import ClientError
 from duet.client.http import Http
+from duet.client.results import RunResult
 from duet.ledger.intent import sign_intent
 from duet.ledger.operations import Op
 
@@ -56,6 +57,10 @@ class OwnerClient:
         if timeout_s is not None:
             args["timeout_s"] = timeout_s
         return dict(self.submit(Op.RUN, args, cvm))
+
+    def exec(self, cvm: str, command: str, *, timeout_s: float | None = None) -> RunResult:
+        """`run`, as a typed result with stdout and stderr as bytes."""
+        return RunResult.from_response(cvm, self.run(cvm, command, timeout_s=timeout_s))
 
     def mode(self, cvm: str, mode: str) -> dict[str, Any]:
         return dict(self.submit(Op.MODE, {"mode": mode}, cvm)["cvm"])

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duet.client.audit import Check
-from duet.client.expectations import UserExpectations
+
+if TYPE_CHECKING:  # `duet log` uses verified_intents without the attestation package
+    from duet.client.expectations import UserExpectations
 from duet.ledger import keys
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, parse_intent, verify_signature

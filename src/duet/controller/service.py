@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,9 @@ from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend, controller_report_data
 from duet.tee.clock import TrustedClock
+
+#: What a CVM id looks like (`secrets.token_hex(8)`); no name may look like one.
+_LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{16}")
 
 log = logging.getLogger("duet.controller")
 
@@ -770,8 +774,22 @@ class Controller:
 
     # ---------------------------------------------------------------- operations
 
+    def _check_new_name(self, name: Any) -> None:
+        """A name is an address (`duet cvm run web ...`), so it must name one live CVM and
+        never be mistaken for an id. Checked with no await before the record is added, so
+        two concurrent creates cannot both take it."""
+        if name is None:
+            return
+        if isinstance(name, str) and _LOOKS_LIKE_ID.fullmatch(name):
+            raise errors.InvalidRequest(f"name {name!r} looks like a CVM id (16 hex digits); choose another name")
+        for rec in self._records.values():
+            if rec.name == name and rec.status != Status.DELETED.value:
+                raise errors.InvalidRequest(
+                    f"name {name!r} is taken by live CVM {rec.id}; names of live CVMs are unique")
+
     async def create(self, intent: Intent) -> dict[str, Any]:
         args = intent.args
+        self._check_new_name(args.get("name"))
         provider_name = args["provider"]
         provider = self._provider(provider_name)
         try:
