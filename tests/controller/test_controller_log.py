@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from duet.client.http import ClientError
@@ -348,3 +349,33 @@ def sign_intent_at(owner: OwnerClient, cvm: str, command: str, iat: float) -> st
 
     return sign_intent(owner.key, op="cvm.run", aud=owner.controller_id, args={"command": command}, cvm=cvm,
                        iat=int(iat))
+
+
+def test_a_rolled_back_controller_log_shown_a_newer_checkpoint_accepts_no_intent(controller: ControllerProc) -> None:
+    """The host restores the whole data dir from before a rotation (the ledger too: the
+    revoked key is back in the controller log, its nonces forgotten). Anyone who saw the
+    newer controller-log checkpoint shows it; from then on the controller refuses every
+    intent and its controller log, instead of letting the revoked key act."""
+    owner = controller.owner()
+    cvm = owner.create("local")["id"]
+    controller.with_owner_key = False
+    controller.kill(signal.SIGTERM)
+    saved = controller.data.parent / "data-before-rotation"
+    shutil.copytree(controller.data, saved)
+    controller.start()
+    new = keys.Ed25519PrivateKey.generate()
+    controller.owner().set_owner_keys([_pub(new)])
+    with controller.http() as http:
+        newer = http.get_text("/v1/controller/log/checkpoint")
+    controller.kill(signal.SIGTERM)
+    shutil.rmtree(controller.data)
+    shutil.copytree(saved, controller.data)
+    controller.start()
+    shown = {"Duet-Checkpoint": base64.b64encode(newer.encode()).decode()}
+    r = httpx.get(controller.url + "/v1/controller", headers=shown, timeout=10)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "rollback_detected"
+    with pytest.raises(ClientError) as info:
+        controller.owner().run(cvm, "echo revoked-key-back", timeout_s=30)  # the old, revoked key
+    assert info.value.code == "rollback_detected"
+    assert httpx.get(controller.url + "/v1/controller/log/checkpoint", timeout=10).status_code == 409
+    assert not any(e["type"] == "command" and "revoked-key-back" in e["command"] for e in _cvm_log(controller, cvm))

@@ -270,6 +270,7 @@ class Controller:
         return head.size - len(leaves)
 
     def controller_log_checkpoint(self) -> str:
+        self._check_controller_log()
         head = self.ledger.tree_head(CONTROLLER_LOG)
         cp = Checkpoint(origin=self.controller_origin, size=head.size, root_hash=head.root_hash)
         return sign_checkpoint(cp, self.signer)
@@ -352,7 +353,7 @@ class Controller:
         if not origin.startswith(prefix):
             raise errors.InvalidRequest("Duet-Checkpoint is for another controller")
         cvm_id = origin[len(prefix):]
-        if cvm_id not in self._records:
+        if cvm_id not in self._records and cvm_id != CONTROLLER_LOG:
             raise errors.UnknownCvm(f"no CVM with id {cvm_id!r}")
         try:
             cp = open_checkpoint(note, Verifier(self.note_name, self.public_key), expected_origin=origin)
@@ -366,9 +367,18 @@ class Controller:
         elif self.ledger.tree_head(cvm_id, cp.size).root_hash != cp.root_hash:
             problem = f"a checkpoint of size {cp.size} signed by this controller disagrees with its log (fork)"
         if problem is not None:
-            log.error("cvm %s: %s; refusing to serve it", cvm_id, problem)
-            self._rolled_back[cvm_id] = f"refusing to serve CVM {cvm_id}: {problem}"
+            log.error("log %s: %s; refusing to serve it", cvm_id, problem)
+            what = "the controller log (owner keys, nonces): no intent is accepted" if cvm_id == CONTROLLER_LOG \
+                else f"CVM {cvm_id}"
+            self._rolled_back[cvm_id] = f"refusing to serve {what}: {problem}"
             raise errors.RollbackDetected(self._rolled_back[cvm_id])
+
+    def _check_controller_log(self) -> None:
+        """A rolled-back controller log may hold revoked owner keys and forgotten nonces:
+        once someone showed a newer checkpoint of it, nothing it decides is trusted."""
+        refused = self._rolled_back.get(CONTROLLER_LOG)
+        if refused is not None:
+            raise errors.RollbackDetected(refused)
 
     def list_views(self) -> list[dict[str, Any]]:
         return [self.view(r) for r in self._records.values() if r.id not in self._rolled_back]
@@ -504,6 +514,7 @@ class Controller:
 
     def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
         """Every check that needs no CVM state; failing here changes nothing."""
+        self._check_controller_log()
         intent = parse_intent(jws)
         owner_keys = self._owner_keys()
         if not owner_keys:
