@@ -228,9 +228,11 @@ def _tcb_info() -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def _qe_identity() -> str:
+def qe_identity(identity_id: str, isv_prod_id: int, isv_svn: int) -> str:
+    """A signed-collateral QE identity document (v2) for the simulated quoting enclave: the
+    SGX QE (``QE``) and the TDX one (``TD_QE``) differ only in id, product id and SVN."""
     doc = {
-        "id": "QE",
+        "id": identity_id,
         "version": 2,
         "issueDate": DEV_NOT_BEFORE.strftime(_ISO),
         "nextUpdate": DEV_NOT_AFTER.strftime(_ISO),
@@ -240,16 +242,20 @@ def _qe_identity() -> str:
         "attributes": QE_ATTRIBUTES.hex().upper(),
         "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
         "mrsigner": QE_MRSIGNER.hex().upper(),
-        "isvprodid": 1,
+        "isvprodid": isv_prod_id,
         "tcbLevels": [
             {
-                "tcb": {"isvsvn": QE_ISV_SVN},
+                "tcb": {"isvsvn": isv_svn},
                 "tcbDate": "2025-01-01T00:00:00Z",
                 "tcbStatus": "UpToDate",
             }
         ],
     }
     return json.dumps(doc, separators=(",", ":"))
+
+
+def _qe_identity() -> str:
+    return qe_identity("QE", 1, QE_ISV_SVN)
 
 
 def _collateral(root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey, pck_ca: x509.Certificate,

@@ -53,6 +53,7 @@ from .sgx import (
     _raw_sig,
     _report_body,
     _sgx_extension,
+    qe_identity,
 )
 
 STATE_FILE = "simulated-tdx.json"
@@ -135,27 +136,7 @@ def _tcb_info() -> str:
 
 
 def _qe_identity() -> str:
-    doc = {
-        "id": "TD_QE",
-        "version": 2,
-        "issueDate": DEV_NOT_BEFORE.strftime(_ISO),
-        "nextUpdate": DEV_NOT_AFTER.strftime(_ISO),
-        "tcbEvaluationDataNumber": TCB_EVAL_NUMBER,
-        "miscselect": "00000000",
-        "miscselectMask": "FFFFFFFF",
-        "attributes": QE_ATTRIBUTES.hex().upper(),
-        "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-        "mrsigner": QE_MRSIGNER.hex().upper(),
-        "isvprodid": TD_QE_PROD_ID,
-        "tcbLevels": [
-            {
-                "tcb": {"isvsvn": TD_QE_ISV_SVN},
-                "tcbDate": "2025-01-01T00:00:00Z",
-                "tcbStatus": "UpToDate",
-            }
-        ],
-    }
-    return json.dumps(doc, separators=(",", ":"))
+    return qe_identity("TD_QE", TD_QE_PROD_ID, TD_QE_ISV_SVN)
 
 
 def _create_state() -> dict[str, Any]:
