@@ -58,3 +58,41 @@ def test_a_simulated_tdx_cvm_lives_and_verifies(controller: ControllerProc, tmp_
             bad, _ = verify(http, cvm, trust_simulated=True, state_dir=tmp_path / "u",
                             expect=load_expectations(_expect(tmp_path, cvm_exp)))
         assert not {c.name: c for c in bad.checks}[failing].ok, failing
+
+
+def test_simulated_tdx_evidence_for_another_instance_or_root_is_refused(tmp_path: Path) -> None:
+    """The registry entry both sides run: a TD quote whose MRCONFIGID names another CVM
+    fails the instance binding; a quote under another development root than the one the
+    controller trusts fails; without --trust-simulated nothing simulated passes."""
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from duet.attestation import cvm_kinds
+    from duet.attestation.binding import cvm_report_data
+    from duet.attestation.errors import AttestationError
+    from duet.attestation.simulated.tdx import SimulatedTdx
+
+    tdx, other = SimulatedTdx.load_or_create(tmp_path / "a"), SimulatedTdx.load_or_create(tmp_path / "b")
+    host_key = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)).decode()
+    nonce, mine, theirs = bytes(32), "11" * 32, "22" * 32
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+
+    def entry(platform: SimulatedTdx, host_data: str) -> dict[str, object]:
+        quote = platform.quote(cvm_report_data(nonce, host_key), mrtd=LOCAL_MEASUREMENT,
+                               mrconfigid=tdx_mrconfigid(bytes.fromhex(host_data)))
+        return {"kind": "simulated-tdx", "nonce": nonce.hex(), "evidence": base64.b64encode(quote).decode(),
+                "collateral": {**platform.collateral(), "root_ca": base64.b64encode(platform.root_ca_der).decode()}}
+
+    def check(e: dict[str, object], trust: cvm_kinds.Trust) -> object:
+        return cvm_kinds.verify_evidence(e, host_key=host_key, now=now, trust=trust, binding="mrconfigid",
+                                         host_data=mine)
+
+    controller_trust = cvm_kinds.Trust(simulated=True, tdx_roots=(tdx.root_ca_der,))
+    assert check(entry(tdx, mine), controller_trust)
+    with pytest.raises(AttestationError, match="mrconfigid"):
+        check(entry(tdx, theirs), controller_trust)  # evidence of another instance
+    with pytest.raises(AttestationError, match="development root"):
+        check(entry(other, mine), controller_trust)  # another platform's root
+    with pytest.raises(AttestationError):
+        check(entry(tdx, mine), cvm_kinds.Trust(simulated=False))  # simulated needs --trust-simulated
