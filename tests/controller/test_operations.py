@@ -25,7 +25,8 @@ def test_every_operation_has_a_record_and_a_handler() -> None:
     for op in OPERATIONS.values():
         assert callable(getattr(Controller, op.handler)), op.op
         assert issubclass(op.args, BaseModel)
-    assert {o.op for o in OPERATIONS.values() if not o.targets_cvm} == {"cvm.create", "owner.keys"}
+    assert {o.op for o in OPERATIONS.values() if not o.targets_cvm} == {"cvm.create", "owner.keys",
+                                                                                   "witnesses.set"}
 
 
 @pytest.mark.parametrize("op,args", [
@@ -37,10 +38,14 @@ def test_every_operation_has_a_record_and_a_handler() -> None:
     ("cvm.create", {"provider": "local", "tee": 5}),
     ("owner.keys", {"keys": []}),
     ("policy.set", {"policy": "x" * (64 * 1024 + 1)}),
+    ("witnesses.set", {"witnesses": [], "quorum": 1}),
+    ("witnesses.set", {"witnesses": [{"vkey": "nope", "url": "http://w"}], "quorum": 1}),
+    ("witnesses.set", {"witnesses": [{"vkey": "w+01020304+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                                      "url": "ftp://w"}], "quorum": 1}),
 ])
 def test_argument_models_are_strict(op: str, args: dict[str, Any]) -> None:
     owner = keys.Ed25519PrivateKey.generate()
-    cvm = None if op in ("cvm.create", "owner.keys") else "c1"
+    cvm = None if op in ("cvm.create", "owner.keys", "witnesses.set") else "c1"
     with pytest.raises(IntentError, match=op):
         parse_intent(sign_intent(owner, op=op, aud="ab" * 32, cvm=cvm, args=args, iat=1))
 

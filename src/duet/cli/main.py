@@ -36,6 +36,10 @@ app.add_typer(expect_app, name="expect")
 context_app = typer.Typer(no_args_is_help=True, help="Named contexts (controller, key, expectations), as in kubectl.")
 app.add_typer(context_app, name="context")
 
+from duet.cli.witnesses_cmd import app as _witnesses_app  # noqa: E402
+
+controller_app.add_typer(_witnesses_app, name="witnesses")
+
 #: Sub-apps whose modules are heavy (the attestation package alone takes a third of a
 #: second to import): registered only when the command line may need them, so that
 #: `duet cvm run` does not pay for them (see bench/cli.py).
@@ -177,7 +181,7 @@ def _guard(fn: Any) -> Any:
         except Exception as exc:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
-                fail(code, str(exc))
+                fail(code, str(exc), getattr(exc, "exit_code", 1))
             # Never a traceback: an unexpected failure is still one typed line.
             fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
 
@@ -240,6 +244,9 @@ def controller_serve(
     providers: Path | None = typer.Option(None, "--providers", help="YAML: settings of azure/gcp/qemu."),
     log_format: str = typer.Option("text", "--log-format", help="Access/server log lines: text | json."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+    witness: Annotated[list[str] | None, typer.Option(
+        "--witness", help="VKEY=URL of a witness (repeatable; development only, refused under gramine).")] = None,
+    witness_quorum: int = typer.Option(1, "--witness-quorum", min=1, help="Witnesses needed (with --witness)."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -249,7 +256,8 @@ def controller_serve(
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
-          providers_file=providers, log_format=log_format, log_level=log_level.lower())
+          providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
+          witness_quorum=witness_quorum)
 
 
 @controller_app.command("claim")

@@ -29,6 +29,11 @@ class ControllerLog:
     hashes: list[bytes] = field(default_factory=list)
     #: (controller-log size once the change was appended, key ids, base64 keys).
     changes: list[tuple[int, list[str], list[str]]] = field(default_factory=list)
+    #: Per CVM: (controller-log index, size, base64 root) of every head a `heads` entry
+    #: committed, in log order (what witnesses' cosignatures cover: witness_check.py).
+    heads: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    #: (controller-log index, witnesses, quorum) of every `witnesses` entry.
+    witnesses: list[tuple[int, list[dict[str, Any]], int]] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -63,7 +68,18 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
         ctl.decoded.append(e)
         t = e.get("type")
         if t == "intent":
-            continue  # judged with the owner_keys entry it must be followed by
+            continue  # judged with the owner_keys or witnesses entry it must be followed by
+        if t == "heads":
+            for h in e.get("heads") or []:
+                ctl.heads.setdefault(str(h["cvm"]), []).append((i, int(h["size"]), str(h["root"])))
+            continue
+        if t == "witnesses":
+            problem = _witnesses_problem(ctl.decoded, i, e, in_force, controller_id, nonces)
+            if problem:
+                problems.append(problem)
+            else:
+                ctl.witnesses.append((i, list(e.get("witnesses") or []), int(e.get("quorum") or 0)))
+            continue
         if t != "owner_keys":
             problems.append(f"entry {i}: a {t} entry has no place in the controller log")
             continue
@@ -109,6 +125,29 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
                                                      else "every owner key the controller log put in force "
                                                           "is expected")))
     return checks, ctl
+
+
+def _witnesses_problem(decoded: Sequence[dict[str, Any]], i: int, e: dict[str, Any], in_force: dict[str, Any],
+                       controller_id: str, nonces: set[str]) -> str | None:
+    """A `witnesses` entry must follow the `witnesses.set` intent that asked for exactly
+    it, signed by an owner key in force."""
+    prev = decoded[i - 1] if i > 0 else None
+    if prev is None or prev.get("type") != "intent" or prev.get("op") != Op.WITNESSES_SET:
+        return f"entry {i}: witnesses change without a witnesses.set intent"
+    try:
+        it = parse_intent(str(prev.get("jws")))
+        verify_signature(it, in_force)
+    except LedgerError as exc:
+        return f"entry {i - 1}: {exc}"
+    if it.op != Op.WITNESSES_SET or it.args.get("witnesses") != e.get("witnesses") \
+            or it.args.get("quorum") != e.get("quorum"):
+        return f"entry {i}: the witnesses differ from what the preceding intent asked"
+    if it.payload.get("aud") != controller_id:
+        return f"entry {i - 1}: intent addressed to another controller"
+    if it.nonce in nonces:
+        return f"entry {i - 1}: intent nonce reused (replay)"
+    nonces.add(it.nonce)
+    return None
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

@@ -76,3 +76,9 @@ class OwnerClient:
 
     def set_owner_keys(self, keys_b64: list[str]) -> dict[str, Any]:
         return dict(self.submit(Op.OWNER_KEYS, {"keys": keys_b64}))
+
+    def set_witnesses(self, witnesses: list[tuple[str, str]], quorum: int) -> dict[str, Any]:
+        """`witnesses.set`: (vkey, url) of each witness of the controller log, and how many
+        of them must answer at the controller's start-up."""
+        return dict(self.submit(Op.WITNESSES_SET, {
+            "witnesses": [{"vkey": v, "url": u} for v, u in witnesses], "quorum": quorum}))

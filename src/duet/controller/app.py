@@ -88,6 +88,7 @@ STATUS: dict[str, int] = {
     "tee_error": 503,
     "not_in_enclave": 503,
     "not_ready": 503,
+    "not_witnessed": 503,
     "unsealed_data_dir": 503,
 }
 
@@ -253,6 +254,17 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     @app.get("/v1/cvms/{cvm_id}/checkpoint", response_class=PlainTextResponse)
     async def checkpoint(cvm_id: str) -> PlainTextResponse:
         return PlainTextResponse(controller.checkpoint(cvm_id), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/cvms/{cvm_id}/witnessed")
+    async def witnessed(cvm_id: str, size: int | None = Query(None, ge=1)) -> Any:
+        """The proof that the CVM head of `size` (default: the current one) is committed by
+        a `heads` entry of a witness-cosigned controller-log checkpoint (witnessing.py)."""
+        controller.record(cvm_id)
+        head = controller.ledger.tree_head(cvm_id).size
+        want = head if size is None else size
+        if want > head or want == 0:
+            return error_response("out_of_range", f"need 1 <= size <= {head}; got {want}")
+        return await controller.witnessing.covering(cvm_id, want)
 
     async def log_entries(log_id: str, start: int, end: int | None) -> Any:
         size = controller.ledger.tree_head(log_id).size

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -72,8 +73,18 @@ def build_controller(
     policy: Path | None = None,
     pccs_url: str | None = None,
     providers_file: Path | None = None,
+    witnesses: Sequence[str] = (),
+    witness_quorum: int = 1,
 ) -> Controller:
+    from duet.controller.witnessing import WitnessConfig, parse_witness_flag
     from duet.cvm.local import LocalProvider
+
+    if witnesses and tee == "gramine":
+        # In an enclave the argv is the host's to choose: only a signed witnesses.set counts.
+        raise ConfigError("--witness is for development only and is refused under --tee gramine: "
+                          "configure witnesses with a signed witnesses.set (duet controller witnesses set)")
+    seed = WitnessConfig.parse([parse_witness_flag(w) for w in witnesses], witness_quorum,
+                               "--witness (development)") if witnesses else None
 
     backend: TeeBackend
     clock = TrustedClock()
@@ -134,7 +145,7 @@ def build_controller(
             # checked against Intel's root before use.
             evidence[name] = RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL),
                                             inspector=getattr(providers[name], "inspect", None))
-    return Controller(
+    controller = Controller(
         data_dir,
         tee=backend,
         key=key,
@@ -145,6 +156,9 @@ def build_controller(
         evidence=evidence,
         clock=clock,
     )
+    if seed is not None:
+        controller.witnessing.seed(seed)
+    return controller
 
 
 def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
@@ -231,6 +245,8 @@ def serve(
     providers_file: Path | None = None,
     log_format: str = "text",
     log_level: str = "info",
+    witnesses: Sequence[str] = (),
+    witness_quorum: int = 1,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -249,7 +265,15 @@ def serve(
         lock_data_dir(data_dir)
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file)
+                                  providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum)
+    try:
+        # Before anything is served or appended: a data dir older than what a quorum of
+        # witnesses cosigned is a rollback, and the controller does not start on it.
+        for line in controller.witnessing.startup_check():
+            print(f"duet controller: {line}", file=sys.stderr, flush=True)
+    except BaseException:
+        controller.close()
+        raise
     app = create_app(controller)
     if tls:
         from duet.tee import ratls

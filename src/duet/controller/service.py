@@ -232,6 +232,10 @@ class Controller:
         self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+        from duet.controller.witnessing import Witnessing
+
+        #: `heads` entries and witness cosignatures of the controller log (witnessing.py).
+        self.witnessing = Witnessing(self)
 
     def _open_controller_log(self) -> list[KeyChange]:
         """Create the controller log on first start; derive the owner keys in force from
@@ -270,10 +274,9 @@ class Controller:
         return head.size - len(leaves)
 
     def controller_log_checkpoint(self) -> str:
+        """The newest checkpoint, with every witness cosignature collected for its size."""
         self._check_controller_log()
-        head = self.ledger.tree_head(CONTROLLER_LOG)
-        cp = Checkpoint(origin=self.controller_origin, size=head.size, root_hash=head.root_hash)
-        return sign_checkpoint(cp, self.signer)
+        return self.witnessing.cosigned_note(self.ledger.tree_head(CONTROLLER_LOG).size)
 
     @property
     def controller_origin(self) -> str:
@@ -308,6 +311,7 @@ class Controller:
             # The trusted clock's lower bound (tee/clock.py): how far back the host clock
             # can no longer take certificate and collateral checks.
             "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
+            "witnessing": self.witnessing.status(),
         }
 
     def quote(self, nonce: bytes) -> dict[str, Any]:
@@ -430,6 +434,7 @@ class Controller:
         log size it was saved at (`_reconcile`), so the cost is the growth since.
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
+        await self.witnessing.start()
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
@@ -501,6 +506,7 @@ class Controller:
         self._save(rec)
 
     async def shutdown(self) -> None:
+        await self.witnessing.stop()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -666,6 +672,7 @@ class Controller:
         nonces = self._nonces_of(items)
         head = self.ledger.append(rec.id, leaves, nonces=nonces, forget=self._forget() if nonces else None)
         self._last_time[rec.id] = now
+        self.witnessing.note_append(rec.id, len(leaves))
         return head.size - len(leaves)
 
     def _entry_time(self, log_id: str) -> tuple[str, str | None]:
@@ -1078,3 +1085,7 @@ class Controller:
         # The state file is a cache: a crash before this line is repaired at start-up.
         self.state.set_owner_keys(new)
         return {"owner_keys": sorted(new.values())}
+
+    async def set_witnesses(self, intent: Intent) -> dict[str, Any]:
+        """`witnesses.set` (controller/witnessing.py): one controller-log append."""
+        return self.witnessing.set_from_intent(intent)

@@ -211,6 +211,36 @@ def _k_checks(value: object) -> str | None:
 _VERDICT_FIELDS = (("name", _k_str), ("ok", _k_bool), ("detail", _k_str))
 
 
+_HEAD_FIELDS = (("cvm", _k_str), ("size", _k_index), ("root", _k_b64))
+
+
+def _k_heads(value: object) -> str | None:
+    want = "a list of {cvm: string, size: integer >= 0, root: base64} objects, one per CVM"
+    if not isinstance(value, list | tuple):
+        return want
+    seen: set[object] = set()
+    for item in value:
+        if not isinstance(item, Mapping) or set(item) != {n for n, _ in _HEAD_FIELDS} \
+                or any(c(item[n]) is not None for n, c in _HEAD_FIELDS) or item["cvm"] in seen:
+            return want
+        seen.add(item["cvm"])
+    return None
+
+
+_WITNESS_FIELDS = (("vkey", _k_str), ("url", _k_str))
+
+
+def _k_witnesses(value: object) -> str | None:
+    want = "a list of {vkey, url: string} objects"
+    if not isinstance(value, list | tuple):
+        return want
+    for item in value:
+        if not isinstance(item, Mapping) or set(item) != {n for n, _ in _WITNESS_FIELDS} \
+                or any(c(item[n]) is not None for n, c in _WITNESS_FIELDS):
+            return want
+    return None
+
+
 def _k_verdicts(value: object) -> str | None:
     want = "a list of {name: string, ok: boolean, detail: string} objects"
     if not isinstance(value, list | tuple):
@@ -341,6 +371,12 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("checks", _k_verdicts),
         _f("ok", _k_bool),
     ),
+    # Controller log only: the heads (size, root) of the CVM logs that changed since the
+    # previous `heads` entry, so that witnessing the controller log commits them all.
+    "heads": (_f("heads", _k_heads),),
+    # Controller log only: the witnesses the controller submits its checkpoints to (C2SP
+    # vkeys and URLs) and how many must have cosigned before it starts (witnesses.set).
+    "witnesses": (_f("witnesses", _k_witnesses), _f("quorum", _k_index)),
 }
 """Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
 be JSON null."""
@@ -363,6 +399,13 @@ _JSON: dict[Check, dict[str, object]] = {
     _k_ed25519: _ED25519,
     _k_key_list: {"type": "array", "items": _ED25519},
     _k_encoding: {"enum": ["utf-8", "base64"]},
+    _k_heads: {"type": "array", "items": {
+        "type": "object", "required": [n for n, _ in _HEAD_FIELDS], "additionalProperties": False,
+        "properties": {"cvm": {"type": "string"}, "size": {"type": "integer", "minimum": 0},
+                       "root": {"type": "string", "pattern": _B64, "contentEncoding": "base64"}}}},
+    _k_witnesses: {"type": "array", "items": {
+        "type": "object", "required": [n for n, _ in _WITNESS_FIELDS], "additionalProperties": False,
+        "properties": {"vkey": {"type": "string"}, "url": {"type": "string"}}}},
     _k_verdicts: {"type": "array", "items": {
         "type": "object", "required": [n for n, _ in _VERDICT_FIELDS],
         "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"}}}},
@@ -888,6 +931,24 @@ class ControlPlaneEntry(Entry):
     ok: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeadsEntry(Entry):
+    """Controller log: the current (size, root) of every CVM log that changed since the
+    last `heads` entry (docs/transparency.md, "Witnesses")."""
+
+    TYPE: ClassVar[str] = "heads"
+    heads: tuple[Mapping[str, object], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WitnessesEntry(Entry):
+    """Controller log: the witnesses in force from here on, and the quorum."""
+
+    TYPE: ClassVar[str] = "witnesses"
+    witnesses: tuple[Mapping[str, object], ...]
+    quorum: int
+
+
 RECORD_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
     for cls in (
@@ -906,6 +967,8 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         PolicyEntry,
         ErrorEntry,
         ControlPlaneEntry,
+        HeadsEntry,
+        WitnessesEntry,
     )
 }
 """Entry type name → record class."""

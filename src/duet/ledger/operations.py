@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from duet.ledger.entries import OWNER_MODES
 
@@ -36,6 +44,7 @@ class Op(StrEnum):
     DELETE = "cvm.delete"
     OWNER_KEYS = "owner.keys"
     POLICY_SET = "policy.set"
+    WITNESSES_SET = "witnesses.set"
 
 
 class _Args(BaseModel):
@@ -98,6 +107,54 @@ class PolicyArgs(_Args):
         return v
 
 
+MAX_WITNESSES = 16
+
+
+class WitnessArg(_Args):
+    """One witness: its C2SP cosignature/v1 verifier key and where it takes
+    `POST <url>/add-checkpoint`."""
+
+    vkey: str
+    url: str
+
+    @field_validator("vkey")
+    @classmethod
+    def _vkey(cls, v: str) -> str:
+        from duet.ledger.cosignature import CosignatureVerifier
+        from duet.ledger.errors import LedgerError
+
+        try:
+            CosignatureVerifier.from_vkey(v)
+        except (LedgerError, ValueError) as exc:
+            raise ValueError(f"is not a cosignature/v1 vkey: {exc}") from None
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", v) or len(v) > 2048:
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return v
+
+
+class WitnessesArgs(_Args):
+    """The witnesses the controller log is submitted to; `quorum` of them must answer at
+    start-up (rollback defence). An empty list with quorum 0 turns witnessing off."""
+
+    witnesses: list[WitnessArg] = Field(max_length=MAX_WITNESSES)
+    quorum: int = Field(ge=0, le=MAX_WITNESSES)
+
+    @model_validator(mode="after")
+    def _quorum(self) -> WitnessesArgs:
+        n = len(self.witnesses)
+        if self.quorum > n or (n and self.quorum < 1):
+            raise ValueError(f"quorum must be between 1 and the number of witnesses ({n}), or 0 with none")
+        names = [w.vkey.split("+", 1)[0] for w in self.witnesses]
+        if len(set(names)) != len(names):
+            raise ValueError("two witnesses share a name")
+        return self
+
+
 @dataclass(frozen=True)
 class Operation:
     """One owner operation.
@@ -138,6 +195,8 @@ for _o in (
     Operation(Op.DELETE, True, DeleteArgs, "delete", "delete a CVM and close its log"),
     Operation(Op.OWNER_KEYS, False, OwnerKeysArgs, "set_owner_keys", "replace the owner keys", wrap=None),
     Operation(Op.POLICY_SET, True, PolicyArgs, "set_policy", "replace a CVM's policy (in-update)"),
+    Operation(Op.WITNESSES_SET, False, WitnessesArgs, "set_witnesses", "replace the controller log's witnesses",
+              wrap=None),
 ):
     register(_o)
 

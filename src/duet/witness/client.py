@@ -70,6 +70,11 @@ def add_checkpoint(http: httpx.Client, url: str, witness: CosignatureVerifier, n
     raise WitnessError(f"witness {witness.name} changed its size while we submitted", 409)
 
 
+def verified_response(witness: CosignatureVerifier, note: str, lines: str) -> Cosigned:
+    """The cosignature in a witness's 200 answer `lines` to `note`, verified."""
+    return _verified(witness, note, lines)
+
+
 def _verified(witness: CosignatureVerifier, note: str, lines: str) -> Cosigned:
     try:
         text, _ = parse_note(note)

@@ -1,0 +1,49 @@
+"""``duet controller witnesses``: the owner sets the witnesses of the controller log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="The controller log's witnesses (owner; a signed witnesses.set).")
+
+
+@app.callback()
+def _group() -> None:
+    """The controller log's witnesses (owner; a signed witnesses.set)."""
+
+
+@app.command("set")
+def witnesses_set(
+    witness: Annotated[list[str] | None, typer.Option(
+        "--witness", help="VKEY=URL of a witness (repeatable; none turns witnessing off).")] = None,
+    quorum: Annotated[int | None, typer.Option(
+        "--quorum", min=0, help="Witnesses that must answer at start-up (default: all).")] = None,
+    controller: Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
+    = "http://127.0.0.1:6037",
+    key: Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
+    = Path("owner.key"),
+    trust_simulated: Annotated[bool, typer.Option("--trust-simulated", help="Accept a SIMULATED TEE (unsafe).")]
+    = False,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="DUET_STATE_DIR")] = None,
+) -> None:
+    """Sign and submit witnesses.set: the controller submits its log to these witnesses."""
+    from duet.cli.main import _guard, _owner, _trust, fail, out
+
+    @_guard
+    def run() -> None:
+        items = []
+        for w in witness or []:
+            vkey, sep, url = w.partition("=")
+            if not sep or not vkey or not url.startswith(("http://", "https://")):
+                fail("invalid_request", f"--witness {w[:80]!r} is not VKEY=URL", 2)
+            items.append((vkey, url))
+        owner = _owner(controller, key, None, _trust(trust_simulated), state_dir)
+        res = owner.set_witnesses(items, len(items) if quorum is None else quorum)
+        names = ", ".join(str(w["vkey"]).split("+", 1)[0] for w in res["witnesses"]) or "none"
+        out.print(f"witnesses: {names}; quorum {res['quorum']} (controller log entry {res['controller_log_index']})",
+                  markup=False)
+
+    run()
