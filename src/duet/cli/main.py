@@ -668,6 +668,10 @@ def verify(
     controller_log: bool = typer.Option(
         False, "--controller-log", help="Verify the controller (quote) and its own log (owner keys) alone."),
     output: OutputOpt = None,
+    witness: Annotated[list[str] | None, typer.Option(
+        "--witness", help="A witness vkey whose cosignature the CVM head needs (repeatable).")] = None,
+    witness_quorum: Annotated[int | None, typer.Option(
+        "--witness-quorum", min=1, help="How many of the --witness keys must have cosigned (default: all).")] = None,
 ) -> None:
     """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
     from duet.cli.render import render_report
@@ -685,6 +689,14 @@ def verify(
         fail("weak_expectations", "--strict: " + "; ".join(weak))
     limits = Limits(max_entries=max_entries, budget=budget, max_total_bytes=max_mib << 20)
     ctl = expectations.controller if expectations is not None else None
+    from duet.client.witness_check import WitnessPolicy, policy_of
+
+    if witness_quorum is not None and not witness:
+        fail("invalid_request", "--witness-quorum needs --witness keys", 2)
+    exp_w = expectations.witnesses if expectations is not None else None
+    # Flags replace the expectations file's keys; its max_age still applies.
+    witnesses = WitnessPolicy.parse(witness, witness_quorum, exp_w.age if exp_w else None) if witness \
+        else policy_of(expectations)
     if bundle is not None or from_tiles is not None:
         from duet.client.bundle import BundleSource
         from duet.client.tiles_source import TileSource
@@ -695,7 +707,8 @@ def verify(
             fail("invalid_request", f"the bundle is for CVM {source.cvm}, not {cvm}", 2)
         try:
             report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                      expect=expectations, accept_new_controller=accept_new_controller)
+                                      expect=expectations, accept_new_controller=accept_new_controller,
+                                      witnesses=witnesses)
         finally:
             if isinstance(source, TileSource):
                 source.close()
@@ -716,7 +729,8 @@ def verify(
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
             cvm = _cvm_id(http, cvm)
             report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                      expect=expectations, accept_new_controller=accept_new_controller)
+                                      expect=expectations, accept_new_controller=accept_new_controller,
+                                      witnesses=witnesses)
     report.warnings.extend(weak)
     if report_path is not None:
         from duet.client.report_html import render_html

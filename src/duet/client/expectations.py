@@ -16,6 +16,10 @@ Shape::
     lockdown: [password_auth_off, only_controller_key, agents_disabled]
     owner:
       keys: ["<key id: 64 hex>", "<public key: base64 of the raw Ed25519 key>"]
+    witnesses:                        # the CVM head must be in a controller-log checkpoint
+      keys: ["<name+hash+key: a C2SP cosignature/v1 vkey>"]
+      quorum: 1                       # cosigned by this many of them (default: all)
+      max_age: 10m                    # with cosignatures no older than this
 
 Every field is optional ("not checked if absent"); unknown keys are refused, so a typo
 cannot silently drop a check. `controller` and the evidence claims under `cvm` use the
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from duet.attestation import Expectations as EvidenceExpectations
 from duet.attestation.cvm_kinds import REPORTED_ONLY_KINDS, CvmKind, InstanceBinding
@@ -170,6 +174,44 @@ class OwnerExpectations(BaseModel):
         return frozenset(owner_key_id(k) for k in self.keys)
 
 
+class WitnessExpectations(BaseModel):
+    """The witnesses whose cosignatures this user demands (client/witness_check.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str] = Field(min_length=1)
+    quorum: int | None = Field(None, ge=1)
+    max_age: str | None = None
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        from duet.ledger.cosignature import CosignatureVerifier
+
+        for k in v:
+            try:
+                CosignatureVerifier.from_vkey(k)
+            except (LedgerError, ValueError) as exc:
+                raise ValueError(f"{k[:80]!r} is not a cosignature/v1 vkey: {exc}") from None
+        return v
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _quorum(self) -> WitnessExpectations:
+        if self.quorum is not None and self.quorum > len(self.keys):
+            raise ValueError(f"quorum {self.quorum} is more than the {len(self.keys)} keys named")
+        return self
+
+    @property
+    def age(self) -> timedelta | None:
+        return None if self.max_age is None else parse_duration(self.max_age)
+
+
 class UserExpectations(BaseModel):
     model_config = ConfigDict(extra="forbid")
     controller: ControllerExpectations | None = None
@@ -177,6 +219,7 @@ class UserExpectations(BaseModel):
     history: HistoryExpectations | None = None
     lockdown: list[str] | None = None
     owner: OwnerExpectations | None = None
+    witnesses: WitnessExpectations | None = None
 
     @field_validator("lockdown")
     @classmethod

@@ -40,6 +40,8 @@ from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import Http
 from duet.client.owner_check import owner_checks
 from duet.client.statefile import locked, read_json, write_json
+from duet.client.witness_check import CHECK as WITNESS_CHECK
+from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, witness_check
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
@@ -289,6 +291,7 @@ def verify(
     remember: bool = True,
     expect: UserExpectations | None = None,
     accept_new_controller: bool = False,
+    witnesses: WitnessPolicy | None = None,
 ) -> tuple[Report, Audit | None]:
     """Verify the controller and one CVM's log.
 
@@ -361,14 +364,31 @@ def verify(
     owner_result = owner_checks(audit.decoded, expect)
     report.owner_keys = owner_result.in_force
     report.checks.extend(owner_result.checks)
+    witnesses = witnesses or policy_of(expect)
     if source.live:
+        # Asked before the controller log is read: the cosigned checkpoint is then a
+        # prefix of the controller log verified below.
+        witnessed = None
+        if witnesses is not None:
+            http_ = getattr(source, "http", None)
+            witnessed = fetch_witnessed(http_, cvm, len(leaves)) if http_ is not None else \
+                "this source serves no witnessed proofs"
         with memory.lock():
             ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)
         if ctl is not None:
             report.checks.extend(cvm_link_checks(audit.decoded, ctl))
+        if witnesses is not None and witnessed is not None:
+            report.checks.append(
+                witness_check(witnessed, cvm=cvm, controller_id=cid, controller_key=controller_key,
+                              hashes=[merkle.leaf_hash(leaf) for leaf in leaves], ctl=ctl or ControllerLog(),
+                              policy=witnesses, now=now) if ctl is not None else
+                Check(WITNESS_CHECK, False, "the controller log did not verify, so no witnessed head can be checked"))
     else:
         report.warnings.append("the controller log is not part of a bundle or tile mirror: the owner keys in "
                                "force were taken from the CVM log alone")
+        if witnesses is not None:
+            report.add(WITNESS_CHECK, False, "witness cosignatures were demanded, but a bundle or tile mirror "
+                                             "carries no controller log to prove this CVM head witnessed")
     return report, audit
 
 
