@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,11 @@ def test_cvm_head_is_proven_by_a_cosigned_controller_log_checkpoint(
     assert status["source"].startswith("controller log entry")
     (w,) = status["witnesses"]
     assert w["name"] == witness.name and w["cosigned_size"] is not None and w["last_error"] is None
-    # The trusted clock's lower bound now comes from a cosignature timestamp at least.
-    assert http is not None and info is not None
+    # The cosignature's timestamp raised the trusted clock's lower bound (tee/clock.py).
+    with controller.http() as http:
+        bound = http.get_json("/v1/controller")["time_lower_bound"]
+    (ts,) = verified_cosignatures(note, [witness.verifier]).values()
+    assert bound is not None and datetime.fromisoformat(bound) >= datetime.fromtimestamp(ts, UTC)
 
 
 def test_witnesses_set_by_a_non_owner_is_refused(controller: ControllerProc) -> None:
@@ -252,3 +256,26 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
         assert w._wake.is_set()
     finally:
         ctl.close()
+
+
+def test_development_witness_flag_seeds_witnessing_and_start_needs_a_quorum(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    w = WitnessProc.following(tmp_path / "w", controller)
+    try:
+        controller.kill(signal.SIGTERM)
+        controller.start("--witness", f"{w.vkey}={w.url}")
+        cvm = controller.owner().create("local")["id"]
+        with controller.http() as http:
+            http.get_json(f"/v1/cvms/{cvm}/witnessed")
+            status = http.get_json("/v1/controller")["witnessing"]
+        assert status["source"] == "--witness (development)" and status["quorum"] == 1
+        assert status["witnesses"][0]["cosigned_size"] is not None
+        controller.kill(signal.SIGTERM)
+    finally:
+        w.kill()
+    # The witness is down now: a rollback cannot be ruled out, so the controller does not start.
+    r = subprocess.run([sys.executable, "-m", "duet.cli.main", "controller", "serve", "--data",
+                        str(controller.data), "--listen", f"127.0.0.1:{controller.port}", "--witness",
+                        f"{w.vkey}={w.url}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stderr
+    assert "error [witnesses_unreachable]" in r.stderr and "0 of 1 witnesses answered" in r.stderr
