@@ -456,14 +456,15 @@ class Witnessing:
         entry's inclusion proof. Writes `heads` and waits for cosignatures when needed."""
         if not self.config.witnesses:
             raise NotWitnessed("this controller has no witnesses configured (witnesses.set)")
+        self.ctl._check_controller_log()
         deadline = time.monotonic() + COVER_WAIT
         while True:
             head = next((h for h in self._heads.get(cvm, []) if h.size >= size), None)
             if head is None and self._stale(cvm):
                 self._dirty.add(cvm)
-                self.flush_heads()
-                self.kick()
-                continue
+                if self.flush_heads() is not None:
+                    self.kick()
+                    continue
             best = self.cosigned()
             if head is not None and best is not None and best[0] > head.index:
                 return self._proof_of(cvm, size, head, best[0])
