@@ -279,3 +279,54 @@ def test_development_witness_flag_seeds_witnessing_and_start_needs_a_quorum(
                         f"{w.vkey}={w.url}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 4, r.stderr
     assert "error [witnesses_unreachable]" in r.stderr and "0 of 1 witnesses answered" in r.stderr
+
+
+def _duet(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_")}
+    env["HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "duet.cli.main", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_duet_verify_demands_the_witnesses_it_is_given(
+        controller: ControllerProc, witness: WitnessProc, tmp_path: Path) -> None:
+    import json
+
+    from duet.ledger.cosignature import Cosigner
+
+    owner = controller.owner()
+    owner.set_witnesses([(witness.vkey, witness.url)], 1)
+    cvm = owner.create("local")["id"]
+    common = ["verify", cvm, "--controller", controller.url, "--trust-simulated", "--json"]
+
+    def run(*extra: str, state: str) -> tuple[int, dict[str, Any]]:
+        r = _duet(*common, "--state-dir", str(tmp_path / state), *extra, home=tmp_path)
+        return r.returncode, json.loads(r.stdout)
+
+    def check(report: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in report["checks"] if c["name"] == "witness_cosigned")
+
+    rc, report = run("--witness", witness.vkey, state="u1")
+    assert rc == 0, [c for c in report["checks"] if not c["ok"]]
+    assert check(report)["ok"] and witness.name in check(report)["detail"] and "ago" in check(report)["detail"]
+    # The same through the expectations file.
+    exp = tmp_path / "expect.yaml"
+    exp.write_text(f"witnesses:\n  keys: ['{witness.vkey}']\n  quorum: 1\n  max_age: 10m\n")
+    rc, report = run("--expect", str(exp), state="u2")
+    assert rc == 0 and check(report)["ok"]
+    # A witness that never cosigned this controller's log: the check fails and says so.
+    other = Cosigner("witness.test/absent", keys.Ed25519PrivateKey.generate()).vkey()
+    rc, report = run("--witness", witness.vkey, "--witness", other, state="u3")
+    assert rc == 3 and not check(report)["ok"]
+    assert "not signed by witness.test/absent" in check(report)["detail"]
+    rc, report = run("--witness", witness.vkey, "--witness", other, "--witness-quorum", "1", state="u4")
+    assert rc == 0 and check(report)["ok"]
+    # Without witnesses demanded, there is no such check (nothing to compare with).
+    rc, report = run(state="u5")
+    assert rc == 0 and not any(c["name"] == "witness_cosigned" for c in report["checks"])
+    # A bad key in the expectations is refused up front.
+    exp.write_text("witnesses:\n  keys: ['nope']\n")
+    r = _duet(*common, "--state-dir", str(tmp_path / "u6"), "--expect", str(exp), home=tmp_path)
+    assert r.returncode == 1 and "error [invalid_expectations]" in r.stderr and "vkey" in r.stderr

@@ -41,7 +41,7 @@ from duet.client.http import Http
 from duet.client.owner_check import owner_checks
 from duet.client.statefile import locked, read_json, write_json
 from duet.client.witness_check import CHECK as WITNESS_CHECK
-from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, witness_check
+from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, roots_from_hashes, witness_check
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
@@ -380,7 +380,8 @@ def verify(
         if witnesses is not None and witnessed is not None:
             report.checks.append(
                 witness_check(witnessed, cvm=cvm, controller_id=cid, controller_key=controller_key,
-                              hashes=[merkle.leaf_hash(leaf) for leaf in leaves], ctl=ctl or ControllerLog(),
+                              size=len(leaves), roots=roots_from_hashes([merkle.leaf_hash(x) for x in leaves]),
+                              ctl=ctl or ControllerLog(),
                               policy=witnesses, now=now) if ctl is not None else
                 Check(WITNESS_CHECK, False, "the controller log did not verify, so no witnessed head can be checked"))
     else:

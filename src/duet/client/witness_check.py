@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -115,22 +115,31 @@ def prefix_roots(hashes: Sequence[bytes], sizes: set[int]) -> dict[int, bytes]:
     return out
 
 
+#: Roots of the user's verified CVM log at the sizes asked (all <= the verified size).
+PrefixRoots = Callable[[set[int]], dict[int, bytes]]
+
+
+def roots_from_hashes(hashes: Sequence[bytes]) -> PrefixRoots:
+    """`PrefixRoots` over the leaf hashes of the whole verified log (a verifier that does
+    not hold them, e.g. an incremental one, supplies its own)."""
+    return lambda sizes: prefix_roots(hashes, sizes)
+
+
 def witness_check(
     proof: dict[str, Any] | str, *, cvm: str, controller_id: str, controller_key: Ed25519PublicKey,
-    hashes: Sequence[bytes], ctl: ControllerLog, policy: WitnessPolicy, now: datetime,
+    size: int, roots: PrefixRoots, ctl: ControllerLog, policy: WitnessPolicy, now: datetime,
 ) -> Check:
-    """Judge the proof for the user's verified CVM log (leaf `hashes`, size N)."""
+    """Judge the proof for the user's verified CVM log of `size` entries."""
     if isinstance(proof, str):
         return Check(CHECK, False, f"no witnessed controller-log checkpoint covers this CVM head: {proof}")
     try:
-        return _judge(proof, cvm, controller_id, controller_key, hashes, ctl, policy, now)
+        return _judge(proof, cvm, controller_id, controller_key, size, roots, ctl, policy, now)
     except (LedgerError, ValueError, KeyError, TypeError, binascii.Error) as exc:
         return Check(CHECK, False, f"the witnessed proof does not verify: {exc}")
 
 
-def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, hashes: Sequence[bytes],
+def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, n: int, roots: PrefixRoots,
            ctl: ControllerLog, policy: WitnessPolicy, now: datetime) -> Check:
-    n = len(hashes)
     note = proof["controller_checkpoint"]
     if not isinstance(note, str):
         raise ValueError("controller_checkpoint is not a note")
@@ -171,7 +180,7 @@ def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519Pub
         return Check(CHECK, False, f"the controller names heads entry {proof.get('heads_index')}, but the first "
                                    f"that covers size {n} is entry {index}")
     earlier = [(i, size, root) for i, size, root in heads if i < index]
-    mine = prefix_roots(hashes, {size for _, size, _ in earlier} | {n})
+    mine = roots({size for _, size, _ in earlier} | {n})
     for i, size, root in earlier:
         if mine.get(size) != _b64(root):
             return Check(CHECK, False, f"fork: controller-log heads entry {i} commits this CVM's log at size {size} "

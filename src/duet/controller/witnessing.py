@@ -165,6 +165,8 @@ class Witnessing:
     _wake: asyncio.Event | None = None
     _cosigned: asyncio.Condition | None = None
     _task: asyncio.Task[None] | None = None
+    _tasks: set[asyncio.Future[None]] = field(default_factory=set)
+    _inflight: set[str] = field(default_factory=set)
     _pool: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
@@ -281,6 +283,8 @@ class Witnessing:
         self._task = asyncio.create_task(self._run(), name="duet-witnessing")
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -319,20 +323,31 @@ class Witnessing:
         due = [w for w in config.witnesses if self._due(w, size, now)]
         if not due:
             return
-        loop = asyncio.get_running_loop()
         note = self._note(size)
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._submit_one, w, note, size)
-                                         for w in due), return_exceptions=True)
-        for w, res in zip(due, results, strict=True):
-            if isinstance(res, BaseException):
-                log.error("witness %s: unexpected failure: %s", w.name, res)
+        for w in due:
+            # Not awaited here: a slow witness holds only its own round trip, never the
+            # next `heads` tick nor another witness.
+            self._inflight.add(w.name)
+            task = asyncio.ensure_future(self._submit(w, note, size))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _submit(self, w: WitnessSpec, note: str, size: int) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._submit_one, w, note, size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("witness %s: unexpected failure: %s", w.name, exc)
+        finally:
+            self._inflight.discard(w.name)
         if self._cosigned is not None:
             async with self._cosigned:
                 self._cosigned.notify_all()
 
     def _due(self, w: WitnessSpec, size: int, now: float) -> bool:
         st = self._status.setdefault(w.name, WitnessStatus())
-        if st.cosigned_size == size:
+        if st.cosigned_size == size or w.name in self._inflight:
             return False
         return now >= st.next_try
 
