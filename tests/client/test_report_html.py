@@ -28,7 +28,7 @@ def _life(controller: ControllerProc, tmp: Path) -> tuple[dict[str, Any], list[d
         owner.run(cvm, "touch /tmp/evil-<b>bold</b>")
     owner.action(cvm, "health")
     with controller.http() as http:
-        report, audit = verify(http, cvm, trust_simulated=True, state_dir=tmp / "user")
+        report, audit = verify(http, cvm, trust_simulated=True, state_dir=tmp / "user", keep_entries=True)
     assert audit is not None
     return report.to_json(), audit.decoded
 

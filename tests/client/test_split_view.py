@@ -34,10 +34,19 @@ def _extra(view: str) -> bytes:
     return entries.ErrorEntry(code="note", message=f"only user {view} sees this").encode()
 
 
-def _heads(cvm: str, leaves: list[bytes]) -> bytes:
-    root = merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
-    return entries.HeadsEntry(heads=({"cvm": cvm, "size": len(leaves), "root": base64.b64encode(root).decode()},)
-                              ).encode()
+def _heads(cvm: str, leaves: list[bytes], ctl: list[bytes]) -> bytes:
+    """A `heads` entry for `leaves`, with the consistency proof from the CVM's last head in
+    the controller log `ctl` (a proof computed on `leaves`: it verifies only if that head
+    is a prefix of them)."""
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    old = 0
+    for leaf in ctl:
+        e = entries.decode(leaf)
+        if e["type"] == "heads":
+            old = next((int(h["size"]) for h in e["heads"] if h["cvm"] == cvm), old)  # type: ignore[attr-defined]
+    proof = merkle.consistency_proof(hashes, old, len(hashes)) if 0 < old < len(hashes) else []
+    return entries.HeadsEntry(heads=({"cvm": cvm, "size": len(leaves), "root": base64.b64encode(
+        merkle.root(hashes)).decode(), "consistency": [base64.b64encode(h).decode() for h in proof]},)).encode()
 
 
 class WitnessedDouble:
@@ -132,8 +141,8 @@ def test_separate_controller_logs_one_view_lacks_the_cosignature(
         recorded: Recorded, views: Any, witness: Witness, tmp_path: Path) -> None:
     a, b = views
     base = list(recorded.controller_leaves)
-    user_a = WitnessedDouble(recorded, a, [*base, _heads(recorded.cvm, a)])
-    user_b = WitnessedDouble(recorded, b, [*base, _heads(recorded.cvm, b)])
+    user_a = WitnessedDouble(recorded, a, [*base, _heads(recorded.cvm, a, base)])
+    user_b = WitnessedDouble(recorded, b, [*base, _heads(recorded.cvm, b, base)])
     user_a.cosigned = user_a.submit(witness, 0)
     # The honest witness will not cosign B's controller log: same size, another root.
     with pytest.raises(Refusal) as refused:
@@ -150,30 +159,36 @@ def test_separate_controller_logs_one_view_lacks_the_cosignature(
     failed = _failed(report_b)
     assert "witness_cosigned" in failed
     # An old cosigned checkpoint without B's head does not cover it either.
-    user_b.evil.logs["controller"] = [*base, _heads(recorded.cvm, a)]
+    user_b.evil.logs["controller"] = [*base, _heads(recorded.cvm, a, base)]
     user_b.cosigned = user_a.cosigned
     report_b = _verify(user_b, tmp_path / "B2", POLICY)
     assert "witness_cosigned" in _failed(report_b) and "fork" in _failed(report_b)["witness_cosigned"]
 
 
-def test_one_controller_log_with_both_heads_fails_the_later_view(
+def test_one_controller_log_with_both_heads_fails_both_views(
         recorded: Recorded, views: Any, witness: Witness, tmp_path: Path) -> None:
+    """Both heads in the one witnessed controller log: the second does not extend the first
+    (no consistency proof can exist), so the controller log itself shows the fork, to every
+    user; B's head is, besides, not the one that covers its size."""
     a, b = views
-    both = [*recorded.controller_leaves, _heads(recorded.cvm, a), _heads(recorded.cvm, b)]
+    base = list(recorded.controller_leaves)
+    with_a = [*base, _heads(recorded.cvm, a, base)]
+    both = [*with_a, _heads(recorded.cvm, b, with_a)]
     user_a, user_b = WitnessedDouble(recorded, a, both), WitnessedDouble(recorded, b, both)
     user_a.cosigned = user_b.cosigned = user_a.submit(witness, 0)
-    report_a = _verify(user_a, tmp_path / "A", POLICY)
-    assert report_a.ok, _failed(report_a)
-    report_b = _verify(user_b, tmp_path / "B", POLICY)
-    failed = _failed(report_b)
-    assert set(failed) == {"witness_cosigned"}, failed
-    assert "fork" in failed["witness_cosigned"]
+    failed_a = _failed(_verify(user_a, tmp_path / "A", POLICY))
+    assert set(failed_a) == {"controller_log_entries"}, failed_a
+    assert "does not extend its previous head" in failed_a["controller_log_entries"]
+    failed_b = _failed(_verify(user_b, tmp_path / "B", POLICY))
+    assert set(failed_b) == {"controller_log_entries", "witness_cosigned"}, failed_b
+    assert "fork" in failed_b["witness_cosigned"]
 
 
 def test_stale_or_missing_cosignatures_fail_and_say_who_signed(
         recorded: Recorded, views: Any, witness: Witness, tmp_path: Path) -> None:
     a, _ = views
-    user_a = WitnessedDouble(recorded, a, [*recorded.controller_leaves, _heads(recorded.cvm, a)])
+    base = list(recorded.controller_leaves)
+    user_a = WitnessedDouble(recorded, a, [*base, _heads(recorded.cvm, a, base)])
     user_a.cosigned = user_a.submit(witness, 0)
     strict = WitnessPolicy.parse([WITNESS.vkey()], 1, timedelta(seconds=10))
     failed = _failed(_verify(user_a, tmp_path / "A", strict))

@@ -110,7 +110,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "control_plane": {"provider": "azure", "purpose": "in-service", "model_sha256": SHA,
                       "facts": {"provider": "azure"}, "checks": [{"name": "no_extensions", "ok": True, "detail": "x"}],
                       "ok": True},
-    "heads": {"heads": [{"cvm": "c0ffee00c0ffee00", "size": 3, "root": KEY}]},
+    "heads": {"heads": [{"cvm": "c0ffee00c0ffee00", "size": 3, "root": KEY, "consistency": [KEY]}]},
     "witnesses": {"witnesses": [{"vkey": "w.example+01020304+BAAA", "url": "https://w.example"}], "quorum": 1},
 }
 
@@ -144,10 +144,14 @@ WRONG: dict[str, list[Any]] = {
     "keys": [[SHORT_KEY], KEY, [5]],
     "checks": [[{"name": "x"}], "x", [5], [{"name": "a", "command": "b", "output": "c", "ok": 1}]],
     "encoding": ["utf8", "hex", 1],
-    # A head without its root, with an extra field, a negative size, or the same CVM twice.
-    "heads": [[{"cvm": "a", "size": 1}], [{"cvm": "a", "size": 1, "root": KEY, "x": 1}],
-              [{"cvm": "a", "size": -1, "root": KEY}], "x",
-              [{"cvm": "a", "size": 1, "root": KEY}, {"cvm": "a", "size": 2, "root": KEY}]],
+    # A head without its root or proof, with an extra field, a negative size, a proof that
+    # is not base64 hashes, or the same CVM twice.
+    "heads": [[{"cvm": "a", "size": 1, "consistency": []}], [{"cvm": "a", "size": 1, "root": KEY}],
+              [{"cvm": "a", "size": 1, "root": KEY, "consistency": [], "x": 1}],
+              [{"cvm": "a", "size": -1, "root": KEY, "consistency": []}], "x",
+              [{"cvm": "a", "size": 1, "root": KEY, "consistency": ["%%"]}],
+              [{"cvm": "a", "size": 1, "root": KEY, "consistency": []},
+               {"cvm": "a", "size": 2, "root": KEY, "consistency": []}]],
     "witnesses": [[{"vkey": "v"}], [{"vkey": "v", "url": 5}], "x", [5]],
 }
 KINDS: dict[tuple[str, str], str] = {

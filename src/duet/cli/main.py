@@ -667,13 +667,16 @@ def verify(
     max_mib: int = typer.Option(512, "--max-mib", min=1, help="MiB the controller may send in this run."),
     controller_log: bool = typer.Option(
         False, "--controller-log", help="Verify the controller (quote) and its own log (owner keys) alone."),
+    full: bool = typer.Option(
+        False, "--full", help="Verify every entry again instead of resuming from the last verification."),
     output: OutputOpt = None,
     witness: Annotated[list[str] | None, typer.Option(
         "--witness", help="A witness vkey whose cosignature the CVM head needs (repeatable).")] = None,
     witness_quorum: Annotated[int | None, typer.Option(
         "--witness-quorum", min=1, help="How many of the --witness keys must have cosigned (default: all).")] = None,
 ) -> None:
-    """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes."""
+    """Verify the controller (quote) and a CVM's log; exit 0 only if every check passes.
+    A later run fetches and checks only the entries that are new since the last one."""
     from duet.cli.render import render_report
     from duet.client.config import Limits
     from duet.client.expectations import load_expectations, weak_points
@@ -708,7 +711,7 @@ def verify(
         try:
             report, audit = do_verify(source, source.cvm, trust_simulated=trust_simulated, state_dir=state_dir,
                                       expect=expectations, accept_new_controller=accept_new_controller,
-                                      witnesses=witnesses)
+                                      witnesses=witnesses, keep_entries=report_path is not None)
         finally:
             if isinstance(source, TileSource):
                 source.close()
@@ -720,7 +723,7 @@ def verify(
         with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
             report = verify_controller_log(http, trust_simulated=trust_simulated, state_dir=state_dir,
-                                           expect=expectations)
+                                           expect=expectations, full=full)
         audit = None
     else:
         if cvm is None:
@@ -729,8 +732,8 @@ def verify(
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
             cvm = _cvm_id(http, cvm)
             report, audit = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                      expect=expectations, accept_new_controller=accept_new_controller,
-                                      witnesses=witnesses)
+                                      expect=expectations, accept_new_controller=accept_new_controller, full=full,
+                                      keep_entries=report_path is not None, witnesses=witnesses)
     report.warnings.extend(weak)
     if report_path is not None:
         from duet.client.report_html import render_html
@@ -796,7 +799,7 @@ def expect_init(
     trust = _trust(trust_simulated)
     with Http(controller, trust_simulated=trust or None, state_dir=state_dir) as http:
         cvm = _cvm_id(http, cvm)
-        report, audit = do_verify(http, cvm, trust_simulated=trust, state_dir=state_dir)
+        report, audit = do_verify(http, cvm, trust_simulated=trust, state_dir=state_dir, keep_entries=True)
     if not report.ok or audit is None:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
         fail("not_verified", f"CVM {cvm} does not verify, so nothing is pinned: {failed}", 3)
@@ -830,14 +833,16 @@ def watch(
     grace: str = typer.Option("60s", "--grace", help="How long the CVM may be impossible to verify "
                               "(controller unreachable, CVM unknown, read timeout) before that is a violation."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", help="Seconds to wait for each response."),
+    full: bool = typer.Option(False, "--full", help="Verify every entry again at the first check (later checks "
+                              "fetch only new entries)."),
     state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Follow a CVM: each new checkpoint must extend the last and the log must keep
-    meeting the expectations. A failed check is a violation at once; being unable to
-    check at all is one after --grace. A violation runs --on-violation (with
-    DUET_VIOLATION set to the reason) and exits 3."""
+    meeting the expectations; each check fetches only the entries that are new. A failed
+    check is a violation at once; being unable to check at all is one after --grace. A
+    violation runs --on-violation (with DUET_VIOLATION set to the reason) and exits 3."""
     import subprocess
     import time
 
@@ -856,9 +861,12 @@ def watch(
     with Http(controller, timeout=read_timeout, trust_simulated=trust_simulated or None, state_dir=state_dir) as http:
         cvm = _cvm_id(http, cvm)
 
+        first = [full]
+
         def check() -> Any:
             report, _ = do_verify(http, cvm, trust_simulated=trust_simulated, state_dir=state_dir,
-                                  expect=expectations)
+                                  expect=expectations, full=first[0])
+            first[0] = False
             return report
 
         watcher = Watcher(check, grace_s=grace_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote as urlquote
 
@@ -88,35 +89,42 @@ class ReadClient:
         return self.http.get_text(f"{_log_path(cvm)}/checkpoint", headers=headers)
 
     def leaves(self, cvm: str, size: int) -> list[bytes]:
-        """Entries [0, size), page by page. The size is what the caller asked for (a
-        checkpoint's size); a larger log, more pages than the size needs, a page with
+        """Entries [0, size), page by page (see :meth:`pages`)."""
+        return [leaf for page in self.pages(cvm, 0, size) for leaf in page]
+
+    def pages(self, cvm: str, start: int, end: int) -> Iterator[list[bytes]]:
+        """Entries [start, end), one page at a time, so that a caller that checks them as
+        they come holds one page, never the log. `end` is what the caller asked for (a
+        checkpoint's size); a larger log, more pages than the range needs, a page with
         entries nobody asked for, or too many bytes all stop the download."""
         lim = self.http.limits
-        if size > lim.max_entries:
-            raise LimitExceeded("max_entries", f"the log has {size} entries; this run downloads at most "
-                                               f"{lim.max_entries} (raise it with --max-entries)")
-        leaves: list[bytes] = []
+        if end - start > lim.max_entries:
+            raise LimitExceeded("max_entries", f"the log has {end - start} entries to fetch; this run downloads "
+                                               f"at most {lim.max_entries} (raise it with --max-entries)")
         pages = 0
-        max_pages = lim.max_pages(size)
-        while len(leaves) < size:
+        max_pages = lim.max_pages(end - start)
+        at = start
+        while at < end:
             pages += 1
             if pages > max_pages:
-                raise LimitExceeded("pages", f"the controller split {size} entries into more than {max_pages} pages")
-            start = len(leaves)
-            page = _obj(self.http.get_json(f"{_log_path(cvm)}/entries", start=start, end=size), "a page")
+                raise LimitExceeded("pages", f"the controller split {end - start} entries into more than "
+                                             f"{max_pages} pages")
+            page = _obj(self.http.get_json(f"{_log_path(cvm)}/entries", start=at, end=end), "a page")
             items = page.get("entries")
             if not isinstance(items, list):
                 raise _bad("a page has no entry list")
             if not items:
-                raise ClientError("bad_response", f"controller returned no entries at index {start}")
-            if len(items) > size - start:
-                raise _bad(f"a page holds {len(items)} entries, {size - start} were asked for")
+                raise ClientError("bad_response", f"controller returned no entries at index {at}")
+            if len(items) > end - at:
+                raise _bad(f"a page holds {len(items)} entries, {end - at} were asked for")
+            out: list[bytes] = []
             for item in items:
                 item = _obj(item, "an entry")
-                if item.get("index") != len(leaves):
+                if item.get("index") != at + len(out):
                     raise ClientError("bad_response", "controller returned entries out of order")
-                leaves.append(_b64(item.get("leaf"), f"entry {len(leaves)}"))
-        return leaves
+                out.append(_b64(item.get("leaf"), f"entry {at + len(out)}"))
+            at += len(out)
+            yield out
 
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]:
         proof = _obj(self.http.get_json(f"{_log_path(cvm)}/proofs/consistency", old=old, new=new),
@@ -124,6 +132,11 @@ class ReadClient:
         if not isinstance(proof, list) or len(proof) > self.http.limits.max_proof_hashes:
             raise _bad("the consistency proof is not a short list of hashes")
         return [_b64(h, "a proof hash") for h in proof]
+
+    def witnessed(self, cvm: str, size: int) -> Any:
+        """The proof that the CVM head of `size` is in a witness-cosigned controller-log
+        checkpoint (judged by witness_check.py)."""
+        return self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size)
 
     def submit_intent(self, jws: str) -> Any:
         return self.http.post_json("/v1/intents", {"jws": jws})

@@ -7,11 +7,20 @@ authorised. Its first entry may instead be a bare `owner_keys` entry: the key se
 operator gave at first start (`--owner-key`), or the keys of a data dir that predates the
 controller log. Each CVM intent names the controller-log size in force when it was
 accepted; the intent's signer must be an owner key of that prefix.
+
+Other settings follow the same pattern (an intent, verbatim, then the entry it
+authorised): `witnesses.set` -> `witnesses`. `heads` entries commit CVM heads for the
+witnesses (docs/transparency.md, "Witnesses"); each CVM head there carries a consistency
+proof from that CVM's previous head, so the heads of one CVM form one history, checked
+here for every CVM, and a user's witness check needs only its own head's proof.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +32,23 @@ from duet.ledger.intent import parse_intent, verify_signature
 from duet.ledger.operations import Op
 
 
+def jws_digest(jws: str) -> str:
+    return hashlib.sha256(jws.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @dataclass
 class ControllerLog:
-    decoded: list[dict[str, Any]] = field(default_factory=list)
-    hashes: list[bytes] = field(default_factory=list)
+    """What a CVM log's links are checked against, without the controller log's entries:
+    its size, its owner-key changes, and a digest of each entry's signed intent."""
+
+    size: int = 0
     #: (controller-log size once the change was appended, key ids, base64 keys).
     changes: list[tuple[int, list[str], list[str]]] = field(default_factory=list)
+    #: Entry index -> SHA-256 (hex) of the JWS that entry carries.
+    intents: dict[int, str] = field(default_factory=dict)
+    #: Whether a root is the log's root at a size (a proof against the verified head,
+    #: or a recomputation from the leaves).
+    prefix_root: Callable[[int, bytes], bool] | None = None
     #: Per CVM: (controller-log index, size, base64 root) of every head a `heads` entry
     #: committed, in log order (what witnesses' cosignatures cover: witness_check.py).
     heads: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
@@ -43,6 +63,18 @@ class ControllerLog:
                 current = ids
         return current
 
+    def intent_digest_at(self, index: int) -> str | None:
+        return self.intents.get(index)
+
+    def prefix_root_is(self, size: int, root_b64: Any) -> bool:
+        if self.prefix_root is None or not isinstance(root_b64, str):
+            return False
+        try:
+            root = base64.b64decode(root_b64, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return self.prefix_root(size, root)
+
 
 def _ids(b64s: Sequence[Any]) -> dict[str, Any]:
     out = {}
@@ -52,137 +84,225 @@ def _ids(b64s: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
-                          expect: UserExpectations | None) -> tuple[list[Check], ControllerLog]:
-    ctl = ControllerLog(hashes=[merkle.leaf_hash(leaf) for leaf in leaves])
-    problems: list[str] = []
-    in_force: dict[str, Any] = {}
-    nonces: set[str] = set()
-    for i, leaf in enumerate(leaves):
+class ControllerLogReplay:
+    """The controller log's rules, entry by entry (it grows for ever too). Its state is
+    small: the key changes, the digests of its intents, the nonces seen, the entry before
+    the current one, and the first few problems."""
+
+    def __init__(self, controller_id: str) -> None:
+        self.controller_id = controller_id
+        self.log = ControllerLog()
+        self.problems: list[str] = []
+        self.problem_count = 0
+        self.in_force: list[str] = []
+        self.nonces: set[str] = set()
+        self.prev: dict[str, Any] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.log.size
+
+    def _problem(self, msg: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < 5:
+            self.problems.append(msg)
+
+    def feed(self, leaf: bytes) -> None:
+        i = self.log.size
+        self.log.size += 1
+        prev, self.prev = self.prev, None
         try:
             e: dict[str, Any] = entries.parse(leaf).to_dict()
         except LedgerError as exc:
-            problems.append(f"entry {i}: {exc}")
-            ctl.decoded.append({"type": "undecodable"})
-            continue
-        ctl.decoded.append(e)
+            self._problem(f"entry {i}: {exc}")
+            self.prev = {"type": "undecodable"}
+            return
         t = e.get("type")
+        self.prev = {"type": t, "jws": e.get("jws")} if t == "intent" else {"type": t}
+        if isinstance(e.get("jws"), str):
+            self.log.intents[i] = jws_digest(e["jws"])
         if t == "intent":
-            continue  # judged with the owner_keys or witnesses entry it must be followed by
+            return  # judged with the entry it must be followed by
         if t == "heads":
-            for h in e.get("heads") or []:
-                ctl.heads.setdefault(str(h["cvm"]), []).append((i, int(h["size"]), str(h["root"])))
-            continue
+            self._heads(i, e)
+            return
         if t == "witnesses":
-            problem = _witnesses_problem(ctl.decoded, i, e, in_force, controller_id, nonces)
-            if problem:
-                problems.append(problem)
-            else:
-                ctl.witnesses.append((i, list(e.get("witnesses") or []), int(e.get("quorum") or 0)))
-            continue
+            if self._authorised(i, e, prev, Op.WITNESSES_SET, ("witnesses", "quorum")):
+                self.log.witnesses.append((i, list(e.get("witnesses") or []), int(e.get("quorum") or 0)))
+            return
         if t != "owner_keys":
-            problems.append(f"entry {i}: a {t} entry has no place in the controller log")
-            continue
+            self._problem(f"entry {i}: a {t} entry has no place in the controller log")
+            return
         try:
             new = _ids(list(e.get("keys") or []))
         except (LedgerError, ValueError, TypeError) as exc:
-            problems.append(f"entry {i}: malformed owner key: {exc}")
-            continue
-        prev = ctl.decoded[i - 1] if i > 0 else None
+            self._problem(f"entry {i}: malformed owner key: {exc}")
+            return
         if prev is None or prev.get("type") != "intent":
             if i != 0:
-                problems.append(f"entry {i}: owner key change without an owner.keys intent")
-                continue
+                self._problem(f"entry {i}: owner key change without an owner.keys intent")
+                return
         else:
             try:
                 it = parse_intent(str(prev.get("jws")))
                 # A claim (no keys in force yet) is signed by one of the keys it names.
-                verify_signature(it, in_force or new)
+                verify_signature(it, _ids(self.in_force) or new)
             except LedgerError as exc:
-                problems.append(f"entry {i - 1}: {exc}")
-                continue
+                self._problem(f"entry {i - 1}: {exc}")
+                return
             if it.op != Op.OWNER_KEYS or sorted(it.args.get("keys", [])) != sorted(e.get("keys") or []):
-                problems.append(f"entry {i}: the keys differ from what the preceding intent asked")
-                continue
-            if it.payload.get("aud") != controller_id:
-                problems.append(f"entry {i - 1}: intent addressed to another controller")
-                continue
-            if it.nonce in nonces:
-                problems.append(f"entry {i - 1}: intent nonce reused (replay)")
-                continue
-            nonces.add(it.nonce)
-        in_force = new
-        ctl.changes.append((i + 1, sorted(new), sorted(str(k) for k in e.get("keys") or [])))
-    checks = [Check("controller_log_entries", not problems, "; ".join(problems[:5])
-                    or f"{len(ctl.changes)} owner key set(s), each authorised by an owner key in force")]
-    if expect is not None and expect.owner is not None:
-        allowed = expect.owner.key_ids
-        outside = sorted({k for _, ids, _ in ctl.changes for k in ids if k not in allowed})
-        checks.append(Check(
-            "controller_log_owner_keys", not outside and bool(ctl.changes),
-            f"the controller log puts owner key(s) {', '.join(k[:16] + '…' for k in outside)} outside the "
-            "expected set in force" if outside else ("the controller log names no owner keys" if not ctl.changes
-                                                     else "every owner key the controller log put in force "
-                                                          "is expected")))
-    return checks, ctl
+                self._problem(f"entry {i}: the keys differ from what the preceding intent asked")
+                return
+            if it.payload.get("aud") != self.controller_id:
+                self._problem(f"entry {i - 1}: intent addressed to another controller")
+                return
+            if it.nonce in self.nonces:
+                self._problem(f"entry {i - 1}: intent nonce reused (replay)")
+                return
+            self.nonces.add(it.nonce)
+        self.in_force = sorted(str(k) for k in e.get("keys") or [])
+        self.log.changes.append((i + 1, sorted(new), sorted(str(k) for k in e.get("keys") or [])))
+
+    def _authorised(self, i: int, e: dict[str, Any], prev: dict[str, Any] | None, op: Op,
+                    fields: Sequence[str]) -> bool:
+        """Whether entry `i` follows the intent of `op` that asked for exactly its
+        `fields`, signed by an owner key in force, for this controller, never replayed."""
+        if prev is None or prev.get("type") != "intent":
+            self._problem(f"entry {i}: a {e.get('type')} entry without the {op} intent that authorises it")
+            return False
+        try:
+            it = parse_intent(str(prev.get("jws")))
+            verify_signature(it, _ids(self.in_force))
+        except LedgerError as exc:
+            self._problem(f"entry {i - 1}: {exc}")
+            return False
+        if it.op != op or any(it.args.get(f) != e.get(f) for f in fields):
+            self._problem(f"entry {i}: the {e.get('type')} entry differs from what the preceding intent asked")
+            return False
+        if it.payload.get("aud") != self.controller_id:
+            self._problem(f"entry {i - 1}: intent addressed to another controller")
+            return False
+        if it.nonce in self.nonces:
+            self._problem(f"entry {i - 1}: intent nonce reused (replay)")
+            return False
+        self.nonces.add(it.nonce)
+        return True
+
+    def _heads(self, i: int, e: dict[str, Any]) -> None:
+        """Each CVM head must extend the previous head of the same CVM (its consistency
+        proof): the controller log then holds one history per CVM, and a second view of a
+        CVM log cannot be committed beside the first."""
+        for h in e.get("heads") or []:
+            cvm, size, root = str(h["cvm"]), int(h["size"]), str(h["root"])
+            seen = self.log.heads.setdefault(cvm, [])
+            if seen:
+                _, old_size, old_root = seen[-1]
+                try:
+                    merkle.verify_consistency(old_size, size, [base64.b64decode(p, validate=True)
+                                                               for p in h.get("consistency") or []],
+                                              base64.b64decode(old_root, validate=True),
+                                              base64.b64decode(root, validate=True))
+                except (LedgerError, ValueError, binascii.Error) as exc:
+                    self._problem(f"entry {i}: the head of CVM {cvm} (size {size}) does not extend its previous "
+                                  f"head (size {old_size}): {exc}")
+                    continue
+            seen.append((i, size, root))
+
+    def checks(self, expect: UserExpectations | None) -> list[Check]:
+        ctl = self.log
+        checks = [Check("controller_log_entries", not self.problem_count, "; ".join(self.problems)
+                        or f"{len(ctl.changes)} owner key set(s), each authorised by an owner key in force")]
+        if expect is not None and expect.owner is not None:
+            allowed = expect.owner.key_ids
+            outside = sorted({k for _, ids, _ in ctl.changes for k in ids if k not in allowed})
+            checks.append(Check(
+                "controller_log_owner_keys", not outside and bool(ctl.changes),
+                f"the controller log puts owner key(s) {', '.join(k[:16] + '…' for k in outside)} outside the "
+                "expected set in force" if outside else ("the controller log names no owner keys" if not ctl.changes
+                                                         else "every owner key the controller log put in force "
+                                                              "is expected")))
+        return checks
+
+    def dump(self) -> dict[str, Any]:
+        return {"size": self.log.size, "changes": [list(c) for c in self.log.changes],
+                "intents": [[k, v] for k, v in sorted(self.log.intents.items())], "problems": self.problems,
+                "problem_count": self.problem_count, "in_force": self.in_force, "nonces": sorted(self.nonces),
+                "prev": self.prev, "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
+                "witnesses": [list(w) for w in self.log.witnesses]}
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Resume from :meth:`dump`; raises ValueError, KeyError or TypeError on anything
+        malformed (the caller then starts over)."""
+        self.log = ControllerLog(
+            size=int(data["size"]),
+            changes=[(int(at), [str(k) for k in ids], [str(k) for k in b64]) for at, ids, b64 in data["changes"]],
+            intents={int(k): str(v) for k, v in data["intents"]},
+            heads={str(c): [(int(i), int(n), str(r)) for i, n, r in v] for c, v in data["heads"].items()},
+            witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]])
+        self.problems = [str(p) for p in data["problems"]][:5]
+        self.problem_count = int(data["problem_count"])
+        self.in_force = [str(k) for k in data["in_force"]]
+        self.nonces = {str(n) for n in data["nonces"]}
+        prev = data["prev"]
+        if prev is not None and not isinstance(prev, dict):
+            raise ValueError("malformed previous entry")
+        self.prev = prev
 
 
-def _witnesses_problem(decoded: Sequence[dict[str, Any]], i: int, e: dict[str, Any], in_force: dict[str, Any],
-                       controller_id: str, nonces: set[str]) -> str | None:
-    """A `witnesses` entry must follow the `witnesses.set` intent that asked for exactly
-    it, signed by an owner key in force."""
-    prev = decoded[i - 1] if i > 0 else None
-    if prev is None or prev.get("type") != "intent" or prev.get("op") != Op.WITNESSES_SET:
-        return f"entry {i}: witnesses change without a witnesses.set intent"
-    try:
-        it = parse_intent(str(prev.get("jws")))
-        verify_signature(it, in_force)
-    except LedgerError as exc:
-        return f"entry {i - 1}: {exc}"
-    if it.op != Op.WITNESSES_SET or it.args.get("witnesses") != e.get("witnesses") \
-            or it.args.get("quorum") != e.get("quorum"):
-        return f"entry {i}: the witnesses differ from what the preceding intent asked"
-    if it.payload.get("aud") != controller_id:
-        return f"entry {i - 1}: intent addressed to another controller"
-    if it.nonce in nonces:
-        return f"entry {i - 1}: intent nonce reused (replay)"
-    nonces.add(it.nonce)
-    return None
+def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
+                          expect: UserExpectations | None) -> tuple[list[Check], ControllerLog]:
+    replay = ControllerLogReplay(controller_id)
+    for leaf in leaves:
+        replay.feed(leaf)
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    replay.log.prefix_root = lambda size, root: 0 <= size <= len(hashes) and merkle.root(hashes[:size]) == root
+    return replay.checks(expect), replay.log
+
+
+def link_problems(i: int, e: dict[str, Any], ctl: ControllerLog) -> tuple[bool, list[str]]:
+    """(whether entry `i` names a controller-log size, what is wrong with that link)."""
+    at = e.get("controller_log_size")
+    if not isinstance(at, int):
+        return False, []
+    if at > ctl.size:
+        return True, [f"entry {i}: names controller-log size {at}, the log has {ctl.size}"]
+    problems = []
+    if e.get("type") == "genesis":
+        root = e.get("controller_log_root")
+        if root is None or not ctl.prefix_root_is(at, root):
+            problems.append(f"entry {i}: the controller-log head it names is not the log's at size {at}")
+        try:
+            ids = sorted(_ids(list(e.get("owner_keys") or [])))
+        except (LedgerError, ValueError, TypeError):
+            ids = []
+        if ids != ctl.keys_at(at):
+            problems.append(f"entry {i}: genesis owner keys differ from the controller log's at size {at}")
+    elif e.get("type") == "intent":
+        jws = e.get("jws")
+        if e.get("op") == Op.OWNER_KEYS:
+            # A copy of a controller-log change: the same intent, just before `at`.
+            if at < 2 or not isinstance(jws, str) or ctl.intent_digest_at(at - 2) != jws_digest(jws):
+                problems.append(f"entry {i}: owner key change not found in the controller log at size {at}")
+        elif _signer(jws) not in ctl.keys_at(at):
+            problems.append(f"entry {i}: signed by a key not in force in the controller log at size {at}")
+    return True, problems
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:
     """Each CVM intent's signer is an owner key in force at the controller-log size it
     names; genesis names a real controller-log head and the keys of that head."""
     problems: list[str] = []
-    size = len(ctl.hashes)
     linked = 0
     for i, e in enumerate(decoded):
-        at = e.get("controller_log_size")
-        if not isinstance(at, int):
-            continue
-        linked += 1
-        if at > size:
-            problems.append(f"entry {i}: names controller-log size {at}, the log has {size}")
-            continue
-        if e.get("type") == "genesis":
-            root = e.get("controller_log_root")
-            if root is None or root != _b64(merkle.root(ctl.hashes[:at])):
-                problems.append(f"entry {i}: the controller-log head it names is not the log's at size {at}")
-            try:
-                ids = sorted(_ids(list(e.get("owner_keys") or [])))
-            except (LedgerError, ValueError, TypeError):
-                ids = []
-            if ids != ctl.keys_at(at):
-                problems.append(f"entry {i}: genesis owner keys differ from the controller log's at size {at}")
-        elif e.get("type") == "intent":
-            if e.get("op") == Op.OWNER_KEYS:
-                # A copy of a controller-log change: the same intent, just before `at`.
-                if at < 2 or ctl.decoded[at - 2].get("jws") != e.get("jws"):
-                    problems.append(f"entry {i}: owner key change not found in the controller log at size {at}")
-            elif _signer(e.get("jws")) not in ctl.keys_at(at):
-                problems.append(f"entry {i}: signed by a key not in force in the controller log at size {at}")
-    return [Check("controller_log_link", not problems, "; ".join(problems[:5])
-                  or f"{linked} entries name a controller-log size; each signer was an owner key in force there")]
+        named, found = link_problems(i, e, ctl)
+        linked += named
+        problems += found
+    return [link_check(linked, problems)]
+
+
+def link_check(linked: int, problems: list[str]) -> Check:
+    return Check("controller_log_link", not problems, "; ".join(problems[:5])
+                 or f"{linked} entries name a controller-log size; each signer was an owner key in force there")
 
 
 def _signer(jws: Any) -> str | None:
@@ -190,9 +310,3 @@ def _signer(jws: Any) -> str | None:
         return parse_intent(str(jws)).kid
     except LedgerError:
         return None
-
-
-def _b64(raw: bytes) -> str:
-    import base64
-
-    return base64.b64encode(raw).decode()

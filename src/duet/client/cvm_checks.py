@@ -12,6 +12,7 @@ the command history and the lockdown checks against what the user expects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,14 +75,26 @@ def verify_evidence_entry(
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
     """Every kind alike: the evidence names the builtin `attest` command, logged before
     it, whose text carries its nonce and which completed before the evidence was logged."""
+    def attest(ci: int) -> tuple[dict[str, Any] | None, bool]:
+        done = any(d.get("type") == "result" and d.get("command_index") == ci for d in decoded[ci + 1:index])
+        return decoded[ci], done
+
+    check_command_link(e, index, attest)
+
+
+def check_command_link(
+    e: dict[str, Any], index: int, attest: Callable[[int], tuple[dict[str, Any] | None, bool]],
+) -> None:
+    """The link rule, given `attest(ci)`: the entry at `ci` (None when unknown) and
+    whether a result for it was logged before `index` (the streaming replay remembers
+    only recent attest commands, so an unknown one fails, never passes)."""
     ci = e.get("command_index")
-    if not isinstance(ci, int) or not 0 <= ci < index:
+    if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < index:
         raise ValueError("evidence does not point to the logged attest command that carried its nonce")
-    cmd = decoded[ci]
-    if cmd.get("type") != "command" or cmd.get("action") != "attest" or cmd.get("builtin") is not True \
-            or str(e.get("nonce")) not in str(cmd.get("command")):
+    cmd, done = attest(ci)
+    if cmd is None or cmd.get("type") != "command" or cmd.get("action") != "attest" \
+            or cmd.get("builtin") is not True or str(e.get("nonce")) not in str(cmd.get("command")):
         raise ValueError("evidence does not point to the logged attest command that carried its nonce")
-    done = any(d.get("type") == "result" and d.get("command_index") == ci for d in decoded[ci + 1:index])
     if not done:
         raise ValueError("evidence was logged before its attest command's result")
 
@@ -101,14 +114,7 @@ def evidence_checks(
     kind, binding = declared_kind(genesis), declared_binding(genesis)
     provisioned = next((d for d in decoded if d.get("type") == "provisioned"), {})
     instance_id = provisioned.get("instance_id")
-    problems: list[str] = []
-    accepted = expect.cvm.instance_binding if expect is not None and expect.cvm is not None else None
-    if binding == cvm_kinds.InstanceBinding.NONE and accepted != cvm_kinds.InstanceBinding.NONE:
-        problems.append(
-            f"the provider ({genesis.get('provider')}) declares no instance binding: the evidence is bound to the "
-            "SSH host key only; accept that explicitly with cvm.instance_binding: none")
-    elif accepted is not None and accepted != binding:
-        problems.append(f"the CVM's instance binding is {binding}, expected {accepted}")
+    problems: list[str] = binding_problems(genesis, expect)
     latest: cvm_kinds.Verified | None = None
     nonces: set[str] = set()
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
@@ -139,16 +145,30 @@ def evidence_checks(
         problems.append("no evidence before the CVM was first made usable")
     problems.extend(_in_service_without_evidence(decoded))
     simulated = cvm_kinds.is_simulated(kind) or bool(latest and latest.simulated)
-    label = cvm_kinds.label_of(kind)
-    bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     checks.append(Check(
-        "evidence", not problems, "; ".join(problems[:4]) or
-        f"{len(indices)} {label} reports verify, each bound to the pinned host key and {bound}",
+        "evidence", not problems, "; ".join(problems[:4]) or evidence_summary(kind, binding, len(indices)),
         simulated=simulated,
     ))
     if expect is not None and expect.cvm is not None:
-        checks.extend(_cvm_expectations(decoded, indices[-1], latest, state, expect, now, simulated))
+        checks.extend(cvm_expectations(_time(decoded[indices[-1]]), latest, state, expect, now, simulated))
     return checks, latest.report if latest is not None else None
+
+
+def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -> list[str]:
+    """The instance binding the provider declared, against what the user accepts."""
+    binding = declared_binding(genesis)
+    accepted = expect.cvm.instance_binding if expect is not None and expect.cvm is not None else None
+    if binding == cvm_kinds.InstanceBinding.NONE and accepted != cvm_kinds.InstanceBinding.NONE:
+        return [f"the provider ({genesis.get('provider')}) declares no instance binding: the evidence is bound to "
+                "the SSH host key only; accept that explicitly with cvm.instance_binding: none"]
+    if accepted is not None and accepted != binding:
+        return [f"the CVM's instance binding is {binding}, expected {accepted}"]
+    return []
+
+
+def evidence_summary(kind: str | None, binding: str, count: int) -> str:
+    bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
+    return f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
@@ -164,10 +184,11 @@ def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _cvm_expectations(
-    decoded: list[dict[str, Any]], latest_index: int, latest: cvm_kinds.Verified | None, state: LogState,
+def cvm_expectations(
+    latest_time: datetime, latest: cvm_kinds.Verified | None, state: LogState,
     expect: UserExpectations, now: datetime, simulated: bool,
 ) -> list[Check]:
+    """`latest_time`: the time of the newest evidence entry (whether or not it verified)."""
     cvm = expect.cvm
     assert cvm is not None
     checks = []
@@ -178,7 +199,7 @@ def _cvm_expectations(
                             (f"the newest evidence is {found}" if found else "the newest evidence did not verify")
                             + ("" if cvm.tee == found else f", expected {cvm.tee}")))
     if cvm.max_age is not None:
-        age = now - _time(decoded[latest_index])
+        age = now - latest_time
         if age < -MAX_CLOCK_SKEW:
             checks.append(Check("evidence_age", False, f"latest evidence is dated {_fmt(-age)} in the future "
                                 f"(beyond the allowed clock skew of {_fmt(MAX_CLOCK_SKEW)}): its age is unknown"))
@@ -241,12 +262,7 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
         and not any(p.search(str(e.get("command"))) for p in patterns)
     ]
     provisioned: dict[str, Any] = next((e for e in decoded if e.get("type") == "provisioned"), {})
-    launch = provisioned.get("launch")
-    launch = launch if isinstance(launch, dict) else {}
-    snp = launch.get("simulated_snp") or launch.get("simulated_tdx")
-    snp = snp if isinstance(snp, dict) else {}
-    user = provisioned.get("user") if isinstance(provisioned.get("user"), str) else None
-    tool = snp.get("report_tool") if isinstance(snp.get("report_tool"), str) else None
+    user, tool = builtin_context(provisioned)
     bad += [
         f"entry {i}: builtin {e.get('action')} ran {e.get('command')!r}, not one of duet's templates"
         for i, e in enumerate(decoded)
@@ -258,6 +274,18 @@ def history_checks(decoded: list[dict[str, Any]], expect: UserExpectations | Non
                   if bad else f"all {n} owner commands match the allowed patterns; every builtin is duet's")]
 
 
+def builtin_context(provisioned: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(SSH user, local report tool) of the first provisioned entry: what the builtin
+    templates name."""
+    launch = provisioned.get("launch")
+    launch = launch if isinstance(launch, dict) else {}
+    snp = launch.get("simulated_snp") or launch.get("simulated_tdx")
+    snp = snp if isinstance(snp, dict) else {}
+    user = provisioned.get("user") if isinstance(provisioned.get("user"), str) else None
+    tool = snp.get("report_tool") if isinstance(snp.get("report_tool"), str) else None
+    return user, tool
+
+
 def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: UserExpectations | None) -> list[Check]:
     """The latest lockdown must pass every expected check twice: as the controller judged
     it, and as today's judges (`duet.ledger.lockdown`) judge the facts it logged. A log
@@ -267,11 +295,14 @@ def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: User
     if not state.lockdown_indices:
         return [Check("lockdown", False, "the log holds no lockdown checks")]
     i = state.lockdown_indices[-1]
-    entry = decoded[i]
+    return [judge_latest_lockdown(i, decoded[i], expect.lockdown)]
+
+
+def judge_latest_lockdown(i: int, entry: dict[str, Any], expected: list[str]) -> Check:
     results = {c.get("name"): c for c in entry.get("checks", []) if isinstance(c, dict)}
     facts = entry.get("facts")
     problems = []
-    for name in expect.lockdown:
+    for name in expected:
         c = results.get(name)
         if c is None:
             problems.append(f"{name} was not checked")
@@ -285,8 +316,8 @@ def lockdown_checks(decoded: list[dict[str, Any]], state: LogState, expect: User
         ok, detail = judge_lockdown(name, facts)
         if not ok:
             problems.append(f"{name} fails when judged again: {detail}")
-    return [Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
-                  if problems else f"latest lockdown (entry {i}) passes {', '.join(expect.lockdown)}")]
+    return Check("lockdown", not problems, (f"latest lockdown (entry {i}): " + "; ".join(problems))
+                 if problems else f"latest lockdown (entry {i}) passes {', '.join(expected)}")
 
 
 def _fmt(d: timedelta) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import itertools
+import json
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -27,27 +30,21 @@ from duet.attestation.errors import AttestationError
 from duet.client.api import CONTROLLER_LOG, ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
 from duet.client.config import controller_key_of_url, default_state_dir
-from duet.client.controller_log import ControllerLog, controller_log_checks, cvm_link_checks
-from duet.client.cvm_checks import (
-    control_plane_checks,
-    evidence_checks,
-    history_checks,
-    lockdown_checks,
-    time_checks,
-)
+from duet.client.controller_log import ControllerLog, ControllerLogReplay
 from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import Http
-from duet.client.owner_check import owner_checks
+from duet.client.replay import REPLAY_VERSION, CvmReplay
 from duet.client.statefile import locked, read_json, write_json
 from duet.client.witness_check import CHECK as WITNESS_CHECK
-from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, roots_from_hashes, witness_check
+from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, witness_check
+from duet.client.verify_cache import VerifyCache, slot_of
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
 from duet.ledger.note import Verifier, parse_note
 
-__all__ = ["CheckpointMemory", "Report", "default_state_dir", "fetch_leaves", "verify"]
+__all__ = ["CheckpointMemory", "Report", "default_state_dir", "fetch_leaves", "verify", "verify_controller_log"]
 
 
 @dataclass
@@ -257,6 +254,18 @@ class Source(Protocol):
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]: ...
 
 
+def _pages(source: Source, cvm: str, start: int, end: int) -> Iterator[list[bytes]]:
+    """Entries [start, end) page by page: streamed from a live controller; a bundle or a
+    tile mirror is read whole (and from its first entry: offline runs keep no cache)."""
+    pages = getattr(source, "pages", None)
+    if pages is not None:
+        yield from pages(cvm, start, end)
+        return
+    if start != 0:
+        raise ClientError("offline", "an offline copy is verified from its first entry")
+    yield source.leaves(cvm, end)
+
+
 class LiveSource:
     live = True
 
@@ -277,6 +286,9 @@ class LiveSource:
     def leaves(self, cvm: str, size: int) -> list[bytes]:
         return self.api.leaves(cvm, size)
 
+    def pages(self, cvm: str, start: int, end: int) -> Iterator[list[bytes]]:
+        return self.api.pages(cvm, start, end)
+
     def consistency(self, cvm: str, old: int, new: int) -> list[bytes]:
         return self.api.consistency(cvm, old, new)
 
@@ -291,6 +303,8 @@ def verify(
     remember: bool = True,
     expect: UserExpectations | None = None,
     accept_new_controller: bool = False,
+    full: bool = False,
+    keep_entries: bool = False,
     witnesses: WitnessPolicy | None = None,
 ) -> tuple[Report, Audit | None]:
     """Verify the controller and one CVM's log.
@@ -298,7 +312,13 @@ def verify(
     The remembered checkpoint advances to every checkpoint whose signature, root and
     consistency verified, *before* the log's contents are judged: a log that fails the
     user's expectations is still what the controller committed to, and a host that
-    restores an older log later must be caught as a rollback."""
+    restores an older log later must be caught as a rollback.
+
+    Entries stream through the replay (`replay.py`) a page at a time. A live run resumes
+    from the state the last verification of this log saved (`verify_cache.py`) and
+    fetches only the new entries; `full` starts from the first entry. `keep_entries`
+    also returns every decoded entry in the Audit (the HTML report and `expect init`
+    render them): that run holds the log in memory and does not use the cache."""
     if isinstance(http, Http):
         http.start_run()
         source: Source = LiveSource(http)
@@ -347,42 +367,56 @@ def verify(
         return report, None
 
     origin = f"duet/{cid}/{cvm}"
+    ctl_report = Report(CONTROLLER_LOG)
+    context = _cache_context(cid, expect, trust_simulated)
+    cache = VerifyCache(memory.path.parent) if source.live else None
+    replay = CvmReplay(cid, info["public_key"], cvm, expect=expect, trust_simulated=trust_simulated, now=now)
+    kept: list[bytes] | None = [] if keep_entries else None
     with memory.lock():
-        leaves = _verify_log(source, cvm, report, memory, origin, cid, controller_key, remember)
-    if leaves is None:
-        return report, None
-    audit = audit_log(leaves, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
-    report.checks.extend(audit.checks)
-    report.checks.extend(time_checks(audit.decoded, now))
-    report.state = audit.state
-    ev_checks, _ = evidence_checks(audit.decoded, audit.state, trust_simulated=trust_simulated, now=now,
-                                   expect=expect)
-    report.checks.extend(ev_checks)
-    report.checks.extend(history_checks(audit.decoded, expect))
-    report.checks.extend(lockdown_checks(audit.decoded, audit.state, expect))
-    report.checks.extend(control_plane_checks(audit.decoded))
-    owner_result = owner_checks(audit.decoded, expect)
-    report.owner_keys = owner_result.in_force
-    report.checks.extend(owner_result.checks)
-    witnesses = witnesses or policy_of(expect)
-    if source.live:
-        # Asked before the controller log is read: the cosigned checkpoint is then a
-        # prefix of the controller log verified below.
-        witnessed = None
-        if witnesses is not None:
-            http_ = getattr(source, "http", None)
-            witnessed = fetch_witnessed(http_, cvm, len(leaves)) if http_ is not None else \
+        opened = _open_log(source, cvm, report, memory, origin, cid, controller_key)
+        if opened is None:
+            return report, None
+        witnesses = witnesses or policy_of(expect)
+        witnessed: dict[str, Any] | str | None = None
+        if source.live and witnesses is not None:
+            # Asked before the controller log is read: the cosigned checkpoint is then a
+            # prefix of the controller log verified below.
+            api = getattr(source, "api", None)
+            witnessed = fetch_witnessed(api, cvm, opened[0].size) if isinstance(api, ReadClient) else \
                 "this source serves no witnessed proofs"
-        with memory.lock():
-            ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)
-        if ctl is not None:
-            report.checks.extend(cvm_link_checks(audit.decoded, ctl))
+        if source.live:
+            # The controller log first (after the CVM's checkpoint, so that it is at least
+            # as new as every CVM entry that names one of its sizes): the links are then
+            # checked as the CVM entries stream past.
+            ctl = check_controller_log(source, ctl_report, memory, cid, controller_key, remember, expect,
+                                       cache=cache, context=context, full=full)
+            replay.ctl = ctl
+        slot = _Slot(cache, slot_of(origin, context)) if cache is not None and not keep_entries else None
+
+        def fresh() -> CvmReplay:
+            return CvmReplay(cid, info["public_key"], cvm, expect=expect, trust_simulated=trust_simulated, now=now,
+                             ctl=replay.ctl)
+
+        streamed = _stream_log(source, cvm, report, memory, origin, cid, opened, replay, fresh, remember,
+                               slot, full, kept)
+        if streamed is None:
+            return report, None
+        replay = streamed
+    done = replay.finish(now)
+    report.checks.extend(done.checks)
+    report.state = done.state
+    report.owner_keys = done.owner.in_force
+    report.checks.extend(done.owner.checks)
+    if source.live:
+        report.checks.extend(ctl_report.checks)
+        if replay.ctl is not None:
+            report.checks.extend(replay.link_checks())
         if witnesses is not None and witnessed is not None:
+            cp = opened[0]
             report.checks.append(
                 witness_check(witnessed, cvm=cvm, controller_id=cid, controller_key=controller_key,
-                              size=len(leaves), roots=roots_from_hashes([merkle.leaf_hash(x) for x in leaves]),
-                              ctl=ctl or ControllerLog(),
-                              policy=witnesses, now=now) if ctl is not None else
+                              size=cp.size, root=cp.root_hash, ctl=replay.ctl, policy=witnesses, now=now)
+                if replay.ctl is not None else
                 Check(WITNESS_CHECK, False, "the controller log did not verify, so no witnessed head can be checked"))
     else:
         report.warnings.append("the controller log is not part of a bundle or tile mirror: the owner keys in "
@@ -390,30 +424,123 @@ def verify(
         if witnesses is not None:
             report.add(WITNESS_CHECK, False, "witness cosignatures were demanded, but a bundle or tile mirror "
                                              "carries no controller log to prove this CVM head witnessed")
+    audit = Audit(done.checks, done.state, [])
+    if kept is not None:
+        audit = audit_log(kept, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
+        audit.checks = done.checks
     return report, audit
+
+
+def _cache_context(cid: str, expect: UserExpectations | None, trust_simulated: bool) -> dict[str, Any]:
+    """What a saved replay depends on besides the log: the verifier's rules, the user's
+    expectations (an allow-list applies to the whole history) and trust settings."""
+    from duet import __version__
+
+    digest = None if expect is None else hashlib.sha256(
+        json.dumps(expect.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return {"controller_id": cid, "replay": REPLAY_VERSION, "duet": __version__, "expect": digest,
+            "trust_simulated": trust_simulated}
+
+
+class _Resumable(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def feed(self, leaf: bytes) -> None: ...
+    def dump(self) -> dict[str, Any]: ...
+    def load(self, data: dict[str, Any]) -> None: ...
+
+
+R = TypeVar("R", bound=_Resumable)
+
+
+@dataclass
+class _Slot:
+    cache: VerifyCache
+    slot: str
+
+
+def _resume(slot: _Slot, origin: str, anchor: tuple[int, bytes] | None, cp: Checkpoint, replay: _Resumable,
+            report: Report) -> merkle.CompactRange | None:
+    """The compact range at the remembered checkpoint, with `replay` loaded to the state
+    saved there, or None (verify from the first entry; `replay` may then be half loaded
+    and must be replaced)."""
+    data, why = slot.cache.load(slot.slot)
+    if data is None:
+        if why is not None:
+            report.warnings.append(f"the verification cache of {origin} is not used: {why}; verified from the "
+                                   "first entry")
+        return None
+    if anchor is None or cp.size < anchor[0]:
+        return None  # no anchor to match (it is never rebuilt from a cache), or a rollback
+    try:
+        size, root = int(data["size"]), base64.b64decode(str(data["root"]), validate=True)
+        if data.get("origin") != origin:
+            raise ValueError("it is for another log")
+        if (size, root) != anchor:
+            return None  # behind or beside the anchor (an uncached run moved it): start over quietly
+        rng = merkle.CompactRange(size, [base64.b64decode(str(h), validate=True) for h in data["range"]])
+        if rng.root() != root:
+            raise ValueError("its compact range does not lead to its root")
+        replay.load(data["replay"])
+        if replay.size != size:
+            raise ValueError("its replay is at another size")
+    except (LedgerError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        report.warnings.append(f"the verification cache of {origin} is not used: {exc}; verified from the first "
+                               "entry")
+        return None
+    return rng
+
+
+def _save(slot: _Slot, origin: str, cp: Checkpoint, rng: merkle.CompactRange, replay: _Resumable) -> None:
+    slot.cache.save(slot.slot, {
+        "origin": origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode(),
+        "range": [base64.b64encode(h).decode() for h in rng.subtree_hashes()], "replay": replay.dump()})
 
 
 def check_controller_log(
     source: Source, report: Report, memory: CheckpointMemory, cid: str, controller_key: Ed25519PublicKey,
-    remember: bool, expect: UserExpectations | None,
+    remember: bool, expect: UserExpectations | None, *, cache: VerifyCache | None = None,
+    context: dict[str, Any] | None = None, full: bool = False,
 ) -> ControllerLog | None:
     """The controller log, checked as a CVM log is (signature with the attested key, root,
     consistency with the remembered checkpoint), then its owner-key history. Call with
     the memory's lock held."""
     sub = Report(CONTROLLER_LOG)
-    leaves = _verify_log(source, CONTROLLER_LOG, sub, memory, f"duet/{cid}/controller", cid, controller_key, remember)
+    origin = f"duet/{cid}/controller"
+    opened = _open_log(source, CONTROLLER_LOG, sub, memory, origin, cid, controller_key)
+    replay: ControllerLogReplay | None = None
+    if opened is not None:
+        slot = _Slot(cache, slot_of(origin, context or {})) if cache is not None else None
+        replay = _stream_log(source, CONTROLLER_LOG, sub, memory, origin, cid, opened, ControllerLogReplay(cid),
+                             lambda: ControllerLogReplay(cid), remember, slot, full, None)
     for c in sub.checks:
         report.add(f"controller_log_{c.name}", c.ok, c.detail, simulated=c.simulated)
-    if leaves is None:
+    if replay is None or opened is None:
         return None
-    checks, ctl = controller_log_checks(leaves, controller_id=cid, expect=expect)
-    report.checks.extend(checks)
-    return ctl
+    report.checks.extend(replay.checks(expect))
+    cp = opened[0]
+
+    def prefix_root(size: int, root: bytes) -> bool:
+        """A root the CVM log names, against the verified head: one consistency proof."""
+        if not 0 <= size <= cp.size:
+            return False
+        try:
+            proof = source.consistency(CONTROLLER_LOG, size, cp.size) if 0 < size < cp.size else []
+            merkle.verify_consistency(size, cp.size, proof, root, cp.root_hash)
+        except LimitExceeded:
+            raise
+        except (LedgerError, ClientError, ValueError):
+            return False
+        return True
+
+    replay.log.prefix_root = prefix_root
+    return replay.log
 
 
 def verify_controller_log(
     http: Http, *, trust_simulated: bool = False, state_dir: Path | None = None, now: datetime | None = None,
-    remember: bool = True, expect: UserExpectations | None = None,
+    remember: bool = True, expect: UserExpectations | None = None, full: bool = False,
 ) -> Report:
     """`duet verify --controller-log`: the controller's quote, then its own log alone."""
     http.start_run()
@@ -441,7 +568,9 @@ def verify_controller_log(
     if not claims:
         return report
     with memory.lock():
-        ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)
+        ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect,
+                                   cache=VerifyCache(memory.path.parent),
+                                   context=_cache_context(cid, expect, trust_simulated), full=full)
     if ctl is not None and ctl.changes:
         report.owner_keys = ctl.changes[-1][1]
     return report
@@ -457,12 +586,12 @@ def _canonical_note(note: str, verifier: Verifier) -> tuple[str, int]:
     return text + "\n" + "".join(sig.line() for sig in kept), len(sigs) - len(kept)
 
 
-def _verify_log(
+def _open_log(
     source: Source, cvm: str, report: Report, memory: CheckpointMemory, origin: str, cid: str,
-    controller_key: Ed25519PublicKey, remember: bool,
-) -> list[bytes] | None:
-    """Checkpoint signature, root and consistency (with the memory's lock held); the
-    leaves when all three hold, after moving the anchor to this checkpoint."""
+    controller_key: Ed25519PublicKey,
+) -> tuple[Checkpoint, str] | None:
+    """The checkpoint, when it is validly signed by the attested key (with the memory's
+    lock held), and its note with only the controller's signature."""
     try:
         note = source.checkpoint(cvm, memory.note(origin))
     except LimitExceeded:
@@ -490,32 +619,71 @@ def _verify_log(
     report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root_hash).decode()}
     report.add("checkpoint_signature", True, f"checkpoint (size {cp.size}) is signed by the attested controller key"
                + (f"; {extra} other signature line(s) dropped" if extra else ""))
+    return cp, canonical
 
+
+def _stream_log(
+    source: Source, cvm: str, report: Report, memory: CheckpointMemory, origin: str, cid: str,
+    opened: tuple[Checkpoint, str], replay: R, fresh: Callable[[], R], remember: bool,
+    slot: _Slot | None, full: bool, kept: list[bytes] | None,
+) -> R | None:
+    """Root and consistency of the log at the checkpoint, feeding each entry to `replay`
+    as it comes (with the memory's lock held). Resumes from the cache in `slot` unless
+    `full`; returns the replay, fed to the checkpoint's size, once the anchor has moved
+    to this checkpoint (and the cache with it), or None."""
+    cp, canonical = opened
+    anchor = memory.get(origin)
+    rng: merkle.CompactRange | None = None
+    if slot is not None and not full:
+        rng = _resume(slot, origin, anchor, cp, replay, report)
+        if rng is None:
+            replay = fresh()
+    if rng is None:
+        rng = merkle.CompactRange()
+    start = rng.size
+    old_root_seen = rng.root() if anchor is not None and anchor[0] == start else None
+    # Resumed at the anchor: the new checkpoint must extend it before anything new is
+    # fetched (a fork is named a fork, and costs no download).
+    if start and not _check_consistency(source, cvm, report, anchor, cp, old_root_seen):
+        return None
     try:
-        leaves = source.leaves(cvm, cp.size)
+        for page in _pages(source, cvm, start, cp.size):
+            for leaf in page:
+                rng.append(merkle.leaf_hash(leaf))
+                replay.feed(leaf)
+                if kept is not None:
+                    kept.append(leaf)
+                if anchor is not None and rng.size == anchor[0]:
+                    old_root_seen = rng.root()
     except LimitExceeded:
         raise
     except ClientError as exc:
         report.add("log_root", False, f"the controller does not serve the log: [{exc.code}] {exc.message}")
         return None
-    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
-    computed = merkle.root(hashes)
-    if not report.add("log_root", len(leaves) == cp.size and computed == cp.root_hash,
-                      f"the {len(leaves)} entries hash to the checkpoint's root (RFC 9162)"
+    computed = rng.root()
+    fetched = rng.size - start
+    how = f"; {fetched} fetched now, {start} verified before (cache)" if start else ""
+    report.checkpoint["fetched"] = fetched
+    if not report.add("log_root", rng.size == cp.size and computed == cp.root_hash,
+                      f"the {rng.size} entries hash to the checkpoint's root (RFC 9162{how})"
                       if computed == cp.root_hash else
                       "the entries do not hash to the signed root: the log was altered"):
         return None
-
-    if not _check_consistency(source, cvm, report, memory.get(origin), cp, hashes):
+    if not start and not _check_consistency(source, cvm, report, anchor, cp, old_root_seen):
         return None
     if remember:
         memory.put(origin, cp.size, cp.root_hash, canonical, where=source.where, cvm=cvm, controller_id=cid)
-    return leaves
+        if slot is not None and not getattr(replay, "unlinked", False):
+            _save(slot, origin, cp, rng, replay)
+    return replay
 
 
 def _check_consistency(
-    source: Source, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint, hashes: list[bytes]
+    source: Source, cvm: str, report: Report, old: tuple[int, bytes] | None, cp: Checkpoint,
+    old_root_seen: bytes | None,
 ) -> bool:
+    """`old_root_seen`: the root of the first `old` entries as they streamed past (what an
+    offline copy, which has no proofs, is checked with)."""
     if old is None:
         return report.add("consistency", True,
                           "first verification of this log: its checkpoint is remembered from now on")
@@ -531,7 +699,7 @@ def _check_consistency(
         if source.live:
             proof = source.consistency(cvm, old_size, cp.size)
             merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root_hash)
-        elif merkle.root(hashes[:old_size]) != old_root:
+        elif old_root_seen != old_root:
             # Offline we hold every leaf: the old tree must be a prefix of this one.
             raise ValueError(f"the first {old_size} entries do not hash to the remembered root")
     except LimitExceeded:

@@ -13,24 +13,27 @@ The rule, for a user who verified the CVM log at size N with root R_N:
 
 1. the cosigned checkpoint is the controller's (attested key), carries `quorum` valid
    cosignatures from the listed keys, none older than `max_age`;
-2. it is a prefix of the controller log the user verified (same root at its size);
+2. it is a prefix of the controller log the user verified (a consistency proof to the
+   verified head);
 3. the covering entry is the *first* `heads` entry for this CVM in that prefix whose size
-   M is >= N; every earlier one (size < N) must have the root of the user's own prefix of
-   that size, and the covering one must extend R_N (RFC 9162 consistency proof N -> M, or
-   the same root when M = N).
+   M is >= N, and it extends R_N (RFC 9162 consistency proof N -> M, or the same root
+   when M = N). Every head of this CVM in the controller log extends the one before it
+   (the controller-log replay checks each head's proof: controller_log.py), so the
+   earlier heads are prefixes of the covering one, hence of the user's log.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from duet.client.api import ReadClient
 from duet.client.audit import Check
 from duet.client.controller_log import ControllerLog
 from duet.client.errors import ClientError
@@ -79,10 +82,10 @@ def policy_of(expect: UserExpectations | None) -> WitnessPolicy | None:
     return WitnessPolicy.parse(w.keys, w.quorum, w.age)
 
 
-def fetch_witnessed(http: Any, cvm: str, size: int) -> dict[str, Any] | str:
+def fetch_witnessed(api: ReadClient, cvm: str, size: int) -> dict[str, Any] | str:
     """The controller's proof for the CVM head of `size`, or why there is none."""
     try:
-        body = http.get_json(f"/v1/cvms/{cvm}/witnessed", size=size)
+        body = api.witnessed(cvm, size)
     except ClientError as exc:
         return f"the controller serves no witnessed proof: [{exc.code}] {exc.message}"
     return body if isinstance(body, dict) else "the witnessed proof is not a JSON object"
@@ -102,43 +105,20 @@ def _b64(text: Any) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-def prefix_roots(hashes: Sequence[bytes], sizes: set[int]) -> dict[int, bytes]:
-    """Roots of the prefixes of `hashes` of the given sizes, in one pass (O(n + k log n))."""
-    out: dict[int, bytes] = {}
-    rng = merkle.CompactRange()
-    if 0 in sizes:
-        out[0] = merkle.root([])
-    for h in hashes:
-        rng.append(h)
-        if rng.size in sizes:
-            out[rng.size] = rng.root()
-    return out
-
-
-#: Roots of the user's verified CVM log at the sizes asked (all <= the verified size).
-PrefixRoots = Callable[[set[int]], dict[int, bytes]]
-
-
-def roots_from_hashes(hashes: Sequence[bytes]) -> PrefixRoots:
-    """`PrefixRoots` over the leaf hashes of the whole verified log (a verifier that does
-    not hold them, e.g. an incremental one, supplies its own)."""
-    return lambda sizes: prefix_roots(hashes, sizes)
-
-
 def witness_check(
     proof: dict[str, Any] | str, *, cvm: str, controller_id: str, controller_key: Ed25519PublicKey,
-    size: int, roots: PrefixRoots, ctl: ControllerLog, policy: WitnessPolicy, now: datetime,
+    size: int, root: bytes, ctl: ControllerLog, policy: WitnessPolicy, now: datetime,
 ) -> Check:
     """Judge the proof for the user's verified CVM log of `size` entries."""
     if isinstance(proof, str):
         return Check(CHECK, False, f"no witnessed controller-log checkpoint covers this CVM head: {proof}")
     try:
-        return _judge(proof, cvm, controller_id, controller_key, size, roots, ctl, policy, now)
+        return _judge(proof, cvm, controller_id, controller_key, size, root, ctl, policy, now)
     except (LedgerError, ValueError, KeyError, TypeError, binascii.Error) as exc:
         return Check(CHECK, False, f"the witnessed proof does not verify: {exc}")
 
 
-def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, n: int, roots: PrefixRoots,
+def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, n: int, root_n: bytes,
            ctl: ControllerLog, policy: WitnessPolicy, now: datetime) -> Check:
     note = proof["controller_checkpoint"]
     if not isinstance(note, str):
@@ -163,10 +143,10 @@ def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519Pub
         return Check(CHECK, False, f"the controller-log checkpoint of size {cp.size} has {len(fresh)} valid "
                                    f"cosignature(s), the quorum is {policy.quorum}: signed by {who}")
     # The cosigned checkpoint must be a prefix of the controller log this user verified.
-    if cp.size > len(ctl.hashes):
+    if cp.size > ctl.size:
         return Check(CHECK, False, f"the cosigned controller-log checkpoint (size {cp.size}) is beyond the "
-                                   f"controller log verified ({len(ctl.hashes)} entries)")
-    if merkle.root(ctl.hashes[:cp.size]) != cp.root_hash:
+                                   f"controller log verified ({ctl.size} entries)")
+    if not ctl.prefix_root_is(cp.size, base64.b64encode(cp.root_hash).decode()):
         return Check(CHECK, False, f"fork: the cosigned controller-log checkpoint of size {cp.size} is not a "
                                    "prefix of the controller log served")
     heads = [(i, size, root) for i, size, root in ctl.heads.get(cvm, []) if i < cp.size]
@@ -179,20 +159,14 @@ def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519Pub
     if proof.get("heads_index") != index:
         return Check(CHECK, False, f"the controller names heads entry {proof.get('heads_index')}, but the first "
                                    f"that covers size {n} is entry {index}")
-    earlier = [(i, size, root) for i, size, root in heads if i < index]
-    mine = roots({size for _, size, _ in earlier} | {n})
-    for i, size, root in earlier:
-        if mine.get(size) != _b64(root):
-            return Check(CHECK, False, f"fork: controller-log heads entry {i} commits this CVM's log at size {size} "
-                                       "with another root than the log served to you")
     if m == n:
-        if _b64(root_m) != mine[n]:
+        if _b64(root_m) != root_n:
             return Check(CHECK, False, f"fork: heads entry {index} commits size {n} with another root than the "
                                        "log served to you")
     else:
         cons = [_b64(h) for h in proof.get("consistency") or []]
         try:
-            merkle.verify_consistency(n, m, cons, mine[n], _b64(root_m))
+            merkle.verify_consistency(n, m, cons, root_n, _b64(root_m))
         except LedgerError as exc:
             return Check(CHECK, False, f"fork: the witnessed head (size {m}, heads entry {index}) does not extend "
                                        f"the log served to you (size {n}): {exc}")

@@ -263,14 +263,26 @@ class Witnessing:
             if not self.ctl.ledger.has_log(cvm) or not self._stale(cvm):
                 continue
             head = self.ctl.ledger.tree_head(cvm)
-            heads.append((cvm, head.size, head.root_hash))
+            last = self._heads.get(cvm)
+            old = last[-1].size if last else 0
+            if head.size < old:
+                # Never commit a head that does not extend the last one: users check that
+                # each head of a CVM extends the one before (a rolled-back log is refused
+                # by the rollback check, not witnessed).
+                log.error("CVM %s: its log (size %d) is behind its last committed head (%d); not committed",
+                          cvm, head.size, old)
+                continue
+            proof = self.ctl.ledger.consistency_proof(cvm, old, head.size) if 0 < old < head.size else []
+            heads.append((cvm, head.size, head.root_hash, proof))
         self._dirty.clear()
         self._appends = 0
         if not heads:
             return None
         index = self.ctl._append_controller([entries.HeadsEntry(heads=tuple(
-            {"cvm": cvm, "size": size, "root": base64.b64encode(root).decode()} for cvm, size, root in heads))])
-        for cvm, size, root in heads:
+            {"cvm": cvm, "size": size, "root": base64.b64encode(root).decode(),
+             "consistency": [base64.b64encode(h).decode() for h in proof]}
+            for cvm, size, root, proof in heads))])
+        for cvm, size, root, _ in heads:
             self._heads.setdefault(cvm, []).append(_Head(index, size, root))
         return index
 

@@ -211,11 +211,19 @@ def _k_checks(value: object) -> str | None:
 _VERDICT_FIELDS = (("name", _k_str), ("ok", _k_bool), ("detail", _k_str))
 
 
-_HEAD_FIELDS = (("cvm", _k_str), ("size", _k_index), ("root", _k_b64))
+def _k_b64_list(value: object) -> str | None:
+    if not isinstance(value, list | tuple) or any(_k_b64(v) is not None for v in value):
+        return "a list of base64 strings"
+    return None
+
+
+#: `consistency`: the RFC 9162 proof from the CVM's previous head in the controller log
+#: to this one (empty for its first head, or the same size).
+_HEAD_FIELDS = (("cvm", _k_str), ("size", _k_index), ("root", _k_b64), ("consistency", _k_b64_list))
 
 
 def _k_heads(value: object) -> str | None:
-    want = "a list of {cvm: string, size: integer >= 0, root: base64} objects, one per CVM"
+    want = "a list of {cvm: string, size: integer >= 0, root: base64, consistency: [base64]} objects, one per CVM"
     if not isinstance(value, list | tuple):
         return want
     seen: set[object] = set()
@@ -402,7 +410,9 @@ _JSON: dict[Check, dict[str, object]] = {
     _k_heads: {"type": "array", "items": {
         "type": "object", "required": [n for n, _ in _HEAD_FIELDS], "additionalProperties": False,
         "properties": {"cvm": {"type": "string"}, "size": {"type": "integer", "minimum": 0},
-                       "root": {"type": "string", "pattern": _B64, "contentEncoding": "base64"}}}},
+                       "root": {"type": "string", "pattern": _B64, "contentEncoding": "base64"},
+                       "consistency": {"type": "array", "items": {"type": "string", "pattern": _B64,
+                                                                  "contentEncoding": "base64"}}}}},
     _k_witnesses: {"type": "array", "items": {
         "type": "object", "required": [n for n, _ in _WITNESS_FIELDS], "additionalProperties": False,
         "properties": {"vkey": {"type": "string"}, "url": {"type": "string"}}}},
