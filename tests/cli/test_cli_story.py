@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -80,6 +81,11 @@ def test_cli_story(tmp_path: Path) -> None:
         assert plain.returncode == 3 and "SIMULATED" in plain.stdout  # refuses a simulated TEE by default
         verified = duet("verify", cvm, "--trust-simulated", env=env)
         assert "verdict: VERIFIED SIMULATED" in verified.stdout
+        # The next verify resumes from this one (nothing new to fetch); --full fetches all.
+        again = json.loads(duet("verify", cvm, "--trust-simulated", "--json", env=env).stdout)
+        assert again["ok"] and again["checkpoint"]["fetched"] == 0
+        full = json.loads(duet("verify", cvm, "--trust-simulated", "--full", "--json", env=env).stdout)
+        assert full["ok"] and full["checkpoint"]["fetched"] == full["checkpoint"]["size"]
 
         unknown = duet("cvm", "show", "0" * 16, env=env, check=False)
         assert unknown.returncode == 1 and "unknown_cvm" in unknown.stderr

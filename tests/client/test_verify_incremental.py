@@ -68,7 +68,7 @@ def _cache_files(state: Path) -> list[Path]:
 
 def _cvm_cache(state: Path, origin: str) -> Path:
     for path in _cache_files(state):
-        head, _, body = path.read_bytes().partition(b"\n")
+        body = path.read_bytes().partition(b"\n")[2]
         if json.loads(body)["origin"] == origin:
             return path
     raise AssertionError(f"no cache for {origin}")
@@ -218,7 +218,7 @@ def test_other_expectations_do_not_reuse_the_replay(evil: EvilController, record
                                                    tmp_path: Path) -> None:
     """A replay made without an allow-list says nothing about one: `id -u`, long verified,
     must fail the new allow-list, which reads the whole history again."""
-    state, cvm = tmp_path / "user", recorded.cvm
+    state = tmp_path / "user"
     counter = Counter(evil)
     assert _run(evil, state).ok
     counter.reset()
