@@ -168,6 +168,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         controller.ready = True
         yield
         controller.ready = False
+        await stream_routes.drain()  # streamed commands whose client left are logged to the end
         await controller.shutdown()
 
     async def observe(request: Request) -> None:

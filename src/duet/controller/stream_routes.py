@@ -36,6 +36,13 @@ class NotACommand(DuetError):
 _running: set[asyncio.Future[Any]] = set()
 
 
+async def drain() -> None:
+    """Wait for the streamed intents still running (at shutdown: their results are
+    logged, as a non-streamed request's are before the server stops)."""
+    if _running:
+        await asyncio.wait(set(_running))
+
+
 def _follow(controller: Controller, cvm_id: str, command_index: int,
             until: asyncio.Future[Any] | None = None) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     async def leaves(start: int, end: int) -> list[bytes]:
