@@ -219,3 +219,27 @@ def test_the_client_refuses_a_stream_the_result_contradicts() -> None:
         consume(events[:2])  # the stream ended before the result
     assert info.value.code == "stream_broken" and "duet cvm wait c 5" in info.value.message
     assert json.dumps(consume([events[0], events[2]])["stdout"]) == json.dumps(b64(b"real\n"))
+
+
+def test_a_trickling_command_cannot_flood_its_log() -> None:
+    """Pieces are coalesced ever more slowly, and capped per command."""
+    import asyncio
+
+    from duet.controller import streaming
+
+    logged: list[Any] = []
+
+    def append(items: list[Any]) -> int:
+        logged.extend(items)
+        return 0
+
+    async def trickle() -> None:
+        out = streaming.OutputLog(append, 7)
+        for _ in range(streaming.MAX_PIECES + 100):
+            out.feed("stdout", b"x")
+            out.flush()
+        assert len(logged) == streaming.MAX_PIECES
+        assert out.interval == streaming.MAX_FLUSH_S
+        assert [e.offset for e in logged[:3]] == [0, 1, 2]
+
+    asyncio.run(trickle())

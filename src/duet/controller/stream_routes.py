@@ -67,6 +67,8 @@ async def submit_streamed(
     task = asyncio.ensure_future(carry_out())
     _running.add(task)
     task.add_done_callback(_running.discard)
+    # A client that left never reads the outcome; its error is logged by the controller.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     pending: set[asyncio.Future[Any]] = {task, stream.command}
     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     if not stream.command.done():

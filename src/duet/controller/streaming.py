@@ -32,6 +32,12 @@ from duet.ledger import entries
 FLUSH_S = 0.05
 #: ... or until this many bytes are waiting.
 FLUSH_BYTES = 64 * 1024
+#: Every this many pieces of one command, the wait doubles (up to MAX_FLUSH_S), and after
+#: MAX_PIECES no more are logged: a command trickling a byte at a time cannot grow its log
+#: by millions of entries (its output is still in its result entry, shown at the end).
+PIECES_PER_STEP = 256
+MAX_FLUSH_S = 10.0
+MAX_PIECES = 4096
 #: At most this many follow streams at once (each holds a connection open).
 MAX_FOLLOWERS = 64
 #: A follower with nothing new re-reads the log head this often, whatever it was told.
@@ -71,8 +77,15 @@ class OutputLog:
         self._pending: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._offset = {"stdout": 0, "stderr": 0}
         self._first: float | None = None
+        self.pieces = 0
+
+    @property
+    def interval(self) -> float:
+        return min(MAX_FLUSH_S, FLUSH_S * float(2 ** (self.pieces // PIECES_PER_STEP)))
 
     def feed(self, stream: str, data: bytes) -> None:
+        if self.pieces >= MAX_PIECES:
+            return
         self._pending[stream] += data
         if self._first is None:
             self._first = time.monotonic()
@@ -88,12 +101,13 @@ class OutputLog:
                 buf.clear()
         self._first = None
         if items:
+            self.pieces += len(items)
             self._append(items)
 
     async def pump(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            if self._first is not None:
+            if self._first is not None and time.monotonic() - self._first >= self.interval - FLUSH_S / 2:
                 self.flush()
 
 
