@@ -60,8 +60,15 @@ def run(owner: Any, cvm: str, command: str, *, timeout: str | None, interactive:
     from duet.ledger.operations import MAX_STDIN
 
     stdin = read_stdin(sys.stdin.buffer, MAX_STDIN) if interactive else None
-    res = owner.run_streamed(cvm, command, timeout_s=parse_duration(timeout), stdin=stdin,
-                             on_output=_print_piece, wait=not no_wait)
+    timeout_s = parse_duration(timeout)
+    try:
+        res = owner.run_streamed(cvm, command, timeout_s=timeout_s, stdin=stdin, on_output=_print_piece,
+                                 wait=not no_wait)
+    except ClientError as exc:
+        if exc.status != 404 or exc.code != "not_found" or no_wait:
+            raise
+        # A controller from before streamed runs: the same intent, answered at the end.
+        return print_buffered(owner.run(cvm, command, timeout_s=timeout_s, stdin=stdin), err)
     if no_wait:
         print(res["command_index"])
         err.print(f"duet: command logged at index {res['command_index']}; "
