@@ -101,6 +101,9 @@ def test_stdin_is_signed_logged_and_read(setup) -> None:  # type: ignore[no-unty
     from duet.ledger.intent import parse_intent
 
     assert parse_intent(intent["jws"]).args["stdin_sha256"] == hashlib.sha256(b"hi\n").hexdigest()
+    shown = subprocess.run([sys.executable, "-m", "duet.cli.main", "log", cvm], capture_output=True, text=True,
+                           env=_cli(c, key), timeout=120)
+    assert "< stdin (3 B, logged)" in shown.stdout, shown.stdout + shown.stderr
     # Without -i, stdin is not read (EOF at once), whatever is piped in.
     r = subprocess.run([sys.executable, "-m", "duet.cli.main", "cvm", "run", cvm, "--", "cat"],
                        input=b"ignored\n", capture_output=True, env=_cli(c, key), timeout=120)
