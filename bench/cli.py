@@ -13,7 +13,12 @@ measured in the same run on the same machine. Prints JSON.
 Medians of --n runs each, interleaved so that load on the machine hits all alike; the
 ratios are each median over ssh's.
 
-Usage: python bench/cli.py [--n 10]
+With `--tls` the controller serves RA-TLS (`https://`, SIMULATED SGX quote in its
+certificate) and `cvm run` is timed twice: with the RA-TLS verdict cache
+(`client/ratls_cache.py`, the default) and without it (`DUET_RATLS_CACHE_TTL=0`: every
+process verifies the quote in the handshake).
+
+Usage: python bench/cli.py [--n 10] [--tls]
 """
 
 from __future__ import annotations
@@ -50,11 +55,13 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10)
-    n = ap.parse_args().n
+    ap.add_argument("--tls", action="store_true", help="RA-TLS controller (https://)")
+    args = ap.parse_args()
+    n = args.n
     work = Path(tempfile.mkdtemp(prefix="duet-bench-cli-"))
     os.chmod(work, 0o755)  # local CVM users must traverse it
     duet = str(Path(sys.executable).parent / "duet")
-    ctl = ControllerProc(data=work / "data", owner_key=keys.Ed25519PrivateKey.generate())
+    ctl = ControllerProc(data=work / "data", owner_key=keys.Ed25519PrivateKey.generate(), tls=args.tls)
     provider = LocalProvider(work / "direct")
     loop = asyncio.new_event_loop()
     try:
@@ -62,7 +69,8 @@ def main() -> None:
         key_path = work / "owner.key"
         key_path.write_bytes(keys.private_pem(ctl.owner_key))
         env = {**os.environ, "DUET_CONTROLLER": ctl.url, "DUET_OWNER_KEY": str(key_path),
-               "DUET_STATE_DIR": str(work / "state"), "XDG_CONFIG_HOME": str(work / "cfg")}
+               "DUET_STATE_DIR": str(work / "state"), "XDG_CONFIG_HOME": str(work / "cfg"),
+               "DUET_TRUST_SIMULATED": "1"}
         cvm = ctl.owner().create("local")["id"]
 
         ssh_key = generate_client_key()
@@ -73,25 +81,29 @@ def main() -> None:
         ssh = ["ssh", "-i", str(ssh_key_path), "-p", str(prov.port), "-o", "BatchMode=yes",
                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                f"{prov.user}@127.0.0.1", "true"]
-        cases = {
-            "duet_cvm_run_true": [duet, "cvm", "run", cvm, "--", "true"],
-            "duet_verify": [duet, "verify", cvm, "--trust-simulated"],
-            "duet_version": [duet, "--version"],
-            "ssh_true": ssh,
+        no_cache = {**env, "DUET_RATLS_CACHE_TTL": "0"}
+        cases: dict[str, tuple[list[str], dict[str, str]]] = {
+            "duet_cvm_run_true": ([duet, "cvm", "run", cvm, "--", "true"], env),
+            "duet_verify": ([duet, "verify", cvm, "--trust-simulated"], env),
+            "duet_version": ([duet, "--version"], env),
+            "ssh_true": (ssh, env),
         }
-        for argv in cases.values():  # warm the page cache and the pyc files
-            timed(argv, env)
+        if args.tls:
+            cases["duet_cvm_run_true_no_ratls_cache"] = ([duet, "cvm", "run", cvm, "--", "true"], no_cache)
+        for argv, e in cases.values():  # warm the page cache and the pyc files
+            timed(argv, e)
         samples: dict[str, list[float]] = {k: [] for k in cases}
         for _ in range(n):
-            for name, argv in cases.items():
-                samples[name].append(timed(argv, env))
+            for name, (argv, e) in cases.items():
+                samples[name].append(timed(argv, e))
         med = {k: statistics.median(v) for k, v in samples.items()}
         print(json.dumps({
             "n": n,
             "median_ms": {k: round(v, 1) for k, v in med.items()},
             "min_ms": {k: round(min(v), 1) for k, v in samples.items()},
             "ratio_to_ssh": {k: round(v / med["ssh_true"], 2) for k, v in med.items() if k != "ssh_true"},
-            "note": "whole-process wall time; controller SIMULATED, plain HTTP on loopback; local CVM (sshd)",
+            "note": "whole-process wall time; controller SIMULATED, "
+                    + ("RA-TLS (https) on loopback" if args.tls else "plain HTTP on loopback") + "; local CVM (sshd)",
         }, indent=2))
     finally:
         try:

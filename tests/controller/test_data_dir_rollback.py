@@ -9,6 +9,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import pytest
+
 from duet.client.http import Http
 from duet.client.verify import verify
 from helpers import ControllerProc
@@ -55,3 +57,77 @@ def test_restoring_an_old_simulated_tee_dir_is_harmless(controller_factory, tmp_
         report, _ = verify(http, cvm, trust_simulated=True, state_dir=tmp_path / "user")
     assert report.ok, [(x.name, x.detail) for x in report.checks if not x.ok]
     assert c.owner().action(cvm, "health")["exit_status"] == 0
+
+
+def test_restoring_an_old_local_cvm_state_json_is_harmless_or_detected(controller_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`cvms/<id>/state.json` restored alone. Harmless when it names the same machine; when
+    the port it names now belongs to another sshd (an impostor: any host with another host
+    key), the pinned host key refuses it before anything is sent, and the CVM is
+    quarantined, on the record."""
+    import asyncio
+    import json
+    import socket
+
+    from duet.client.errors import ClientError
+    from duet.cvm.cleanup import delete_all_local
+    from duet.cvm.local import LocalProvider
+    from duet.cvm.ssh import generate_client_key, public_line
+    from duet.ledger import entries
+
+    c: ControllerProc = controller_factory().start()
+    owner = c.owner()
+    cvm = owner.create("local")["id"]
+    state = c.data / "cvms" / cvm / "state.json"
+    old = state.read_bytes()
+    old_port = json.loads(old)["port"]
+
+    # Harmless: the old copy restored while it still describes the machine.
+    c.kill(signal.SIGTERM)
+    state.write_bytes(old)
+    c.start()
+    assert owner.run(cvm, "echo same machine")["exit_status"] == 0
+
+    # The CVM moves: its sshd is restarted while its old port is taken (logged `cvm_moved`).
+    c.kill(signal.SIGTERM)
+    local = LocalProvider(c.data / "cvms")
+    asyncio.run(local._stop_sshd(cvm))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", old_port))
+        taken.listen()
+        c.start()
+    assert owner.run(cvm, "echo moved")["exit_status"] == 0
+    assert json.loads(state.read_bytes())["port"] != old_port
+    c.kill(signal.SIGTERM)
+
+    # An impostor sshd (its own host key) now listens on the old port.
+    impostor = LocalProvider(tmp_path / "direct")
+    try:
+        asyncio.run(impostor.create("impostor", authorized_key=public_line(generate_client_key()), spec={}))
+        asyncio.run(impostor._stop_sshd("impostor"))
+        ist = tmp_path / "direct" / "impostor" / "state.json"
+        ist.write_text(json.dumps({**json.loads(ist.read_text()), "port": old_port}))
+        assert asyncio.run(impostor.ensure_running("impostor")).port == old_port
+
+        # The host restores the old state.json alone, pointing the controller at the impostor.
+        state.write_bytes(old)
+        c.start()
+        marker = tmp_path / "direct" / "impostor" / "work" / "pwned"
+        # The genuine CVM's sshd still runs (on its new port), so the provider reports the
+        # restored, old port: the controller follows it (logged) and meets the impostor.
+        with pytest.raises(ClientError) as info:
+            owner.run(cvm, f"touch {marker}; echo ran")
+        assert info.value.code in ("host_key_mismatch", "cvm_not_ready"), info.value
+        assert not marker.exists()
+        view = owner.api.cvm(cvm)
+        assert view["status"] == "quarantined"
+        with c.http() as http:
+            from duet.client.verify import fetch_leaves
+
+            log = [entries.decode(leaf) for leaf in fetch_leaves(http, cvm, view["tree_size"])]
+        assert any(e["type"] == "error" and e["code"] == "cvm_moved" and str(old_port) in e["message"] for e in log)
+        assert any(e["type"] == "error" and e["code"] == "host_key_mismatch" for e in log)
+        # Refused at the connection, before the command was logged or sent.
+        assert not any(e["type"] == "command" and "pwned" in str(e["command"]) for e in log)
+    finally:
+        c.kill(signal.SIGTERM)
+        delete_all_local(tmp_path / "direct")

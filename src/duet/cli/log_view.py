@@ -101,6 +101,8 @@ def operations(decoded: list[dict[str, Any]], signed: dict[int, Any]) -> list[Op
                 cur.who, cur.what = "(unsigned)", str(e.get("reason", ""))
         elif t == "command" and not e.get("builtin"):
             cur.what = str(e.get("command", "")) if not e.get("action") else f"action {e['action']}: {e['command']}"
+            if isinstance(e.get("stdin_bytes"), int):
+                cur.what += f" < stdin ({e['stdin_bytes']} B, logged)"
         elif t == "result":
             if e.get("timed_out"):
                 outcome = "timed out"

@@ -7,7 +7,6 @@ policy (or a failed verification), and a remote command's own exit status for `c
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -405,18 +404,42 @@ def cvm_run(
     argv: Annotated[list[str] | None, typer.Argument(help="The command's argv (after --).", show_default=False)] = None,
     controller: ControllerOpt = DEFAULT_URL,
     key: KeyOpt = Path("owner.key"),
-    timeout: float | None = typer.Option(None, "--timeout", help="Seconds before the command is killed."),
+    timeout: str | None = typer.Option(None, "--timeout",
+                                       help="Time before the command is killed: 90, 90s, 5m, 1h."),
     sh: str | None = typer.Option(None, "--sh", help="Send this shell string as is (pipes, redirections)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the exact command string signed."),
+    interactive: bool = typer.Option(False, "-i", "--stdin",
+                                     help="Send stdin (at most 512 KiB; signed, and logged whole: it is public)."),
+    no_wait: bool = typer.Option(False, "--no-wait",
+                                 help="Print the logged command's index at once; `duet cvm wait` follows it."),
     expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
 ) -> None:
-    """The owner signs the one string the CVM's shell will run; it must be what they typed."""
+    """The owner signs the one string the CVM's shell will run; it must be what they typed.
+    Output is printed as the controller logs it."""
+    from duet.cli import run_cmd
+
     command = signed_command(argv or [], sh)
     if verbose:
         err.print(f"duet: signing command {command!r}", markup=False)
     owner = _owner(controller, key, expect, trust_simulated, state_dir)
-    res = owner.run(_cvm_id(owner.http, cvm), command, timeout_s=timeout)
-    raise typer.Exit(_print_result(res))
+    raise typer.Exit(run_cmd.run(owner, _cvm_id(owner.http, cvm), command, timeout=timeout,
+                                 interactive=interactive, no_wait=no_wait, err=err))
+
+
+@cvm_app.command("wait")
+@_guard
+def cvm_wait(
+    cvm: str,
+    index: Annotated[int, typer.Argument(help="The command's index (what `cvm run --no-wait` printed).")],
+    controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+    expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+) -> None:
+    """Wait for a logged command's result, printing its output as it is logged; exits
+    with the command's status."""
+    from duet.cli import run_cmd
+
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    raise typer.Exit(run_cmd.wait(owner, _cvm_id(owner.http, cvm), index, err))
 
 
 def signed_command(argv: list[str], sh: str | None) -> str:
@@ -436,21 +459,9 @@ def signed_command(argv: list[str], sh: str | None) -> str:
 
 
 def _print_result(res: dict[str, Any]) -> int:
-    sys.stdout.buffer.write(base64.b64decode(res.get("stdout", "")))
-    sys.stdout.flush()
-    sys.stderr.buffer.write(base64.b64decode(res.get("stderr", "")))
-    sys.stderr.flush()
-    for name in ("stdout", "stderr"):
-        if res.get(f"{name}_truncated"):
-            err.print(f"duet: {name} truncated; {res[f'{name}_bytes']} bytes in all, sha256 {res[f'{name}_sha256']}")
-    if res.get("timed_out"):
-        err.print("duet: the command timed out and was killed")
-        return 124
-    if res.get("interrupted"):
-        err.print(f"duet: interrupted: {res['interrupted']}")
-        return 1
-    status = res.get("exit_status")
-    return int(status) if isinstance(status, int) else 1
+    from duet.cli.run_cmd import print_buffered
+
+    return print_buffered(res, err)
 
 
 @cvm_app.command("mode")

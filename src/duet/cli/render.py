@@ -63,6 +63,8 @@ def _summary(e: dict[str, Any], signed: Any = None) -> str:
         return f"{e.get('host')}:{e.get('port')} user {e.get('user')}, host key sha256 {digest}…"
     if t == "interrupted":
         return f"#{e.get('command_index')}: {e.get('reason')}"
+    if t == "output":
+        return f"#{e.get('command_index')} {e.get('stream')} at byte {e.get('offset')}: {len(str(e.get('data')))} chars"
     if t == "evidence":
         return f"{e.get('kind')} nonce {str(e.get('nonce'))[:16]}…"
     if t == "lockdown":

@@ -138,5 +138,20 @@ class ReadClient:
         checkpoint (judged by witness_check.py)."""
         return self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size)
 
-    def submit_intent(self, jws: str) -> Any:
-        return self.http.post_json("/v1/intents", {"jws": jws})
+    def submit_intent(self, jws: str, stdin: bytes | None = None) -> Any:
+        return self.http.post_json("/v1/intents", _intent_body(jws, stdin))
+
+    def submit_streamed(self, jws: str, stdin: bytes | None = None) -> Iterator[Any]:
+        """`POST /v1/intents/stream`: its events as they arrive (`duet.client.streamed`)."""
+        return self.http.stream_lines("POST", "/v1/intents/stream", _intent_body(jws, stdin))
+
+    def follow_command(self, cvm: str, index: int) -> Iterator[Any]:
+        """A logged command's output and result, as they are logged."""
+        return self.http.stream_lines("GET", f"/v1/cvms/{_seg(cvm)}/commands/{int(index)}/follow")
+
+
+def _intent_body(jws: str, stdin: bytes | None) -> dict[str, str]:
+    body = {"jws": jws}
+    if stdin is not None:
+        body["stdin"] = base64.b64encode(stdin).decode()
+    return body

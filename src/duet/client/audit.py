@@ -7,6 +7,7 @@ mode) and reports every rule the history breaks. Each finding names the entry in
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
     seen_nonces: set[str] = set()
     intents: dict[int, Intent] = {}
     open_commands: dict[int, dict[str, Any]] = {}
+    streamed: dict[int, StreamedOutput] = {}
     entry_problems: list[str] = []
     evidence_nonces: set[str] = set()
     used_intents: dict[int, int] = {}
@@ -208,12 +210,21 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             if transition is not None and e.get("builtin") is True and e.get("action") == "snapshot" \
                     and e.get("intent_index") == transition["intent"]:
                 transition["snapshot"] = True
+        elif t == "output":
+            ci = e.get("command_index")
+            if not isinstance(ci, int) or ci not in open_commands:
+                cmd_problems.append(f"entry {i}: output for index {ci}, which is not an open command")
+            else:
+                cmd_problems.extend(streamed.setdefault(ci, StreamedOutput()).add(i, e))
         elif t in ("result", "interrupted"):
             ci = e.get("command_index")
             if not isinstance(ci, int) or ci not in open_commands:
                 cmd_problems.append(f"entry {i}: {t} for index {ci}, which is not an open command")
             else:
                 del open_commands[ci]
+                pieces = streamed.pop(ci, None)
+                if pieces is not None and t == "result":
+                    cmd_problems.extend(pieces.matches(i, e))
             if t == "interrupted":
                 state.interrupted += 1
         elif t == "deleted":
@@ -232,6 +243,57 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
               or f"each of the {state.epoch} entries into in-service was earned: a passing lockdown, "
                  "fresh evidence and a snapshot under its own intent"),
     ]
+
+
+def _stdin_problem(e: dict[str, Any], it: Intent) -> str | None:
+    """The stdin logged with a command is exactly what the owner signed (its digest in
+    the intent), and a command the owner gave no stdin logs none."""
+    signed = it.args.get("stdin_sha256")
+    if e.get("stdin") is None and e.get("stdin_sha256") is None:
+        return None if signed is None else "the owner signed a stdin that the command entry does not log"
+    if signed is None:
+        return "the command entry logs a stdin that the owner did not sign"
+    try:
+        data = entries.CommandEntry.from_dict(e).stdin_content()
+    except (LedgerError, ValueError) as exc:
+        return f"the logged stdin does not decode: {exc}"
+    if hashlib.sha256(data).hexdigest() != signed or e.get("stdin_sha256") != signed \
+            or e.get("stdin_bytes") != len(data):
+        return "the logged stdin differs from the one the owner signed"
+    return None
+
+
+class StreamedOutput:
+    """The `output` pieces of one streamed command: contiguous per stream from offset 0,
+    and together exactly the stream content its result entry logs."""
+
+    def __init__(self) -> None:
+        self.data = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def add(self, i: int, e: dict[str, Any]) -> list[str]:
+        stream, offset = e.get("stream"), e.get("offset")
+        if stream not in self.data:
+            return [f"entry {i}: output for an unknown stream {stream!r}"]
+        buf = self.data[str(stream)]
+        if offset != len(buf):
+            return [f"entry {i}: output at offset {offset} of {stream}, but {len(buf)} bytes were logged before"]
+        try:
+            buf += entries.OutputEntry.from_dict(e).content()
+        except (LedgerError, ValueError) as exc:
+            return [f"entry {i}: output does not decode: {exc}"]
+        return []
+
+    def matches(self, i: int, e: dict[str, Any]) -> list[str]:
+        try:
+            result = entries.ResultEntry.from_dict(e)
+        except LedgerError as exc:
+            return [f"entry {i}: result does not parse: {exc}"]
+        problems = []
+        for name in ("stdout", "stderr"):
+            logged: entries.StreamOutput = getattr(result, name)
+            if bytes(self.data[name]) != logged.content():
+                problems.append(f"entry {i}: the streamed {name} differs from the {name} of the result")
+        return problems
 
 
 def _earned(i: int, transition: dict[str, Any] | None) -> list[str]:
@@ -286,6 +348,8 @@ def _check_command(
     if action is None:
         if it.op != Op.RUN or it.args.get("command") != e.get("command"):
             cmd_problems.append(f"entry {i}: command differs from what the owner's intent asked")
+        elif (problem := _stdin_problem(e, it)) is not None:
+            cmd_problems.append(f"entry {i}: {problem}")
         if not policy.command_allowed(state.mode, str(e.get("command"))):
             mode_problems.append(f"entry {i}: command ran while {state.mode}, which the policy forbids")
         return

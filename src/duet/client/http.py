@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,36 @@ class Http:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             raise ClientError("bad_response", f"{path} did not return UTF-8 text") from None
+
+    def stream_lines(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
+        """An NDJSON answer (streamed runs), one parsed line at a time as it arrives. An
+        error status is raised as `/v1/intents` errors are; a JSON (not NDJSON) answer is
+        yielded whole, as one line. The whole answer is bounded by `max_response_bytes`."""
+        lim = self.limits
+        total = 0
+        try:
+            with self._client.stream(method, path, json=body, headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status_code >= 400 or not resp.headers.get("content-type", "").startswith(
+                        "application/x-ndjson"):
+                    content = resp.read()
+                    if len(content) > lim.max_response_bytes:
+                        raise LimitExceeded("response_bytes", f"{path} sent more than {lim.max_response_bytes} bytes")
+                    self._raise_for_status(resp.status_code, content, path)
+                    yield parse_json(content, path, lim.max_json_depth)
+                    return
+                for text in resp.iter_lines():
+                    total += len(text) + 1
+                    if total > lim.max_response_bytes:
+                        raise LimitExceeded("response_bytes", f"{path} sent more than {lim.max_response_bytes} bytes")
+                    if text.strip():
+                        yield parse_json(text.encode(), path, lim.max_json_depth)
+        except ClientError:
+            raise
+        except Exception as exc:
+            found = self._error(exc, path)
+            if found is None:
+                raise
+            raise found from None
 
     def post_json(self, path: str, body: Any) -> Any:
         """Owner requests: bounded by `timeout` (a command may legitimately run long)."""

@@ -4,7 +4,9 @@ Intents go to an RA-TLS (`https://`) controller, or over plain HTTP to loopback 
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,6 +18,8 @@ from duet.client.http import Http
 from duet.client.results import RunResult
 from duet.ledger.intent import sign_intent
 from duet.ledger.operations import Op
+
+OnOutput = Callable[[str, bytes], None]
 
 
 class OwnerClient:
@@ -38,8 +42,8 @@ class OwnerClient:
     def sign(self, op: str, args: dict[str, Any], cvm: str | None = None) -> str:
         return sign_intent(self.key, op=op, aud=self.controller_id, args=args, cvm=cvm, iat=int(time.time()))
 
-    def submit(self, op: str, args: dict[str, Any], cvm: str | None = None) -> Any:
-        return self.api.submit_intent(self.sign(op, args, cvm))
+    def submit(self, op: str, args: dict[str, Any], cvm: str | None = None, stdin: bytes | None = None) -> Any:
+        return self.api.submit_intent(self.sign(op, args, cvm), stdin)
 
     def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
                spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,15 +56,43 @@ class OwnerClient:
             args["spec"] = spec
         return dict(self.submit(Op.CREATE, args)["cvm"])
 
-    def run(self, cvm: str, command: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _run_args(command: str, timeout_s: float | None, stdin: bytes | None) -> dict[str, Any]:
         args: dict[str, Any] = {"command": command}
         if timeout_s is not None:
             args["timeout_s"] = timeout_s
-        return dict(self.submit(Op.RUN, args, cvm))
+        if stdin is not None:
+            # The owner signs the digest; the bytes travel with the intent and are logged.
+            args["stdin_sha256"] = hashlib.sha256(stdin).hexdigest()
+        return args
 
-    def exec(self, cvm: str, command: str, *, timeout_s: float | None = None) -> RunResult:
+    def run(self, cvm: str, command: str, *, timeout_s: float | None = None,
+            stdin: bytes | None = None) -> dict[str, Any]:
+        """Run and wait for the result. `stdin` (at most 512 KiB) is signed and logged
+        whole: it is public, like the command."""
+        return dict(self.submit(Op.RUN, self._run_args(command, timeout_s, stdin), cvm, stdin))
+
+    def run_streamed(self, cvm: str, command: str, *, timeout_s: float | None = None,
+                     stdin: bytes | None = None, on_output: OnOutput | None = None,
+                     wait: bool = True) -> dict[str, Any]:
+        """`run`, with `on_output(stream, bytes)` called as the output is logged. With
+        `wait=False`, returns `{"cvm", "command_index"}` as soon as the command is logged
+        (follow it with `follow`)."""
+        from duet.client.streamed import consume
+
+        jws = self.sign(Op.RUN, self._run_args(command, timeout_s, stdin), cvm)
+        return consume(self.api.submit_streamed(jws, stdin), on_output, no_wait=not wait)
+
+    def follow(self, cvm: str, command_index: int, on_output: OnOutput | None = None) -> dict[str, Any]:
+        """Wait for a logged command's result, handing over its output as it is logged."""
+        from duet.client.streamed import consume
+
+        return consume(self.api.follow_command(cvm, command_index), on_output)
+
+    def exec(self, cvm: str, command: str, *, timeout_s: float | None = None,
+             stdin: bytes | None = None) -> RunResult:
         """`run`, as a typed result with stdout and stderr as bytes."""
-        return RunResult.from_response(cvm, self.run(cvm, command, timeout_s=timeout_s))
+        return RunResult.from_response(cvm, self.run(cvm, command, timeout_s=timeout_s, stdin=stdin))
 
     def mode(self, cvm: str, mode: str) -> dict[str, Any]:
         return dict(self.submit(Op.MODE, {"mode": mode}, cvm)["cvm"])

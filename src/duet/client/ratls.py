@@ -27,7 +27,10 @@ HTTP client never gets a connection to write a request on: no owner intent or co
 sent to an unattested peer. httpx (sync over ``ssl.SSLSocket``, async over
 ``ssl.SSLObject``) propagates the error unchanged; :func:`find_ratls_error` also digs it out
 of a wrapping exception. Verified certificates are cached per verifier (by SHA-256 of the
-DER), so later connections of the same client cost one hash.
+DER), so later connections of the same client cost one hash, and for a short TTL across
+processes in the state dir (:mod:`duet.client.ratls_cache`: untrusted on read, the binding
+re-checked on the certificate), so that each `duet` command does not verify the quote
+again. The attestation package is imported only when a quote is verified in full.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,10 +53,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from duet.attestation import Expectations, SgxReport, validate, verify_sgx_quote
-from duet.attestation.errors import AttestationError
 from duet.client.errors import ClientError
+from duet.client.ratls_cache import Binding, CachedReport, VerifiedCache, ttl_from_env
 from duet.client.statefile import locked, read_json, write_json
+
+if TYPE_CHECKING:
+    from duet.attestation import Expectations, SgxReport
 
 QUOTE_OID = x509.ObjectIdentifier("1.2.840.113741.1337.6")
 ENDORSEMENTS_OID = x509.ObjectIdentifier("2.25.10214357168241375939949257289218269483")
@@ -76,16 +81,19 @@ class RaTlsError(Exception):
 class PeerIdentity:
     public_key: bytes  # raw Ed25519, 32 bytes
     controller_id: str  # lowercase hex SHA-256 of public_key
-    report: SgxReport
+    report: SgxReport | CachedReport
     tee: str
     simulated: bool
     cert_sha256: str
+    #: The verdict came from the state dir's cache (verified in full by an earlier process).
+    cached: bool = False
 
     def describe(self) -> str:
         label = "SIMULATED " if self.simulated else ""
+        how = " (verdict cached)" if self.cached else ""
         return (
             f"{label}SGX RA-TLS: controller {self.controller_id[:16]}…, MRENCLAVE {self.report.mrenclave[:16]}…, "
-            f"TCB {self.report.tcb_status}"
+            f"TCB {self.report.tcb_status}{how}"
         )
 
 
@@ -102,15 +110,8 @@ def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
     return bytes(value.value)
 
 
-def verify_certificate(
-    cert_der: bytes,
-    *,
-    trust_simulated: bool = False,
-    now: datetime | None = None,
-    expect: Expectations | None = None,
-    collateral_provider: CollateralProvider | None = None,
-) -> PeerIdentity:
-    """Verify an RA-TLS certificate (steps 1-4 of the module docstring); no pinning."""
+def certificate_binding(cert_der: bytes) -> tuple[x509.Certificate, Binding]:
+    """Step 1 and the quote extension: the certificate's Ed25519 key and its quote."""
     try:
         cert = x509.load_der_x509_certificate(cert_der)
         _ = cert.extensions  # parsed lazily: surface malformed extensions here
@@ -126,6 +127,23 @@ def verify_certificate(
         raise RaTlsError(
             "ratls_no_quote", "the controller's certificate carries no SGX quote (not an RA-TLS certificate)"
         )
+    return cert, Binding(public_key=raw, spki=spki, quote=quote)
+
+
+def verify_certificate(
+    cert_der: bytes,
+    *,
+    trust_simulated: bool = False,
+    now: datetime | None = None,
+    expect: Expectations | None = None,
+    collateral_provider: CollateralProvider | None = None,
+) -> PeerIdentity:
+    """Verify an RA-TLS certificate (steps 1-4 of the module docstring); no pinning."""
+    from duet.attestation import validate, verify_sgx_quote
+    from duet.attestation.errors import AttestationError
+
+    cert, binding = certificate_binding(cert_der)
+    raw, spki, quote = binding.public_key, binding.spki, binding.quote
     endorsements: dict[str, Any] = {}
     blob = _ext(cert, ENDORSEMENTS_OID)
     if blob is not None:
@@ -274,9 +292,15 @@ class RaTlsVerifier:
         expect: Expectations | None = None,
         collateral_provider: CollateralProvider | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cache_ttl: float | None = None,
     ) -> None:
+        """`cache_ttl`: seconds a verdict is reused across processes (None: from
+        `DUET_RATLS_CACHE_TTL`, default 300; 0: off). Needs a `state_dir`."""
         self.origin = origin_of(url)
         self.pins = PinStore(state_dir) if state_dir is not None else None
+        ttl = ttl_from_env() if cache_ttl is None else cache_ttl
+        self.cache = VerifiedCache(state_dir, self.origin, ttl=ttl, trust_simulated=trust_simulated, expect=expect) \
+            if state_dir is not None and ttl > 0 else None
         self.trust_simulated = trust_simulated
         self.expect = expect
         self.collateral_provider = collateral_provider
@@ -295,13 +319,18 @@ class RaTlsVerifier:
             cached = self._verified.get(digest)
         if cached is not None:
             return cached
-        peer = verify_certificate(
-            cert_der,
-            trust_simulated=self.trust_simulated,
-            now=self.clock(),
-            expect=self.expect,
-            collateral_provider=self.collateral_provider,
-        )
+        peer = self._from_cache(cert_der, digest)
+        if peer is None:
+            peer = verify_certificate(
+                cert_der,
+                trust_simulated=self.trust_simulated,
+                now=self.clock(),
+                expect=self.expect,
+                collateral_provider=self.collateral_provider,
+            )
+            if self.cache is not None:
+                self.cache.store(digest, certificate_binding(cert_der)[1], peer.report, peer.tee,
+                                 now=self.clock().timestamp())
         with self._lock:
             if self.peer is not None and self.peer.public_key != peer.public_key:
                 raise RaTlsError(
@@ -313,6 +342,17 @@ class RaTlsVerifier:
             self.peer = peer
             self._verified[digest] = peer
         return peer
+
+    def _from_cache(self, cert_der: bytes, digest: str) -> PeerIdentity | None:
+        if self.cache is None:
+            return None
+        binding = certificate_binding(cert_der)[1]
+        report = self.cache.lookup(digest, binding, now=self.clock().timestamp())
+        if report is None:
+            return None
+        return PeerIdentity(public_key=binding.public_key, controller_id=hashlib.sha256(binding.public_key).hexdigest(),
+                            report=report, tee=report.tee, simulated=report.simulated, cert_sha256=digest,
+                            cached=True)
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = _RaTlsContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -122,6 +122,8 @@ class _Timeline:
         self.bands: list[tuple[int, int, str]] = []
         self.marks: list[tuple[int, str]] = []
         self._by_command: dict[int, _Op] = {}
+        #: Streamed output pieces of each command (shown if it ends without a result).
+        self._pieces: dict[int, list[Mapping[str, Any]]] = {}
         self._who: dict[int, str] = {}
         self._mode = "provisioning"
         self._band_start = 0
@@ -172,12 +174,27 @@ class _Timeline:
                            f"<code>{esc(digest)}</code>{cut}</div><pre class='out {name}'>{esc(text)}</pre>")
         return None
 
+    def _on_output(self, i: int, e: Mapping[str, Any]) -> None:
+        ci = e.get("command_index")
+        op = self._by_command.get(ci)  # type: ignore[arg-type]
+        if op is None:
+            return self._on_other(i, e)
+        op.anchors.append(i)
+        self._pieces.setdefault(ci, []).append(e)  # type: ignore[arg-type]
+        return None
+
     def _on_interrupted(self, i: int, e: Mapping[str, Any]) -> None:
-        op = self._by_command.get(e.get("command_index"))  # type: ignore[arg-type]
+        ci = e.get("command_index")
+        op = self._by_command.get(ci)  # type: ignore[arg-type]
         if op is None:
             return self._on_other(i, e)
         op.outcome = f"interrupted: {e.get('reason', '')}"
         op.anchors.append(i)
+        for piece in self._pieces.get(ci, []):  # type: ignore[arg-type]
+            name = str(piece.get("stream"))
+            enc = " (base64)" if piece.get("encoding") == "base64" else ""
+            op.body.append(f"<div class='meta'>{esc(name)} streamed before the interruption{esc(enc)}</div>"
+                           f"<pre class='out {esc(name)}'>{esc(piece.get('data', ''))}</pre>")
         return None
 
     def _on_rejected(self, i: int, e: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from duet.controller import stream_routes
 from duet.controller.errors import DuetError, InvalidRequest
 from duet.controller.limits import HeadLimit, RateLimiter
 from duet.controller.observe import Metrics, ObserveMiddleware
@@ -79,6 +80,7 @@ STATUS: dict[str, int] = {
     "request_too_large": 413,
     "request_head_too_large": 431,
     "rate_limited": 429,
+    "stdin_mismatch": 400,
     "cvm_unreachable": 502,
     "provisioning_failed": 502,
     "command_failed": 502,
@@ -141,6 +143,17 @@ async def _bundle(controller: Controller, cvm_id: str, first: int, width: int, l
         yield tiles.encode_bundle(await run_in_threadpool(controller.ledger.leaves, cvm_id, index, index + 1))
 
 
+def _typed_or_500(exc: Exception) -> JSONResponse:
+    code = getattr(exc, "code", "")
+    if code in STATUS:
+        return error_response(code, str(exc), index=getattr(exc, "index", None))
+    if not isinstance(exc, DuetError | LedgerError | CvmError):
+        log.error("internal error", exc_info=exc)
+    else:
+        log.error("unmapped error code %r: %s", code, exc)
+    return error_response("internal_error", "internal error (see the controller's log)", 500)
+
+
 def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None) -> FastAPI:
     """`quote_limit` meters `/v1/controller/quote` per client address: under SGX each call
     is a real quote (enclave I/O, maybe a collateral fetch), which no unauthenticated
@@ -156,6 +169,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         controller.ready = True
         yield
         controller.ready = False
+        await stream_routes.drain()  # streamed commands whose client left are logged to the end
         await controller.shutdown()
 
     async def observe(request: Request) -> None:
@@ -179,11 +193,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     app.add_middleware(HeadLimit)
 
     async def _typed_error(_: Request, exc: Exception) -> JSONResponse:
-        code = getattr(exc, "code", "")
-        if code in STATUS:
-            return error_response(code, str(exc), index=getattr(exc, "index", None))
-        log.error("unmapped error code %r: %s", code, exc)
-        return error_response("internal_error", "internal error (see the controller's log)", 500)
+        return _typed_or_500(exc)
 
     from duet.tee.gramine import GramineError
 
@@ -350,8 +360,8 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         return StreamingResponse(_bundle(controller, cvm_id, first, width, leaves[0]),
                                  media_type="application/octet-stream", headers=IMMUTABLE)
 
-    @app.post("/v1/intents")
-    async def post_intent(request: Request) -> Any:
+    async def intent_body(request: Request) -> tuple[str, bytes | None] | JSONResponse:
+        """`{"jws": ..., "stdin"?: <base64>}`, or the error response that refuses it."""
         try:
             raw = await _read_body(request)
         except _TooLarge:
@@ -366,9 +376,38 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             body = await run_in_threadpool(parse) if len(raw) > 64 * 1024 else parse()
         except strictjson.JsonInputError as exc:
             return error_response(exc.code, str(exc))
-        if not isinstance(body, dict) or set(body) != {"jws"} or not isinstance(body["jws"], str):
-            return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>"}')
-        status, result = await controller.submit(body["jws"])
+        if not isinstance(body, dict) or not {"jws"} <= set(body) <= {"jws", "stdin"} \
+                or not isinstance(body["jws"], str) or not isinstance(body.get("stdin", ""), str):
+            return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>", '
+                                                     '"stdin"?: "<base64>"}')
+        stdin_data = None
+        if "stdin" in body:
+            try:
+                stdin_data = base64.b64decode(body["stdin"], validate=True)
+            except ValueError:
+                return error_response("invalid_request", "stdin must be base64")
+        return body["jws"], stdin_data
+
+    @app.post("/v1/intents")
+    async def post_intent(request: Request) -> Any:
+        parsed = await intent_body(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        status, result = await controller.submit(*parsed)
         return JSONResponse(result, status_code=status)
+
+    @app.post("/v1/intents/stream")
+    async def post_intent_stream(request: Request) -> Any:
+        parsed = await intent_body(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        return await stream_routes.submit_streamed(controller, parsed[0], parsed[1], _typed_or_500)
+
+    @app.get("/v1/cvms/{cvm_id}/commands/{index}/follow")
+    async def follow_command(cvm_id: str, index: int) -> Any:
+        if index < 0:
+            return error_response("out_of_range", "a command index is not negative")
+        controller.record(cvm_id)
+        return await stream_routes.follow_command(controller, cvm_id, index)
 
     return app

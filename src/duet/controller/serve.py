@@ -292,4 +292,6 @@ def serve(
     # One line an operator can act on; a SIMULATED TEE says so here, before anything else.
     print(f"duet controller: listening on {url}, TEE {info['tee']}{sim}, controller id {info['controller_id']}, "
           f"data dir {data_dir}", file=sys.stderr, flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    from duet.controller.shutdown import PromptServer
+
+    PromptServer(config).run(sockets=[sock])

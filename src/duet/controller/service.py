@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from duet import __version__
 from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
-from duet.controller import errors
+from duet.controller import errors, stdin, streaming
 from duet.controller.evidence import CvmPort, EvidenceCollector
 from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
@@ -236,6 +236,8 @@ class Controller:
 
         #: `heads` entries and witness cosignatures of the controller log (witnessing.py).
         self.witnessing = Witnessing(self)
+        #: Wakes the readers that follow a running command's log (controller/streaming.py).
+        self.watch = streaming.LogWatch()
 
     def _open_controller_log(self) -> list[KeyChange]:
         """Create the controller log on first start; derive the owner keys in force from
@@ -441,10 +443,12 @@ class Controller:
             self._reconcile(rec)
             if rec.mode == Mode.DELETED:
                 continue
-            if last is not None and last["type"] == "command":
+            if last is not None and last["type"] in ("command", "output"):
+                # A streamed command's last entries are its `output` pieces.
+                ci = size - 1 if last["type"] == "command" else int(last["command_index"])  # type: ignore[call-overload]
                 self.append(rec, [entries.InterruptedEntry(
-                    command_index=size - 1, reason="controller restarted while the command was running")])
-                log.warning("cvm %s: closed interrupted command at index %d", rec.id, size - 1)
+                    command_index=ci, reason="controller restarted while the command was running")])
+                log.warning("cvm %s: closed interrupted command at index %d", rec.id, ci)
             if rec.status == Status.PROVISIONING:
                 self._fail(rec, "provisioning_interrupted", "controller restarted during provisioning")
                 continue
@@ -625,10 +629,12 @@ class Controller:
             end = start
         return 0
 
-    async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
+    async def submit(self, jws: str, stdin_data: bytes | None = None) -> tuple[int, dict[str, Any]]:
         """Authenticate, then run the operation's handler as its registry record says
-        (`duet.ledger.operations`): operations on a CVM hold that CVM's lock."""
+        (`duet.ledger.operations`): operations on a CVM hold that CVM's lock. `stdin_data`
+        must be exactly what the intent signs (controller/stdin.py)."""
         intent = self.authenticate(jws)
+        stdin.current.set(stdin.check(intent, stdin_data))
         operation = operations.OPERATIONS.get(intent.op)
         handler = getattr(self, operation.handler, None) if operation is not None else None
         if operation is None or handler is None:
@@ -673,6 +679,7 @@ class Controller:
         head = self.ledger.append(rec.id, leaves, nonces=nonces, forget=self._forget() if nonces else None)
         self._last_time[rec.id] = now
         self.witnessing.note_append(rec.id, len(leaves))
+        self.watch.appended(rec.id)
         return head.size - len(leaves)
 
     def _entry_time(self, log_id: str) -> tuple[str, str | None]:
@@ -921,8 +928,8 @@ class Controller:
                 rec, intent, errors.PolicyForbids("the policy does not allow this command in-update")
             )
         self._require_ready(rec)
-        timeout = float(intent.args.get("timeout_s", 600))
-        return await self.execute(rec, intent, command, timeout=timeout, action=None)
+        timeout = float(intent.args.get("timeout_s") or 600)
+        return await self.execute(rec, intent, command, timeout=timeout, action=None, stdin_data=stdin.current.get())
 
     async def execute(
         self,
@@ -934,8 +941,10 @@ class Controller:
         action: str | None,
         intent_index: int | None = None,
         builtin: bool = False,
+        stdin_data: bytes = b"",
     ) -> CommandOutcome:
-        """Log the command durably, send it, log the result (invariant 1)."""
+        """Log the command durably, send it, log the result (invariant 1). An owner's
+        command in a streamed request also logs its output as it comes (streaming.py)."""
         conn = await self._connection(rec)
         items: list[entries.Entry] = []
         if intent is not None:
@@ -944,14 +953,21 @@ class Controller:
             intent_entry = self._intent_entry(rec, intent)
             intent_index = self.ledger.tree_head(rec.id).size
             items.append(intent_entry)
-        items.append(entries.CommandEntry(
-            command=command, timeout_s=timeout, intent_index=intent_index, action=action,
+        items.append(entries.CommandEntry.with_stdin(
+            stdin_data, command=command, timeout_s=timeout, intent_index=intent_index, action=action,
             builtin=True if builtin else None, explicit_nulls=frozenset({"intent_index"}),
         ))
         command_index = self.append(rec, items) + len(items) - 1
+        stream = streaming.current.get() if intent is not None and not builtin else None
         started = time.perf_counter()
         try:
-            result = await conn.run(command, timeout_s=timeout, cap=self.output_cap)
+            if stream is None:
+                result = await conn.run(command, timeout_s=timeout, cap=self.output_cap, stdin=stdin_data)
+            else:
+                stream.accepted(rec.id, command_index)
+                async with streaming.output_log(lambda pieces: self.append(rec, pieces), command_index) as on_data:
+                    result = await conn.run(command, timeout_s=timeout, cap=self.output_cap, stdin=stdin_data,
+                                            on_data=on_data)
         except CvmError as exc:
             reason = f"command not completed: {exc}"
             self.append(rec, [entries.InterruptedEntry(command_index=command_index, reason=reason)])

@@ -33,6 +33,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncssh
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CAP = 1 << 20
 """Bytes kept per output stream unless the caller asks otherwise (1 MiB)."""
+
+#: Called with ("stdout" | "stderr", bytes) for output within the cap, as it arrives.
+OnData = Callable[[str, bytes], None]
 
 _KILL_GRACE_S = 0.5
 """How long to wait for the server to report a killed command before escalating."""
@@ -128,7 +132,8 @@ class _CappedStream:
         self._hash = hashlib.sha256()
         self.total = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Count and hash `data`; keep and return the part within the cap (b"" past it)."""
         self.total += len(data)
         self._hash.update(data)
         room = self._cap - self._kept
@@ -136,6 +141,8 @@ class _CappedStream:
             piece = data if len(data) <= room else data[:room]
             self._chunks.append(piece)
             self._kept += len(piece)
+            return piece
+        return b""
 
     @property
     def data(self) -> bytes:
@@ -158,9 +165,10 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
     certainly not sent and may be retried on a fresh connection.
     """
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, on_data: OnData | None = None) -> None:
         self.stdout = _CappedStream(cap)
         self.stderr = _CappedStream(cap)
+        self._on_data = on_data
         self.opened = False
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
@@ -170,10 +178,10 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
         self.opened = True
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            self.stderr.feed(data)
-        else:
-            self.stdout.feed(data)
+        name = "stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout"
+        kept = (self.stderr if name == "stderr" else self.stdout).feed(data)
+        if kept and self._on_data is not None:
+            self._on_data(name, kept)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -378,9 +386,11 @@ class CvmConnection:
             await asyncio.wait_for(conn.wait_closed(), 1.0)
 
     async def run(
-        self, command: str, *, timeout_s: float = 60.0, cap: int = DEFAULT_CAP
+        self, command: str, *, timeout_s: float = 60.0, cap: int = DEFAULT_CAP,
+        stdin: bytes = b"", on_data: OnData | None = None,
     ) -> RunResult:
-        """Run `command` with the login shell, stdin at EOF, and return its result.
+        """Run `command` with the login shell, `stdin` then EOF on its input, and return
+        its result. `on_data` sees each piece of output kept (within `cap`) as it arrives.
 
         A non-zero exit is a result, not an error. Errors: `HostKeyMismatch`;
         `CvmUnreachable` when the CVM cannot be reached (the command was not sent) or the
@@ -395,7 +405,7 @@ class CvmConnection:
         token = secrets.token_hex(16)
         for attempt in (1, 2):
             conn = await self._ensure()
-            collector = _Collector(cap)
+            collector = _Collector(cap, on_data)
             try:
                 async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
                     chan, _ = await conn.create_session(
@@ -433,6 +443,8 @@ class CvmConnection:
 
         timed_out = False
         try:
+            if stdin:
+                chan.write(stdin)
             chan.write_eof()
             if not await _wait_closed(collector, deadline - time.perf_counter()):
                 timed_out = True

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar, Literal, TypeGuard, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, cast
 
 import rfc8785
 
@@ -66,6 +66,13 @@ class EvidencePurpose(StrEnum):
     PROVISIONING = "provisioning"
     IN_SERVICE = "in-service"
     ATTEST = "attest"
+
+
+class OutputStream(StrEnum):
+    """Which output stream of a command an `output` entry continues."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
 
 
 class LockdownPurpose(StrEnum):
@@ -350,6 +357,22 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("action", _k_str, optional=True),
         _f("timeout_s", _k_pos_number, optional=True),
         _f("builtin", _k_bool, optional=True),
+        # The bytes the command read on stdin, whole (the owner signed their digest in the
+        # intent's `stdin_sha256`); absent when stdin was empty (at EOF at once).
+        _f("stdin", _k_str, optional=True),
+        _f("stdin_encoding", _k_encoding, optional=True),
+        _f("stdin_bytes", _k_index, optional=True),
+        _f("stdin_sha256", _k_sha256, optional=True),
+    ),
+    # A piece of a running command's output, logged before anyone is shown it (streamed
+    # runs, docs/wire-formats.md). Pieces of one stream are contiguous from offset 0 and
+    # together equal that stream's content in the command's result entry.
+    "output": (
+        _f("command_index", _k_index),
+        _f("stream", _k_enum(OutputStream)),
+        _f("offset", _k_index),
+        _f("data", _k_str),
+        _f("encoding", _k_encoding),
     ),
     "result": (
         _f("command_index", _k_index),
@@ -767,6 +790,53 @@ class CommandEntry(Entry):
     action: str | None = None
     timeout_s: float | None = None
     builtin: bool | None = None
+    stdin: str | None = None
+    stdin_encoding: str | None = None
+    stdin_bytes: int | None = None
+    stdin_sha256: str | None = None
+
+    @classmethod
+    def with_stdin(cls, data: bytes, **kw: Any) -> CommandEntry:
+        """A command entry that logs `data` as its stdin (nothing when it is empty)."""
+        if not data:
+            return cls(**kw)
+        text, encoding = _text_or_b64(data)
+        return cls(stdin=text, stdin_encoding=encoding, stdin_bytes=len(data),
+                   stdin_sha256=hashlib.sha256(data).hexdigest(), **kw)
+
+    def stdin_content(self) -> bytes:
+        """The logged stdin bytes (b"" when none were sent)."""
+        if self.stdin is None:
+            return b""
+        return base64.b64decode(self.stdin) if self.stdin_encoding == "base64" else self.stdin.encode("utf-8")
+
+
+def _text_or_b64(data: bytes) -> tuple[str, str]:
+    """UTF-8 text when `data` is valid UTF-8 (readable logs), else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputEntry(Entry):
+    """A piece of a running command's output, durably logged before it is streamed."""
+
+    TYPE: ClassVar[str] = "output"
+    command_index: int
+    stream: str
+    offset: int
+    data: str
+    encoding: str
+
+    @classmethod
+    def piece(cls, command_index: int, stream: str, offset: int, raw: bytes) -> OutputEntry:
+        text, encoding = _text_or_b64(raw)
+        return cls(command_index=command_index, stream=stream, offset=offset, data=text, encoding=encoding)
+
+    def content(self) -> bytes:
+        return base64.b64decode(self.data) if self.encoding == "base64" else self.data.encode("utf-8")
 
 
 StreamEncoding = Literal["utf-8", "base64"]
@@ -969,6 +1039,7 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         IntentEntry,
         ModeEntry,
         CommandEntry,
+        OutputEntry,
         ResultEntry,
         RejectedEntry,
         InterruptedEntry,

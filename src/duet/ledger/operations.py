@@ -31,6 +31,9 @@ from duet.ledger.entries import OWNER_MODES
 
 MAX_COMMAND_LEN = 64 * 1024
 MAX_POLICY_LEN = 64 * 1024
+#: Largest stdin a `cvm.run` may carry (`duet cvm run -i`): it is logged whole, and its
+#: base64 with the JWS stays under the controller's 1 MiB request body limit.
+MAX_STDIN = 512 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 Name = Annotated[str, StringConstraints(pattern=NAME_RE.pattern)]
@@ -65,6 +68,9 @@ class ModeArgs(_Args):
 class RunArgs(_Args):
     command: str
     timeout_s: float | None = Field(None, gt=0, le=86400)
+    #: SHA-256 (hex) of the bytes the command gets on stdin; they travel with the intent
+    #: and are logged in the command entry. Absent: stdin is empty.
+    stdin_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     @field_validator("timeout_s", mode="before")
     @classmethod
