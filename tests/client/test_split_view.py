@@ -27,6 +27,14 @@ from duet.witness.server import Refusal, Witness
 from duet.witness.state import WitnessState
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _now_after_recording(recorded: Recorded) -> None:
+    """The verifier's clock is taken once the recorded log exists: a clock taken at import
+    would date its entries in the future when recording takes long (a loaded machine)."""
+    global NOW
+    NOW = datetime.now(UTC)
 WITNESS = Cosigner("witness.test/honest", Ed25519PrivateKey.from_private_bytes(b"\x11" * 32))
 
 
@@ -103,7 +111,7 @@ class WitnessedDouble:
 def _verify(double: WitnessedDouble, state: Path, witnesses: WitnessPolicy | None) -> Report:
     with double.evil.http() as http:
         report, _ = verify(http, double.evil.rec.cvm, trust_simulated=True, state_dir=state, witnesses=witnesses,
-                           now=NOW)
+                           now=NOW + timedelta(seconds=1))
     return report
 
 

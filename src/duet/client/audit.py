@@ -7,6 +7,7 @@ mode) and reports every rule the history breaks. Each finding names the entry in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,19 @@ class StreamedOutput:
         except (LedgerError, ValueError) as exc:
             return [f"entry {i}: output does not decode: {exc}"]
         return []
+
+    def dump(self) -> dict[str, str]:
+        return {k: base64.b64encode(bytes(v)).decode() for k, v in self.data.items()}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> StreamedOutput:
+        """From :meth:`dump` (a verification cache: raises ValueError on anything else)."""
+        out = cls()
+        if set(data) != set(out.data):
+            raise ValueError("malformed streamed output")
+        for k in out.data:
+            out.data[k] = bytearray(base64.b64decode(str(data[k]), validate=True))
+        return out
 
     def matches(self, i: int, e: dict[str, Any]) -> list[str]:
         try:

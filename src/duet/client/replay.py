@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds
-from duet.client.audit import Check, LogState, _check_command, _check_genesis, _earned, _keyset
+from duet.client.audit import Check, LogState, StreamedOutput, _check_command, _check_genesis, _earned, _keyset
 from duet.client.controller_log import ControllerLog, link_check, link_problems
 from duet.client.cvm_checks import (
     MAX_CLOCK_SKEW,
@@ -57,7 +57,7 @@ from duet.ledger.policy import Policy, parse_policy
 from duet.ledger.regex import compile_linear
 
 #: Bump when a rule changes: a saved state of another version is never resumed.
-REPLAY_VERSION = 1
+REPLAY_VERSION = 2
 #: Intents kept by index (a command must run under the newest; older ones only explain
 #: a violation in more words).
 INTENT_WINDOW = 32
@@ -155,6 +155,8 @@ class CvmReplay:
     evicted_intent: int = -1
     used: dict[int, int] = field(default_factory=dict)
     open_commands: set[int] = field(default_factory=set)
+    #: The `output` pieces of each open streamed command (bounded by the output cap).
+    streamed: dict[int, StreamedOutput] = field(default_factory=dict)
     seen_nonces: set[bytes] = field(default_factory=set)
     evidence_nonces: set[bytes] = field(default_factory=set)
     transition: dict[str, Any] | None = None
@@ -443,12 +445,23 @@ class CvmReplay:
             if tr is not None and e.get("builtin") is True and e.get("action") == "snapshot" \
                     and e.get("intent_index") == tr["intent"]:
                 tr["snapshot"] = True
+        elif t == "output":
+            ci = e.get("command_index")
+            if not isinstance(ci, int) or ci not in self.open_commands:
+                self.cmd_p.add(f"entry {i}: output for index {ci}, which is not an open command")
+            else:
+                for p in self.streamed.setdefault(ci, StreamedOutput()).add(i, e):
+                    self.cmd_p.add(p)
         elif t in ("result", "interrupted"):
             ci = e.get("command_index")
             if not isinstance(ci, int) or ci not in self.open_commands:
                 self.cmd_p.add(f"entry {i}: {t} for index {ci}, which is not an open command")
             else:
                 self.open_commands.discard(ci)
+                pieces = self.streamed.pop(ci, None)
+                if pieces is not None and t == "result":
+                    for p in pieces.matches(i, e):
+                        self.cmd_p.add(p)
             if t == "interrupted":
                 state.interrupted += 1
         elif t == "deleted":
@@ -668,6 +681,7 @@ class CvmReplay:
         out["intents_jws"] = [[k, v] for k, v in sorted(self.intents_jws.items())]
         out["used"] = [[k, v] for k, v in sorted(self.used.items())]
         out["open_commands"] = sorted(self.open_commands)
+        out["streamed"] = [[k, v.dump()] for k, v in sorted(self.streamed.items())]
         out["attest"] = [[k, v[0], v[1]] for k, v in sorted(self.attest.items())]
         return out
 
@@ -686,6 +700,7 @@ class CvmReplay:
         self.intents_jws = {int(k): str(v) for k, v in data["intents_jws"]}
         self.used = {int(k): int(v) for k, v in data["used"]}
         self.open_commands = {int(k) for k in data["open_commands"]}
+        self.streamed = {int(k): StreamedOutput.load(v) for k, v in data["streamed"]}
         self.attest = {int(k): [str(c), bool(d)] for k, c, d in data["attest"]}
         if not isinstance(self.size, int) or self.size < 0:
             raise ValueError("malformed size")

@@ -36,9 +36,9 @@ from duet.client.expectations import ControllerExpectations, UserExpectations
 from duet.client.http import Http
 from duet.client.replay import REPLAY_VERSION, CvmReplay
 from duet.client.statefile import locked, read_json, write_json
+from duet.client.verify_cache import VerifyCache, slot_of
 from duet.client.witness_check import CHECK as WITNESS_CHECK
 from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, witness_check
-from duet.client.verify_cache import VerifyCache, slot_of
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
