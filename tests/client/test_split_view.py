@@ -111,7 +111,7 @@ class WitnessedDouble:
 def _verify(double: WitnessedDouble, state: Path, witnesses: WitnessPolicy | None) -> Report:
     with double.evil.http() as http:
         report, _ = verify(http, double.evil.rec.cvm, trust_simulated=True, state_dir=state, witnesses=witnesses,
-                           now=NOW + timedelta(seconds=1))
+                           now=NOW)
     return report
 
 
