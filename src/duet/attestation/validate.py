@@ -155,6 +155,10 @@ class Expectations(BaseModel):
     maa_signing_keys: list[str] | None = Field(
         None, description="SHA-256 (hex) of MAA signing keys' SubjectPublicKeyInfo to accept"
     )
+    maa_jwks: dict[str, Any] | None = Field(
+        None, description="MAA's signing keys as a JWKS (its /certs document), pinned by the user"
+    )
+    maa_issuer: str | None = Field(None, description="the MAA instance URL a token must name (iss)")
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -201,6 +205,20 @@ class Expectations(BaseModel):
             _hex(32)(k)
             if len(k.strip().lower().removeprefix("0x")) != 64:
                 raise ValueError("each MAA signing key is a SHA-256 (64 hex digits)")
+        return v
+
+    @field_validator("maa_jwks")
+    @classmethod
+    def _jwks(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from .azure.maa import load_jwks
+
+            try:
+                keys = load_jwks(v)
+            except ParseError as exc:
+                raise ValueError(str(exc)) from None
+            if not keys:
+                raise ValueError("the JWKS holds no RSA key")
         return v
 
     @field_validator("max_collateral_age")
@@ -413,6 +431,22 @@ def validate(
             fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
         elif fp not in pinned:
             fail("maa_signing_key", fp, "one of " + ", ".join(pinned))
+
+    if expected.maa_jwks is not None:
+        from .azure.maa import key_fingerprint, load_jwks
+
+        fp = getattr(report, "signing_key_sha256", None)
+        pinned_jwks = sorted(key_fingerprint(k.key) for k in load_jwks(expected.maa_jwks).values())
+        if not fp:
+            fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
+        elif fp not in pinned_jwks:
+            fail("maa_signing_key", fp, "a key of maa_jwks")
+    if expected.maa_issuer is not None:
+        iss = getattr(report, "issuer", None)
+        if not isinstance(iss, str):
+            fail("maa_issuer", f"not present in {kind} evidence", expected.maa_issuer)
+        elif iss.rstrip("/") != expected.maa_issuer.rstrip("/"):
+            fail("maa_issuer", iss, expected.maa_issuer)
 
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:
