@@ -336,17 +336,47 @@ def _snp_claims(report: Any) -> Mapping[str, object]:
     return {"host_data": report.host_data, "measurement": report.measurement}
 
 
-def _parse_tdx(entry: Mapping[str, Any]) -> tuple[bytes, Any]:
-    return _b64(entry, "evidence"), entry.get("collateral") or {}
+def _ccel(entry: Mapping[str, Any]) -> bytes | None:
+    """The guest's CC event log, when the evidence carries one (``collateral.ccel``)."""
+    collateral = entry.get("collateral")
+    if not isinstance(collateral, Mapping) or collateral.get("ccel") is None:
+        return None
+    return _b64(entry, "collateral", "ccel")
 
 
-def _verify_tdx(parsed: tuple[bytes, Any], expected: bytes, now: datetime, trust: Trust) -> Any:
+def _with_event_log(report: Any, ccel: bytes | None) -> Any:
+    """Replay the event log against the quote's RTMRs; a log that does not replay fails the
+    evidence (the quote's RTMRs are what was measured, the log is only the guest's word)."""
+    if ccel is None:
+        return report
+    import dataclasses
+
+    from .ccel import event_log_claims
+
+    claims = event_log_claims(ccel, [report.rtmr0, report.rtmr1, report.rtmr2, report.rtmr3])
+    return dataclasses.replace(report, event_log=claims)
+
+
+@dataclass(frozen=True)
+class _TdxParsed:
+    quote: bytes
+    collateral: Mapping[str, Any]
+    ccel: bytes | None
+
+
+def _parse_tdx(entry: Mapping[str, Any]) -> _TdxParsed:
+    collateral = entry.get("collateral") or {}
+    dcap = {k: v for k, v in collateral.items() if k != "ccel"} if isinstance(collateral, Mapping) else collateral
+    return _TdxParsed(_b64(entry, "evidence"), dcap, _ccel(entry))
+
+
+def _verify_tdx(parsed: _TdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
     from .dcap.verify import verify_tdx_quote
 
-    report = verify_tdx_quote(parsed[0], parsed[1], now=now)
+    report = verify_tdx_quote(parsed.quote, parsed.collateral, now=now)
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
-    return report
+    return _with_event_log(report, parsed.ccel)
 
 
 @dataclass(frozen=True)
@@ -354,6 +384,7 @@ class _SimTdxParsed:
     quote: bytes
     collateral: Mapping[str, Any]
     root: bytes
+    ccel: bytes | None = None
 
 
 def _parse_simulated_tdx(entry: Mapping[str, Any]) -> _SimTdxParsed:
@@ -361,7 +392,7 @@ def _parse_simulated_tdx(entry: Mapping[str, Any]) -> _SimTdxParsed:
     if not isinstance(collateral, Mapping):
         raise ParseError("simulated TDX evidence carries no collateral")
     return _SimTdxParsed(_b64(entry, "evidence"), {k: v for k, v in collateral.items() if k not in ("root_ca",
-                                                   "simulated")}, _b64(entry, "collateral", "root_ca"))
+                         "simulated", "ccel")}, _b64(entry, "collateral", "root_ca"), _ccel(entry))
 
 
 def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
@@ -387,7 +418,7 @@ def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime,
     report = verify_tdx_quote(parsed.quote, dict(parsed.collateral), now=now, root_ca_der=root)
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
-    return report
+    return _with_event_log(report, parsed.ccel)
 
 
 def _tdx_claims(report: Any) -> Mapping[str, object]:

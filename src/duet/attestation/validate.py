@@ -129,6 +129,16 @@ class Expectations(BaseModel):
     mrconfigid: str | None = None
     mrowner: str | None = None
     mrownerconfig: str | None = None
+    # TDX event log (CCEL), replayed against RTMR0..3 by the verifier
+    require_event_log: bool | None = Field(
+        None, description="true: TDX evidence must carry a CC event log that replays to its RTMRs"
+    )
+    kernel_digest: str | None = Field(
+        None, description="SHA-384 (hex) of the kernel as measured into RTMR1 (event log `kernel`)"
+    )
+    kernel_cmdline: str | None = Field(
+        None, description="the kernel command line measured into RTMR2 (event log `cmdline`)"
+    )
 
     # SEV-SNP
     measurement: str | None = None
@@ -179,6 +189,7 @@ class Expectations(BaseModel):
         "measurement",
         "id_key_digest",
         "author_key_digest",
+        "kernel_digest",
     )(_hex(48))
     _v_16 = field_validator("family_id", "image_id")(_hex(16))
     _v_64 = field_validator("chip_id", "nonce")(_hex(64))
@@ -422,6 +433,8 @@ def validate(
         elif not must_set and policy & want_bits:
             fail(field, hex(policy), f"none of {want_bits:#x} set")
 
+    _check_event_log(attr("event_log"), expected, fail, kind)
+
     if expected.maa_enclave is not None:
         _check_maa_enclave(report, expected.maa_enclave, fail, kind)
     if expected.maa_signing_keys is not None:
@@ -466,6 +479,31 @@ def validate(
         if vm_id is None or str(vm_id).lower() != expected.vm_id.lower():
             fail("vm_id", vm_id, expected.vm_id)
     return out
+
+
+def _check_event_log(log: Any, want: Expectations, fail: Any, kind: str) -> None:
+    """The named events of a replayed CC event log (``TdxReport.event_log``)."""
+    if not (want.require_event_log or want.kernel_digest is not None or want.kernel_cmdline is not None):
+        return
+    if not isinstance(log, dict):
+        fail("event_log", f"not present in {kind} evidence (no CC event log came with it)", "a replayed log")
+        return
+    if want.kernel_digest is not None:
+        kernel = log.get("kernel")
+        found = kernel.get("digest") if isinstance(kernel, dict) else "no kernel event in the log"
+        if found != want.kernel_digest:
+            fail("event_log.kernel", found, want.kernel_digest)
+    if want.kernel_cmdline is not None:
+        cmdline = log.get("cmdline")
+        if not isinstance(cmdline, dict):
+            fail("event_log.cmdline", "no command line event in the log", want.kernel_cmdline)
+        elif cmdline.get("measured") is not True:
+            # The replay binds digests, not event data: text whose digest is not its hash
+            # could say anything.
+            fail("event_log.cmdline", f"{cmdline.get('text')!r}, whose digest is not its SHA-384",
+                 want.kernel_cmdline)
+        elif cmdline.get("text") != want.kernel_cmdline:
+            fail("event_log.cmdline", cmdline.get("text"), want.kernel_cmdline)
 
 
 def _check_maa_enclave(report: Any, want: MaaEnclave, fail: Any, kind: str) -> None:

@@ -160,12 +160,27 @@ def evidence_checks(
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     checks.append(Check(
         "evidence", not problems, "; ".join(problems[:4]) or
-        f"{len(indices)} {label} reports verify, each bound to the pinned host key and {bound}",
+        f"{len(indices)} {label} reports verify, each bound to the pinned host key and {bound}"
+        + _event_log_note(latest),
         simulated=simulated,
     ))
     if expect is not None and expect.cvm is not None:
         checks.extend(_cvm_expectations(decoded, indices[-1], latest, state, expect, now, simulated))
     return checks, latest.report if latest is not None else None
+
+
+def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
+    """What the newest evidence's replayed CC event log names (TDX), for the report."""
+    log = getattr(latest.report, "event_log", None) if latest is not None else None
+    if not isinstance(log, dict):
+        return ""
+    parts = [f"{log.get('events')} events"]
+    kernel, cmdline = log.get("kernel"), log.get("cmdline")
+    if isinstance(kernel, dict):
+        parts.append(f"kernel {str(kernel.get('digest'))[:16]}…")
+    if isinstance(cmdline, dict):
+        parts.append(f"cmdline {cmdline.get('text')!r}" + ("" if cmdline.get("measured") else " (text not measured)"))
+    return "; the newest one's event log replays to its RTMRs (" + ", ".join(parts) + ")"
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:

@@ -118,8 +118,11 @@ class RemoteEvidence(Collector):
             if self.tdx_collateral is None:
                 raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
             collateral = self.tdx_collateral(raw)
-            return {"evidence": base64.b64encode(raw).decode(),
-                    "collateral": collateral if isinstance(collateral, dict) else {}}
+            tdx_collateral: dict[str, Any] = dict(collateral) if isinstance(collateral, dict) else {}
+            if got.blobs.get("ccel"):
+                # The TD's event log travels beside the quote; every verifier replays it.
+                tdx_collateral["ccel"] = base64.b64encode(got.blobs["ccel"]).decode()
+            return {"evidence": base64.b64encode(raw).decode(), "collateral": tdx_collateral}
         if kind in (cvm_kinds.CvmKind.AZURE_SNP, cvm_kinds.CvmKind.AZURE_TDX):
             envelope = azure_envelope(got)
             az_collateral: dict[str, Any] = {"envelope_version": 1}

@@ -73,6 +73,8 @@ ATTEST_REMOTE_SHA256 = {
     "12dc2a30458664d50ab0d14decbcb96ad4b23c8aef5b159c75e0a576ed3353dd": "v2 snp/tdx",
     "9a58b47ebdc5cd18e2b154fb75a9810e6f5d94128b120681e7b656b791bae244": "v2 azure-snp",
     "416c3cc04074cde6e5983ffca8f0e483c24275b22c8508be66f0fd09e1d6c2ed": "v2 azure-tdx",
+    # v3: configfs-tsm also sends the TD's CC event log (ACPI CCEL table) when present.
+    "d23ca9df020e5c017a3b016a30c8405480289e928a8aa6ea45a80f6433cc2981": "v3 snp/tdx",
     # MAA kinds: the owner's MAA instance URL is a parameter too, as {maa_url}.
     "7f6eff734095166218e1c9bc26911e6305d6f54d889dc3b088834a29d306a154": "v2 azure-snp-maa",
     "58158bbc4e532c922ac46320853cc8464659040ab475a8b91554acaedc6888f2": "v2 azure-tdx-maa",

@@ -7,7 +7,8 @@ evidence binds the host key of the machine that produced it (see docs/invariants
 
 Paths, in order of preference:
 - configfs-tsm (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): SEV-SNP reports (with the
-  host's certificate table in `auxblob` when it provides one) and TDX quotes;
+  host's certificate table in `auxblob` when it provides one) and TDX quotes, with the
+  TD's CC event log (ACPI CCEL table) when the guest exposes it;
 - `/dev/sev-guest` on older SNP kernels: an ioctl is not reachable from a shell, so the
   guest's `python3` issues SNP_GET_REPORT directly (stdlib `fcntl`/`ctypes` only; the
   certificates then come from the provider, not from the guest);
@@ -76,8 +77,12 @@ echo "provider: $(cat "$d/provider")"
 echo "report_data: $rd"
 echo "outblob: $(base64 -w0 "$d/outblob")"
 if [ -s "$d/auxblob" ]; then echo "auxblob: $(base64 -w0 "$d/auxblob")"; fi
+if [ -r {ccel} ]; then echo "ccel: $(base64 -w0 {ccel})"; fi
 echo "host_key: $(cut -d' ' -f1,2 {pub})"
 """
+#: A TD's CC event log, as its firmware leaves it (ACPI CCEL table); the verifier replays
+#: it against the quote's RTMRs.
+CCEL_TABLE = "/sys/firmware/acpi/tables/data/CCEL"
 
 AZURE_VTPM = """set -eu
 rd=$({report_data})
@@ -199,7 +204,7 @@ def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HO
             hardware=AZURE_MAA_SNP_CERTS if tee == "snp" else AZURE_MAA_TDX_QUOTE,
             endpoint=maa_url(maa) + MAA_ENDPOINTS[kind])
     elif kind in ("snp", "tdx"):
-        script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST))
+        script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST), ccel=CCEL_TABLE)
     elif kind in ("azure-snp", "azure-tdx"):
         hardware = AZURE_SNP_CERTS if kind == "azure-snp" else AZURE_TDX_QUOTE
         script = AZURE_VTPM.format(report_data=rd, pub=pub, hardware=hardware)
