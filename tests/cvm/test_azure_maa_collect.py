@@ -119,3 +119,52 @@ def test_the_controller_checks_the_token_against_the_owners_maa_keys() -> None:
     with pytest.raises(CollectError, match="no token"):
         collector.verify_collected("azure-snp-maa", parse_output(_output(rd, b'{"error":"denied"}')),
                                    nonce=nonce, host_key=HOST_KEY)
+
+
+async def test_the_controller_logs_maa_evidence_and_learns_the_time_maa_signed() -> None:
+    """Collector.attest, the flow every provider shares, with the guest's output for an
+    MAA kind: the entry carries the token and the JWKS it was checked with, and MAA's
+    signed issue time becomes a floor of the controller's trusted clock (a host clock set
+    back later cannot revive an expired token)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+    from typing import Any
+
+    from duet.controller.evidence import EvidenceRefused, Fetched
+    from duet.tee.clock import TrustedClock
+
+    maa = FakeMaa()
+    issued = int(datetime(2031, 1, 1, tzinfo=UTC).timestamp())
+
+    class Port:
+        def __init__(self) -> None:
+            self.rec = SimpleNamespace(id="c1", provider="azure", kind="azure-snp-maa", host_key=HOST_KEY,
+                                       binding="vm_id", host_data=None, instance_id=VM_ID)
+            self.log: list[dict[str, Any]] = []
+            self.clock = TrustedClock(host=lambda: datetime(2031, 1, 1, 0, 1, tzinfo=UTC))
+
+        def append(self, items: Any) -> int:
+            self.log.extend(item.to_dict() for item in items)
+            return len(self.log) - len(items)
+
+    class Guest(RemoteEvidence):
+        signer = maa
+
+        async def fetch(self, port: Any, kind: str, nonce: bytes, *, intent_index: Any) -> Fetched:
+            rd = hashlib.sha512(nonce + base64.b64decode(HOST_KEY.split()[1])).digest()
+            token = self.signer.token(kind, rd, now=issued + 5)
+            got = parse_output(_output(rd, json.dumps({"token": token}).encode()))
+            return Fetched(0, self.entry_fields(kind, got, nonce=nonce, host_key=HOST_KEY))
+
+    port = Port()
+    index = await Guest(maa_url=ISSUER, maa_jwks=maa.jwks()).attest(port, intent_index=0, purpose="attest")
+    entry = port.log[index]
+    assert entry["type"] == "evidence" and entry["kind"] == "azure-snp-maa" and entry["binds"]["vm_id"] == VM_ID
+    assert entry["collateral"]["jwks"] == maa.jwks()
+    assert port.clock.floor == datetime.fromtimestamp(issued, UTC)  # MAA's signed iat
+    # A token under a key the owner did not configure is refused, and no evidence is logged.
+    Guest.signer = FakeMaa(kid=maa.kid)
+    port = Port()
+    with pytest.raises(EvidenceRefused, match="signature"):
+        await Guest(maa_url=ISSUER, maa_jwks=maa.jwks()).attest(port, intent_index=0, purpose="attest")
+    assert not any(e["type"] == "evidence" for e in port.log)
