@@ -174,3 +174,23 @@ def test_an_event_log_that_does_not_replay_fails_the_evidence(tmp_path: Path) ->
     fooled = check(entry(lying))
     assert [f.field for f in validate(fooled, Expectations(
         kernel_cmdline=SIMULATED_CMDLINE.replace("ttyS0", "ttyS9")))] == ["event_log.cmdline"]
+
+
+def test_expect_init_pins_the_replayed_event_log() -> None:
+    """`duet expect init` pins what the newest evidence's replayed event log names, so the
+    next boot with another kernel or command line fails `cvm_claims`."""
+    from types import SimpleNamespace
+
+    from duet.cli.expect_init import build
+
+    log = {"events": 3, "kernel": {"rtmr": 1, "digest": "ab" * 48},
+           "cmdline": {"rtmr": 2, "digest": "cd" * 48, "text": SIMULATED_CMDLINE, "measured": True}}
+    report = SimpleNamespace(state=SimpleNamespace(evidence_kind="simulated-tdx", mode="in-update"), checks=[],
+                             controller={}, owner_keys=[])
+    evidence = SimpleNamespace(mrtd=LOCAL_MEASUREMENT.hex(), event_log=log)
+    doc, _ = build(report, [{"type": "genesis"}], evidence)
+    assert doc["cvm"]["require_event_log"] is True
+    assert doc["cvm"]["kernel_digest"] == "ab" * 48 and doc["cvm"]["kernel_cmdline"] == SIMULATED_CMDLINE
+    log["cmdline"]["measured"] = False  # text the replay does not bind is not pinned
+    doc, _ = build(report, [{"type": "genesis"}], evidence)
+    assert "kernel_cmdline" not in doc["cvm"]
