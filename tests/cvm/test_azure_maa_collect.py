@@ -168,3 +168,19 @@ async def test_the_controller_logs_maa_evidence_and_learns_the_time_maa_signed()
     with pytest.raises(EvidenceRefused, match="signature"):
         await Guest(maa_url=ISSUER, maa_jwks=maa.jwks()).attest(port, intent_index=0, purpose="attest")
     assert not any(e["type"] == "evidence" for e in port.log)
+
+
+def test_azure_offers_the_maa_kinds_on_the_same_hardware() -> None:
+    from duet.attestation import cvm_kinds
+    from duet.cvm.azure import AzureProvider
+
+    p = AzureProvider(subscription_id="s", resource_group="rg", location="westeurope",
+                      controller_cidr="203.0.113.7/32")
+    for tee, kind, size in (("snp-maa", "azure-snp-maa", "Standard_DC2as_v5"),
+                            ("tdx-maa", "azure-tdx-maa", "Standard_DC2es_v5")):
+        assert cvm_kinds.resolve_offer("azure", p.tees, tee)[1].evidence_kind == kind
+        spec = {"tee": tee, "host_data": "00" * 32}
+        plan = json.dumps(p.plan("0123456789abcdef", authorized_key=HOST_KEY, spec=spec))
+        assert size in plan
+    # The direct path stays the default.
+    assert cvm_kinds.resolve_offer("azure", p.tees, None)[1].evidence_kind == "azure-snp"
