@@ -348,31 +348,40 @@ def test_vector_provenance_kept() -> None:
 
 
 def test_evidence_kinds_verify_offline_and_never_cross(maa: FakeMaa) -> None:
-    from duet.attestation.azure.maa import AZURE_SNP_MAA, AZURE_TDX_MAA, encode_maa_evidence
+    """The azurevm token shape (x-ms-isolation-tee) as CVM evidence: each MAA kind accepts
+    only its own TEE, under keys the verifier pins."""
+    from duet.attestation.azure.maa import pinned_maa_keys, verify_maa_cvm_token
 
-    ev = encode_maa_evidence(maa.token(snp_claims()), maa.jwks)
-    assert AZURE_SNP_MAA.parse(ev).claims["x-ms-attestation-type"] == "azurevm"
-    r = AZURE_SNP_MAA.verify(ev, now=SIM_NOW, report_data=cvm_report_data(NONCE, HOST_KEY))
-    assert AZURE_SNP_MAA.claims(r)["measurement"] == MEAS and r.kind == "azure-snp-maa"
+    keys = pinned_maa_keys(jwks=maa.jwks, key_sha256=None, logged_jwks=None)
+    rd = cvm_report_data(NONCE, HOST_KEY)
+    iss = "https://test.attest.example"
+    r = verify_maa_cvm_token(maa.token(snp_claims()), keys, kind=KIND_SNP_MAA, issuer=iss, report_data=rd,
+                             now=SIM_NOW)
+    assert r.measurement == MEAS and r.kind == "azure-snp-maa"
     with pytest.raises(WrongKind):
-        AZURE_TDX_MAA.verify(ev, now=SIM_NOW)
+        verify_maa_cvm_token(maa.token(snp_claims()), keys, kind=KIND_TDX_MAA, issuer=iss, report_data=rd,
+                             now=SIM_NOW)
+    t = verify_maa_cvm_token(maa.token(tdx_claims()), keys, kind=KIND_TDX_MAA, issuer=iss, report_data=rd,
+                             now=SIM_NOW)
+    assert t.mrtd == MRTD
     # A user asking for the direct vTPM path is never satisfied by an MAA token.
     assert [f.field for f in validate(r, Expectations(kind="azure-snp"))] == ["kind"]
-    with pytest.raises(ParseError):
-        AZURE_SNP_MAA.verify(b'{"maa_token": 1}', now=SIM_NOW)
+    with pytest.raises(WrongKind):
+        verify_maa_cvm_token(maa.token(snp_claims()), keys, kind="sgx-maa", issuer=iss, report_data=rd,
+                             now=SIM_NOW)
 
 
 def test_jwks_beside_the_token_must_be_pinned(maa: FakeMaa) -> None:
     """Whoever made the evidence chose the JWKS: only a pinned key makes it MAA's."""
-    from duet.attestation.azure.maa import AZURE_SNP_MAA, encode_maa_evidence, key_fingerprint
+    from duet.attestation.azure.maa import key_fingerprint, pinned_maa_keys
 
     mallory = FakeMaa()
-    forged = encode_maa_evidence(mallory.token(snp_claims()), mallory.jwks)
-    r = AZURE_SNP_MAA.verify(forged, now=SIM_NOW)  # signature fine: with mallory's own JWKS
-    pin = Expectations(maa_signing_keys=[key_fingerprint(maa.key.public_key())])
-    assert [f.field for f in validate(r, pin)] == ["maa_signing_key"]
-    genuine = AZURE_SNP_MAA.verify(encode_maa_evidence(maa.token(snp_claims()), maa.jwks), now=SIM_NOW)
-    assert validate(genuine, pin) == []
+    pin = (key_fingerprint(maa.key.public_key()),)
+    with pytest.raises(ChainInvalid):
+        pinned_maa_keys(jwks=None, key_sha256=pin, logged_jwks=mallory.jwks)
+    with pytest.raises(ChainInvalid):
+        pinned_maa_keys(jwks=None, key_sha256=None, logged_jwks=maa.jwks)
+    assert list(pinned_maa_keys(jwks=None, key_sha256=pin, logged_jwks=maa.jwks)) == [maa.kid]
 
 
 def test_cli_logged_evidence_uses_its_jwks_and_says_so(maa: FakeMaa, tmp_path: Path) -> None:

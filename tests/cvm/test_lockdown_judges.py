@@ -242,11 +242,16 @@ def test_remote_attest_commands_are_registered_templates() -> None:
     from duet.cvm.guest.collect import collect_command
     from duet.ledger.builtins import builtin_template
 
-    for kind in ("snp", "tdx", "azure-snp"):
-        cmd = collect_command(kind, bytes(range(32)))
+    for kind in ("snp", "tdx", "azure-snp", "azure-tdx", "azure-snp-maa", "azure-tdx-maa"):
+        cmd = collect_command(kind, bytes(range(32)), maa="https://duet.weu.attest.azure.net")
         assert builtin_template({"action": "attest", "command": cmd}, user="duet", report_tool=None), kind
         assert builtin_template({"action": "attest", "command": cmd.replace("-I -S ", "")}, user="duet",
                                 report_tool=None) is None
+    # The MAA instance is a parameter of the template; nothing else around it is.
+    cmd = collect_command("azure-snp-maa", bytes(range(32)), maa="https://other.attest.example:8443")
+    assert builtin_template({"action": "attest", "command": cmd}, user="duet", report_tool=None)
+    assert builtin_template({"action": "attest", "command": cmd.replace("--data-binary", "-d")}, user="duet",
+                            report_tool=None) is None
 
 
 @pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to make files of another owner")

@@ -9,8 +9,9 @@ Public surface (everything else may change):
   :func:`prepare_collateral` → :class:`SgxReport`, :class:`TdxReport`
 * SEV-SNP: :func:`verify_snp_report` → :class:`SnpReport`; :func:`parse_snp_report`
 * Azure CVM: :func:`verify_azure_evidence` → :class:`AzureReport`; :func:`parse_azure_evidence`
-* MAA tokens: :func:`verify_maa_token` → :class:`MaaReport`; CVM evidence kinds
-  :data:`AZURE_SNP_MAA` / :data:`AZURE_TDX_MAA` (names :data:`KIND_SNP_MAA`, :data:`KIND_TDX_MAA`)
+* MAA tokens: :func:`verify_maa_token` → :class:`MaaReport`; as CVM evidence (kinds
+  :data:`KIND_SNP_MAA`, :data:`KIND_TDX_MAA` in :mod:`.cvm_kinds`) only against MAA keys
+  the verifier pins (:func:`pinned_maa_keys`, :func:`verify_maa_cvm_token`)
 * certificates by content: :class:`CertStore`, :func:`verify_snp_report_with_certs`
 * TDX event log: :func:`parse_ccel`, :func:`replay_rtmrs`, :func:`check_rtmrs`
 * expectations: :class:`Expectations` (YAML), :func:`validate` → list of :class:`Failure`,
@@ -26,12 +27,11 @@ from __future__ import annotations
 
 from .azure.evidence import AzureReport, parse_azure_evidence, verify_azure_evidence
 from .azure.maa import (
-    AZURE_SNP_MAA,
-    AZURE_TDX_MAA,
     KIND_SNP_MAA,
     KIND_TDX_MAA,
-    MaaEvidenceKind,
     MaaReport,
+    pinned_maa_keys,
+    verify_maa_cvm_token,
     verify_maa_token,
 )
 from .ccel import check_rtmrs, parse_ccel, replay_rtmrs
@@ -76,8 +76,6 @@ from .snp.verify import SnpReport, verify_snp_report, verify_snp_report_with_cer
 from .validate import Expectations, check, validate
 
 __all__ = [
-    "AZURE_SNP_MAA",
-    "AZURE_TDX_MAA",
     "KIND_SNP_MAA",
     "KIND_TDX_MAA",
     "AttestationError",
@@ -93,7 +91,6 @@ __all__ = [
     "ExpectationFailed",
     "Expectations",
     "Failure",
-    "MaaEvidenceKind",
     "MaaReport",
     "MissingCertificate",
     "ParseError",
@@ -121,11 +118,13 @@ __all__ = [
     "parse_azure_evidence",
     "parse_ccel",
     "parse_snp_report",
+    "pinned_maa_keys",
     "prepare_collateral",
     "replay_rtmrs",
     "simulated_snp_report_from_dir",
     "validate",
     "verify_azure_evidence",
+    "verify_maa_cvm_token",
     "verify_maa_token",
     "verify_sgx_quote",
     "verify_snp_report",

@@ -28,6 +28,11 @@ from .errors import BindingError, ParseError
 
 ALG_SHA384 = 0x000C
 EV_NO_ACTION = 0x00000003
+EV_IPL = 0x0000000D
+EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+#: grub's prefix for the kernel command line it measures (as an EV_IPL string, PCR 8 =
+#: RTMR2 in a TD).
+CMDLINE_PREFIX = "kernel_cmdline: "
 SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 MAX_EVENTS = 100_000
 _KNOWN_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}
@@ -72,9 +77,12 @@ def parse_ccel(data: bytes) -> list[CcEvent]:
     r.take(20, "first digest")
     sizes = _spec_id(r.take(r.u32("first event size"), "Spec ID event"))
     out: list[CcEvent] = []
+    raw = bytes(data)
     while r.remaining() >= 8:
-        rest = data[r.pos :]
-        if all(b == 0xFF for b in rest) or all(b == 0 for b in rest):
+        # Padding ends the log: look at the next header only (a slice of the rest per
+        # event would make a long log of tiny events quadratic, and a guest writes it).
+        head = raw[r.pos : r.pos + 8]
+        if head in (b"\xff" * 8, bytes(8)):
             break
         if len(out) >= MAX_EVENTS:
             raise ParseError(f"CCEL: more than {MAX_EVENTS} events")
@@ -96,8 +104,9 @@ def parse_ccel(data: bytes) -> list[CcEvent]:
             raise ParseError(f"CCEL event {len(out)}: no SHA-384 digest")
         event = r.take(r.u32("event size"), "event data")
         out.append(CcEvent(index, etype, sha384, event))
-    if r.remaining() and any(b not in (0, 0xFF) for b in data[r.pos :]):
-        raise ParseError("CCEL: trailing bytes after the last event")
+    rest = raw[r.pos :]
+    if rest and rest.strip(rest[:1]):
+        raise ParseError("CCEL: trailing bytes after the last event (padding is all 0xFF or all 0x00)")
     return out
 
 
@@ -128,6 +137,61 @@ def check_rtmrs(ccel: bytes, reported: Sequence[str | bytes]) -> list[CcEvent]:
                 f"RTMR{i}: the event log replays to {got.hex()}, the quote reports {raw.hex()}"
             )
     return events
+
+
+def _text(data: bytes) -> str | None:
+    """Event data as text: ASCII / UTF-8 (grub's strings), or UTF-16LE (firmware), without
+    trailing NULs; None when it is not printable text."""
+    raw = data.rstrip(b"\0")
+    if not raw:
+        return None
+    for codec in ("utf-8", "utf-16-le"):
+        if codec == "utf-16-le" and (len(data) % 2 or b"\0" not in raw):
+            continue
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if text.isprintable():
+            return text
+    return None
+
+
+def named_events(events: Sequence[CcEvent]) -> dict[str, dict[str, object]]:
+    """The events a user names, from a log already replayed against the quote.
+
+    ``kernel``: the last EFI boot-services application measured into RTMR1 (shim, then the
+    boot loader, then the kernel, in order; with a direct kernel boot, the kernel).
+    ``cmdline``: the kernel command line measured into RTMR2 as an EV_IPL string (grub's
+    ``kernel_cmdline: ...``, else the last EV_IPL text there). ``measured`` says whether
+    the digest is SHA-384 of the text as logged: only then is the text what was measured
+    (the digest alone is bound by the replay; the event data is not).
+    """
+    out: dict[str, dict[str, object]] = {}
+    cmdline: tuple[CcEvent, str] | None = None
+    for e in events:
+        if e.rtmr == 1 and e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
+            out["kernel"] = {"rtmr": 1, "digest": e.sha384.hex()}
+        elif e.rtmr == 2 and e.event_type == EV_IPL:
+            text = _text(e.data)
+            if text is not None and (cmdline is None or text.startswith(CMDLINE_PREFIX)
+                                     or not cmdline[1].startswith(CMDLINE_PREFIX)):
+                cmdline = (e, text)
+    if cmdline is not None:
+        e, text = cmdline
+        measured = any(hmac.compare_digest(hashlib.sha384(d).digest(), e.sha384)
+                       for d in (e.data, e.data.rstrip(b"\0")))
+        out["cmdline"] = {"rtmr": 2, "digest": e.sha384.hex(), "text": text.removeprefix(CMDLINE_PREFIX),
+                          "measured": measured}
+    return out
+
+
+def event_log_claims(ccel: bytes, reported: Sequence[str | bytes]) -> dict[str, object]:
+    """Replay ``ccel`` against the quote's RTMRs (:func:`check_rtmrs`, fails closed) and
+    give what a verifier reports and expectations read: the number of events and the
+    named ones."""
+    events = check_rtmrs(ccel, reported)
+    return {"events": len(events), **named_events(events)}
 
 
 def build_ccel(events: Sequence[tuple[int, int, bytes]]) -> bytes:

@@ -15,7 +15,9 @@ Offline only: nothing is fetched. Roles:
   ``ARK-<product>``), each with its product (Milan, Genoa, Turin);
 * Intel: ``pck`` (carries the SGX extension), ``pck-ca`` (platform / processor CA),
   ``sgx-tcb-signing``, ``sgx-root`` (self-signed SGX root CA);
-* Azure: ``azure-vtpm-ak`` (a vTPM attestation key certificate);
+* Azure: ``azure-vtpm-ak`` (a leaf with the TCG AIK certificate key usage: a vTPM
+  attestation key certificate; its chain to pinned vTPM roots is judged by
+  :func:`.azure.akcert.verify_ak_chain`), ``azure-vtpm-ca`` (a vTPM CA, listed);
 * anything else: ``other`` (reported, never used).
 """
 
@@ -24,15 +26,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
+from .azure.akcert import is_ak_certificate, verify_ak_chain
 from .errors import AttestationError, ChainInvalid, MissingCertificate, ParseError, ProductMismatch
 from .snp.abi import SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, AttestationReport
 from .snp.certs import PRODUCTS, vek_info
+
+if TYPE_CHECKING:
+    from .azure.akcert import AkChain
 
 SGX_EXT_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 AMD_PRODUCT_NAME_OID = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.2")
@@ -114,8 +122,12 @@ def classify(cert: x509.Certificate) -> tuple[str, str | None]:
         return "pck-ca", None
     if "SGX" in subject and "TCB Signing" in subject:
         return "sgx-tcb-signing", None
-    if "Virtual TPM" in issuer or "vTPM" in issuer or "Virtual TPM" in subject:
+    if is_ak_certificate(cert):
+        # By its key usage (TCG AIK certificate), not its name: whether Azure issued it is
+        # for `verify_ak_chain` to show against the roots the verifier pins.
         return "azure-vtpm-ak", None
+    if _is_ca(cert) and "Virtual TPM" in subject:
+        return "azure-vtpm-ca", None  # listed; trusted only as a link verify_ak_chain checks
     return "other", None
 
 
@@ -334,6 +346,20 @@ class CertStore:
                     f"found is another: {'; '.join(c.describe() for c in arks)}"
                 )
         return SnpChain(vek=vek, ask=ask, ark=ark)
+
+    # -- Azure vTPM ------------------------------------------------------------------------
+
+    def azure_ak(self, *, roots: Sequence[bytes], now: datetime, ak_public_key: Any = None) -> AkChain:
+        """The vTPM AK certificate (by content) and its chain to one of ``roots`` (DER),
+        through whatever CA certificates were found: see :func:`verify_ak_chain`."""
+        try:
+            pinned = [x509.load_der_x509_certificate(r) for r in roots]
+        except ValueError:
+            raise ParseError("a pinned vTPM root is not a DER certificate") from None
+        try:
+            return verify_ak_chain([c.cert for c in self.certs], roots=pinned, now=now, ak_public_key=ak_public_key)
+        except MissingCertificate as exc:
+            raise MissingCertificate(f"{exc} (found: {self.summary()})") from None
 
     # -- Intel -----------------------------------------------------------------------------
 

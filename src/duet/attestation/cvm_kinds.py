@@ -25,7 +25,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -54,6 +54,10 @@ class CvmKind(StrEnum):
     AZURE_TDX = "azure-tdx"
     SIMULATED_SNP = "simulated-snp"
     SIMULATED_TDX = "simulated-tdx"
+    #: Microsoft Azure Attestation tokens over an Azure CVM's hardware evidence: MAA is a
+    #: trusted party (it judged the evidence), and only its keys the user pins count.
+    AZURE_SNP_MAA = "azure-snp-maa"
+    AZURE_TDX_MAA = "azure-tdx-maa"
     NONE = "none"
 
 
@@ -73,15 +77,16 @@ FORMAT_OF: dict[str, EvidenceFormat | None] = {
     CvmKind.AZURE_TDX: EvidenceFormat.AZURE,
     CvmKind.SIMULATED_SNP: EvidenceFormat.SIMULATED_SNP,
     CvmKind.SIMULATED_TDX: EvidenceFormat.TDX,
+    CvmKind.AZURE_SNP_MAA: EvidenceFormat.MAA,
+    CvmKind.AZURE_TDX_MAA: EvidenceFormat.MAA,
     CvmKind.NONE: None,
 }
 """CVM evidence kind -> the file format `duet attestation verify` reads it as."""
 
 
-REPORTED_ONLY_KINDS = ("azure-snp-maa", "azure-tdx-maa")
-"""Kinds `duet attestation verify` reports that no CVM log carries yet: no collector
-produces them, and MAA needs the user to pin MAA's signing keys before a token means
-anything. Registering one (a `KindSpec`) makes it a CVM kind."""
+REPORTED_ONLY_KINDS: tuple[str, ...] = ()
+"""Kinds `duet attestation verify` reports that no CVM log carries (none today: the MAA
+kinds became CVM kinds once their verifier took MAA's keys from the user's pins)."""
 
 
 REPORT_KINDS = ("sgx", *(k.value for k in CvmKind if k not in (CvmKind.NONE, CvmKind.SIMULATED_SNP,
@@ -119,6 +124,25 @@ class Trust:
     #: DCAP roots (DER) for simulated TDX quotes; when absent, the self-signed root the
     #: log carries is used (with ``simulated`` set, only).
     tdx_roots: tuple[bytes, ...] | None = None
+    #: What the verifier pins of Microsoft Azure Attestation, for the MAA kinds; without
+    #: it MAA evidence is refused (a token proves nothing until MAA's keys are pinned).
+    maa: MaaPins | None = None
+
+
+@dataclass(frozen=True)
+class MaaPins:
+    """MAA signing keys and instance a verifier trusts (from its user's expectations, or
+    the owner's provider settings on the controller), never from the evidence.
+
+    ``jwks``: a JWKS (MAA's ``/certs`` document as the user saved it); ``key_sha256``:
+    SHA-256 of pinned keys' SubjectPublicKeyInfo, whose key material may then come from
+    the JWKS logged beside the token; ``issuer``: the MAA instance URL (the token's
+    ``iss``). A token verifies only under a pinned key and issuer.
+    """
+
+    issuer: str | None = None
+    jwks: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    key_sha256: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -312,17 +336,47 @@ def _snp_claims(report: Any) -> Mapping[str, object]:
     return {"host_data": report.host_data, "measurement": report.measurement}
 
 
-def _parse_tdx(entry: Mapping[str, Any]) -> tuple[bytes, Any]:
-    return _b64(entry, "evidence"), entry.get("collateral") or {}
+def _ccel(entry: Mapping[str, Any]) -> bytes | None:
+    """The guest's CC event log, when the evidence carries one (``collateral.ccel``)."""
+    collateral = entry.get("collateral")
+    if not isinstance(collateral, Mapping) or collateral.get("ccel") is None:
+        return None
+    return _b64(entry, "collateral", "ccel")
 
 
-def _verify_tdx(parsed: tuple[bytes, Any], expected: bytes, now: datetime, trust: Trust) -> Any:
+def _with_event_log(report: Any, ccel: bytes | None) -> Any:
+    """Replay the event log against the quote's RTMRs; a log that does not replay fails the
+    evidence (the quote's RTMRs are what was measured, the log is only the guest's word)."""
+    if ccel is None:
+        return report
+    import dataclasses
+
+    from .ccel import event_log_claims
+
+    claims = event_log_claims(ccel, [report.rtmr0, report.rtmr1, report.rtmr2, report.rtmr3])
+    return dataclasses.replace(report, event_log=claims)
+
+
+@dataclass(frozen=True)
+class _TdxParsed:
+    quote: bytes
+    collateral: Mapping[str, Any]
+    ccel: bytes | None
+
+
+def _parse_tdx(entry: Mapping[str, Any]) -> _TdxParsed:
+    collateral = entry.get("collateral") or {}
+    dcap = {k: v for k, v in collateral.items() if k != "ccel"} if isinstance(collateral, Mapping) else collateral
+    return _TdxParsed(_b64(entry, "evidence"), dcap, _ccel(entry))
+
+
+def _verify_tdx(parsed: _TdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
     from .dcap.verify import verify_tdx_quote
 
-    report = verify_tdx_quote(parsed[0], parsed[1], now=now)
+    report = verify_tdx_quote(parsed.quote, parsed.collateral, now=now)
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
-    return report
+    return _with_event_log(report, parsed.ccel)
 
 
 @dataclass(frozen=True)
@@ -330,6 +384,7 @@ class _SimTdxParsed:
     quote: bytes
     collateral: Mapping[str, Any]
     root: bytes
+    ccel: bytes | None = None
 
 
 def _parse_simulated_tdx(entry: Mapping[str, Any]) -> _SimTdxParsed:
@@ -337,7 +392,7 @@ def _parse_simulated_tdx(entry: Mapping[str, Any]) -> _SimTdxParsed:
     if not isinstance(collateral, Mapping):
         raise ParseError("simulated TDX evidence carries no collateral")
     return _SimTdxParsed(_b64(entry, "evidence"), {k: v for k, v in collateral.items() if k not in ("root_ca",
-                                                   "simulated")}, _b64(entry, "collateral", "root_ca"))
+                         "simulated", "ccel")}, _b64(entry, "collateral", "root_ca"), _ccel(entry))
 
 
 def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
@@ -363,7 +418,7 @@ def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime,
     report = verify_tdx_quote(parsed.quote, dict(parsed.collateral), now=now, root_ca_der=root)
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
-    return report
+    return _with_event_log(report, parsed.ccel)
 
 
 def _tdx_claims(report: Any) -> Mapping[str, object]:
@@ -398,6 +453,42 @@ def _azure_claims(report: Any) -> Mapping[str, object]:
     return {"vm_id": report.vm_id}
 
 
+@dataclass(frozen=True)
+class _MaaParsed:
+    token: str
+    logged_jwks: Mapping[str, Any] | None
+
+
+def _parse_maa(entry: Mapping[str, Any]) -> _MaaParsed:
+    try:
+        token = _b64(entry, "evidence").decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ParseError("the MAA evidence is not a token (ASCII)") from None
+    collateral = entry.get("collateral")
+    jwks = collateral.get("jwks") if isinstance(collateral, Mapping) else None
+    return _MaaParsed(token, jwks if isinstance(jwks, Mapping) else None)
+
+
+def _maa_verifier(kind: str) -> Callable[[_MaaParsed, bytes, datetime, Trust], Any]:
+    def verify(parsed: _MaaParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
+        from .azure.maa import pinned_maa_keys, verify_maa_cvm_token
+
+        pins = trust.maa or MaaPins()
+        keys = pinned_maa_keys(jwks=pins.jwks, key_sha256=pins.key_sha256, logged_jwks=parsed.logged_jwks)
+        return verify_maa_cvm_token(parsed.token, keys, kind=kind, issuer=pins.issuer, report_data=expected,
+                                    now=now)
+    return verify
+
+
+def _maa_claims(report: Any) -> Mapping[str, object]:
+    out: dict[str, object] = {"vm_id": report.vm_id, "maa_signing_key_sha256": report.signing_key_sha256,
+                              "maa_issuer": report.issuer}
+    for name in ("measurement", "host_data", "mrtd", "mrconfigid"):
+        if getattr(report, name, None) is not None:
+            out[name] = getattr(report, name)
+    return out
+
+
 _SNP_BINDINGS = frozenset({InstanceBinding.HOST_DATA, InstanceBinding.NONE})
 _TDX_BINDINGS = frozenset({InstanceBinding.MRCONFIGID, InstanceBinding.NONE})
 _AZURE_BINDINGS = frozenset({InstanceBinding.VM_ID, InstanceBinding.NONE})
@@ -414,6 +505,10 @@ for _spec in (
              _azure_verifier(CvmKind.AZURE_SNP), _azure_claims, EvidenceFormat.AZURE),
     KindSpec(CvmKind.AZURE_TDX, "Azure vTPM (TDX)", False, _AZURE_BINDINGS, _parse_azure,
              _azure_verifier(CvmKind.AZURE_TDX), _azure_claims, EvidenceFormat.AZURE),
+    KindSpec(CvmKind.AZURE_SNP_MAA, "MAA token (Azure SEV-SNP)", False, _AZURE_BINDINGS, _parse_maa,
+             _maa_verifier(CvmKind.AZURE_SNP_MAA), _maa_claims, EvidenceFormat.MAA),
+    KindSpec(CvmKind.AZURE_TDX_MAA, "MAA token (Azure TDX)", False, _AZURE_BINDINGS, _parse_maa,
+             _maa_verifier(CvmKind.AZURE_TDX_MAA), _maa_claims, EvidenceFormat.MAA),
 ):
     register(_spec)
 

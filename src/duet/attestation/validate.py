@@ -129,6 +129,16 @@ class Expectations(BaseModel):
     mrconfigid: str | None = None
     mrowner: str | None = None
     mrownerconfig: str | None = None
+    # TDX event log (CCEL), replayed against RTMR0..3 by the verifier
+    require_event_log: bool | None = Field(
+        None, description="true: TDX evidence must carry a CC event log that replays to its RTMRs"
+    )
+    kernel_digest: str | None = Field(
+        None, description="SHA-384 (hex) of the kernel as measured into RTMR1 (event log `kernel`)"
+    )
+    kernel_cmdline: str | None = Field(
+        None, description="the kernel command line measured into RTMR2 (event log `cmdline`)"
+    )
 
     # SEV-SNP
     measurement: str | None = None
@@ -155,6 +165,10 @@ class Expectations(BaseModel):
     maa_signing_keys: list[str] | None = Field(
         None, description="SHA-256 (hex) of MAA signing keys' SubjectPublicKeyInfo to accept"
     )
+    maa_jwks: dict[str, Any] | None = Field(
+        None, description="MAA's signing keys as a JWKS (its /certs document), pinned by the user"
+    )
+    maa_issuer: str | None = Field(None, description="the MAA instance URL a token must name (iss)")
 
     # Azure vTPM
     pcrs: dict[int, str] | None = None
@@ -175,6 +189,7 @@ class Expectations(BaseModel):
         "measurement",
         "id_key_digest",
         "author_key_digest",
+        "kernel_digest",
     )(_hex(48))
     _v_16 = field_validator("family_id", "image_id")(_hex(16))
     _v_64 = field_validator("chip_id", "nonce")(_hex(64))
@@ -201,6 +216,20 @@ class Expectations(BaseModel):
             _hex(32)(k)
             if len(k.strip().lower().removeprefix("0x")) != 64:
                 raise ValueError("each MAA signing key is a SHA-256 (64 hex digits)")
+        return v
+
+    @field_validator("maa_jwks")
+    @classmethod
+    def _jwks(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from .azure.maa import load_jwks
+
+            try:
+                keys = load_jwks(v)
+            except ParseError as exc:
+                raise ValueError(str(exc)) from None
+            if not keys:
+                raise ValueError("the JWKS holds no RSA key")
         return v
 
     @field_validator("max_collateral_age")
@@ -404,6 +433,8 @@ def validate(
         elif not must_set and policy & want_bits:
             fail(field, hex(policy), f"none of {want_bits:#x} set")
 
+    _check_event_log(attr("event_log"), expected, fail, kind)
+
     if expected.maa_enclave is not None:
         _check_maa_enclave(report, expected.maa_enclave, fail, kind)
     if expected.maa_signing_keys is not None:
@@ -413,6 +444,22 @@ def validate(
             fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
         elif fp not in pinned:
             fail("maa_signing_key", fp, "one of " + ", ".join(pinned))
+
+    if expected.maa_jwks is not None:
+        from .azure.maa import key_fingerprint, load_jwks
+
+        fp = getattr(report, "signing_key_sha256", None)
+        pinned_jwks = sorted(key_fingerprint(k.key) for k in load_jwks(expected.maa_jwks).values())
+        if not fp:
+            fail("maa_signing_key", f"not present in {kind} evidence", "an MAA token")
+        elif fp not in pinned_jwks:
+            fail("maa_signing_key", fp, "a key of maa_jwks")
+    if expected.maa_issuer is not None:
+        iss = getattr(report, "issuer", None)
+        if not isinstance(iss, str):
+            fail("maa_issuer", f"not present in {kind} evidence", expected.maa_issuer)
+        elif iss.rstrip("/") != expected.maa_issuer.rstrip("/"):
+            fail("maa_issuer", iss, expected.maa_issuer)
 
     tpm = getattr(report, "tpm", None)
     if expected.pcrs is not None:
@@ -432,6 +479,31 @@ def validate(
         if vm_id is None or str(vm_id).lower() != expected.vm_id.lower():
             fail("vm_id", vm_id, expected.vm_id)
     return out
+
+
+def _check_event_log(log: Any, want: Expectations, fail: Any, kind: str) -> None:
+    """The named events of a replayed CC event log (``TdxReport.event_log``)."""
+    if not (want.require_event_log or want.kernel_digest is not None or want.kernel_cmdline is not None):
+        return
+    if not isinstance(log, dict):
+        fail("event_log", f"not present in {kind} evidence (no CC event log came with it)", "a replayed log")
+        return
+    if want.kernel_digest is not None:
+        kernel = log.get("kernel")
+        found = kernel.get("digest") if isinstance(kernel, dict) else "no kernel event in the log"
+        if found != want.kernel_digest:
+            fail("event_log.kernel", found, want.kernel_digest)
+    if want.kernel_cmdline is not None:
+        cmdline = log.get("cmdline")
+        if not isinstance(cmdline, dict):
+            fail("event_log.cmdline", "no command line event in the log", want.kernel_cmdline)
+        elif cmdline.get("measured") is not True:
+            # The replay binds digests, not event data: text whose digest is not its hash
+            # could say anything.
+            fail("event_log.cmdline", f"{cmdline.get('text')!r}, whose digest is not its SHA-384",
+                 want.kernel_cmdline)
+        elif cmdline.get("text") != want.kernel_cmdline:
+            fail("event_log.cmdline", cmdline.get("text"), want.kernel_cmdline)
 
 
 def _check_maa_enclave(report: Any, want: MaaEnclave, fail: Any, kind: str) -> None:

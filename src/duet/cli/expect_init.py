@@ -58,6 +58,14 @@ def build(report: Any, decoded: list[dict[str, Any]], latest_evidence: Any) -> t
         value = getattr(target, field, None)
         if isinstance(value, str) and value:
             cvm[field] = value
+    log = getattr(target, "event_log", None)
+    if isinstance(log, dict):  # a TD's event log, replayed against its RTMRs
+        cvm["require_event_log"] = True
+        kernel, cmdline = log.get("kernel"), log.get("cmdline")
+        if isinstance(kernel, dict) and isinstance(kernel.get("digest"), str):
+            cvm["kernel_digest"] = kernel["digest"]
+        if isinstance(cmdline, dict) and cmdline.get("measured") is True and isinstance(cmdline.get("text"), str):
+            cvm["kernel_cmdline"] = cmdline["text"]
     genesis = decoded[0] if decoded else {}
     if genesis.get("instance_binding") == "none":
         cvm["instance_binding"] = "none"

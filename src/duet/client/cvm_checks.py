@@ -61,15 +61,31 @@ def declared_binding(genesis: dict[str, Any]) -> str:
 def verify_evidence_entry(
     e: dict[str, Any], *, host_key: str, binding: str, host_data: str | None, instance_id: str | None,
     trust_simulated: bool, decoded: list[dict[str, Any]], index: int, snp_arks: tuple[bytes, ...] | None = None,
+    maa: cvm_kinds.MaaPins | None = None,
 ) -> cvm_kinds.Verified:
     """Verify one evidence entry exactly as the controller did before logging it
     (`cvm_kinds.verify_evidence`), then its link to the logged command that asked for
-    it. Raises ValueError / AttestationError naming the problem."""
+    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them).
+    Raises ValueError / AttestationError naming the problem."""
     verified = cvm_kinds.verify_evidence(
-        e, host_key=host_key, now=_time(e), trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks),
+        e, host_key=host_key, now=_time(e),
+        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa),
         binding=binding, host_data=host_data, instance_id=instance_id)
     _check_command_link(e, decoded, index)
     return verified
+
+
+def maa_pins(expect: UserExpectations | None) -> cvm_kinds.MaaPins | None:
+    """What the user pins of MAA (`cvm.maa_jwks`, `cvm.maa_signing_keys`, `cvm.maa_issuer`);
+    None when nothing is pinned, and then MAA evidence fails."""
+    if expect is None or expect.cvm is None:
+        return None
+    claims = expect.cvm.evidence()
+    if claims.maa_jwks is None and claims.maa_signing_keys is None and claims.maa_issuer is None:
+        return None
+    return cvm_kinds.MaaPins(
+        issuer=claims.maa_issuer, jwks=claims.maa_jwks,
+        key_sha256=tuple(claims.maa_signing_keys) if claims.maa_signing_keys is not None else None)
 
 
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
@@ -118,6 +134,7 @@ def evidence_checks(
     latest: cvm_kinds.Verified | None = None
     nonces: set[str] = set()
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
+    maa = maa_pins(expect)
     for i in indices:
         e = decoded[i]
         latest = None
@@ -132,7 +149,7 @@ def evidence_checks(
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,
                 instance_id=str(instance_id) if instance_id else None, trust_simulated=trust_simulated,
-                decoded=decoded, index=i, snp_arks=snp_arks)
+                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
             continue
@@ -146,7 +163,7 @@ def evidence_checks(
     problems.extend(_in_service_without_evidence(decoded))
     simulated = cvm_kinds.is_simulated(kind) or bool(latest and latest.simulated)
     checks.append(Check(
-        "evidence", not problems, "; ".join(problems[:4]) or evidence_summary(kind, binding, len(indices)),
+        "evidence", not problems, "; ".join(problems[:4]) or evidence_summary(kind, binding, len(indices), latest),
         simulated=simulated,
     ))
     if expect is not None and expect.cvm is not None:
@@ -166,9 +183,24 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
     return []
 
 
-def evidence_summary(kind: str | None, binding: str, count: int) -> str:
+def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
-    return f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
+    return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
+            + _event_log_note(latest))
+
+
+def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
+    """What the newest evidence's replayed CC event log names (TDX), for the report."""
+    log = getattr(latest.report, "event_log", None) if latest is not None else None
+    if not isinstance(log, dict):
+        return ""
+    parts = [f"{log.get('events')} events"]
+    kernel, cmdline = log.get("kernel"), log.get("cmdline")
+    if isinstance(kernel, dict):
+        parts.append(f"kernel {str(kernel.get('digest'))[:16]}…")
+    if isinstance(cmdline, dict):
+        parts.append(f"cmdline {cmdline.get('text')!r}" + ("" if cmdline.get("measured") else " (text not measured)"))
+    return "; the newest one's event log replays to its RTMRs (" + ", ".join(parts) + ")"
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:

@@ -5,6 +5,9 @@ Shape::
     controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1}
     cvm:
       tee: snp                        # the evidence kind: snp | simulated-snp | tdx | azure-snp | azure-tdx
+                                      #   | azure-snp-maa | azure-tdx-maa (then pin MAA below)
+      maa_jwks: maa-certs.json        # MAA kinds: MAA's signing keys (a JWKS file, or inline)
+      maa_issuer: https://myinstance.weu.attest.azure.net
       instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
@@ -28,6 +31,7 @@ attestation package's `Expectations` fields.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -240,6 +244,7 @@ def load_expectations(path: Path) -> UserExpectations:
         raise ClientError("invalid_expectations", f"{path} is not valid YAML: {detail}") from None
     if not isinstance(doc, dict):
         raise ClientError("invalid_expectations", f"{path} must be a YAML mapping")
+    _load_maa_jwks(path, doc)
     try:
         exp = UserExpectations.model_validate(doc)
     except ValidationError as exc:
@@ -256,6 +261,23 @@ def load_expectations(path: Path) -> UserExpectations:
                 "invalid_expectations", f"{path}: {one_line(exc, prefix=name + '.')}"
             ) from None
     return exp
+
+
+def _load_maa_jwks(path: Path, doc: dict[str, Any]) -> None:
+    """`cvm.maa_jwks` may name a file (MAA's `/certs` document as the user saved it),
+    relative to the expectations file: read it here, so that the pure model sees a JWKS."""
+    cvm = doc.get("cvm")
+    ref = cvm.get("maa_jwks") if isinstance(cvm, dict) else None
+    if not isinstance(ref, str):
+        return
+    assert isinstance(cvm, dict)
+    file = (path.parent / ref) if not Path(ref).is_absolute() else Path(ref)
+    try:
+        cvm["maa_jwks"] = json.loads(file.read_bytes())
+    except OSError as exc:
+        raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: cannot read {file}: {exc.strerror}") from None
+    except ValueError:
+        raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: {file} is not JSON") from None
 
 
 def weak_points(exp: UserExpectations | None) -> list[str]:

@@ -18,6 +18,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from duet.attestation import AttestationError, cvm_kinds
@@ -180,6 +181,11 @@ class Collector(ABC):
         except (AttestationError, ValueError) as exc:
             raise self.refuse(port, f"the evidence does not verify: {exc}") from None
         _observe_issue_dates(port.clock, candidate)
+        issued = getattr(verified.report, "issued_at", None)
+        if kind in (cvm_kinds.CvmKind.AZURE_SNP_MAA, cvm_kinds.CvmKind.AZURE_TDX_MAA) and isinstance(issued, int):
+            # MAA signed its token's issue time (a key the owner pinned): a time the host
+            # cannot hold back.
+            port.clock.observe(datetime.fromtimestamp(issued, UTC), "MAA token iat")
         claims = cvm_kinds.spec_of(kind).claims(verified.report)
         if rec.binding != cvm_kinds.InstanceBinding.NONE:
             binds[rec.binding] = claims.get(rec.binding)

@@ -54,6 +54,10 @@ class LocalEvidence(Collector):
             # The TD quote with its DCAP collateral and the development root, all in the log.
             collateral: dict[str, object] = {**self.tdx.collateral(), "simulated": True,
                                              "root_ca": base64.b64encode(self.tdx.root_ca_der).decode()}
+            if isinstance(out.get("ccel"), str):
+                # The guest's event log (SIMULATED): every verifier replays it against the
+                # quote's RTMRs, and a log that does not replay fails the evidence.
+                collateral["ccel"] = out["ccel"]
         else:
             collateral = {"vcek": base64.b64encode(self.snp.vcek_der).decode(),
                           "cert_chain": self.snp.cert_chain_pem.decode(), "simulated": True}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds
@@ -24,6 +24,7 @@ from duet.cvm.guest.collect import (
     CollectError,
     azure_envelope,
     collect_command,
+    maa_token,
     parse_cert_table,
     parse_output,
 )
@@ -45,14 +46,19 @@ class RemoteEvidence(Collector):
 
     def __init__(
         self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None,
-        inspector: Inspector | None = None,
+        inspector: Inspector | None = None, maa_url: str | None = None, maa_jwks: Mapping[str, Any] | None = None,
     ) -> None:
         """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots);
         `inspector`: the provider's control-plane reader (Azure), judged on every entry into
-        in-service (`Collector.control_plane`)."""
+        in-service (`Collector.control_plane`); `maa_url` / `maa_jwks`: the owner's MAA
+        instance and its signing keys (the provider's settings), for the MAA kinds: the
+        controller checks tokens against these keys only, as users check them against theirs."""
         self.tdx_collateral = tdx_collateral
         self.inspector = inspector
-        self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None)
+        self.maa_url = maa_url
+        self.maa_jwks = dict(maa_jwks) if maa_jwks is not None else None
+        maa = cvm_kinds.MaaPins(issuer=maa_url, jwks=self.maa_jwks) if maa_url and maa_jwks is not None else None
+        self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None, maa=maa)
 
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
         """The gatherer runs in the guest as one logged builtin command; its output is the facts.
@@ -72,7 +78,7 @@ class RemoteEvidence(Collector):
 
     async def fetch(self, port: CvmPort, kind: str, nonce: bytes, *, intent_index: int | None) -> Fetched:
         try:
-            command = collect_command(kind, nonce)
+            command = collect_command(kind, nonce, maa=self.maa_url)
         except ValueError as exc:
             raise self.refuse(port, str(exc)) from None
         outcome = await port.execute(command, timeout=120.0, action="attest", intent_index=intent_index)
@@ -112,8 +118,11 @@ class RemoteEvidence(Collector):
             if self.tdx_collateral is None:
                 raise CollectError("no collateral source (PCCS) is configured, so a TDX quote cannot be verified")
             collateral = self.tdx_collateral(raw)
-            return {"evidence": base64.b64encode(raw).decode(),
-                    "collateral": collateral if isinstance(collateral, dict) else {}}
+            tdx_collateral: dict[str, Any] = dict(collateral) if isinstance(collateral, dict) else {}
+            if got.blobs.get("ccel"):
+                # The TD's event log travels beside the quote; every verifier replays it.
+                tdx_collateral["ccel"] = base64.b64encode(got.blobs["ccel"]).decode()
+            return {"evidence": base64.b64encode(raw).decode(), "collateral": tdx_collateral}
         if kind in (cvm_kinds.CvmKind.AZURE_SNP, cvm_kinds.CvmKind.AZURE_TDX):
             envelope = azure_envelope(got)
             az_collateral: dict[str, Any] = {"envelope_version": 1}
@@ -128,6 +137,16 @@ class RemoteEvidence(Collector):
             return {"evidence": base64.b64encode(json.dumps(envelope, sort_keys=True).encode()).decode(),
                     "collateral": az_collateral,
                     "binds": {"tpm_extra_data": "first 32 bytes of the report data"}}
+        if kind in (cvm_kinds.CvmKind.AZURE_SNP_MAA, cvm_kinds.CvmKind.AZURE_TDX_MAA):
+            if self.maa_url is None or self.maa_jwks is None:
+                raise CollectError("MAA evidence needs the MAA instance and its keys in the provider's settings "
+                                   "(maa_url, maa_jwks)")
+            token = maa_token(got)
+            # The JWKS the controller checked the token with travels beside it, for users who
+            # pin MAA's keys by fingerprint (cvm.maa_signing_keys); it is trusted by no one.
+            return {"evidence": base64.b64encode(token.encode()).decode(),
+                    "collateral": {"maa_url": self.maa_url, "jwks": self.maa_jwks},
+                    "binds": {"maa_user_data": "the report data, as the vTPM's user data in MAA's x-ms-runtime"}}
         raise CollectError(f"no evidence collection for kind {kind!r}")
 
     def verify_collected(

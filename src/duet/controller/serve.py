@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
@@ -139,12 +141,14 @@ def build_controller(
         from duet.tee.gramine import pccs_collateral
 
         for name, config in _load_providers(providers_file).items():
+            maa_url, maa_jwks = _maa_settings(providers_file, name, config)
             providers[name] = make_provider(name, config)
             # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral
             # from the PCCS (or Intel's PCS); it decides availability only, the collateral is
             # checked against Intel's root before use.
             evidence[name] = RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL),
-                                            inspector=getattr(providers[name], "inspect", None))
+                                            inspector=getattr(providers[name], "inspect", None),
+                                            maa_url=maa_url, maa_jwks=maa_jwks)
     controller = Controller(
         data_dir,
         tee=backend,
@@ -187,6 +191,28 @@ def _load_providers(path: Path) -> dict[str, dict[str, object]]:
     if "local" in doc:
         raise ConfigError(f"{path}: the local provider needs no settings")
     return {str(k): dict(v) for k, v in doc.items()}
+
+
+def _maa_settings(path: Path, name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
+    """`maa_url` and `maa_jwks` (a JWKS file: the MAA instance's signing keys, as the owner
+    saved them from its `/certs`) of a provider, taken out of its settings: the MAA kinds
+    need both, and the controller checks tokens against these keys only."""
+    url, jwks_file = config.pop("maa_url", None), config.pop("maa_jwks", None)
+    if url is None and jwks_file is None:
+        return None, None
+    if url is None or jwks_file is None:
+        raise ConfigError(f"{path}: {name}: maa_url and maa_jwks go together")
+    from duet.attestation.azure.maa import load_jwks
+    from duet.attestation.errors import AttestationError
+    from duet.cvm.guest.collect import maa_url
+
+    try:
+        checked = maa_url(url)
+        jwks = json.loads(Path(str(jwks_file)).read_bytes())
+        load_jwks(jwks)
+    except (OSError, ValueError, AttestationError) as exc:
+        raise ConfigError(f"{path}: {name}: MAA settings: {exc}") from None
+    return checked, jwks
 
 
 def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:

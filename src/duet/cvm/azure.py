@@ -133,6 +133,10 @@ class AzureProvider:
     tees: ClassVar[Mapping[str, TeeOffer]] = {
         "snp": TeeOffer(CvmKind.AZURE_SNP, InstanceBinding.VM_ID),
         "tdx": TeeOffer(CvmKind.AZURE_TDX, InstanceBinding.VM_ID),
+        # The same hardware judged by the owner's MAA instance (settings maa_url, maa_jwks):
+        # evidence kinds of their own, so a user who asks for the direct path never gets MAA.
+        "snp-maa": TeeOffer(CvmKind.AZURE_SNP_MAA, InstanceBinding.VM_ID),
+        "tdx-maa": TeeOffer(CvmKind.AZURE_TDX_MAA, InstanceBinding.VM_ID),
     }
 
     def __init__(
@@ -214,7 +218,9 @@ class AzureProvider:
         """The exact ARM requests `create` sends, in order, without sending anything."""
         unresolved = Unresolved()
         lay = self._layout(cvm_id, spec, unresolved)
-        tee = tee_of(spec)
+        requested = spec_str(spec, "tee")
+        # snp-maa / tdx-maa run on the same hardware; only the evidence path differs.
+        tee = tee_of(spec, requested.lower().removesuffix("-maa") if requested else None)
         image = image_of(spec)
         size = spec_str(spec, "size", "vm_size", default=DEFAULT_SIZES[tee]) or DEFAULT_SIZES[tee]
         if not SIZE_PATTERNS[tee].match(size):

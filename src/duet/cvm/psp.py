@@ -19,7 +19,7 @@ from pathlib import Path
 
 from duet.attestation import SimulatedSnp
 from duet.attestation.binding import tdx_mrconfigid
-from duet.attestation.simulated.tdx import SimulatedTdx
+from duet.attestation.simulated.tdx import SimulatedTdx, simulated_boot_log
 
 MAX_REQUEST = 4096
 
@@ -33,11 +33,22 @@ class SimulatedPsp:
     def sign(self, kind: str, report_data: bytes, *, measurement: bytes, host_data: bytes, policy: int) -> bytes:
         """An SNP report, or a TD quote whose MRTD is the launch measurement and whose
         MRCONFIGID carries the per-CVM value, as a host sets them at launch."""
+        return self.sign_with_log(kind, report_data, measurement=measurement, host_data=host_data,
+                                  policy=policy)[0]
+
+    def sign_with_log(self, kind: str, report_data: bytes, *, measurement: bytes, host_data: bytes,
+                      policy: int) -> tuple[bytes, bytes | None]:
+        """`sign`, and for TDX the SIMULATED CC event log of the boot, whose replay gives the
+        quote's RTMRs (as a TD's firmware leaves it in the CCEL table for the guest)."""
         if kind == "simulated-tdx":
             if self.tdx is None:
                 raise ValueError("this platform has no simulated TDX")
-            return self.tdx.quote(report_data, mrtd=measurement, mrconfigid=tdx_mrconfigid(host_data))
-        return self.snp.report(report_data, measurement=measurement, host_data=host_data, policy=policy)
+            ccel, rtmrs = simulated_boot_log(measurement)
+            r0, r1, r2, r3 = rtmrs
+            quote = self.tdx.quote(report_data, mrtd=measurement, mrconfigid=tdx_mrconfigid(host_data),
+                                   rtmrs=(r0, r1, r2, r3))
+            return quote, ccel
+        return self.snp.report(report_data, measurement=measurement, host_data=host_data, policy=policy), None
 
     async def serve(self, cvm_id: str, socket_path: Path, *, uid: int, measurement: bytes,
                     host_data: bytes, policy: int, kind: str = "simulated-snp") -> None:
@@ -53,9 +64,11 @@ class SimulatedPsp:
                 report_data = bytes.fromhex(json.loads(line)["report_data"])
                 if len(report_data) != 64:
                     raise ValueError("report_data must be 64 bytes")
-                report = self.sign(kind, report_data, measurement=measurement, host_data=host_data,
-                                   policy=policy)
+                report, ccel = self.sign_with_log(kind, report_data, measurement=measurement,
+                                                  host_data=host_data, policy=policy)
                 reply = {"report": base64.b64encode(report).decode()}
+                if ccel is not None:
+                    reply["ccel"] = base64.b64encode(ccel).decode()
             except (TimeoutError, ValueError, KeyError, TypeError) as exc:
                 reply = {"error": str(exc) or "bad request"}
             writer.write(json.dumps(reply).encode())

@@ -72,7 +72,16 @@ ATTEST_REMOTE_SHA256 = {
     "095aa865d2c9344009b83a507486511e0ec7b4e4b92dfb7e3e2dd9eeb10a0a16": "v1 azure-snp",
     "12dc2a30458664d50ab0d14decbcb96ad4b23c8aef5b159c75e0a576ed3353dd": "v2 snp/tdx",
     "9a58b47ebdc5cd18e2b154fb75a9810e6f5d94128b120681e7b656b791bae244": "v2 azure-snp",
+    "416c3cc04074cde6e5983ffca8f0e483c24275b22c8508be66f0fd09e1d6c2ed": "v2 azure-tdx",
+    # v3: configfs-tsm also sends the TD's CC event log (ACPI CCEL table) when present.
+    "d23ca9df020e5c017a3b016a30c8405480289e928a8aa6ea45a80f6433cc2981": "v3 snp/tdx",
+    # MAA kinds: the owner's MAA instance URL is a parameter too, as {maa_url}.
+    "7f6eff734095166218e1c9bc26911e6305d6f54d889dc3b088834a29d306a154": "v2 azure-snp-maa",
+    "58158bbc4e532c922ac46320853cc8464659040ab475a8b91554acaedc6888f2": "v2 azure-tdx-maa",
 }
+#: Where an MAA kind's command names the owner's MAA instance (`collect.MAA_URL` before
+#: the endpoint path): replaced by {maa_url} before the digest is taken.
+_MAA_URL_IN_ATTEST = re.compile(r"https://[a-z0-9](?:[a-z0-9.-]{0,250}[a-z0-9])?(?::[0-9]{1,5})?(?=/attest/)")
 #: The lockdown gatherer sent to real guests (`duet.cvm.guest.lockdown_facts.guest_source`).
 #: Each change to that file or to `duet.ledger.lockdown` is a new version: add its digest.
 LOCKDOWN_GATHERER_SHA256: dict[str, str] = {
@@ -127,7 +136,11 @@ def builtin_template(entry: dict[str, Any], *, user: str | None, report_tool: st
                 return f"attest local {version}"
         nonces = re.findall(r"[0-9a-f]{64}", command)
         if nonces:
-            digest = hashlib.sha256(command.replace(nonces[0], "{nonce}").encode()).hexdigest()
+            text = command.replace(nonces[0], "{nonce}")
+            url = _MAA_URL_IN_ATTEST.search(text)
+            if url is not None:
+                text = text.replace(url.group(0), "{maa_url}")
+            digest = hashlib.sha256(text.encode()).hexdigest()
             if digest in ATTEST_REMOTE_SHA256:
                 return f"attest {ATTEST_REMOTE_SHA256[digest]}"
         return None

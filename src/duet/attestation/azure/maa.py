@@ -275,6 +275,11 @@ class MaaReport:
     mrsigner: str | None = None
     isv_prod_id: int | None = None
     isv_svn: int | None = None
+    # TDX TCB as MAA judged it (its collateral, not ours): ``attester_tcb_status``
+    tcb_status: str | None = None
+    advisory_ids: list[str] | None = None
+    #: The VM id (``x-ms-runtime`` ``vm-configuration.vmUniqueId``, from Azure's HCL claims)
+    vm_id: str | None = None
     runtime_claims: dict[str, Any] = field(default_factory=dict)
     signer_quotes: list[dict[str, Any]] = field(default_factory=list)
     signing_key_sha256: str = ""  # SHA-256 of the signing key's SubjectPublicKeyInfo (DER)
@@ -354,6 +359,8 @@ def _report_fields(kind: str, tee: dict[str, Any]) -> dict[str, Any]:
             "mrseam": _hex(g("tdx_mrseam")),
             "debug": _bool(g("tdx_td_attributes_debug")),
             "report_data": bytes.fromhex(rd) if rd else None,
+            "tcb_status": g("attester_tcb_status") if isinstance(g("attester_tcb_status"), str) else None,
+            "advisory_ids": _strings(g("attester_advisory_ids")),
         }
     rd = _hex(g("x-ms-sgx-report-data"))
     return {
@@ -364,6 +371,16 @@ def _report_fields(kind: str, tee: dict[str, Any]) -> dict[str, Any]:
         "debug": _bool(g("x-ms-sgx-is-debuggable")),
         "report_data": bytes.fromhex(rd) if rd else None,
     }
+
+
+def _strings(v: Any) -> list[str] | None:
+    return [str(x) for x in v] if isinstance(v, list) and all(isinstance(x, str) for x in v) else None
+
+
+def _vm_id(runtime: dict[str, Any]) -> str | None:
+    cfg = runtime.get("vm-configuration")
+    vm_id = cfg.get("vmUniqueId") if isinstance(cfg, dict) else None
+    return vm_id if isinstance(vm_id, str) else None
 
 
 def _kid_bytes(kid: str) -> bytes:
@@ -489,6 +506,7 @@ def verify_maa_token(
         compliance_status=compliance if isinstance(compliance, str) else None,
         user_data=user_data,
         runtime_claims=runtime,
+        vm_id=_vm_id(runtime),
         signer_quotes=maa_signer_quotes(jwk.certs, kid),
         signing_key_sha256=key_fingerprint(jwk.key),
         **fields,
@@ -526,12 +544,64 @@ def verify_maa_signer_quote(
 
 
 
-# -- CVM evidence kinds (for the evidence-kind registry) ------------------------------------
+# -- CVM evidence kinds (azure-snp-maa, azure-tdx-maa) --------------------------------------
+
+
+def pinned_maa_keys(
+    *,
+    jwks: JwksInput | None,
+    key_sha256: tuple[str, ...] | None,
+    logged_jwks: JwksInput | None,
+) -> dict[str, Jwk]:
+    """The MAA signing keys a verifier of CVM evidence accepts: only keys its user pinned.
+
+    ``jwks`` is the user's own copy of MAA's keys; ``key_sha256`` pins keys by the SHA-256
+    of their SubjectPublicKeyInfo, and then the key material may come from the JWKS the
+    controller logged beside the token, since only the pinned keys among it are kept.
+    With both, a key must be in ``jwks`` *and* pinned. A key named in the token's own
+    header (``jku``, ``x5c``, ``jwk``) is never used: whoever made the token chose it.
+    """
+    if jwks is None and key_sha256 is None:
+        raise ChainInvalid(
+            "MAA evidence is only as good as the MAA signing keys its verifier pins; none are "
+            "pinned (expectations cvm.maa_jwks or cvm.maa_signing_keys)"
+        )
+    source = jwks if jwks is not None else logged_jwks
+    keys = _keys(source) if source is not None else {}
+    if key_sha256 is not None:
+        pins = {k.strip().lower().removeprefix("0x") for k in key_sha256}
+        keys = {kid: k for kid, k in keys.items() if key_fingerprint(k.key) in pins}
+    if not keys:
+        raise ChainInvalid("none of the MAA signing keys the verifier pins is available to check the token")
+    return keys
+
+
+def verify_maa_cvm_token(
+    token: str,
+    keys: dict[str, Jwk],
+    *,
+    kind: str,
+    issuer: str | None,
+    report_data: bytes,
+    now: datetime,
+) -> MaaReport:
+    """An MAA token as CVM evidence of ``kind``: signed by one of ``keys`` (see
+    :func:`pinned_maa_keys`), issued by ``issuer`` (required: the MAA instance the user
+    trusts), valid at ``now``, and its TEE runtime ``user-data`` exactly ``report_data``
+    (duet's binding of the challenge nonce and the SSH host key)."""
+    if kind not in CVM_MAA_KINDS:
+        raise WrongKind(f"{kind!r} is not an MAA CVM evidence kind")
+    if not issuer:
+        raise ChainInvalid("MAA evidence needs the MAA instance its verifier trusts (cvm.maa_issuer)")
+    report = verify_maa_token(token, keys, now=now, expected_kind=kind, report_data=report_data,
+                              issuer=issuer)
+    if report.user_data is None or not hmac.compare_digest(report.user_data, report_data.hex()):
+        raise BindingError("the MAA token's runtime user-data is not exactly the binding of this challenge")
+    return report
 
 
 def encode_maa_evidence(token: str, jwks: Mapping[str, Any]) -> bytes:
-    """CVM evidence of an MAA kind: the token and, beside it, the JWKS the guest fetched
-    with it, so that the evidence verifies offline later (keys rotate)."""
+    """A token with the JWKS beside it (JSON), as `duet attestation verify` reads it."""
     return json.dumps({"maa_token": token, "jwks": dict(jwks)}, sort_keys=True).encode()
 
 
@@ -550,42 +620,3 @@ def parse_maa_evidence(evidence: bytes | str | Mapping[str, Any]) -> tuple[str, 
     if not isinstance(token, str) or not isinstance(jwks, dict):
         raise ParseError("MAA evidence needs 'maa_token' (string) and 'jwks' (object)")
     return token, jwks
-
-
-@dataclass(frozen=True)
-class MaaEvidenceKind:
-    """One MAA CVM evidence kind: registering it is one line
-    (``registry[AZURE_SNP_MAA.name] = AZURE_SNP_MAA``).
-
-    The JWKS travels with the evidence, so it proves nothing by itself: whoever produced
-    the evidence chose it. A verifier must pin MAA's signing key (``maa_signing_keys``
-    expectations: :attr:`MaaReport.signing_key_sha256`), or verify MAA's enclave quote
-    (``maa_enclave``), before the claims mean anything.
-    """
-
-    name: str
-
-    def parse(self, evidence: bytes | str | Mapping[str, Any]) -> Jwt:
-        """The token's header and claims, unverified."""
-        token, _ = parse_maa_evidence(evidence)
-        return parse_jwt(token)
-
-    def verify(
-        self,
-        evidence: bytes | str | Mapping[str, Any],
-        *,
-        now: datetime,
-        report_data: bytes | None = None,
-    ) -> MaaReport:
-        token, jwks = parse_maa_evidence(evidence)
-        return verify_maa_token(
-            token, jwks, now=now, expected_kind=self.name, report_data=report_data
-        )
-
-    @staticmethod
-    def claims(report: MaaReport) -> dict[str, Any]:
-        return report.to_dict()
-
-
-AZURE_SNP_MAA = MaaEvidenceKind(KIND_SNP_MAA)
-AZURE_TDX_MAA = MaaEvidenceKind(KIND_TDX_MAA)

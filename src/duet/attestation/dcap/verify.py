@@ -212,6 +212,9 @@ class TdxReport:
     fmspc: str = ""
     collateral_issued: str = ""
     kind: str = field(default="tdx")
+    #: From the guest's CC event log, replayed against RTMR0..3 (:mod:`..ccel`): the
+    #: number of events and the named ones (kernel, cmdline). None: no log came with it.
+    event_log: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

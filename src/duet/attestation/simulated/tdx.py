@@ -317,3 +317,27 @@ def simulated_tdx_quote_from_dir(directory: Path, report_data: bytes, **fields: 
         if state is not None:
             return SimulatedTdx(state, directory).quote(report_data, **fields)
     raise FileNotFoundError(f"no simulated TDX attestation key in {directory}")
+
+
+#: The kernel command line of a SIMULATED TD boot (local CVMs have no real boot).
+SIMULATED_CMDLINE = "/boot/vmlinuz-SIMULATED root=/dev/duet-local ro console=ttyS0"
+
+
+def simulated_boot_log(measurement: bytes, cmdline: str = SIMULATED_CMDLINE) -> tuple[bytes, tuple[bytes, ...]]:
+    """A SIMULATED CC event log of a TD boot and the RTMR0..3 it replays to.
+
+    What a TD's firmware and boot loader would leave in the CCEL table, in the shapes a
+    verifier reads (:func:`..ccel.named_events`): a firmware configuration event in RTMR0,
+    the kernel as an EFI boot-services application in RTMR1 (its digest derived from the
+    launch ``measurement``), and grub's ``kernel_cmdline:`` string in RTMR2. Every event's
+    data says SIMULATED.
+    """
+    from ..ccel import EV_EFI_BOOT_SERVICES_APPLICATION, EV_IPL, build_ccel, parse_ccel, replay_rtmrs
+
+    ev_event_tag = 0x00000006
+    ccel = build_ccel([
+        (1, ev_event_tag, b"SIMULATED TD firmware configuration"),
+        (2, EV_EFI_BOOT_SERVICES_APPLICATION, b"SIMULATED kernel image " + measurement.hex().encode()),
+        (3, EV_IPL, ("kernel_cmdline: " + cmdline).encode()),
+    ])
+    return ccel, replay_rtmrs(parse_ccel(ccel))

@@ -7,7 +7,8 @@ evidence binds the host key of the machine that produced it (see docs/invariants
 
 Paths, in order of preference:
 - configfs-tsm (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): SEV-SNP reports (with the
-  host's certificate table in `auxblob` when it provides one) and TDX quotes;
+  host's certificate table in `auxblob` when it provides one) and TDX quotes, with the
+  TD's CC event log (ACPI CCEL table) when the guest exposes it;
 - `/dev/sev-guest` on older SNP kernels: an ioctl is not reachable from a shell, so the
   guest's `python3` issues SNP_GET_REPORT directly (stdlib `fcntl`/`ctypes` only; the
   certificates then come from the provider, not from the guest);
@@ -76,8 +77,12 @@ echo "provider: $(cat "$d/provider")"
 echo "report_data: $rd"
 echo "outblob: $(base64 -w0 "$d/outblob")"
 if [ -s "$d/auxblob" ]; then echo "auxblob: $(base64 -w0 "$d/auxblob")"; fi
+if [ -r {ccel} ]; then echo "ccel: $(base64 -w0 {ccel})"; fi
 echo "host_key: $(cut -d' ' -f1,2 {pub})"
 """
+#: A TD's CC event log, as its firmware leaves it (ACPI CCEL table); the verifier replays
+#: it against the quote's RTMRs.
+CCEL_TABLE = "/sys/firmware/acpi/tables/data/CCEL"
 
 AZURE_VTPM = """set -eu
 rd=$({report_data})
@@ -110,11 +115,96 @@ echo "td_quote_json: $(printf '{"report":"%s"}' "$tdr" | curl -sf -m 30 -H Conte
 """
 
 
-def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HOST_KEY_PUB) -> str:
-    """The command the controller logs and runs to collect evidence of `kind`."""
+#: MAA (Microsoft Azure Attestation) kinds: the guest writes its report data (the binding
+#: of nonce and host key) into the vTPM's user-data index 0x01400002, so that the HCL
+#: report read next carries it in its runtime claims (`user-data`), whose hash the hardware
+#: report signs; then it asks the owner's MAA instance for a token over the hardware
+#: evidence with those claims as runtime data. MAA checks the evidence and the claims'
+#: hash, and signs the token; the verifier checks the token against MAA keys it pins.
+AZURE_MAA = """set -eu
+rd=$({report_data})
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+printf '%s' "$rd" | python3 -I -S -c 'import sys;sys.stdout.buffer.write(bytes.fromhex(sys.stdin.read()))' > "$t/ud"
+tpm2_nvreadpublic 0x01400002 >/dev/null 2>&1 || \
+  tpm2_nvdefine -C o -s 64 -a 'ownerread|ownerwrite|authread|authwrite' 0x01400002 >/dev/null
+tpm2_nvwrite -C o -i "$t/ud" 0x01400002 >/dev/null
+tpm2_nvread -C o 0x01400001 -o "$t/hcl" >/dev/null
+{hardware}python3 -I -S -c {request} {tee} "$t" > "$t/req"
+echo "provider: azure_maa"
+echo "report_data: $rd"
+echo "maa_response: $(curl -sf -m 30 -H Content-Type:application/json --data-binary @"$t/req" \
+  "{endpoint}" | base64 -w0)"
+echo "host_key: $(cut -d' ' -f1,2 {pub})"
+"""
+
+#: SEV-SNP: the VCEK chain MAA needs with the report, from Azure's certificate service.
+AZURE_MAA_SNP_CERTS = """curl -sf -m 10 -H Metadata:true http://169.254.169.254/metadata/THIM/amd/certification > "$t/certs"
+"""  # noqa: E501
+
+#: TDX: the TD quote of the HCL report's TDREPORT, from Azure's TD quote service.
+AZURE_MAA_TDX_QUOTE = """python3 -I -S -c 'import base64,sys;d=open(sys.argv[1],"rb").read()[32:32+1024];\
+print(base64.urlsafe_b64encode(d).decode().rstrip("="))' "$t/hcl" > "$t/tdr"
+printf '{"report":"%s"}' "$(cat "$t/tdr")" | curl -sf -m 30 -H Content-Type:application/json \
+  -d @- http://169.254.169.254/acc/tdquote > "$t/tdq"
+"""
+
+#: The MAA request body (stdlib only): the runtime claims are the HCL report's variable
+#: data (length at 1232, bytes from 1236), exactly as the hardware report hashed them.
+#: SEV-SNP (`attest/SevSnpVm`): the 1184-byte report after the 32-byte header and its VCEK
+#: chain; TDX (`attest/TdxVm`): the TD quote.
+MAA_REQUEST = r"""import base64, json, sys
+tee, d = sys.argv[1], sys.argv[2]
+hcl = open(d + "/hcl", "rb").read()
+n = int.from_bytes(hcl[1232:1236], "little")
+if hcl[:4] != b"HCLA" or len(hcl) < 1236 + n:
+    sys.exit("the HCL report from the vTPM is malformed")
+def u(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+runtime = {"data": u(hcl[1236:1236 + n]), "dataType": "JSON"}
+if tee == "snp":
+    c = json.load(open(d + "/certs"))
+    chain = (c["vcekCert"] + c["certificateChain"]).encode()
+    report = json.dumps({"SnpReport": u(hcl[32:32 + 1184]), "VcekCertChain": u(chain)})
+    body = {"report": u(report.encode()), "runtimeData": runtime}
+else:
+    body = {"quote": str(json.load(open(d + "/tdq"))["quote"]).rstrip("="), "runtimeData": runtime}
+print(json.dumps(body))
+"""
+
+MAA_ENDPOINTS = {
+    "azure-snp-maa": "/attest/SevSnpVm?api-version=2022-08-01",
+    "azure-tdx-maa": "/attest/TdxVm?api-version=2023-04-01-preview",
+}
+#: An MAA instance URL as the owner configures it: it is written into a logged shell
+#: command, so only these characters (and a verifier's builtin check can find it).
+MAA_URL = re.compile(r"https://[a-z0-9](?:[a-z0-9.-]{0,250}[a-z0-9])?(?::[0-9]{1,5})?")
+
+
+def maa_url(url: object) -> str:
+    """The owner's MAA instance URL, checked (lowercase https origin, no path)."""
+    text = str(url).rstrip("/")
+    if not MAA_URL.fullmatch(text):
+        raise ValueError(f"MAA instance URL {str(url)[:100]!r} is not an https origin such as "
+                         "https://myinstance.weu.attest.azure.net")
+    return text
+
+
+def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HOST_KEY_PUB,
+                    maa: str | None = None) -> str:
+    """The command the controller logs and runs to collect evidence of `kind`. `maa`: the
+    owner's MAA instance URL, for the MAA kinds."""
     rd = _REPORT_DATA.format(nonce=nonce.hex(), pub=pub)
-    if kind in ("snp", "tdx"):
-        script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST))
+    if kind in MAA_ENDPOINTS:
+        if maa is None:
+            raise ValueError(f"{kind} evidence needs the MAA instance URL in the provider's settings (maa_url)")
+        tee = "snp" if kind == "azure-snp-maa" else "tdx"
+        script = AZURE_MAA.format(
+            report_data=rd, pub=pub, tee=tee, request=shlex.quote(MAA_REQUEST),
+            hardware=AZURE_MAA_SNP_CERTS if tee == "snp" else AZURE_MAA_TDX_QUOTE,
+            endpoint=maa_url(maa) + MAA_ENDPOINTS[kind])
+    elif kind in ("snp", "tdx"):
+        script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST), ccel=CCEL_TABLE)
     elif kind in ("azure-snp", "azure-tdx"):
         hardware = AZURE_SNP_CERTS if kind == "azure-snp" else AZURE_TDX_QUOTE
         script = AZURE_VTPM.format(report_data=rd, pub=pub, hardware=hardware)
@@ -163,6 +253,22 @@ def parse_output(text: str) -> Collected:
     if len(report_data) != 64:
         raise CollectError("the guest's report data is not 64 bytes")
     return Collected(provider=fields["provider"], report_data=report_data, host_key=fields["host_key"], blobs=blobs)
+
+
+def maa_token(got: Collected) -> str:
+    """The token of MAA's reply (`{"token": "<JWT>"}`), as ASCII text."""
+    from duet.ledger import strictjson
+
+    raw = got.blobs.get("maa_response")
+    if not raw:
+        raise CollectError("the guest got no reply from the MAA instance")
+    try:
+        token = strictjson.loads_object(raw, what="MAA's reply")["token"]
+    except (strictjson.JsonInputError, KeyError, TypeError):
+        raise CollectError("MAA's reply holds no token") from None
+    if not isinstance(token, str) or not re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", token):
+        raise CollectError("MAA's reply holds no compact JWT")
+    return token
 
 
 def azure_envelope(got: Collected) -> dict[str, object]:

@@ -9,7 +9,8 @@ and hands it to the simulated PSP through a socket only the CVM's user can open.
 in the middle who relays the nonce to the genuine guest gets a report bound to the
 genuine host key, not to its own; and it cannot reach the PSP itself.
 
-Usage: python3 report_client.py NONCE_HEX   -> one JSON line {"report", "host_key"}
+Usage: python3 report_client.py NONCE_HEX   -> one JSON line {"report", "host_key"}, plus
+"ccel" (the TD's event log) on TDX
 """
 
 import base64
@@ -40,7 +41,10 @@ def main() -> int:
     if "error" in reply:
         print("psp: " + reply["error"], file=sys.stderr)
         return 1
-    print(json.dumps({"report": reply["report"], "host_key": host_key}))
+    out = {"report": reply["report"], "host_key": host_key}
+    if "ccel" in reply:  # a TD's event log (the firmware's CCEL table), beside the quote
+        out["ccel"] = reply["ccel"]
+    print(json.dumps(out))
     return 0
 
 

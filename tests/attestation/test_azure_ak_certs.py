@@ -1,0 +1,156 @@
+"""Azure vTPM AK certificates by content: the TCG AIK key usage makes a certificate an AK
+certificate, and only a chain by name, authority key id and signature to a pinned root
+makes it Azure's; its key must be the evidence's attestation key.
+
+The attestation keys are real: ``HCLAkPub`` from the real Azure SEV-SNP and TDX HCL
+reports (tests/attestation/vectors/azure, see PROVENANCE.md), the keys whose signatures
+over the real vTPM quotes verify. The test vectors hold no Azure-issued AK certificate or
+vTPM root, so the certificates certifying those keys are made here, under a test root,
+with the names and extensions Azure's carry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from duet.attestation.azure.akcert import TCG_KP_AIK_CERTIFICATE, verify_ak_chain
+from duet.attestation.azure.hcl import parse_hcl_report
+from duet.attestation.certstore import CertStore, classify
+from duet.attestation.errors import CertificateExpired, ChainInvalid, MissingCertificate, UntrustedRoot
+
+VEC = Path(__file__).resolve().parent / "vectors" / "azure"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+DOC_SIGNING = x509.ObjectIdentifier("1.3.6.1.4.1.311.10.3.12")
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Microsoft Corporation"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _cert(subject: str, public: rsa.RSAPublicKey, issuer: str, signer: rsa.RSAPrivateKey, *, ca: bool,
+          eku: list[x509.ObjectIdentifier] | None = None, issuer_key: rsa.RSAPublicKey | None = None,
+          days: int = 3650) -> x509.Certificate:
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer)).public_key(public)
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(NOW - timedelta(days=30)).not_valid_after(NOW + timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key or signer.public_key()),
+                        critical=False)
+         .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                                      data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                                      crl_sign=ca, encipher_only=False, decipher_only=False), critical=True))
+    if eku:
+        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return b.sign(signer, hashes.SHA256())
+
+
+class Pki:
+    """A vTPM root and intermediate with Azure's names, under test keys."""
+
+    def __init__(self) -> None:
+        self.root_key, self.ca_key = _key(), _key()
+        self.root = _cert("Azure Virtual TPM Root Certificate Authority 2023", self.root_key.public_key(),
+                          "Azure Virtual TPM Root Certificate Authority 2023", self.root_key, ca=True)
+        self.ca = _cert("Global Virtual TPM CA - 03", self.ca_key.public_key(),
+                        "Azure Virtual TPM Root Certificate Authority 2023", self.root_key, ca=True)
+
+    def ak(self, public: rsa.RSAPublicKey, **kw: object) -> x509.Certificate:
+        kw.setdefault("eku", [TCG_KP_AIK_CERTIFICATE, DOC_SIGNING])
+        return _cert("911b0ef8-9dba.TrustedVM.Azure.windows.net", public, "Global Virtual TPM CA - 03",
+                     self.ca_key, ca=False, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+def _real_ak(tee: str) -> rsa.RSAPublicKey:
+    return parse_hcl_report((VEC / f"az-{tee}-vtpm" / "hcl-report.bin").read_bytes()).ak_pub()
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_the_ak_certificate_of_the_real_attestation_key_verifies_from_a_directory(
+        pki: Pki, tee: str, tmp_path: Path) -> None:
+    ak_key = _real_ak(tee)
+    (tmp_path / "0x01C101D0.der").write_bytes(pki.ak(ak_key).public_bytes(Encoding.DER))
+    (tmp_path / "intermediate.crt").write_bytes(_pem(pki.ca))
+    store = CertStore.from_dir(tmp_path)
+    assert {c.role for c in store.certs} == {"azure-vtpm-ak", "azure-vtpm-ca"}
+    chain = store.azure_ak(roots=[pki.root.public_bytes(Encoding.DER)], now=NOW, ak_public_key=ak_key)
+    assert chain.describe() == ("911b0ef8-9dba.TrustedVM.Azure.windows.net <- Global Virtual TPM CA - 03 <- "
+                                "Azure Virtual TPM Root Certificate Authority 2023")
+    # The SNP and TDX CVMs have different attestation keys: each certificate is for one.
+    other = "tdx" if tee == "snp" else "snp"
+    with pytest.raises(ChainInvalid, match="attestation key"):
+        store.azure_ak(roots=[pki.root.public_bytes(Encoding.DER)], now=NOW, ak_public_key=_real_ak(other))
+
+
+def test_the_right_names_under_another_key_are_refused(pki: Pki) -> None:
+    ak_key = _real_ak("snp")
+    roots = [pki.root]
+    # An attacker's CA with Azure's intermediate name, and the AK certificate it signs.
+    evil = Pki()
+    forged = evil.ak(ak_key)
+    with pytest.raises(ChainInvalid, match="authority key id"):
+        verify_ak_chain([forged, pki.ca], roots=roots, now=NOW, ak_public_key=ak_key)
+    with pytest.raises(ChainInvalid, match="does not chain to a pinned"):
+        verify_ak_chain([forged, evil.ca], roots=roots, now=NOW, ak_public_key=ak_key)
+    # Key ids copied from the genuine CA (they are public): the signature still fails.
+    copied = _cert("911b0ef8-9dba.TrustedVM.Azure.windows.net", ak_key, "Global Virtual TPM CA - 03",
+                   evil.ca_key, ca=False, eku=[TCG_KP_AIK_CERTIFICATE], issuer_key=pki.ca_key.public_key())
+    with pytest.raises(ChainInvalid, match="signature does not verify"):
+        verify_ak_chain([copied, pki.ca], roots=roots, now=NOW, ak_public_key=ak_key)
+    # The genuine chain, but for another key than the evidence's attestation key.
+    with pytest.raises(ChainInvalid, match="attestation key"):
+        verify_ak_chain([pki.ak(_key().public_key()), pki.ca], roots=roots, now=NOW, ak_public_key=ak_key)
+    # An intermediate that is not a CA cannot issue.
+    leafy = _cert("Global Virtual TPM CA - 03", pki.ca_key.public_key(),
+                  "Azure Virtual TPM Root Certificate Authority 2023", pki.root_key, ca=False)
+    with pytest.raises(ChainInvalid):
+        verify_ak_chain([pki.ak(ak_key), leafy], roots=roots, now=NOW, ak_public_key=ak_key)
+    # Another root than the one pinned; no root at all.
+    with pytest.raises(ChainInvalid):
+        verify_ak_chain([pki.ak(ak_key), pki.ca], roots=[evil.root], now=NOW)
+    with pytest.raises(UntrustedRoot):
+        verify_ak_chain([pki.ak(ak_key), pki.ca], roots=[], now=NOW)
+
+
+def test_classified_by_key_usage_not_by_name(pki: Pki) -> None:
+    ak_key = _real_ak("snp")
+    assert classify(pki.ak(ak_key))[0] == "azure-vtpm-ak"
+    # The vTPM names without the AIK key usage: not an AK certificate.
+    named = pki.ak(ak_key, eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert classify(named)[0] == "other"
+    with pytest.raises(MissingCertificate, match="not the TCG AIK"):
+        verify_ak_chain([named, pki.ca], roots=[pki.root], now=NOW)
+    # The AIK key usage under any name is one (its chain decides whose it is).
+    plain = _cert("some key", ak_key, "Global Virtual TPM CA - 03", pki.ca_key, ca=False,
+                  eku=[TCG_KP_AIK_CERTIFICATE])
+    assert classify(plain)[0] == "azure-vtpm-ak"
+    assert verify_ak_chain([plain, pki.ca], roots=[pki.root], now=NOW, ak_public_key=ak_key).ak == plain
+
+
+def test_validity_is_judged_at_the_time_given(pki: Pki) -> None:
+    ak_key = _real_ak("snp")
+    short = pki.ak(ak_key, days=1)
+    assert verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW, ak_public_key=ak_key)
+    with pytest.raises(CertificateExpired):
+        verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW + timedelta(days=2), ak_public_key=ak_key)
