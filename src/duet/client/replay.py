@@ -618,7 +618,8 @@ class CvmReplay:
         problems += self.isv_p.items
         bad = bad or bool(self.isv_p)
         simulated = cvm_kinds.is_simulated(kind) or bool(latest and latest.simulated)
-        checks = [Check("evidence", not bad, "; ".join(problems[:4]) or evidence_summary(kind, binding, self.ev_count, latest),
+        checks = [Check("evidence", not bad,
+                        "; ".join(problems[:4]) or evidence_summary(kind, binding, self.ev_count, latest),
                         simulated=simulated)]
         if self.expect is not None and self.expect.cvm is not None:
             assert self.ev_latest_leaf is not None
