@@ -240,6 +240,10 @@ def controller_serve(
     providers: Path | None = typer.Option(None, "--providers", help="YAML: settings of azure/gcp/qemu."),
     log_format: str = typer.Option("text", "--log-format", help="Access/server log lines: text | json."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+    store: str | None = typer.Option(None, "--store", help="etcd://HOST:PORT: logs and state in etcd "
+                                     "(default: embedded SQLite in --data)."),
+    lease_ttl: int | None = typer.Option(None, "--lease-ttl", min=1, max=300,
+                                         help="Seconds the primary's etcd lease lives (with --store)."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -249,7 +253,8 @@ def controller_serve(
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
-          providers_file=providers, log_format=log_format, log_level=log_level.lower())
+          providers_file=providers, log_format=log_format, log_level=log_level.lower(), store=store,
+          lease_ttl=lease_ttl)
 
 
 @controller_app.command("claim")

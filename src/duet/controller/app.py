@@ -89,6 +89,8 @@ STATUS: dict[str, int] = {
     "not_in_enclave": 503,
     "not_ready": 503,
     "unsealed_data_dir": 503,
+    "not_primary": 503,
+    "store_unavailable": 503,
 }
 
 

@@ -18,6 +18,7 @@ from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
 from duet.cvm.provider import Provider
 from duet.ledger import keys
+from duet.ledger.backend import LogStore
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend
@@ -39,7 +40,7 @@ def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
     return keys.load_private_pem(pem, source="the sealed controller key")
 
 
-def _settle_owner_keys(state: StateStore, ledger: LedgerStore, owner_key: Path | None) -> None:
+def _settle_owner_keys(state: StateStore, ledger: LogStore, owner_key: Path | None) -> None:
     """First start may set the owner key; later starts must match it (or omit it): the
     owner keys change only through a signed `owner.keys` intent. Without any (as in an
     enclave, whose argv is fixed in the measured manifest), the first self-signed
@@ -72,9 +73,16 @@ def build_controller(
     policy: Path | None = None,
     pccs_url: str | None = None,
     providers_file: Path | None = None,
+    store: str | None = None,
+    lease_ttl: int | None = None,
+    lease_wait: float | None = None,
 ) -> Controller:
     from duet.cvm.local import LocalProvider
 
+    if tee == "gramine" and store is not None:
+        # Under SGX argv is fixed in the measured manifest (docs/continuity.md): where the
+        # store lives is the manifest's choice, and only verification decides what is read.
+        raise ConfigError("under --tee gramine the store address comes from the manifest, not from argv")
     backend: TeeBackend
     clock = TrustedClock()
     if tee == "simulated":
@@ -102,10 +110,14 @@ def build_controller(
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
-    state = StateStore(data_dir / "state.sqlite")
-    _attach_clock(clock, state)
-    key = _load_or_create_key(state)
-    ledger = LedgerStore(data_dir / "ledger.sqlite")
+    ledger: LogStore
+    if store is None:
+        state = StateStore(data_dir / "state.sqlite")
+        _attach_clock(clock, state)
+        key = _load_or_create_key(state)
+        ledger = LedgerStore(data_dir / "ledger.sqlite")
+    else:
+        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait)
     try:
         _settle_owner_keys(state, ledger, owner_key)
     except BaseException:
@@ -145,6 +157,50 @@ def build_controller(
         evidence=evidence,
         clock=clock,
     )
+
+
+def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl: int | None,
+                     lease_wait: float | None) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
+    """`--store etcd://HOST:PORT`: become the primary (the lease), then open the state and
+    the logs from etcd, verifying what is read (controller/replicated.py)."""
+    from duet.controller.etcd import EtcdClient, parse_store_url
+    from duet.controller.replicated import (
+        DEFAULT_LEASE_TTL,
+        HeadNotary,
+        Primary,
+        ReplicatedLedger,
+        ReplicatedState,
+        state_key_of,
+    )
+    from duet.ledger.note import Signer, Verifier
+
+    try:
+        host, port = parse_store_url(store)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    state = ReplicatedState(data_dir / "state.sqlite")
+    key = _load_or_create_key(state)
+    cid = keys.key_id(key.public_key())
+    prefix = f"duet/{cid}/".encode()
+    etcd = EtcdClient(host, port)
+    ttl = lease_ttl or DEFAULT_LEASE_TTL
+    primary = Primary(etcd, prefix, ttl=ttl)
+    primary.acquire(wait=3 * ttl if lease_wait is None else lease_wait)
+    try:
+        state.attach(etcd, prefix, primary, state_key_of(state))
+        name = f"duet/{cid}"
+        notary = HeadNotary(Signer(name, key), Verifier(name, key.public_key()), cid)
+        # Replica of the logs; the embedded store's file name is not reused, so switching
+        # a data dir between the two stores never mixes them.
+        ledger = ReplicatedLedger(data_dir / "ledger-replica.sqlite", etcd=etcd, prefix=prefix,
+                                  primary=primary, notary=notary)
+        # Only once the logs verified: nothing is written to a store that is refused.
+        _attach_clock(clock, state)
+    except BaseException:
+        primary.release()
+        state.close()
+        raise
+    return state, key, ledger
 
 
 def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
@@ -231,6 +287,8 @@ def serve(
     providers_file: Path | None = None,
     log_format: str = "text",
     log_level: str = "info",
+    store: str | None = None,
+    lease_ttl: int | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -249,7 +307,7 @@ def serve(
         lock_data_dir(data_dir)
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file)
+                                  providers_file=providers_file, store=store, lease_ttl=lease_ttl)
     app = create_app(controller)
     if tls:
         from duet.tee import ratls
@@ -267,5 +325,5 @@ def serve(
     url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
     # One line an operator can act on; a SIMULATED TEE says so here, before anything else.
     print(f"duet controller: listening on {url}, TEE {info['tee']}{sim}, controller id {info['controller_id']}, "
-          f"data dir {data_dir}", file=sys.stderr, flush=True)
+          f"data dir {data_dir}{f', store {store}' if store else ''}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
