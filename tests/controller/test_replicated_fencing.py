@@ -1,0 +1,74 @@
+"""The fencing token in-process, against a real etcd: a deposed primary's append fails in
+etcd's transaction itself, before it has noticed anything (its keep-alive has not run)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from duet.controller.etcd import EtcdClient
+from duet.controller.replicated import HeadNotary, NotPrimary, Primary, ReplicatedLedger, StoreRolledBack
+from duet.ledger import keys
+from duet.ledger.note import Signer, Verifier
+
+
+def _open(etcd: EtcdClient, key: keys.Ed25519PrivateKey, prefix: bytes, path: Path,
+          ttl: int = 60, wait: float = 0) -> tuple[Primary, ReplicatedLedger]:
+    cid = keys.key_id(key.public_key())
+    primary = Primary(etcd, prefix, ttl=ttl)
+    primary.acquire(wait=wait)
+    notary = HeadNotary(Signer(f"duet/{cid}", key), Verifier(f"duet/{cid}", key.public_key()), cid)
+    return primary, ReplicatedLedger(path, etcd=etcd, prefix=prefix, primary=primary, notary=notary)
+
+
+@pytest.fixture
+def etcd(etcd_address: str) -> EtcdClient:
+    host, port = etcd_address.rsplit(":", 1)
+    client = EtcdClient(host, int(port))
+    yield client  # type: ignore[misc]
+    client.close()
+
+
+def test_the_deposed_primarys_append_fails_in_the_transaction(etcd: EtcdClient, tmp_path: Path) -> None:
+    key = keys.Ed25519PrivateKey.generate()
+    prefix = f"duet/test-{secrets.token_hex(6)}/".encode()
+    a_primary, a = _open(etcd, key, prefix, tmp_path / "a.sqlite")
+    a.create_log("log")
+    a.append("log", [b"one"])
+    # A second instance cannot become primary while A's lease lives.
+    with pytest.raises(NotPrimary, match="holds the primary lease"):
+        _open(etcd, key, prefix, tmp_path / "b.sqlite")
+    # A's lease ends (it froze past its TTL); B takes over. A's keep-alive (every 20 s)
+    # has not run: only the transaction's comparison stands between A and the log.
+    etcd.lease_revoke(a_primary.lease)
+    _, b = _open(etcd, key, prefix, tmp_path / "b.sqlite")
+    assert b.leaves("log", 0, 1) == [b"one"]  # rebuilt from etcd, verified
+    with pytest.raises(NotPrimary, match="took the primary lease"):
+        a.append("log", [b"from the deposed primary"])
+    with pytest.raises(NotPrimary):
+        a.tree_head("log")  # and it serves nothing any more
+    b.append("log", [b"two"])
+    assert b.tree_head("log").size == 2
+    b.close()
+    a.close()
+
+
+def test_a_head_rewritten_under_the_primary_stops_its_appends(etcd: EtcdClient, tmp_path: Path) -> None:
+    key = keys.Ed25519PrivateKey.generate()
+    prefix = f"duet/test-{secrets.token_hex(6)}/".encode()
+    _, store = _open(etcd, key, prefix, tmp_path / "a.sqlite")
+    store.create_log("log")
+    store.append("log", [b"one"])
+    head_key = prefix + b"log/" + b"log".hex().encode() + b"/head"
+    old = etcd.get(head_key)
+    assert old is not None
+    store.append("log", [b"two"])
+    etcd.put(head_key, old.value)  # the host puts back the older signed head
+    with pytest.raises(StoreRolledBack, match="older prefix"):
+        store.append("log", [b"three"])
+    assert etcd.get(head_key).value == old.value  # type: ignore[union-attr]
+    with pytest.raises(StoreRolledBack):
+        store.append("log", [b"four"])
+    store.close()
