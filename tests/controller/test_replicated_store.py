@@ -215,11 +215,3 @@ def test_a_forked_log_in_etcd_is_refused_by_a_fresh_replica(  # type: ignore[no-
     with pytest.raises(RuntimeError, match="exited"):
         c.start("--store", f"etcd://{etcd_address}", "--lease-ttl", str(TTL))
     assert "do not lead to the head" in c.log()
-
-
-def test_the_store_address_is_no_argv_under_gramine(tmp_path: Path) -> None:
-    from duet.controller.errors import ConfigError
-    from duet.controller.serve import build_controller
-
-    with pytest.raises(ConfigError, match="manifest"):
-        build_controller(tmp_path / "d", tee="gramine", store="etcd://127.0.0.1:1")

@@ -79,10 +79,6 @@ def build_controller(
 ) -> Controller:
     from duet.cvm.local import LocalProvider
 
-    if tee == "gramine" and store is not None:
-        # Under SGX argv is fixed in the measured manifest (docs/continuity.md): where the
-        # store lives is the manifest's choice, and only verification decides what is read.
-        raise ConfigError("under --tee gramine the store address comes from the manifest, not from argv")
     backend: TeeBackend
     clock = TrustedClock()
     if tee == "simulated":
