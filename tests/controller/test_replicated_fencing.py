@@ -72,3 +72,33 @@ def test_a_head_rewritten_under_the_primary_stops_its_appends(etcd: EtcdClient, 
     with pytest.raises(StoreRolledBack):
         store.append("log", [b"four"])
     store.close()
+
+
+def test_a_lost_answer_is_neither_a_fork_nor_a_lost_append(etcd: EtcdClient, tmp_path: Path) -> None:
+    """etcd applies an append but its answer never arrives (a dropped connection): the
+    store finds the append there and carries on. When the request itself was lost, the
+    append fails with nothing written, and the next one goes through."""
+    from duet.controller.etcd import EtcdUnavailable
+
+    key = keys.Ed25519PrivateKey.generate()
+    prefix = f"duet/test-{secrets.token_hex(6)}/".encode()
+    _, store = _open(etcd, key, prefix, tmp_path / "a.sqlite")
+    store.create_log("log")
+    real = etcd.txn
+
+    def applied_then_lost(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)
+        raise EtcdUnavailable("answer lost")
+
+    def lost_before(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise EtcdUnavailable("request lost")
+
+    etcd.txn = applied_then_lost  # type: ignore[method-assign]
+    assert store.append("log", [b"one"]).size == 1
+    etcd.txn = lost_before  # type: ignore[method-assign]
+    with pytest.raises(EtcdUnavailable):
+        store.append("log", [b"never"])
+    etcd.txn = real  # type: ignore[method-assign]
+    assert store.append("log", [b"two"]).size == 2
+    assert store.leaves("log", 0, 2) == [b"one", b"two"]
+    store.close()

@@ -253,7 +253,7 @@ class ReplicatedLedger(LedgerStore):
         self._witness_floor = witness_floor
         #: The exact head value this instance last wrote or verified, per log.
         self._heads: dict[str, bytes] = {}
-        self._refused: StoreRolledBack | None = None
+        self._refused: LedgerError | None = None
         self._syncing = True
         self._remote_written = False
         super().__init__(path)
@@ -372,7 +372,7 @@ class ReplicatedLedger(LedgerStore):
         self._heads[name] = note
         self._conn.execute("INSERT OR REPLACE INTO store_checkpoints (log, note) VALUES (?, ?)", (name, note))
 
-    def _refuse(self, why: str) -> StoreRolledBack:
+    def _refuse(self, why: str) -> LedgerError:
         text = f"refusing the replicated store: {why}; nothing is appended on top of it"
         if self._refused is None:
             log.error("%s", text)
@@ -383,7 +383,7 @@ class ReplicatedLedger(LedgerStore):
 
     def _usable(self) -> None:
         if self._refused is not None:
-            raise StoreRolledBack(self._refused.message)
+            raise type(self._refused)(self._refused.message)
         if not self._syncing:
             self._primary.check()
 
@@ -403,9 +403,18 @@ class ReplicatedLedger(LedgerStore):
                 raise LogExists(f"log {log_id!r} already exists")
             note = self._notary.sign(log_id, 0, EMPTY_ROOT)
             head = self._head_key(log_id)
-            ok, _ = self._etcd.txn([*self._primary.compares(), compare_absent(head)], [put(head, note)])
+            try:
+                ok, _ = self._etcd.txn([*self._primary.compares(), compare_absent(head)], [put(head, note)])
+            except EtcdUnavailable:
+                if not self._landed({log_id: note}):
+                    raise
+                ok = True
             if not ok:
-                raise self._diagnose([log_id], creating=True)
+                # An earlier attempt whose answer was lost may have created it: the empty
+                # head signed by this controller is the same note every time (Ed25519).
+                kv = self._etcd.get(head)
+                if kv is None or kv.value != note or self._primary.lost_because() is not None:
+                    raise self._diagnose([log_id], creating=True)
             super().create_log(log_id)
             self._heads[log_id] = note
             self._conn.execute("INSERT OR REPLACE INTO store_checkpoints (log, note) VALUES (?, ?)", (log_id, note))
@@ -437,7 +446,14 @@ class ReplicatedLedger(LedgerStore):
             for nonce, iat in nonces:
                 compares.append(compare_absent(self._nonce_key(nonce)))
                 ops.append(put(self._nonce_key(nonce), json.dumps({"iat": iat, "seq": seq}).encode()))
-        ok, _ = self._etcd.txn(compares, ops)
+        try:
+            ok, _ = self._etcd.txn(compares, ops)
+        except EtcdUnavailable:
+            # The answer was lost: the append may or may not be in etcd. Find out before
+            # anything else is written, so a lost answer is never mistaken for a fork.
+            if not self._landed(new_heads):
+                raise
+            ok = True
         if not ok:
             raise self._diagnose(list(new_heads))
         self._heads.update(new_heads)
@@ -454,6 +470,25 @@ class ReplicatedLedger(LedgerStore):
                 # until the next start catches it up, so serve nothing until then.
                 raise self._refuse(f"the local replica fell behind the store ({exc}); restart to catch up") from exc
             raise
+
+    def _landed(self, new_heads: dict[str, bytes]) -> bool:
+        """After a transaction whose answer was lost: True if it was applied, False if it
+        was not (nothing written). If etcd stays silent, nothing more is written until a
+        restart re-reads the store."""
+        if not new_heads:
+            return False
+        name, note = next(iter(new_heads.items()))
+        for attempt in range(5):
+            try:
+                kv = self._etcd.get(self._head_key(name))
+            except EtcdUnavailable:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            return kv is not None and kv.value == note
+        why = "etcd did not answer an append, and whether it was written is unknown"
+        self._refused = EtcdUnavailable(f"{why}; nothing more is written until a restart re-reads the store")
+        log.error("%s; refusing to write until a restart", why)
+        raise self._refused
 
     def _diagnose(self, log_ids: Sequence[str], *, creating: bool = False) -> LedgerError:
         """A write's comparison failed: say which, and stop for good unless it was only a
