@@ -1,10 +1,11 @@
 """A small client for etcd's v3 JSON gateway (`/v3/kv/*`, `/v3/lease/*`), over httpx.
 
-Why not a client library: the gRPC `etcd3` client is unmaintained, and `etcd3gw` (the
-JSON-gateway client) pulls in requests, futurist and pbr and has no type hints, for the
-five calls duet makes (range, txn, lease grant/keep-alive/revoke). httpx is already a
-dependency, and each call is one POST of a documented JSON body, so owning these ~150
-lines is cheaper than adapting a library to `mypy --strict` and to typed errors.
+Why not a client library: the gRPC `etcd3` client is unmaintained. `etcd3gw` (2.7, the
+JSON-gateway client) covers these calls, but its `transaction()` takes the gateway's raw
+JSON dict, so for the one call that matters (the fenced append) it saves nothing, while
+it adds requests, futurist and pbr to the enclave image, where every wheel is a measured
+trusted file (deploy/gramine). httpx is already a dependency, and each call here is one
+POST of a documented JSON body with errors mapped to typed ones.
 
 Keys and values are bytes (base64 on the wire); int64 fields arrive as JSON strings.
 Nothing read here is trusted: callers check what they read (`controller/replicated.py`).
