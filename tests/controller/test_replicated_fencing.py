@@ -12,6 +12,7 @@ from duet.controller.etcd import EtcdClient
 from duet.controller.replicated import HeadNotary, NotPrimary, Primary, ReplicatedLedger, StoreRolledBack
 from duet.ledger import keys
 from duet.ledger.note import Signer, Verifier
+from duet.ledger.store import TreeHead
 
 
 def _open(etcd: EtcdClient, key: keys.Ed25519PrivateKey, prefix: bytes, path: Path,
@@ -102,3 +103,32 @@ def test_a_lost_answer_is_neither_a_fork_nor_a_lost_append(etcd: EtcdClient, tmp
     assert store.append("log", [b"two"]).size == 2
     assert store.leaves("log", 0, 2) == [b"one", b"two"]
     store.close()
+
+
+def test_a_store_behind_the_witnesses_cosigned_size_is_refused(etcd: EtcdClient, tmp_path: Path) -> None:
+    """The hook for the witnesses' check: with no local state at all (a new machine), a
+    store that lost entries the witnesses cosigned is refused, and nothing is written."""
+    from duet.ledger.merkle import leaf_hash, root
+
+    key = keys.Ed25519PrivateKey.generate()
+    prefix = f"duet/test-{secrets.token_hex(6)}/".encode()
+    _, a = _open(etcd, key, prefix, tmp_path / "a.sqlite")
+    a.create_log("log")
+    a.append("log", [b"one"])
+    a.close()  # gives up the lease
+    cosigned = TreeHead(2, root([leaf_hash(b"one"), leaf_hash(b"two")]))  # the witnesses saw two entries
+    cid = keys.key_id(key.public_key())
+    primary = Primary(etcd, prefix, ttl=60)
+    primary.acquire(wait=0)
+    notary = HeadNotary(Signer(f"duet/{cid}", key), Verifier(f"duet/{cid}", key.public_key()), cid)
+    before = etcd.get_prefix(prefix + b"log/")
+    with pytest.raises(StoreRolledBack, match="witnesses cosigned"):
+        ReplicatedLedger(tmp_path / "fresh.sqlite", etcd=etcd, prefix=prefix, primary=primary, notary=notary,
+                         witness_floor=lambda log_id: cosigned if log_id == "log" else None)
+    assert etcd.get_prefix(prefix + b"log/") == before
+    # The same store with a floor it meets opens.
+    met = TreeHead(1, root([leaf_hash(b"one")]))
+    ok = ReplicatedLedger(tmp_path / "fresh2.sqlite", etcd=etcd, prefix=prefix, primary=primary, notary=notary,
+                          witness_floor=lambda log_id: met if log_id == "log" else None)
+    assert ok.tree_head("log").size == 1
+    ok.close()

@@ -250,3 +250,14 @@ def test_an_etcd_disk_snapshot_restored_underneath_is_refused(  # type: ignore[n
     finally:
         etcd.close()
         server.stop()
+
+
+def test_a_stopped_primary_gives_up_its_lease(controller_factory, etcd_address: str,  # type: ignore[no-untyped-def]
+                                              etcd: EtcdClient) -> None:
+    """A clean stop revokes the lease at once, so a successor need not wait out its TTL."""
+    c: ControllerProc = controller_factory()
+    c.start("--store", f"etcd://{etcd_address}", "--lease-ttl", "60")
+    cid = _cid(c)
+    assert etcd.get(f"duet/{cid}/primary".encode()) is not None
+    c.kill(signal.SIGTERM)
+    assert etcd.get(f"duet/{cid}/primary".encode()) is None

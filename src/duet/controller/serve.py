@@ -8,8 +8,11 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
@@ -20,7 +23,7 @@ from duet.cvm.provider import Provider
 from duet.ledger import keys
 from duet.ledger.backend import LogStore
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
-from duet.ledger.store import LedgerStore
+from duet.ledger.store import LedgerStore, TreeHead
 from duet.tee.base import TeeBackend
 from duet.tee.clock import TrustedClock
 
@@ -76,6 +79,7 @@ def build_controller(
     store: str | None = None,
     lease_ttl: int | None = None,
     lease_wait: float | None = None,
+    witness_floor: Callable[[str], TreeHead | None] | None = None,
 ) -> Controller:
     from duet.cvm.local import LocalProvider
 
@@ -113,7 +117,7 @@ def build_controller(
         key = _load_or_create_key(state)
         ledger = LedgerStore(data_dir / "ledger.sqlite")
     else:
-        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait)
+        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait, witness_floor)
     try:
         _settle_owner_keys(state, ledger, owner_key)
     except BaseException:
@@ -156,9 +160,12 @@ def build_controller(
 
 
 def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl: int | None,
-                     lease_wait: float | None) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
+                     lease_wait: float | None, witness_floor: Callable[[str], TreeHead | None] | None,
+                     ) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
     """`--store etcd://HOST:PORT`: become the primary (the lease), then open the state and
-    the logs from etcd, verifying what is read (controller/replicated.py)."""
+    the logs from etcd, verifying what is read (controller/replicated.py). `witness_floor`
+    (log id -> the newest head the witnesses cosigned) is the hook for the witnesses'
+    check: a store behind it, or inconsistent with it, is refused."""
     from duet.controller.etcd import EtcdClient, parse_store_url
     from duet.controller.replicated import (
         DEFAULT_LEASE_TTL,
@@ -189,7 +196,7 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
         # Replica of the logs; the embedded store's file name is not reused, so switching
         # a data dir between the two stores never mixes them.
         ledger = ReplicatedLedger(data_dir / "ledger-replica.sqlite", etcd=etcd, prefix=prefix,
-                                  primary=primary, notary=notary)
+                                  primary=primary, notary=notary, witness_floor=witness_floor)
         # Only once the logs verified: nothing is written to a store that is refused.
         _attach_clock(clock, state)
     except BaseException:
@@ -225,6 +232,21 @@ def _load_providers(path: Path) -> dict[str, dict[str, object]]:
     if "local" in doc:
         raise ConfigError(f"{path}: the local provider needs no settings")
     return {str(k): dict(v) for k, v in doc.items()}
+
+
+def _close_on_shutdown(app: Any, controller: Controller) -> None:
+    """Close the stores once the server has stopped taking requests (uvicorn re-raises
+    SIGTERM after its shutdown, so nothing after `run()` would run). With `--store
+    etcd://` this gives up the primary lease at once: a successor need not wait it out."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            yield state
+        controller.close()
+
+    app.router.lifespan_context = lifespan
 
 
 def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:
@@ -305,6 +327,7 @@ def serve(
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
                                   providers_file=providers_file, store=store, lease_ttl=lease_ttl)
     app = create_app(controller)
+    _close_on_shutdown(app, controller)
     if tls:
         from duet.tee import ratls
 
