@@ -551,6 +551,7 @@ class ReplicatedState(StateStore):
     an old state record served by etcd changes nothing."""
 
     _etcd: EtcdClient | None = None
+    _stored: set[str]
 
     def attach(self, etcd: EtcdClient, prefix: bytes, primary: Primary, key: bytes) -> None:
         self._etcd, self._sprefix, self._primary = etcd, prefix + b"state/", primary
@@ -577,6 +578,30 @@ class ReplicatedState(StateStore):
                 restored += 1
         if restored:
             log.warning("restored %d state records from the replicated store", restored)
+        self._stored = {kv.key[len(self._sprefix):].decode(errors="replace")
+                        for kv in etcd.get_prefix(self._sprefix, page=512)}
+
+    def publish_missing(self) -> int:
+        """Write to etcd what the local state holds and etcd lacks (the controller key made
+        at first start, before the store was attached; everything on a first start with
+        `--store`). Called only once the logs verified, so nothing is written to a store
+        that is being refused."""
+        with self._lock:
+            meta = self._db.execute("SELECT k, v FROM meta").fetchall()
+        pushed = 0
+        for k, v in meta:
+            if k != _STATE_KEY_META and f"meta/{k}" not in self._stored:
+                self._push(f"meta/{k}", bytes(v))
+                pushed += 1
+        owners = StateStore.owner_keys(self)
+        if owners and "owner_keys" not in self._stored:
+            self._push("owner_keys", json.dumps(owners, sort_keys=True).encode())
+            pushed += 1
+        for rec in self.cvms():
+            if f"cvm/{rec.id}" not in self._stored:
+                self.put_cvm(rec)
+                pushed += 1
+        return pushed
 
     def _push(self, name: str, plain: bytes) -> None:
         if self._etcd is None:
@@ -589,6 +614,7 @@ class ReplicatedState(StateStore):
             lost = self._primary.lost_because() or "the fencing comparison failed"
             self._primary.depose(lost)
             raise NotPrimary(f"this controller instance is no longer primary: {lost}; the state was not written")
+        self._stored.add(name)
 
     def set_meta(self, key: str, value: bytes) -> None:
         if key != _STATE_KEY_META:

@@ -198,6 +198,7 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
         ledger = ReplicatedLedger(data_dir / "ledger-replica.sqlite", etcd=etcd, prefix=prefix,
                                   primary=primary, notary=notary, witness_floor=witness_floor)
         # Only once the logs verified: nothing is written to a store that is refused.
+        state.publish_missing()
         _attach_clock(clock, state)
     except BaseException:
         primary.release()
