@@ -1,14 +1,14 @@
 # Every target sets up what it needs: a .venv with the Python deps, openssh-server and
-# faketime (through apt when running as root; otherwise a message saying what to install);
+# faketime and etcd-server (through apt when running as root; otherwise a message saying what to install);
 # test-slow also qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs and chromium.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench setup sshd faketime slow-deps clean
+.PHONY: demo test test-slow lint typecheck bench setup sshd faketime etcd slow-deps clean
 
-setup: $(STAMP) sshd faketime
+setup: $(STAMP) sshd faketime etcd
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ sshd:
 
 faketime:
 	@bash scripts/ensure-faketime.sh
+
+etcd:
+	@bash scripts/ensure-etcd.sh
 
 demo: setup
 	$(BIN)/duet demo
@@ -43,6 +46,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -40,3 +40,20 @@ def _stop_local_cvms(base: Path) -> None:
 @pytest.fixture
 def controller(controller_factory) -> ControllerProc:  # type: ignore[no-untyped-def]
     return controller_factory().start()
+
+
+@pytest.fixture(scope="session")
+def etcd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """HOST:PORT of a real etcd: DUET_TEST_ETCD when set, else one started for this
+    session (each test uses its own key prefix: a controller's is its id)."""
+    given = os.environ.get("DUET_TEST_ETCD")
+    if given:
+        yield given
+        return
+    from etcd_server import EtcdServer
+
+    server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield server.address
+    finally:
+        server.stop()

@@ -180,3 +180,11 @@ def test_wheel_installer_checks_hashes_and_paths(tmp_path: Path) -> None:
         z.writestr("../escape.py", "")
     with pytest.raises(SystemExit, match="unsafe path"):
         iw.unpack(evil, tmp_path / "site")
+
+
+def test_the_store_address_is_fixed_in_the_manifest() -> None:
+    """Under SGX `--store` comes from the measured argv (a build-time value), never from
+    the host: without the value there is no `--store` at all."""
+    argv = render(store="etcd://10.1.2.3:2379")["loader"]["argv"]
+    assert argv[argv.index("--store") + 1] == "etcd://10.1.2.3:2379"
+    assert "--store" not in render()["loader"]["argv"]

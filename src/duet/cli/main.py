@@ -246,6 +246,10 @@ def controller_serve(
     witness: Annotated[list[str] | None, typer.Option(
         "--witness", help="VKEY=URL of a witness (repeatable; development only, refused under gramine).")] = None,
     witness_quorum: int = typer.Option(1, "--witness-quorum", min=1, help="Witnesses needed (with --witness)."),
+    store: str | None = typer.Option(None, "--store", help="etcd://HOST:PORT: logs and state in etcd "
+                                     "(default: embedded SQLite in --data)."),
+    lease_ttl: int | None = typer.Option(None, "--lease-ttl", min=1, max=300,
+                                         help="Seconds the primary's etcd lease lives (with --store)."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -256,7 +260,7 @@ def controller_serve(
         fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
-          witness_quorum=witness_quorum)
+          witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl)
 
 
 @controller_app.command("claim")

@@ -92,6 +92,8 @@ STATUS: dict[str, int] = {
     "not_ready": 503,
     "not_witnessed": 503,
     "unsealed_data_dir": 503,
+    "not_primary": 503,
+    "store_unavailable": 503,
 }
 
 

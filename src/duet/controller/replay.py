@@ -15,9 +15,9 @@ import threading
 from datetime import UTC, datetime
 
 from duet.ledger import entries
+from duet.ledger.backend import LogStore
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import IAT_WINDOW_S, parse_intent
-from duet.ledger.store import LedgerStore
 
 #: An intent is refused once |iat - now| exceeds the window, so remembering a nonce for
 #: twice the window after its iat (plus slack for the clock) covers every replay.
@@ -43,7 +43,7 @@ class ReplayGuard:
             heapq.heappush(self._expiry, (max(iat, now) + KEEP_S, nonce))
             return True
 
-    def seed_from_logs(self, ledger: LedgerStore, now: int) -> int:
+    def seed_from_logs(self, ledger: LogStore, now: int) -> int:
         """Re-learn the nonces of intents logged within the keep window."""
         cutoff = now - KEEP_S
         seeded = 0

@@ -9,7 +9,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
 from duet.cvm.provider import Provider
 from duet.ledger import keys
+from duet.ledger.backend import LogStore
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
-from duet.ledger.store import LedgerStore
+from duet.ledger.store import LedgerStore, TreeHead
 from duet.tee.base import TeeBackend
 from duet.tee.clock import TrustedClock
 
@@ -42,7 +44,7 @@ def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
     return keys.load_private_pem(pem, source="the sealed controller key")
 
 
-def _settle_owner_keys(state: StateStore, ledger: LedgerStore, owner_key: Path | None) -> None:
+def _settle_owner_keys(state: StateStore, ledger: LogStore, owner_key: Path | None) -> None:
     """First start may set the owner key; later starts must match it (or omit it): the
     owner keys change only through a signed `owner.keys` intent. Without any (as in an
     enclave, whose argv is fixed in the measured manifest), the first self-signed
@@ -77,6 +79,10 @@ def build_controller(
     providers_file: Path | None = None,
     witnesses: Sequence[str] = (),
     witness_quorum: int = 1,
+    store: str | None = None,
+    lease_ttl: int | None = None,
+    lease_wait: float | None = None,
+    witness_floor: Callable[[str], TreeHead | None] | None = None,
 ) -> Controller:
     from duet.controller.witnessing import WitnessConfig, parse_witness_flag
     from duet.cvm.local import LocalProvider
@@ -115,10 +121,14 @@ def build_controller(
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
-    state = StateStore(data_dir / "state.sqlite")
-    _attach_clock(clock, state)
-    key = _load_or_create_key(state)
-    ledger = LedgerStore(data_dir / "ledger.sqlite")
+    ledger: LogStore
+    if store is None:
+        state = StateStore(data_dir / "state.sqlite")
+        _attach_clock(clock, state)
+        key = _load_or_create_key(state)
+        ledger = LedgerStore(data_dir / "ledger.sqlite")
+    else:
+        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait, witness_floor)
     try:
         _settle_owner_keys(state, ledger, owner_key)
     except BaseException:
@@ -163,6 +173,54 @@ def build_controller(
     if seed is not None:
         controller.witnessing.seed(seed)
     return controller
+
+
+def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl: int | None,
+                     lease_wait: float | None, witness_floor: Callable[[str], TreeHead | None] | None,
+                     ) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
+    """`--store etcd://HOST:PORT`: become the primary (the lease), then open the state and
+    the logs from etcd, verifying what is read (controller/replicated.py). `witness_floor`
+    (log id -> the newest head the witnesses cosigned) is the hook for the witnesses'
+    check: a store behind it, or inconsistent with it, is refused."""
+    from duet.controller.etcd import EtcdClient, parse_store_url
+    from duet.controller.replicated import (
+        DEFAULT_LEASE_TTL,
+        HeadNotary,
+        Primary,
+        ReplicatedLedger,
+        ReplicatedState,
+        state_key_of,
+    )
+    from duet.ledger.note import Signer, Verifier
+
+    try:
+        host, port = parse_store_url(store)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    state = ReplicatedState(data_dir / "state.sqlite")
+    key = _load_or_create_key(state)
+    cid = keys.key_id(key.public_key())
+    prefix = f"duet/{cid}/".encode()
+    etcd = EtcdClient(host, port)
+    ttl = lease_ttl or DEFAULT_LEASE_TTL
+    primary = Primary(etcd, prefix, ttl=ttl)
+    primary.acquire(wait=3 * ttl if lease_wait is None else lease_wait)
+    try:
+        state.attach(etcd, prefix, primary, state_key_of(state))
+        name = f"duet/{cid}"
+        notary = HeadNotary(Signer(name, key), Verifier(name, key.public_key()), cid)
+        # Replica of the logs; the embedded store's file name is not reused, so switching
+        # a data dir between the two stores never mixes them.
+        ledger = ReplicatedLedger(data_dir / "ledger-replica.sqlite", etcd=etcd, prefix=prefix,
+                                  primary=primary, notary=notary, witness_floor=witness_floor)
+        # Only once the logs verified: nothing is written to a store that is refused.
+        state.publish_missing()
+        _attach_clock(clock, state)
+    except BaseException:
+        primary.release()
+        state.close()
+        raise
+    return state, key, ledger
 
 
 def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
@@ -213,6 +271,19 @@ def _maa_settings(path: Path, name: str, config: dict[str, object]) -> tuple[str
     except (OSError, ValueError, AttestationError) as exc:
         raise ConfigError(f"{path}: {name}: MAA settings: {exc}") from None
     return checked, jwks
+def _close_on_shutdown(app: Any, controller: Controller) -> None:
+    """Close the stores once the server has stopped taking requests (uvicorn re-raises
+    SIGTERM after its shutdown, so nothing after `run()` would run). With `--store
+    etcd://` this gives up the primary lease at once: a successor need not wait it out."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            yield state
+        controller.close()
+
+    app.router.lifespan_context = lifespan
 
 
 def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:
@@ -273,6 +344,8 @@ def serve(
     log_level: str = "info",
     witnesses: Sequence[str] = (),
     witness_quorum: int = 1,
+    store: str | None = None,
+    lease_ttl: int | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -291,7 +364,8 @@ def serve(
         lock_data_dir(data_dir)
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum)
+                                  providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum,
+                                  store=store, lease_ttl=lease_ttl)
     try:
         # Before anything is served or appended: a data dir older than what a quorum of
         # witnesses cosigned is a rollback, and the controller does not start on it.
@@ -301,6 +375,7 @@ def serve(
         controller.close()
         raise
     app = create_app(controller)
+    _close_on_shutdown(app, controller)
     if tls:
         from duet.tee import ratls
 
@@ -317,7 +392,7 @@ def serve(
     url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
     # One line an operator can act on; a SIMULATED TEE says so here, before anything else.
     print(f"duet controller: listening on {url}, TEE {info['tee']}{sim}, controller id {info['controller_id']}, "
-          f"data dir {data_dir}", file=sys.stderr, flush=True)
+          f"data dir {data_dir}{f', store {store}' if store else ''}", file=sys.stderr, flush=True)
     from duet.controller.shutdown import PromptServer
 
     PromptServer(config).run(sockets=[sock])

@@ -39,13 +39,13 @@ from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismat
 from duet.cvm.provider import Provider
 from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys, operations
+from duet.ledger.backend import LogStore
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from duet.ledger.entries import OWNER_MODES, Mode
 from duet.ledger.errors import LedgerError
 from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
 from duet.ledger.note import Signer, Verifier, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
-from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend, controller_report_data
 from duet.tee.clock import TrustedClock
 
@@ -76,7 +76,7 @@ class KeyChange:
     size: int
 
 
-def controller_log_keys(ledger: LedgerStore) -> list[KeyChange]:
+def controller_log_keys(ledger: LogStore) -> list[KeyChange]:
     """Every owner-key change the controller log holds, in order. The controller log is
     small (claims and key changes), so it is read whole."""
     if not ledger.has_log(CONTROLLER_LOG):
@@ -185,7 +185,7 @@ class Controller:
         tee: TeeBackend,
         key: Ed25519PrivateKey,
         state: StateStore,
-        ledger: LedgerStore,
+        ledger: LogStore,
         providers: Mapping[str, Provider],
         default_policy: str = DEFAULT_POLICY,
         output_cap: int = DEFAULT_OUTPUT_CAP,

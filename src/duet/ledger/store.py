@@ -557,6 +557,7 @@ class LedgerStore:
         cur = self._cursor
         try:
             cur.execute("BEGIN IMMEDIATE")
+            self._before_write(cur, plans, nonces, forget)
             if nonces or forget is not None:
                 seq = sum(e.size for e in self._logs.values()) + sum(p.size - p.entry.size for p in plans)
                 if forget is not None:
@@ -588,6 +589,15 @@ class LedgerStore:
             p.entry.size, p.entry.root, p.entry.edge = p.size, p.root, p.edge
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
+
+    def _before_write(
+        self, cur: sqlite3.Cursor, plans: Sequence[_Plan], nonces: Sequence[tuple[str, int]],
+        forget: tuple[int, int] | None,
+    ) -> None:
+        """Called inside the local transaction, before anything is written to it: a
+        replicated store (`controller/replicated.py`) commits the same append to its
+        remote store here, so the local copy is never ahead of it. Raising aborts the
+        local transaction too."""
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
