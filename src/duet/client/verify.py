@@ -370,8 +370,8 @@ def verify(
         # prefix of the controller log verified below.
         witnessed = None
         if witnesses is not None:
-            http_ = getattr(source, "http", None)
-            witnessed = fetch_witnessed(http_, cvm, len(leaves)) if http_ is not None else \
+            api = getattr(source, "api", None)
+            witnessed = fetch_witnessed(api, cvm, len(leaves)) if isinstance(api, ReadClient) else \
                 "this source serves no witnessed proofs"
         with memory.lock():
             ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect)

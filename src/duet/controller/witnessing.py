@@ -81,6 +81,12 @@ class NotWitnessed(errors.DuetError):
     code = "not_witnessed"
 
 
+class NoWitnesses(errors.DuetError):
+    """This controller has no witnesses configured: nothing is ever cosigned."""
+
+    code = "no_witnesses"
+
+
 @dataclass(frozen=True)
 class WitnessSpec:
     verifier: CosignatureVerifier
@@ -470,7 +476,7 @@ class Witnessing:
         checkpoint, with the CVM consistency proof from `size` to that head and the
         entry's inclusion proof. Writes `heads` and waits for cosignatures when needed."""
         if not self.config.witnesses:
-            raise NotWitnessed("this controller has no witnesses configured (witnesses.set)")
+            raise NoWitnesses("this controller has no witnesses configured (witnesses.set)")
         self.ctl._check_controller_log()
         deadline = time.monotonic() + COVER_WAIT
         while True:
