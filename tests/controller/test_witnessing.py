@@ -225,6 +225,8 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
     import asyncio
 
     from duet.controller.serve import build_controller
+    from duet.controller.witnessing import WitnessConfig
+    from duet.ledger.cosignature import Cosigner
 
     leaf = entries.encode({"v": 1, "type": "error", "time": entries.now_rfc3339(), "code": "x", "message": "y"})
     ctl = build_controller(tmp_path / "data")  # not started: no background round runs here
@@ -232,7 +234,10 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
         w = ctl.witnessing
         a = add_log(ctl, [leaf], "a0a0a0a0a0a0a0a0")
         b = add_log(ctl, [leaf], "b0b0b0b0b0b0b0b0")
-        w._dirty.update((a, b))
+        ctl.append(ctl._records[a], [entries.ErrorEntry(code="x", message="before witnesses")])
+        assert w.flush_heads() is None  # no witnesses: the controller log does not grow
+        w.seed(WitnessConfig.parse([(Cosigner("witness.test/seed", keys.Ed25519PrivateKey.generate()).vkey(),
+                                     "http://127.0.0.1:9")], 1, "test"))
         first = w.flush_heads()
         assert first is not None
         assert {h["cvm"] for h in entries.decode(ctl.ledger.leaves("controller", first, first + 1)[0])["heads"]} \

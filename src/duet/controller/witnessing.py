@@ -191,6 +191,7 @@ class Witnessing:
         """`controller serve --witness` (outside an enclave only: serve.py refuses it
         under Gramine, where only the signed intent counts)."""
         self.dev_seed = config
+        self._mark_all()
         if self._logged is not None and config.witnesses:
             log.warning("--witness is ignored: the controller log sets the witnesses (%s)", self._logged.source)
 
@@ -217,6 +218,10 @@ class Witnessing:
             if cvm != CONTROLLER_LOG and self._stale(cvm):
                 self._dirty.add(cvm)
 
+    def _mark_all(self) -> None:
+        """Every CVM log whose head no `heads` entry names yet goes into the next one."""
+        self._dirty.update(c for c in self.ctl.ledger.log_ids() if c != CONTROLLER_LOG)
+
     def _stale(self, cvm: str) -> bool:
         head = self.ctl.ledger.tree_head(cvm)
         last = self._heads.get(cvm)
@@ -241,6 +246,7 @@ class Witnessing:
                                                    for w in args["witnesses"]), quorum=int(args["quorum"])),
         ])
         self._logged = WitnessConfig(config.witnesses, config.quorum, f"controller log entry {size + 1}")
+        self._mark_all()
         self._status = {n: s for n, s in self._status.items() if n in {w.name for w in config.witnesses}}
         self.kick()
         return {"witnesses": [w.to_json() for w in config.witnesses], "quorum": config.quorum,
@@ -261,8 +267,10 @@ class Witnessing:
 
     def flush_heads(self) -> int | None:
         """Write one `heads` entry with every dirty CVM head not committed yet; return its
-        index (None when nothing changed). No await inside: one controller-log append."""
-        if not self._dirty or CONTROLLER_LOG in self.ctl._rolled_back:
+        index (None when nothing changed). No await inside: one controller-log append.
+        Without witnesses nothing is written (the dirty set keeps at most one name per CVM
+        until some are set)."""
+        if not self._dirty or not self.config.witnesses or CONTROLLER_LOG in self.ctl._rolled_back:
             return None
         heads = []
         for cvm in sorted(self._dirty):
