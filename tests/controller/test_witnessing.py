@@ -335,3 +335,51 @@ def test_duet_verify_demands_the_witnesses_it_is_given(
     exp.write_text("witnesses:\n  keys: ['nope']\n")
     r = _duet(*common, "--state-dir", str(tmp_path / "u6"), "--expect", str(exp), home=tmp_path)
     assert r.returncode == 1 and "error [invalid_expectations]" in r.stderr and "vkey" in r.stderr
+
+
+def test_two_controllers_on_copies_of_one_data_dir_the_one_left_behind_stops(
+        controller_factory: Any, tmp_path: Path) -> None:
+    """The host starts two enclaves on copies of the sealed data dir (no file lock spans
+    copies): both pass start-up, but once one copy's controller log is cosigned, the other's
+    next submission meets a witness that holds a log it does not extend, and it stops
+    accepting intents and serving its controller log."""
+    a: ControllerProc = controller_factory().start()
+    w = WitnessProc.following(tmp_path / "w", a)
+    try:
+        a.owner().set_witnesses([(w.vkey, w.url)], 1)
+
+        def settled(c: ControllerProc) -> bool:
+            with c.http() as http:
+                st = http.get_json("/v1/controller")["witnessing"]
+            return bool(st["witnesses"][0]["cosigned_size"] == st["controller_log_size"])
+
+        _wait(lambda: settled(a), "the witness to cosign")
+        a.kill(signal.SIGTERM)
+        b: ControllerProc = controller_factory(a.owner_key)
+        shutil.copytree(a.data, b.data, ignore=shutil.ignore_patterns("cvms", ".lock"))
+        a.start()
+        b.start()  # same size and root as the witness holds: both start
+        cvm_a = a.owner().create("local")["id"]
+        with a.http() as http:
+            http.get_json(f"/v1/cvms/{cvm_a}/witnessed")  # A's history is cosigned first
+        cvm_b = b.owner().create("local")["id"]  # B's controller log now differs from A's
+
+        def b_refuses() -> str | None:
+            with b.http() as http:
+                try:
+                    http.get_text("/v1/controller/log/checkpoint")
+                except ClientError as exc:
+                    return exc.code + ": " + exc.message
+            return None
+
+        refusal = _wait(b_refuses, "B to refuse its controller log")
+        assert refusal.startswith("rollback_detected") and w.name in refusal
+        with pytest.raises(ClientError) as info:
+            b.owner().run(cvm_b, "true")
+        assert info.value.code == "rollback_detected"
+        with b.http() as http:
+            assert http.get_json("/v1/controller")["witnessing"]["witnesses"][0]["conflict"]
+        # A, whose history the witness cosigned, goes on.
+        assert a.owner().run(cvm_a, "echo still here")["exit_status"] == 0
+    finally:
+        w.kill()

@@ -144,6 +144,10 @@ class WitnessStatus:
     last_attempt: float | None = None
     failures: int = 0
     next_try: float = 0.0
+    #: What the witness holds that our log does not extend (a size beyond ours, ours with
+    #: another root, or a checkpoint our consistency proof does not reach): evidence that
+    #: this log was rolled back or forked.
+    conflict: str | None = None
 
 
 @dataclass
@@ -386,15 +390,38 @@ class Witnessing:
             st.last_error = exc.message
             if exc.status == 409:
                 st.believed = None
+                if exc.held is not None and exc.held >= size:
+                    st.conflict = f"holds size {exc.held}" + (" with another root" if exc.held == size else "")
+            elif exc.status == 422:
+                # Our proof from the size it holds does not verify: our log does not extend it.
+                st.conflict = "holds a checkpoint this log does not extend (consistency proof refused)"
+            if st.conflict is not None:
+                self._check_conflicts(size)
             st.next_try = time.monotonic() + min(MAX_BACKOFF, self.interval * 2 ** min(st.failures - 1, 6))
             log.warning("witness %s: %s", w.name, exc.message)
             return
-        st.believed, st.failures, st.last_error, st.next_try = held, 0, None, 0.0
+        st.believed, st.failures, st.last_error, st.next_try, st.conflict = held, 0, None, 0.0, None
         st.cosigned_size, st.cosigned_time = size, got.timestamp
         self._cosigs.setdefault(size, {})[w.name] = got.lines
         for old_size in sorted(self._cosigs)[:-8]:  # keep the newest few sizes
             del self._cosigs[old_size]
         self.ctl.clock.observe(datetime.fromtimestamp(got.timestamp, UTC), f"witness {w.name} cosignature")
+
+    def _check_conflicts(self, size: int) -> None:
+        """While serving: a quorum of witnesses holding a controller log this one does not
+        extend means another copy of this data dir moved on (two enclaves started on copies
+        of the sealed dir, or a rollback under a running process). From then on this log
+        decides nothing: no intent is accepted and the controller log is not served."""
+        config = self.config
+        conflicts = [(n, st.conflict) for n, st in self._status.items()
+                     if st.conflict is not None and n in {w.name for w in config.witnesses}]
+        if config.quorum and len(conflicts) >= config.quorum:
+            what = "; ".join(f"{n} {c}" for n, c in conflicts)
+            message = (f"refusing to serve the controller log (owner keys, nonces): no intent is accepted: "
+                       f"witnesses cosigned a controller log this one (size {size}) does not extend ({what}); "
+                       "another copy of this data dir moved on")
+            log.error("%s", message)
+            self.ctl._rolled_back[CONTROLLER_LOG] = message
 
     # ------------------------------------------------------------------ start-up rollback defence
 
@@ -551,6 +578,7 @@ class Witnessing:
                 "cosigned_age_s": None if st.cosigned_time is None else max(0, int(now) - st.cosigned_time),
                 "last_error": st.last_error,
                 "failures": st.failures,
+                "conflict": st.conflict,
             })
         return {"source": config.source, "quorum": config.quorum, "controller_log_size": size,
                 "pending_heads": len(self._dirty), "witnesses": out}
