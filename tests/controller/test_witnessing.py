@@ -81,6 +81,8 @@ def test_cvm_head_is_proven_by_a_cosigned_controller_log_checkpoint(
     committed = {h["cvm"]: h for h in ctl[proof["heads_index"]]["heads"]}
     assert proof["head"]["size"] >= size
     assert committed[cvm]["size"] == proof["head"]["size"]
+    served = open_checkpoint(proof["cvm_checkpoint"], ctl_key, expected_origin=cvm_cp.origin)
+    assert (served.size, base64.b64encode(served.root_hash).decode()) == (proof["head"]["size"], committed[cvm]["root"])
     if proof["head"]["size"] == cvm_cp.size:
         assert base64.b64decode(committed[cvm]["root"]) == cvm_cp.root_hash
     # The served controller-log checkpoint carries the cosignature once it is collected,

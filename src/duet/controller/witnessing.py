@@ -548,6 +548,8 @@ class Witnessing:
             "size": size,
             "heads_index": head.index,
             "head": {"size": head.size, "root": base64.b64encode(head.root).decode()},
+            # The committed head as an ordinary signed CVM checkpoint, for tools that keep notes.
+            "cvm_checkpoint": sign_checkpoint(Checkpoint(self.ctl.origin(cvm), head.size, head.root), self.ctl.signer),
             "consistency": b64(ledger.consistency_proof(cvm, size, head.size) if 0 < size < head.size else []),
             "controller_checkpoint": self.cosigned_note(ctl_size),
             "inclusion": b64(ledger.inclusion_proof(CONTROLLER_LOG, head.index, ctl_size)),
