@@ -304,7 +304,15 @@ def test_duet_verify_demands_the_witnesses_it_is_given(
     from duet.ledger.cosignature import Cosigner
 
     owner = controller.owner()
-    owner.set_witnesses([(witness.vkey, witness.url)], 1)
+    key = tmp_path / "owner.key"
+    key.write_bytes(keys.private_pem(controller.owner_key))
+    r = _duet("controller", "witnesses", "set", "--witness", f"{witness.vkey}={witness.url}", "--quorum", "1",
+              "--controller", controller.url, "--key", str(key), "--trust-simulated", "--state-dir",
+              str(tmp_path / "owner-state"), home=tmp_path)
+    assert r.returncode == 0 and f"witnesses: {witness.name}; quorum 1" in r.stdout, r.stderr
+    r = _duet("controller", "witnesses", "set", "--witness", "nope", "--controller", controller.url, "--key",
+              str(key), "--trust-simulated", home=tmp_path)
+    assert r.returncode == 2 and "is not VKEY=URL" in r.stderr
     cvm = owner.create("local")["id"]
     common = ["verify", cvm, "--controller", controller.url, "--trust-simulated", "--json"]
 
