@@ -146,6 +146,10 @@ def test_separate_controller_logs_one_view_lacks_the_cosignature(
     assert report_a.ok, _failed(report_a)
     passed = next(c for c in report_a.checks if c.name == "witness_cosigned")
     assert re.search(rf"{WITNESS.name} \(3\d s ago\)", passed.detail), passed.detail
+    from duet.client.report_html import render_html
+
+    page = render_html(report_a.to_json(), [])  # the auditor's report names the check and who signed
+    assert "witness_cosigned" in page and WITNESS.name in page
     report_b = _verify(user_b, tmp_path / "B", POLICY)
     assert not report_b.ok
     failed = _failed(report_b)
