@@ -81,6 +81,8 @@ def test_cvm_head_is_proven_by_a_cosigned_controller_log_checkpoint(
     committed = {h["cvm"]: h for h in ctl[proof["heads_index"]]["heads"]}
     assert proof["head"]["size"] >= size
     assert committed[cvm]["size"] == proof["head"]["size"]
+    served = open_checkpoint(proof["cvm_checkpoint"], ctl_key, expected_origin=cvm_cp.origin)
+    assert (served.size, base64.b64encode(served.root_hash).decode()) == (proof["head"]["size"], committed[cvm]["root"])
     if proof["head"]["size"] == cvm_cp.size:
         assert base64.b64decode(committed[cvm]["root"]) == cvm_cp.root_hash
     # The served controller-log checkpoint carries the cosignature once it is collected,
@@ -225,6 +227,8 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
     import asyncio
 
     from duet.controller.serve import build_controller
+    from duet.controller.witnessing import WitnessConfig
+    from duet.ledger.cosignature import Cosigner
 
     leaf = entries.encode({"v": 1, "type": "error", "time": entries.now_rfc3339(), "code": "x", "message": "y"})
     ctl = build_controller(tmp_path / "data")  # not started: no background round runs here
@@ -232,7 +236,10 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
         w = ctl.witnessing
         a = add_log(ctl, [leaf], "a0a0a0a0a0a0a0a0")
         b = add_log(ctl, [leaf], "b0b0b0b0b0b0b0b0")
-        w._dirty.update((a, b))
+        ctl.append(ctl._records[a], [entries.ErrorEntry(code="x", message="before witnesses")])
+        assert w.flush_heads() is None  # no witnesses: the controller log does not grow
+        w.seed(WitnessConfig.parse([(Cosigner("witness.test/seed", keys.Ed25519PrivateKey.generate()).vkey(),
+                                     "http://127.0.0.1:9")], 1, "test"))
         first = w.flush_heads()
         assert first is not None
         assert {h["cvm"] for h in entries.decode(ctl.ledger.leaves("controller", first, first + 1)[0])["heads"]} \
@@ -300,7 +307,15 @@ def test_duet_verify_demands_the_witnesses_it_is_given(
     from duet.ledger.cosignature import Cosigner
 
     owner = controller.owner()
-    owner.set_witnesses([(witness.vkey, witness.url)], 1)
+    key = tmp_path / "owner.key"
+    key.write_bytes(keys.private_pem(controller.owner_key))
+    r = _duet("controller", "witnesses", "set", "--witness", f"{witness.vkey}={witness.url}", "--quorum", "1",
+              "--controller", controller.url, "--key", str(key), "--trust-simulated", "--state-dir",
+              str(tmp_path / "owner-state"), home=tmp_path)
+    assert r.returncode == 0 and f"witnesses: {witness.name}; quorum 1" in r.stdout, r.stderr
+    r = _duet("controller", "witnesses", "set", "--witness", "nope", "--controller", controller.url, "--key",
+              str(key), "--trust-simulated", home=tmp_path)
+    assert r.returncode == 2 and "is not VKEY=URL" in r.stderr
     cvm = owner.create("local")["id"]
     common = ["verify", cvm, "--controller", controller.url, "--trust-simulated", "--json"]
 
@@ -333,3 +348,51 @@ def test_duet_verify_demands_the_witnesses_it_is_given(
     exp.write_text("witnesses:\n  keys: ['nope']\n")
     r = _duet(*common, "--state-dir", str(tmp_path / "u6"), "--expect", str(exp), home=tmp_path)
     assert r.returncode == 1 and "error [invalid_expectations]" in r.stderr and "vkey" in r.stderr
+
+
+def test_two_controllers_on_copies_of_one_data_dir_the_one_left_behind_stops(
+        controller_factory: Any, tmp_path: Path) -> None:
+    """The host starts two enclaves on copies of the sealed data dir (no file lock spans
+    copies): both pass start-up, but once one copy's controller log is cosigned, the other's
+    next submission meets a witness that holds a log it does not extend, and it stops
+    accepting intents and serving its controller log."""
+    a: ControllerProc = controller_factory().start()
+    w = WitnessProc.following(tmp_path / "w", a)
+    try:
+        a.owner().set_witnesses([(w.vkey, w.url)], 1)
+
+        def settled(c: ControllerProc) -> bool:
+            with c.http() as http:
+                st = http.get_json("/v1/controller")["witnessing"]
+            return bool(st["witnesses"][0]["cosigned_size"] == st["controller_log_size"])
+
+        _wait(lambda: settled(a), "the witness to cosign")
+        a.kill(signal.SIGTERM)
+        b: ControllerProc = controller_factory(a.owner_key)
+        shutil.copytree(a.data, b.data, ignore=shutil.ignore_patterns("cvms", ".lock"))
+        a.start()
+        b.start()  # same size and root as the witness holds: both start
+        cvm_a = a.owner().create("local")["id"]
+        with a.http() as http:
+            http.get_json(f"/v1/cvms/{cvm_a}/witnessed")  # A's history is cosigned first
+        cvm_b = b.owner().create("local")["id"]  # B's controller log now differs from A's
+
+        def b_refuses() -> str | None:
+            with b.http() as http:
+                try:
+                    http.get_text("/v1/controller/log/checkpoint")
+                except ClientError as exc:
+                    return exc.code + ": " + exc.message
+            return None
+
+        refusal = _wait(b_refuses, "B to refuse its controller log")
+        assert refusal.startswith("rollback_detected") and w.name in refusal
+        with pytest.raises(ClientError) as info:
+            b.owner().run(cvm_b, "true")
+        assert info.value.code == "rollback_detected"
+        with b.http() as http:
+            assert http.get_json("/v1/controller")["witnessing"]["witnesses"][0]["conflict"]
+        # A, whose history the witness cosigned, goes on.
+        assert a.owner().run(cvm_a, "echo still here")["exit_status"] == 0
+    finally:
+        w.kill()

@@ -76,6 +76,13 @@ def _summary(e: dict[str, Any], signed: Any = None) -> str:
         return f"{len(e.get('keys') or [])} owner keys"
     if t == "policy":
         return f"policy {str(e.get('policy_sha256'))[:12]}…"
+    if t == "heads":
+        heads = e.get("heads") or []
+        return f"heads of {len(heads)} CVM log(s): " + ", ".join(f"{h.get('cvm')}@{h.get('size')}" for h in heads[:4]) \
+            + (" …" if len(heads) > 4 else "")
+    if t == "witnesses":
+        names = [str(w.get("vkey", "")).split("+", 1)[0] for w in e.get("witnesses") or []]
+        return f"witnesses {', '.join(names) or 'none'}, quorum {e.get('quorum')}"
     return ""
 
 

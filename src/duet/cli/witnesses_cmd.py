@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from duet.client.config import DEFAULT_URL
+
 app = typer.Typer(no_args_is_help=True, help="The controller log's witnesses (owner; a signed witnesses.set).")
 
 
@@ -22,7 +24,7 @@ def witnesses_set(
     quorum: Annotated[int | None, typer.Option(
         "--quorum", min=0, help="Witnesses that must answer at start-up (default: all).")] = None,
     controller: Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
-    = "http://127.0.0.1:6037",
+    = DEFAULT_URL,
     key: Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
     = Path("owner.key"),
     trust_simulated: Annotated[bool, typer.Option("--trust-simulated", help="Accept a SIMULATED TEE (unsafe).")]

@@ -133,10 +133,10 @@ class ReadClient:
             raise _bad("the consistency proof is not a short list of hashes")
         return [_b64(h, "a proof hash") for h in proof]
 
-    def witnessed(self, cvm: str, size: int) -> Any:
+    def witnessed(self, cvm: str, size: int) -> dict[str, Any]:
         """The proof that the CVM head of `size` is in a witness-cosigned controller-log
-        checkpoint (judged by witness_check.py)."""
-        return self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size)
+        checkpoint (judged by `witness_check.py`)."""
+        return _obj(self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size), "the witnessed proof")
 
     def submit_intent(self, jws: str, stdin: bytes | None = None) -> Any:
         return self.http.post_json("/v1/intents", _intent_body(jws, stdin))

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from duet.client.api import ReadClient
 from duet.client.audit import Check
 from duet.client.controller_log import ControllerLog
-from duet.client.errors import ClientError
+from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import UserExpectations
 from duet.ledger import merkle
 from duet.ledger.checkpoint import open_checkpoint
@@ -85,10 +85,11 @@ def policy_of(expect: UserExpectations | None) -> WitnessPolicy | None:
 def fetch_witnessed(api: ReadClient, cvm: str, size: int) -> dict[str, Any] | str:
     """The controller's proof for the CVM head of `size`, or why there is none."""
     try:
-        body = api.witnessed(cvm, size)
+        return api.witnessed(cvm, size)
+    except LimitExceeded:
+        raise
     except ClientError as exc:
         return f"the controller serves no witnessed proof: [{exc.code}] {exc.message}"
-    return body if isinstance(body, dict) else "the witnessed proof is not a JSON object"
 
 
 def _age(seconds: int) -> str:

@@ -67,6 +67,7 @@ STATUS: dict[str, int] = {
     "invalid_transition": 403,
     "unknown_cvm": 404,
     "unknown_log": 404,
+    "no_witnesses": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "replayed_intent": 409,

@@ -81,6 +81,12 @@ class NotWitnessed(errors.DuetError):
     code = "not_witnessed"
 
 
+class NoWitnesses(errors.DuetError):
+    """This controller has no witnesses configured: nothing is ever cosigned."""
+
+    code = "no_witnesses"
+
+
 @dataclass(frozen=True)
 class WitnessSpec:
     verifier: CosignatureVerifier
@@ -138,6 +144,10 @@ class WitnessStatus:
     last_attempt: float | None = None
     failures: int = 0
     next_try: float = 0.0
+    #: What the witness holds that our log does not extend (a size beyond ours, ours with
+    #: another root, or a checkpoint our consistency proof does not reach): evidence that
+    #: this log was rolled back or forked.
+    conflict: str | None = None
 
 
 @dataclass
@@ -185,6 +195,7 @@ class Witnessing:
         """`controller serve --witness` (outside an enclave only: serve.py refuses it
         under Gramine, where only the signed intent counts)."""
         self.dev_seed = config
+        self._mark_all()
         if self._logged is not None and config.witnesses:
             log.warning("--witness is ignored: the controller log sets the witnesses (%s)", self._logged.source)
 
@@ -211,6 +222,10 @@ class Witnessing:
             if cvm != CONTROLLER_LOG and self._stale(cvm):
                 self._dirty.add(cvm)
 
+    def _mark_all(self) -> None:
+        """Every CVM log whose head no `heads` entry names yet goes into the next one."""
+        self._dirty.update(c for c in self.ctl.ledger.log_ids() if c != CONTROLLER_LOG)
+
     def _stale(self, cvm: str) -> bool:
         head = self.ctl.ledger.tree_head(cvm)
         last = self._heads.get(cvm)
@@ -235,6 +250,7 @@ class Witnessing:
                                                    for w in args["witnesses"]), quorum=int(args["quorum"])),
         ])
         self._logged = WitnessConfig(config.witnesses, config.quorum, f"controller log entry {size + 1}")
+        self._mark_all()
         self._status = {n: s for n, s in self._status.items() if n in {w.name for w in config.witnesses}}
         self.kick()
         return {"witnesses": [w.to_json() for w in config.witnesses], "quorum": config.quorum,
@@ -255,8 +271,10 @@ class Witnessing:
 
     def flush_heads(self) -> int | None:
         """Write one `heads` entry with every dirty CVM head not committed yet; return its
-        index (None when nothing changed). No await inside: one controller-log append."""
-        if not self._dirty or CONTROLLER_LOG in self.ctl._rolled_back:
+        index (None when nothing changed). No await inside: one controller-log append.
+        Without witnesses nothing is written (the dirty set keeps at most one name per CVM
+        until some are set)."""
+        if not self._dirty or not self.config.witnesses or CONTROLLER_LOG in self.ctl._rolled_back:
             return None
         heads = []
         for cvm in sorted(self._dirty):
@@ -384,15 +402,38 @@ class Witnessing:
             st.last_error = exc.message
             if exc.status == 409:
                 st.believed = None
+                if exc.held is not None and exc.held >= size:
+                    st.conflict = f"holds size {exc.held}" + (" with another root" if exc.held == size else "")
+            elif exc.status == 422:
+                # Our proof from the size it holds does not verify: our log does not extend it.
+                st.conflict = "holds a checkpoint this log does not extend (consistency proof refused)"
+            if st.conflict is not None:
+                self._check_conflicts(size)
             st.next_try = time.monotonic() + min(MAX_BACKOFF, self.interval * 2 ** min(st.failures - 1, 6))
             log.warning("witness %s: %s", w.name, exc.message)
             return
-        st.believed, st.failures, st.last_error, st.next_try = held, 0, None, 0.0
+        st.believed, st.failures, st.last_error, st.next_try, st.conflict = held, 0, None, 0.0, None
         st.cosigned_size, st.cosigned_time = size, got.timestamp
         self._cosigs.setdefault(size, {})[w.name] = got.lines
         for old_size in sorted(self._cosigs)[:-8]:  # keep the newest few sizes
             del self._cosigs[old_size]
         self.ctl.clock.observe(datetime.fromtimestamp(got.timestamp, UTC), f"witness {w.name} cosignature")
+
+    def _check_conflicts(self, size: int) -> None:
+        """While serving: a quorum of witnesses holding a controller log this one does not
+        extend means another copy of this data dir moved on (two enclaves started on copies
+        of the sealed dir, or a rollback under a running process). From then on this log
+        decides nothing: no intent is accepted and the controller log is not served."""
+        config = self.config
+        conflicts = [(n, st.conflict) for n, st in self._status.items()
+                     if st.conflict is not None and n in {w.name for w in config.witnesses}]
+        if config.quorum and len(conflicts) >= config.quorum:
+            what = "; ".join(f"{n} {c}" for n, c in conflicts)
+            message = (f"refusing to serve the controller log (owner keys, nonces): no intent is accepted: "
+                       f"witnesses cosigned a controller log this one (size {size}) does not extend ({what}); "
+                       "another copy of this data dir moved on")
+            log.error("%s", message)
+            self.ctl._rolled_back[CONTROLLER_LOG] = message
 
     # ------------------------------------------------------------------ start-up rollback defence
 
@@ -482,7 +523,7 @@ class Witnessing:
         checkpoint, with the CVM consistency proof from `size` to that head and the
         entry's inclusion proof. Writes `heads` and waits for cosignatures when needed."""
         if not self.config.witnesses:
-            raise NotWitnessed("this controller has no witnesses configured (witnesses.set)")
+            raise NoWitnesses("this controller has no witnesses configured (witnesses.set)")
         self.ctl._check_controller_log()
         deadline = time.monotonic() + COVER_WAIT
         while True:
@@ -519,6 +560,8 @@ class Witnessing:
             "size": size,
             "heads_index": head.index,
             "head": {"size": head.size, "root": base64.b64encode(head.root).decode()},
+            # The committed head as an ordinary signed CVM checkpoint, for tools that keep notes.
+            "cvm_checkpoint": sign_checkpoint(Checkpoint(self.ctl.origin(cvm), head.size, head.root), self.ctl.signer),
             "consistency": b64(ledger.consistency_proof(cvm, size, head.size) if 0 < size < head.size else []),
             "controller_checkpoint": self.cosigned_note(ctl_size),
             "inclusion": b64(ledger.inclusion_proof(CONTROLLER_LOG, head.index, ctl_size)),
@@ -549,6 +592,7 @@ class Witnessing:
                 "cosigned_age_s": None if st.cosigned_time is None else max(0, int(now) - st.cosigned_time),
                 "last_error": st.last_error,
                 "failures": st.failures,
+                "conflict": st.conflict,
             })
         return {"source": config.source, "quorum": config.quorum, "controller_log_size": size,
                 "pending_heads": len(self._dirty), "witnesses": out}

@@ -27,9 +27,10 @@ ProofSource = Callable[[int, int], Sequence[bytes]]
 class WitnessError(Exception):
     code = "witness_failed"
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, held: int | None = None) -> None:
         super().__init__(message)
-        self.message, self.status = message, status
+        #: `held`: the size the witness says it holds (from a 409), when it said one.
+        self.message, self.status, self.held = message, status, held
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,15 @@ def add_checkpoint(http: httpx.Client, url: str, witness: CosignatureVerifier, n
             text = resp.text.strip()
             if not text.isdigit() or int(text) > size:
                 raise WitnessError(f"witness {witness.name} holds size {text[:20]}, beyond this checkpoint "
-                                   f"of size {size}: the log it saw is not this one", 409)
+                                   f"of size {size}: the log it saw is not this one", 409,
+                                   int(text) if text.isdigit() else None)
             old = int(text)
             continue
         if resp.status_code != 200:
+            text = resp.text.strip()
+            held = int(text) if resp.status_code == 409 and text.isdigit() and len(text) < 20 else None
             raise WitnessError(f"witness {witness.name} refused: HTTP {resp.status_code} {resp.text[:200]}",
-                               resp.status_code)
+                               resp.status_code, held)
         return _verified(witness, note, resp.text), size
     raise WitnessError(f"witness {witness.name} changed its size while we submitted", 409)
 
