@@ -43,6 +43,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/verify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
