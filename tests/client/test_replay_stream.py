@@ -60,3 +60,22 @@ def test_a_replay_saved_and_resumed_reaches_the_same_verdict(path: Path) -> None
         for leaf in leaves[cut:]:
             resumed.feed(leaf)
         assert [c.to_json() for c in resumed.finish(now).checks] == expected, cut
+
+
+@pytest.mark.parametrize("field,value", [("intents_n", "7"), ("ev_latest_ok", 1), ("cp_last", [1]),
+                                         ("seen_nonces", "not base64!"), ("cmd_p", [0]),
+                                         ("ev_latest_leaf", base64.b64encode(b'{"v":1}').decode())])
+def test_a_malformed_saved_replay_is_refused_not_used(field: str, value: Any) -> None:
+    """Even a saved state that passed its MAC is checked field by field before use, and
+    the newest evidence it names must verify again."""
+    v = json.loads((VECTORS / "honest.json").read_text())
+    now = datetime.now(UTC)
+    replay = _replay(v, now)
+    for e in v["entries"]:
+        replay.feed(base64.b64decode(e))
+    replay.unlinked = False
+    data = json.loads(json.dumps(replay.dump()))
+    assert data["ev_latest_ok"] is True
+    data[field] = value
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        _replay(v, now).load(data)

@@ -216,6 +216,13 @@ def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _cvm_expectations(
+    decoded: list[dict[str, Any]], latest_index: int, latest: cvm_kinds.Verified | None, state: LogState,
+    expect: UserExpectations, now: datetime, simulated: bool,
+) -> list[Check]:
+    return cvm_expectations(_time(decoded[latest_index]), latest, state, expect, now, simulated)
+
+
 def cvm_expectations(
     latest_time: datetime, latest: cvm_kinds.Verified | None, state: LogState,
     expect: UserExpectations, now: datetime, simulated: bool,

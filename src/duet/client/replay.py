@@ -690,6 +690,8 @@ class CvmReplay:
         """Resume from :meth:`dump` output. Raises ValueError (or KeyError, TypeError)
         on anything malformed; the caller then starts over from the first entry."""
         for k in self._PLAIN:
+            if not _TYPES[k](data[k]):
+                raise ValueError(f"malformed {k}")
             setattr(self, k, data[k])
         for k in self._PROBLEMS:
             setattr(self, k, Problems.load(data[k], getattr(self, k).keep))
@@ -723,3 +725,35 @@ class CvmReplay:
                 self._latest = self._verify_evidence(entries.parse(leaf).to_dict(), self.ev_host_key)
             except (binascii.Error, LedgerError, AttestationError) as exc:
                 raise ValueError(f"the newest evidence no longer verifies: {exc}") from None
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _opt(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _is(*types: type) -> Any:
+    return lambda v: isinstance(v, types)
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _indexed(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and _int(v[0]) and isinstance(v[1], dict)
+
+
+#: The type of each plain field of a saved replay (checked before it is used).
+_TYPES: dict[str, Any] = {
+    "size": _int, "genesis": _opt(_is(dict)), "owner_keys_b64": _is(list), "policy_text": _is(str),
+    "intents_n": _int, "evicted_intent": _int, "transition": _opt(_is(dict)), "time_prev": _opt(_is(str)),
+    "timed": _int, "clamped": _int, "ev_count": _int, "ev_first": _opt(_int), "ev_latest_leaf": _opt(_is(str)),
+    "ev_latest_ok": _is(bool), "ev_host_key": _opt(_is(str)), "first_mode": _opt(_int), "isv_since": _is(bool),
+    "provisioned": _opt(_is(dict)), "hist_owner_n": _int, "lockdown_last": _opt(_indexed), "provider": _is(str),
+    "cp_seen": _int, "cp_last": _opt(_indexed), "cp_since": _is(bool), "owner_changes": _int,
+    "owner_last": _str_list, "link_n": _int,
+}

@@ -427,7 +427,6 @@ def verify(
     audit = Audit(done.checks, done.state, [])
     if kept is not None:
         audit = audit_log(kept, controller_id=cid, controller_key_b64=info["public_key"], cvm_id=cvm)
-        audit.checks = done.checks
     return report, audit
 
 
@@ -485,7 +484,7 @@ def _resume(slot: _Slot, origin: str, anchor: tuple[int, bytes] | None, cp: Chec
         replay.load(data["replay"])
         if replay.size != size:
             raise ValueError("its replay is at another size")
-    except (LedgerError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (LedgerError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         report.warnings.append(f"the verification cache of {origin} is not used: {exc}; verified from the first "
                                "entry")
         return None
