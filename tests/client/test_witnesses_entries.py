@@ -39,7 +39,7 @@ def _verdict(leaves: list[bytes]) -> tuple[bool, str]:
 
 
 def test_an_owner_signed_witnesses_entry_is_accepted_and_heads_are_read() -> None:
-    heads = entries.HeadsEntry(heads=({"cvm": "c1", "size": 3, "root": "A" * 43 + "="},)).encode()
+    heads = entries.HeadsEntry(heads=({"cvm": "c1", "size": 3, "root": "A" * 43 + "=", "consistency": []},)).encode()
     leaves = _log(_intent(OWNER, ARGS), _witnesses(ARGS), heads)
     ok, detail = _verdict(leaves)
     assert ok, detail
@@ -50,9 +50,9 @@ def test_an_owner_signed_witnesses_entry_is_accepted_and_heads_are_read() -> Non
 def test_witnesses_the_owner_did_not_sign_are_caught() -> None:
     other = {"witnesses": [{"vkey": VKEY, "url": "https://evil.example"}], "quorum": 1}
     for leaves, why in [
-        (_log(_witnesses(ARGS)), "without a witnesses.set intent"),
+        (_log(_witnesses(ARGS)), "without the witnesses.set intent"),
         (_log(_intent(STRANGER, ARGS), _witnesses(ARGS)), "which is not an owner key"),
-        (_log(_intent(OWNER, ARGS), _witnesses(other)), "differ from what the preceding intent asked"),
+        (_log(_intent(OWNER, ARGS), _witnesses(other)), "differs from what the preceding intent asked"),
     ]:
         ok, detail = _verdict(leaves)
         assert not ok and why in detail, detail

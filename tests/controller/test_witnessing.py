@@ -252,10 +252,12 @@ def test_heads_are_batched_and_name_only_what_changed(tmp_path: Path) -> None:
         assert index == start and ctl.ledger.tree_head("controller").size == start + 1
         heads = entries.decode(ctl.ledger.leaves("controller", index, index + 1)[0])["heads"]
         head_a = ctl.ledger.tree_head(a)
-        proof = [base64.b64encode(h).decode() for h in ctl.ledger.consistency_proof(a, 1, head_a.size)]
+        old = next(h["size"] for h in entries.decode(ctl.ledger.leaves("controller", first, first + 1)[0])["heads"]
+                   if h["cvm"] == a)
+        proof = [base64.b64encode(h).decode() for h in ctl.ledger.consistency_proof(a, old, head_a.size)]
         assert heads == [{"cvm": a, "size": head_a.size, "root": base64.b64encode(head_a.root_hash).decode(),
                           "consistency": proof}]
-        assert len(proof) > 1  # the proof from a's first head (size 1), which users check
+        assert len(proof) > 1  # the proof from a's first head, which users check
         assert w.flush_heads() is None  # nothing changed: no entry
         # The batch size forces a round before the interval is over.
         w._wake = asyncio.Event()
