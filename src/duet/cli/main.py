@@ -240,16 +240,27 @@ def controller_serve(
     providers: Path | None = typer.Option(None, "--providers", help="YAML: settings of azure/gcp/qemu."),
     log_format: str = typer.Option("text", "--log-format", help="Access/server log lines: text | json."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error."),
+    cvm_root: Path | None = typer.Option(None, "--cvm-root",
+                                         help="Where local CVMs and their simulated secure processor live "
+                                              "(default: the data dir)."),
+    simulated_mrenclave: str | None = typer.Option(None, "--simulated-mrenclave",
+                                                   help="SIMULATED TEE: act as another build (64 hex digits)."),
+    simulated_cpusvn: int | None = typer.Option(None, "--simulated-cpusvn",
+                                                help="SIMULATED TEE: the platform's CPUSVN (a microcode update "
+                                                     "changes the sealing key)."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
+    from duet.controller.serve_options import simulated_platform
 
     if log_format not in ("text", "json"):
         fail("invalid_request", f"--log-format must be text or json, not {log_format!r}", 2)
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
+    sim = simulated_platform(simulated_mrenclave, simulated_cpusvn)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
-          providers_file=providers, log_format=log_format, log_level=log_level.lower())
+          providers_file=providers, log_format=log_format, log_level=log_level.lower(), simulated=sim,
+          cvm_root=cvm_root)
 
 
 @controller_app.command("claim")

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -16,12 +17,20 @@ from duet.controller.evidence import EvidenceCollector
 from duet.controller.observe import configure_logging
 from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
+from duet.controller.statekey import (
+    CONTROLLER_KEY_LABEL,
+    CONTROLLER_KEY_META,
+    StateKey,
+    open_state_key,
+    seal_state_key,
+)
 from duet.cvm.provider import Provider
 from duet.ledger import keys
 from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore
 from duet.tee.base import TeeBackend
 from duet.tee.clock import TrustedClock
+from duet.tee.simulated import DEFAULT_CPUSVN
 
 log = logging.getLogger("duet.controller")
 
@@ -30,13 +39,24 @@ log = logging.getLogger("duet.controller")
 DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
 
 
-def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
-    pem = state.get_meta("controller_key")
-    if pem is None:
+@dataclass(frozen=True)
+class SimulatedPlatform:
+    """What `--simulated-mrenclave` / `--simulated-cpusvn` change about the simulated TEE:
+    another build (None: the package's own measurement), another microcode level."""
+
+    mrenclave: bytes | None = None
+    cpusvn: int = DEFAULT_CPUSVN
+
+
+def _load_or_create_key(state: StateStore, k: StateKey) -> keys.Ed25519PrivateKey:
+    """The controller's identity key, encrypted under K in the state file."""
+    blob = state.get_meta(CONTROLLER_KEY_META)
+    if blob is None:
         key = keys.Ed25519PrivateKey.generate()
-        state.set_meta("controller_key", keys.private_pem(key))
+        state.set_meta(CONTROLLER_KEY_META, k.encrypt(CONTROLLER_KEY_LABEL, keys.private_pem(key)))
         return key
-    return keys.load_private_pem(pem, source="the sealed controller key")
+    pem = k.decrypt(CONTROLLER_KEY_LABEL, blob)
+    return keys.load_private_pem(pem, source="the controller key (under the state key)")
 
 
 def _settle_owner_keys(state: StateStore, ledger: LedgerStore, owner_key: Path | None) -> None:
@@ -72,20 +92,29 @@ def build_controller(
     policy: Path | None = None,
     pccs_url: str | None = None,
     providers_file: Path | None = None,
+    simulated: SimulatedPlatform | None = None,
+    cvm_root: Path | None = None,
+    state_key: StateKey | None = None,
 ) -> Controller:
+    """``state_key``: K received at a handover (controller/handover.py), sealed here and
+    used instead of the local seal. ``cvm_root``: where the local provider keeps its CVMs
+    and their simulated secure processor (default: the data dir, as before)."""
     from duet.cvm.local import LocalProvider
 
     backend: TeeBackend
     clock = TrustedClock()
+    sim = simulated or SimulatedPlatform()
     if tee == "simulated":
         from duet.tee.simulated import SimulatedTee
 
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(data_dir, 0o700)
-        backend = SimulatedTee(data_dir / "tee")
+        backend = SimulatedTee(data_dir / "tee", mrenclave=sim.mrenclave, cpusvn=sim.cpusvn)
     elif tee == "gramine":
         from duet.tee.gramine import GramineError, GramineTee, pccs_collateral
 
+        if simulated is not None and simulated != SimulatedPlatform():
+            raise ConfigError("--simulated-mrenclave and --simulated-cpusvn apply to --tee simulated only")
         try:
             GramineTee.check_environment()
             GramineTee.check_data_dir(data_dir)
@@ -103,8 +132,18 @@ def build_controller(
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
     state = StateStore(data_dir / "state.sqlite")
-    _attach_clock(clock, state)
-    key = _load_or_create_key(state)
+    try:
+        if state_key is not None:
+            # Received at a handover, with a state file that is already all under K.
+            seal_state_key(state, backend, state_key)
+            state.cipher = state_key
+        else:
+            state.cipher = open_state_key(state, backend)
+        _attach_clock(clock, state)
+        key = _load_or_create_key(state, state.cipher)
+    except BaseException:
+        state.close()
+        raise
     ledger = LedgerStore(data_dir / "ledger.sqlite")
     try:
         _settle_owner_keys(state, ledger, owner_key)
@@ -115,11 +154,14 @@ def build_controller(
     from duet.attestation.simulated.tdx import SimulatedTdx
     from duet.controller.evidence_local import LocalEvidence
 
-    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
-    # lives in the data dir.
-    snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
-    tdx = SimulatedTdx.load_or_create(data_dir / "tee" / "tdx")
-    local = LocalProvider(data_dir / "cvms", platform=snp, tdx=tdx)
+    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK lives
+    # in the CVM root (the data dir unless --cvm-root says otherwise: then the CVMs and
+    # their secure processor outlive the controller's data dir, as a real host's do).
+    root = cvm_root if cvm_root is not None else data_dir
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    snp = SimulatedSnp.load_or_create(root / "tee" / "snp")
+    tdx = SimulatedTdx.load_or_create(root / "tee" / "tdx")
+    local = LocalProvider(root / "cvms", platform=snp, tdx=tdx)
     providers: dict[str, Provider] = {"local": local}
     evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local, tdx)}
     if providers_file is not None:
@@ -231,6 +273,8 @@ def serve(
     providers_file: Path | None = None,
     log_format: str = "text",
     log_level: str = "info",
+    simulated: SimulatedPlatform | None = None,
+    cvm_root: Path | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -249,7 +293,7 @@ def serve(
         lock_data_dir(data_dir)
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file)
+                                  providers_file=providers_file, simulated=simulated, cvm_root=cvm_root)
     app = create_app(controller)
     if tls:
         from duet.tee import ratls
