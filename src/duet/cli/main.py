@@ -248,6 +248,9 @@ def controller_serve(
     simulated_cpusvn: int | None = typer.Option(None, "--simulated-cpusvn",
                                                 help="SIMULATED TEE: the platform's CPUSVN (a microcode update "
                                                      "changes the sealing key)."),
+    join: str | None = typer.Option(None, "--join",
+                                    help="Take over from the controller at URL (this build must be approved "
+                                         "there); --data must be a new directory."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -260,7 +263,7 @@ def controller_serve(
     sim = simulated_platform(simulated_mrenclave, simulated_cpusvn)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), simulated=sim,
-          cvm_root=cvm_root)
+          cvm_root=cvm_root, join=join)
 
 
 @controller_app.command("claim")
@@ -275,6 +278,27 @@ def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
     kid = keys.key_id(owner.key.public_key())
     emit({"owner_key_id": kid}, fmt, ids=kid, render=lambda: out.print(f"claimed: owner key {kid}"))
+
+
+@controller_app.command("approve")
+@_guard
+def controller_approve(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+                       mrenclave: str | None = typer.Option(None, "--mrenclave", help="The build's MRENCLAVE (hex)."),
+                       mrsigner: str | None = typer.Option(None, "--mrsigner",
+                                                           help="Every build this key signs (users must allow it)."),
+                       isv_prod_id: int | None = typer.Option(None, "--isv-prod-id"),
+                       min_isv_svn: int | None = typer.Option(None, "--min-isv-svn"),
+                       expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                       output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Approve a controller build to take over this controller (`serve --join`); logged."""
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    res = owner.approve_build(mrenclave=mrenclave.lower() if mrenclave else None,
+                              mrsigner=mrsigner.lower() if mrsigner else None,
+                              isv_prod_id=isv_prod_id, min_isv_svn=min_isv_svn)
+    what = f"MRENCLAVE {mrenclave}" if mrenclave else f"MRSIGNER {mrsigner}"
+    emit(res, fmt, ids=str(res.get("controller_log_index")),
+         render=lambda: out.print(f"approved {what} (controller log entry {res.get('controller_log_index')})"))
 
 
 @controller_app.command("info")

@@ -29,6 +29,9 @@ class ControllerLog:
     hashes: list[bytes] = field(default_factory=list)
     #: (controller-log size once the change was appended, key ids, base64 keys).
     changes: list[tuple[int, list[str], list[str]]] = field(default_factory=list)
+    #: Continuity entries (`build_approved`, `handover`, `handover_refused`) with
+    #: their index, for the build-history check (client/build_history.py).
+    continuity: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -63,7 +66,17 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
         ctl.decoded.append(e)
         t = e.get("type")
         if t == "intent":
-            continue  # judged with the owner_keys entry it must be followed by
+            continue  # judged with the entry it must be followed by
+        if t in CONTROLLER_WRITTEN:
+            ctl.continuity.append((i, e))
+            continue
+        if t == "build_approved":
+            problem = _approval_problem(e, ctl.decoded[i - 1] if i > 0 else None, in_force, controller_id, nonces)
+            if problem:
+                problems.append(f"entry {i}: {problem}")
+            else:
+                ctl.continuity.append((i, e))
+            continue
         if t != "owner_keys":
             problems.append(f"entry {i}: a {t} entry has no place in the controller log")
             continue
@@ -109,6 +122,33 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
                                                      else "every owner key the controller log put in force "
                                                           "is expected")))
     return checks, ctl
+
+
+#: Continuity entries the controller writes on its own (no intent before them).
+CONTROLLER_WRITTEN = ("handover", "handover_refused")
+
+
+def _approval_problem(e: dict[str, Any], prev: dict[str, Any] | None, in_force: dict[str, Any],
+                      controller_id: str, nonces: set[str]) -> str | None:
+    """A `build_approved` entry must follow the `controller.approve` intent that asked for
+    exactly it, signed by an owner key in force."""
+    if prev is None or prev.get("type") != "intent" or prev.get("op") != Op.CONTROLLER_APPROVE:
+        return "build approval without a controller.approve intent"
+    try:
+        it = parse_intent(str(prev.get("jws")))
+        verify_signature(it, in_force)
+    except LedgerError as exc:
+        return f"the approval's intent: {exc}"
+    if it.payload.get("aud") != controller_id:
+        return "approval intent addressed to another controller"
+    asked = {k: v for k, v in it.args.items() if v is not None}
+    got = {k: e.get(k) for k in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn") if e.get(k) is not None}
+    if asked != got:
+        return "the approved build differs from what the intent asked"
+    if it.nonce in nonces:
+        return "approval intent nonce reused (replay)"
+    nonces.add(it.nonce)
+    return None
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

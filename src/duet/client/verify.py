@@ -26,6 +26,7 @@ from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
 from duet.client.api import CONTROLLER_LOG, ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
+from duet.client.build_history import build_history, build_history_checks
 from duet.client.config import controller_key_of_url, default_state_dir
 from duet.client.controller_log import ControllerLog, controller_log_checks, cvm_link_checks
 from duet.client.cvm_checks import (
@@ -387,6 +388,8 @@ def check_controller_log(
         return None
     checks, ctl = controller_log_checks(leaves, controller_id=cid, expect=expect)
     report.checks.extend(checks)
+    report.checks.extend(build_history_checks(ctl, expect, current=report.controller.get("mrenclave")))
+    report.controller["builds"] = build_history(ctl, report.controller.get("mrenclave"))
     return ctl
 
 

@@ -95,6 +95,7 @@ def build_controller(
     simulated: SimulatedPlatform | None = None,
     cvm_root: Path | None = None,
     state_key: StateKey | None = None,
+    join: str | None = None,
 ) -> Controller:
     """``state_key``: K received at a handover (controller/handover.py), sealed here and
     used instead of the local seal. ``cvm_root``: where the local provider keeps its CVMs
@@ -131,6 +132,13 @@ def build_controller(
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
+    if join is not None:
+        if tee == "gramine":
+            raise ConfigError("under --tee gramine the command line is fixed by the manifest: --join is not "
+                              "taken from it (docs/continuity.md)")
+        from duet.controller.continuity import join as join_predecessor
+
+        state_key = join_predecessor(join, data_dir, backend).state_key
     state = StateStore(data_dir / "state.sqlite")
     try:
         if state_key is not None:
@@ -275,6 +283,7 @@ def serve(
     log_level: str = "info",
     simulated: SimulatedPlatform | None = None,
     cvm_root: Path | None = None,
+    join: str | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -293,7 +302,8 @@ def serve(
         lock_data_dir(data_dir)
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file, simulated=simulated, cvm_root=cvm_root)
+                                  providers_file=providers_file, simulated=simulated, cvm_root=cvm_root,
+                                  join=join)
     app = create_app(controller)
     if tls:
         from duet.tee import ratls

@@ -125,6 +125,10 @@ class StateStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM meta WHERE k=?", (key,))
+
     def owner_keys(self) -> dict[str, str]:
         with self._lock:
             rows = self._db.execute("SELECT kid, public_b64 FROM owner_keys").fetchall()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from duet.ledger.entries import OWNER_MODES
 
@@ -36,6 +36,7 @@ class Op(StrEnum):
     DELETE = "cvm.delete"
     OWNER_KEYS = "owner.keys"
     POLICY_SET = "policy.set"
+    CONTROLLER_APPROVE = "controller.approve"
 
 
 class _Args(BaseModel):
@@ -98,6 +99,29 @@ class PolicyArgs(_Args):
         return v
 
 
+Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ApproveArgs(_Args):
+    """One build that may receive the state key K at a handover: an MRENCLAVE, or an
+    MRSIGNER with its product id and minimum SVN (every future build that key signs; users
+    accept that form only with `allow_mrsigner_approval`)."""
+
+    mrenclave: Hex32 | None = None
+    mrsigner: Hex32 | None = None
+    isv_prod_id: int | None = Field(None, ge=0, lt=1 << 16)
+    min_isv_svn: int | None = Field(None, ge=0, lt=1 << 16)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApproveArgs:
+        signer = (self.mrsigner, self.isv_prod_id, self.min_isv_svn)
+        if self.mrenclave is not None and all(v is None for v in signer):
+            return self
+        if self.mrenclave is None and all(v is not None for v in signer):
+            return self
+        raise ValueError("give either mrenclave, or mrsigner with isv_prod_id and min_isv_svn")
+
+
 @dataclass(frozen=True)
 class Operation:
     """One owner operation.
@@ -138,6 +162,8 @@ for _o in (
     Operation(Op.DELETE, True, DeleteArgs, "delete", "delete a CVM and close its log"),
     Operation(Op.OWNER_KEYS, False, OwnerKeysArgs, "set_owner_keys", "replace the owner keys", wrap=None),
     Operation(Op.POLICY_SET, True, PolicyArgs, "set_policy", "replace a CVM's policy (in-update)"),
+    Operation(Op.CONTROLLER_APPROVE, False, ApproveArgs, "approve_build",
+              "approve a controller build to receive the state key at a handover", wrap=None),
 ):
     register(_o)
 
