@@ -186,6 +186,13 @@ def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
             capture_output=True, text=True, timeout=120)
         assert cli.returncode != 0, cli.stdout
         assert "controller_builds" in cli.stdout + cli.stderr and A[:16] in cli.stdout + cli.stderr
+
+        # B restarts with the same argv (--join included): it opens its own seal and goes on;
+        # nothing is rotated again.
+        b.kill()
+        b.start("--join", a.url, "--cvm-root", str(cvm_root), "--simulated-mrenclave", B)
+        assert b.owner().run(cvms[2], "true", timeout_s=30)["exit_status"] == 0
+        assert sum(e["type"] == "key_rotated" for e in _entries(b, f"/v1/cvms/{cvms[2]}/entries")) == 1
     finally:
         a.kill()
         b.kill()

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -72,6 +73,7 @@ RESPONSE_DOMAIN = b"duet-handover-response-v1"
 SEAL_INFO = b"duet-handover-seal-v1"
 CHALLENGE_TTL_S = 120.0
 MAX_CHALLENGES = 64
+MAX_LOGGED_REFUSALS_PER_MIN = 10
 #: State-file meta: set on an instance that handed over (it acts no more), and on a
 #: successor until every CVM key is rotated.
 HANDED_OVER_META = "handed_over"
@@ -183,10 +185,10 @@ class HandoverServer:
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
         self._challenges: dict[bytes, float] = {}
+        self._refusals: list[float] = []
         self._busy = asyncio.Lock()
 
     def challenge(self) -> dict[str, Any]:
-        self._check_not_handed_over()
         now = time.monotonic()
         self._challenges = {c: t for c, t in self._challenges.items() if now - t < CHALLENGE_TTL_S}
         if len(self._challenges) >= MAX_CHALLENGES:
@@ -194,10 +196,6 @@ class HandoverServer:
         c = secrets.token_bytes(32)
         self._challenges[c] = now
         return {"challenge": c.hex(), "controller_id": self.ctl.controller_id}
-
-    def _check_not_handed_over(self) -> None:
-        if self.ctl.state.get_meta(HANDED_OVER_META) is not None:
-            raise HandedOver("this controller instance already handed its state to a successor")
 
     def _verify_successor(self, body: Mapping[str, Any]) -> tuple[Any, bytes, bytes, bytes]:
         from duet.attestation import verify_sgx_quote
@@ -232,19 +230,25 @@ class HandoverServer:
 
     async def handover(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ctl = self.ctl
-        self._check_not_handed_over()
+        # A handed-over instance may hand over again (to an approved build only, logged
+        # again): a successor that failed after the handover entry is not left orphaned.
+        # The last successor to rotate the CVM keys is the one that reaches them.
         ctl._check_controller_log()
         report, challenge, nonce, epk = self._verify_successor(body)
         if not any(a.admits(report.mrenclave, report.mrsigner, report.isv_prod_id, report.isv_svn)
                    for a in approvals(ctl)):
             reason = (f"build MRENCLAVE {report.mrenclave[:16]}… (MRSIGNER {report.mrsigner[:16]}…) is not "
                       "approved by the owner (duet controller approve)")
+            now = time.monotonic()
+            self._refusals = [t for t in self._refusals if now - t < 60] + [now]
+            if len(self._refusals) > MAX_LOGGED_REFUSALS_PER_MIN:
+                # Genuine quotes of unapproved builds must not grow the controller log without bound.
+                raise HandoverBusy("too many refused handovers in the last minute; retry later")
             ctl._append_controller([entries.HandoverRefusedEntry(mrenclave=report.mrenclave,
                                                                  mrsigner=report.mrsigner, reason=reason)])
             log.warning("handover refused: %s", reason)
             raise HandoverRefused(f"handover refused: {reason}; nothing was handed over")
         async with self._busy:
-            self._check_not_handed_over()
             # Every CVM's lock: commands in flight finish, no new one starts, and no
             # append lands after the snapshot. The controller is handed over from here.
             cvm_ids = sorted(ctl._records)
@@ -320,8 +324,8 @@ def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 120.0) -> Recei
 
     from duet.attestation import verify_sgx_quote
 
-    if (data_dir / "state.sqlite").exists() or (data_dir / "ledger.sqlite").exists():
-        raise JoinFailed(f"--join needs a new data dir; {data_dir} already holds a controller's state")
+    if (data_dir / "ledger.sqlite").exists():
+        raise JoinFailed(f"--join needs a new data dir; {data_dir} already holds a controller's ledger")
     eph = X25519PrivateKey.generate()
     epk = _raw(eph.public_key())
     nonce = secrets.token_bytes(32)
@@ -379,13 +383,21 @@ def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 120.0) -> Recei
     except Exception as exc:
         raise JoinFailed(f"the handed-over state does not open: {type(exc).__name__}") from None
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    incoming = data_dir / "incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(mode=0o700)
     for name, blob in (("state.sqlite", state_db), ("ledger.sqlite", ledger_db)):
-        fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(incoming / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-    _check_received(data_dir, k, controller_id, epk, tee)
+    _check_received(incoming, k, controller_id, epk, tee)
+    # The ledger first, the state file (with K sealed inside) last: a data dir with a
+    # state file is complete.
+    os.replace(incoming / "ledger.sqlite", data_dir / "ledger.sqlite")
+    os.replace(incoming / "state.sqlite", data_dir / "state.sqlite")
+    shutil.rmtree(incoming, ignore_errors=True)
     return Received(state_key=k, controller_id=controller_id)
 
 
@@ -404,7 +416,7 @@ def _check_received(data_dir: Path, k: StateKey, controller_id: str, epk: bytes,
     with the handover to this very enclave (its key and its measurement)."""
     import sqlite3
 
-    from duet.controller.statekey import CONTROLLER_KEY_LABEL, CONTROLLER_KEY_META
+    from duet.controller.statekey import CONTROLLER_KEY_LABEL, CONTROLLER_KEY_META, SEALED_META
     from duet.ledger.store import LedgerStore
 
     db = sqlite3.connect(data_dir / "state.sqlite")
@@ -412,6 +424,8 @@ def _check_received(data_dir: Path, k: StateKey, controller_id: str, epk: bytes,
         row = db.execute("SELECT v FROM meta WHERE k=?", (CONTROLLER_KEY_META,)).fetchone()
         db.execute("DELETE FROM meta WHERE k=?", (HANDED_OVER_META,))
         db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (ROTATION_META, b"handover"))
+        # K sealed to this build, in the same transaction: the received state opens here.
+        db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (SEALED_META, tee.seal(k.raw())))
         db.commit()
     finally:
         db.close()
@@ -444,6 +458,10 @@ async def rotate_all(ctl: Controller, reason: str) -> None:
                 await rotate(ctl, rec, reason)
             except (CvmError, errors.DuetError, OSError) as exc:
                 log.error("cvm %s: client key rotation failed: %s", rec.id, exc)
+                # On the record: until it is rotated, an earlier holder's key may open it.
+                ctl.append(rec, [entries.ErrorEntry(
+                    code="key_rotation_failed",
+                    message=f"the SSH client key was not rotated after the {reason}: {exc}")])
                 failed.append(rec.id)
     if not failed:
         ctl.state.delete_meta(ROTATION_META)

@@ -132,6 +132,10 @@ def build_controller(
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
+    if join is not None and (data_dir / "state.sqlite").exists():
+        # Joined before (the state file is written last): a restart keeps its argv.
+        log.warning("%s already holds the state received at a handover; --join %s is ignored", data_dir, join)
+        join = None
     if join is not None:
         if tee == "gramine":
             raise ConfigError("under --tee gramine the command line is fixed by the manifest: --join is not "
