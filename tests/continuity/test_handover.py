@@ -157,6 +157,9 @@ def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
             res_b = owner_b.run(cvm, "cat built-by; echo under B", timeout_s=30)
             assert res_b["exit_status"] == 0
             assert base64.b64decode(res_b["stdout"]) == b"under A\nunder B\n"
+        # In-service under B: lockdown (only B's rotated key opens the CVM) and fresh
+        # evidence from the simulated secure processor, which outlived A's host.
+        assert owner_b.mode(cvms[0], "in-service")["mode"] == "in-service"
 
         # Every CVM log extends the checkpoint the user verified under A.
         with b.http() as hb:

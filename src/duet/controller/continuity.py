@@ -57,6 +57,7 @@ from duet.controller import errors
 from duet.controller.state import CvmRecord, Status
 from duet.controller.statekey import StateKey
 from duet.cvm.errors import CvmError
+from duet.cvm.lockdown import rotate_key_command
 from duet.cvm.ssh import CvmConnection, export_private, generate_client_key, import_private, public_line
 from duet.ledger import entries, keys
 from duet.ledger.intent import Intent
@@ -476,22 +477,33 @@ async def rotate(ctl: Controller, rec: CvmRecord, reason: str) -> None:
     new = generate_client_key()
     new_line = public_line(new)
     provider = ctl._provider(rec.provider)
-    install = getattr(provider, "set_authorized_keys", None)
-    if install is None:
-        raise errors.CvmNotReady(f"provider {rec.provider!r} cannot rotate the controller's key yet")
-    await install(rec.id, [old_line, new_line])
+    host_side = getattr(provider, "set_authorized_keys", None)
+
+    async def install(lines: list[str]) -> None:
+        if host_side is not None:
+            await host_side(rec.id, lines)
+            return
+        # A real guest: one logged builtin command (template `rotate_key v1`), over the
+        # connection in force (the old key first, then the new one).
+        out = await ctl.execute(rec, None, rotate_key_command(lines), timeout=60.0, action="rotate_key",
+                                builtin=True)
+        if out.result is None or out.result.exit_status != 0:
+            raise errors.CvmNotReady(f"the key rotation command failed on CVM {rec.id} (entry {out.result_index})")
+
+    await install([old_line, new_line])
     assert rec.host and rec.port and rec.user
     probe = CvmConnection(host=rec.host, port=rec.port, user=rec.user, client_key=new,
                           pinned_host_key=rec.host_key)
     await probe.connect()
     ctl.state.set_client_key(rec.id, export_private(new))
-    await install(rec.id, [new_line])
     stale = ctl._conns.pop(rec.id, None)
     if stale is not None:
         await stale.close()
     ctl._conns[rec.id] = probe
+    await install([new_line])
+    how = str(getattr(provider, "key_rotation_how", "")) if host_side is not None else \
+        "the logged builtin command rotate_key (sudo, the root-owned authorized-keys file)"
     ctl.append(rec, [entries.KeyRotatedEntry(
         client_key=new_line, previous_key_sha256=entries.sha256_hex(old_line), reason=reason,
-        how=str(getattr(provider, "key_rotation_how", rec.provider)),
-        controller_log_size=ctl.ledger.tree_head(CONTROLLER_LOG).size)])
+        how=how or rec.provider, controller_log_size=ctl.ledger.tree_head(CONTROLLER_LOG).size)])
     ctl._save(rec)
