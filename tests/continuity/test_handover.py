@@ -150,6 +150,19 @@ def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
             outcome = asyncio.run(_try_login(views[cvm], old_keys[cvm]))
             assert outcome.startswith("refused"), outcome
 
+        # A restarted on its old data dir still accepts nothing, and appends nothing to its
+        # stale copy of the logs (which would fork them).
+        a.kill()
+        a.start("--cvm-root", str(cvm_root), "--simulated-mrenclave", A)
+        with pytest.raises(ClientError) as info:
+            a.owner().run(cvms[1], "true", timeout_s=30)
+        assert info.value.code == "handed_over"
+        for c in cvms:
+            stale = _entries(a, f"/v1/cvms/{c}/entries")
+            current = _entries(b, f"/v1/cvms/{c}/entries")
+            # A's copy is a strict prefix of B's log (up to the handover): nothing of its own.
+            assert len(stale) < len(current) and current[:len(stale)] == stale
+
         # The host of A is lost: its process and its data dir. B drives every CVM.
         a.kill()
         shutil.rmtree(a.data)

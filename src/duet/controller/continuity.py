@@ -317,10 +317,11 @@ class Received:
     controller_id: str
 
 
-def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 120.0) -> Received:
+def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 660.0) -> Received:
     """Run the successor's side against the predecessor at `url`; on success the data dir
     holds the predecessor's state and ledger and the returned K opens them. `url` is a
-    hint: what is accepted is decided by the quotes and signatures checked here."""
+    hint: what is accepted is decided by the quotes and signatures checked here. The
+    timeout covers the predecessor waiting for commands in flight (at most 600 s each)."""
     import httpx
 
     from duet.attestation import verify_sgx_quote

@@ -433,6 +433,11 @@ class Controller:
         log size it was saved at (`_reconcile`), so the cost is the growth since.
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
+        if self.deposed is not None:
+            # Handed over: the successor owns the logs and the CVMs now. Appending here
+            # (closing a command, a moved port) would fork this stale copy of the logs.
+            log.warning("%s", self.deposed)
+            return
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
             last = entries.decode(self.ledger.leaves(rec.id, size - 1, size)[0]) if size else None
