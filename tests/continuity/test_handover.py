@@ -109,7 +109,18 @@ def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
         views = {v["id"]: v for v in owner_a.http.get_json("/v1/cvms")["cvms"]}
         assert all(asyncio.run(_try_login(views[c], old_keys[c])) == "in" for c in cvms)
 
-        owner_a.approve_build(mrenclave=B)
+        # The owner approves B with the CLI; a malformed measurement is refused before signing.
+        key_file = tmp_path / "owner.key"
+        key_file.write_bytes(keys.private_pem(owner_key))
+        approve = [sys.executable, "-m", "duet.cli.main", "controller", "approve", "--controller", a.url,
+                   "--key", str(key_file), "--trust-simulated", "--state-dir", str(tmp_path / "owner-state")]
+        bad = subprocess.run([*approve, "--mrenclave", "xyz"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
+        ok = subprocess.run([*approve, "--mrenclave", B.upper()], capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        approved = _entries(a, "/v1/controller/log/entries")
+        assert approved[-2]["op"] == "controller.approve" and approved[-1] == {**approved[-1], "type": "build_approved",
+                                                                              "mrenclave": B}
 
         # An unapproved build asks to join: refused, logged, nothing handed over.
         rogue = tmp_path / "rogue" / "data"
