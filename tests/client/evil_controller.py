@@ -41,13 +41,17 @@ class Recorded:
     controller_leaves: list[bytes] = field(default_factory=list)
 
     def controller_key(self) -> keys.Ed25519PrivateKey:
+        from duet.controller.statekey import CONTROLLER_KEY_LABEL, open_state_key
+        from duet.tee.simulated import SimulatedTee
+
         state = StateStore(self.data / "state.sqlite")
         try:
-            pem = state.get_meta("controller_key")
+            k = open_state_key(state, SimulatedTee(self.data / "tee"))  # the secrets are under K
+            blob = state.get_meta("controller_key")
         finally:
             state.close()
-        assert pem is not None
-        return keys.load_private_pem(pem)
+        assert blob is not None
+        return keys.load_private_pem(k.decrypt(CONTROLLER_KEY_LABEL, blob))
 
     def decoded(self, n: int | None = None) -> list[dict[str, Any]]:
         return [entries.decode(leaf) for leaf in self.leaves[: n if n is not None else len(self.leaves)]]

@@ -10,7 +10,9 @@ import httpx
 
 from duet.client.http import ClientError
 from duet.client.verify import fetch_leaves
+from duet.controller.statekey import CONTROLLER_KEY_LABEL, StateKey, client_key_label
 from duet.cvm.ssh import import_private
+from duet.tee.simulated import SimulatedTee
 from helpers import ControllerProc
 
 
@@ -34,9 +36,15 @@ def test_private_keys_never_leave(controller: ControllerProc) -> None:
     texts.append(controller.log().encode())
 
     db = sqlite3.connect(controller.data / "state.sqlite")
-    client_key_blob = db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm,)).fetchone()[0]
-    controller_pem = db.execute("SELECT v FROM meta WHERE k='controller_key'").fetchone()[0]
+    client_key_at_rest = db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm,)).fetchone()[0]
+    controller_at_rest = db.execute("SELECT v FROM meta WHERE k='controller_key'").fetchone()[0]
+    sealed_k = db.execute("SELECT v FROM meta WHERE k='state_key_sealed'").fetchone()[0]
     db.close()
+    # At rest, both are encrypted under the state key K (itself sealed by the TEE).
+    assert b"PRIVATE KEY" not in client_key_at_rest + controller_at_rest
+    k = StateKey(SimulatedTee(controller.data / "tee").unseal(sealed_k))
+    client_key_blob = k.decrypt(client_key_label(cvm), client_key_at_rest)
+    controller_pem = k.decrypt(CONTROLLER_KEY_LABEL, controller_at_rest)
     client_key = import_private(client_key_blob)
     secrets = {
         "ssh key (openssh)": client_key_blob,

@@ -159,3 +159,21 @@ async def test_pccs_provider_fails_closed_even_inside_an_event_loop(fake: FakeAt
     tee = GramineTee(fake.dir, collateral=pccs_collateral("https://127.0.0.1:9", timeout=10), clock=lambda: NOW)
     with pytest.raises(CollateralUnavailable, match="cannot get DCAP collateral"):
         tee.quote(bytes(64))
+
+
+def test_seal_uses_the_mrenclave_key_and_fails_closed(fake: FakeAttestation, sgx: SimulatedSgx) -> None:
+    """The state key is sealed with Gramine's _sgx_mrenclave key; another key (a microcode
+    update, another CPU) or no key file at all opens nothing, with one typed error."""
+    from duet.tee.gramine import SEAL_KEY_FILE
+    from duet.tee.seal import SealUnreadable
+
+    tee = tee_for(fake, sgx)
+    with pytest.raises(SealUnreadable, match="sealing key"):
+        tee.seal(b"k" * 32)
+    (fake.dir / SEAL_KEY_FILE).parent.mkdir()
+    (fake.dir / SEAL_KEY_FILE).write_bytes(bytes(range(16)))
+    blob = tee.seal(b"k" * 32)
+    assert b"k" * 32 not in blob and tee.unseal(blob) == b"k" * 32
+    (fake.dir / SEAL_KEY_FILE).write_bytes(bytes(range(1, 17)))
+    with pytest.raises(SealUnreadable, match="microcode"):
+        tee.unseal(blob)

@@ -250,17 +250,31 @@ def controller_serve(
                                      "(default: embedded SQLite in --data)."),
     lease_ttl: int | None = typer.Option(None, "--lease-ttl", min=1, max=300,
                                          help="Seconds the primary's etcd lease lives (with --store)."),
+    cvm_root: Path | None = typer.Option(None, "--cvm-root",
+                                         help="Where local CVMs and their simulated secure processor live "
+                                              "(default: the data dir)."),
+    simulated_mrenclave: str | None = typer.Option(None, "--simulated-mrenclave",
+                                                   help="SIMULATED TEE: act as another build (64 hex digits)."),
+    simulated_cpusvn: int | None = typer.Option(None, "--simulated-cpusvn",
+                                                help="SIMULATED TEE: the platform's CPUSVN (a microcode update "
+                                                     "changes the sealing key)."),
+    join: str | None = typer.Option(None, "--join",
+                                    help="Take over from the controller at URL (this build must be approved "
+                                         "there); --data must be a new directory."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
+    from duet.controller.serve_options import simulated_platform
 
     if log_format not in ("text", "json"):
         fail("invalid_request", f"--log-format must be text or json, not {log_format!r}", 2)
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("invalid_request", f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
+    sim = simulated_platform(simulated_mrenclave, simulated_cpusvn)
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
-          witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl)
+          witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl, simulated=sim, cvm_root=cvm_root,
+          join=join)
 
 
 @controller_app.command("claim")
@@ -275,6 +289,27 @@ def controller_claim(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path
     owner.set_owner_keys([keys.public_b64(owner.key.public_key())])
     kid = keys.key_id(owner.key.public_key())
     emit({"owner_key_id": kid}, fmt, ids=kid, render=lambda: out.print(f"claimed: owner key {kid}"))
+
+
+@controller_app.command("approve")
+@_guard
+def controller_approve(controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
+                       mrenclave: str | None = typer.Option(None, "--mrenclave", help="The build's MRENCLAVE (hex)."),
+                       mrsigner: str | None = typer.Option(None, "--mrsigner",
+                                                           help="Every build this key signs (users must allow it)."),
+                       isv_prod_id: int | None = typer.Option(None, "--isv-prod-id"),
+                       min_isv_svn: int | None = typer.Option(None, "--min-isv-svn"),
+                       expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
+                       output: OutputOpt = None, as_json: JsonOpt = False) -> None:
+    """Approve a controller build to take over this controller (`serve --join`); logged."""
+    fmt = resolve(output, as_json)
+    owner = _owner(controller, key, expect, trust_simulated, state_dir)
+    res = owner.approve_build(mrenclave=mrenclave.lower() if mrenclave else None,
+                              mrsigner=mrsigner.lower() if mrsigner else None,
+                              isv_prod_id=isv_prod_id, min_isv_svn=min_isv_svn)
+    what = f"MRENCLAVE {mrenclave}" if mrenclave else f"MRSIGNER {mrsigner}"
+    emit(res, fmt, ids=str(res.get("controller_log_index")),
+         render=lambda: out.print(f"approved {what} (controller log entry {res.get('controller_log_index')})"))
 
 
 @controller_app.command("info")

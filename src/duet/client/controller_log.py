@@ -9,7 +9,9 @@ controller log. Each CVM intent names the controller-log size in force when it w
 accepted; the intent's signer must be an owner key of that prefix.
 
 Other settings follow the same pattern (an intent, verbatim, then the entry it
-authorised): `witnesses.set` -> `witnesses`. `heads` entries commit CVM heads for the
+authorised): `witnesses.set` -> `witnesses`, `controller.approve` -> `build_approved`.
+The controller writes `handover` and `handover_refused` on its own (docs/continuity.md).
+`heads` entries commit CVM heads for the
 witnesses (docs/transparency.md, "Witnesses"); each CVM head there carries a consistency
 proof from that CVM's previous head, so the heads of one CVM form one history, checked
 here for every CVM, and a user's witness check needs only its own head's proof.
@@ -54,6 +56,9 @@ class ControllerLog:
     heads: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
     #: (controller-log index, witnesses, quorum) of every `witnesses` entry.
     witnesses: list[tuple[int, list[dict[str, Any]], int]] = field(default_factory=list)
+    #: Continuity entries (`build_approved`, `handover`, `handover_refused`) with
+    #: their index, for the build-history check (client/build_history.py).
+    continuity: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -129,6 +134,14 @@ class ControllerLogReplay:
         if t == "witnesses":
             if self._authorised(i, e, prev, Op.WITNESSES_SET, ("witnesses", "quorum")):
                 self.log.witnesses.append((i, list(e.get("witnesses") or []), int(e.get("quorum") or 0)))
+            return
+        if t in CONTROLLER_WRITTEN:
+            self.log.continuity.append((i, e))
+            return
+        if t == "build_approved":
+            if self._authorised(i, e, prev, Op.CONTROLLER_APPROVE,
+                                ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn")):
+                self.log.continuity.append((i, e))
             return
         if t != "owner_keys":
             self._problem(f"entry {i}: a {t} entry has no place in the controller log")
@@ -228,7 +241,8 @@ class ControllerLogReplay:
                 "intents": [[k, v] for k, v in sorted(self.log.intents.items())], "problems": self.problems,
                 "problem_count": self.problem_count, "in_force": self.in_force, "nonces": sorted(self.nonces),
                 "prev": self.prev, "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
-                "witnesses": [list(w) for w in self.log.witnesses]}
+                "witnesses": [list(w) for w in self.log.witnesses],
+                "continuity": [[i, e] for i, e in self.log.continuity]}
 
     def load(self, data: dict[str, Any]) -> None:
         """Resume from :meth:`dump`; raises ValueError, KeyError or TypeError on anything
@@ -238,7 +252,8 @@ class ControllerLogReplay:
             changes=[(int(at), [str(k) for k in ids], [str(k) for k in b64]) for at, ids, b64 in data["changes"]],
             intents={int(k): str(v) for k, v in data["intents"]},
             heads={str(c): [(int(i), int(n), str(r)) for i, n, r in v] for c, v in data["heads"].items()},
-            witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]])
+            witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]],
+            continuity=[(int(i), dict(e)) for i, e in data["continuity"]])
         self.problems = [str(p) for p in data["problems"]][:5]
         self.problem_count = int(data["problem_count"])
         self.in_force = [str(k) for k in data["in_force"]]
@@ -286,6 +301,10 @@ def link_problems(i: int, e: dict[str, Any], ctl: ControllerLog) -> tuple[bool, 
         elif _signer(jws) not in ctl.keys_at(at):
             problems.append(f"entry {i}: signed by a key not in force in the controller log at size {at}")
     return True, problems
+
+
+#: Continuity entries the controller writes on its own (no intent before them).
+CONTROLLER_WRITTEN = ("handover", "handover_refused")
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

@@ -2,7 +2,8 @@
 
 Shape::
 
-    controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1}
+    controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1,
+                 builds: [{mrenclave: "<hex>"}], allow_mrsigner_approval: false}
     cvm:
       tee: snp                        # the evidence kind: snp | simulated-snp | tdx | azure-snp | azure-tdx
                                       #   | azure-snp-maa | azure-tdx-maa (then pin MAA below)
@@ -66,9 +67,20 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
+class BuildExpectation(BaseModel):
+    """One controller build the user accepts as a holder of the state key (docs/continuity.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mrenclave: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+
 class ControllerExpectations(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tee: str | None = Field(None, description="sgx (or simulated)")
+    #: Every build that ever held the state key must be one of these (and so must the
+    #: quoted one); see client/build_history.py.
+    builds: list[BuildExpectation] | None = None
+    allow_mrsigner_approval: bool = False
     mrenclave: str | None = None
     mrsigner: str | None = None
     isv_prod_id: int | None = None
@@ -78,7 +90,8 @@ class ControllerExpectations(BaseModel):
     max_collateral_age: str | None = None
 
     def evidence(self) -> EvidenceExpectations:
-        return EvidenceExpectations(**self.model_dump(exclude={"tee"}, exclude_none=True))
+        return EvidenceExpectations(**self.model_dump(exclude={"tee", "builds", "allow_mrsigner_approval"},
+                                                      exclude_none=True))
 
 
 class CvmExpectations(BaseModel):
@@ -285,7 +298,7 @@ def weak_points(exp: UserExpectations | None) -> list[str]:
     loudly, and `--strict` refuses to run with them."""
     ctl = exp.controller if exp is not None else None
     out = []
-    if ctl is None or (ctl.mrenclave is None and ctl.mrsigner is None):
+    if ctl is None or (ctl.mrenclave is None and ctl.mrsigner is None and ctl.builds is None):
         out.append("the expectations pin neither controller.mrenclave nor controller.mrsigner: ANY genuine SGX "
                    "enclave (any build, including a modified one) is accepted as the controller")
     if ctl is None or ctl.accepted_tcb_statuses is None:

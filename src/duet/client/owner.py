@@ -45,6 +45,14 @@ class OwnerClient:
     def submit(self, op: str, args: dict[str, Any], cvm: str | None = None, stdin: bytes | None = None) -> Any:
         return self.api.submit_intent(self.sign(op, args, cvm), stdin)
 
+    def approve_build(self, *, mrenclave: str | None = None, mrsigner: str | None = None,
+                      isv_prod_id: int | None = None, min_isv_svn: int | None = None) -> dict[str, Any]:
+        """`controller.approve`: a build that may take over this controller (docs/continuity.md)."""
+        args: dict[str, Any] = {k: v for k, v in {"mrenclave": mrenclave, "mrsigner": mrsigner,
+                                                  "isv_prod_id": isv_prod_id, "min_isv_svn": min_isv_svn}.items()
+                                if v is not None}
+        return dict(self.submit(Op.CONTROLLER_APPROVE, args))
+
     def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
                spec: dict[str, Any] | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {"provider": provider}

@@ -29,6 +29,7 @@ from duet.attestation.binding import controller_report_data
 from duet.attestation.errors import AttestationError
 from duet.client.api import CONTROLLER_LOG, ReadClient
 from duet.client.audit import Audit, Check, LogState, audit_log
+from duet.client.build_history import build_history, build_history_checks
 from duet.client.config import controller_key_of_url, default_state_dir
 from duet.client.controller_log import ControllerLog, ControllerLogReplay
 from duet.client.errors import ClientError, LimitExceeded
@@ -389,7 +390,7 @@ def verify(
             # as new as every CVM entry that names one of its sizes): the links are then
             # checked as the CVM entries stream past.
             ctl = check_controller_log(source, ctl_report, memory, cid, controller_key, remember, expect,
-                                       cache=cache, context=context, full=full)
+                                       cache=cache, context=context, full=full, controller=report.controller)
             replay.ctl = ctl
         slot = _Slot(cache, slot_of(origin, context)) if cache is not None and not keep_entries else None
 
@@ -500,7 +501,7 @@ def _save(slot: _Slot, origin: str, cp: Checkpoint, rng: merkle.CompactRange, re
 def check_controller_log(
     source: Source, report: Report, memory: CheckpointMemory, cid: str, controller_key: Ed25519PublicKey,
     remember: bool, expect: UserExpectations | None, *, cache: VerifyCache | None = None,
-    context: dict[str, Any] | None = None, full: bool = False,
+    context: dict[str, Any] | None = None, full: bool = False, controller: dict[str, Any] | None = None,
 ) -> ControllerLog | None:
     """The controller log, checked as a CVM log is (signature with the attested key, root,
     consistency with the remembered checkpoint), then its owner-key history. Call with
@@ -518,6 +519,9 @@ def check_controller_log(
     if replay is None or opened is None:
         return None
     report.checks.extend(replay.checks(expect))
+    about = controller if controller is not None else report.controller
+    report.checks.extend(build_history_checks(replay.log, expect, current=about.get("mrenclave")))
+    about["builds"] = build_history(replay.log, about.get("mrenclave"))
     cp = opened[0]
 
     def prefix_root(size: int, root: bytes) -> bool:

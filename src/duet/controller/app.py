@@ -65,6 +65,7 @@ STATUS: dict[str, int] = {
     "forbidden_in_mode": 403,
     "forbidden_by_policy": 403,
     "invalid_transition": 403,
+    "handover_refused": 403,
     "unknown_cvm": 404,
     "unknown_log": 404,
     "no_witnesses": 404,
@@ -78,6 +79,7 @@ STATUS: dict[str, int] = {
     "lockdown_failed": 409,
     "control_plane_failed": 409,
     "rollback_detected": 409,
+    "handed_over": 409,
     "request_too_large": 413,
     "request_head_too_large": 431,
     "rate_limited": 429,
@@ -362,6 +364,10 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             return error_response("not_found", str(exc), 404)
         return StreamingResponse(_bundle(controller, cvm_id, first, width, leaves[0]),
                                  media_type="application/octet-stream", headers=IMMUTABLE)
+
+    from duet.controller.handover_api import add_handover_routes
+
+    add_handover_routes(app, controller)
 
     async def intent_body(request: Request) -> tuple[str, bytes | None] | JSONResponse:
         """`{"jws": ..., "stdin"?: <base64>}`, or the error response that refuses it."""

@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from duet.controller.evidence import EvidenceCollector
 from duet.controller.observe import configure_logging
 from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
+from duet.controller.statekey import (
+    CONTROLLER_KEY_LABEL,
+    CONTROLLER_KEY_META,
+    StateKey,
+    open_state_key,
+    seal_state_key,
+)
 from duet.cvm.provider import Provider
 from duet.ledger import keys
 from duet.ledger.backend import LogStore
@@ -27,6 +35,7 @@ from duet.ledger.policy import DEFAULT_POLICY, parse_policy
 from duet.ledger.store import LedgerStore, TreeHead
 from duet.tee.base import TeeBackend
 from duet.tee.clock import TrustedClock
+from duet.tee.simulated import DEFAULT_CPUSVN
 
 log = logging.getLogger("duet.controller")
 
@@ -35,13 +44,24 @@ log = logging.getLogger("duet.controller")
 DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
 
 
-def _load_or_create_key(state: StateStore) -> keys.Ed25519PrivateKey:
-    pem = state.get_meta("controller_key")
-    if pem is None:
+@dataclass(frozen=True)
+class SimulatedPlatform:
+    """What `--simulated-mrenclave` / `--simulated-cpusvn` change about the simulated TEE:
+    another build (None: the package's own measurement), another microcode level."""
+
+    mrenclave: bytes | None = None
+    cpusvn: int = DEFAULT_CPUSVN
+
+
+def _load_or_create_key(state: StateStore, k: StateKey) -> keys.Ed25519PrivateKey:
+    """The controller's identity key, encrypted under K in the state file."""
+    blob = state.get_meta(CONTROLLER_KEY_META)
+    if blob is None:
         key = keys.Ed25519PrivateKey.generate()
-        state.set_meta("controller_key", keys.private_pem(key))
+        state.set_meta(CONTROLLER_KEY_META, k.encrypt(CONTROLLER_KEY_LABEL, keys.private_pem(key)))
         return key
-    return keys.load_private_pem(pem, source="the sealed controller key")
+    pem = k.decrypt(CONTROLLER_KEY_LABEL, blob)
+    return keys.load_private_pem(pem, source="the controller key (under the state key)")
 
 
 def _settle_owner_keys(state: StateStore, ledger: LogStore, owner_key: Path | None) -> None:
@@ -83,7 +103,14 @@ def build_controller(
     lease_ttl: int | None = None,
     lease_wait: float | None = None,
     witness_floor: Callable[[str], TreeHead | None] | None = None,
+    simulated: SimulatedPlatform | None = None,
+    cvm_root: Path | None = None,
+    state_key: StateKey | None = None,
+    join: str | None = None,
 ) -> Controller:
+    """``state_key``: K received at a handover (controller/handover.py), sealed here and
+    used instead of the local seal. ``cvm_root``: where the local provider keeps its CVMs
+    and their simulated secure processor (default: the data dir, as before)."""
     from duet.controller.witnessing import WitnessConfig, parse_witness_flag
     from duet.cvm.local import LocalProvider
 
@@ -96,15 +123,18 @@ def build_controller(
 
     backend: TeeBackend
     clock = TrustedClock()
+    sim = simulated or SimulatedPlatform()
     if tee == "simulated":
         from duet.tee.simulated import SimulatedTee
 
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(data_dir, 0o700)
-        backend = SimulatedTee(data_dir / "tee")
+        backend = SimulatedTee(data_dir / "tee", mrenclave=sim.mrenclave, cpusvn=sim.cpusvn)
     elif tee == "gramine":
         from duet.tee.gramine import GramineError, GramineTee, pccs_collateral
 
+        if simulated is not None and simulated != SimulatedPlatform():
+            raise ConfigError("--simulated-mrenclave and --simulated-cpusvn apply to --tee simulated only")
         try:
             GramineTee.check_environment()
             GramineTee.check_data_dir(data_dir)
@@ -121,14 +151,34 @@ def build_controller(
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {policy}: {exc.strerror}") from None
         parse_policy(policy_text)
+    if join is not None and (data_dir / "state.sqlite").exists():
+        # Joined before (the state file is written last): a restart keeps its argv.
+        log.warning("%s already holds the state received at a handover; --join %s is ignored", data_dir, join)
+        join = None
+    if join is not None:
+        if store is not None:
+            raise ConfigError("--join hands over an embedded store; with --store etcd:// a second instance "
+                              "joins as a standby, which is not built yet (docs/continuity.md)")
+        if tee == "gramine":
+            raise ConfigError("under --tee gramine the command line is fixed by the manifest: --join is not "
+                              "taken from it (docs/continuity.md)")
+        from duet.controller.continuity import join as join_predecessor
+
+        state_key = join_predecessor(join, data_dir, backend).state_key
     ledger: LogStore
     if store is None:
         state = StateStore(data_dir / "state.sqlite")
-        _attach_clock(clock, state)
-        key = _load_or_create_key(state)
+        try:
+            state.cipher = _open_cipher(state, backend, state_key)
+            _attach_clock(clock, state)
+            key = _load_or_create_key(state, state.cipher)
+        except BaseException:
+            state.close()
+            raise
         ledger = LedgerStore(data_dir / "ledger.sqlite")
     else:
-        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait, witness_floor)
+        state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait, witness_floor,
+                                              backend, state_key)
     try:
         _settle_owner_keys(state, ledger, owner_key)
     except BaseException:
@@ -138,11 +188,14 @@ def build_controller(
     from duet.attestation.simulated.tdx import SimulatedTdx
     from duet.controller.evidence_local import LocalEvidence
 
-    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
-    # lives in the data dir.
-    snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
-    tdx = SimulatedTdx.load_or_create(data_dir / "tee" / "tdx")
-    local = LocalProvider(data_dir / "cvms", platform=snp, tdx=tdx)
+    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK lives
+    # in the CVM root (the data dir unless --cvm-root says otherwise: then the CVMs and
+    # their secure processor outlive the controller's data dir, as a real host's do).
+    root = cvm_root if cvm_root is not None else data_dir
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    snp = SimulatedSnp.load_or_create(root / "tee" / "snp")
+    tdx = SimulatedTdx.load_or_create(root / "tee" / "tdx")
+    local = LocalProvider(root / "cvms", platform=snp, tdx=tdx)
     providers: dict[str, Provider] = {"local": local}
     evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local, tdx)}
     if providers_file is not None:
@@ -175,8 +228,18 @@ def build_controller(
     return controller
 
 
+def _open_cipher(state: StateStore, backend: TeeBackend, state_key: StateKey | None) -> StateKey:
+    """K: received at a handover (then sealed here), or opened from the local seal."""
+    if state_key is not None:
+        # Received at a handover, with a state file that is already all under K.
+        seal_state_key(state, backend, state_key)
+        return state_key
+    return open_state_key(state, backend)
+
+
 def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl: int | None,
                      lease_wait: float | None, witness_floor: Callable[[str], TreeHead | None] | None,
+                     backend: TeeBackend, state_key: StateKey | None,
                      ) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
     """`--store etcd://HOST:PORT`: become the primary (the lease), then open the state and
     the logs from etcd, verifying what is read (controller/replicated.py). `witness_floor`
@@ -198,7 +261,12 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     state = ReplicatedState(data_dir / "state.sqlite")
-    key = _load_or_create_key(state)
+    try:
+        state.cipher = _open_cipher(state, backend, state_key)
+        key = _load_or_create_key(state, state.cipher)
+    except BaseException:
+        state.close()
+        raise
     cid = keys.key_id(key.public_key())
     prefix = f"duet/{cid}/".encode()
     etcd = EtcdClient(host, port)
@@ -346,6 +414,9 @@ def serve(
     witness_quorum: int = 1,
     store: str | None = None,
     lease_ttl: int | None = None,
+    simulated: SimulatedPlatform | None = None,
+    cvm_root: Path | None = None,
+    join: str | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -365,7 +436,8 @@ def serve(
     sock = bind(host, port)
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
                                   providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum,
-                                  store=store, lease_ttl=lease_ttl)
+                                  store=store, lease_ttl=lease_ttl, simulated=simulated, cvm_root=cvm_root,
+                                  join=join)
     try:
         # Before anything is served or appended: a data dir older than what a quorum of
         # witnesses cosigned is a rollback, and the controller does not start on it.

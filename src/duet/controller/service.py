@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from duet import __version__
 from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
-from duet.controller import errors, stdin, streaming
+from duet.controller import continuity, errors, stdin, streaming
 from duet.controller.evidence import CvmPort, EvidenceCollector
 from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
@@ -238,6 +238,9 @@ class Controller:
         self.witnessing = Witnessing(self)
         #: Wakes the readers that follow a running command's log (controller/streaming.py).
         self.watch = streaming.LogWatch()
+        #: Why this instance accepts no intent (it handed its state to a successor).
+        self.deposed: str | None = continuity.deposed_reason(state)
+        self.handover = continuity.HandoverServer(self)
 
     def _open_controller_log(self) -> list[KeyChange]:
         """Create the controller log on first start; derive the owner keys in force from
@@ -436,6 +439,11 @@ class Controller:
         log size it was saved at (`_reconcile`), so the cost is the growth since.
         """
         self.replay.seed_from_logs(self.ledger, int(time.time()))
+        if self.deposed is not None:
+            # Handed over: the successor owns the logs and the CVMs now. Appending here
+            # (closing a command, a moved port) would fork this stale copy of the logs.
+            log.warning("%s", self.deposed)
+            return
         await self.witnessing.start()
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
@@ -467,6 +475,12 @@ class Controller:
                         code="cvm_moved", message=f"CVM restarted on port {prov.port} (was {rec.port})")])
                     rec.port = prov.port
                     self._save(rec)
+        if self.deposed is None and self.state.get_meta(continuity.ROTATION_META) is not None:
+            # A successor: the predecessor's copy of K must open no CVM any more.
+            await continuity.rotate_all(self, reason="handover")
+
+    async def approve_build(self, intent: Intent) -> dict[str, Any]:
+        return await continuity.approve_build(self, intent)
 
     def _reconcile(self, rec: CvmRecord) -> None:
         """The log is the truth; the record is a cache of it. The record remembers the log
@@ -525,6 +539,8 @@ class Controller:
     def authenticate(self, jws: str, *, now: int | None = None) -> Intent:
         """Every check that needs no CVM state; failing here changes nothing."""
         self._check_controller_log()
+        if self.deposed is not None:
+            raise continuity.HandedOver(self.deposed)
         intent = parse_intent(jws)
         owner_keys = self._owner_keys()
         if not owner_keys:

@@ -1,9 +1,10 @@
 """The controller's durable state: identity, owner keys, CVM records.
 
-Kept in its own SQLite file next to the ledger. Under Gramine the data dir is the
-encrypted mount keyed to MRENCLAVE, so what is stored here (the controller key, each
-CVM's SSH client key) is sealed to the enclave; under the simulated TEE it is a plain
-file and the controller says SIMULATED about everything resting on it.
+Kept in its own SQLite file next to the ledger. The secrets stored here (the controller
+key, each CVM's SSH client key) are encrypted under the state key K
+(controller/statekey.py), which is itself sealed to the enclave. Under Gramine the data
+dir is moreover the encrypted mount keyed to MRENCLAVE; under the simulated TEE it is a
+plain file and the controller says SIMULATED about everything resting on it.
 
 Like the ledger, this database uses WAL with `locking_mode=EXCLUSIVE` set first (so no
 shared-memory index is ever made: Gramine's encrypted files cannot hold one) and
@@ -20,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from duet.controller.statekey import StateKey, client_key_label
 from duet.ledger.entries import Mode
 
 SCHEMA = """
@@ -102,6 +104,13 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        #: K (controller/statekey.py): set before any secret is read or written.
+        self.cipher: StateKey | None = None
+
+    def _k(self) -> StateKey:
+        if self.cipher is None:
+            raise RuntimeError("the state key is not open yet")
+        return self.cipher
 
     def close(self) -> None:
         with self._lock:
@@ -115,6 +124,10 @@ class StateStore:
     def set_meta(self, key: str, value: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM meta WHERE k=?", (key,))
 
     def owner_keys(self) -> dict[str, str]:
         with self._lock:
@@ -135,6 +148,9 @@ class StateStore:
                 raise
 
     def put_cvm(self, record: CvmRecord, client_key: bytes | None = None) -> None:
+        """Save a record and (when given) its SSH client key, encrypted under K."""
+        if client_key is not None:
+            client_key = self._k().encrypt(client_key_label(record.id), client_key)
         with self._lock:
             if client_key is None:
                 self._db.execute(
@@ -156,4 +172,23 @@ class StateStore:
             row = self._db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm_id,)).fetchone()
         if row is None:
             raise KeyError(cvm_id)
-        return bytes(row[0])
+        return self._k().decrypt(client_key_label(cvm_id), bytes(row[0]))
+
+    def set_client_key(self, cvm_id: str, client_key: bytes) -> None:
+        """Replace a CVM's SSH client key (a rotation), encrypted under K."""
+        self.set_raw_client_key(cvm_id, self._k().encrypt(client_key_label(cvm_id), client_key))
+
+    def raw_client_keys(self) -> list[tuple[str, bytes]]:
+        """Each CVM's stored client key as it is at rest (for the upgrade to K)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, client_key FROM cvms ORDER BY rowid").fetchall()
+        return [(str(i), bytes(b)) for i, b in rows]
+
+    def set_raw_client_key(self, cvm_id: str, blob: bytes) -> None:
+        with self._lock:
+            self._db.execute("UPDATE cvms SET client_key=? WHERE id=?", (blob, cvm_id))
+
+    def snapshot(self, dest: Path) -> None:
+        """A consistent copy of this database (a handover ships it; secrets stay under K)."""
+        with self._lock:
+            self._db.execute("VACUUM INTO ?", (str(dest),))

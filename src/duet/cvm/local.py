@@ -861,6 +861,35 @@ class LocalProvider:
             prov.launch["simulated_tdx" if platform["kind"] == "simulated-tdx" else "simulated_snp"] = platform
         return prov
 
+    #: How `set_authorized_keys` installs a key (logged in `key_rotated` entries).
+    key_rotation_how = "host-side: the local provider rewrites the CVM's authorized_keys file (root-owned in root mode)"
+
+    async def set_authorized_keys(self, cvm_id: str, lines: list[str]) -> None:
+        """Replace the controller's authorized key(s) of a CVM (a key rotation), host-side
+        as at provisioning: the file is rewritten atomically with the same owner and mode."""
+        clean = []
+        for line in lines:
+            fields = line.strip().split()
+            if len(fields) < 2 or not _PUBKEY_RE.match(f"{fields[0]} {fields[1]}"):
+                raise ProvisioningFailed("an authorized key must be one OpenSSH public key line")
+            clean.append(f"{fields[0]} {fields[1]}")
+        if not clean:
+            raise ProvisioningFailed("at least one authorized key")
+        async with self._lock(cvm_id):
+            st = self._load(cvm_id)
+            akf = self._authorized_keys_path(st)
+            tmp = akf.with_name(akf.name + ".new")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 if st.privileged else 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(c + "\n" for c in clean))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, akf)
+            st.authorized_key = clean[-1]
+            self._save(st)
+
     async def ensure_running(self, cvm_id: str) -> Provisioned:
         """Restart sshd from the CVM's config if it is gone; same host key, and the same
         port unless another process took it (then `Provisioned.port` says the new one)."""

@@ -131,6 +131,16 @@ def remote_command(params: Mapping[str, Any]) -> str:
             f"{shlex.quote(lockdown_facts.guest_source())} {shlex.quote(json.dumps(params, sort_keys=True))}")
 
 
+def rotate_key_command(lines: list[str]) -> str:
+    """The logged builtin that replaces the controller's key(s) in a real guest's root-owned
+    authorized-keys file (atomically: a new file, then a rename). A template of it is in
+    `duet.ledger.builtins` (`rotate_key v1`), so users can tell it from an owner command."""
+    akf = REMOTE_AUTHORIZED_KEYS
+    script = f'umask 022 && printf "%s\\n" "$@" > {akf}.new && mv -f {akf}.new {akf}'
+    return (f"sudo -n env -i PATH={CLEAN_PATH} sh -c {shlex.quote(script)} rotate_key "
+            + " ".join(shlex.quote(" ".join(line.split()[:2])) for line in lines))
+
+
 async def run_remote(params: Mapping[str, Any], runner: Runner) -> Lockdown:
     command = remote_command(params)
     try:
@@ -157,6 +167,7 @@ __all__ = [
     "local_params",
     "remote_command",
     "remote_params",
+    "rotate_key_command",
     "run_local",
     "run_remote",
 ]

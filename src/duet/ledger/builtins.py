@@ -117,6 +117,13 @@ def _v1_remote_lockdown(user: str, akf: str) -> set[str]:
     }
 
 
+_AKF = "/etc/ssh/duet/authorized_keys"
+#: `rotate_key` v1 (a controller handover, docs/continuity.md): argv before the key lines.
+_ROTATE_KEY_V1_ARGV = ["sudo", "-n", "env", "-i", f"PATH={CLEAN_PATH}", "sh", "-c",
+                       f'umask 022 && printf "%s\\n" "$@" > {_AKF}.new && mv -f {_AKF}.new {_AKF}', "rotate_key"]
+_SSH_KEY_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/]+={0,3}")
+
+
 def builtin_template(entry: dict[str, Any], *, user: str | None, report_tool: str | None) -> str | None:
     """The template a builtin command entry matches exactly, as ``<action> <version>``,
     or None. `user`: the CVM's SSH user (provisioned entry); `report_tool`: the local
@@ -143,6 +150,16 @@ def builtin_template(entry: dict[str, Any], *, user: str | None, report_tool: st
             digest = hashlib.sha256(text.encode()).hexdigest()
             if digest in ATTEST_REMOTE_SHA256:
                 return f"attest {ATTEST_REMOTE_SHA256[digest]}"
+        return None
+    if action == "rotate_key":
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            return None
+        keys = argv[len(_ROTATE_KEY_V1_ARGV):]
+        if argv[:len(_ROTATE_KEY_V1_ARGV)] == _ROTATE_KEY_V1_ARGV and 1 <= len(keys) <= 2 \
+                and all(_SSH_KEY_LINE.fullmatch(k) for k in keys):
+            return "rotate_key v1"
         return None
     if action == "lockdown":
         if user is not None and command in _v1_remote_lockdown(user, f"/home/{user}/.ssh/authorized_keys"):

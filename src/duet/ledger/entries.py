@@ -408,6 +408,29 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
     # Controller log only: the witnesses the controller submits its checkpoints to (C2SP
     # vkeys and URLs) and how many must have cosigned before it starts (witnesses.set).
     "witnesses": (_f("witnesses", _k_witnesses), _f("quorum", _k_index)),
+    # Continuity (docs/continuity.md): the controller log records which builds the owner
+    # approved and each handover of the state key K between builds.
+    "build_approved": (
+        _f("mrenclave", _k_hex, optional=True),
+        _f("mrsigner", _k_hex, optional=True),
+        _f("isv_prod_id", _k_index, optional=True),
+        _f("min_isv_svn", _k_index, optional=True),
+    ),
+    "handover": (
+        _f("from_mrenclave", _k_hex),
+        _f("from_mrsigner", _k_hex),
+        _f("to_mrenclave", _k_hex),
+        _f("to_mrsigner", _k_hex),
+        _f("to_key_sha256", _k_sha256),
+    ),
+    "handover_refused": (_f("mrenclave", _k_hex), _f("mrsigner", _k_hex), _f("reason", _k_str)),
+    "key_rotated": (
+        _f("client_key", _k_str),
+        _f("previous_key_sha256", _k_sha256),
+        _f("reason", _k_str),
+        _f("how", _k_str),
+        _f("controller_log_size", _k_index),
+    ),
 }
 """Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
 be JSON null."""
@@ -1029,6 +1052,54 @@ class WitnessesEntry(Entry):
     quorum: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuildApprovedEntry(Entry):
+    """(Controller log) the owner approved a build to receive K: one MRENCLAVE, or (only if
+    users' expectations allow it) an MRSIGNER with product id and minimum SVN."""
+
+    TYPE: ClassVar[str] = "build_approved"
+    mrenclave: str | None = None
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandoverEntry(Entry):
+    """(Controller log) K and the state were handed to an attested, approved successor;
+    logged by the predecessor before it hands anything over."""
+
+    TYPE: ClassVar[str] = "handover"
+    from_mrenclave: str
+    from_mrsigner: str
+    to_mrenclave: str
+    to_mrsigner: str
+    to_key_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandoverRefusedEntry(Entry):
+    """(Controller log) a would-be successor got nothing, and why."""
+
+    TYPE: ClassVar[str] = "handover_refused"
+    mrenclave: str
+    mrsigner: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRotatedEntry(Entry):
+    """(CVM log) the controller's SSH client key for this CVM was replaced and the old one
+    removed, after a handover: an instance that kept the old key reaches nothing."""
+
+    TYPE: ClassVar[str] = "key_rotated"
+    client_key: str
+    previous_key_sha256: str
+    reason: str
+    how: str
+    controller_log_size: int
+
+
 RECORD_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
     for cls in (
@@ -1050,6 +1121,10 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         ControlPlaneEntry,
         HeadsEntry,
         WitnessesEntry,
+        BuildApprovedEntry,
+        HandoverEntry,
+        HandoverRefusedEntry,
+        KeyRotatedEntry,
     )
 }
 """Entry type name → record class."""

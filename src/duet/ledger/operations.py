@@ -48,6 +48,7 @@ class Op(StrEnum):
     OWNER_KEYS = "owner.keys"
     POLICY_SET = "policy.set"
     WITNESSES_SET = "witnesses.set"
+    CONTROLLER_APPROVE = "controller.approve"
 
 
 class _Args(BaseModel):
@@ -159,6 +160,27 @@ class WitnessesArgs(_Args):
         if len(set(names)) != len(names):
             raise ValueError("two witnesses share a name")
         return self
+Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ApproveArgs(_Args):
+    """One build that may receive the state key K at a handover: an MRENCLAVE, or an
+    MRSIGNER with its product id and minimum SVN (every future build that key signs; users
+    accept that form only with `allow_mrsigner_approval`)."""
+
+    mrenclave: Hex32 | None = None
+    mrsigner: Hex32 | None = None
+    isv_prod_id: int | None = Field(None, ge=0, lt=1 << 16)
+    min_isv_svn: int | None = Field(None, ge=0, lt=1 << 16)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApproveArgs:
+        signer = (self.mrsigner, self.isv_prod_id, self.min_isv_svn)
+        if self.mrenclave is not None and all(v is None for v in signer):
+            return self
+        if self.mrenclave is None and all(v is not None for v in signer):
+            return self
+        raise ValueError("give either mrenclave, or mrsigner with isv_prod_id and min_isv_svn")
 
 
 @dataclass(frozen=True)
@@ -203,6 +225,8 @@ for _o in (
     Operation(Op.POLICY_SET, True, PolicyArgs, "set_policy", "replace a CVM's policy (in-update)"),
     Operation(Op.WITNESSES_SET, False, WitnessesArgs, "set_witnesses", "replace the controller log's witnesses",
               wrap=None),
+    Operation(Op.CONTROLLER_APPROVE, False, ApproveArgs, "approve_build",
+              "approve a controller build to receive the state key at a handover", wrap=None),
 ):
     register(_o)
 

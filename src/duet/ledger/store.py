@@ -865,6 +865,12 @@ class LedgerStore:
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def snapshot(self, dest: Path) -> None:
+        """A consistent copy of the whole store at this moment (a controller handover
+        ships it); appends wait for it, so no log is caught half-written."""
+        with self._lock:
+            self._cursor.execute("VACUUM INTO ?", (str(dest),))
+
     def close(self) -> None:
         """Close the database (idempotent). Nothing is buffered: appends are durable when
         they return."""

@@ -28,3 +28,11 @@ class TeeBackend(Protocol):
     def measurement(self) -> dict[str, str]:
         """The identity a user pins (MRENCLAVE, MRSIGNER, ...) as hex."""
         ...
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """Encrypt to this build on this platform (tee/seal.py): a convenience copy only."""
+        ...
+
+    def unseal(self, blob: bytes) -> bytes:
+        """Open a seal; raises `duet.tee.seal.SealUnreadable` saying why it does not open."""
+        ...

@@ -48,6 +48,7 @@ from typing import Any
 from duet.attestation.dcap.abi import SgxReportBody, parse_sgx_quote
 from duet.attestation.errors import AttestationError
 from duet.tee.base import Quote
+from duet.tee.seal import SealUnreadable, seal_with, unseal_with
 
 DEFAULT_ATTESTATION_DIR = Path("/dev/attestation")
 #: Where the manifest mounts the encrypted (sealed) data dir; the manifest template renders
@@ -88,6 +89,11 @@ class CollateralUnavailable(GramineError):
     """No (verifiable) DCAP collateral for this platform right now."""
 
     code = "collateral_unavailable"
+
+
+#: Gramine's pseudo-file with this enclave's MRENCLAVE-policy sealing key (16 bytes),
+#: relative to the attestation dir.
+SEAL_KEY_FILE = "keys/_sgx_mrenclave"
 
 
 class SealedDirError(GramineError):
@@ -261,6 +267,30 @@ class GramineTee:
         return dict(self._measurement)
 
 
+    # ------------------------------------------------------------------------ sealing
+
+    def _seal_key(self) -> bytes:
+        path = self._dir / SEAL_KEY_FILE
+        try:
+            key = path.read_bytes()
+        except OSError as exc:
+            raise SealUnreadable(f"cannot read this enclave's sealing key {path}: {exc.strerror}") from None
+        if len(key) != 16:
+            raise SealUnreadable(f"{path} is not a 128-bit sealing key")
+        return key
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """Seal with EGETKEY's MRENCLAVE-policy key (Gramine's ``_sgx_mrenclave``). The
+        enclave does not see its CPUSVN here, so the header carries 0; a TCB change still
+        changes the key, and the seal then does not open (the error says so)."""
+        mr = bytes.fromhex(self.measurement()["mrenclave"])
+        return seal_with(self._seal_key(), plaintext, mrenclave=mr, cpusvn=0)
+
+    def unseal(self, blob: bytes) -> bytes:
+        mr = bytes.fromhex(self.measurement()["mrenclave"])
+        return unseal_with(self._seal_key(), blob, mrenclave=mr, cpusvn=0)
+
+
 def pccs_collateral(pccs_url: str, *, timeout: float = 30.0) -> CollateralProvider:
     """A collateral provider over ``dcap_qvl.get_collateral(pccs_url, quote)`` (network).
 
@@ -287,3 +317,4 @@ def pccs_collateral(pccs_url: str, *, timeout: float = 30.0) -> CollateralProvid
         return data
 
     return provide
+

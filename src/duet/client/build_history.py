@@ -1,0 +1,82 @@
+"""Which controller builds ever held the state key K, judged against the user's list.
+
+K is made at a controller's first start and sealed to that build; it leaves a build only
+through a `handover`, which the predecessor logs, naming both builds, before it sends
+anything. So the builds that held K are: the first handover's predecessor (with no
+handover: the build the quote shows) and each handover's successor. A user who lists
+`controller.builds` in the expectations accepts a CVM only if *every* build in that
+history is listed (a build that held K could have read every CVM key and signed anything
+in the controller's name), not only the build that answers the quote today. An approval of
+a whole signer (`build_approved` with an MRSIGNER) lets whoever holds that signing key ship
+a build that receives K, so it fails unless `allow_mrsigner_approval` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from duet.client.audit import Check
+from duet.client.controller_log import ControllerLog
+from duet.client.expectations import UserExpectations
+
+
+def build_history(ctl: ControllerLog, current: str | None) -> list[dict[str, Any]]:
+    """The builds that held K, in order: {index, mrenclave, how}; `current` is the quoted
+    MRENCLAVE (the only holder when nothing was handed over)."""
+    out: list[dict[str, Any]] = []
+    for i, e in ctl.continuity:
+        if e["type"] != "handover":
+            continue
+        if not out:
+            out.append({"index": 0, "mrenclave": str(e["from_mrenclave"]), "how": "first build"})
+        elif out[-1]["mrenclave"] != e["from_mrenclave"]:
+            out.append({"index": i, "mrenclave": str(e["from_mrenclave"]), "how": "unexplained (no handover to it)"})
+        out.append({"index": i, "mrenclave": str(e["to_mrenclave"]),
+                    "how": f"handover from {str(e['from_mrenclave'])[:16]}…"})
+    if not out and current is not None:
+        out.append({"index": 0, "mrenclave": current, "how": "first build (no handover)"})
+    return out
+
+
+def _short(history: Sequence[dict[str, Any]]) -> str:
+    return " → ".join(f"{h['mrenclave'][:16]}… (#{h['index']})" for h in history) or "none recorded"
+
+
+def build_history_checks(ctl: ControllerLog, expect: UserExpectations | None,
+                         current: str | None) -> list[Check]:
+    history = build_history(ctl, current)
+    refused = [e for _, e in ctl.continuity if e["type"] == "handover_refused"]
+    note = f"; {len(refused)} handover(s) refused" if refused else ""
+    gaps = [h for h in history if h["how"].startswith("unexplained")]
+    mismatch = bool(history) and current is not None and history[-1]["mrenclave"] != current
+    if gaps:
+        detail = (f"build(s) {', '.join(h['mrenclave'][:16] + '…' for h in gaps)} handed over the state key "
+                  f"without any handover to them in the controller log: {_short(history)}")
+    elif mismatch:
+        detail = (f"the controller log says build {history[-1]['mrenclave'][:16]}… holds the state key, but the "
+                  f"quote is of {str(current)[:16]}…: {_short(history)}")
+    else:
+        detail = f"builds that held the state key: {_short(history)}{note}"
+    checks = [Check("controller_build_history", not gaps and not mismatch, detail)]
+    ctl_exp = expect.controller if expect is not None else None
+    if ctl_exp is None:
+        return checks
+    if ctl_exp.builds is not None:
+        allowed = {b.mrenclave.lower() for b in ctl_exp.builds}
+        outside = [h for h in history if h["mrenclave"] not in allowed]
+        if current is not None and current not in allowed and all(h["mrenclave"] != current for h in outside):
+            outside.append({"index": "quote", "mrenclave": current})
+        checks.append(Check(
+            "controller_builds", not outside and bool(history),
+            ("every build that held the state key is expected: " + _short(history)) if not outside and history
+            else "no build is known: the build history cannot be judged" if not outside
+            else "build(s) outside controller.builds held the state key: "
+                 + ", ".join(f"{h['mrenclave'][:16]}… (#{h['index']})" for h in outside)))
+    signer = [i for i, e in ctl.continuity if e["type"] == "build_approved" and e.get("mrsigner") is not None]
+    if signer and not ctl_exp.allow_mrsigner_approval:
+        checks.append(Check(
+            "controller_approvals", False,
+            f"the owner approved a whole MRSIGNER (entries {', '.join(map(str, signer))}): its key holder can "
+            "ship a build that receives the state key; set controller.allow_mrsigner_approval to accept"))
+    return checks

@@ -1,0 +1,78 @@
+"""The user's side of continuity: approvals in the controller log must be authorised, and
+the build history is judged against `controller.builds` (client/build_history.py)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from duet.client.build_history import build_history, build_history_checks
+from duet.client.controller_log import controller_log_checks
+from duet.client.expectations import UserExpectations
+from duet.ledger import entries, keys
+from duet.ledger.intent import sign_intent
+
+A, B, C = "aa" * 32, "bb" * 32, "cc" * 32
+OWNER = keys.Ed25519PrivateKey.generate()
+CID = "ab" * 32
+
+
+def _intent(op: str, args: dict[str, object], key: keys.Ed25519PrivateKey = OWNER) -> entries.IntentEntry:
+    jws = sign_intent(key, op=op, args=args, aud=CID, nonce=secrets.token_hex(16), iat=int(time.time()))
+    return entries.IntentEntry(jws=jws, op=op, kid=keys.key_id(key.public_key()), controller_log_size=1)
+
+
+def _log(*items: entries.Entry) -> list[bytes]:
+    first = entries.OwnerKeysEntry(keys=(keys.public_b64(OWNER.public_key()),))
+    return [e.encode() for e in (first, *items)]
+
+
+def _handover(frm: str, to: str) -> entries.HandoverEntry:
+    return entries.HandoverEntry(from_mrenclave=frm, from_mrsigner="11" * 32, to_mrenclave=to,
+                                 to_mrsigner="11" * 32, to_key_sha256="00" * 32)
+
+
+def _exp(*builds: str, signer: bool = False) -> UserExpectations:
+    return UserExpectations.model_validate(
+        {"controller": {"builds": [{"mrenclave": b} for b in builds], "allow_mrsigner_approval": signer}})
+
+
+def test_history_and_expected_builds() -> None:
+    leaves = _log(_intent("controller.approve", {"mrenclave": B}), entries.BuildApprovedEntry(mrenclave=B),
+                  _handover(A, B))
+    checks, ctl = controller_log_checks(leaves, controller_id=CID, expect=None)
+    assert all(c.ok for c in checks), checks
+    assert [h["mrenclave"] for h in build_history(ctl, B)] == [A, B]
+    assert all(c.ok for c in build_history_checks(ctl, _exp(A, B), B))
+    failed = [c for c in build_history_checks(ctl, _exp(B), B) if not c.ok]
+    assert [c.name for c in failed] == ["controller_builds"] and A[:16] in failed[0].detail
+    # The quoted build must be the log's last holder.
+    assert not all(c.ok for c in build_history_checks(ctl, None, C))
+
+
+def test_a_holder_without_a_handover_to_it_fails() -> None:
+    _, ctl = controller_log_checks(_log(_handover(A, B), _handover(C, A)), controller_id=CID, expect=None)
+    bad = [c for c in build_history_checks(ctl, None, A) if not c.ok]
+    assert [c.name for c in bad] == ["controller_build_history"] and C[:16] in bad[0].detail
+
+
+def test_approval_without_its_intent_or_by_a_stranger_is_refused() -> None:
+    stranger = keys.Ed25519PrivateKey.generate()
+    for items in (
+        (entries.BuildApprovedEntry(mrenclave=B),),
+        (_intent("controller.approve", {"mrenclave": C}), entries.BuildApprovedEntry(mrenclave=B)),
+        (_intent("controller.approve", {"mrenclave": B}, stranger), entries.BuildApprovedEntry(mrenclave=B)),
+    ):
+        checks, ctl = controller_log_checks(_log(*items), controller_id=CID, expect=None)
+        assert not checks[0].ok and "approv" in checks[0].detail
+        assert not ctl.continuity
+
+
+def test_mrsigner_approval_needs_the_users_consent() -> None:
+    signer = {"mrsigner": "11" * 32, "isv_prod_id": 1, "min_isv_svn": 2}
+    leaves = _log(_intent("controller.approve", signer), entries.BuildApprovedEntry(**signer))  # type: ignore[arg-type]
+    checks, ctl = controller_log_checks(leaves, controller_id=CID, expect=None)
+    assert all(c.ok for c in checks)
+    bad = [c for c in build_history_checks(ctl, _exp(A), A) if not c.ok]
+    assert [c.name for c in bad] == ["controller_approvals"]
+    assert all(c.ok for c in build_history_checks(ctl, _exp(A, signer=True), A))
