@@ -187,7 +187,7 @@ class ControllerLogReplay:
             it = parse_intent(str(prev.get("jws")))
             verify_signature(it, _ids(self.in_force))
         except LedgerError as exc:
-            self._problem(f"entry {i - 1}: {exc}")
+            self._problem(f"entry {i - 1}: the intent before a {e.get('type')} entry: {exc}")
             return False
         if it.op != op or any(it.args.get(f) != e.get(f) for f in fields):
             self._problem(f"entry {i}: the {e.get('type')} entry differs from what the preceding intent asked")
