@@ -25,7 +25,8 @@ def test_every_operation_has_a_record_and_a_handler() -> None:
     for op in OPERATIONS.values():
         assert callable(getattr(Controller, op.handler)), op.op
         assert issubclass(op.args, BaseModel)
-    assert {o.op for o in OPERATIONS.values() if not o.targets_cvm} == {"cvm.create", "owner.keys"}
+    assert {o.op for o in OPERATIONS.values() if not o.targets_cvm} == {"cvm.create", "owner.keys", "providers.set",
+                                                                         "credentials.set"}
 
 
 @pytest.mark.parametrize("op,args", [

@@ -110,6 +110,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "control_plane": {"provider": "azure", "purpose": "in-service", "model_sha256": SHA,
                       "facts": {"provider": "azure"}, "checks": [{"name": "no_extensions", "ok": True, "detail": "x"}],
                       "ok": True},
+    "providers": {"providers": {"azure": {"location": "westeurope"}}, "providers_sha256": SHA,
+                  "control_plane_recheck_s": 900},
+    "credentials": {"provider": "azure", "recipient_key_id": SHA, "ciphertext_sha256": SHA, "credentials_mac": SHA},
 }
 
 
@@ -243,6 +246,13 @@ KINDS: dict[tuple[str, str], str] = {
     ("control_plane", "facts"): "dict",
     ("control_plane", "checks"): "verdicts",
     ("control_plane", "ok"): "bool",
+    ("providers", "providers"): "dict",
+    ("providers", "providers_sha256"): "sha256",
+    ("providers", "control_plane_recheck_s"): "index",
+    ("credentials", "provider"): "str",
+    ("credentials", "recipient_key_id"): "sha256",
+    ("credentials", "ciphertext_sha256"): "sha256",
+    ("credentials", "credentials_mac"): "sha256",
 }
 OPTIONAL = {
     ("genesis", "host_data"),
@@ -270,6 +280,7 @@ OPTIONAL = {
     ("result", "signal"),
     ("rejected", "jws"),
     ("deleted", "reason"),
+    ("providers", "control_plane_recheck_s"),
 }
 NULLABLE = {("command", "intent_index"), ("result", "exit_status"), ("result", "signal")}
 

@@ -3,7 +3,11 @@ whether each CVM log points into it honestly.
 
 The controller log (origin `duet/<controller-id>/controller`) holds the claim and every
 owner-key change: an `owner.keys` intent, verbatim, followed by the `owner_keys` entry it
-authorised. Its first entry may instead be a bare `owner_keys` entry: the key set the
+authorised. Likewise a `providers.set` intent is followed by the `providers` entry it
+authorised and a `credentials.set` intent by its `credentials` entry (which names the
+provider and digests, never the secret). A `providers` entry without an intent is the
+`--providers` file of a controller run outside an enclave (development). Its first
+entry may instead be a bare `owner_keys` entry: the key set the
 operator gave at first start (`--owner-key`), or the keys of a data dir that predates the
 controller log. Each CVM intent names the controller-log size in force when it was
 accepted; the intent's signer must be an owner key of that prefix.
@@ -29,6 +33,10 @@ class ControllerLog:
     hashes: list[bytes] = field(default_factory=list)
     #: (controller-log size once the change was appended, key ids, base64 keys).
     changes: list[tuple[int, list[str], list[str]]] = field(default_factory=list)
+    #: Index of each `providers` entry, and of those no owner intent authorised.
+    providers: list[int] = field(default_factory=list)
+    host_seeded: list[int] = field(default_factory=list)
+    credentials: list[int] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -63,7 +71,18 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
         ctl.decoded.append(e)
         t = e.get("type")
         if t == "intent":
-            continue  # judged with the owner_keys entry it must be followed by
+            try:
+                nxt = entries.decode(leaves[i + 1]).get("type") if i + 1 < len(leaves) else None
+            except LedgerError:
+                nxt = None  # reported as undecodable on its own turn
+            if _AUTHORISES.get(str(e.get("op"))) != nxt:
+                problems.append(f"entry {i}: a {e.get('op')} intent not followed by the entry it authorises")
+            continue  # judged with the entry it must be followed by
+        if t in ("providers", "credentials"):
+            problem = _setting(i, e, ctl, in_force, nonces, controller_id)
+            if problem:
+                problems.append(problem)
+            continue
         if t != "owner_keys":
             problems.append(f"entry {i}: a {t} entry has no place in the controller log")
             continue
@@ -97,8 +116,12 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
             nonces.add(it.nonce)
         in_force = new
         ctl.changes.append((i + 1, sorted(new), sorted(str(k) for k in e.get("keys") or [])))
+    seeded = (f"; {len(ctl.host_seeded)} set by the host's --providers (outside an enclave, development)"
+              if ctl.host_seeded else "")
     checks = [Check("controller_log_entries", not problems, "; ".join(problems[:5])
-                    or f"{len(ctl.changes)} owner key set(s), each authorised by an owner key in force")]
+                    or f"{len(ctl.changes)} owner key set(s), {len(ctl.providers)} provider setting(s) and "
+                       f"{len(ctl.credentials)} credentials change(s), each authorised by an owner key in force"
+                       + seeded)]
     if expect is not None and expect.owner is not None:
         allowed = expect.owner.key_ids
         outside = sorted({k for _, ids, _ in ctl.changes for k in ids if k not in allowed})
@@ -109,6 +132,52 @@ def controller_log_checks(leaves: Sequence[bytes], *, controller_id: str,
                                                      else "every owner key the controller log put in force "
                                                           "is expected")))
     return checks, ctl
+
+
+#: The entry each controller-log intent must be followed by.
+_AUTHORISES: dict[str, str] = {Op.OWNER_KEYS.value: "owner_keys", Op.PROVIDERS_SET.value: "providers",
+                               Op.CREDENTIALS_SET.value: "credentials"}
+
+
+def _setting(i: int, e: dict[str, Any], ctl: ControllerLog, in_force: dict[str, Any], nonces: set[str],
+             controller_id: str) -> str | None:
+    """A `providers` or `credentials` entry: authorised by the intent just before it (a
+    `providers` entry may stand alone: a development controller's --providers file)."""
+    import hashlib
+
+    import rfc8785
+
+    t = e["type"]
+    if t == "providers" and hashlib.sha256(rfc8785.dumps(e.get("providers"))).hexdigest() != e.get("providers_sha256"):
+        return f"entry {i}: providers_sha256 is not the digest of the settings"
+    prev = ctl.decoded[i - 1] if i > 0 else None
+    if prev is None or prev.get("type") != "intent":
+        if t == "credentials":
+            return f"entry {i}: credentials change without a credentials.set intent"
+        ctl.providers.append(i)
+        ctl.host_seeded.append(i)
+        return None
+    try:
+        it = parse_intent(str(prev.get("jws")))
+        verify_signature(it, in_force)
+    except LedgerError as exc:
+        return f"entry {i - 1}: {exc}"
+    if it.payload.get("aud") != controller_id:
+        return f"entry {i - 1}: intent addressed to another controller"
+    if it.nonce in nonces:
+        return f"entry {i - 1}: intent nonce reused (replay)"
+    nonces.add(it.nonce)
+    if t == "providers":
+        if it.op != Op.PROVIDERS_SET or it.args.get("providers") != e.get("providers") \
+                or it.args.get("control_plane_recheck_s") != e.get("control_plane_recheck_s"):
+            return f"entry {i}: the providers differ from what the preceding intent asked"
+        ctl.providers.append(i)
+        return None
+    if it.op != Op.CREDENTIALS_SET or any(it.args.get(k) != e.get(k) for k in
+                                          ("provider", "ciphertext_sha256", "recipient_key_id")):
+        return f"entry {i}: the credentials change differs from what the preceding intent asked"
+    ctl.credentials.append(i)
+    return None
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

@@ -76,6 +76,7 @@ STATUS: dict[str, int] = {
     "lockdown_failed": 409,
     "control_plane_failed": 409,
     "rollback_detected": 409,
+    "invalid_credentials": 400,
     "request_too_large": 413,
     "request_head_too_large": 431,
     "rate_limited": 429,
@@ -153,8 +154,10 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
         controller.ready = True
+        controller.setup.start()  # the periodic control-plane re-check
         yield
         controller.ready = False
+        await controller.setup.stop()
         await controller.shutdown()
 
     async def observe(request: Request) -> None:
@@ -354,9 +357,17 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             body = await run_in_threadpool(parse) if len(raw) > 64 * 1024 else parse()
         except strictjson.JsonInputError as exc:
             return error_response(exc.code, str(exc))
-        if not isinstance(body, dict) or set(body) != {"jws"} or not isinstance(body["jws"], str):
-            return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>"}')
-        status, result = await controller.submit(body["jws"])
+        if (not isinstance(body, dict) or set(body) - {"sealed"} != {"jws"} or not isinstance(body["jws"], str)
+                or not isinstance(body.get("sealed", ""), str)):
+            return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>"} '
+                                  '(and "sealed": "<base64>" for credentials.set)')
+        sealed = None
+        if "sealed" in body:
+            try:
+                sealed = base64.b64decode(body["sealed"], validate=True)
+            except ValueError:
+                return error_response("invalid_request", "sealed must be base64")
+        status, result = await controller.submit(body["jws"], sealed)
         return JSONResponse(result, status_code=status)
 
     return app

@@ -14,6 +14,7 @@ from pathlib import Path
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
 from duet.controller.observe import configure_logging
+from duet.controller.providers_config import GRAMINE_FLAG_REFUSED
 from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
 from duet.cvm.provider import Provider
@@ -73,8 +74,8 @@ def build_controller(
     pccs_url: str | None = None,
     providers_file: Path | None = None,
 ) -> Controller:
-    from duet.cvm.local import LocalProvider
-
+    if tee == "gramine" and providers_file is not None:
+        raise ConfigError(GRAMINE_FLAG_REFUSED)
     backend: TeeBackend
     clock = TrustedClock()
     if tee == "simulated":
@@ -111,30 +112,32 @@ def build_controller(
     except BaseException:
         ledger.close()
         raise
-    from duet.attestation import SimulatedSnp
-    from duet.attestation.simulated.tdx import SimulatedTdx
-    from duet.controller.evidence_local import LocalEvidence
+    from duet.controller.providers_config import ProviderSetup
 
-    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
-    # lives in the data dir.
-    snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
-    tdx = SimulatedTdx.load_or_create(data_dir / "tee" / "tdx")
-    local = LocalProvider(data_dir / "cvms", platform=snp, tdx=tdx)
-    providers: dict[str, Provider] = {"local": local}
-    evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local, tdx)}
-    if providers_file is not None:
-        from duet.controller.evidence_remote import RemoteEvidence
-        from duet.cvm.plan import make_provider
-        from duet.tee.gramine import pccs_collateral
+    in_enclave = tee == "gramine"
+    local: tuple[Provider, EvidenceCollector] | None = None
+    if not in_enclave:
+        from duet.attestation import SimulatedSnp
+        from duet.attestation.simulated.tdx import SimulatedTdx
+        from duet.controller.evidence_local import LocalEvidence
+        from duet.cvm.local import LocalProvider
 
-        for name, config in _load_providers(providers_file).items():
-            providers[name] = make_provider(name, config)
-            # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral
-            # from the PCCS (or Intel's PCS); it decides availability only, the collateral is
-            # checked against Intel's root before use.
-            evidence[name] = RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL),
-                                            inspector=getattr(providers[name], "inspect", None))
-    return Controller(
+        # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK
+        # lives in the data dir. It needs the host's sshd and useradd: never in an enclave.
+        snp = SimulatedSnp.load_or_create(data_dir / "tee" / "snp")
+        tdx = SimulatedTdx.load_or_create(data_dir / "tee" / "tdx")
+        local_provider = LocalProvider(data_dir / "cvms", platform=snp, tdx=tdx)
+        local = (local_provider, LocalEvidence(snp, local_provider, tdx))
+    # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral from
+    # the PCCS (or Intel's PCS); it decides availability only, the collateral is checked
+    # against Intel's root before use.
+    setup = ProviderSetup(state, in_enclave=in_enclave, local=local, pccs_url=pccs_url or DEFAULT_PCCS_URL)
+    try:
+        providers, evidence = setup.load(ledger)
+    except BaseException:
+        ledger.close()
+        raise
+    controller = Controller(
         data_dir,
         tee=backend,
         key=key,
@@ -144,7 +147,15 @@ def build_controller(
         default_policy=policy_text,
         evidence=evidence,
         clock=clock,
+        setup=setup,
     )
+    if providers_file is not None:
+        try:
+            setup.seed(_load_providers(providers_file))
+        except BaseException:
+            controller.close()
+            raise
+    return controller
 
 
 def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
@@ -160,19 +171,15 @@ def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
 
 
 def _load_providers(path: Path) -> dict[str, dict[str, object]]:
-    """`--providers FILE`: YAML mapping a provider name to its settings (no credentials:
-    those come from each cloud's standard chain)."""
-    import yaml
+    """`--providers FILE` (outside an enclave only): YAML mapping a provider name to its
+    settings, logged in the controller log as a `providers` entry when it changes."""
+    from duet.controller.providers_config import load_providers_file
 
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read providers file {path}: {exc}") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
-        raise ConfigError(f"{path} must map provider names to their settings")
-    if "local" in doc:
-        raise ConfigError(f"{path}: the local provider needs no settings")
-    return {str(k): dict(v) for k, v in doc.items()}
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read providers file {path}: {exc.strerror}") from None
+    return load_providers_file(text, str(path))
 
 
 def parse_listen(listen: str, *, tls: bool) -> tuple[str, int]:

@@ -33,6 +33,7 @@ from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, EvidenceCollector
+from duet.controller.providers_config import LOCAL_REFUSED, ProviderSetup
 from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
@@ -191,6 +192,7 @@ class Controller:
         output_cap: int = DEFAULT_OUTPUT_CAP,
         evidence: Mapping[str, EvidenceCollector] | None = None,
         clock: TrustedClock | None = None,
+        setup: ProviderSetup | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.tee = tee
@@ -232,6 +234,9 @@ class Controller:
         self.ready = False
         #: CVMs whose log was shown to be older than a checkpoint we signed: never served.
         self._rolled_back: dict[str, str] = {}
+        #: Providers, settings and credentials by intent (`controller/providers_config.py`).
+        self.setup = setup or ProviderSetup(state, in_enclave=False)
+        self.setup.bind(self)
 
     def _open_controller_log(self) -> list[KeyChange]:
         """Create the controller log on first start; derive the owner keys in force from
@@ -308,6 +313,7 @@ class Controller:
             # The trusted clock's lower bound (tee/clock.py): how far back the host clock
             # can no longer take certificate and collateral checks.
             "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
+            **self.setup.info(),
         }
 
     def quote(self, nonce: bytes) -> dict[str, Any]:
@@ -619,14 +625,19 @@ class Controller:
             end = start
         return 0
 
-    async def submit(self, jws: str) -> tuple[int, dict[str, Any]]:
+    async def submit(self, jws: str, sealed: bytes | None = None) -> tuple[int, dict[str, Any]]:
         """Authenticate, then run the operation's handler as its registry record says
-        (`duet.ledger.operations`): operations on a CVM hold that CVM's lock."""
+        (`duet.ledger.operations`): operations on a CVM hold that CVM's lock. `sealed`:
+        the attachment that travels beside an intent whose operation takes one."""
         intent = self.authenticate(jws)
         operation = operations.OPERATIONS.get(intent.op)
         handler = getattr(self, operation.handler, None) if operation is not None else None
         if operation is None or handler is None:
             raise errors.InvalidRequest(f"unsupported op {intent.op}")
+        if operation.attachment:
+            return operation.status, self._wrap(operation, await handler(intent, sealed))
+        if sealed is not None:
+            raise errors.InvalidRequest(f"{intent.op} takes no sealed attachment")
         if not operation.targets_cvm:
             return operation.status, self._wrap(operation, await handler(intent))
         assert intent.cvm is not None
@@ -648,6 +659,8 @@ class Controller:
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
+        if provider is None and name == "local" and self.setup.in_enclave:
+            raise errors.UnknownProvider(f"provider 'local' is not offered under --tee gramine: {LOCAL_REFUSED}")
         if provider is None:
             raise errors.UnknownProvider(
                 f"provider {name!r} is not enabled here; enabled: {', '.join(sorted(self.providers))}"
@@ -1053,6 +1066,12 @@ class Controller:
         rec.policy = policy.text
         self._save(rec)
         return self.view(rec)
+
+    async def set_providers(self, intent: Intent) -> dict[str, Any]:
+        return await self.setup.set_providers(intent)
+
+    async def set_credentials(self, intent: Intent, sealed: bytes | None) -> dict[str, Any]:
+        return await self.setup.set_credentials(intent, sealed)
 
     async def set_owner_keys(self, intent: Intent) -> dict[str, Any]:
         """One controller-log append decides, and the new keys are in force the moment it
