@@ -311,10 +311,10 @@ def control_plane_checks(decoded: list[dict[str, Any]]) -> list[Check]:
             before = max((m for m in modes if m < i), default=0)
             if not any(before < c < i for c in seen):
                 problems.append(f"entry {i}: in-service entered without inspecting the control plane")
-    # A re-check that could not read the model (logged as an error right after no
-    # inspection) leaves the newest state unknown: not a closed door.
+    # A re-check that could not read the model (an error marked `model_read: false`)
+    # leaves the newest state unknown: not a closed door.
     unread = [i for i, e in enumerate(decoded) if e.get("type") == "error" and e.get("code") == "control_plane_failed"
-              and i > seen[-1] and decoded[i - 1].get("type") != "control_plane"]
+              and e.get("model_read") is False and i > seen[-1]]
     if unread:
         problems.append(f"entry {unread[-1]}: the control plane could not be read after the newest inspection "
                         f"(entry {seen[-1]}): {str(decoded[unread[-1]].get('message'))[:200]}")
