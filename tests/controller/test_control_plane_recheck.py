@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from test_control_plane_flow import Cloud, facts
+
 from duet.client.cvm_checks import control_plane_checks
 from duet.controller import providers_config
 from duet.controller.serve import build_controller
 from duet.controller.service import Controller
 from duet.controller.state import CvmRecord
 from duet.ledger import entries, keys
-from test_control_plane_flow import Cloud, facts
 
 CVM = "0123456789abcdef"
 
