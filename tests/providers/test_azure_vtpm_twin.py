@@ -60,7 +60,7 @@ def test_azure_snp_evidence_from_a_real_tpm_verifies(tmp_path: Path, host_key: t
             RemoteEvidence().verify_collected(CvmKind.AZURE_SNP, got, nonce=nonce, host_key=host_key[1],
                                               binding="vm_id", instance_id=VM_ID)
         # Another VM's id, another nonce, another host key: each refused.
-        with pytest.raises(REFUSED, match="(?i)vm"):
+        with pytest.raises(REFUSED, match=r"(?i)vm"):
             collector.verify_collected(CvmKind.AZURE_SNP, got, nonce=nonce, host_key=host_key[1],
                                        binding="vm_id", instance_id="another-vm")
         with pytest.raises(CollectError):
@@ -84,7 +84,7 @@ def test_runtime_claims_naming_another_key_than_the_tpms_ak_are_refused(
     try:
         nonce = secrets.token_bytes(32)
         got = parse_output(twin.run(nonce, host_key[0]))
-        with pytest.raises(REFUSED, match="(?i)signature|quote"):
+        with pytest.raises(REFUSED, match=r"(?i)signature|quote"):
             RemoteEvidence(trusted_arks=[snp.ark_pem]).verify_collected(
                 CvmKind.AZURE_SNP, got, nonce=nonce, host_key=host_key[1], binding="vm_id", instance_id=VM_ID)
     finally:

@@ -119,7 +119,8 @@ class AzureVtpmTwin:
         self.tpm("tpm2_createprimary", "-C", "e", "-g", "sha256", "-G", "rsa", "-c", "primary.ctx")
         self.tpm("tpm2_flushcontext", "-t")
         self.tpm("tpm2_create", "-C", "primary.ctx", "-G", "rsa2048:rsassa:null", "-g", "sha256", "-a",
-                 "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign", "-u", "ak.pub", "-r", "ak.priv")
+                 "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+                 "-u", "ak.pub", "-r", "ak.priv")
         self.tpm("tpm2_flushcontext", "-t")
         self.tpm("tpm2_flushcontext", "-s")
         self.tpm("tpm2_load", "-C", "primary.ctx", "-u", "ak.pub", "-r", "ak.priv", "-c", "ak.ctx")
