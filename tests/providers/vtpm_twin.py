@@ -99,6 +99,13 @@ class AzureVtpmTwin:
 
     def start(self, *, ak_in_claims: rsa.RSAPublicKey | None = None) -> AzureVtpmTwin:
         """`ak_in_claims`: put another key than the TPM's AK in the runtime claims (an attack)."""
+        try:
+            return self._start(ak_in_claims)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, ak_in_claims: rsa.RSAPublicKey | None) -> AzureVtpmTwin:
         state = self.dir / "tpmstate"
         state.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
