@@ -36,7 +36,8 @@ def make_ops(snp: Any) -> Any:
 
         def _split(self, path: str) -> tuple[str, str]:
             parts = [p for p in path.split("/") if p]
-            return (parts + ["", ""])[0], (parts + ["", ""])[1]
+            padded = [*parts, "", ""]
+            return padded[0], padded[1]
 
         def _content(self, entry: dict[str, bytes], name: str) -> bytes:
             if name == "outblob":
