@@ -330,3 +330,38 @@ def test_hpke_round_trip_and_endorsement() -> None:
         sealing.check_endorsement(forged, controller_id=cid, controller_key=identity.public_key())
     with pytest.raises(sealing.CredentialsError, match="not endorsed"):
         sealing.check_endorsement(published, controller_id="ab" * 32, controller_key=identity.public_key())
+
+
+def test_a_rolled_back_state_file_does_not_bring_back_replaced_credentials(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The host may restore an older sealed state file alone: credentials the controller log
+    no longer names are not used (the provider stays off until credentials.set again)."""
+    from duet.controller.state import StateStore
+
+    owner = keys.Ed25519PrivateKey.generate()
+    ctl = _start(tmp_path, owner)
+    old = json.dumps({"tenant_id": "t", "client_id": "c", "client_secret": "the-old-one"}).encode()
+    try:
+        asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"azure": AZURE}})))
+        for plaintext in (old, _azure_creds()):
+            sealed = _seal(ctl, plaintext, "azure")
+            asyncio.run(ctl.submit(_sign(ctl, owner, "credentials.set", _cred_args(ctl, sealed)), sealed))
+    finally:
+        ctl.close()
+    for restored in (old, None):  # an older state file; one from before any credentials
+        state = StateStore(tmp_path / "data" / "state.sqlite")
+        if restored is None:
+            state._db.execute("DELETE FROM meta WHERE k='credentials:azure'")
+        else:
+            state.set_meta("credentials:azure", restored)
+        state.close()
+        caplog.clear()
+        again = _start(tmp_path, owner)
+        try:
+            assert "azure" not in again.providers
+            assert "not the ones the controller log last recorded" in caplog.text
+            sealed = _seal(again, _azure_creds(), "azure")  # the owner sends them again: back
+            asyncio.run(again.submit(_sign(again, owner, "credentials.set", _cred_args(again, sealed)), sealed))
+            assert type(again.providers["azure"]._credential).__name__ == "ClientSecretCredential"  # type: ignore[attr-defined]
+        finally:
+            again.close()

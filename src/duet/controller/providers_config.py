@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -86,6 +87,23 @@ def logged_providers(ledger: LedgerStore) -> tuple[dict[str, dict[str, object]],
             recheck = e.get("control_plane_recheck_s")
             newest = ({str(k): dict(v) for k, v in providers.items()}, recheck if isinstance(recheck, int) else None)
     return newest
+
+
+def logged_credential_macs(ledger: LedgerStore) -> dict[str, str]:
+    """The newest `credentials` MAC per provider in the controller log."""
+    if not ledger.has_log(CONTROLLER_LOG):
+        return {}
+    size = ledger.tree_head(CONTROLLER_LOG).size
+    out: dict[str, str] = {}
+    for leaf in ledger.leaves(CONTROLLER_LOG, 0, size) if size else []:
+        e = entries.decode(leaf)
+        if e["type"] == "credentials":
+            out[str(e["provider"])] = str(e["credentials_mac"])
+    return out
+
+
+class StaleCredentials(Exception):
+    """The sealed state's credentials are not the ones the controller log last recorded."""
 
 
 def default_builder(pccs_url: str) -> Builder:
@@ -169,6 +187,8 @@ class ProviderSetup:
         self.credential_maker = credential_maker
         self.settings: dict[str, dict[str, object]] = {}
         self.recheck_s: int = DEFAULT_RECHECK_S
+        #: The newest credentials MAC per provider, as the controller log records it.
+        self.logged_macs: dict[str, str] = {}
         self._ctl: Controller | None = None
         self._task: asyncio.Task[None] | None = None
         self._hpke = self._sealed_key("credentials_hpke_key", lambda: X25519PrivateKey.generate().private_bytes_raw())
@@ -193,6 +213,7 @@ class ProviderSetup:
         if logged is not None:
             self.settings, recheck = logged
             self.recheck_s = recheck or DEFAULT_RECHECK_S
+        self.logged_macs = logged_credential_macs(ledger)
         return self.build(self.settings, strict=False)
 
     def build(self, settings: Mapping[str, Mapping[str, object]], override: tuple[str, Any] | None = None, *,
@@ -207,9 +228,13 @@ class ProviderSetup:
         for name, config in settings.items():
             if name == "local":
                 raise errors.InvalidRequest(LOCAL_REFUSED)
-            credential = override[1] if override is not None and override[0] == name else self._credential(name)
             try:
+                credential = override[1] if override is not None and override[0] == name else self._credential(name)
                 providers[name], evidence[name] = self.builder(name, config, credential)
+            except StaleCredentials as exc:
+                if strict:
+                    raise errors.InvalidRequest(str(exc)) from None
+                log.error("provider %s is not enabled: %s", name, exc)
             except (CvmError, ImportError) as exc:
                 if strict:
                     raise errors.InvalidRequest(f"provider {name}: {exc}") from None
@@ -217,15 +242,23 @@ class ProviderSetup:
         return providers, evidence
 
     def _credential(self, name: str) -> Any:
+        """The provider's sealed credentials, only if they are the ones the controller log
+        last recorded: a host that restores an older sealed state file alone (it can) must
+        not bring back credentials the owner replaced. No logged credentials and none
+        stored: the cloud's workload identity (managed identity, metadata server)."""
         raw = self.state.get_meta(f"credentials:{name}")
-        if raw is None:
-            return None  # the cloud's workload identity (managed identity, metadata server)
+        expected = self.logged_macs.get(name)
+        if raw is None and expected is None:
+            return None
+        if raw is None or expected is None or not hmac.compare_digest(
+                sealing.mac(self._mac_key, name, raw), expected):
+            raise StaleCredentials(
+                f"the sealed state's credentials for {name} are not the ones the controller log last recorded "
+                "(an older or foreign state file); send them again with credentials.set")
         try:
             return self.credential_maker(name, parse_credentials(name, raw))
         except Exception as exc:
-            log.error("provider %s: stored credentials unusable (%s); using workload identity", name,
-                      type(exc).__name__)
-            return None
+            raise StaleCredentials(f"the stored credentials for {name} are unusable ({type(exc).__name__})") from None
 
     def bind(self, ctl: Controller) -> None:
         self._ctl = ctl
@@ -327,7 +360,8 @@ class ProviderSetup:
             entries.CredentialsEntry(provider=name, recipient_key_id=mine, ciphertext_sha256=args["ciphertext_sha256"],
                                      credentials_mac=mac),
         ])
-        self.state.set_meta(f"credentials:{name}", json.dumps(fields, sort_keys=True).encode())
+        self.state.set_meta(f"credentials:{name}", plaintext)
+        self.logged_macs[name] = mac
         self._apply(built)
         return {"provider": name, "credentials_mac": mac, "controller_log_size": size + 2}
 
