@@ -125,5 +125,9 @@ class ReadClient:
             raise _bad("the consistency proof is not a short list of hashes")
         return [_b64(h, "a proof hash") for h in proof]
 
-    def submit_intent(self, jws: str) -> Any:
-        return self.http.post_json("/v1/intents", {"jws": jws})
+    def submit_intent(self, jws: str, sealed: bytes | None = None) -> Any:
+        """`sealed`: the attachment that travels beside the intent (credentials.set only)."""
+        body: dict[str, str] = {"jws": jws}
+        if sealed is not None:
+            body["sealed"] = base64.b64encode(sealed).decode()
+        return self.http.post_json("/v1/intents", body)

@@ -90,7 +90,6 @@ class OwnerClient:
         its attested identity key endorses, and send the sealed bytes beside a signed
         intent carrying only their digest. Over RA-TLS the identity key is the one the
         handshake attested; the endorsement ties the recipient key to it."""
-        import base64
         import hashlib
 
         from duet.ledger import credentials as sealing
@@ -109,4 +108,4 @@ class OwnerClient:
         jws = self.sign(Op.CREDENTIALS_SET, {"provider": provider,
                                               "ciphertext_sha256": hashlib.sha256(sealed).hexdigest(),
                                               "recipient_key_id": sealing.recipient_key_id(recipient)})
-        return dict(self.http.post_json("/v1/intents", {"jws": jws, "sealed": base64.b64encode(sealed).decode()}))
+        return dict(self.api.submit_intent(jws, sealed))
