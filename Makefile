@@ -1,14 +1,15 @@
 # Every target sets up what it needs: a .venv with the Python deps, openssh-server and
-# faketime and etcd-server (through apt when running as root; otherwise a message saying what to install);
+# faketime, etcd-server, swtpm and tpm2-tools (through apt when running as root; otherwise a message
+# saying what to install);
 # test-slow also qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs and chromium.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck bench setup sshd faketime etcd slow-deps clean
+.PHONY: demo test test-slow lint typecheck bench setup sshd faketime etcd vtpm slow-deps clean
 
-setup: $(STAMP) sshd faketime etcd
+setup: $(STAMP) sshd faketime etcd vtpm
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +25,9 @@ faketime:
 
 etcd:
 	@bash scripts/ensure-etcd.sh
+
+vtpm:
+	@bash scripts/ensure-vtpm.sh
 
 demo: setup
 	$(BIN)/duet demo

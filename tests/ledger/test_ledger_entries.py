@@ -120,6 +120,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "handover_refused": {"mrenclave": "cc" * 32, "mrsigner": "bb" * 32, "reason": "not approved"},
     "key_rotated": {"client_key": "ssh-ed25519 AAAA", "previous_key_sha256": SHA, "reason": "handover",
                     "how": "host-side", "controller_log_size": 7},
+    "providers": {"providers": {"azure": {"location": "westeurope"}}, "providers_sha256": SHA,
+                  "control_plane_recheck_s": 900},
+    "credentials": {"provider": "azure", "recipient_key_id": SHA, "ciphertext_sha256": SHA, "credentials_mac": SHA},
 }
 
 
@@ -291,6 +294,13 @@ KINDS: dict[tuple[str, str], str] = {
     ("key_rotated", "reason"): "str",
     ("key_rotated", "how"): "str",
     ("key_rotated", "controller_log_size"): "index",
+    ("providers", "providers"): "dict",
+    ("providers", "providers_sha256"): "sha256",
+    ("providers", "control_plane_recheck_s"): "index",
+    ("credentials", "provider"): "str",
+    ("credentials", "recipient_key_id"): "sha256",
+    ("credentials", "ciphertext_sha256"): "sha256",
+    ("credentials", "credentials_mac"): "sha256",
 }
 OPTIONAL = {
     ("build_approved", "mrenclave"),
@@ -326,6 +336,7 @@ OPTIONAL = {
     ("result", "signal"),
     ("rejected", "jws"),
     ("deleted", "reason"),
+    ("providers", "control_plane_recheck_s"),
 }
 NULLABLE = {("command", "intent_index"), ("result", "exit_status"), ("result", "signal")}
 

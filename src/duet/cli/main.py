@@ -1028,6 +1028,16 @@ _COMMANDS = frozenset({"keygen", "controller", "cvm", "state", "expect", "contex
                        "watch", "demo"})
 
 
+def _register_setup_apps() -> None:
+    """`duet controller providers|credentials` live in their own module (cli/providers_cmd.py)."""
+    from duet.cli.providers_cmd import register
+
+    register(controller_app, sys.modules[__name__])
+
+
+_register_setup_apps()
+
+
 def main() -> None:
     _register_lazy_apps(sys.argv[1:])
     app()

@@ -138,8 +138,9 @@ class ReadClient:
         checkpoint (judged by `witness_check.py`)."""
         return _obj(self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size), "the witnessed proof")
 
-    def submit_intent(self, jws: str, stdin: bytes | None = None) -> Any:
-        return self.http.post_json("/v1/intents", _intent_body(jws, stdin))
+    def submit_intent(self, jws: str, stdin: bytes | None = None, sealed: bytes | None = None) -> Any:
+        """`sealed`: the attachment that travels beside the intent (credentials.set only)."""
+        return self.http.post_json("/v1/intents", _intent_body(jws, stdin, sealed))
 
     def submit_streamed(self, jws: str, stdin: bytes | None = None) -> Iterator[Any]:
         """`POST /v1/intents/stream`: its events as they arrive (`duet.client.streamed`)."""
@@ -150,8 +151,10 @@ class ReadClient:
         return self.http.stream_lines("GET", f"/v1/cvms/{_seg(cvm)}/commands/{int(index)}/follow")
 
 
-def _intent_body(jws: str, stdin: bytes | None) -> dict[str, str]:
+def _intent_body(jws: str, stdin: bytes | None, sealed: bytes | None = None) -> dict[str, str]:
     body = {"jws": jws}
     if stdin is not None:
         body["stdin"] = base64.b64encode(stdin).decode()
+    if sealed is not None:
+        body["sealed"] = base64.b64encode(sealed).decode()
     return body

@@ -9,7 +9,10 @@ controller log. Each CVM intent names the controller-log size in force when it w
 accepted; the intent's signer must be an owner key of that prefix.
 
 Other settings follow the same pattern (an intent, verbatim, then the entry it
-authorised): `witnesses.set` -> `witnesses`, `controller.approve` -> `build_approved`.
+authorised): `witnesses.set` -> `witnesses`, `controller.approve` -> `build_approved`,
+`providers.set` -> `providers` (which may also stand alone: a development controller's
+`--providers` file, counted apart), `credentials.set` -> `credentials` (digests only, never
+the secret). An intent not followed by the entry it authorises is a problem.
 The controller writes `handover` and `handover_refused` on its own (docs/continuity.md).
 `heads` entries commit CVM heads for the
 witnesses (docs/transparency.md, "Witnesses"); each CVM head there carries a consistency
@@ -25,6 +28,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import rfc8785
 
 from duet.client.audit import Check
 from duet.client.expectations import UserExpectations
@@ -59,6 +64,11 @@ class ControllerLog:
     #: Continuity entries (`build_approved`, `handover`, `handover_refused`) with
     #: their index, for the build-history check (client/build_history.py).
     continuity: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: Index of each `providers` entry, of those no owner intent authorised (a development
+    #: controller's --providers file), and of each `credentials` entry.
+    providers: list[int] = field(default_factory=list)
+    host_seeded: list[int] = field(default_factory=list)
+    credentials: list[int] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -123,7 +133,9 @@ class ControllerLogReplay:
             self.prev = {"type": "undecodable"}
             return
         t = e.get("type")
-        self.prev = {"type": t, "jws": e.get("jws")} if t == "intent" else {"type": t}
+        if prev is not None and prev.get("type") == "intent" and _AUTHORISES.get(str(prev.get("op"))) != t:
+            self._problem(f"entry {i - 1}: a {prev.get('op')} intent not followed by the entry it authorises")
+        self.prev = {"type": t, "jws": e.get("jws"), "op": e.get("op")} if t == "intent" else {"type": t}
         if isinstance(e.get("jws"), str):
             self.log.intents[i] = jws_digest(e["jws"])
         if t == "intent":
@@ -137,6 +149,9 @@ class ControllerLogReplay:
             return
         if t in CONTROLLER_WRITTEN:
             self.log.continuity.append((i, e))
+            return
+        if t in ("providers", "credentials"):
+            self._setting(i, e, prev)
             return
         if t == "build_approved":
             if self._authorised(i, e, prev, Op.CONTROLLER_APPROVE,
@@ -201,6 +216,24 @@ class ControllerLogReplay:
         self.nonces.add(it.nonce)
         return True
 
+    def _setting(self, i: int, e: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        """A `providers` or `credentials` entry: authorised by the intent just before it (a
+        `providers` entry may stand alone: a development controller's --providers file)."""
+        t = e["type"]
+        if t == "providers" and hashlib.sha256(rfc8785.dumps(e.get("providers"))).hexdigest() \
+                != e.get("providers_sha256"):
+            self._problem(f"entry {i}: providers_sha256 is not the digest of the settings")
+            return
+        if t == "providers" and (prev is None or prev.get("type") != "intent"):
+            self.log.providers.append(i)
+            self.log.host_seeded.append(i)
+            return
+        if t == "providers":
+            if self._authorised(i, e, prev, Op.PROVIDERS_SET, ("providers", "control_plane_recheck_s")):
+                self.log.providers.append(i)
+        elif self._authorised(i, e, prev, Op.CREDENTIALS_SET, ("provider", "ciphertext_sha256", "recipient_key_id")):
+            self.log.credentials.append(i)
+
     def _heads(self, i: int, e: dict[str, Any]) -> None:
         """Each CVM head must extend the previous head of the same CVM (its consistency
         proof): the controller log then holds one history per CVM, and a second view of a
@@ -223,8 +256,16 @@ class ControllerLogReplay:
 
     def checks(self, expect: UserExpectations | None) -> list[Check]:
         ctl = self.log
-        checks = [Check("controller_log_entries", not self.problem_count, "; ".join(self.problems)
-                        or f"{len(ctl.changes)} owner key set(s), each authorised by an owner key in force")]
+        problems = list(self.problems)
+        if self.prev is not None and self.prev.get("type") == "intent":
+            problems.append(f"entry {ctl.size - 1}: a {self.prev.get('op')} intent not followed by the entry it "
+                            "authorises")
+        seeded = (f"; {len(ctl.host_seeded)} set by the host's --providers (outside an enclave, development)"
+                  if ctl.host_seeded else "")
+        checks = [Check("controller_log_entries", not problems, "; ".join(problems[:5])
+                        or f"{len(ctl.changes)} owner key set(s), {len(ctl.providers)} provider setting(s) and "
+                           f"{len(ctl.credentials)} credentials change(s), each authorised by an owner key in force"
+                           + seeded)]
         if expect is not None and expect.owner is not None:
             allowed = expect.owner.key_ids
             outside = sorted({k for _, ids, _ in ctl.changes for k in ids if k not in allowed})
@@ -242,7 +283,8 @@ class ControllerLogReplay:
                 "problem_count": self.problem_count, "in_force": self.in_force, "nonces": sorted(self.nonces),
                 "prev": self.prev, "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
                 "witnesses": [list(w) for w in self.log.witnesses],
-                "continuity": [[i, e] for i, e in self.log.continuity]}
+                "continuity": [[i, e] for i, e in self.log.continuity], "providers": self.log.providers,
+                "host_seeded": self.log.host_seeded, "credentials": self.log.credentials}
 
     def load(self, data: dict[str, Any]) -> None:
         """Resume from :meth:`dump`; raises ValueError, KeyError or TypeError on anything
@@ -253,7 +295,9 @@ class ControllerLogReplay:
             intents={int(k): str(v) for k, v in data["intents"]},
             heads={str(c): [(int(i), int(n), str(r)) for i, n, r in v] for c, v in data["heads"].items()},
             witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]],
-            continuity=[(int(i), dict(e)) for i, e in data["continuity"]])
+            continuity=[(int(i), dict(e)) for i, e in data["continuity"]],
+            providers=[int(i) for i in data["providers"]], host_seeded=[int(i) for i in data["host_seeded"]],
+            credentials=[int(i) for i in data["credentials"]])
         self.problems = [str(p) for p in data["problems"]][:5]
         self.problem_count = int(data["problem_count"])
         self.in_force = [str(k) for k in data["in_force"]]
@@ -305,6 +349,11 @@ def link_problems(i: int, e: dict[str, Any], ctl: ControllerLog) -> tuple[bool, 
 
 #: Continuity entries the controller writes on its own (no intent before them).
 CONTROLLER_WRITTEN = ("handover", "handover_refused")
+
+#: The entry each controller-log intent must be followed by.
+_AUTHORISES: dict[str, str] = {Op.OWNER_KEYS.value: "owner_keys", Op.WITNESSES_SET.value: "witnesses",
+                               Op.CONTROLLER_APPROVE.value: "build_approved", Op.PROVIDERS_SET.value: "providers",
+                               Op.CREDENTIALS_SET.value: "credentials"}
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

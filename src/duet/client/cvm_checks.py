@@ -381,6 +381,13 @@ def control_plane_checks(decoded: list[dict[str, Any]]) -> list[Check]:
             before = max((m for m in modes if m < i), default=0)
             if not any(before < c < i for c in seen):
                 problems.append(f"entry {i}: in-service entered without inspecting the control plane")
+    # A re-check that could not read the model (an error marked `model_read: false`)
+    # leaves the newest state unknown: not a closed door.
+    unread = [i for i, e in enumerate(decoded) if e.get("type") == "error" and e.get("code") == "control_plane_failed"
+              and e.get("model_read") is False and i > seen[-1]]
+    if unread:
+        problems.append(f"entry {unread[-1]}: the control plane could not be read after the newest inspection "
+                        f"(entry {seen[-1]}): {str(decoded[unread[-1]].get('message'))[:200]}")
     latest = decoded[seen[-1]]
     facts = latest.get("facts")
     verdicts = control_plane.judge(facts if isinstance(facts, dict) else {})

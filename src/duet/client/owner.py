@@ -122,3 +122,36 @@ class OwnerClient:
         of them must answer at the controller's start-up."""
         return dict(self.submit(Op.WITNESSES_SET, {
             "witnesses": [{"vkey": v, "url": u} for v, u in witnesses], "quorum": quorum}))
+
+    def set_providers(self, providers: dict[str, dict[str, Any]],
+                      control_plane_recheck_s: int | None = None) -> dict[str, Any]:
+        """Replace the providers the controller drives and their non-secret settings."""
+        args: dict[str, Any] = {"providers": providers}
+        if control_plane_recheck_s is not None:
+            args["control_plane_recheck_s"] = control_plane_recheck_s
+        return dict(self.submit(Op.PROVIDERS_SET, args))
+
+    def set_credentials(self, provider: str, plaintext: bytes) -> dict[str, Any]:
+        """Seal `plaintext` (a credentials file) to the controller's credentials key, which
+        its attested identity key endorses, and send the sealed bytes beside a signed
+        intent carrying only their digest. Over RA-TLS the identity key is the one the
+        handshake attested; the endorsement ties the recipient key to it."""
+        import hashlib
+
+        from duet.ledger import credentials as sealing
+        from duet.ledger import keys
+
+        info = self.api.controller()
+        cid = str(info.get("controller_id"))
+        try:
+            identity = keys.public_from_b64(str(info.get("public_key")))
+        except Exception:
+            raise ClientError("bad_response", "the controller's public key is malformed") from None
+        if keys.key_id(identity) != cid or cid != self.controller_id:
+            raise ClientError("bad_response", "the controller id is not the hash of its public key")
+        recipient = sealing.check_endorsement(info.get("credentials_key"), controller_id=cid, controller_key=identity)
+        sealed = sealing.seal(recipient, plaintext, controller_id=cid, provider=provider)
+        jws = self.sign(Op.CREDENTIALS_SET, {"provider": provider,
+                                              "ciphertext_sha256": hashlib.sha256(sealed).hexdigest(),
+                                              "recipient_key_id": sealing.recipient_key_id(recipient)})
+        return dict(self.api.submit_intent(jws, sealed))

@@ -80,6 +80,7 @@ STATUS: dict[str, int] = {
     "control_plane_failed": 409,
     "rollback_detected": 409,
     "handed_over": 409,
+    "invalid_credentials": 400,
     "request_too_large": 413,
     "request_head_too_large": 431,
     "rate_limited": 429,
@@ -172,9 +173,11 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
         controller.ready = True
+        controller.setup.start()  # the periodic control-plane re-check
         yield
         controller.ready = False
         await stream_routes.drain()  # streamed commands whose client left are logged to the end
+        await controller.setup.stop()
         await controller.shutdown()
 
     async def observe(request: Request) -> None:
@@ -369,8 +372,9 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
 
     add_handover_routes(app, controller)
 
-    async def intent_body(request: Request) -> tuple[str, bytes | None] | JSONResponse:
-        """`{"jws": ..., "stdin"?: <base64>}`, or the error response that refuses it."""
+    async def intent_body(request: Request) -> tuple[str, bytes | None, bytes | None] | JSONResponse:
+        """`{"jws": ..., "stdin"?: <base64>, "sealed"?: <base64>}` as (jws, stdin, sealed), or
+        the error response that refuses it."""
         try:
             raw = await _read_body(request)
         except _TooLarge:
@@ -385,17 +389,19 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
             body = await run_in_threadpool(parse) if len(raw) > 64 * 1024 else parse()
         except strictjson.JsonInputError as exc:
             return error_response(exc.code, str(exc))
-        if not isinstance(body, dict) or not {"jws"} <= set(body) <= {"jws", "stdin"} \
-                or not isinstance(body["jws"], str) or not isinstance(body.get("stdin", ""), str):
+        if not isinstance(body, dict) or not {"jws"} <= set(body) <= {"jws", "stdin", "sealed"} \
+                or not isinstance(body["jws"], str) or not isinstance(body.get("stdin", ""), str) \
+                or not isinstance(body.get("sealed", ""), str):
             return error_response("invalid_request", 'request body must be {"jws": "<compact JWS>", '
-                                                     '"stdin"?: "<base64>"}')
-        stdin_data = None
-        if "stdin" in body:
-            try:
-                stdin_data = base64.b64decode(body["stdin"], validate=True)
-            except ValueError:
-                return error_response("invalid_request", "stdin must be base64")
-        return body["jws"], stdin_data
+                                                     '"stdin"?: "<base64>", "sealed"?: "<base64>"}')
+        attached: dict[str, bytes | None] = {"stdin": None, "sealed": None}
+        for name in attached:
+            if name in body:
+                try:
+                    attached[name] = base64.b64decode(body[name], validate=True)
+                except ValueError:
+                    return error_response("invalid_request", f"{name} must be base64")
+        return body["jws"], attached["stdin"], attached["sealed"]
 
     @app.post("/v1/intents")
     async def post_intent(request: Request) -> Any:
@@ -410,6 +416,8 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         parsed = await intent_body(request)
         if isinstance(parsed, JSONResponse):
             return parsed
+        if parsed[2] is not None:
+            return error_response("invalid_request", "a sealed attachment goes to /v1/intents, not to a stream")
         return await stream_routes.submit_streamed(controller, parsed[0], parsed[1], _typed_or_500)
 
     @app.get("/v1/cvms/{cvm_id}/commands/{index}/follow")

@@ -220,7 +220,9 @@ class Collector(ABC):
             seen = await self.inspector(rec.id)
         except Exception as exc:
             message = f"the cloud control plane could not be read: {type(exc).__name__}: {str(exc)[:300]}"
-            port.append([entries.ErrorEntry(code="control_plane_failed", message=message)])
+            # `model_read: false` tells verifiers this is an unknown state, not a verdict.
+            port.append([entries.ErrorEntry(code="control_plane_failed", message=message,
+                                            extra={"purpose": purpose, "model_read": False})])
             raise ControlPlaneFailed(message) from None
         verdicts = control_plane.judge(seen["facts"])
         ok = bool(verdicts) and all(v[1] for v in verdicts)

@@ -19,6 +19,7 @@ from typing import Any
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
 from duet.controller.observe import configure_logging
+from duet.controller.providers_config import GRAMINE_FLAG_REFUSED
 from duet.controller.service import Controller, controller_log_keys
 from duet.controller.state import StateStore
 from duet.controller.statekey import (
@@ -112,7 +113,6 @@ def build_controller(
     used instead of the local seal. ``cvm_root``: where the local provider keeps its CVMs
     and their simulated secure processor (default: the data dir, as before)."""
     from duet.controller.witnessing import WitnessConfig, parse_witness_flag
-    from duet.cvm.local import LocalProvider
 
     if witnesses and tee == "gramine":
         # In an enclave the argv is the host's to choose: only a signed witnesses.set counts.
@@ -121,6 +121,8 @@ def build_controller(
     seed = WitnessConfig.parse([parse_witness_flag(w) for w in witnesses], witness_quorum,
                                "--witness (development)") if witnesses else None
 
+    if tee == "gramine" and providers_file is not None:
+        raise ConfigError(GRAMINE_FLAG_REFUSED)
     backend: TeeBackend
     clock = TrustedClock()
     sim = simulated or SimulatedPlatform()
@@ -184,34 +186,35 @@ def build_controller(
     except BaseException:
         ledger.close()
         raise
-    from duet.attestation import SimulatedSnp
-    from duet.attestation.simulated.tdx import SimulatedTdx
-    from duet.controller.evidence_local import LocalEvidence
+    from duet.controller.providers_config import ProviderSetup
 
-    # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK lives
-    # in the CVM root (the data dir unless --cvm-root says otherwise: then the CVMs and
-    # their secure processor outlive the controller's data dir, as a real host's do).
-    root = cvm_root if cvm_root is not None else data_dir
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    snp = SimulatedSnp.load_or_create(root / "tee" / "snp")
-    tdx = SimulatedTdx.load_or_create(root / "tee" / "tdx")
-    local = LocalProvider(root / "cvms", platform=snp, tdx=tdx)
-    providers: dict[str, Provider] = {"local": local}
-    evidence: dict[str, EvidenceCollector] = {"local": LocalEvidence(snp, local, tdx)}
-    if providers_file is not None:
-        from duet.controller.evidence_remote import RemoteEvidence
-        from duet.cvm.plan import make_provider
-        from duet.tee.gramine import pccs_collateral
+    in_enclave = tee == "gramine"
+    local: tuple[Provider, EvidenceCollector] | None = None
+    if not in_enclave:
+        from duet.attestation import SimulatedSnp
+        from duet.attestation.simulated.tdx import SimulatedTdx
+        from duet.controller.evidence_local import LocalEvidence
+        from duet.cvm.local import LocalProvider
 
-        for name, config in _load_providers(providers_file).items():
-            maa_url, maa_jwks = _maa_settings(providers_file, name, config)
-            providers[name] = make_provider(name, config)
-            # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral
-            # from the PCCS (or Intel's PCS); it decides availability only, the collateral is
-            # checked against Intel's root before use.
-            evidence[name] = RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL),
-                                            inspector=getattr(providers[name], "inspect", None),
-                                            maa_url=maa_url, maa_jwks=maa_jwks)
+        # The local provider's CVMs run on SIMULATED SEV-SNP "hardware" whose dev VCEK lives
+        # in the CVM root (the data dir unless --cvm-root says otherwise: then the CVMs and
+        # their secure processor outlive the controller's data dir, as a real host's do).
+        # It needs the host's sshd and useradd: never in an enclave.
+        root = cvm_root if cvm_root is not None else data_dir
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        snp = SimulatedSnp.load_or_create(root / "tee" / "snp")
+        tdx = SimulatedTdx.load_or_create(root / "tee" / "tdx")
+        local_provider = LocalProvider(root / "cvms", platform=snp, tdx=tdx)
+        local = (local_provider, LocalEvidence(snp, local_provider, tdx))
+    # TDX quotes (qemu/GCP TDX, Azure TDX's TD quote) are verified with DCAP collateral from
+    # the PCCS (or Intel's PCS); it decides availability only, the collateral is checked
+    # against Intel's root before use.
+    setup = ProviderSetup(state, in_enclave=in_enclave, local=local, pccs_url=pccs_url or DEFAULT_PCCS_URL)
+    try:
+        providers, evidence = setup.load(ledger)
+    except BaseException:
+        ledger.close()
+        raise
     controller = Controller(
         data_dir,
         tee=backend,
@@ -222,7 +225,14 @@ def build_controller(
         default_policy=policy_text,
         evidence=evidence,
         clock=clock,
+        setup=setup,
     )
+    if providers_file is not None:
+        try:
+            setup.seed(_load_providers(providers_file))
+        except BaseException:
+            controller.close()
+            raise
     if seed is not None:
         controller.witnessing.seed(seed)
     return controller
@@ -304,41 +314,26 @@ def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
 
 
 def _load_providers(path: Path) -> dict[str, dict[str, object]]:
-    """`--providers FILE`: YAML mapping a provider name to its settings (no credentials:
-    those come from each cloud's standard chain)."""
-    import yaml
+    """`--providers FILE` (outside an enclave only): YAML mapping a provider name to its
+    settings, logged in the controller log as a `providers` entry when it changes."""
+    from duet.controller.providers_config import load_providers_file
 
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read providers file {path}: {exc}") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
-        raise ConfigError(f"{path} must map provider names to their settings")
-    if "local" in doc:
-        raise ConfigError(f"{path}: the local provider needs no settings")
-    return {str(k): dict(v) for k, v in doc.items()}
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read providers file {path}: {exc.strerror}") from None
+    doc = load_providers_file(text, str(path))
+    for name, config in doc.items():
+        # A development file may name the MAA keys by file; an intent carries them inline.
+        jwks = config.get("maa_jwks")
+        if isinstance(jwks, str):
+            try:
+                config["maa_jwks"] = json.loads(Path(jwks).read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{path}: {name}: maa_jwks {jwks}: {exc}") from None
+    return doc
 
 
-def _maa_settings(path: Path, name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
-    """`maa_url` and `maa_jwks` (a JWKS file: the MAA instance's signing keys, as the owner
-    saved them from its `/certs`) of a provider, taken out of its settings: the MAA kinds
-    need both, and the controller checks tokens against these keys only."""
-    url, jwks_file = config.pop("maa_url", None), config.pop("maa_jwks", None)
-    if url is None and jwks_file is None:
-        return None, None
-    if url is None or jwks_file is None:
-        raise ConfigError(f"{path}: {name}: maa_url and maa_jwks go together")
-    from duet.attestation.azure.maa import load_jwks
-    from duet.attestation.errors import AttestationError
-    from duet.cvm.guest.collect import maa_url
-
-    try:
-        checked = maa_url(url)
-        jwks = json.loads(Path(str(jwks_file)).read_bytes())
-        load_jwks(jwks)
-    except (OSError, ValueError, AttestationError) as exc:
-        raise ConfigError(f"{path}: {name}: MAA settings: {exc}") from None
-    return checked, jwks
 def _close_on_shutdown(app: Any, controller: Controller) -> None:
     """Close the stores once the server has stopped taking requests (uvicorn re-raises
     SIGTERM after its shutdown, so nothing after `run()` would run). With `--store

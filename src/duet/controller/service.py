@@ -33,6 +33,7 @@ from duet.attestation import cvm_kinds
 from duet.attestation.errors import AttestationError
 from duet.controller import continuity, errors, stdin, streaming
 from duet.controller.evidence import CvmPort, EvidenceCollector
+from duet.controller.providers_config import LOCAL_REFUSED, ProviderSetup
 from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
@@ -191,6 +192,7 @@ class Controller:
         output_cap: int = DEFAULT_OUTPUT_CAP,
         evidence: Mapping[str, EvidenceCollector] | None = None,
         clock: TrustedClock | None = None,
+        setup: ProviderSetup | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.tee = tee
@@ -241,6 +243,9 @@ class Controller:
         #: Why this instance accepts no intent (it handed its state to a successor).
         self.deposed: str | None = continuity.deposed_reason(state)
         self.handover = continuity.HandoverServer(self)
+        #: Providers, settings and credentials by intent (`controller/providers_config.py`).
+        self.setup = setup or ProviderSetup(state, in_enclave=False)
+        self.setup.bind(self)
 
     def _open_controller_log(self) -> list[KeyChange]:
         """Create the controller log on first start; derive the owner keys in force from
@@ -317,6 +322,7 @@ class Controller:
             # can no longer take certificate and collateral checks.
             "time_lower_bound": self.clock.floor.isoformat() if self.clock.floor else None,
             "witnessing": self.witnessing.status(),
+            **self.setup.info(),
         }
 
     def quote(self, nonce: bytes) -> dict[str, Any]:
@@ -645,16 +651,22 @@ class Controller:
             end = start
         return 0
 
-    async def submit(self, jws: str, stdin_data: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    async def submit(self, jws: str, stdin_data: bytes | None = None,
+                     sealed: bytes | None = None) -> tuple[int, dict[str, Any]]:
         """Authenticate, then run the operation's handler as its registry record says
         (`duet.ledger.operations`): operations on a CVM hold that CVM's lock. `stdin_data`
-        must be exactly what the intent signs (controller/stdin.py)."""
+        must be exactly what the intent signs (controller/stdin.py); `sealed` is the
+        attachment that travels beside an intent whose operation takes one."""
         intent = self.authenticate(jws)
         stdin.current.set(stdin.check(intent, stdin_data))
         operation = operations.OPERATIONS.get(intent.op)
         handler = getattr(self, operation.handler, None) if operation is not None else None
         if operation is None or handler is None:
             raise errors.InvalidRequest(f"unsupported op {intent.op}")
+        if operation.attachment:
+            return operation.status, self._wrap(operation, await handler(intent, sealed))
+        if sealed is not None:
+            raise errors.InvalidRequest(f"{intent.op} takes no sealed attachment")
         if not operation.targets_cvm:
             return operation.status, self._wrap(operation, await handler(intent))
         assert intent.cvm is not None
@@ -676,6 +688,8 @@ class Controller:
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
+        if provider is None and name == "local" and self.setup.in_enclave:
+            raise errors.UnknownProvider(f"provider 'local' is not offered under --tee gramine: {LOCAL_REFUSED}")
         if provider is None:
             raise errors.UnknownProvider(
                 f"provider {name!r} is not enabled here; enabled: {', '.join(sorted(self.providers))}"
@@ -1092,6 +1106,12 @@ class Controller:
         rec.policy = policy.text
         self._save(rec)
         return self.view(rec)
+
+    async def set_providers(self, intent: Intent) -> dict[str, Any]:
+        return await self.setup.set_providers(intent)
+
+    async def set_credentials(self, intent: Intent, sealed: bytes | None) -> dict[str, Any]:
+        return await self.setup.set_credentials(intent, sealed)
 
     async def set_owner_keys(self, intent: Intent) -> dict[str, Any]:
         """One controller-log append decides, and the new keys are in force the moment it

@@ -35,23 +35,25 @@ def _pick(config: Mapping[str, object], keys: tuple[str, ...]) -> dict[str, Any]
     return {k: config[k] for k in keys if k in config and config[k] is not None}
 
 
-def make_provider(name: str, config: Mapping[str, object]) -> Provider:
+def make_provider(name: str, config: Mapping[str, object], *, credential: Any = None) -> Provider:
     """A provider from its configuration (the controller's per-provider settings).
 
-    Credentials never come from `config`: Azure uses DefaultAzureCredential (managed
-    identity, environment, CLI login), Google Cloud uses Application Default Credentials,
-    each resolved on first use. Unknown keys are rejected so that a typo is not ignored.
+    Credentials never come from `config`: `credential` is the SDK credential the owner
+    sealed to the controller (`credentials.set`), else Azure uses DefaultAzureCredential
+    (managed identity, environment, CLI login) and Google Cloud Application Default
+    Credentials, each resolved on first use. Unknown keys are rejected so that a typo is
+    not ignored.
     """
     if name == "azure":
         from duet.cvm.azure import AzureProvider
 
         _check(name, config, _AZURE_KEYS)
-        return AzureProvider(**_pick(config, _AZURE_KEYS))
+        return AzureProvider(**_pick(config, _AZURE_KEYS), credential=credential)
     if name == "gcp":
         from duet.cvm.gcp import GcpProvider
 
         _check(name, config, _GCP_KEYS)
-        return GcpProvider(**_pick(config, _GCP_KEYS))
+        return GcpProvider(**_pick(config, _GCP_KEYS), credentials=credential)
     if name == "qemu":
         from duet.cvm.qemu import QemuProvider, config_kwargs
 

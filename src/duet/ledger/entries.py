@@ -431,6 +431,23 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("how", _k_str),
         _f("controller_log_size", _k_index),
     ),
+    # Controller log: the providers in force and their non-secret settings (a
+    # `providers.set` intent's args, or the `--providers` file outside an enclave).
+    "providers": (
+        _f("providers", _k_dict),
+        _f("providers_sha256", _k_sha256),
+        _f("control_plane_recheck_s", _k_index, optional=True),
+    ),
+    # Controller log: a provider was given credentials (`credentials.set`). Never the
+    # credential nor its ciphertext: the HPKE recipient key, the ciphertext's digest
+    # the intent signed, and a MAC of the plaintext under a sealed key (no plain hash:
+    # that would be a guessing oracle for a weak secret).
+    "credentials": (
+        _f("provider", _k_str),
+        _f("recipient_key_id", _k_sha256),
+        _f("ciphertext_sha256", _k_sha256),
+        _f("credentials_mac", _k_sha256),
+    ),
 }
 """Every entry type and its fields. Required unless ``optional``; ``nullable`` fields may
 be JSON null."""
@@ -1100,6 +1117,27 @@ class KeyRotatedEntry(Entry):
     controller_log_size: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProvidersEntry(Entry):
+    """The providers in force from here on, with their non-secret settings."""
+
+    TYPE: ClassVar[str] = "providers"
+    providers: Mapping[str, object]
+    providers_sha256: str
+    control_plane_recheck_s: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CredentialsEntry(Entry):
+    """A provider's credentials were replaced (what they are is never logged)."""
+
+    TYPE: ClassVar[str] = "credentials"
+    provider: str
+    recipient_key_id: str
+    ciphertext_sha256: str
+    credentials_mac: str
+
+
 RECORD_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
     for cls in (
@@ -1125,6 +1163,8 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         HandoverEntry,
         HandoverRefusedEntry,
         KeyRotatedEntry,
+        ProvidersEntry,
+        CredentialsEntry,
     )
 }
 """Entry type name → record class."""

@@ -49,6 +49,8 @@ class Op(StrEnum):
     POLICY_SET = "policy.set"
     WITNESSES_SET = "witnesses.set"
     CONTROLLER_APPROVE = "controller.approve"
+    PROVIDERS_SET = "providers.set"
+    CREDENTIALS_SET = "credentials.set"
 
 
 class _Args(BaseModel):
@@ -181,6 +183,37 @@ class ApproveArgs(_Args):
         if self.mrenclave is None and all(v is not None for v in signer):
             return self
         raise ValueError("give either mrenclave, or mrsigner with isv_prod_id and min_isv_svn")
+#: How long a control-plane re-check interval may be (seconds): at least a minute (the
+#: cloud APIs are rate-limited), at most a day.
+RECHECK_MIN_S, RECHECK_MAX_S = 60, 86400
+MAX_PROVIDER_SETTINGS = 16 * 1024
+
+
+class ProvidersArgs(_Args):
+    """The providers this controller drives and their non-secret settings (what
+    `--providers FILE` holds outside an enclave), and how often the control plane of each
+    cloud CVM is read again."""
+
+    providers: dict[Name, dict[str, Any]] = Field(max_length=8)
+    control_plane_recheck_s: int | None = Field(None, ge=RECHECK_MIN_S, le=RECHECK_MAX_S)
+
+    @field_validator("providers")
+    @classmethod
+    def _size(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        import json
+
+        if len(json.dumps(v)) > MAX_PROVIDER_SETTINGS:
+            raise ValueError("must be at most 16 KiB of settings")
+        return v
+
+
+class CredentialsArgs(_Args):
+    """Only a digest of the HPKE ciphertext, which travels beside the intent (never in it,
+    never logged): `ledger/credentials.py`."""
+
+    provider: Name
+    ciphertext_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    recipient_key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 @dataclass(frozen=True)
@@ -201,6 +234,8 @@ class Operation:
     summary: str
     status: int = 200
     wrap: str | None = "cvm"
+    #: The request carries a sealed attachment beside the intent (credentials.set).
+    attachment: bool = False
 
 
 OPERATIONS: dict[str, Operation] = {}
@@ -227,6 +262,10 @@ for _o in (
               wrap=None),
     Operation(Op.CONTROLLER_APPROVE, False, ApproveArgs, "approve_build",
               "approve a controller build to receive the state key at a handover", wrap=None),
+    Operation(Op.PROVIDERS_SET, False, ProvidersArgs, "set_providers",
+              "replace the providers and their settings", wrap=None),
+    Operation(Op.CREDENTIALS_SET, False, CredentialsArgs, "set_credentials",
+              "give a provider cloud credentials (HPKE-sealed to the controller)", wrap=None, attachment=True),
 ):
     register(_o)
 

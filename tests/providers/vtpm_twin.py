@@ -1,0 +1,196 @@
+"""A twin of an Azure confidential VM's vTPM, for tests: a real software TPM (`swtpm`)
+driven by the real `tpm2-tools`, provisioned the way Azure's paravisor provisions a CVM's
+vTPM, and a local stand-in for Azure's instance metadata service (IMDS/THIM).
+
+- The attestation key (AK): a restricted RSA-2048 signing key under the endorsement
+  hierarchy, persisted at 0x81000003, as on Azure.
+- The HCL report in NV index 0x01400001: a SIMULATED SEV-SNP report (signed by the dev
+  VCEK of `duet.attestation.simulated.snp`, under a dev ARK a verifier must be told to
+  trust) whose REPORT_DATA is the SHA-256 of the runtime claims, which carry the AK as the
+  JWK `HCLAkPub` and the VM id as `vm-configuration.vmUniqueId`.
+- The THIM endpoint serves that VCEK and its chain, as Azure's does for the real one.
+
+`command()` is the controller's own collection command (`collect_command("azure-snp")`)
+with exactly two substitutions, both about where things are, not what is done: the TPM is
+reached over swtpm's socket (`TPM2TOOLS_TCTI`; a CVM has /dev/tpmrm0) and IMDS on a
+loopback port (a CVM has 169.254.169.254). Every `tpm2_*` command runs unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from duet.attestation.simulated.snp import SimulatedSnp
+from duet.cvm.guest.collect import collect_command
+from helpers import free_port
+
+AK_HANDLE = "0x81000003"
+HCL_INDEX = "0x01400001"
+
+
+def _port_pair() -> int:
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def have_tools() -> bool:
+    return all(shutil.which(t) for t in ("swtpm", "tpm2_quote", "tpm2_nvread", "tpm2_createprimary"))
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def hcl_report(snp: SimulatedSnp, ak: rsa.RSAPublicKey, vm_id: str) -> bytes:
+    """An HCL report in Azure's layout (`duet.attestation.azure.hcl`), SNP type, SHA-256."""
+    n = ak.public_numbers()
+    claims = json.dumps({
+        "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA", "e": _b64url(n.e.to_bytes(3, "big")),
+                  "n": _b64url(n.n.to_bytes(256, "big"))}],
+        "vm-configuration": {"secure-boot": True, "tpm-enabled": True, "vmUniqueId": vm_id},
+    }, separators=(",", ":")).encode()
+    hw = snp.report(hashlib.sha256(claims).digest(), measurement=bytes(48))
+    header = b"HCLA" + (2).to_bytes(4, "little") + len(hw).to_bytes(4, "little") + bytes(20)
+    igvm = b"".join(v.to_bytes(4, "little") for v in (20 + len(claims), 1, 2, 1, len(claims)))
+    return header + hw.ljust(1184, b"\0") + igvm + claims
+
+
+class AzureVtpmTwin:
+    def __init__(self, workdir: Path, snp: SimulatedSnp, vm_id: str) -> None:
+        self.dir = workdir
+        self.snp = snp
+        self.vm_id = vm_id
+        # The swtpm TCTI finds the control channel at the server port + 1.
+        self.port = _port_pair()
+        self.ctrl_port = self.port + 1
+        self.tcti = f"swtpm:host=127.0.0.1,port={self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.imds: ThreadingHTTPServer | None = None
+        self.imds_requests: list[dict[str, str]] = []
+
+    def tpm(self, *args: str) -> bytes:
+        r = subprocess.run(list(args), capture_output=True, env={**os.environ, "TPM2TOOLS_TCTI": self.tcti},
+                           cwd=self.dir, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {r.stderr.decode(errors='replace')[-500:]}")
+        return r.stdout
+
+    def start(self, *, ak_in_claims: rsa.RSAPublicKey | None = None) -> AzureVtpmTwin:
+        """`ak_in_claims`: put another key than the TPM's AK in the runtime claims (an attack)."""
+        try:
+            return self._start(ak_in_claims)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, ak_in_claims: rsa.RSAPublicKey | None) -> AzureVtpmTwin:
+        state = self.dir / "tpmstate"
+        state.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={self.port}",
+             "--ctrl", f"type=tcp,port={self.ctrl_port}", "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.tpm("tpm2_getcap", "properties-fixed")
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        # No resource manager between tpm2-tools and swtpm: flush transient objects after
+        # each step, as the kernel's /dev/tpmrm0 would.
+        self.tpm("tpm2_createprimary", "-C", "e", "-g", "sha256", "-G", "rsa", "-c", "primary.ctx")
+        self.tpm("tpm2_flushcontext", "-t")
+        self.tpm("tpm2_create", "-C", "primary.ctx", "-G", "rsa2048:rsassa:null", "-g", "sha256", "-a",
+                 "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+                 "-u", "ak.pub", "-r", "ak.priv")
+        self.tpm("tpm2_flushcontext", "-t")
+        self.tpm("tpm2_flushcontext", "-s")
+        self.tpm("tpm2_load", "-C", "primary.ctx", "-u", "ak.pub", "-r", "ak.priv", "-c", "ak.ctx")
+        self.tpm("tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", AK_HANDLE)
+        self.tpm("tpm2_flushcontext", "-t")
+        self.tpm("tpm2_readpublic", "-c", AK_HANDLE, "-f", "pem", "-o", "ak.pem")
+        ak = serialization.load_pem_public_key((self.dir / "ak.pem").read_bytes())
+        assert isinstance(ak, rsa.RSAPublicKey)
+        report = hcl_report(self.snp, ak_in_claims or ak, self.vm_id)
+        (self.dir / "hcl.bin").write_bytes(report)
+        self.tpm("tpm2_nvdefine", HCL_INDEX, "-C", "o", "-s", str(len(report)), "-a",
+                 "ownerread|ownerwrite|authread|authwrite")
+        self.tpm("tpm2_nvwrite", HCL_INDEX, "-C", "o", "-i", "hcl.bin")
+        self._serve_imds()
+        return self
+
+    def _serve_imds(self) -> None:
+        twin = self
+        body = json.dumps({"vcekCert": self._pem(self.snp.vcek_der).decode(),
+                           "certificateChain": self.snp.cert_chain_pem.decode()}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                twin.imds_requests.append({"path": self.path, "metadata": self.headers.get("Metadata", "")})
+                ok = self.path == "/metadata/THIM/amd/certification" and self.headers.get("Metadata") == "true"
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body if ok else b"{}")
+
+        self.imds = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.imds.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @staticmethod
+    def _pem(der: bytes) -> bytes:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+    def command(self, nonce: bytes, pub: Path) -> str:
+        cmd = collect_command("azure-snp", nonce, sudo=False, pub=str(pub))
+        assert self.imds is not None
+        for real, twin in (("env -i PATH=", f"env -i TPM2TOOLS_TCTI={self.tcti} PATH="),
+                           ("http://169.254.169.254", f"http://127.0.0.1:{self.imds.server_address[1]}")):
+            assert cmd.count(real) == 1, real
+            cmd = cmd.replace(real, twin)
+        return cmd
+
+    def run(self, nonce: bytes, pub: Path) -> str:
+        r = subprocess.run(["sh", "-c", self.command(nonce, pub)], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"collection failed: {r.stderr[-800:]}")
+        return r.stdout
+
+    def stop(self) -> None:
+        if self.imds is not None:
+            self.imds.shutdown()
+            self.imds.server_close()
+            self.imds = None
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        self.proc = None
