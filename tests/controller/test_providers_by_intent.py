@@ -116,7 +116,7 @@ def test_a_verifier_refuses_providers_the_intent_did_not_ask_for(tmp_path: Path)
     tampered["providers_sha256"] = hashlib.sha256(__import__("rfc8785").dumps(tampered["providers"])).hexdigest()
     checks, _ = controller_log_checks([*leaves[:2], entries.encode(tampered)], controller_id=ctl.controller_id,
                                       expect=None)
-    assert not checks[0].ok and "differ from what the preceding intent asked" in checks[0].detail
+    assert not checks[0].ok and "differs from what the preceding intent asked" in checks[0].detail
     # An intent left without the entry it authorises is flagged too.
     checks, _ = controller_log_checks(leaves[:2], controller_id=ctl.controller_id, expect=None)
     assert not checks[0].ok and "not followed by the entry it authorises" in checks[0].detail
@@ -140,7 +140,7 @@ def test_providers_or_credentials_from_a_stranger_replayed_or_for_another_contro
             attempts = [(first, None)]
         for jws, attachment in attempts:
             with pytest.raises((UnknownKey, WrongAudience, errors.ReplayedIntent)):
-                asyncio.run(ctl.submit(jws, attachment))
+                asyncio.run(ctl.submit(jws, sealed=attachment))
         assert ctl.ledger.tree_head(CONTROLLER_LOG).size == size and ctl.providers == before
         assert ctl.state.get_meta("credentials:gcp") is None
     finally:
@@ -345,7 +345,7 @@ def test_a_rolled_back_state_file_does_not_bring_back_replaced_credentials(
         asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"azure": AZURE}})))
         for plaintext in (old, _azure_creds()):
             sealed = _seal(ctl, plaintext, "azure")
-            asyncio.run(ctl.submit(_sign(ctl, owner, "credentials.set", _cred_args(ctl, sealed)), sealed))
+            asyncio.run(ctl.submit(_sign(ctl, owner, "credentials.set", _cred_args(ctl, sealed)), sealed=sealed))
     finally:
         ctl.close()
     for restored in (old, None):  # an older state file; one from before any credentials
@@ -361,7 +361,7 @@ def test_a_rolled_back_state_file_does_not_bring_back_replaced_credentials(
             assert "azure" not in again.providers
             assert "not the ones the controller log last recorded" in caplog.text
             sealed = _seal(again, _azure_creds(), "azure")  # the owner sends them again: back
-            asyncio.run(again.submit(_sign(again, owner, "credentials.set", _cred_args(again, sealed)), sealed))
+            asyncio.run(again.submit(_sign(again, owner, "credentials.set", _cred_args(again, sealed)), sealed=sealed))
             assert type(again.providers["azure"]._credential).__name__ == "ClientSecretCredential"  # type: ignore[attr-defined]
         finally:
             again.close()

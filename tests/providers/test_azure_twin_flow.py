@@ -137,7 +137,7 @@ class AzureTwinEvidence(RemoteEvidence):
 def _submit(ctl: Controller, owner: keys.Ed25519PrivateKey, op: str, args: dict[str, Any], cvm: str | None = None,
             sealed: bytes | None = None) -> Any:
     jws = sign_intent(owner, op=op, aud=ctl.controller_id, args=args, cvm=cvm, iat=int(time.time()))
-    return LOOP.run_until_complete(ctl.submit(jws, sealed))[1]
+    return LOOP.run_until_complete(ctl.submit(jws, sealed=sealed))[1]
 
 
 #: One event loop for the whole flow (the controller keeps its SSH sessions across

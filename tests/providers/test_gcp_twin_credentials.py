@@ -53,7 +53,7 @@ def test_sealed_gcp_credentials_drive_the_real_client(tmp_path: Path, controller
     try:
         def submit(op: str, args: dict[str, Any], sealed: bytes | None = None) -> Any:
             jws = sign_intent(owner, op=op, aud=ctl.controller_id, args=args, iat=int(time.time()))
-            return asyncio.run(ctl.submit(jws, sealed))[1]
+            return asyncio.run(ctl.submit(jws, sealed=sealed))[1]
 
         settings = {"project": "proj-1", "zone": "europe-west4-a", "controller_cidr": "198.51.100.10/32",
                     "api_endpoint": gce.endpoint, "poll_interval_s": 0}

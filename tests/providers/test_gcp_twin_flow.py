@@ -163,7 +163,7 @@ def test_a_gcp_snp_cvm_on_the_twin(tmp_path: Path) -> None:
 
     def submit(op: str, args: dict[str, Any], cvm: str | None = None, sealed: bytes | None = None) -> Any:
         jws = sign_intent(owner, op=op, aud=ctl.controller_id, args=args, cvm=cvm, iat=int(time.time()))
-        return loop.run_until_complete(ctl.submit(jws, sealed))[1]
+        return loop.run_until_complete(ctl.submit(jws, sealed=sealed))[1]
 
     try:
         submit("providers.set", {"providers": {"gcp": {

@@ -154,4 +154,4 @@ class OwnerClient:
         jws = self.sign(Op.CREDENTIALS_SET, {"provider": provider,
                                               "ciphertext_sha256": hashlib.sha256(sealed).hexdigest(),
                                               "recipient_key_id": sealing.recipient_key_id(recipient)})
-        return dict(self.api.submit_intent(jws, sealed))
+        return dict(self.api.submit_intent(jws, sealed=sealed))
