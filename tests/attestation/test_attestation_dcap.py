@@ -325,3 +325,39 @@ def test_simulated_sgx_rejects_bad_arguments(sim_sgx: SimulatedSgx) -> None:
         sim_sgx.quote(bytes(65), mrenclave=bytes(32), mrsigner=bytes(32))
     with pytest.raises(ValueError):
         sim_sgx.quote(b"", mrenclave=bytes(31), mrsigner=bytes(32))
+
+
+def _self_signed_ca_pem() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intel SGX Root CA")])
+    start = datetime(2018, 1, 1, tzinfo=UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + timedelta(days=365 * 30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize("chain", ["pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"])
+def test_a_collateral_chain_whose_root_was_changed_is_refused(chain: str) -> None:
+    """dcap-qvl anchors each chain at the root it is given and never reads the root a chain
+    carries: a changed root certificate in the evidence must still be refused (attack: the
+    real Intel root at the end of one issuer chain replaced by another self-signed CA with
+    the same name)."""
+    q, c = sgx_real()
+    doc = json.loads(c)
+    verify_sgx_quote(q, json.dumps(doc), now=SGX_NOW)  # the real vector passes as it is
+    end = "-----END CERTIFICATE-----"
+    pems = [p for p in doc[chain].split(end) if "BEGIN" in p]
+    assert len(pems) >= 2
+    swapped = dict(doc, **{chain: "".join(p + end for p in pems[:-1]) + "\n" + _self_signed_ca_pem()})
+    with pytest.raises(UntrustedRoot):
+        verify_sgx_quote(q, json.dumps(swapped), now=SGX_NOW)

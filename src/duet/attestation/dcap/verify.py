@@ -86,10 +86,11 @@ class DcapCollateral:
     re-parsing JSON on every verification.
     """
 
-    __slots__ = ("fmspc", "issued", "pce_id", "qvl", "tcb_info_id")
+    __slots__ = ("chains", "fmspc", "issued", "pce_id", "qvl", "tcb_info_id")
 
     def __init__(
-        self, qvl: Any, tcb_info_id: str, fmspc: str, pce_id: str, issued: str = ""
+        self, qvl: Any, tcb_info_id: str, fmspc: str, pce_id: str, issued: str = "",
+        chains: tuple[str, ...] = (),
     ) -> None:
         self.qvl = qvl
         self.tcb_info_id = tcb_info_id
@@ -98,6 +99,8 @@ class DcapCollateral:
         # The older issueDate of TCB Info and QE Identity (ISO 8601): how stale the
         # platform's TCB verdict may be, for a ``max_collateral_age`` policy.
         self.issued = issued
+        #: The collateral's issuer chains (PEM), whose roots must be the trusted root.
+        self.chains = chains
 
 
 CollateralInput = DcapCollateral | Mapping[str, object] | str | bytes
@@ -139,7 +142,9 @@ def prepare_collateral(collateral: CollateralInput) -> DcapCollateral:
         qvl = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(data))
     except Exception as e:
         raise CollateralError(f"collateral rejected by dcap-qvl: {e}") from None
-    return DcapCollateral(qvl, tcb_id, fmspc, pce_id, issued)
+    chains = tuple(str(data[k]) for k in ("pck_crl_issuer_chain", "tcb_info_issuer_chain",
+                                            "qe_identity_issuer_chain"))
+    return DcapCollateral(qvl, tcb_id, fmspc, pce_id, issued, chains)
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,28 @@ def _check_pck_matches_tcb_info(q: Quote, coll: DcapCollateral) -> str:
     return fmspc
 
 
+def _check_chain_roots(q: Quote, coll: DcapCollateral, root_ca_der: bytes | None) -> None:
+    """Every chain the evidence carries (the quote's PCK chain and the collateral's issuer
+    chains) must end in the trusted root itself. dcap-qvl anchors each chain at the root
+    it is given and never reads the root certificate a chain carries, so without this a
+    changed root in the evidence (a bundle, an exported log) would go unnoticed: every byte
+    of the evidence is either checked or refused."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    trusted = root_ca_der if root_ca_der is not None else intel_sgx_root_ca_der()
+    pems = [("the quote's PCK chain", q.pck_chain_pem or b"")]
+    if coll.chains:
+        pems += [(f"collateral chain {i + 1}", c.encode()) for i, c in enumerate(coll.chains)]
+    for what, pem in pems:
+        try:
+            certs = x509.load_pem_x509_certificates(pem.rstrip(b"\0"))
+        except ValueError as e:
+            raise ChainInvalid(f"{what} does not parse: {e}") from None
+        if not certs or certs[-1].public_bytes(Encoding.DER) != trusted:
+            raise UntrustedRoot(f"{what} does not end in the trusted root certificate")
+
+
 def _is_simulated(root_ca_der: bytes | None) -> bool:
     return root_ca_der is not None and root_ca_der != intel_sgx_root_ca_der()
 
@@ -366,6 +393,7 @@ def verify_sgx_quote(
         raise DebugEnclave("the enclave has the DEBUG attribute set")
     fmspc = _check_pck_matches_tcb_info(q, coll)
     verified = _run_qvl(quote, coll, now, root_ca_der)
+    _check_chain_roots(q, coll, root_ca_der)
     tcb = _tcb_verdict(verified)
     return SgxReport(
         mrenclave=body.mr_enclave.hex(),
@@ -449,6 +477,7 @@ def verify_tdx_quote(
         raise DebugEnclave("the TD has the DEBUG attribute set")
     fmspc = _check_pck_matches_tcb_info(q, coll)
     verified = _run_qvl(quote, coll, now, root_ca_der)
+    _check_chain_roots(q, coll, root_ca_der)
     tcb = _tcb_verdict(verified)
     return tdx_report_from_body(
         q,
