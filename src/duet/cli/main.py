@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column
 
+from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
 from duet.client.config import DEFAULT_URL
@@ -64,15 +65,6 @@ def _register_lazy_apps(argv: list[str]) -> None:
 out = make_out()
 err = make_err()
 
-ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
-KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
-ExpectOpt = Annotated[Path | None, typer.Option(
-    "--expect", envvar="DUET_EXPECT",
-    help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust-simulated", help="Accept a SIMULATED TEE (unsafe). Env: DUET_TRUST_SIMULATED=1.")]
-StateDirOpt = Annotated[Path | None, typer.Option(
-    "--state-dir", envvar="DUET_STATE_DIR", help="Where checkpoints and pins are remembered.")]
 REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
            "evidence_refused", "lockdown_failed", "control_plane_failed"}
 

@@ -10,19 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, resolve
 from duet.client.config import DEFAULT_URL
-
-# The same options as the other owner commands (cli/main.py).
-ControllerOpt = Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
-KeyOpt = Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
-ExpectOpt = Annotated[Path | None, typer.Option(
-    "--expect", envvar="DUET_EXPECT",
-    help="Expectations YAML; its controller section is checked in the RA-TLS handshake.")]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust-simulated", help="Accept a SIMULATED TEE (unsafe). Env: DUET_TRUST_SIMULATED=1.")]
-StateDirOpt = Annotated[Path | None, typer.Option(
-    "--state-dir", envvar="DUET_STATE_DIR", help="Where checkpoints and pins are remembered.")]
 
 
 def register(controller_app: typer.Typer, m: ModuleType) -> None:

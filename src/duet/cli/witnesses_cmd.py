@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from duet.cli.options import ControllerOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.client.config import DEFAULT_URL
 
 app = typer.Typer(no_args_is_help=True, help="The controller log's witnesses (owner; a signed witnesses.set).")
@@ -23,13 +24,10 @@ def witnesses_set(
         "--witness", help="VKEY=URL of a witness (repeatable; none turns witnessing off).")] = None,
     quorum: Annotated[int | None, typer.Option(
         "--quorum", min=0, help="Witnesses that must answer at start-up (default: all).")] = None,
-    controller: Annotated[str, typer.Option("--controller", envvar="DUET_CONTROLLER", help="Controller URL.")]
-    = DEFAULT_URL,
-    key: Annotated[Path, typer.Option("--key", envvar="DUET_OWNER_KEY", help="Owner private key (PEM).")]
-    = Path("owner.key"),
-    trust_simulated: Annotated[bool, typer.Option("--trust-simulated", help="Accept a SIMULATED TEE (unsafe).")]
-    = False,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="DUET_STATE_DIR")] = None,
+    controller: ControllerOpt = DEFAULT_URL,
+    key: KeyOpt = Path("owner.key"),
+    trust_simulated: TrustOpt = False,
+    state_dir: StateDirOpt = None,
 ) -> None:
     """Sign and submit witnesses.set: the controller submits its log to these witnesses."""
     from duet.cli.main import _guard, _owner, _trust, fail, out
