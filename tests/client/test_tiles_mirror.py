@@ -69,3 +69,28 @@ def test_a_static_tile_mirror_verifies_and_a_changed_tile_fails(
     (root / "log" / "duet-identity.json").write_bytes((tmp_path / "id.json").read_bytes() + b" ")
     edited = verify("c")
     assert edited.returncode == 1 and "invalid_bundle" in edited.stderr
+
+
+def test_the_controller_log_is_served_as_tiles_too(controller: ControllerProc) -> None:
+    """The controller log (the one witnesses cosign) has its own tlog-tiles prefix, advertised
+    in /v1/controller: its level-0 tile folds to the signed checkpoint's root, and its entry
+    bundle holds exactly the log's entries."""
+    import base64
+
+    from duet.ledger import merkle
+    from duet.ledger.tiles import decode_bundle, decode_tile, root_from_level0
+
+    owner = controller.owner()
+    owner.create("local", name="tiled")
+    with httpx.Client(base_url=controller.url, timeout=30) as http:
+        prefix = http.get("/v1/controller").json()["tlog_prefix"]
+        assert prefix == "/v1/controller/log/tlog/"
+        note = http.get(prefix + "checkpoint").text
+        size = int(note.splitlines()[1])
+        root = base64.b64decode(note.splitlines()[2])
+        assert 0 < size < 256
+        hashes = decode_tile(http.get(prefix + tile_path(0, 0, size)).content, size)
+        assert root_from_level0(hashes) == root
+        leaves = decode_bundle(http.get(prefix + tile_path(-1, 0, size)).content, size)
+        assert [merkle.leaf_hash(leaf) for leaf in leaves] == hashes
+        assert http.get(prefix + tile_path(0, 1, 1)).status_code == 404

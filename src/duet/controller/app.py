@@ -246,7 +246,7 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
 
     @app.get("/v1/controller")
     async def controller_info() -> dict[str, Any]:
-        return controller.info()
+        return {**controller.info(), "tlog_prefix": "/v1/controller/log/tlog/"}
 
     @app.get("/v1/controller/quote")
     async def controller_quote(request: Request, nonce: str = Query(..., description="hex, 1-64 bytes")) -> Any:
@@ -351,22 +351,37 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
         return PlainTextResponse(controller.checkpoint(cvm_id), media_type="text/plain; charset=utf-8",
                                  headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/cvms/{cvm_id}/tlog/tile/{path:path}")
-    async def tlog_tile(cvm_id: str, path: str) -> Response:
-        controller.record(cvm_id)
+    async def log_tile(log_id: str, path: str) -> Response:
         try:
             level, index, width = tiles.parse_tile_path(path)
             if level >= 0:
-                data = await run_in_threadpool(controller.ledger.tile, cvm_id, level, index, width)
+                data = await run_in_threadpool(controller.ledger.tile, log_id, level, index, width)
                 return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
             first = index * tiles.TILE_WIDTH
-            if first + width > controller.ledger.tree_head(cvm_id).size:
+            if first + width > controller.ledger.tree_head(log_id).size:
                 raise OutOfRange(f"no entry bundle {index} of width {width} in this log")
-            leaves = await run_in_threadpool(controller.ledger.leaves, cvm_id, first, first + 1)
+            leaves = await run_in_threadpool(controller.ledger.leaves, log_id, first, first + 1)
         except (tiles.TileError, OutOfRange) as exc:
             return error_response("not_found", str(exc), 404)
-        return StreamingResponse(_bundle(controller, cvm_id, first, width, leaves[0]),
+        return StreamingResponse(_bundle(controller, log_id, first, width, leaves[0]),
                                  media_type="application/octet-stream", headers=IMMUTABLE)
+
+    @app.get("/v1/cvms/{cvm_id}/tlog/tile/{path:path}")
+    async def tlog_tile(cvm_id: str, path: str) -> Response:
+        controller.record(cvm_id)
+        return await log_tile(cvm_id, path)
+
+    @app.get("/v1/controller/log/tlog/checkpoint", response_class=PlainTextResponse)
+    async def controller_tlog_checkpoint() -> PlainTextResponse:
+        """The controller log as C2SP tlog-tiles (what witnesses cosign): its checkpoint with
+        the cosignatures collected, then `tile/...` below."""
+        return PlainTextResponse(controller.controller_log_checkpoint(), media_type="text/plain; charset=utf-8",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/controller/log/tlog/tile/{path:path}")
+    async def controller_tlog_tile(path: str) -> Response:
+        controller._check_controller_log()  # refuses, as the checkpoint does, a log shown rolled back
+        return await log_tile(CONTROLLER_LOG, path)
 
     from duet.controller.handover_api import add_handover_routes
 
