@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,16 @@ def test_restoring_an_old_local_cvm_state_json_is_harmless_or_detected(controlle
     local = LocalProvider(c.data / "cvms")
     asyncio.run(local._stop_sshd(cvm))
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", old_port))
+        # The stopped sshd's socket may linger a moment (or its connections in TIME_WAIT).
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for _ in range(200):
+            try:
+                taken.bind(("127.0.0.1", old_port))
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"port {old_port} stayed busy after its sshd was stopped")
         taken.listen()
         c.start()
     assert owner.run(cvm, "echo moved")["exit_status"] == 0
