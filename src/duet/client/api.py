@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote as urlquote
 
@@ -38,13 +38,17 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _b64(value: Any, what: str) -> bytes:
+def b64_field(value: Any, what: str, bad: Callable[[str], ClientError] = _bad) -> bytes:
+    """A base64 field of a controller's answer, or `bad` naming it (never a traceback)."""
     if not isinstance(value, str):
-        raise _bad(f"{what} is not base64 text")
+        raise bad(f"{what} is not base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad(f"{what} is not base64") from None
+        raise bad(f"{what} is not base64") from None
+
+
+_b64 = b64_field
 
 
 class ReadClient:

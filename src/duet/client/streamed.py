@@ -9,12 +9,11 @@ then)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from duet.client.api import b64_field
 from duet.client.errors import ClientError
 
 #: Called with ("stdout" | "stderr", bytes) as output arrives.
@@ -26,12 +25,7 @@ def _bad(what: str) -> ClientError:
 
 
 def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise _bad(f"{what} is not base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad(f"{what} is not base64") from None
+    return b64_field(value, what, _bad)
 
 
 class StreamBroken(ClientError):

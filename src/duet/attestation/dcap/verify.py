@@ -24,6 +24,7 @@ What this module adds to dcap-qvl, so that results are what Intel's rules demand
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -352,6 +353,7 @@ def _check_chain_roots(q: Quote, coll: DcapCollateral, root_ca_der: bytes | None
     changed root in the evidence (a bundle, an exported log) would go unnoticed: every byte
     of the evidence is either checked or refused."""
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.serialization import Encoding
 
     trusted = root_ca_der if root_ca_der is not None else intel_sgx_root_ca_der()
@@ -365,6 +367,14 @@ def _check_chain_roots(q: Quote, coll: DcapCollateral, root_ca_der: bytes | None
             raise ChainInvalid(f"{what} does not parse: {e}") from None
         if not certs or certs[-1].public_bytes(Encoding.DER) != trusted:
             raise UntrustedRoot(f"{what} does not end in the trusted root certificate")
+        # Each certificate must be issued by the next one: then every byte of the chain is
+        # checked here, whether or not dcap-qvl reads that chain.
+        for child, parent in itertools.pairwise(certs):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                raise ChainInvalid(f"{what}: {child.subject.rfc4514_string()[:80]} is not issued by the "
+                                   "next certificate") from None
 
 
 def _is_simulated(root_ca_der: bytes | None) -> bool:
