@@ -102,8 +102,9 @@ def register(controller_app: typer.Typer, m: ModuleType) -> None:
     @guard
     def credentials_set(
         file: Annotated[Path, typer.Argument(help="Credentials JSON (azure: tenant_id, client_id, client_secret; "
-                                                  "gcp: a service-account key).")],
-        provider: Annotated[str, typer.Option("--provider", help="azure | gcp")],
+                                                  "gcp: a service-account key; libvirt: ca_cert, client_cert, "
+                                                  "client_key as PEM).")],
+        provider: Annotated[str, typer.Option("--provider", help="azure | gcp | libvirt")],
         controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"), expect: ExpectOpt = None,
         trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
         output: OutputOpt = None, as_json: JsonOpt = False,

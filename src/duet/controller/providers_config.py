@@ -61,6 +61,8 @@ GRAMINE_FLAG_REFUSED = ("--providers is refused under --tee gramine: the manifes
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "azure": ("tenant_id", "client_id", "client_secret"),
     "gcp": ("type", "client_email", "private_key", "token_uri"),
+    # libvirt's TLS client material (PEM), for qemu+tls:// (duet.cvm.libvirt).
+    "libvirt": ("ca_cert", "client_cert", "client_key"),
 }
 
 #: (name, settings, credential or None) -> the provider and its evidence collector.
@@ -160,6 +162,10 @@ def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
 
         return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             dict(fields), scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    if provider == "libvirt":
+        from duet.cvm.libvirt import TlsCredentials
+
+        return TlsCredentials.from_fields(fields)
     raise errors.InvalidRequest(f"provider {provider!r} takes no credentials")
 
 
@@ -178,8 +184,8 @@ def parse_credentials(provider: str, plaintext: bytes) -> dict[str, str]:
     missing = [f for f in wanted if not doc.get(f)]
     if missing:
         raise errors.InvalidRequest(f"the {provider} credentials file lacks {', '.join(missing)}")
-    if provider == "azure" and set(doc) != set(wanted):
-        raise errors.InvalidRequest(f"the azure credentials file holds exactly {', '.join(wanted)}; "
+    if provider in ("azure", "libvirt") and set(doc) != set(wanted):
+        raise errors.InvalidRequest(f"the {provider} credentials file holds exactly {', '.join(wanted)}; "
                                     f"unknown fields: {', '.join(sorted(set(doc) - set(wanted)))}")
     if provider == "gcp" and doc["type"] != "service_account":
         raise errors.InvalidRequest("the gcp credentials file must be a service-account key (type service_account)")
@@ -256,6 +262,10 @@ class ProviderSetup:
             if name == "local":
                 raise errors.InvalidRequest(LOCAL_REFUSED)
             try:
+                if self.in_enclave and name == "libvirt":
+                    from duet.cvm.libvirt import check_uri
+
+                    check_uri(str(config.get("uri", "")), in_enclave=True)
                 credential = override[1] if override is not None and override[0] == name else self._credential(name)
                 providers[name], evidence[name] = self.builder(name, config, credential)
             except StaleCredentials as exc:

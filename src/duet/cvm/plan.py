@@ -23,7 +23,7 @@ from typing import Any
 from duet.cvm.errors import ProvisioningFailed
 from duet.cvm.provider import Provider
 
-PROVIDERS = ("azure", "gcp", "qemu")
+PROVIDERS = ("azure", "gcp", "qemu", "libvirt")
 
 _AZURE_KEYS = ("subscription_id", "resource_group", "location", "controller_cidr", "subnet_id", "admin_user",
                "create_timeout_s", "poll_interval_s")
@@ -62,6 +62,10 @@ def make_provider(name: str, config: Mapping[str, object], *, credential: Any = 
         kw = config_kwargs(config)
         _check(name, config, (*kw.keys(), "base_dir"))
         return QemuProvider(Path(str(config["base_dir"])), **kw)
+    if name == "libvirt":
+        from duet.cvm import libvirt
+
+        return libvirt.make(config, credential)
     if name == "local":
         from duet.cvm.local import LocalProvider
 
@@ -112,6 +116,11 @@ def plan_for(
 
         base = Path(str(cfg.get("base_dir", "/var/lib/duet/qemu")))
         plan = QemuProvider(base, **config_kwargs(cfg)).plan(cvm_id, authorized_key=authorized_key, spec=full)
+    elif provider_name == "libvirt":
+        from duet.cvm import libvirt
+
+        plan = libvirt.make({"uri": "qemu+tls://libvirt-host.invalid/system", **cfg}).plan(
+            cvm_id, authorized_key=authorized_key, spec=full)
     else:
         raise ProvisioningFailed(f"no plan for provider {provider_name!r} (want one of {', '.join(PROVIDERS)})")
     if notes:

@@ -10,8 +10,8 @@ as it judges lockdown facts. The judges are pure and live here, in the ledger pa
 because `duet verify` runs them again on the logged facts: a log judged by an older, weaker
 judge then fails.
 
-Azure and Google Cloud are judged; a provider without judges (qemu, local) has no
-`control_plane` entries.
+Azure, Google Cloud and libvirt (`control_plane_libvirt`) are judged; a provider without
+judges (qemu, local) has no `control_plane` entries.
 """
 
 from __future__ import annotations
@@ -225,3 +225,13 @@ def judge(facts: Mapping[str, Any]) -> list[Verdict]:
         return [("control_plane", False, f"facts of judge version {facts.get('judge_version')}, "
                  f"this verifier judges version {JUDGE_VERSION}")]
     return judge_fn(facts)
+
+
+def _register_libvirt() -> None:
+    """libvirt's judge lives in its own module (`control_plane_libvirt`)."""
+    from duet.ledger import control_plane_libvirt
+
+    JUDGES["libvirt"] = control_plane_libvirt.judge
+
+
+_register_libvirt()
