@@ -1,7 +1,9 @@
 # Every target sets up what it needs: a .venv with the Python deps, openssh-server and
 # faketime, etcd-server, swtpm and tpm2-tools (through apt when running as root; otherwise a message
 # saying what to install);
-# test-slow also qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs and chromium.
+# test-slow also qemu-system-x86, qemu-utils, mmdebstrap, e2fsprogs, chromium, and libvirt
+# (libvirt-daemon-system, libvirt-daemon-driver-qemu; libvirt-dev, pkg-config, gcc and python3-dev to
+# build libvirt-python into the venv).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -35,9 +37,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
-slow-deps:
+slow-deps: setup
 	@bash scripts/ensure-slow-deps.sh
 	@bash scripts/ensure-chromium.sh
+	@$(BIN)/python -c 'import libvirt' 2>/dev/null || $(BIN)/pip install -q -e '.[libvirt]'
 
 # -rs: the only tests allowed to skip (live clouds, which need accounts) say why.
 test-slow: setup slow-deps

@@ -13,6 +13,7 @@ GRAMINE_DIR       ?= deploy/gramine
 GRAMINE_IMAGE     ?= duet-controller:gramine
 GRAMINE_BUILD     ?= build/gramine
 GRAMINE_SITE      ?= /opt/duet/lib
+GRAMINE_LIBVIRT   ?= 0
 GRAMINE_PYTHON    ?= $(shell command -v python3 2>/dev/null)
 GRAMINE_ARCH_LIB  ?= /lib/$(shell $(CC) -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
 SOURCE_DATE_EPOCH ?= 1767225600
@@ -21,7 +22,7 @@ SOURCE_DATE_EPOCH ?= 1767225600
 
 gramine-image:
 	@command -v docker >/dev/null 2>&1 || { echo "gramine-image needs Docker (docker build)"; exit 1; }
-	docker build --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+	docker build --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) --build-arg DUET_LIBVIRT=$(GRAMINE_LIBVIRT) \
 		-f $(GRAMINE_DIR)/Dockerfile -t $(GRAMINE_IMAGE) .
 
 # MRENCLAVE, one lowercase hex line on stdout. Prefers the Docker image (reproducible
@@ -47,7 +48,7 @@ gramine-manifest:
 	@command -v gramine-manifest >/dev/null 2>&1 || { echo "gramine-manifest not found: install Gramine (https://gramine.readthedocs.io) or use make gramine-image"; exit 1; }
 	mkdir -p $(GRAMINE_BUILD)
 	gramine-manifest -Dentrypoint=$$(realpath $(GRAMINE_PYTHON)) -Darch_libdir=$(GRAMINE_ARCH_LIB) \
-		-Dduet_site=$(GRAMINE_SITE) $(GRAMINE_DIR)/duet-controller.manifest.template \
+		-Dduet_site=$(GRAMINE_SITE) -Dlibvirt=$(GRAMINE_LIBVIRT) $(GRAMINE_DIR)/duet-controller.manifest.template \
 		> $(GRAMINE_BUILD)/duet-controller.manifest
 	gramine-sgx-sign --date 0000-00-00 --manifest $(GRAMINE_BUILD)/duet-controller.manifest \
 		--output $(GRAMINE_BUILD)/duet-controller.manifest.sgx
