@@ -148,7 +148,9 @@ def _open_libvirt(uri: str, creds: TlsCredentials | None) -> Any:
             try:
                 return libvirt.open(f"{uri}?pkipath={d}")
             except libvirt.libvirtError as exc:
-                raise ProvisioningFailed(f"libvirt: cannot connect to {uri}: {_brief(exc)}") from None
+                # libvirt names the files it could not use: say which, not where they were
+                why = _brief(exc).replace(d + "/", "").replace(d, "<pkipath>")
+                raise ProvisioningFailed(f"libvirt: cannot connect to {uri}: {why}") from None
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
