@@ -124,6 +124,16 @@ def test_tls_without_credentials_is_a_config_error() -> None:
         raise AssertionError("connected without credentials")
 
 
+async def test_a_host_name_needs_an_address_to_bind(controller_key: str) -> None:
+    p = lv.LibvirtProvider("qemu+tls://kvm1.example.org/system", connect=lambda *_: FakeConn(FakeHost()))
+    with pytest.raises(lv.LibvirtConfigError, match="ssh_listen"):
+        await p.create("c9", authorized_key=controller_key, spec={"tee": "none", "host_data": HOST_DATA})
+    with pytest.raises(lv.LibvirtConfigError, match="IP address"):
+        lv.LibvirtProvider("qemu+tls://kvm1.example.org/system", ssh_listen="kvm1.example.org")
+    bound = lv.LibvirtProvider("qemu+tls://kvm1.example.org/system", ssh_listen="192.0.2.10")
+    assert (bound.ssh_address, bound.ssh_listen) == ("kvm1.example.org", "192.0.2.10")
+
+
 def test_make_provider_rejects_unknown_keys_and_foreign_credentials() -> None:
     with pytest.raises(ProvisioningFailed):
         make_provider("libvirt", {"uri": "qemu+tls://h/system", "imgae": "/x"})
@@ -403,5 +413,5 @@ def test_plan_needs_no_libvirt(controller_key: str) -> None:
                     config={"uri": "qemu+tls://kvm1.example.org/system", "firmware": "/usr/share/ovmf/OVMF.tdx.fd"})
     json.dumps(plan)
     assert "<launchSecurity type=\"tdx\">" in str(plan["domain_xml"])
-    assert plan["ssh"] == {"host": "kvm1.example.org", "port": "<port>"}
+    assert plan["ssh"] == {"host": "kvm1.example.org", "port": "<port>", "forwarded_from": "<ssh_listen>"}
     assert "libvirt >= 11.6" in str(plan["schema"])

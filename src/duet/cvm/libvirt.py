@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -157,6 +158,14 @@ def _open_libvirt(uri: str, creds: TlsCredentials | None) -> Any:
         raise ProvisioningFailed(f"libvirt: cannot connect to {uri}: {_brief(exc)}") from None
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _brief(exc: BaseException) -> str:
     text = str(exc).replace("\n", " ")
     # pkipath is ours (a temp dir): keep it out of messages anyway
@@ -186,8 +195,9 @@ class LibvirtProvider:
     (direct kernel boot, host paths), ``firmware`` (OVMF AmdSev / TDVF on the host; needed
     for SNP/TDX), ``emulator``, ``memory_mb`` (2048), ``vcpus`` (2), ``accel``
     (``auto``|``kvm``|``tcg``), ``allow_no_tee`` (false), ``boot_timeout_s`` (600),
-    ``admin_user``, ``ssh_address`` (the libvirt host's address the SSH forward listens on
-    and the controller connects to; default the URI's host, 127.0.0.1 for a local URI),
+    ``admin_user``, ``ssh_address`` (where the controller connects for SSH; default the
+    URI's host, 127.0.0.1 for a local URI), ``ssh_listen`` (the libvirt host's IP address the
+    forward binds; default ``ssh_address`` when that is an IP address),
     ``ssh_ports`` ([first, last], default 40000-40999), ``network`` (``passt`` |
     ``slirp``), ``serial_log_dir`` (host directory for serial logs; default: discarded).
     """
@@ -221,6 +231,7 @@ class LibvirtProvider:
         boot_timeout_s: float = 600.0,
         admin_user: str = cloudinit.DEFAULT_USER,
         ssh_address: str | None = None,
+        ssh_listen: str | None = None,
         ssh_ports: tuple[int, int] | list[int] = DEFAULT_PORTS,
         network: str = "passt",
         serial_log_dir: str | None = None,
@@ -242,6 +253,11 @@ class LibvirtProvider:
         self.admin_user = admin_user
         host = urlsplit(uri).hostname
         self.ssh_address = ssh_address or (host if uri not in LOCAL_URIS and host else "127.0.0.1")
+        if ssh_listen is None and _is_ip(self.ssh_address):
+            ssh_listen = self.ssh_address
+        if ssh_listen is not None and not _is_ip(ssh_listen):
+            raise LibvirtConfigError("libvirt: ssh_listen must be an IP address of the libvirt host")
+        self.ssh_listen = ssh_listen
         first, last = (int(p) for p in ssh_ports)
         if not 1024 <= first <= last <= 65535:
             raise LibvirtConfigError("libvirt: ssh_ports must be [first, last] within 1024-65535")
@@ -272,8 +288,16 @@ class LibvirtProvider:
             return "qemu"
         return "kvm" if kvm else "qemu"
 
+    def _listen(self, *, planning: bool) -> str:
+        if self.ssh_listen is not None:
+            return self.ssh_listen
+        if planning:
+            return "<ssh_listen>"
+        raise LibvirtConfigError(f"libvirt: ssh_address {self.ssh_address} is a name; set ssh_listen to the libvirt "
+                                 "host's IP address the SSH forward binds")
+
     def domain_spec(self, cvm_id: str, spec: Mapping[str, object], *, tee: str, port: int | str, disk_path: str,
-                    seed_path: str, kvm: bool = True) -> DomainSpec:
+                    seed_path: str, kvm: bool = True, planning: bool = False) -> DomainSpec:
         lay = self.layout(cvm_id)
         serial = f"{self.serial_log_dir.rstrip('/')}/{lay.name}-serial.log" if self.serial_log_dir else None
         return DomainSpec(
@@ -281,19 +305,21 @@ class LibvirtProvider:
             domain_type=self._domain_type(tee, kvm),
             memory_mb=int(str(spec_str(spec, "memory_mb", default=str(self.memory_mb)))),
             vcpus=int(str(spec_str(spec, "vcpus", default=str(self.vcpus)))),
-            disk_path=disk_path, disk_format="qcow2", seed_path=seed_path, ssh_address=self.ssh_address,
+            disk_path=disk_path, disk_format="qcow2", seed_path=seed_path,
+            ssh_address=self._listen(planning=planning),
             ssh_port=port, kernel=self.kernel, initrd=self.initrd, append=self.append,
             firmware=self.firmware if tee != "none" or self.firmware else None,
             emulator=self.emulator, serial_log=serial, network=self.network)
 
     def _launch(self, cvm_id: str, authorized_key: str, spec: Mapping[str, object], *, tee: str, effective: str,
-                port: int | str, disk_path: str, seed_path: str, kvm: bool, notes: list[str]) -> dict[str, object]:
+                port: int | str, disk_path: str, seed_path: str, kvm: bool, notes: list[str],
+                planning: bool = False) -> dict[str, object]:
         try:
             files = seed_files(cvm_id, authorized_key, self.admin_user)
         except ValueError as exc:
             raise ProvisioningFailed(str(exc)) from None
         dspec = self.domain_spec(cvm_id, spec, tee=effective, port=port, disk_path=disk_path, seed_path=seed_path,
-                                 kvm=kvm)
+                                 kvm=kvm, planning=planning)
         xml = domain_xml(dspec)
         return {
             "provider": self.name,
@@ -315,7 +341,7 @@ class LibvirtProvider:
             "volumes": {"pool": self.pool, "disk": disk_path, "seed": seed_path},
             "seed": {"format": "iso9660", "volume_label": "cidata", "files": files},
             "user": self.admin_user,
-            "ssh": {"host": self.ssh_address, "port": port},
+            "ssh": {"host": self.ssh_address, "port": port, "forwarded_from": dspec.ssh_address},
             "network": self.network,
         }
 
@@ -327,7 +353,8 @@ class LibvirtProvider:
         port = spec_str(spec, "ssh_port", default="<port>") or "<port>"
         return self._launch(cvm_id, authorized_key, spec, tee=tee, effective=tee, port=port,
                             disk_path=f"<pool {self.pool}>/{lay.disk_vol}",
-                            seed_path=f"<pool {self.pool}>/{lay.seed_vol}", kvm=self.accel != "tcg", notes=[])
+                            seed_path=f"<pool {self.pool}>/{lay.seed_vol}", kvm=self.accel != "tcg", notes=[],
+                            planning=True)
 
     # ------------------------------------------------------------------ blocking libvirt calls
 
@@ -404,6 +431,7 @@ class LibvirtProvider:
     def _create_sync(self, cvm_id: str, authorized_key: str, spec: Mapping[str, object]) -> Provisioned:
         tee = self._tee(spec)
         lay = self.layout(cvm_id)
+        self._listen(planning=False)
         with self._conn() as conn:
             support = self._host_support(conn)
             effective, notes = tee, []
@@ -568,7 +596,7 @@ class LibvirtProvider:
                 vol = self._vol(pool, name)
                 disks.append(vol.path() if vol is not None else f"<missing volume {name}>")
         meta = control_plane_libvirt.duet_metadata(control_plane_libvirt.parse(live))
-        expected = {"cvm_id": cvm_id, "tee": meta.get("tee"), "disks": disks, "ssh_address": self.ssh_address,
+        expected = {"cvm_id": cvm_id, "tee": meta.get("tee"), "disks": disks, "ssh_address": self.ssh_listen,
                     "ssh_port": meta.get("ssh_port"), "network": self.network}
         facts = control_plane_libvirt.libvirt_facts(live, persistent, expected)
         return {"facts": facts, "model_sha256": _digest(live, persistent)}
@@ -654,7 +682,7 @@ def _digest(live: str, persistent: str | None) -> str:
 
 CONFIG_KEYS = ("uri", "pool", "image", "image_format", "kernel", "initrd", "append", "firmware", "emulator",
                "memory_mb", "vcpus", "accel", "allow_no_tee", "boot_timeout_s", "admin_user", "ssh_address",
-               "ssh_ports", "network", "serial_log_dir")
+               "ssh_listen", "ssh_ports", "network", "serial_log_dir")
 
 
 def make(config: Mapping[str, Any], credential: Any = None) -> LibvirtProvider:
