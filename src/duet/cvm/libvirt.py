@@ -62,9 +62,8 @@ VIR_ERR_NO_STORAGE_VOL = 50
 
 
 class LibvirtConfigError(ProvisioningFailed):
-    """The provider's settings cannot work (a refused URI, a missing credential)."""
-
-    code = "libvirt_config"
+    """The provider's settings cannot work (a refused URI, a missing credential). Its
+    code stays `provisioning_failed`: the controller maps that one already."""
 
 
 def check_uri(uri: str, *, in_enclave: bool) -> str:
