@@ -52,7 +52,6 @@ from duet.cvm.qemu import QEMU_TEES, build_seed_iso, seed_files
 from duet.ledger import control_plane_libvirt
 
 LOCAL_URIS = ("qemu:///system", "qemu:///session")
-CREDENTIAL_FIELDS = ("ca_cert", "client_cert", "client_key")
 DEFAULT_PORTS = (40000, 40999)
 VIR_DOMAIN_DEFINE_VALIDATE = 1
 VIR_DOMAIN_XML_INACTIVE = 2
