@@ -145,9 +145,16 @@ def test_dockerfile_is_pinned() -> None:
     assert base and "@sha256:" in base[0]
     assert "SOURCE_DATE_EPOCH" in text and "--date 0000-00-00" in text
     lock = [line.split() for line in (DEPLOY / "wheels.lock").read_text().splitlines() if line and line[0] != "#"]
-    assert lock and all(len(row) == 3 and len(row[0]) == 64 and "==" in row[1] for row in lock)
-    names = {row[1].split("==")[0] for row in lock}
+    assert lock and all(len(row) == 4 and row[1].startswith("--hash=sha256:") and "==" in row[0] for row in lock)
+    names = {row[0].split("==")[0] for row in lock}
     assert {"cryptography", "dcap-qvl", "fastapi", "uvicorn", "httpx", "pydantic", "rfc8785"} <= names
+
+
+def test_the_sealing_key_masks_are_pinned(manifest: dict[str, Any]) -> None:
+    """The masks are key-derivation material: written out (Gramine 1.9's values), so that
+    the sealing key follows this file, not a Gramine release's defaults."""
+    assert manifest["sgx"]["seal_key"] == {"flags_mask": "0xffffffffffffffff", "xfrm_mask": "0xfffffffffff9ff1b",
+                                           "misc_mask": "0xffffffff"}
 
 
 def test_wheel_installer_checks_hashes_and_paths(tmp_path: Path) -> None:
