@@ -117,12 +117,33 @@ def default_builder(pccs_url: str) -> Builder:
 
         config = dict(settings)
         maa_url, maa_jwks = maa_settings(name, config)
+        pccs = pccs_setting(name, config) or pccs_url
         provider = make_provider(name, config, credential=credential)
-        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url),
+        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs),
                                         inspector=getattr(provider, "inspect", None),
                                         maa_url=maa_url, maa_jwks=maa_jwks)
 
     return build
+
+
+def pccs_setting(name: str, config: dict[str, object]) -> str | None:
+    """`pccs_url` of a provider, taken out of its settings: where the controller fetches
+    the DCAP collateral (TCB info, QE identity, CRLs) of this provider's TDX quotes, a
+    PCCS or Intel's PCS (`https://api.trustedservices.intel.com`, the default). Set by
+    intent, so it stands in the controller log; it decides availability only: the
+    collateral is signed by Intel and checked against Intel's root, and it is logged
+    beside each quote, where every user checks it again."""
+    url = config.pop("pccs_url", None)
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url)) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname or parts.query \
+            or parts.fragment or parts.username or parts.password:
+        raise CvmError(f"provider {name}: pccs_url must be an http(s) URL with a host and no query "
+                       "(e.g. https://pccs.example.org:8081)")
+    return str(url).rstrip("/")
 
 
 def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
