@@ -31,7 +31,7 @@ class _Runtimedir:
         return str(self())
 
 
-def render(**defines: Any) -> dict[str, Any]:
+def render(entrypoint: str = PYTHON, duet_site: str = SITE, **defines: Any) -> dict[str, Any]:
     # The same Environment settings as gramine-manifest (graminelibos.gen_jinja_env).
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.globals["gramine"] = {
@@ -46,7 +46,7 @@ def render(**defines: Any) -> dict[str, Any]:
     }
     env.globals["env"] = {}
     text = env.from_string(TEMPLATE.read_text()).render(
-        entrypoint=PYTHON, arch_libdir=ARCH_LIBDIR, duet_site=SITE, **defines
+        entrypoint=entrypoint, arch_libdir=ARCH_LIBDIR, duet_site=duet_site, **defines
     )
     return tomllib.loads(text)
 

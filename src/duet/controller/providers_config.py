@@ -171,11 +171,16 @@ def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict
 
 
 def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
-    """The cloud SDK's credential object for a credentials file (never logged)."""
+    """The cloud SDK's credential object for a credentials file (never logged). For
+    azure, `fields` may also hold the provider's non-secret endpoint settings
+    (`authority_host`, `ca_pem`: `ProviderSetup.credential_fields`)."""
     if provider == "azure":
         from azure.identity import ClientSecretCredential
 
-        return ClientSecretCredential(fields["tenant_id"], fields["client_id"], fields["client_secret"])
+        from duet.cvm.clouds import azure_endpoints
+
+        return ClientSecretCredential(fields["tenant_id"], fields["client_id"], fields["client_secret"],
+                                      **azure_endpoints.credential_kwargs(fields))
     if provider == "gcp":
         from google.oauth2 import service_account
 
@@ -304,9 +309,20 @@ class ProviderSetup:
                 f"the sealed state's credentials for {name} are not the ones the controller log last recorded "
                 "(an older or foreign state file); send them again with credentials.set")
         try:
-            return self.credential_maker(name, parse_credentials(name, raw))
+            return self.credential_maker(name, self.credential_fields(name, parse_credentials(name, raw)))
         except Exception as exc:
             raise StaleCredentials(f"the stored credentials for {name} are unusable ({type(exc).__name__})") from None
+
+    def credential_fields(self, name: str, fields: Mapping[str, str]) -> dict[str, str]:
+        """A credentials file's fields, plus the provider's settings that say where its
+        credential is used (Azure's `authority_host` and `ca_pem`): not secret, from the
+        providers intent, never from the sealed file."""
+        from duet.cvm.clouds import azure_endpoints
+
+        settings = self.settings.get(name, {})
+        extra: dict[str, str] = {k: str(settings[k]) for k in ("authority_host", "ca_pem")
+                 if name == "azure" and k in azure_endpoints.KEYS and isinstance(settings.get(k), str)}
+        return {**fields, **extra}
 
     def bind(self, ctl: Controller) -> None:
         self._ctl = ctl
@@ -392,7 +408,7 @@ class ProviderSetup:
         plaintext = sealing.open_sealed(self.hpke_key, sealed, controller_id=ctl.controller_id, provider=name)
         fields = parse_credentials(name, plaintext)
         try:
-            credential = self.credential_maker(name, fields)
+            credential = self.credential_maker(name, self.credential_fields(name, fields))
         except errors.DuetError:
             raise
         except Exception as exc:
