@@ -57,6 +57,14 @@ LOCAL_REFUSED = ("the local provider runs CVMs as processes on the controller's 
 GRAMINE_FLAG_REFUSED = ("--providers is refused under --tee gramine: the manifest fixes the command line and the "
                         "host's input is not trusted; set providers with a signed intent "
                         "(duet controller providers set FILE)")
+#: Settings that point a provider's cloud API elsewhere than the public cloud: refused
+#: under --tee gramine. The control-plane check reads each VM's model from that API; an
+#: endpoint the owner names could answer for it and hide a door the owner opened in the
+#: real one. (A PCCS is another matter: the collateral it serves is signed by Intel.)
+ENCLAVE_REFUSED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "azure": ("arm_endpoint", "authority_host", "ca_pem"),
+    "gcp": ("api_endpoint",),
+}
 #: Providers that take credentials, and the fields of each credentials file.
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "azure": ("tenant_id", "client_id", "client_secret"),
@@ -282,6 +290,7 @@ class ProviderSetup:
             if name == "local":
                 raise errors.InvalidRequest(LOCAL_REFUSED)
             try:
+                self._enclave_check(name, config)
                 credential = override[1] if override is not None and override[0] == name else self._credential(name)
                 providers[name], evidence[name] = self.builder(name, config, credential)
             except StaleCredentials as exc:
@@ -293,6 +302,13 @@ class ProviderSetup:
                     raise errors.InvalidRequest(f"provider {name}: {exc}") from None
                 log.error("provider %s from the controller log is not enabled: %s", name, exc)
         return providers, evidence
+
+    def _enclave_check(self, name: str, config: Mapping[str, object]) -> None:
+        refused = sorted(k for k in ENCLAVE_REFUSED_SETTINGS.get(name, ()) if k in config)
+        if self.in_enclave and refused:
+            raise CvmError(f"{', '.join(refused)} refused under --tee gramine: the control-plane check reads the "
+                           f"VM's model from the public cloud's API, and an endpoint named in the settings could "
+                           "answer in its place (outside an enclave: twins, tests)")
 
     def _credential(self, name: str) -> Any:
         """The provider's sealed credentials, only if they are the ones the controller log
