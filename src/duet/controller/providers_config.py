@@ -181,7 +181,7 @@ def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict
 def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
     """The cloud SDK's credential object for a credentials file (never logged). For
     azure, `fields` may also hold the provider's non-secret endpoint settings
-    (`authority_host`, `ca_pem`: `ProviderSetup.credential_fields`)."""
+    (`authority_host`, `ca_pem`: `credential_fields`)."""
     if provider == "azure":
         from azure.identity import ClientSecretCredential
 
@@ -195,6 +195,15 @@ def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
         return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             dict(fields), scopes=["https://www.googleapis.com/auth/cloud-platform"])
     raise errors.InvalidRequest(f"provider {provider!r} takes no credentials")
+
+
+def credential_fields(name: str, fields: Mapping[str, str], settings: Mapping[str, object]) -> dict[str, str]:
+    """A credentials file's fields, plus the provider's settings that say where its
+    credential is used (Azure's `authority_host` and `ca_pem`): not secret, from the
+    providers intent being built, never from the sealed file."""
+    extra = {k: v for k in ("authority_host", "ca_pem") if isinstance(v := settings.get(k), str)} \
+        if name == "azure" else {}
+    return {**fields, **extra}
 
 
 def parse_credentials(provider: str, plaintext: bytes) -> dict[str, str]:
@@ -291,7 +300,8 @@ class ProviderSetup:
                 raise errors.InvalidRequest(LOCAL_REFUSED)
             try:
                 self._enclave_check(name, config)
-                credential = override[1] if override is not None and override[0] == name else self._credential(name)
+                credential = override[1] if override is not None and override[0] == name else \
+                    self._credential(name, config)
                 providers[name], evidence[name] = self.builder(name, config, credential)
             except StaleCredentials as exc:
                 if strict:
@@ -310,7 +320,7 @@ class ProviderSetup:
                            f"VM's model from the public cloud's API, and an endpoint named in the settings could "
                            "answer in its place (outside an enclave: twins, tests)")
 
-    def _credential(self, name: str) -> Any:
+    def _credential(self, name: str, settings: Mapping[str, object]) -> Any:
         """The provider's sealed credentials, only if they are the ones the controller log
         last recorded: a host that restores an older sealed state file alone (it can) must
         not bring back credentials the owner replaced. No logged credentials and none
@@ -325,20 +335,9 @@ class ProviderSetup:
                 f"the sealed state's credentials for {name} are not the ones the controller log last recorded "
                 "(an older or foreign state file); send them again with credentials.set")
         try:
-            return self.credential_maker(name, self.credential_fields(name, parse_credentials(name, raw)))
+            return self.credential_maker(name, credential_fields(name, parse_credentials(name, raw), settings))
         except Exception as exc:
             raise StaleCredentials(f"the stored credentials for {name} are unusable ({type(exc).__name__})") from None
-
-    def credential_fields(self, name: str, fields: Mapping[str, str]) -> dict[str, str]:
-        """A credentials file's fields, plus the provider's settings that say where its
-        credential is used (Azure's `authority_host` and `ca_pem`): not secret, from the
-        providers intent, never from the sealed file."""
-        from duet.cvm.clouds import azure_endpoints
-
-        settings = self.settings.get(name, {})
-        extra: dict[str, str] = {k: str(settings[k]) for k in ("authority_host", "ca_pem")
-                 if name == "azure" and k in azure_endpoints.KEYS and isinstance(settings.get(k), str)}
-        return {**fields, **extra}
 
     def bind(self, ctl: Controller) -> None:
         self._ctl = ctl
@@ -424,7 +423,7 @@ class ProviderSetup:
         plaintext = sealing.open_sealed(self.hpke_key, sealed, controller_id=ctl.controller_id, provider=name)
         fields = parse_credentials(name, plaintext)
         try:
-            credential = self.credential_maker(name, self.credential_fields(name, fields))
+            credential = self.credential_maker(name, credential_fields(name, fields, self.settings[name]))
         except errors.DuetError:
             raise
         except Exception as exc:

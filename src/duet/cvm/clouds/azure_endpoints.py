@@ -1,11 +1,13 @@
 """Where the azure provider's SDK clients go: Azure's public cloud by default, or, when
 the owner's providers intent names them, another ARM endpoint and Entra ID authority (a
-sovereign cloud, Azure Stack Hub, a test twin) with the CA bundle their TLS chains to.
+test twin; one day a sovereign cloud or Azure Stack Hub) with the CA bundle their TLS
+chains to.
 
 The settings are not secret: they travel in `providers.set` and stand in the controller
-log, where every user sees which ARM the controller reads the control plane from. The CA
-bundle replaces the public roots for these endpoints only; TLS is still checked inside
-the controller (an enclave), never by the host.
+log. They are refused under `--tee gramine` (`providers_config.ENCLAVE_REFUSED_SETTINGS`):
+the control-plane check reads each VM's model from ARM, and an ARM the owner names could
+answer in the real one's place; accepting them there would need users to pin the
+endpoint. The CA bundle replaces the public roots for these endpoints only.
 """
 
 from __future__ import annotations
