@@ -19,16 +19,31 @@ from pathlib import Path, PurePosixPath
 _DATA = re.compile(r"^[^/]+\.data/(purelib|platlib|scripts|headers|data)/(.*)$")
 
 
+_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!_-]+)"
+                   r" --hash=sha256:(?P<sha>[0-9a-f]{64})\s+#\s+(?P<url>https://\S+\.whl)$")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def parse_lock(path: Path) -> list[tuple[str, str, str]]:
+    """(sha256, name==version, url) per line. A line is a pip requirement pinned by hash
+    (`pip install --require-hashes -r` reads the same file) with the wheel's URL after `#`;
+    the URL must name that very wheel (its file name's distribution and version), and
+    whatever is fetched must have the hash anyway."""
     rows = []
     for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        sha, name, url = line.split()
-        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not url.startswith("https://"):
+        m = _LINE.match(line)
+        if not m:
             raise SystemExit(f"bad lock line: {line}")
-        rows.append((sha, name, url))
+        wheel = m["url"].rsplit("/", 1)[1].split("-")
+        if len(wheel) < 5 or _norm(wheel[0]) != _norm(m["name"]) or wheel[1] != m["version"]:
+            raise SystemExit(f"bad lock line: the URL is not a wheel of {m['name']}=={m['version']}: {line}")
+        rows.append((m["sha"], f"{m['name']}=={m['version']}", m["url"]))
     return rows
 
 

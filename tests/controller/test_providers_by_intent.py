@@ -202,6 +202,17 @@ def test_the_local_provider_is_not_offered_in_an_enclave(tmp_path: Path) -> None
             asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"local": {}}})))
         with pytest.raises(ConfigError, match="--providers is refused"):
             ctl.setup.seed({"azure": AZURE})
+        # Another ARM / GCE than the public cloud's: the control-plane check would read
+        # the VM's model from an endpoint the owner names. A PCCS is allowed (signed data).
+        for name, settings in (("azure", {**AZURE, "arm_endpoint": "https://arm.example.org"}),
+                               ("azure", {**AZURE, "ca_pem": "x"}),
+                               ("gcp", {"project": "p", "zone": "z", "api_endpoint": "http://127.0.0.1:1"})):
+            with pytest.raises(errors.InvalidRequest, match="refused under --tee gramine"):
+                asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
+        assert ctl.providers == {}
+        asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"azure": {
+            **AZURE, "pccs_url": "https://pccs.example.org"}}})))
+        assert "azure" in ctl.providers
     finally:
         ctl.close()
 

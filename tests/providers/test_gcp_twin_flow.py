@@ -111,8 +111,9 @@ class GcpTwinEvidence(RemoteEvidence):
         return Fetched(outcome.command_index, fields)
 
 
-def _mount_tsm(where: Path, state: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tsm_twin.py")), str(where), str(state)],
+def _mount_tsm(where: Path, state: Path, *mode: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tsm_twin.py")), str(where), str(state),
+                             *mode],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not os.path.ismount(where):

@@ -2,10 +2,12 @@
 FUSE filesystem, for the GCP SEV-SNP twin: `mkdir` makes a report entry, writing `inblob`
 sets the 64-byte report data, reading `outblob` returns an SNP report over it signed by a
 SIMULATED VCEK (dev ARK), `auxblob` the GHCB certificate table (VCEK, ASK, ARK), and
-`provider` says `sev_guest`; `rmdir` removes the entry. The kernel's rules that matter to
+`provider` says `sev_guest`; `rmdir` removes the entry. With `tdx` (the GCP TDX twin)
+`outblob` is a SIMULATED TD quote (v4, dev DCAP root) over `inblob`, `auxblob` is empty
+and `provider` says `tdx_guest`, as a TD's kernel answers. The kernel's rules that matter to
 a reader are kept: the report is made once per entry, from what `inblob` held.
 
-Run as a process: `python tsm_twin.py MOUNTPOINT SNP_STATE_DIR` (foreground; unmount to
+Run as a process: `python tsm_twin.py MOUNTPOINT STATE_DIR [tdx]` (foreground; unmount to
 stop). Needs /dev/fuse, libfuse3 and the `mfusepy` bindings; mounted as root with
 `allow_other` so the guest's user can use it.
 """
@@ -23,7 +25,7 @@ from typing import Any
 _FILES = ("inblob", "outblob", "auxblob", "provider", "generation")
 
 
-def make_ops(snp: Any) -> Any:
+def make_ops(snp: Any, tdx: Any = None) -> Any:
     import mfusepy as fuse
 
     from duet.cvm.guest.collect import build_cert_table
@@ -32,7 +34,8 @@ def make_ops(snp: Any) -> Any:
         def __init__(self) -> None:
             self.entries: dict[str, dict[str, bytes]] = {}
             self.now = time.time()
-            self.aux = build_cert_table({"vcek": snp.vcek_der, "ask": _der(snp.ask_pem), "ark": _der(snp.ark_pem)})
+            self.aux = b"" if tdx is not None else build_cert_table(
+                {"vcek": snp.vcek_der, "ask": _der(snp.ask_pem), "ark": _der(snp.ark_pem)})
 
         def _split(self, path: str) -> tuple[str, str]:
             parts = [p for p in path.split("/") if p]
@@ -44,12 +47,13 @@ def make_ops(snp: Any) -> Any:
                 if "outblob" not in entry:
                     if len(entry["inblob"]) != 64:
                         raise fuse.FuseOSError(errno.EINVAL)
-                    entry["outblob"] = snp.report(entry["inblob"], measurement=bytes(48))
+                    entry["outblob"] = tdx.quote(entry["inblob"]) if tdx is not None else \
+                        snp.report(entry["inblob"], measurement=bytes(48))
                 return entry["outblob"]
             if name == "auxblob":
                 return self.aux
             if name == "provider":
-                return b"sev_guest\n"
+                return b"tdx_guest\n" if tdx is not None else b"sev_guest\n"
             if name == "generation":
                 return b"1\n"
             return entry["inblob"]
@@ -128,10 +132,14 @@ def main(argv: list[str]) -> int:
     import mfusepy as fuse
 
     from duet.attestation.simulated.snp import SimulatedSnp
+    from duet.attestation.simulated.tdx import SimulatedTdx
 
-    mountpoint, state = argv
-    snp = SimulatedSnp.load_or_create(Path(state))
-    fuse.FUSE(make_ops(snp), mountpoint, foreground=True, allow_other=True, nothreads=True)
+    mountpoint, state, *mode = argv
+    if mode == ["tdx"]:
+        ops = make_ops(None, SimulatedTdx.load_or_create(Path(state)))
+    else:
+        ops = make_ops(SimulatedSnp.load_or_create(Path(state)))
+    fuse.FUSE(ops, mountpoint, foreground=True, allow_other=True, nothreads=True)
     return 0
 
 

@@ -31,7 +31,7 @@ class _Runtimedir:
         return str(self())
 
 
-def render(**defines: Any) -> dict[str, Any]:
+def render(entrypoint: str = PYTHON, duet_site: str = SITE, **defines: Any) -> dict[str, Any]:
     # The same Environment settings as gramine-manifest (graminelibos.gen_jinja_env).
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.globals["gramine"] = {
@@ -46,7 +46,7 @@ def render(**defines: Any) -> dict[str, Any]:
     }
     env.globals["env"] = {}
     text = env.from_string(TEMPLATE.read_text()).render(
-        entrypoint=PYTHON, arch_libdir=ARCH_LIBDIR, duet_site=SITE, **defines
+        entrypoint=entrypoint, arch_libdir=ARCH_LIBDIR, duet_site=duet_site, **defines
     )
     return tomllib.loads(text)
 
@@ -145,9 +145,16 @@ def test_dockerfile_is_pinned() -> None:
     assert base and "@sha256:" in base[0]
     assert "SOURCE_DATE_EPOCH" in text and "--date 0000-00-00" in text
     lock = [line.split() for line in (DEPLOY / "wheels.lock").read_text().splitlines() if line and line[0] != "#"]
-    assert lock and all(len(row) == 3 and len(row[0]) == 64 and "==" in row[1] for row in lock)
-    names = {row[1].split("==")[0] for row in lock}
+    assert lock and all(len(row) == 4 and row[1].startswith("--hash=sha256:") and "==" in row[0] for row in lock)
+    names = {row[0].split("==")[0] for row in lock}
     assert {"cryptography", "dcap-qvl", "fastapi", "uvicorn", "httpx", "pydantic", "rfc8785"} <= names
+
+
+def test_the_sealing_key_masks_are_pinned(manifest: dict[str, Any]) -> None:
+    """The masks are key-derivation material: written out (Gramine 1.9's values), so that
+    the sealing key follows this file, not a Gramine release's defaults."""
+    assert manifest["sgx"]["seal_key"] == {"flags_mask": "0xffffffffffffffff", "xfrm_mask": "0xfffffffffff9ff1b",
+                                           "misc_mask": "0xffffffff"}
 
 
 def test_wheel_installer_checks_hashes_and_paths(tmp_path: Path) -> None:

@@ -121,8 +121,10 @@ class Trust:
 
     simulated: bool = False
     snp_arks: tuple[bytes, ...] | None = None
-    #: DCAP roots (DER) for simulated TDX quotes; when absent, the self-signed root the
-    #: log carries is used (with ``simulated`` set, only).
+    #: DCAP roots (DER) other than Intel's: for simulated TDX quotes (when absent, the
+    #: self-signed root the log carries is used, with ``simulated`` set, only), and for
+    #: `tdx` evidence, as ``snp_arks`` for SEV-SNP (tests, private roots; a report under
+    #: one says ``simulated``).
     tdx_roots: tuple[bytes, ...] | None = None
     #: What the verifier pins of Microsoft Azure Attestation, for the MAA kinds; without
     #: it MAA evidence is refused (a token proves nothing until MAA's keys are pinned).
@@ -373,10 +375,28 @@ def _parse_tdx(entry: Mapping[str, Any]) -> _TdxParsed:
 def _verify_tdx(parsed: _TdxParsed, expected: bytes, now: datetime, trust: Trust) -> Any:
     from .dcap.verify import verify_tdx_quote
 
-    report = verify_tdx_quote(parsed.quote, parsed.collateral, now=now)
+    if trust.tdx_roots is None:
+        report = verify_tdx_quote(parsed.quote, parsed.collateral, now=now)
+    else:
+        report = _under_one_of(trust.tdx_roots, lambda root: verify_tdx_quote(
+            parsed.quote, dict(parsed.collateral), now=now, root_ca_der=root))
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
     return _with_event_log(report, parsed.ccel)
+
+
+def _under_one_of(roots: tuple[bytes, ...], verify: Callable[[bytes], Any]) -> Any:
+    """The first root the quote verifies under; else the first root's refusal."""
+    if not roots:
+        raise ParseError("no DCAP root is trusted")
+    first: AttestationError | None = None
+    for root in roots:
+        try:
+            return verify(root)
+        except AttestationError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 @dataclass(frozen=True)

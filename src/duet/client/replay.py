@@ -130,6 +130,8 @@ class CvmReplay:
     expect: UserExpectations | None = None
     trust_simulated: bool = False
     snp_arks: tuple[bytes, ...] | None = None
+    #: DCAP roots to trust instead of Intel's (private roots, tests), as `snp_arks`.
+    tdx_roots: tuple[bytes, ...] | None = None
     #: The clock entries are judged by (set by each run before it feeds entries).
     now: datetime | None = None
     #: The controller log the entries' links are checked against (None: not checked,
@@ -537,7 +539,7 @@ class CvmReplay:
         instance_id = (self.provisioned or {}).get("instance_id")
         return cvm_kinds.verify_evidence(
             e, host_key=host_key, now=_time(e),
-            trust=cvm_kinds.Trust(simulated=self.trust_simulated, snp_arks=self.snp_arks),
+            trust=cvm_kinds.Trust(simulated=self.trust_simulated, snp_arks=self.snp_arks, tdx_roots=self.tdx_roots),
             binding=declared_binding(self.genesis), host_data=self.state.host_data,
             instance_id=str(instance_id) if instance_id else None)
 

@@ -47,8 +47,10 @@ class RemoteEvidence(Collector):
     def __init__(
         self, *, tdx_collateral: CollateralSource | None = None, trusted_arks: list[bytes] | None = None,
         inspector: Inspector | None = None, maa_url: str | None = None, maa_jwks: Mapping[str, Any] | None = None,
+        trusted_tdx_roots: list[bytes] | None = None,
     ) -> None:
-        """`trusted_arks`: other SNP roots than AMD's built-in ones (tests, private roots);
+        """`trusted_arks` / `trusted_tdx_roots`: other SNP / DCAP roots than AMD's and
+        Intel's (tests, private roots; never a provider setting);
         `inspector`: the provider's control-plane reader (Azure), judged on every entry into
         in-service (`Collector.control_plane`); `maa_url` / `maa_jwks`: the owner's MAA
         instance and its signing keys (the provider's settings), for the MAA kinds: the
@@ -58,7 +60,8 @@ class RemoteEvidence(Collector):
         self.maa_url = maa_url
         self.maa_jwks = dict(maa_jwks) if maa_jwks is not None else None
         maa = cvm_kinds.MaaPins(issuer=maa_url, jwks=self.maa_jwks) if maa_url and maa_jwks is not None else None
-        self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None, maa=maa)
+        self.trust = cvm_kinds.Trust(snp_arks=tuple(trusted_arks) if trusted_arks is not None else None, maa=maa,
+                                     tdx_roots=tuple(trusted_tdx_roots) if trusted_tdx_roots is not None else None)
 
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
         """The gatherer runs in the guest as one logged builtin command; its output is the facts.

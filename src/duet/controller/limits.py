@@ -123,9 +123,15 @@ class HeadLimit:
 
 
 def server_options() -> dict[str, Any]:
-    """uvicorn.Config keyword arguments for every way the controller is served."""
+    """uvicorn.Config keyword arguments for every way the controller is served.
+
+    The loop is asyncio's, named rather than left to uvicorn's "auto" (uvloop when it is
+    importable): the enclave image ships neither uvloop nor httptools
+    (deploy/gramine/wheels.lock), and what the tests run is then what the enclave runs,
+    with no libuv under Gramine's system-call emulation and less native code to trust."""
     return {
         "http": BoundedH11Protocol,
+        "loop": "asyncio",
         "ws": "none",  # the API has no WebSocket routes: no upgrade path to bound
         "timeout_keep_alive": KEEP_ALIVE_S,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,

@@ -57,6 +57,14 @@ LOCAL_REFUSED = ("the local provider runs CVMs as processes on the controller's 
 GRAMINE_FLAG_REFUSED = ("--providers is refused under --tee gramine: the manifest fixes the command line and the "
                         "host's input is not trusted; set providers with a signed intent "
                         "(duet controller providers set FILE)")
+#: Settings that point a provider's cloud API elsewhere than the public cloud: refused
+#: under --tee gramine. The control-plane check reads each VM's model from that API; an
+#: endpoint the owner names could answer for it and hide a door the owner opened in the
+#: real one. (A PCCS is another matter: the collateral it serves is signed by Intel.)
+ENCLAVE_REFUSED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "azure": ("arm_endpoint", "authority_host", "ca_pem"),
+    "gcp": ("api_endpoint",),
+}
 #: Providers that take credentials, and the fields of each credentials file.
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "azure": ("tenant_id", "client_id", "client_secret"),
@@ -119,12 +127,33 @@ def default_builder(pccs_url: str) -> Builder:
 
         config = dict(settings)
         maa_url, maa_jwks = maa_settings(name, config)
+        pccs = pccs_setting(name, config) or pccs_url
         provider = make_provider(name, config, credential=credential)
-        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs_url),
+        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs),
                                         inspector=getattr(provider, "inspect", None),
                                         maa_url=maa_url, maa_jwks=maa_jwks)
 
     return build
+
+
+def pccs_setting(name: str, config: dict[str, object]) -> str | None:
+    """`pccs_url` of a provider, taken out of its settings: where the controller fetches
+    the DCAP collateral (TCB info, QE identity, CRLs) of this provider's TDX quotes, a
+    PCCS or Intel's PCS (`https://api.trustedservices.intel.com`, the default). Set by
+    intent, so it stands in the controller log; it decides availability only: the
+    collateral is signed by Intel and checked against Intel's root, and it is logged
+    beside each quote, where every user checks it again."""
+    url = config.pop("pccs_url", None)
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url)) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname or parts.query \
+            or parts.fragment or parts.username or parts.password:
+        raise CvmError(f"provider {name}: pccs_url must be an http(s) URL with a host and no query "
+                       "(e.g. https://pccs.example.org:8081)")
+    return str(url).rstrip("/")
 
 
 def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
@@ -152,11 +181,16 @@ def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict
 
 
 def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
-    """The cloud SDK's credential object for a credentials file (never logged)."""
+    """The cloud SDK's credential object for a credentials file (never logged). For
+    azure, `fields` may also hold the provider's non-secret endpoint settings
+    (`authority_host`, `ca_pem`: `credential_fields`)."""
     if provider == "azure":
         from azure.identity import ClientSecretCredential
 
-        return ClientSecretCredential(fields["tenant_id"], fields["client_id"], fields["client_secret"])
+        from duet.cvm.clouds import azure_endpoints
+
+        return ClientSecretCredential(fields["tenant_id"], fields["client_id"], fields["client_secret"],
+                                      **azure_endpoints.credential_kwargs(fields))
     if provider == "gcp":
         from google.oauth2 import service_account
 
@@ -167,6 +201,15 @@ def sdk_credential(provider: str, fields: Mapping[str, str]) -> Any:
 
         return TlsCredentials.from_fields(fields)
     raise errors.InvalidRequest(f"provider {provider!r} takes no credentials")
+
+
+def credential_fields(name: str, fields: Mapping[str, str], settings: Mapping[str, object]) -> dict[str, str]:
+    """A credentials file's fields, plus the provider's settings that say where its
+    credential is used (Azure's `authority_host` and `ca_pem`): not secret, from the
+    providers intent being built, never from the sealed file."""
+    extra = {k: v for k in ("authority_host", "ca_pem") if isinstance(v := settings.get(k), str)} \
+        if name == "azure" else {}
+    return {**fields, **extra}
 
 
 def parse_credentials(provider: str, plaintext: bytes) -> dict[str, str]:
@@ -266,7 +309,9 @@ class ProviderSetup:
                     from duet.cvm.libvirt import check_uri
 
                     check_uri(str(config.get("uri", "")), in_enclave=True)
-                credential = override[1] if override is not None and override[0] == name else self._credential(name)
+                self._enclave_check(name, config)
+                credential = override[1] if override is not None and override[0] == name else \
+                    self._credential(name, config)
                 providers[name], evidence[name] = self.builder(name, config, credential)
             except StaleCredentials as exc:
                 if strict:
@@ -278,7 +323,14 @@ class ProviderSetup:
                 log.error("provider %s from the controller log is not enabled: %s", name, exc)
         return providers, evidence
 
-    def _credential(self, name: str) -> Any:
+    def _enclave_check(self, name: str, config: Mapping[str, object]) -> None:
+        refused = sorted(k for k in ENCLAVE_REFUSED_SETTINGS.get(name, ()) if k in config)
+        if self.in_enclave and refused:
+            raise CvmError(f"{', '.join(refused)} refused under --tee gramine: the control-plane check reads the "
+                           f"VM's model from the public cloud's API, and an endpoint named in the settings could "
+                           "answer in its place (outside an enclave: twins, tests)")
+
+    def _credential(self, name: str, settings: Mapping[str, object]) -> Any:
         """The provider's sealed credentials, only if they are the ones the controller log
         last recorded: a host that restores an older sealed state file alone (it can) must
         not bring back credentials the owner replaced. No logged credentials and none
@@ -293,7 +345,7 @@ class ProviderSetup:
                 f"the sealed state's credentials for {name} are not the ones the controller log last recorded "
                 "(an older or foreign state file); send them again with credentials.set")
         try:
-            return self.credential_maker(name, parse_credentials(name, raw))
+            return self.credential_maker(name, credential_fields(name, parse_credentials(name, raw), settings))
         except Exception as exc:
             raise StaleCredentials(f"the stored credentials for {name} are unusable ({type(exc).__name__})") from None
 
@@ -381,7 +433,7 @@ class ProviderSetup:
         plaintext = sealing.open_sealed(self.hpke_key, sealed, controller_id=ctl.controller_id, provider=name)
         fields = parse_credentials(name, plaintext)
         try:
-            credential = self.credential_maker(name, fields)
+            credential = self.credential_maker(name, credential_fields(name, fields, self.settings[name]))
         except errors.DuetError:
             raise
         except Exception as exc:

@@ -153,7 +153,13 @@ class AzureProvider:
         credential: Any = None,
         transport: Any = None,
         retry_total: int = 3,
+        arm_endpoint: str | None = None,
+        authority_host: str | None = None,
+        ca_pem: str | None = None,
     ) -> None:
+        """`arm_endpoint` / `authority_host` / `ca_pem`: another cloud than Azure's public
+        one, and the CA bundle its TLS chains to (`duet.cvm.clouds.azure_endpoints`; the
+        authority is the credential's, made by the controller with these settings)."""
         self.subscription_id = subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
         self.resource_group = resource_group
         self.location = location
@@ -165,6 +171,7 @@ class AzureProvider:
         self._credential = credential
         self._transport = transport
         self._retry_total = retry_total
+        self._endpoint = (arm_endpoint, ca_pem)
         self._clients: tuple[Any, Any, Any] | None = None
 
     def __repr__(self) -> str:  # never show the credential
@@ -439,7 +446,10 @@ class AzureProvider:
 
             credential = DefaultAzureCredential()
             self._credential = credential
-        kw: dict[str, Any] = {"polling_interval": self.poll_interval_s, "retry_total": self._retry_total}
+        from duet.cvm.clouds import azure_endpoints
+
+        kw: dict[str, Any] = {"polling_interval": self.poll_interval_s, "retry_total": self._retry_total,
+                              **azure_endpoints.client_kwargs(*self._endpoint)}
         if self._transport is not None:
             kw["transport"] = self._transport
         self._clients = (

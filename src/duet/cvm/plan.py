@@ -26,7 +26,7 @@ from duet.cvm.provider import Provider
 PROVIDERS = ("azure", "gcp", "qemu", "libvirt")
 
 _AZURE_KEYS = ("subscription_id", "resource_group", "location", "controller_cidr", "subnet_id", "admin_user",
-               "create_timeout_s", "poll_interval_s")
+               "create_timeout_s", "poll_interval_s", "arm_endpoint", "authority_host", "ca_pem")
 _GCP_KEYS = ("project", "zone", "network", "controller_cidr", "admin_user", "disk_size_gb", "create_timeout_s",
              "poll_interval_s", "api_endpoint")
 
@@ -46,8 +46,10 @@ def make_provider(name: str, config: Mapping[str, object], *, credential: Any = 
     """
     if name == "azure":
         from duet.cvm.azure import AzureProvider
+        from duet.cvm.clouds import azure_endpoints
 
         _check(name, config, _AZURE_KEYS)
+        azure_endpoints.check(config)
         return AzureProvider(**_pick(config, _AZURE_KEYS), credential=credential)
     if name == "gcp":
         from duet.cvm.gcp import GcpProvider
