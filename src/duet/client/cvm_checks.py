@@ -61,15 +61,16 @@ def declared_binding(genesis: dict[str, Any]) -> str:
 def verify_evidence_entry(
     e: dict[str, Any], *, host_key: str, binding: str, host_data: str | None, instance_id: str | None,
     trust_simulated: bool, decoded: list[dict[str, Any]], index: int, snp_arks: tuple[bytes, ...] | None = None,
-    maa: cvm_kinds.MaaPins | None = None,
+    maa: cvm_kinds.MaaPins | None = None, azure_ak_roots: tuple[bytes, ...] | None = None,
 ) -> cvm_kinds.Verified:
     """Verify one evidence entry exactly as the controller did before logging it
     (`cvm_kinds.verify_evidence`), then its link to the logged command that asked for
-    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them).
+    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them);
+    `azure_ak_roots`: the vTPM roots the user pins for Azure AK certificates.
     Raises ValueError / AttestationError naming the problem."""
     verified = cvm_kinds.verify_evidence(
         e, host_key=host_key, now=_time(e),
-        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa),
+        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa, azure_ak_roots=azure_ak_roots),
         binding=binding, host_data=host_data, instance_id=instance_id)
     _check_command_link(e, decoded, index)
     return verified
@@ -86,6 +87,15 @@ def maa_pins(expect: UserExpectations | None) -> cvm_kinds.MaaPins | None:
     return cvm_kinds.MaaPins(
         issuer=claims.maa_issuer, jwks=claims.maa_jwks,
         key_sha256=tuple(claims.maa_signing_keys) if claims.maa_signing_keys is not None else None)
+
+
+def ak_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
+    """The vTPM roots the user pins for Azure AK certificates (`cvm.azure_ak_roots`); None:
+    the AK certificate is shown but not checked (the AK is bound by the hardware report)."""
+    if expect is None or expect.cvm is None:
+        return None
+    roots = expect.cvm.evidence().azure_ak_roots
+    return tuple(r.encode() for r in roots) if roots is not None else None
 
 
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
@@ -135,6 +145,7 @@ def evidence_checks(
     nonces: set[str] = set()
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
     maa = maa_pins(expect)
+    pinned_ak_roots = ak_roots(expect)
     for i in indices:
         e = decoded[i]
         latest = None
@@ -149,7 +160,7 @@ def evidence_checks(
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,
                 instance_id=str(instance_id) if instance_id else None, trust_simulated=trust_simulated,
-                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa)
+                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa, azure_ak_roots=pinned_ak_roots)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
             continue
