@@ -154,3 +154,71 @@ def test_validity_is_judged_at_the_time_given(pki: Pki) -> None:
     assert verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW, ak_public_key=ak_key)
     with pytest.raises(CertificateExpired):
         verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW + timedelta(days=2), ak_public_key=ak_key)
+
+
+# -- `duet attestation verify`: the AK certificate in the evidence, the roots in --expect ----------
+
+
+def _azure_cli(tmp_path: Path, *, ak_cert: bytes | None, pins: list[bytes] | None) -> tuple[int, str]:
+    """The real Genoa Azure evidence (its HCLAkPub) with an AK certificate added as the
+    guest collects it (NV contents: DER, zero-padded), verified from the command line."""
+    import base64
+    import json
+
+    from typer.testing import CliRunner
+
+    from duet.cli.attestation_cmd import app
+
+    doc = json.loads((VEC.parent / "trustee-extra" / "az-snp-vtpm_evidence-genoa.json").read_text())
+    if ak_cert is not None:
+        doc["ak_cert"] = base64.urlsafe_b64encode(ak_cert.ljust(4096, b"\0")).decode().rstrip("=")
+    (tmp_path / "ev.json").write_text(json.dumps(doc))
+    certs = tmp_path / "certs"
+    certs.mkdir(exist_ok=True)
+    (certs / "chain").write_bytes((VEC.parent / "snp" / "amd-roots" / "ask_ark_genoa.pem").read_bytes())
+    args = ["verify", str(tmp_path / "ev.json"), "--certs", str(certs), "--now", "2026-06-01"]
+    if pins is not None:
+        names = []
+        for i, pin in enumerate(pins):
+            (tmp_path / f"pin{i}.crt").write_bytes(pin)
+            names.append(f"pin{i}.crt")
+        (tmp_path / "exp.yaml").write_text(f"cvm:\n  tee: azure-snp\n  azure_ak_roots: {json.dumps(names)}\n")
+        args += ["--expect", str(tmp_path / "exp.yaml")]
+    res = CliRunner().invoke(app, args)
+    return res.exit_code, res.output
+
+
+def test_the_cli_shows_the_ak_certificate_and_judges_it_against_the_pinned_roots(tmp_path: Path) -> None:
+    from vtpm_ca import SimulatedVtpmCa
+
+    genoa = (VEC.parent / "trustee-extra" / "az-snp-vtpm_evidence-genoa.json").read_text()
+    from duet.attestation.azure.evidence import parse_azure_evidence
+
+    ak_key = parse_hcl_report(parse_azure_evidence(genoa).hcl_report).ak_pub()
+    ca = SimulatedVtpmCa(now=NOW)
+    der = ca.ak_certificate(ak_key, "390cbcf5").public_bytes(Encoding.DER)
+    root_der = ca.root.public_bytes(Encoding.DER)
+    # Pinned (the root as DER, the intermediate as PEM, files named in the expectations).
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=[root_der, _pem(ca.ca)])
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "ak_certificate.status: verified" in lines
+    assert "ak_certificate.subject: CN=390cbcf5.TrustedVM.SIMULATED,O=SIMULATED (duet tests)" in lines
+    assert "ak_certificate.issuer: CN=SIMULATED Global Virtual TPM CA - 03,O=SIMULATED (duet tests)" in lines
+    # Not pinned: shown, not judged.
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=None)
+    assert code == 0 and "ak_certificate.status: not checked (no roots pinned)" in out.splitlines(), out
+    # Another root pinned: verification failed (3), naming the chain.
+    other = SimulatedVtpmCa(now=NOW)
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=[other.pins])
+    assert code == 3 and "chain_invalid" in out and "does not chain to a pinned vTPM root" in out, out
+    # A certificate for another key than the HCL report's AK: 3.
+    code, out = _azure_cli(tmp_path, ak_cert=ca.ak_certificate(_key().public_key(), "x").public_bytes(Encoding.DER),
+                           pins=[ca.pins])
+    assert code == 3 and "attestation key" in out, out
+    # Roots pinned, no certificate in the evidence: the certificate it needs is missing (4).
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[ca.pins])
+    assert code == 4 and "certificate_missing" in out and "0x01c101d0" in out, out
+    # NV contents that are not one certificate and padding: malformed (4).
+    code, out = _azure_cli(tmp_path, ak_cert=der + b"junk", pins=None)
+    assert code == 4 and "malformed_evidence" in out, out

@@ -11,7 +11,7 @@ vTPM, and a local stand-in for Azure's instance metadata service (IMDS/THIM).
 - The AK certificate in NV index 0x01C101D0, DER padded with zeros as Azure's is (the
   index is 2048 bytes here, the largest swtpm allows; Azure's is 4096), issued for the AK
   by a SIMULATED "Global Virtual TPM CA - 03" under a SIMULATED vTPM root
-  (:class:`SimulatedVtpmCa`): a verifier pins that root as a user pins Microsoft's.
+  (`tests/vtpm_ca.py`): a verifier pins that root as a user pins Microsoft's.
 - A SIMULATED measured boot: the twin extends the SHA-256 PCRs as firmware, shim, grub and
   the kernel would (:data:`BOOT`), and writes the TCG event log of exactly those extends
   where Linux exposes the firmware's log (``binary_bios_measurements``).
@@ -36,21 +36,21 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-from duet.attestation.azure.akcert import TCG_KP_AIK_CERTIFICATE
 from duet.attestation.simulated.snp import SimulatedSnp
 from duet.attestation.tcg_eventlog import EV_EFI_BOOT_SERVICES_APPLICATION, EV_IPL, EV_SEPARATOR, build_tcg2_log
 from duet.cvm.guest.collect import TPM_EVENT_LOG, collect_command
 from helpers import free_port
+from vtpm_ca import SimulatedVtpmCa
+
+__all__ = ["BOOT", "CMDLINE", "KERNEL_IMAGE", "AzureVtpmTwin", "SimulatedVtpmCa", "have_tools"]
 
 AK_HANDLE = "0x81000003"
 HCL_INDEX = "0x01400001"
@@ -70,50 +70,6 @@ BOOT: tuple[tuple[int, int, bytes], ...] = (
     (8, EV_IPL, f"kernel_cmdline: {CMDLINE}".encode() + b"\0"),
     (4, EV_EFI_BOOT_SERVICES_APPLICATION, KERNEL_IMAGE),
 )
-
-
-def _ca_name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SIMULATED (duet tests)"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class SimulatedVtpmCa:
-    """A SIMULATED vTPM PKI with Azure's shape: a self-signed root, an intermediate CA, and
-    AK certificates (TCG AIK key usage) for the keys it is asked to certify."""
-
-    def __init__(self, tag: str = "") -> None:
-        now = datetime.now(UTC)
-        self.root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        root_name = _ca_name(f"SIMULATED Azure Virtual TPM Root Certificate Authority{tag}")
-        self.ca_name = _ca_name(f"SIMULATED Global Virtual TPM CA - 03{tag}")
-        self.root = self._cert(root_name, self.root_key.public_key(), root_name, self.root_key, ca=True, now=now)
-        self.ca = self._cert(self.ca_name, self.ca_key.public_key(), root_name, self.root_key, ca=True, now=now)
-
-    @staticmethod
-    def _cert(subject: x509.Name, public: rsa.RSAPublicKey, issuer: x509.Name, signer: rsa.RSAPrivateKey, *,
-              ca: bool, now: datetime) -> x509.Certificate:
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
-             .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
-                                          data_encipherment=False, key_agreement=False, key_cert_sign=ca,
-                                          crl_sign=ca, encipher_only=False, decipher_only=False), critical=True))
-        if not ca:
-            b = b.add_extension(x509.ExtendedKeyUsage([TCG_KP_AIK_CERTIFICATE]), critical=False)
-        return b.sign(signer, hashes.SHA256())
-
-    def ak_certificate(self, public: rsa.RSAPublicKey, vm_id: str) -> x509.Certificate:
-        subject = _ca_name(f"{vm_id}.TrustedVM.SIMULATED")
-        return self._cert(subject, public, self.ca_name, self.ca_key, ca=False, now=datetime.now(UTC))
-
-    @property
-    def pins(self) -> bytes:
-        """What a user pins (`cvm.azure_ak_roots`): the root and the intermediate, PEM."""
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.root, self.ca))
 
 
 def _port_pair() -> int:
@@ -259,7 +215,6 @@ class AzureVtpmTwin:
 
     @staticmethod
     def _pem(der: bytes) -> bytes:
-        from cryptography import x509
 
         return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 

@@ -197,11 +197,12 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
 def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
-            + _event_log_note(latest))
+            + _event_log_note(latest) + _ak_note(latest))
 
 
 def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
-    """What the newest evidence's replayed CC event log names (TDX), for the report."""
+    """What the newest evidence's replayed event log names (TDX's CCEL, an Azure vTPM's
+    TCG log), for the report."""
     log = getattr(latest.report, "event_log", None) if latest is not None else None
     if not isinstance(log, dict):
         return ""
@@ -211,7 +212,19 @@ def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
         parts.append(f"kernel {str(kernel.get('digest'))[:16]}…")
     if isinstance(cmdline, dict):
         parts.append(f"cmdline {cmdline.get('text')!r}" + ("" if cmdline.get("measured") else " (text not measured)"))
-    return "; the newest one's event log replays to its RTMRs (" + ", ".join(parts) + ")"
+    registers = "PCRs" if "pcrs" in log else "RTMRs"
+    return f"; the newest one's event log replays to its {registers} (" + ", ".join(parts) + ")"
+
+
+def _ak_note(latest: cvm_kinds.Verified | None) -> str:
+    """The newest Azure evidence's AK certificate: who it names, and whether it was judged."""
+    ak = getattr(latest.report, "ak_certificate", None) if latest is not None else None
+    if not isinstance(ak, dict) or ak.get("status") == "absent":
+        return ""
+    if ak.get("status") == "verified":
+        return f"; its AK certificate {ak.get('subject')} chains to a pinned vTPM root ({ak.get('chain')})"
+    return (f"; its AK certificate ({ak.get('subject')}, issued by {ak.get('issuer')}) is {ak.get('status')}: "
+            "the AK is bound by the hardware report")
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:
