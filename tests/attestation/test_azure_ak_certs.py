@@ -10,6 +10,7 @@ with the names and extensions Azure's carry."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def test_validity_is_judged_at_the_time_given(pki: Pki) -> None:
 # -- `duet attestation verify`: the AK certificate in the evidence, the roots in --expect ----------
 
 
-def _azure_cli(tmp_path: Path, *, ak_cert: bytes | None, pins: list[bytes] | None) -> tuple[int, str]:
+def _azure_cli(tmp_path: Path, *, ak_cert: bytes | None, pins: list[bytes] | None,
+               files: dict[str, bytes] | None = None) -> tuple[int, str]:
     """The real Genoa Azure evidence (its HCLAkPub) with an AK certificate added as the
     guest collects it (NV contents: DER, zero-padded), verified from the command line."""
     import base64
@@ -174,8 +176,11 @@ def _azure_cli(tmp_path: Path, *, ak_cert: bytes | None, pins: list[bytes] | Non
         doc["ak_cert"] = base64.urlsafe_b64encode(ak_cert.ljust(4096, b"\0")).decode().rstrip("=")
     (tmp_path / "ev.json").write_text(json.dumps(doc))
     certs = tmp_path / "certs"
-    certs.mkdir(exist_ok=True)
+    shutil.rmtree(certs, ignore_errors=True)
+    certs.mkdir()
     (certs / "chain").write_bytes((VEC.parent / "snp" / "amd-roots" / "ask_ark_genoa.pem").read_bytes())
+    for name, blob in (files or {}).items():
+        (certs / name).write_bytes(blob)
     args = ["verify", str(tmp_path / "ev.json"), "--certs", str(certs), "--now", "2026-06-01"]
     if pins is not None:
         names = []
@@ -212,6 +217,18 @@ def test_the_cli_shows_the_ak_certificate_and_judges_it_against_the_pinned_roots
     other = SimulatedVtpmCa(now=NOW)
     code, out = _azure_cli(tmp_path, ak_cert=der, pins=[other.pins])
     assert code == 3 and "chain_invalid" in out and "does not chain to a pinned vTPM root" in out, out
+    # The errors name each certificate considered and where it came from.
+    assert "the evidence's ak_cert (NV index 0x01c101d0): CN=390cbcf5.TrustedVM.SIMULATED" in out
+    assert "azure_ak_roots: CN=SIMULATED Azure Virtual TPM Root Certificate Authority" in out
+    # The AK certificate may come from --certs instead (any name): a mismatch names that file.
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[other.pins], files={"from-portal.der": der})
+    assert code == 3 and "from-portal.der: AZURE-VTPM-AK (CN=390cbcf5.TrustedVM.SIMULATED)" in out, out
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[ca.pins], files={"from-portal.der": der})
+    assert code == 0 and "ak_certificate.status: verified" in out, out
+    # ... but never instead of the evidence's own certificate, when it carries one.
+    stranger = ca.ak_certificate(_key().public_key(), "x").public_bytes(Encoding.DER)
+    code, out = _azure_cli(tmp_path, ak_cert=stranger, pins=[ca.pins], files={"from-portal.der": der})
+    assert code == 3 and "attestation key" in out, out
     # A certificate for another key than the HCL report's AK: 3.
     code, out = _azure_cli(tmp_path, ak_cert=ca.ak_certificate(_key().public_key(), "x").public_bytes(Encoding.DER),
                            pins=[ca.pins])

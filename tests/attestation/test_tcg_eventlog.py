@@ -151,3 +151,19 @@ def test_fuzzed_logs_parse_or_fail_with_a_typed_error() -> None:
         except AttestationError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 3000 and outcomes["parsed"] >= 0
+
+
+def test_expect_init_pins_a_vtpm_event_log() -> None:
+    """`duet expect init` pins what an Azure result's replayed vTPM log names (the log is on
+    the Azure result, beside its hardware report)."""
+    from types import SimpleNamespace
+
+    from duet.cli.expect_init import build
+
+    claims = T.event_log_claims(T.build_tcg2_log(BOOT), _quoted(BOOT))
+    report = SimpleNamespace(state=SimpleNamespace(evidence_kind="azure-snp", mode="in-update"), checks=[],
+                             controller={}, owner_keys=[])
+    evidence = SimpleNamespace(hardware=SimpleNamespace(measurement="ab" * 48, event_log=None), event_log=claims)
+    doc, _ = build(report, [{"type": "genesis"}], evidence)
+    assert doc["cvm"]["require_event_log"] is True and doc["cvm"]["kernel_cmdline"] == CMDLINE
+    assert doc["cvm"]["kernel_digest"] == hashlib.sha256(KERNEL).hexdigest()

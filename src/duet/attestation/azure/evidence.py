@@ -41,7 +41,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..certstore import CertStore
 from ..dcap.abi import TdReportBody, parse_tdx_quote
 from ..dcap.verify import CollateralInput, TdxReport, tdx_report_from_body, verify_tdx_quote
-from ..errors import BindingError, CollateralError, MissingCertificate, ParseError, UnsupportedVersion
+from ..errors import (
+    BindingError,
+    ChainInvalid,
+    CollateralError,
+    MissingCertificate,
+    ParseError,
+    UnsupportedVersion,
+)
 from ..snp.verify import SnpReport, verify_snp_report, verify_snp_report_with_certs
 from ..tcg_eventlog import event_log_claims
 from .akcert import (
@@ -271,19 +278,34 @@ def judge_ak_certificate(
     fails closed: a missing certificate, one for another key than ``HCLAkPub``, or one that
     does not chain to a pinned root raises."""
     ak = parse_nv_certificate(ev.ak_cert) if ev.ak_cert is not None else None
-    found = [c.cert for c in certs.certs if c.role in ("azure-vtpm-ak", "azure-vtpm-ca")] if certs else []
+    # Where each certificate came from, for errors that name the file and the certificate.
+    where = {}
+    if ak is not None:
+        where[id(ak)] = f"the evidence's ak_cert (NV index {AK_CERT_NV_INDEX:#010x}): {name_of(ak.subject)}"
+    # The evidence's own AK certificate is the one judged; one from `certs` only stands in
+    # for a missing one (CA certificates from `certs` may serve as intermediates either way).
+    roles = ("azure-vtpm-ca",) if ak is not None else ("azure-vtpm-ak", "azure-vtpm-ca")
+    found = [c for c in certs.certs if c.role in roles] if certs else []
+    where.update({id(c.cert): c.describe() for c in found})
     if ak is None:
-        ak = next((c for c in found if is_ak_certificate(c)), None)
+        ak = next((c.cert for c in found if is_ak_certificate(c.cert)), None)
     if not ak_roots:
         if ak is None:
             return {"status": "absent"}
         return {"status": "not checked (no roots pinned)", "subject": name_of(ak.subject),
                 "issuer": name_of(ak.issuer)}
     roots, intermediates = load_pins(ak_roots)
+    where.update({id(c): f"azure_ak_roots: {name_of(c.subject)}" for c in (*roots, *intermediates)})
     if ak is None:
         raise MissingCertificate(
-            f"vTPM roots are pinned, but the evidence carries no AK certificate (NV index {AK_CERT_NV_INDEX:#010x})")
-    chain = verify_ak_chain([ak, *intermediates, *found], roots=roots, now=now, ak_public_key=hcl.ak_pub())
+            f"vTPM roots are pinned, but the evidence carries no AK certificate (NV index {AK_CERT_NV_INDEX:#010x})"
+            + (f"; found: {'; '.join(c.describe() for c in found)}" if found else ""))
+    considered = [ak, *intermediates, *(c.cert for c in found if c.cert is not ak)]
+    try:
+        chain = verify_ak_chain(considered, roots=roots, now=now, ak_public_key=hcl.ak_pub())
+    except (ChainInvalid, MissingCertificate) as exc:
+        listed = "; ".join(where[id(c)] for c in (*considered, *roots))
+        raise type(exc)(f"{exc} (certificates considered: {listed})") from None
     return {"status": "verified", "subject": name_of(ak.subject), "issuer": name_of(ak.issuer),
             "chain": chain.describe(), "root_sha256": hashlib.sha256(chain.root.public_bytes(Encoding.DER)).hexdigest()}
 
