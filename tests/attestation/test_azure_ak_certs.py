@@ -239,3 +239,46 @@ def test_the_cli_shows_the_ak_certificate_and_judges_it_against_the_pinned_roots
     # NV contents that are not one certificate and padding: malformed (4).
     code, out = _azure_cli(tmp_path, ak_cert=der + b"junk", pins=None)
     assert code == 4 and "malformed_evidence" in out, out
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_the_evidence_ak_certificate_is_judged_for_both_vtpm_kinds(tee: str) -> None:
+    """`judge_ak_certificate`, which every Azure verifier runs, on the real SEV-SNP and TDX
+    HCL reports: verified under the pinned roots, refused under others, for another key, or
+    missing; shown but not judged without roots."""
+    from dataclasses import replace
+
+    from vtpm_ca import SimulatedVtpmCa
+
+    from duet.attestation.azure.evidence import AzureEvidence, judge_ak_certificate
+
+    hcl_raw = (VEC / f"az-{tee}-vtpm" / "hcl-report.bin").read_bytes()
+    hcl = parse_hcl_report(hcl_raw)
+    ca = SimulatedVtpmCa(now=NOW)
+    ev = AzureEvidence(envelope_version=1, hcl_report=hcl_raw, tpm_message=b"", tpm_signature=b"", pcrs=[],
+                       ak_cert=ca.ak_certificate(hcl.ak_pub(), tee).public_bytes(Encoding.DER).ljust(4096, b"\0"))
+    assert judge_ak_certificate(ev, hcl, now=NOW, ak_roots=[ca.pins])["status"] == "verified"
+    assert judge_ak_certificate(ev, hcl, now=NOW, ak_roots=None)["status"] == "not checked (no roots pinned)"
+    with pytest.raises(ChainInvalid, match="does not chain"):
+        judge_ak_certificate(ev, hcl, now=NOW, ak_roots=[SimulatedVtpmCa(now=NOW).pins])
+    foreign = replace(ev, ak_cert=ca.ak_certificate(_key().public_key(), tee).public_bytes(Encoding.DER))
+    with pytest.raises(ChainInvalid, match="attestation key"):
+        judge_ak_certificate(foreign, hcl, now=NOW, ak_roots=[ca.pins])
+    with pytest.raises(MissingCertificate):
+        judge_ak_certificate(replace(ev, ak_cert=None), hcl, now=NOW, ak_roots=[ca.pins])
+    assert judge_ak_certificate(replace(ev, ak_cert=None), hcl, now=NOW, ak_roots=None) == {"status": "absent"}
+    with pytest.raises(CertificateExpired):
+        judge_ak_certificate(ev, hcl, now=NOW + timedelta(days=400), ak_roots=[ca.pins])
+
+
+def test_nv_contents_are_one_certificate_and_padding(pki: Pki) -> None:
+    from duet.attestation.azure.akcert import parse_nv_certificate
+    from duet.attestation.errors import ParseError
+
+    der = pki.ak(_real_ak("snp")).public_bytes(Encoding.DER)
+    for padding in (b"", bytes(1596), b"\xff" * 100):
+        assert parse_nv_certificate(der + padding).public_bytes(Encoding.DER) == der
+    for bad in (der + b"\0\0x", der + b"\xff\0", der[:-1], b"", bytes(4096), b"\x30\x84\xff\xff\xff\xff",
+                der + der, b"\x30\x03abc" + bytes(10), bytes(20 * 1024)):
+        with pytest.raises(ParseError):
+            parse_nv_certificate(bad)
