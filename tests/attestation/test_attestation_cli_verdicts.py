@@ -161,6 +161,8 @@ def test_expect_takes_the_duet_verify_file(tmp_path: Path) -> None:
         "cvm: {min_tcb: {snp: 300}}\n",
         "controller: {mrenclave: 1, bogus: 2}\n",
         "cvm: [\n",  # not YAML
+        "cvm: {azure_ak_roots: [no-such-root.pem]}\n",  # a pinned file that is not there
+        "cvm: {azure_ak_roots: ['-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n']}\n",
         "- a list\n",
     ],
 )

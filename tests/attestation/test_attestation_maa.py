@@ -261,6 +261,33 @@ def test_synthesised_tokens_expire_and_resist_forgery(maa: FakeMaa) -> None:
                          maa.jwks, now=SIM_NOW)
 
 
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_synthesised_tokens_verify_at_a_fixed_now_and_fail_after_exp_or_with_a_changed_byte(
+        maa: FakeMaa, tee: str, tmp_path: Path) -> None:
+    """The issue's vectors, one per isolation TEE, on the command line: verified at a fixed
+    `--now`, then refused after `exp`, and with one byte of the signed part changed."""
+    token = maa.token(snp_claims() if tee == "snp" else tdx_claims())
+    (tmp_path / "jwks.json").write_text(json.dumps(maa.jwks))
+    exp = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["exp"]
+    at = datetime.fromtimestamp(exp, UTC)
+
+    def cli(tok: str, now: datetime) -> tuple[int, str]:
+        (tmp_path / "t.jwt").write_text(tok)
+        return run(str(tmp_path / "t.jwt"), "--kind", "maa", "--jwks", str(tmp_path / "jwks.json"),
+                   "--now", now.isoformat())
+
+    code, out = cli(token, SIM_NOW)
+    assert code == 0 and f"kind: azure-{tee}-maa" in out, out
+    code, out = cli(token, at + timedelta(seconds=1))
+    assert code == 3 and "expired" in out.lower(), out
+    h, p, sig = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+    at_byte = raw.index(b'"x-ms-isolation-tee"') + 3
+    raw[at_byte] ^= 0x01  # "x-ms-isolation-tee" -> "x-ls-...": still JSON, no longer signed
+    code, out = cli(f"{h}.{b64u(bytes(raw))}.{sig}", SIM_NOW)
+    assert code == 3 and "signature_invalid" in out, out
+
+
 def test_jwks_n_e_must_match_x5c(maa: FakeMaa) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers()
     jwks = {"keys": [{**maa.jwks["keys"][0], "n": b64u(other.n.to_bytes(256, "big")), "e": "AQAB"}]}

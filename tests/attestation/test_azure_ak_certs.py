@@ -10,6 +10,7 @@ with the names and extensions Azure's carry."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -154,3 +155,130 @@ def test_validity_is_judged_at_the_time_given(pki: Pki) -> None:
     assert verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW, ak_public_key=ak_key)
     with pytest.raises(CertificateExpired):
         verify_ak_chain([short, pki.ca], roots=[pki.root], now=NOW + timedelta(days=2), ak_public_key=ak_key)
+
+
+# -- `duet attestation verify`: the AK certificate in the evidence, the roots in --expect ----------
+
+
+def _azure_cli(tmp_path: Path, *, ak_cert: bytes | None, pins: list[bytes] | None,
+               files: dict[str, bytes] | None = None) -> tuple[int, str]:
+    """The real Genoa Azure evidence (its HCLAkPub) with an AK certificate added as the
+    guest collects it (NV contents: DER, zero-padded), verified from the command line."""
+    import base64
+    import json
+
+    from typer.testing import CliRunner
+
+    from duet.cli.attestation_cmd import app
+
+    doc = json.loads((VEC.parent / "trustee-extra" / "az-snp-vtpm_evidence-genoa.json").read_text())
+    if ak_cert is not None:
+        doc["ak_cert"] = base64.urlsafe_b64encode(ak_cert.ljust(4096, b"\0")).decode().rstrip("=")
+    (tmp_path / "ev.json").write_text(json.dumps(doc))
+    certs = tmp_path / "certs"
+    shutil.rmtree(certs, ignore_errors=True)
+    certs.mkdir()
+    (certs / "chain").write_bytes((VEC.parent / "snp" / "amd-roots" / "ask_ark_genoa.pem").read_bytes())
+    for name, blob in (files or {}).items():
+        (certs / name).write_bytes(blob)
+    args = ["verify", str(tmp_path / "ev.json"), "--certs", str(certs), "--now", "2026-06-01"]
+    if pins is not None:
+        names = []
+        for i, pin in enumerate(pins):
+            (tmp_path / f"pin{i}.crt").write_bytes(pin)
+            names.append(f"pin{i}.crt")
+        (tmp_path / "exp.yaml").write_text(f"cvm:\n  tee: azure-snp\n  azure_ak_roots: {json.dumps(names)}\n")
+        args += ["--expect", str(tmp_path / "exp.yaml")]
+    res = CliRunner().invoke(app, args)
+    return res.exit_code, res.output
+
+
+def test_the_cli_shows_the_ak_certificate_and_judges_it_against_the_pinned_roots(tmp_path: Path) -> None:
+    from vtpm_ca import SimulatedVtpmCa
+
+    genoa = (VEC.parent / "trustee-extra" / "az-snp-vtpm_evidence-genoa.json").read_text()
+    from duet.attestation.azure.evidence import parse_azure_evidence
+
+    ak_key = parse_hcl_report(parse_azure_evidence(genoa).hcl_report).ak_pub()
+    ca = SimulatedVtpmCa(now=NOW)
+    der = ca.ak_certificate(ak_key, "390cbcf5").public_bytes(Encoding.DER)
+    root_der = ca.root.public_bytes(Encoding.DER)
+    # Pinned (the root as DER, the intermediate as PEM, files named in the expectations).
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=[root_der, _pem(ca.ca)])
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "ak_certificate.status: verified" in lines
+    assert "ak_certificate.subject: CN=390cbcf5.TrustedVM.SIMULATED,O=SIMULATED (duet tests)" in lines
+    assert "ak_certificate.issuer: CN=SIMULATED Global Virtual TPM CA - 03,O=SIMULATED (duet tests)" in lines
+    # Not pinned: shown, not judged.
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=None)
+    assert code == 0 and "ak_certificate.status: not checked (no roots pinned)" in out.splitlines(), out
+    # Another root pinned: verification failed (3), naming the chain.
+    other = SimulatedVtpmCa(now=NOW)
+    code, out = _azure_cli(tmp_path, ak_cert=der, pins=[other.pins])
+    assert code == 3 and "chain_invalid" in out and "does not chain to a pinned vTPM root" in out, out
+    # The errors name each certificate considered and where it came from.
+    assert "the evidence's ak_cert (NV index 0x01c101d0): CN=390cbcf5.TrustedVM.SIMULATED" in out
+    assert "azure_ak_roots: CN=SIMULATED Azure Virtual TPM Root Certificate Authority" in out
+    # The AK certificate may come from --certs instead (any name): a mismatch names that file.
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[other.pins], files={"from-portal.der": der})
+    assert code == 3 and "from-portal.der: AZURE-VTPM-AK (CN=390cbcf5.TrustedVM.SIMULATED)" in out, out
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[ca.pins], files={"from-portal.der": der})
+    assert code == 0 and "ak_certificate.status: verified" in out, out
+    # ... but never instead of the evidence's own certificate, when it carries one.
+    stranger = ca.ak_certificate(_key().public_key(), "x").public_bytes(Encoding.DER)
+    code, out = _azure_cli(tmp_path, ak_cert=stranger, pins=[ca.pins], files={"from-portal.der": der})
+    assert code == 3 and "attestation key" in out, out
+    # A certificate for another key than the HCL report's AK: 3.
+    code, out = _azure_cli(tmp_path, ak_cert=ca.ak_certificate(_key().public_key(), "x").public_bytes(Encoding.DER),
+                           pins=[ca.pins])
+    assert code == 3 and "attestation key" in out, out
+    # Roots pinned, no certificate in the evidence: the certificate it needs is missing (4).
+    code, out = _azure_cli(tmp_path, ak_cert=None, pins=[ca.pins])
+    assert code == 4 and "certificate_missing" in out and "0x01c101d0" in out, out
+    # NV contents that are not one certificate and padding: malformed (4).
+    code, out = _azure_cli(tmp_path, ak_cert=der + b"junk", pins=None)
+    assert code == 4 and "malformed_evidence" in out, out
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_the_evidence_ak_certificate_is_judged_for_both_vtpm_kinds(tee: str) -> None:
+    """`judge_ak_certificate`, which every Azure verifier runs, on the real SEV-SNP and TDX
+    HCL reports: verified under the pinned roots, refused under others, for another key, or
+    missing; shown but not judged without roots."""
+    from dataclasses import replace
+
+    from vtpm_ca import SimulatedVtpmCa
+
+    from duet.attestation.azure.evidence import AzureEvidence, judge_ak_certificate
+
+    hcl_raw = (VEC / f"az-{tee}-vtpm" / "hcl-report.bin").read_bytes()
+    hcl = parse_hcl_report(hcl_raw)
+    ca = SimulatedVtpmCa(now=NOW)
+    ev = AzureEvidence(envelope_version=1, hcl_report=hcl_raw, tpm_message=b"", tpm_signature=b"", pcrs=[],
+                       ak_cert=ca.ak_certificate(hcl.ak_pub(), tee).public_bytes(Encoding.DER).ljust(4096, b"\0"))
+    assert judge_ak_certificate(ev, hcl, now=NOW, ak_roots=[ca.pins])["status"] == "verified"
+    assert judge_ak_certificate(ev, hcl, now=NOW, ak_roots=None)["status"] == "not checked (no roots pinned)"
+    with pytest.raises(ChainInvalid, match="does not chain"):
+        judge_ak_certificate(ev, hcl, now=NOW, ak_roots=[SimulatedVtpmCa(now=NOW).pins])
+    foreign = replace(ev, ak_cert=ca.ak_certificate(_key().public_key(), tee).public_bytes(Encoding.DER))
+    with pytest.raises(ChainInvalid, match="attestation key"):
+        judge_ak_certificate(foreign, hcl, now=NOW, ak_roots=[ca.pins])
+    with pytest.raises(MissingCertificate):
+        judge_ak_certificate(replace(ev, ak_cert=None), hcl, now=NOW, ak_roots=[ca.pins])
+    assert judge_ak_certificate(replace(ev, ak_cert=None), hcl, now=NOW, ak_roots=None) == {"status": "absent"}
+    with pytest.raises(CertificateExpired):
+        judge_ak_certificate(ev, hcl, now=NOW + timedelta(days=400), ak_roots=[ca.pins])
+
+
+def test_nv_contents_are_one_certificate_and_padding(pki: Pki) -> None:
+    from duet.attestation.azure.akcert import parse_nv_certificate
+    from duet.attestation.errors import ParseError
+
+    der = pki.ak(_real_ak("snp")).public_bytes(Encoding.DER)
+    for padding in (b"", bytes(1596), b"\xff" * 100):
+        assert parse_nv_certificate(der + padding).public_bytes(Encoding.DER) == der
+    for bad in (der + b"\0\0x", der + b"\xff\0", der[:-1], b"", bytes(4096), b"\x30\x84\xff\xff\xff\xff",
+                der + der, b"\x30\x03abc" + bytes(10), bytes(20 * 1024)):
+        with pytest.raises(ParseError):
+            parse_nv_certificate(bad)

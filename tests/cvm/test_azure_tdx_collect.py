@@ -65,3 +65,34 @@ def test_the_guest_sends_exactly_the_tdreport(tmp_path: Path) -> None:
     sent = json.loads((tmp_path / "sent").read_text())
     assert base64.urlsafe_b64decode(sent["report"] + "==") == hcl[32:32 + 1024]
     assert out.stdout.startswith("td_quote_json: ")
+
+
+def test_both_vtpm_kinds_collect_the_ak_certificate_and_the_event_log() -> None:
+    """SEV-SNP and TDX share the vTPM part of the collection: the AK certificate from NV
+    0x01C101D0 when the vTPM has one, the TCG event log when the kernel exposes it."""
+    from duet.cvm.guest.collect import AK_CERT_INDEX, TPM_EVENT_LOG
+
+    for kind in ("azure-snp", "azure-tdx"):
+        cmd = collect_command(kind, bytes(32)).replace("'\"'\"'", "'")
+        assert f"tpm2_nvreadpublic {AK_CERT_INDEX}" in cmd and f"tpm2_nvread -C o {AK_CERT_INDEX}" in cmd
+        assert f"[ -r {TPM_EVENT_LOG} ]" in cmd
+
+
+def test_the_tdx_envelope_carries_them_and_a_log_that_does_not_replay_fails() -> None:
+    """On the real Azure TDX vector: the envelope keeps the AK certificate and the event log
+    as the guest sent them, and the log is replayed against the vTPM quote's PCRs like on
+    SEV-SNP (a SIMULATED log that does not match the real PCRs is refused, naming the PCR)."""
+    import pytest
+
+    from duet.attestation.errors import BindingError
+    from duet.attestation.tcg_eventlog import EV_SEPARATOR, build_tcg2_log
+
+    td_quote = (VEC / "td-quote.bin").read_bytes()
+    log = build_tcg2_log([(0, EV_SEPARATOR, bytes(4))])
+    out = _guest_output(json.dumps({"quote": _b64url(td_quote)}).encode())
+    out += f"ak_cert: {base64.b64encode(b'0' * 8).decode()}\nevent_log: {base64.b64encode(log).decode()}\n"
+    envelope = azure_envelope(parse_output(out))
+    ev = parse_azure_evidence(envelope)
+    assert ev.event_log == log and ev.ak_cert == b"0" * 8
+    with pytest.raises(BindingError, match="PCR 0: the event log replays to"):
+        check_azure_bindings(ev, nonce=b"challenge")

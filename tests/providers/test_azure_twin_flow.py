@@ -32,12 +32,16 @@ from typing import Any
 
 import pytest
 from fake_arm import FakeArm
-from vtpm_twin import AzureVtpmTwin, have_tools
+from vtpm_twin import CMDLINE, AzureVtpmTwin, SimulatedVtpmCa, have_tools
 
 from duet.attestation import cvm_kinds
+from duet.attestation.errors import ChainInvalid
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.client.audit import audit_log
 from duet.client.controller_log import controller_log_checks
-from duet.client.cvm_checks import control_plane_checks
+from duet.client.cvm_checks import control_plane_checks, evidence_checks
+from duet.client.expectations import UserExpectations
+from duet.client.replay import CvmReplay
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, Fetched
 from duet.controller.evidence_remote import RemoteEvidence
@@ -91,7 +95,9 @@ class AzureTwin:
         self.created.append(cvm_id)
         guest = await self.local.create(cvm_id, authorized_key=authorized_key, spec={"tee": "simulated-snp"})
         (self.work / "vtpm").mkdir(exist_ok=True)
-        self.vtpm = AzureVtpmTwin(self.work / "vtpm", self.snp, made.instance_id).start()
+        # The event log where the guest's user can read it (as the host key above).
+        self.vtpm = AzureVtpmTwin(self.work / "vtpm", self.snp, made.instance_id,
+                                  event_log=self.etc_ssh / "binary_bios_measurements").start()
         return Provisioned(instance_id=made.instance_id, host=guest.host, port=guest.port, user=guest.user,
                            launch={**made.launch, "twin": "local sshd guest, swtpm vTPM"})
 
@@ -204,9 +210,47 @@ def test_an_azure_snp_cvm_on_the_twin(tmp_path: Path) -> None:
         # Anyone holding the dev ARK re-verifies the logged evidence with the registry.
         rec = ctl.record(cid)
         assert rec.host_key is not None
-        cvm_kinds.verify_evidence(dict(evidence[-1]), host_key=rec.host_key, now=ctl.clock.now(),
-                                  trust=cvm_kinds.Trust(snp_arks=(snp.ark_pem,)), binding="vm_id",
-                                  instance_id=cvm["instance_id"])
+        unpinned = cvm_kinds.verify_evidence(dict(evidence[-1]), host_key=rec.host_key, now=ctl.clock.now(),
+                                             trust=cvm_kinds.Trust(snp_arks=(snp.ark_pem,)), binding="vm_id",
+                                             instance_id=cvm["instance_id"]).report
+        assert unpinned.ak_certificate["status"] == "not checked (no roots pinned)"
+        # The AK certificate the guest read from NV 0x01C101D0 chains to the SIMULATED vTPM
+        # root a user pins; the boot's event log replays to the quoted PCRs.
+        vtpm = next(t.vtpm for t in twins if t.vtpm is not None)
+        pinned = cvm_kinds.verify_evidence(
+            dict(evidence[-1]), host_key=rec.host_key, now=ctl.clock.now(), binding="vm_id",
+            trust=cvm_kinds.Trust(snp_arks=(snp.ark_pem,), azure_ak_roots=(vtpm.vtpm_ca.pins,)),
+            instance_id=cvm["instance_id"]).report
+        assert pinned.ak_certificate["status"] == "verified"
+        assert pinned.event_log["cmdline"] == {"pcr": 8, "digest": pinned.event_log["cmdline"]["digest"],
+                                               "text": CMDLINE, "measured": True}
+        # What `duet verify --expect` checks, with the root pinned in the user's expectations.
+        audit = audit_log([entries.encode(e) for e in log], controller_id=ctl.controller_id,
+                          controller_key_b64=ctl.info()["public_key"], cvm_id=cid)
+        user = UserExpectations.model_validate({"cvm": {
+            "tee": "azure-snp", "azure_ak_roots": [vtpm.vtpm_ca.pins.decode()], "require_event_log": True,
+            "kernel_cmdline": CMDLINE}})
+        verdict = {c.name: c for c in evidence_checks(audit.decoded, audit.state, trust_simulated=False,
+                                                      now=ctl.clock.now(), expect=user, snp_arks=(snp.ark_pem,))[0]}
+        assert verdict["evidence"].ok and verdict["cvm_claims"].ok, verdict
+        assert "its AK certificate CN=6f0e9c1a" in verdict["evidence"].detail
+        assert "event log replays to its PCRs" in verdict["evidence"].detail
+        # The streaming replay `duet verify` runs says the same.
+        replay = CvmReplay(ctl.controller_id, ctl.info()["public_key"], cid, expect=user, snp_arks=(snp.ark_pem,),
+                           now=ctl.clock.now())
+        for e in log:
+            replay.feed(entries.encode(e))
+        streamed = {c.name: c for c in replay.finish(ctl.clock.now()).checks}
+        assert streamed["evidence"].ok and "chains to a pinned vTPM root" in streamed["evidence"].detail, streamed
+        other = UserExpectations.model_validate({"cvm": {"azure_ak_roots": [SimulatedVtpmCa().pins.decode()]}})
+        failed = evidence_checks(audit.decoded, audit.state, trust_simulated=False, now=ctl.clock.now(),
+                                 expect=other, snp_arks=(snp.ark_pem,))[0]
+        assert not failed[0].ok and "does not chain to a pinned vTPM root" in failed[0].detail
+        with pytest.raises(ChainInvalid):
+            cvm_kinds.verify_evidence(
+                dict(evidence[-1]), host_key=rec.host_key, now=ctl.clock.now(), binding="vm_id",
+                trust=cvm_kinds.Trust(snp_arks=(snp.ark_pem,), azure_ak_roots=(SimulatedVtpmCa().pins,)),
+                instance_id=cvm["instance_id"])
         assert [e["purpose"] for e in log if e["type"] == "control_plane"] == ["provisioning", "in-service"]
         assert control_plane_checks(log)[0].ok
         # Behind the controller's back: boot diagnostics on, in the cloud's model.

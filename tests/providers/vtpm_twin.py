@@ -8,12 +8,20 @@ vTPM, and a local stand-in for Azure's instance metadata service (IMDS/THIM).
   VCEK of `duet.attestation.simulated.snp`, under a dev ARK a verifier must be told to
   trust) whose REPORT_DATA is the SHA-256 of the runtime claims, which carry the AK as the
   JWK `HCLAkPub` and the VM id as `vm-configuration.vmUniqueId`.
+- The AK certificate in NV index 0x01C101D0, DER padded with zeros as Azure's is (the
+  index is 2048 bytes here, the largest swtpm allows; Azure's is 4096), issued for the AK
+  by a SIMULATED "Global Virtual TPM CA - 03" under a SIMULATED vTPM root
+  (`tests/vtpm_ca.py`): a verifier pins that root as a user pins Microsoft's.
+- A SIMULATED measured boot: the twin extends the SHA-256 PCRs as firmware, shim, grub and
+  the kernel would (:data:`BOOT`), and writes the TCG event log of exactly those extends
+  where Linux exposes the firmware's log (``binary_bios_measurements``).
 - The THIM endpoint serves that VCEK and its chain, as Azure's does for the real one.
 
 `command()` is the controller's own collection command (`collect_command("azure-snp")`)
-with exactly two substitutions, both about where things are, not what is done: the TPM is
-reached over swtpm's socket (`TPM2TOOLS_TCTI`; a CVM has /dev/tpmrm0) and IMDS on a
-loopback port (a CVM has 169.254.169.254). Every `tpm2_*` command runs unchanged.
+with exactly three substitutions, all about where things are, not what is done: the TPM is
+reached over swtpm's socket (`TPM2TOOLS_TCTI`; a CVM has /dev/tpmrm0), IMDS on a loopback
+port (a CVM has 169.254.169.254), and the event log is the twin's file (a CVM's is in
+securityfs). Every `tpm2_*` command runs unchanged.
 """
 
 from __future__ import annotations
@@ -32,15 +40,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from duet.attestation.simulated.snp import SimulatedSnp
-from duet.cvm.guest.collect import collect_command
+from duet.attestation.tcg_eventlog import EV_EFI_BOOT_SERVICES_APPLICATION, EV_IPL, EV_SEPARATOR, build_tcg2_log
+from duet.cvm.guest.collect import TPM_EVENT_LOG, collect_command
 from helpers import free_port
+from vtpm_ca import SimulatedVtpmCa
+
+__all__ = ["BOOT", "CMDLINE", "KERNEL_IMAGE", "AzureVtpmTwin", "SimulatedVtpmCa", "have_tools"]
 
 AK_HANDLE = "0x81000003"
 HCL_INDEX = "0x01400001"
+AK_CERT_INDEX = "0x01C101D0"
+AK_CERT_INDEX_SIZE = 2048
+EV_S_CRTM_VERSION = 0x00000008
+KERNEL_IMAGE = b"SIMULATED vmlinuz-6.8.0-azure"
+CMDLINE = "/boot/vmlinuz-6.8.0-azure root=PARTUUID=5e3f ro console=ttyS0"
+#: The SIMULATED measured boot the twin extends and logs: (PCR, event type, event data);
+#: each digest is SHA-256 of the data (a real firmware hashes images Authenticode-style).
+BOOT: tuple[tuple[int, int, bytes], ...] = (
+    (0, EV_S_CRTM_VERSION, "SIMULATED firmware 1.0".encode("utf-16-le") + b"\0\0"),
+    *((pcr, EV_SEPARATOR, bytes(4)) for pcr in range(8)),
+    (4, EV_EFI_BOOT_SERVICES_APPLICATION, b"SIMULATED shimx64.efi"),
+    (4, EV_EFI_BOOT_SERVICES_APPLICATION, b"SIMULATED grubx64.efi"),
+    (9, EV_IPL, b"/boot/vmlinuz-6.8.0-azure\0"),
+    (8, EV_IPL, f"kernel_cmdline: {CMDLINE}".encode() + b"\0"),
+    (4, EV_EFI_BOOT_SERVICES_APPLICATION, KERNEL_IMAGE),
+)
 
 
 def _port_pair() -> int:
@@ -78,7 +107,7 @@ def hcl_report(snp: SimulatedSnp, ak: rsa.RSAPublicKey, vm_id: str) -> bytes:
 
 
 class AzureVtpmTwin:
-    def __init__(self, workdir: Path, snp: SimulatedSnp, vm_id: str) -> None:
+    def __init__(self, workdir: Path, snp: SimulatedSnp, vm_id: str, *, event_log: Path | None = None) -> None:
         self.dir = workdir
         self.snp = snp
         self.vm_id = vm_id
@@ -89,6 +118,8 @@ class AzureVtpmTwin:
         self.proc: subprocess.Popen[bytes] | None = None
         self.imds: ThreadingHTTPServer | None = None
         self.imds_requests: list[dict[str, str]] = []
+        self.vtpm_ca = SimulatedVtpmCa()
+        self.event_log = event_log or self.dir / "binary_bios_measurements"
 
     def tpm(self, *args: str) -> bytes:
         r = subprocess.run(list(args), capture_output=True, env={**os.environ, "TPM2TOOLS_TCTI": self.tcti},
@@ -97,15 +128,19 @@ class AzureVtpmTwin:
             raise RuntimeError(f"{args[0]} failed: {r.stderr.decode(errors='replace')[-500:]}")
         return r.stdout
 
-    def start(self, *, ak_in_claims: rsa.RSAPublicKey | None = None) -> AzureVtpmTwin:
-        """`ak_in_claims`: put another key than the TPM's AK in the runtime claims (an attack)."""
+    def start(self, *, ak_in_claims: rsa.RSAPublicKey | None = None, ak_cert_for: rsa.RSAPublicKey | None = None,
+              ak_cert: bool = True) -> AzureVtpmTwin:
+        """`ak_in_claims`: put another key than the TPM's AK in the runtime claims (an attack);
+        `ak_cert_for`: certify another key than the AK in NV 0x01C101D0 (an attack);
+        `ak_cert`: False leaves that index undefined."""
         try:
-            return self._start(ak_in_claims)
+            return self._start(ak_in_claims, ak_cert_for, ak_cert)
         except BaseException:
             self.stop()
             raise
 
-    def _start(self, ak_in_claims: rsa.RSAPublicKey | None) -> AzureVtpmTwin:
+    def _start(self, ak_in_claims: rsa.RSAPublicKey | None, ak_cert_for: rsa.RSAPublicKey | None,
+               ak_cert: bool) -> AzureVtpmTwin:
         state = self.dir / "tpmstate"
         state.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -141,8 +176,22 @@ class AzureVtpmTwin:
         self.tpm("tpm2_nvdefine", HCL_INDEX, "-C", "o", "-s", str(len(report)), "-a",
                  "ownerread|ownerwrite|authread|authwrite")
         self.tpm("tpm2_nvwrite", HCL_INDEX, "-C", "o", "-i", "hcl.bin")
+        if ak_cert:
+            der = self.vtpm_ca.ak_certificate(ak_cert_for or ak, self.vm_id).public_bytes(serialization.Encoding.DER)
+            (self.dir / "akcert.bin").write_bytes(der.ljust(AK_CERT_INDEX_SIZE, b"\0"))
+            self.tpm("tpm2_nvdefine", AK_CERT_INDEX, "-C", "o", "-s", str(AK_CERT_INDEX_SIZE), "-a",
+                     "ownerread|ownerwrite|authread|authwrite")
+            self.tpm("tpm2_nvwrite", AK_CERT_INDEX, "-C", "o", "-i", "akcert.bin")
+        self._boot()
         self._serve_imds()
         return self
+
+    def _boot(self) -> None:
+        """Extend the PCRs as the SIMULATED boot did, and write its event log."""
+        for pcr, etype, data in BOOT:
+            self.tpm("tpm2_pcrextend", f"{pcr}:sha256={hashlib.sha256(data).hexdigest()}")
+        self.event_log.write_bytes(build_tcg2_log(BOOT))
+        self.event_log.chmod(0o644)
 
     def _serve_imds(self) -> None:
         twin = self
@@ -166,16 +215,16 @@ class AzureVtpmTwin:
 
     @staticmethod
     def _pem(der: bytes) -> bytes:
-        from cryptography import x509
 
         return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
     def command(self, nonce: bytes, pub: Path) -> str:
         cmd = collect_command("azure-snp", nonce, sudo=False, pub=str(pub))
         assert self.imds is not None
-        for real, twin in (("env -i PATH=", f"env -i TPM2TOOLS_TCTI={self.tcti} PATH="),
-                           ("http://169.254.169.254", f"http://127.0.0.1:{self.imds.server_address[1]}")):
-            assert cmd.count(real) == 1, real
+        for real, twin, n in (("env -i PATH=", f"env -i TPM2TOOLS_TCTI={self.tcti} PATH=", 1),
+                              ("http://169.254.169.254", f"http://127.0.0.1:{self.imds.server_address[1]}", 1),
+                              (TPM_EVENT_LOG, str(self.event_log), 2)):
+            assert cmd.count(real) == n, real
             cmd = cmd.replace(real, twin)
         return cmd
 

@@ -129,6 +129,10 @@ class Trust:
     #: What the verifier pins of Microsoft Azure Attestation, for the MAA kinds; without
     #: it MAA evidence is refused (a token proves nothing until MAA's keys are pinned).
     maa: MaaPins | None = None
+    #: The Azure vTPM root (and intermediate) certificates the verifier pins (PEM or DER),
+    #: for the AK certificate of the ``azure-*`` kinds: with them a missing, foreign or
+    #: unchained AK certificate fails the evidence; without them it is "not checked".
+    azure_ak_roots: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -462,7 +466,8 @@ def _azure_verifier(kind: str) -> Callable[[tuple[Any, Any], bytes, datetime, Tr
 
         # The vTPM quote's extraData carries the first 32 bytes of the binding.
         report = verify_azure_evidence(parsed[0], now=now, nonce=expected[:32], tdx_collateral=parsed[1],
-                                       trusted_arks=list(trust.snp_arks) if trust.snp_arks is not None else None)
+                                       trusted_arks=list(trust.snp_arks) if trust.snp_arks is not None else None,
+                                       ak_roots=trust.azure_ak_roots)
         if report.kind != kind:
             raise ParseError(f"the envelope holds {report.kind} evidence, the entry says {kind}")
         return report

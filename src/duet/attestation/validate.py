@@ -129,15 +129,16 @@ class Expectations(BaseModel):
     mrconfigid: str | None = None
     mrowner: str | None = None
     mrownerconfig: str | None = None
-    # TDX event log (CCEL), replayed against RTMR0..3 by the verifier
+    # Event logs, replayed by the verifier: TDX's CC event log against RTMR0..3, an Azure
+    # vTPM's TCG event log against the quoted SHA-256 PCRs
     require_event_log: bool | None = Field(
-        None, description="true: TDX evidence must carry a CC event log that replays to its RTMRs"
+        None, description="true: the evidence must carry an event log that replays to its RTMRs / PCRs"
     )
     kernel_digest: str | None = Field(
-        None, description="SHA-384 (hex) of the kernel as measured into RTMR1 (event log `kernel`)"
+        None, description="the kernel's digest (event log `kernel`): SHA-384 in RTMR1 (TDX), SHA-256 in PCR 4 (vTPM)"
     )
     kernel_cmdline: str | None = Field(
-        None, description="the kernel command line measured into RTMR2 (event log `cmdline`)"
+        None, description="the kernel command line measured into RTMR2 (TDX) / PCR 8 (vTPM) (event log `cmdline`)"
     )
 
     # SEV-SNP
@@ -171,6 +172,9 @@ class Expectations(BaseModel):
     maa_issuer: str | None = Field(None, description="the MAA instance URL a token must name (iss)")
 
     # Azure vTPM
+    azure_ak_roots: list[str] | None = Field(
+        None, description="vTPM root (and intermediate) certificates, PEM, the AK certificate must chain to"
+    )
     pcrs: dict[int, str] | None = None
     nonce: str | None = Field(None, description="hex of the TPM quote's extraData")
     vm_id: str | None = None
@@ -230,6 +234,20 @@ class Expectations(BaseModel):
                 raise ValueError(str(exc)) from None
             if not keys:
                 raise ValueError("the JWKS holds no RSA key")
+        return v
+
+    @field_validator("azure_ak_roots")
+    @classmethod
+    def _ak_roots(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from .azure.akcert import load_pins
+
+            if not v:
+                raise ValueError("name at least one vTPM root certificate")
+            try:
+                load_pins([p.encode() for p in v])
+            except ParseError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("max_collateral_age")
@@ -433,7 +451,11 @@ def validate(
         elif not must_set and policy & want_bits:
             fail(field, hex(policy), f"none of {want_bits:#x} set")
 
-    _check_event_log(attr("event_log"), expected, fail, kind)
+    # An Azure result carries the vTPM's replayed log itself; TDX's is on the quote's claims.
+    log = getattr(report, "event_log", None) if hw is not None else attr("event_log")
+    _check_event_log(log, expected, fail, kind)
+    if expected.azure_ak_roots is not None:
+        _check_ak_certificate(report, expected.azure_ak_roots, fail, kind)
 
     if expected.maa_enclave is not None:
         _check_maa_enclave(report, expected.maa_enclave, fail, kind)
@@ -486,7 +508,7 @@ def _check_event_log(log: Any, want: Expectations, fail: Any, kind: str) -> None
     if not (want.require_event_log or want.kernel_digest is not None or want.kernel_cmdline is not None):
         return
     if not isinstance(log, dict):
-        fail("event_log", f"not present in {kind} evidence (no CC event log came with it)", "a replayed log")
+        fail("event_log", f"not present in {kind} evidence (no event log came with it)", "a replayed log")
         return
     if want.kernel_digest is not None:
         kernel = log.get("kernel")
@@ -500,10 +522,32 @@ def _check_event_log(log: Any, want: Expectations, fail: Any, kind: str) -> None
         elif cmdline.get("measured") is not True:
             # The replay binds digests, not event data: text whose digest is not its hash
             # could say anything.
-            fail("event_log.cmdline", f"{cmdline.get('text')!r}, whose digest is not its SHA-384",
+            fail("event_log.cmdline", f"{cmdline.get('text')!r}, whose digest is not its hash",
                  want.kernel_cmdline)
         elif cmdline.get("text") != want.kernel_cmdline:
             fail("event_log.cmdline", cmdline.get("text"), want.kernel_cmdline)
+
+
+def _check_ak_certificate(report: Any, pinned: list[str], fail: Any, kind: str) -> None:
+    """The verifier judged the AK certificate against these pins (``verified``, ending at
+    one of the pinned roots): a result judged without them, or under others, fails."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .azure.akcert import load_pins
+
+    ak = getattr(report, "ak_certificate", None)
+    if not isinstance(ak, dict):
+        fail("ak_certificate", f"not present in {kind} evidence", "verified under azure_ak_roots")
+        return
+    if ak.get("status") != "verified":
+        fail("ak_certificate", ak.get("status"), "verified under azure_ak_roots")
+        return
+    roots, _ = load_pins([p.encode() for p in pinned])
+    want = {hashlib.sha256(r.public_bytes(Encoding.DER)).hexdigest() for r in roots}
+    if ak.get("root_sha256") not in want:
+        fail("ak_certificate.root", ak.get("root_sha256"), "one of azure_ak_roots")
 
 
 def _check_maa_enclave(report: Any, want: MaaEnclave, fail: Any, kind: str) -> None:

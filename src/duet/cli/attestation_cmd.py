@@ -10,8 +10,10 @@ Exit status (README, "Verifying evidence offline"):
   or collateral it needs were not given.
 
 Certificates in ``--certs DIR`` are found by content (:mod:`duet.attestation.certstore`),
-never by file name. ``--expect`` takes the same YAML as ``duet verify --expect``: its
-``controller:`` section for SGX evidence, its ``cvm:`` section for everything else.
+never by file name. An Azure vTPM AK certificate is judged against the roots pinned in the
+expectations (``cvm.azure_ak_roots``), never against a root found in ``--certs``.
+``--expect`` takes the same YAML as ``duet verify --expect``: its ``controller:`` section
+for SGX evidence, its ``cvm:`` section for everything else.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def _verify(
     jwks: bytes | None,
     now: datetime,
     trust_simulated: bool,
+    ak_roots: list[bytes] | None = None,
 ) -> Any:
     if kind == "maa":
         if data.lstrip()[:1] == b"{":  # CVM evidence: the token with the JWKS logged beside it
@@ -180,6 +183,7 @@ def _verify(
             certs=store,
             tdx_collateral=collateral,
             root_ca_der=_dcap_root(store, trust_simulated),
+            ak_roots=ak_roots,
         )
     raise _Input(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
 
@@ -360,6 +364,8 @@ def verify_cmd(
             jwks=jwks_raw,
             now=at,
             trust_simulated=trust_simulated or k == "simulated-snp",
+            ak_roots=[r.encode() for r in expectations.azure_ak_roots]
+            if expectations is not None and expectations.azure_ak_roots is not None else None,
         )
         if isinstance(report, MaaReport) and coll is not None:
             if expectations is None or expectations.maa_enclave is None:

@@ -58,8 +58,12 @@ def build(report: Any, decoded: list[dict[str, Any]], latest_evidence: Any) -> t
         value = getattr(target, field, None)
         if isinstance(value, str) and value:
             cvm[field] = value
-    log = getattr(target, "event_log", None)
-    if isinstance(log, dict):  # a TD's event log, replayed against its RTMRs
+    # A TD's event log, replayed against its RTMRs; an Azure vTPM's, against its PCRs (on
+    # the Azure result itself, not on its hardware report).
+    log = getattr(latest_evidence, "event_log", None) if target is not latest_evidence else None
+    if not isinstance(log, dict):
+        log = getattr(target, "event_log", None)
+    if isinstance(log, dict):
         cvm["require_event_log"] = True
         kernel, cmdline = log.get("kernel"), log.get("cmdline")
         if isinstance(kernel, dict) and isinstance(kernel.get("digest"), str):

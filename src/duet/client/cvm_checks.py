@@ -61,15 +61,16 @@ def declared_binding(genesis: dict[str, Any]) -> str:
 def verify_evidence_entry(
     e: dict[str, Any], *, host_key: str, binding: str, host_data: str | None, instance_id: str | None,
     trust_simulated: bool, decoded: list[dict[str, Any]], index: int, snp_arks: tuple[bytes, ...] | None = None,
-    maa: cvm_kinds.MaaPins | None = None,
+    maa: cvm_kinds.MaaPins | None = None, azure_ak_roots: tuple[bytes, ...] | None = None,
 ) -> cvm_kinds.Verified:
     """Verify one evidence entry exactly as the controller did before logging it
     (`cvm_kinds.verify_evidence`), then its link to the logged command that asked for
-    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them).
+    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them);
+    `azure_ak_roots`: the vTPM roots the user pins for Azure AK certificates.
     Raises ValueError / AttestationError naming the problem."""
     verified = cvm_kinds.verify_evidence(
         e, host_key=host_key, now=_time(e),
-        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa),
+        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa, azure_ak_roots=azure_ak_roots),
         binding=binding, host_data=host_data, instance_id=instance_id)
     _check_command_link(e, decoded, index)
     return verified
@@ -86,6 +87,15 @@ def maa_pins(expect: UserExpectations | None) -> cvm_kinds.MaaPins | None:
     return cvm_kinds.MaaPins(
         issuer=claims.maa_issuer, jwks=claims.maa_jwks,
         key_sha256=tuple(claims.maa_signing_keys) if claims.maa_signing_keys is not None else None)
+
+
+def ak_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
+    """The vTPM roots the user pins for Azure AK certificates (`cvm.azure_ak_roots`); None:
+    the AK certificate is shown but not checked (the AK is bound by the hardware report)."""
+    if expect is None or expect.cvm is None:
+        return None
+    roots = expect.cvm.evidence().azure_ak_roots
+    return tuple(r.encode() for r in roots) if roots is not None else None
 
 
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
@@ -135,6 +145,7 @@ def evidence_checks(
     nonces: set[str] = set()
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
     maa = maa_pins(expect)
+    pinned_ak_roots = ak_roots(expect)
     for i in indices:
         e = decoded[i]
         latest = None
@@ -149,7 +160,7 @@ def evidence_checks(
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,
                 instance_id=str(instance_id) if instance_id else None, trust_simulated=trust_simulated,
-                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa)
+                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa, azure_ak_roots=pinned_ak_roots)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
             continue
@@ -186,11 +197,12 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
 def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
-            + _event_log_note(latest))
+            + _event_log_note(latest) + _ak_note(latest))
 
 
 def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
-    """What the newest evidence's replayed CC event log names (TDX), for the report."""
+    """What the newest evidence's replayed event log names (TDX's CCEL, an Azure vTPM's
+    TCG log), for the report."""
     log = getattr(latest.report, "event_log", None) if latest is not None else None
     if not isinstance(log, dict):
         return ""
@@ -200,7 +212,19 @@ def _event_log_note(latest: cvm_kinds.Verified | None) -> str:
         parts.append(f"kernel {str(kernel.get('digest'))[:16]}…")
     if isinstance(cmdline, dict):
         parts.append(f"cmdline {cmdline.get('text')!r}" + ("" if cmdline.get("measured") else " (text not measured)"))
-    return "; the newest one's event log replays to its RTMRs (" + ", ".join(parts) + ")"
+    registers = "PCRs" if "pcrs" in log else "RTMRs"
+    return f"; the newest one's event log replays to its {registers} (" + ", ".join(parts) + ")"
+
+
+def _ak_note(latest: cvm_kinds.Verified | None) -> str:
+    """The newest Azure evidence's AK certificate: who it names, and whether it was judged."""
+    ak = getattr(latest.report, "ak_certificate", None) if latest is not None else None
+    if not isinstance(ak, dict) or ak.get("status") == "absent":
+        return ""
+    if ak.get("status") == "verified":
+        return f"; its AK certificate {ak.get('subject')} chains to a pinned vTPM root ({ak.get('chain')})"
+    return (f"; its AK certificate ({ak.get('subject')}, issued by {ak.get('issuer')}) is {ak.get('status')}: "
+            "the AK is bound by the hardware report")
 
 
 def _in_service_without_evidence(decoded: list[dict[str, Any]]) -> list[str]:

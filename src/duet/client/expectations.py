@@ -9,6 +9,7 @@ Shape::
                                       #   | azure-snp-maa | azure-tdx-maa (then pin MAA below)
       maa_jwks: maa-certs.json        # MAA kinds: MAA's signing keys (a JWKS file, or inline)
       maa_issuer: https://myinstance.weu.attest.azure.net
+      azure_ak_roots: [vtpm-root.pem]  # azure-snp/azure-tdx: the vTPM AK certificate must chain here
       instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
@@ -258,6 +259,7 @@ def load_expectations(path: Path) -> UserExpectations:
     if not isinstance(doc, dict):
         raise ClientError("invalid_expectations", f"{path} must be a YAML mapping")
     _load_maa_jwks(path, doc)
+    _load_ak_roots(path, doc)
     try:
         exp = UserExpectations.model_validate(doc)
     except ValidationError as exc:
@@ -291,6 +293,39 @@ def _load_maa_jwks(path: Path, doc: dict[str, Any]) -> None:
         raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: cannot read {file}: {exc.strerror}") from None
     except ValueError:
         raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: {file} is not JSON") from None
+
+
+def _load_ak_roots(path: Path, doc: dict[str, Any]) -> None:
+    """`cvm.azure_ak_roots` entries may be PEM text or files (PEM or DER, relative to the
+    expectations file): read the files here, so that the pure model sees PEM."""
+    cvm = doc.get("cvm")
+    refs = cvm.get("azure_ak_roots") if isinstance(cvm, dict) else None
+    if not isinstance(refs, list):
+        return
+    assert isinstance(cvm, dict)
+    out: list[object] = []
+    for ref in refs:
+        if not isinstance(ref, str) or ref.lstrip().startswith("-----BEGIN"):
+            out.append(ref)
+            continue
+        file = (path.parent / ref) if not Path(ref).is_absolute() else Path(ref)
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise ClientError("invalid_expectations",
+                              f"{path}: cvm.azure_ak_roots: cannot read {file}: {exc.strerror}") from None
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            out.append(raw.decode("ascii", errors="replace"))
+            continue
+        try:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            out.append(x509.load_der_x509_certificate(raw).public_bytes(Encoding.PEM).decode())
+        except ValueError:
+            raise ClientError("invalid_expectations",
+                              f"{path}: cvm.azure_ak_roots: {file} is neither a PEM nor a DER certificate") from None
+    cvm["azure_ak_roots"] = out
 
 
 def weak_points(exp: UserExpectations | None) -> list[str]:

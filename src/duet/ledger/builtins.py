@@ -75,6 +75,9 @@ ATTEST_REMOTE_SHA256 = {
     "416c3cc04074cde6e5983ffca8f0e483c24275b22c8508be66f0fd09e1d6c2ed": "v2 azure-tdx",
     # v3: configfs-tsm also sends the TD's CC event log (ACPI CCEL table) when present.
     "d23ca9df020e5c017a3b016a30c8405480289e928a8aa6ea45a80f6433cc2981": "v3 snp/tdx",
+    # v3 azure: the vTPM's AK certificate (NV 0x01C101D0) and TCG event log when present.
+    "e5b3a20a5772d14933f4f223bacecc00461ae39201cb809b646d7a7ac6af1ee3": "v3 azure-snp",
+    "ca8b1524c5bc952054d0b6f1fafda841d188ec6e1b08ccc7853896951d4808f6": "v3 azure-tdx",
     # MAA kinds: the owner's MAA instance URL is a parameter too, as {maa_url}.
     "7f6eff734095166218e1c9bc26911e6305d6f54d889dc3b088834a29d306a154": "v2 azure-snp-maa",
     "58158bbc4e532c922ac46320853cc8464659040ab475a8b91554acaedc6888f2": "v2 azure-tdx-maa",

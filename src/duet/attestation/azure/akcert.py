@@ -30,10 +30,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import CertificateExpired, ChainInvalid, MissingCertificate, UntrustedRoot
+from ..errors import CertificateExpired, ChainInvalid, MissingCertificate, ParseError, UntrustedRoot
 
 TCG_KP_AIK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.3")
 MAX_DEPTH = 6
+#: Where an Azure vTPM keeps the AK certificate: DER, zero-padded to the index's size.
+AK_CERT_NV_INDEX = 0x01C101D0
+#: An NV index is at most a few kilobytes; a guest cannot make the verifier read more.
+MAX_NV_CERT_BYTES = 16 * 1024
 
 
 def _eku(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
@@ -192,3 +196,66 @@ def _chain(ak: x509.Certificate, certs: Sequence[x509.Certificate], roots: Seque
         path.append(nxt)
         current = nxt
     raise ChainInvalid(f"the AK certificate's chain is longer than {MAX_DEPTH}")
+
+
+def parse_nv_certificate(raw: bytes) -> x509.Certificate:
+    """The certificate an NV index holds: one DER certificate, then only padding (the index
+    is larger than the certificate; Azure pads with zeros). Anything else is refused."""
+    data = bytes(raw)
+    if not data or len(data) > MAX_NV_CERT_BYTES:
+        raise ParseError(f"the AK certificate (NV index {AK_CERT_NV_INDEX:#010x}) is {len(data)} bytes")
+    if len(data) < 2 or data[0] != 0x30:
+        raise ParseError("the AK certificate is not DER (no SEQUENCE)")
+    first = data[1]
+    if first < 0x80:
+        end = 2 + first
+    else:
+        n = first & 0x7F
+        if not 1 <= n <= 3 or len(data) < 2 + n:
+            raise ParseError("the AK certificate's DER length is malformed")
+        end = 2 + n + int.from_bytes(data[2 : 2 + n], "big")
+    if end > len(data):
+        raise ParseError("the AK certificate is truncated")
+    rest = data[end:]
+    if rest and (rest[:1] not in (b"\0", b"\xff") or rest.strip(rest[:1])):
+        raise ParseError("the AK certificate's NV index holds more than one DER certificate and padding")
+    try:
+        return x509.load_der_x509_certificate(data[:end])
+    except ValueError as exc:
+        raise ParseError(f"the AK certificate does not parse: {exc}") from None
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def load_pins(blobs: Sequence[bytes]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """(roots, intermediates) from the certificates a user pins (PEM, several per blob, or
+    DER): the self-signed CA certificates are the roots; the others are intermediates a
+    chain may use, each still checked up to a pinned root. Raises :class:`ParseError` when
+    a blob holds no certificate or there is no self-signed root among them."""
+    certs: list[x509.Certificate] = []
+    for blob in blobs:
+        try:
+            if blob.lstrip().startswith(b"-----BEGIN"):
+                found = x509.load_pem_x509_certificates(blob)
+            else:
+                found = [x509.load_der_x509_certificate(blob)]
+        except ValueError as exc:
+            raise ParseError(f"a pinned vTPM certificate does not parse: {exc}") from None
+        certs.extend(found)
+    roots = [c for c in certs if _is_ca(c) and _self_signed(c)]
+    if not roots:
+        raise ParseError("the pinned vTPM certificates hold no self-signed root CA")
+    return roots, [c for c in certs if c not in roots]
+
+
+def name_of(name: x509.Name) -> str:
+    """A certificate name as people read it (RFC 4514)."""
+    return name.rfc4514_string()

@@ -9,15 +9,26 @@ Accepted envelopes (JSON), as the Confidential Containers attesters emit them fo
   ``pcrs``; ``hcl_report``, ``vcek`` (DER), ``td_quote`` base64url. In v2 the runtime
   claims' ``user-data`` carries the report data the attester was asked to bind.
 
-duet collects Azure evidence in the v2 shape (``"version": 2``), optionally with
-``"cert_chain"`` (ASK + ARK PEM). Decoding is per field as specified, with a lenient
-fallback between byte lists, base64url, standard base64 and hex.
+duet collects Azure evidence in the v1 shape, optionally with ``"cert_chain"`` (ASK +
+ARK PEM), and two fields of its own, both base64url and both optional:
+
+* ``"ak_cert"``: the contents of the vTPM's NV index 0x01C101D0, where Azure keeps the AK
+  certificate (DER, zero-padded). It is judged only against vTPM roots the verifier pins
+  (:func:`judge_ak_certificate`): the AK is already bound by the hardware-signed HCL
+  report, so the evidence is sound without it; with roots pinned, a missing, foreign or
+  unchained certificate fails the evidence.
+* ``"event_log"``: the guest's TCG event log (``binary_bios_measurements``), replayed to
+  the quoted SHA-256 PCRs (:mod:`..tcg_eventlog`); a log that does not replay fails.
+
+Decoding is per field as specified, with a lenient fallback between byte lists,
+base64url, standard base64 and hex.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
@@ -25,11 +36,29 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from ..certstore import CertStore
 from ..dcap.abi import TdReportBody, parse_tdx_quote
 from ..dcap.verify import CollateralInput, TdxReport, tdx_report_from_body, verify_tdx_quote
-from ..errors import BindingError, CollateralError, ParseError, UnsupportedVersion
+from ..errors import (
+    BindingError,
+    ChainInvalid,
+    CollateralError,
+    MissingCertificate,
+    ParseError,
+    UnsupportedVersion,
+)
 from ..snp.verify import SnpReport, verify_snp_report, verify_snp_report_with_certs
+from ..tcg_eventlog import event_log_claims
+from .akcert import (
+    AK_CERT_NV_INDEX,
+    is_ak_certificate,
+    load_pins,
+    name_of,
+    parse_nv_certificate,
+    verify_ak_chain,
+)
 from .hcl import REPORT_TYPE_SNP, HclReport, b64url_decode, parse_hcl_report, parse_tdreport
 from .tpm import TpmQuoteInfo, verify_tpm_quote
 
@@ -44,6 +73,8 @@ class AzureEvidence:
     vcek: bytes | None = None
     cert_chain: bytes | None = None
     td_quote: bytes | None = None
+    ak_cert: bytes | None = None
+    event_log: bytes | None = None
 
 
 def _decode(value: Any, field: str, prefer: str) -> bytes:
@@ -131,6 +162,8 @@ def parse_azure_evidence(data: bytes | str | Mapping[str, Any]) -> AzureEvidence
     td_quote = None
     if obj.get("td_quote") is not None:
         td_quote = _decode(obj["td_quote"], "td_quote", prefer_bytes)
+    ak_cert = _decode(obj["ak_cert"], "ak_cert", prefer_bytes) if obj.get("ak_cert") is not None else None
+    log = _decode(obj["event_log"], "event_log", prefer_bytes) if obj.get("event_log") is not None else None
     return AzureEvidence(
         envelope_version=version,
         hcl_report=hcl,
@@ -140,6 +173,8 @@ def parse_azure_evidence(data: bytes | str | Mapping[str, Any]) -> AzureEvidence
         vcek=vcek,
         cert_chain=chain.encode() if isinstance(chain, str) else None,
         td_quote=td_quote,
+        ak_cert=ak_cert,
+        event_log=log,
     )
 
 
@@ -166,6 +201,13 @@ class AzureReport:
     user_data: str | None
     envelope_version: int
     simulated: bool
+    #: The replayed TCG event log (:func:`..tcg_eventlog.event_log_claims`): None when the
+    #: evidence carries no log.
+    event_log: dict[str, Any] | None = None
+    #: The AK certificate as judged: ``status`` (``verified``, ``not checked (no roots
+    #: pinned)``, ``absent``), and when present its ``subject``, ``issuer`` and, verified,
+    #: the ``chain`` and the pinned ``root_sha256`` it ends at.
+    ak_certificate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -182,10 +224,12 @@ class AzureBindings:
     hcl: HclReport
     tpm: TpmQuoteInfo
     hardware_report_data: bytes
+    event_log: dict[str, Any] | None = None
 
 
 def check_azure_bindings(ev: AzureEvidence, *, nonce: bytes | None = None) -> AzureBindings:
-    """hardware REPORT_DATA ↔ runtime claims hash, AK → TPM quote → PCRs → nonce.
+    """hardware REPORT_DATA ↔ runtime claims hash, AK → TPM quote → PCRs → nonce, and the
+    event log (when present) → PCRs.
 
     For TDX also: the TD quote body repeats the TDREPORT inside the HCL report.
     """
@@ -220,7 +264,50 @@ def check_azure_bindings(ev: AzureEvidence, *, nonce: bytes | None = None) -> Az
     tpm = verify_tpm_quote(ev.tpm_message, ev.tpm_signature, ev.pcrs, hcl.ak_pub())
     if nonce is not None and not hmac.compare_digest(tpm.nonce, nonce):
         raise BindingError(f"the TPM quote's nonce is {tpm.nonce.hex()}, expected {nonce.hex()}")
-    return AzureBindings(hcl, tpm, hw_rd)
+    log = event_log_claims(ev.event_log, tpm.pcrs) if ev.event_log is not None else None
+    return AzureBindings(hcl, tpm, hw_rd, log)
+
+
+def judge_ak_certificate(
+    ev: AzureEvidence, hcl: HclReport, *, now: datetime, ak_roots: Sequence[bytes] | None,
+    certs: CertStore | None = None,
+) -> dict[str, Any]:
+    """The AK certificate (the evidence's, else one in ``certs``) against the pinned vTPM
+    roots. Without roots it is shown, "not checked": the AK is already bound by the
+    hardware-signed runtime claims (``HCLAkPub``), so nothing rests on it. With roots,
+    fails closed: a missing certificate, one for another key than ``HCLAkPub``, or one that
+    does not chain to a pinned root raises."""
+    ak = parse_nv_certificate(ev.ak_cert) if ev.ak_cert is not None else None
+    # Where each certificate came from, for errors that name the file and the certificate.
+    where = {}
+    if ak is not None:
+        where[id(ak)] = f"the evidence's ak_cert (NV index {AK_CERT_NV_INDEX:#010x}): {name_of(ak.subject)}"
+    # The evidence's own AK certificate is the one judged; one from `certs` only stands in
+    # for a missing one (CA certificates from `certs` may serve as intermediates either way).
+    roles = ("azure-vtpm-ca",) if ak is not None else ("azure-vtpm-ak", "azure-vtpm-ca")
+    found = [c for c in certs.certs if c.role in roles] if certs else []
+    where.update({id(c.cert): c.describe() for c in found})
+    if ak is None:
+        ak = next((c.cert for c in found if is_ak_certificate(c.cert)), None)
+    if not ak_roots:
+        if ak is None:
+            return {"status": "absent"}
+        return {"status": "not checked (no roots pinned)", "subject": name_of(ak.subject),
+                "issuer": name_of(ak.issuer)}
+    roots, intermediates = load_pins(ak_roots)
+    where.update({id(c): f"azure_ak_roots: {name_of(c.subject)}" for c in (*roots, *intermediates)})
+    if ak is None:
+        raise MissingCertificate(
+            f"vTPM roots are pinned, but the evidence carries no AK certificate (NV index {AK_CERT_NV_INDEX:#010x})"
+            + (f"; found: {'; '.join(c.describe() for c in found)}" if found else ""))
+    considered = [ak, *intermediates, *(c.cert for c in found if c.cert is not ak)]
+    try:
+        chain = verify_ak_chain(considered, roots=roots, now=now, ak_public_key=hcl.ak_pub())
+    except (ChainInvalid, MissingCertificate) as exc:
+        listed = "; ".join(where[id(c)] for c in (*considered, *roots))
+        raise type(exc)(f"{exc} (certificates considered: {listed})") from None
+    return {"status": "verified", "subject": name_of(ak.subject), "issuer": name_of(ak.issuer),
+            "chain": chain.describe(), "root_sha256": hashlib.sha256(chain.root.public_bytes(Encoding.DER)).hexdigest()}
 
 
 def verify_azure_evidence(
@@ -237,6 +324,7 @@ def verify_azure_evidence(
     tdx_collateral: CollateralInput | None = None,
     root_ca_der: bytes | None = None,
     certs: CertStore | None = None,
+    ak_roots: Sequence[bytes] | None = None,
 ) -> AzureReport:
     """Verify the whole chain. SNP: the VCEK comes from the evidence unless ``vcek_der``.
 
@@ -245,6 +333,8 @@ def verify_azure_evidence(
     quote's extraData; ``report_data`` (optional, v2 envelopes) must prefix the claims'
     ``user-data``. With ``certs`` (and no ``vcek_der``), the SNP chain is picked by content
     from those certificates together with the evidence's own VCEK and ``cert_chain``.
+    ``ak_roots``: the vTPM root (and intermediate) certificates the user pins for the AK
+    certificate (:func:`judge_ak_certificate`).
     """
     ev = evidence if isinstance(evidence, AzureEvidence) else parse_azure_evidence(evidence)
     b = check_azure_bindings(ev, nonce=nonce)
@@ -292,6 +382,7 @@ def verify_azure_evidence(
         ud = hcl.user_data
         if ud is None or not ud.startswith(report_data.hex()):
             raise BindingError("the runtime claims' user-data does not carry the report data")
+    ak_certificate = judge_ak_certificate(ev, hcl, now=now, ak_roots=ak_roots, certs=certs)
     return AzureReport(
         kind="azure-" + hcl.kind,
         hardware=hardware,
@@ -301,6 +392,8 @@ def verify_azure_evidence(
         user_data=hcl.user_data,
         envelope_version=ev.envelope_version,
         simulated=hardware.simulated,
+        event_log=b.event_log,
+        ak_certificate=ak_certificate,
     )
 
 

@@ -15,7 +15,9 @@ Paths, in order of preference:
 - Azure CVMs: the vTPM (tpm2-tools, from the Ubuntu archive): the HCL report from NV index
   0x01400001 (hardware report + runtime claims carrying the attestation key), a TPM2 quote
   by the attestation key 0x81000003 over all SHA-256 PCRs with qualifying data = the first
-  32 bytes of the report data, and the VCEK chain from Azure's instance metadata service.
+  32 bytes of the report data, the AK certificate from NV index 0x01C101D0 when the vTPM
+  has one, the TCG event log (`binary_bios_measurements`) when the kernel exposes it, and
+  the VCEK chain from Azure's instance metadata service (SEV-SNP) or the TD quote (TDX).
 
 Output format (one `key: base64` line each) is parsed by `parse_output`; anything
 missing or malformed is a refusal, never a silent pass.
@@ -97,8 +99,18 @@ echo "hcl_report: $(base64 -w0 "$t/hcl")"
 echo "tpm_message: $(base64 -w0 "$t/msg")"
 echo "tpm_signature: $(base64 -w0 "$t/sig")"
 echo "tpm_pcrs: $(base64 -w0 "$t/pcrs")"
+if tpm2_nvreadpublic {ak_cert_index} >/dev/null 2>&1; then
+  tpm2_nvread -C o {ak_cert_index} -o "$t/akcert" >/dev/null
+  echo "ak_cert: $(base64 -w0 "$t/akcert")"
+fi
+if [ -r {event_log} ]; then echo "event_log: $(base64 -w0 {event_log})"; fi
 {hardware}echo "host_key: $(cut -d' ' -f1,2 {pub})"
 """
+#: Where Azure's vTPM keeps the AK certificate (DER, zero-padded), and where Linux exposes
+#: the firmware's TCG event log: both optional, both judged by the verifier
+#: (`duet.attestation.azure.evidence`).
+AK_CERT_INDEX = "0x01C101D0"
+TPM_EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 #: SEV-SNP: the VCEK chain from Azure's certificate service (THIM).
 AZURE_SNP_CERTS = """echo "vcek_json: $(curl -sf -m 10 -H Metadata:true http://169.254.169.254/metadata/THIM/amd/certification | base64 -w0)"
@@ -207,7 +219,8 @@ def collect_command(kind: str, nonce: bytes, *, sudo: bool = True, pub: str = HO
         script = CONFIGFS_TSM.format(report_data=rd, pub=pub, sev_guest=shlex.quote(SEV_GUEST), ccel=CCEL_TABLE)
     elif kind in ("azure-snp", "azure-tdx"):
         hardware = AZURE_SNP_CERTS if kind == "azure-snp" else AZURE_TDX_QUOTE
-        script = AZURE_VTPM.format(report_data=rd, pub=pub, hardware=hardware)
+        script = AZURE_VTPM.format(report_data=rd, pub=pub, hardware=hardware, ak_cert_index=AK_CERT_INDEX,
+                                   event_log=TPM_EVENT_LOG)
     else:
         raise ValueError(f"no evidence collection for TEE kind {kind!r}")
     quoted = script.replace("'", "'\"'\"'")
@@ -273,7 +286,8 @@ def maa_token(got: Collected) -> str:
 
 def azure_envelope(got: Collected) -> dict[str, object]:
     """The collected vTPM outputs as the v1 evidence envelope `duet.attestation` verifies
-    (the Confidential Containers `az-*-vtpm` shape), plus the VCEK chain when present."""
+    (the Confidential Containers `az-*-vtpm` shape), plus the VCEK chain, the AK
+    certificate and the TCG event log when present."""
     from duet.ledger import strictjson
 
     pcrs = got.blobs["tpm_pcrs"]
@@ -288,6 +302,9 @@ def azure_envelope(got: Collected) -> dict[str, object]:
         },
         "hcl_report": base64.urlsafe_b64encode(got.blobs["hcl_report"]).decode().rstrip("="),
     }
+    for name in ("ak_cert", "event_log"):
+        if got.blobs.get(name):
+            envelope[name] = base64.urlsafe_b64encode(got.blobs[name]).decode().rstrip("=")
     if got.blobs.get("td_quote_json"):
         try:
             reply = strictjson.loads_object(got.blobs["td_quote_json"], what="the TD quote service's reply")
