@@ -17,11 +17,11 @@ import typer
 from rich.markup import escape
 from rich.table import Column
 
+from duet.cli.failure import failure
 from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
 from duet.client.config import DEFAULT_URL
-from duet.client.errors import ClientError
 from duet.ledger import keys
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="duet: own confidential VMs, verifiably.")
@@ -65,8 +65,6 @@ def _register_lazy_apps(argv: list[str]) -> None:
 out = make_out()
 err = make_err()
 
-REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
-           "evidence_refused", "lockdown_failed", "control_plane_failed"}
 
 
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -109,21 +107,10 @@ def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated
 
 
 def _cvm_id(http: Any, ref: str) -> str:
-    """A CVM is named by its id or by a unique live name (the controller refuses a
-    duplicate live name and a name that looks like an id, so the two never collide)."""
-    import re
+    """The id of the CVM named by `ref` (an id or a unique live name: cli/addressing.py)."""
+    from duet.cli.addressing import cvm_id
 
-    if re.fullmatch(r"[0-9a-f]{16}", ref):
-        return ref
-    from duet.client.api import ReadClient
-
-    live = [c for c in ReadClient(http).cvms() if c.get("name") == ref and c.get("status") != "deleted"]
-    if not live:
-        fail("unknown_cvm", f"no live CVM is named {ref!r} (and it is not an id)")
-    if len(live) > 1:
-        fail("ambiguous_name", f"{len(live)} live CVMs are named {ref!r}; use the id: "
-             + ", ".join(str(c["id"]) for c in live))
-    return str(live[0]["id"])
+    return cvm_id(http, ref)
 
 
 def _apply_context(kwargs: dict[str, Any]) -> None:
@@ -164,17 +151,10 @@ def _guard(fn: Any) -> Any:
         try:
             _apply_context(kwargs)
             return fn(*args, **kwargs)
-        except ClientError as exc:
-            suffix = f" (logged as entry {exc.index})" if exc.index is not None else ""
-            fail(exc.code, exc.message + suffix, 3 if exc.code in REFUSED else 1)
         except typer.Exit:
             raise
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            if isinstance(code, str):
-                fail(code, str(exc), getattr(exc, "exit_code", 1))
-            # Never a traceback: an unexpected failure is still one typed line.
-            fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
+            fail(*failure(exc))
 
     return wrapper
 
