@@ -322,6 +322,8 @@ def cvm_create(
     spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return as soon as the CVM is logged (status "
+                                 "provisioning); `duet cvm wait ID --for ready` follows it."),
     expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
@@ -354,11 +356,16 @@ def cvm_create(
         out.print_json(data=planned)
         return
     owner = _owner(controller, key, expect, trust_simulated, state_dir)
-    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None)
+    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None, wait=not no_wait)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
-    human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
-                               f"host key {cvm['host_key']}", markup=False)
+    if no_wait:
+        human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), status "
+                                   f"{cvm['status']}; wait for it with: duet cvm wait {cvm['id']} --for ready",
+                                   markup=False)
+    else:
+        human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode "
+                                   f"{cvm['mode']}, host key {cvm['host_key']}", markup=False)
     emit(cvm, fmt, ids=str(cvm["id"]), render=lambda: out.print(cvm["id"]))
 
 
@@ -441,16 +448,52 @@ def cvm_run(
 @_guard
 def cvm_wait(
     cvm: str,
-    index: Annotated[int, typer.Argument(help="The command's index (what `cvm run --no-wait` printed).")],
+    index: Annotated[int | None, typer.Argument(
+        help="The command's index (what `cvm run --no-wait` printed).", show_default=False)] = None,
+    for_: str | None = typer.Option(None, "--for", help="ready: wait until the CVM is provisioned, locked "
+                                    "down and attested (`cvm create --no-wait`), showing each step."),
+    timeout: str | None = typer.Option(None, "--timeout", help="With --for ready: give up after 90s, 5m, ..."),
     controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
     expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
 ) -> None:
-    """Wait for a logged command's result, printing its output as it is logged; exits
-    with the command's status."""
+    """Wait for a logged command's result (CVM INDEX), printing its output as it is logged
+    and exiting with the command's status; or, with `--for ready`, for the CVM to be ready."""
     from duet.cli import run_cmd
 
+    if for_ is not None:
+        if for_ != "ready":
+            fail("invalid_request", f"--for takes ready, not {for_!r}", 2)
+        if index is not None:
+            fail("invalid_request", "give a command INDEX or --for ready, not both", 2)
+        _wait_ready(cvm, controller, expect, trust_simulated, state_dir, timeout)
+        return
+    if index is None:
+        fail("invalid_request", "give the command's INDEX (from cvm run --no-wait), or --for ready", 2)
+    if timeout is not None:
+        fail("invalid_request", "--timeout goes with --for ready", 2)
     owner = _owner(controller, key, expect, trust_simulated, state_dir)
     raise typer.Exit(run_cmd.wait(owner, _cvm_id(owner.http, cvm), index, err))
+
+
+def _wait_ready(cvm: str, controller: str, expect: Path | None, trust_simulated: bool, state_dir: Path | None,
+                timeout: str | None) -> None:
+    """`cvm wait CVM --for ready` (cli/wait_ready.py): reads only, no key needed."""
+    from duet.cli.run_cmd import parse_duration
+    from duet.cli.wait_ready import wait_ready
+    from duet.client.api import ReadClient
+
+    timeout_s = parse_duration(timeout)
+    ctl = None
+    if expect is not None:
+        from duet.client.expectations import load_expectations
+
+        ctl = load_expectations(expect).controller
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir,
+              expect_controller=ctl.evidence() if ctl is not None else None) as http:
+        cid = _cvm_id(http, cvm)
+        rec = wait_ready(ReadClient(http), cid, timeout_s=timeout_s,
+                         say=lambda line: err.print(f"duet: {line}", markup=False))
+    err.print(f"duet: CVM {cid} is ready (mode {rec.get('mode')})", markup=False)
 
 
 def signed_command(argv: list[str], sh: str | None) -> str:

@@ -67,7 +67,10 @@ class OwnerClient:
         return dict(self.submit(Op.CONTROLLER_APPROVE, args))
 
     def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
-               spec: dict[str, Any] | None = None) -> dict[str, Any]:
+               spec: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any]:
+        """The new CVM, provisioned. With `wait=False`, the CVM as soon as the controller
+        logged it (status `provisioning`); provisioning goes on in the controller, and
+        `duet.cli.wait_ready` follows it to `ready`."""
         args: dict[str, Any] = {"provider": provider}
         if name:
             args["name"] = name
@@ -75,7 +78,15 @@ class OwnerClient:
             args["tee"] = tee
         if spec:
             args["spec"] = spec
-        return dict(self.submit(op_names.CREATE, args)["cvm"])
+        if wait:
+            return dict(self.submit(op_names.CREATE, args)["cvm"])
+        from duet.client.streamed import consume
+
+        res = consume(self.api.submit_streamed(self.sign(op_names.CREATE, args)), no_wait=True)
+        cvm = res.get("cvm")
+        if not isinstance(cvm, dict):
+            raise ClientError("bad_response", "the controller's answer to a create names no CVM")
+        return dict(cvm)
 
     @staticmethod
     def _run_args(command: str, timeout_s: float | None, stdin: bytes | None) -> dict[str, Any]:
