@@ -113,6 +113,21 @@ def test_bad_keys_and_refusals_are_the_same_line(setup, tmp_path: Path) -> None:
     assert "(logged as entry" in refused.stderr
 
 
+def test_the_lean_path_streams_the_first_line_before_the_command_ends(setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, cvm, env = setup
+    proc = subprocess.Popen([*LEAN, "cvm", "run", cvm, "--", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 1; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"1\n"
+        running = proc.poll() is None
+        rest, errs = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert running, "the first line came only when the command had ended"
+    assert rest == b"2\n3\n" and proc.returncode == 0, errs
+
+
 def test_what_the_lean_path_does_not_know_goes_to_typer(setup) -> None:  # type: ignore[no-untyped-def]
     _, _, cvm, env = setup
     usage = _both(env, "cvm", "run", cvm)  # no command: typer's usage error

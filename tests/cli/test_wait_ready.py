@@ -61,6 +61,10 @@ def test_create_no_wait_then_wait_for_ready(controller: ControllerProc, env: dic
     only = _duet(env, "cvm", "create", "--no-wait", "-o", "id")
     assert only.returncode == 0 and len(only.stdout.strip()) == 16 and only.stdout.count("\n") == 1
     assert _duet(env, "cvm", "wait", only.stdout.strip(), "--for", "ready").returncode == 0
+    # A refused --no-wait create prints nothing on stdout and fails (before any CVM exists).
+    for bad in (("--provider", "nowhere"), ("--name", "later")):
+        r = _duet(env, "cvm", "create", *bad, "--no-wait", "-o", "id")
+        assert r.returncode != 0 and r.stdout == "" and r.stderr.startswith("error ["), r.stderr
 
 
 def test_wait_usage_errors(controller: ControllerProc, env: dict[str, str]) -> None:
