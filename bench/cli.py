@@ -3,7 +3,9 @@ measured in the same run on the same machine. Prints JSON.
 
 - `duet cvm run ID -- true`: a new Python process that signs an intent, sends it over
   plain HTTP on loopback to a SIMULATED controller, which logs it, runs `true` on a local
-  CVM over its held SSH connection, logs the result and answers;
+  CVM over its held SSH connection, logs the result and answers (the `duet` command's lean
+  path, `duet/cli/lean.py`); `..._typer` is the same command through the full typer CLI
+  (`python -m duet.cli.main`), for comparison;
 - `duet verify ID --trust-simulated`: a new process that verifies the controller's quote
   and the CVM's whole log;
 - `duet --version`: the interpreter and the CLI's imports alone;
@@ -84,6 +86,7 @@ def main() -> None:
         no_cache = {**env, "DUET_RATLS_CACHE_TTL": "0"}
         cases: dict[str, tuple[list[str], dict[str, str]]] = {
             "duet_cvm_run_true": ([duet, "cvm", "run", cvm, "--", "true"], env),
+            "duet_cvm_run_true_typer": ([sys.executable, "-m", "duet.cli.main", "cvm", "run", cvm, "--", "true"], env),
             "duet_verify": ([duet, "verify", cvm, "--trust-simulated"], env),
             "duet_version": ([duet, "--version"], env),
             "ssh_true": (ssh, env),

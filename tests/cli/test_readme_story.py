@@ -92,6 +92,11 @@ def test_readme_story_runs_and_ends_verified(tmp_path: Path) -> None:
     assert "forbidden_in_mode" in err[at("touch /etc/evil")]
     # the file the story wrote, read back by id
     assert out[at("cat index.html")].startswith("hello from ")
+    # created without waiting, then waited for with its steps shown; stdin signed and sent
+    waited = err[at("--for ready")]
+    assert "provisioned:" in waited and "lockdown (provisioning): passed" in waited
+    assert re.search(r"CVM [0-9a-f]{16} is ready", waited), waited
+    assert out[at("echo hi | duet cvm run -i")] == "hi\n"
     # expect init pins and says it is trust on first use
     assert "TRUST ON FIRST USE" in err[at("expect init")]
     expect = (tmp_path / "expect.yaml").read_text()

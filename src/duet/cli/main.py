@@ -17,11 +17,11 @@ import typer
 from rich.markup import escape
 from rich.table import Column
 
+from duet.cli.failure import failure
 from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
 from duet.client.config import DEFAULT_URL
-from duet.client.errors import ClientError
 from duet.ledger import keys
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="duet: own confidential VMs, verifiably.")
@@ -65,8 +65,6 @@ def _register_lazy_apps(argv: list[str]) -> None:
 out = make_out()
 err = make_err()
 
-REFUSED = {"forbidden", "forbidden_in_mode", "forbidden_by_policy", "invalid_transition",
-           "evidence_refused", "lockdown_failed", "control_plane_failed"}
 
 
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -109,21 +107,10 @@ def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated
 
 
 def _cvm_id(http: Any, ref: str) -> str:
-    """A CVM is named by its id or by a unique live name (the controller refuses a
-    duplicate live name and a name that looks like an id, so the two never collide)."""
-    import re
+    """The id of the CVM named by `ref` (an id or a unique live name: cli/addressing.py)."""
+    from duet.cli.addressing import cvm_id
 
-    if re.fullmatch(r"[0-9a-f]{16}", ref):
-        return ref
-    from duet.client.api import ReadClient
-
-    live = [c for c in ReadClient(http).cvms() if c.get("name") == ref and c.get("status") != "deleted"]
-    if not live:
-        fail("unknown_cvm", f"no live CVM is named {ref!r} (and it is not an id)")
-    if len(live) > 1:
-        fail("ambiguous_name", f"{len(live)} live CVMs are named {ref!r}; use the id: "
-             + ", ".join(str(c["id"]) for c in live))
-    return str(live[0]["id"])
+    return cvm_id(http, ref)
 
 
 def _apply_context(kwargs: dict[str, Any]) -> None:
@@ -164,17 +151,10 @@ def _guard(fn: Any) -> Any:
         try:
             _apply_context(kwargs)
             return fn(*args, **kwargs)
-        except ClientError as exc:
-            suffix = f" (logged as entry {exc.index})" if exc.index is not None else ""
-            fail(exc.code, exc.message + suffix, 3 if exc.code in REFUSED else 1)
         except typer.Exit:
             raise
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            if isinstance(code, str):
-                fail(code, str(exc), getattr(exc, "exit_code", 1))
-            # Never a traceback: an unexpected failure is still one typed line.
-            fail("internal_error", f"{type(exc).__name__}: {str(exc)[:500]}")
+            fail(*failure(exc))
 
     return wrapper
 
@@ -342,6 +322,8 @@ def cvm_create(
     spec: str | None = typer.Option(None, help="JSON object: size, image, region/zone, controller_cidr, ..."),
     plan: bool = typer.Option(False, "--plan", help="Print the exact provider API requests; send nothing."),
     config: Path | None = typer.Option(None, "--config", help="With --plan: provider settings (YAML)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return as soon as the CVM is logged (status "
+                                 "provisioning); `duet cvm wait ID --for ready` follows it."),
     expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
@@ -374,11 +356,16 @@ def cvm_create(
         out.print_json(data=planned)
         return
     owner = _owner(controller, key, expect, trust_simulated, state_dir)
-    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None)
+    cvm = owner.create(provider, name=name, tee=tee, spec=spec_obj or None, wait=not no_wait)
     sim = " SIMULATED" if cvm.get("simulated") else ""
     kind = cvm.get("evidence_kind") or cvm["tee"]  # what its evidence will be, not the label asked for
-    human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode {cvm['mode']}, "
-                               f"host key {cvm['host_key']}", markup=False)
+    if no_wait:
+        human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), status "
+                                   f"{cvm['status']}; wait for it with: duet cvm wait {cvm['id']} --for ready",
+                                   markup=False)
+    else:
+        human(fmt, out, err).print(f"created {cvm['name']} ({cvm['provider']}, tee {kind}{sim}), mode "
+                                   f"{cvm['mode']}, host key {cvm['host_key']}", markup=False)
     emit(cvm, fmt, ids=str(cvm["id"]), render=lambda: out.print(cvm["id"]))
 
 
@@ -461,16 +448,52 @@ def cvm_run(
 @_guard
 def cvm_wait(
     cvm: str,
-    index: Annotated[int, typer.Argument(help="The command's index (what `cvm run --no-wait` printed).")],
+    index: Annotated[int | None, typer.Argument(
+        help="The command's index (what `cvm run --no-wait` printed).", show_default=False)] = None,
+    for_: str | None = typer.Option(None, "--for", help="ready: wait until the CVM is provisioned, locked "
+                                    "down and attested (`cvm create --no-wait`), showing each step."),
+    timeout: str | None = typer.Option(None, "--timeout", help="With --for ready: give up after 90s, 5m, ..."),
     controller: ControllerOpt = DEFAULT_URL, key: KeyOpt = Path("owner.key"),
     expect: ExpectOpt = None, trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
 ) -> None:
-    """Wait for a logged command's result, printing its output as it is logged; exits
-    with the command's status."""
+    """Wait for a logged command's result (CVM INDEX), printing its output as it is logged
+    and exiting with the command's status; or, with `--for ready`, for the CVM to be ready."""
     from duet.cli import run_cmd
 
+    if for_ is not None:
+        if for_ != "ready":
+            fail("invalid_request", f"--for takes ready, not {for_!r}", 2)
+        if index is not None:
+            fail("invalid_request", "give a command INDEX or --for ready, not both", 2)
+        _wait_ready(cvm, controller, expect, trust_simulated, state_dir, timeout)
+        return
+    if index is None:
+        fail("invalid_request", "give the command's INDEX (from cvm run --no-wait), or --for ready", 2)
+    if timeout is not None:
+        fail("invalid_request", "--timeout goes with --for ready", 2)
     owner = _owner(controller, key, expect, trust_simulated, state_dir)
     raise typer.Exit(run_cmd.wait(owner, _cvm_id(owner.http, cvm), index, err))
+
+
+def _wait_ready(cvm: str, controller: str, expect: Path | None, trust_simulated: bool, state_dir: Path | None,
+                timeout: str | None) -> None:
+    """`cvm wait CVM --for ready` (cli/wait_ready.py): reads only, no key needed."""
+    from duet.cli.run_cmd import parse_duration
+    from duet.cli.wait_ready import wait_ready
+    from duet.client.api import ReadClient
+
+    timeout_s = parse_duration(timeout)
+    ctl = None
+    if expect is not None:
+        from duet.client.expectations import load_expectations
+
+        ctl = load_expectations(expect).controller
+    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir,
+              expect_controller=ctl.evidence() if ctl is not None else None) as http:
+        cid = _cvm_id(http, cvm)
+        rec = wait_ready(ReadClient(http), cid, timeout_s=timeout_s,
+                         say=lambda line: err.print(f"duet: {line}", markup=False))
+    err.print(f"duet: CVM {cid} is ready (mode {rec.get('mode')})", markup=False)
 
 
 def signed_command(argv: list[str], sh: str | None) -> str:

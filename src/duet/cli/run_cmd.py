@@ -57,7 +57,7 @@ def print_end(res: dict[str, Any], err: Any) -> int:
 
 def run(owner: Any, cvm: str, command: str, *, timeout: str | None, interactive: bool, no_wait: bool,
         err: Any) -> int:
-    from duet.ledger.operations import MAX_STDIN
+    from duet.ledger.op_names import MAX_STDIN
 
     stdin = read_stdin(sys.stdin.buffer, MAX_STDIN) if interactive else None
     timeout_s = parse_duration(timeout)

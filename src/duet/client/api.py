@@ -9,11 +9,13 @@ import base64
 import binascii
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote as urlquote
 
 from duet.client.errors import ClientError, LimitExceeded
-from duet.client.http import Http
+
+if TYPE_CHECKING:
+    from duet.client.config import Limits
 
 #: Stands for the controller log where a CVM id is expected ("@" is in no CVM id).
 CONTROLLER_LOG = "@controller"
@@ -51,11 +53,27 @@ def b64_field(value: Any, what: str, bad: Callable[[str], ClientError] = _bad) -
 _b64 = b64_field
 
 
+class Transport(Protocol):
+    """What a ReadClient reads through: `duet.client.http.Http` (httpx), or
+    `duet.client.lean_http.LeanHttp` (the standard library, for `duet cvm run`)."""
+
+    url: str
+    limits: Limits
+
+    def get_json(self, path: str, **params: Any) -> Any: ...
+
+    def get_text(self, path: str, headers: dict[str, str] | None = None) -> str: ...
+
+    def stream_lines(self, method: str, path: str, body: Any = None) -> Iterator[Any]: ...
+
+    def post_json(self, path: str, body: Any) -> Any: ...
+
+
 class ReadClient:
     """Typed reads of one controller. All methods raise :class:`ClientError` (or its
     :class:`LimitExceeded`) on anything unexpected."""
 
-    def __init__(self, http: Http) -> None:
+    def __init__(self, http: Transport) -> None:
         self.http = http
 
     @property

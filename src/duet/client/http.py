@@ -9,7 +9,6 @@ total cap, and a run a wall-clock budget. JSON is parsed with a depth limit.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import httpx
 
 from duet.client.config import DEFAULT_URL, Limits, default_state_dir, env_bool
 from duet.client.errors import ClientError, LimitExceeded
+from duet.client.wire import parse_json, raise_for_status
 
 __all__ = ["DEFAULT_URL", "ClientError", "Http", "LimitExceeded", "RunBudget", "parse_json"]
 
@@ -45,32 +45,6 @@ class RunBudget:
         if self.bytes > self.limits.max_total_bytes:
             raise LimitExceeded("total_bytes", f"the controller sent more than {self.limits.max_total_bytes} "
                                                "bytes in this run")
-
-
-def _depth_ok(value: Any, limit: int) -> bool:
-    """Iterative (no recursion), visiting containers only: cheap next to json.loads."""
-    if not isinstance(value, dict | list):
-        return True
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if d > limit:
-            return False
-        for c in v.values() if isinstance(v, dict) else v:
-            if isinstance(c, dict | list):
-                stack.append((c, d + 1))
-    return True
-
-
-def parse_json(body: bytes, what: str, max_depth: int) -> Any:
-    """JSON from the controller, or a typed error (never a RecursionError traceback)."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ClientError("bad_response", f"{what} did not return valid JSON") from None
-    if not _depth_ok(value, max_depth):
-        raise LimitExceeded("json_depth", f"{what} returned JSON nested deeper than {max_depth}")
-    return value
 
 
 class _Deadline(threading.local):
@@ -200,15 +174,7 @@ class Http:
         return None
 
     def _raise_for_status(self, status: int, body: bytes, path: str) -> None:
-        if status < 400:
-            return
-        try:
-            err = json.loads(body)["error"]
-            code, message = str(err["code"]), str(err["message"])
-            index = err.get("index")
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise ClientError("http_error", f"HTTP {status} from {path}", status) from None
-        raise ClientError(code, message[:2000], status, index if isinstance(index, int) else None)
+        raise_for_status(status, body, path)
 
     def read(self, path: str, params: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> bytes:

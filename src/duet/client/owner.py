@@ -1,32 +1,43 @@
 """The service owner's SDK: every operation is a signed intent (docs/invariants.md, invariant 4).
 
-Intents go to an RA-TLS (`https://`) controller, or over plain HTTP to loopback only."""
+Intents go to an RA-TLS (`https://`) controller, or over plain HTTP to loopback only.
+
+Light to import (no httpx, no pydantic): `duet cvm run` uses this class over the standard
+library's HTTP client (`duet/cli/lean.py`), so the HTTP client and the operation registry
+are imported by the methods that need them, not here."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from duet.client.api import ReadClient
 from duet.client.config import DEFAULT_URL, check_owner_url
 from duet.client.errors import ClientError
-from duet.client.http import Http
 from duet.client.results import RunResult
-from duet.ledger.intent import sign_intent
-from duet.ledger.operations import Op
+from duet.ledger import op_names
+from duet.ledger.intent_sign import sign_intent
+
+if TYPE_CHECKING:
+    from duet.client.http import Http
+    from duet.client.lean_http import LeanHttp
 
 OnOutput = Callable[[str, bytes], None]
 
 
 class OwnerClient:
-    def __init__(self, key: Ed25519PrivateKey, url: str = DEFAULT_URL, *, http: Http | None = None) -> None:
+    def __init__(self, key: Ed25519PrivateKey, url: str = DEFAULT_URL, *, http: Http | LeanHttp | None = None) -> None:
         self.key = key
         check_owner_url(http.url if http is not None else url)
-        self.http = http or Http(url)
+        if http is None:
+            from duet.client.http import Http as _Http
+
+            http = _Http(url)
+        self.http: Http | LeanHttp = http
         self.api = ReadClient(self.http)
         self._aud: str | None = None
 
@@ -48,13 +59,18 @@ class OwnerClient:
     def approve_build(self, *, mrenclave: str | None = None, mrsigner: str | None = None,
                       isv_prod_id: int | None = None, min_isv_svn: int | None = None) -> dict[str, Any]:
         """`controller.approve`: a build that may take over this controller (docs/continuity.md)."""
+        from duet.ledger.operations import Op
+
         args: dict[str, Any] = {k: v for k, v in {"mrenclave": mrenclave, "mrsigner": mrsigner,
                                                   "isv_prod_id": isv_prod_id, "min_isv_svn": min_isv_svn}.items()
                                 if v is not None}
         return dict(self.submit(Op.CONTROLLER_APPROVE, args))
 
     def create(self, provider: str = "local", *, name: str | None = None, tee: str | None = None,
-               spec: dict[str, Any] | None = None) -> dict[str, Any]:
+               spec: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any]:
+        """The new CVM, provisioned. With `wait=False`, the CVM as soon as the controller
+        logged it (status `provisioning`); provisioning goes on in the controller, and
+        `duet.cli.wait_ready` follows it to `ready`."""
         args: dict[str, Any] = {"provider": provider}
         if name:
             args["name"] = name
@@ -62,7 +78,15 @@ class OwnerClient:
             args["tee"] = tee
         if spec:
             args["spec"] = spec
-        return dict(self.submit(Op.CREATE, args)["cvm"])
+        if wait:
+            return dict(self.submit(op_names.CREATE, args)["cvm"])
+        from duet.client.streamed import consume
+
+        res = consume(self.api.submit_streamed(self.sign(op_names.CREATE, args)), no_wait=True)
+        cvm = res.get("cvm")
+        if not isinstance(cvm, dict):
+            raise ClientError("bad_response", "the controller's answer to a create names no CVM")
+        return dict(cvm)
 
     @staticmethod
     def _run_args(command: str, timeout_s: float | None, stdin: bytes | None) -> dict[str, Any]:
@@ -78,7 +102,7 @@ class OwnerClient:
             stdin: bytes | None = None) -> dict[str, Any]:
         """Run and wait for the result. `stdin` (at most 512 KiB) is signed and logged
         whole: it is public, like the command."""
-        return dict(self.submit(Op.RUN, self._run_args(command, timeout_s, stdin), cvm, stdin))
+        return dict(self.submit(op_names.RUN, self._run_args(command, timeout_s, stdin), cvm, stdin))
 
     def run_streamed(self, cvm: str, command: str, *, timeout_s: float | None = None,
                      stdin: bytes | None = None, on_output: OnOutput | None = None,
@@ -88,7 +112,7 @@ class OwnerClient:
         (follow it with `follow`)."""
         from duet.client.streamed import consume
 
-        jws = self.sign(Op.RUN, self._run_args(command, timeout_s, stdin), cvm)
+        jws = self.sign(op_names.RUN, self._run_args(command, timeout_s, stdin), cvm)
         return consume(self.api.submit_streamed(jws, stdin), on_output, no_wait=not wait)
 
     def follow(self, cvm: str, command_index: int, on_output: OnOutput | None = None) -> dict[str, Any]:
@@ -103,29 +127,43 @@ class OwnerClient:
         return RunResult.from_response(cvm, self.run(cvm, command, timeout_s=timeout_s, stdin=stdin))
 
     def mode(self, cvm: str, mode: str) -> dict[str, Any]:
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.MODE, {"mode": mode}, cvm)["cvm"])
 
     def action(self, cvm: str, name: str) -> dict[str, Any]:
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.ACTION, {"name": name}, cvm))
 
     def delete(self, cvm: str) -> dict[str, Any]:
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.DELETE, {}, cvm)["cvm"])
 
     def set_policy(self, cvm: str, policy: str) -> dict[str, Any]:
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.POLICY_SET, {"policy": policy}, cvm)["cvm"])
 
     def set_owner_keys(self, keys_b64: list[str]) -> dict[str, Any]:
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.OWNER_KEYS, {"keys": keys_b64}))
 
     def set_witnesses(self, witnesses: list[tuple[str, str]], quorum: int) -> dict[str, Any]:
         """`witnesses.set`: (vkey, url) of each witness of the controller log, and how many
         of them must answer at the controller's start-up."""
+        from duet.ledger.operations import Op
+
         return dict(self.submit(Op.WITNESSES_SET, {
             "witnesses": [{"vkey": v, "url": u} for v, u in witnesses], "quorum": quorum}))
 
     def set_providers(self, providers: dict[str, dict[str, Any]],
                       control_plane_recheck_s: int | None = None) -> dict[str, Any]:
         """Replace the providers the controller drives and their non-secret settings."""
+        from duet.ledger.operations import Op
+
         args: dict[str, Any] = {"providers": providers}
         if control_plane_recheck_s is not None:
             args["control_plane_recheck_s"] = control_plane_recheck_s
@@ -140,6 +178,7 @@ class OwnerClient:
 
         from duet.ledger import credentials as sealing
         from duet.ledger import keys
+        from duet.ledger.operations import Op
 
         info = self.api.controller()
         cid = str(info.get("controller_id"))

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,6 +57,8 @@ from duet.client.ratls_cache import Binding, CachedReport, VerifiedCache, ttl_fr
 from duet.client.statefile import locked, read_json, write_json
 
 if TYPE_CHECKING:
+    import httpx
+
     from duet.attestation import Expectations, SgxReport
 
 QUOTE_OID = x509.ObjectIdentifier("1.2.840.113741.1337.6")
@@ -396,12 +397,16 @@ class _VerifyingSSLObject(ssl.SSLObject):
 
 def httpx_client(url: str, verifier: RaTlsVerifier, **kw: Any) -> httpx.Client:
     """An httpx client for ``url`` whose every connection is attested by ``verifier``."""
+    import httpx
+
     if origin_of(url) != verifier.origin:
         raise ValueError(f"the verifier is for {verifier.origin}, not {url}")
     return httpx.Client(base_url=url, verify=verifier.ssl_context(), **kw)
 
 
 def async_httpx_client(url: str, verifier: RaTlsVerifier, **kw: Any) -> httpx.AsyncClient:
+    import httpx
+
     if origin_of(url) != verifier.origin:
         raise ValueError(f"the verifier is for {verifier.origin}, not {url}")
     return httpx.AsyncClient(base_url=url, verify=verifier.ssl_context(), **kw)

@@ -40,8 +40,9 @@ class StreamBroken(ClientError):
 
 def consume(events: Iterable[Any], on_output: OnOutput | None = None, *, no_wait: bool = False) -> dict[str, Any]:
     """The body of the command's end event (what `/v1/intents` would have answered), or
-    with `no_wait` `{"cvm", "command_index"}` as soon as the command is logged. A refusal
-    raises ClientError with the controller's code."""
+    with `no_wait` `{"cvm", "command_index"}` as soon as the command is logged (for a
+    `cvm.create`: `{"cvm": the CVM}` as soon as it is logged, before it is provisioned).
+    A refusal raises ClientError with the controller's code."""
     shown = {"stdout": 0, "stderr": 0}
     digests = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
     cvm: str | None = None
@@ -88,6 +89,12 @@ def consume(events: Iterable[Any], on_output: OnOutput | None = None, *, no_wait
                 if on_output is not None and len(content) > shown[name]:
                     on_output(name, content[shown[name]:])
             return body
+        elif kind == "created":  # a streamed cvm.create: the CVM is logged, not yet provisioned
+            view = ev.get("cvm")
+            if not isinstance(view, dict) or not isinstance(view.get("id"), str):
+                raise _bad("the created event names no CVM")
+            if no_wait:
+                return {"cvm": view}
         elif kind != "heartbeat":
             raise _bad(f"unknown event {kind!r}")
     raise StreamBroken(cvm, index)

@@ -898,6 +898,9 @@ class Controller:
                     self._intent_entry(rec, intent),
                 ],
             )
+            created = streaming.current.get()
+            if created is not None:  # a streamed create answers now (`cvm create --no-wait`)
+                created.cvm_created(self.view(rec))
             await self._provision(rec, provider, client_key, host_data)
         return self.view(rec)
 

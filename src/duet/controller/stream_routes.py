@@ -69,8 +69,10 @@ async def submit_streamed(
     task.add_done_callback(_running.discard)
     # A client that left never reads the outcome; its error is logged by the controller.
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    pending: set[asyncio.Future[Any]] = {task, stream.command}
+    pending: set[asyncio.Future[Any]] = {task, stream.command, stream.created}
     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if stream.created.done() and not stream.command.done():
+        return StreamingResponse(_created_events(stream.created.result(), task, to_error), media_type=NDJSON)
     if not stream.command.done():
         try:
             status, body = task.result()
@@ -95,6 +97,23 @@ async def submit_streamed(
         yield streaming.line({"event": "end", "status": status, "body": body})
 
     return StreamingResponse(events(), media_type=NDJSON)
+
+
+async def _created_events(view: dict[str, Any], task: asyncio.Future[tuple[int, dict[str, Any]]],
+                          to_error: Callable[[Exception], JSONResponse]) -> AsyncIterator[bytes]:
+    """A streamed `cvm.create`: the CVM as soon as it is logged (a client that asked not
+    to wait leaves here; provisioning goes on), then heartbeats, then the create's answer."""
+    yield streaming.line({"event": "created", "cvm": view})
+    while not task.done():
+        await asyncio.wait({task}, timeout=streaming.HEARTBEAT_S)
+        if not task.done():
+            yield streaming.line({"event": "heartbeat"})
+    try:
+        status, body = task.result()
+    except Exception as exc:
+        err = to_error(exc)
+        status, body = err.status_code, json.loads(bytes(err.body))
+    yield streaming.line({"event": "end", "status": status, "body": body})
 
 
 async def follow_command(controller: Controller, cvm_id: str, command_index: int) -> Response:

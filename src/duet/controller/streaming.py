@@ -50,11 +50,18 @@ HEARTBEAT_S = 15.0
 class RunStream:
     """What a streamed request learns from the controller while its intent runs: the
     index of the logged command, once it is logged (never, for an operation that runs no
-    command or is refused first)."""
+    command or is refused first); for a `cvm.create`, the new CVM as soon as its genesis
+    and the intent are logged, before it is provisioned (`duet cvm create --no-wait`)."""
 
     def __init__(self) -> None:
-        self.command: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.command: asyncio.Future[int] = loop.create_future()
+        self.created: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.cvm = ""
+
+    def cvm_created(self, view: dict[str, Any]) -> None:
+        if not self.created.done():
+            self.created.set_result(view)
 
     def accepted(self, cvm_id: str, command_index: int) -> None:
         if not self.command.done():

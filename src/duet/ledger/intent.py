@@ -17,19 +17,20 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.ledger import operations, strictjson
 from duet.ledger.entries import OWNER_MODES
 from duet.ledger.errors import LedgerError
-from duet.ledger.keys import key_id
+from duet.ledger.intent_sign import _b64url as _b64url
+from duet.ledger.intent_sign import new_nonce as new_nonce
+from duet.ledger.intent_sign import sign_intent as sign_intent
 
 MAX_JWS_LEN = 256 * 1024
 MAX_COMMAND_LEN = operations.MAX_COMMAND_LEN
@@ -94,10 +95,6 @@ class Intent:
         return int(self.payload["iat"])
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _unb64url(part: str, what: str) -> bytes:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
         raise IntentError(f"JWS {what} is not unpadded base64url")
@@ -105,38 +102,6 @@ def _unb64url(part: str, what: str) -> bytes:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
         raise IntentError(f"JWS {what} is not valid base64url") from None
-
-
-def new_nonce() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def sign_intent(
-    key: Ed25519PrivateKey,
-    *,
-    op: str,
-    aud: str,
-    args: Mapping[str, Any],
-    cvm: str | None = None,
-    iat: int,
-    nonce: str | None = None,
-) -> str:
-    """Make a compact JWS; the caller supplies `iat` so tests can forge stale intents."""
-    payload: dict[str, Any] = {
-        "v": 1,
-        "op": op,
-        "aud": aud,
-        "args": dict(args),
-        "nonce": nonce or new_nonce(),
-        "iat": iat,
-    }
-    if cvm is not None:
-        payload["cvm"] = cvm
-    header = {"alg": "EdDSA", "kid": key_id(key.public_key()), "typ": "duet-intent+jws"}
-    signing_input = (
-        _b64url(rfc8785.dumps(header)) + "." + _b64url(rfc8785.dumps(payload))
-    ).encode("ascii")
-    return signing_input.decode("ascii") + "." + _b64url(key.sign(signing_input))
 
 
 def parse_intent(jws: str) -> Intent:

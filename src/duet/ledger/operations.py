@@ -27,13 +27,12 @@ from pydantic import (
     model_validator,
 )
 
+from duet.ledger import op_names
 from duet.ledger.entries import OWNER_MODES
 
 MAX_COMMAND_LEN = 64 * 1024
 MAX_POLICY_LEN = 64 * 1024
-#: Largest stdin a `cvm.run` may carry (`duet cvm run -i`): it is logged whole, and its
-#: base64 with the JWS stays under the controller's 1 MiB request body limit.
-MAX_STDIN = 512 * 1024
+MAX_STDIN = op_names.MAX_STDIN
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 Name = Annotated[str, StringConstraints(pattern=NAME_RE.pattern)]
