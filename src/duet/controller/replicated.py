@@ -248,9 +248,13 @@ class ReplicatedLedger(LedgerStore):
         primary: Primary,
         notary: HeadNotary,
         witness_floor: Callable[[str], TreeHead | None] | None = None,
+        known_heads: Callable[[str], TreeHead | None] | None = None,
     ) -> None:
         self._etcd, self._prefix, self._primary, self._notary = etcd, prefix, primary, notary
         self._witness_floor = witness_floor
+        #: A promoted standby's floor: the newest checkpoint it verified while it followed
+        #: the primary (controller/standby.py), for a replica that starts empty.
+        self._known_heads = known_heads
         #: The exact head value this instance last wrote or verified, per log.
         self._heads: dict[str, bytes] = {}
         self._refused: LedgerError | None = None
@@ -358,6 +362,9 @@ class ReplicatedLedger(LedgerStore):
         # The sealed checkpoint (and the witnesses') must be a prefix of what is now held.
         floors_heads = [("the checkpoint this controller last wrote (sealed locally)",
                          self._notary.open(name, sealed) if sealed is not None else None)]
+        if self._known_heads is not None:
+            floors_heads.append(("the newest checkpoint this instance verified as a standby",
+                                 self._known_heads(name)))
         if self._witness_floor is not None:
             floors_heads.append(("the size the witnesses cosigned", self._witness_floor(name)))
         for what, floor_head in floors_heads:
@@ -624,6 +631,16 @@ class ReplicatedState(StateStore):
     def set_owner_keys(self, keys: dict[str, str]) -> None:
         self._push("owner_keys", json.dumps(keys, sort_keys=True).encode())
         super().set_owner_keys(keys)
+
+    def set_client_key(self, cvm_id: str, client_key: bytes) -> None:
+        """A rotated key reaches etcd before the local state: a standby promoted later
+        must use the key the CVM now accepts, never the one it replaced."""
+        if self._etcd is not None:
+            rec = next((r for r in self.cvms() if r.id == cvm_id), None)
+            if rec is not None:
+                self._push(f"cvm/{cvm_id}", json.dumps({"record": rec.to_json(),
+                                                        "client_key": client_key.hex()}).encode())
+        super().set_client_key(cvm_id, client_key)
 
     def put_cvm(self, record: CvmRecord, client_key: bytes | None = None) -> None:
         if self._etcd is not None:
