@@ -129,8 +129,10 @@ async def admit(ctl: Controller, body: dict[str, Any]) -> dict[str, Any]:
     key_sha256 = hashlib.sha256(epk).hexdigest()
     # No await from here on: the entry is durable (in etcd) before anything leaves, and
     # the checkpoint sent is the one that ends with it.
+    mine = ctl.tee.measurement()
     index = ctl._append_controller([entries.StandbyJoinedEntry(
-        mrenclave=report.mrenclave, mrsigner=report.mrsigner, key_sha256=key_sha256)])
+        from_mrenclave=mine.get("mrenclave", ""), from_mrsigner=mine.get("mrsigner", ""),
+        to_mrenclave=report.mrenclave, to_mrsigner=report.mrsigner, to_key_sha256=key_sha256)])
     head = ctl.ledger.tree_head(CONTROLLER_LOG, index + 1)
     note = sign_checkpoint(Checkpoint(ctl.controller_origin, index + 1, head.root_hash), ctl.signer)
     leaf = ctl.ledger.leaves(CONTROLLER_LOG, index, index + 1)[0]
@@ -311,8 +313,8 @@ def join_as_standby(url: str, data_dir: Path, tee: TeeBackend, *, timeout: float
         merkle.verify_inclusion(merkle.leaf_hash(leaf), index, cp.size, proof, cp.root_hash)
     except (LedgerError, ValueError) as exc:
         raise JoinFailed(f"the controller-log checkpoint of the standby answer does not verify: {exc}") from None
-    if index != cp.size - 1 or e.get("type") != "standby_joined" or e.get("key_sha256") != key_sha256 \
-            or e.get("mrenclave") != tee.measurement().get("mrenclave"):
+    if index != cp.size - 1 or e.get("type") != "standby_joined" or e.get("to_key_sha256") != key_sha256 \
+            or e.get("to_mrenclave") != tee.measurement().get("mrenclave"):
         raise JoinFailed("the controller log does not end with the standby_joined entry for this enclave")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     incoming = data_dir / "incoming"

@@ -426,7 +426,13 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
     "handover_refused": (_f("mrenclave", _k_hex), _f("mrsigner", _k_hex), _f("reason", _k_str)),
     # Continuity on the replicated store: K given to an attested, approved standby (the
     # primary keeps it too), and a standby taking over as primary.
-    "standby_joined": (_f("mrenclave", _k_hex), _f("mrsigner", _k_hex), _f("key_sha256", _k_sha256)),
+    "standby_joined": (
+        _f("from_mrenclave", _k_hex),
+        _f("from_mrsigner", _k_hex),
+        _f("to_mrenclave", _k_hex),
+        _f("to_mrsigner", _k_hex),
+        _f("to_key_sha256", _k_sha256),
+    ),
     "promote": (
         _f("mrenclave", _k_hex),
         _f("mrsigner", _k_hex),
@@ -1116,13 +1122,15 @@ class HandoverRefusedEntry(Entry):
 @dataclass(frozen=True, kw_only=True)
 class StandbyJoinedEntry(Entry):
     """(Controller log) K went to an attested, approved standby instance (the primary
-    keeps it): logged by the primary before anything leaves. `key_sha256` is the digest
-    of the standby's handshake key, which its `promote` names again."""
+    keeps it): logged by the primary before anything leaves. `to_key_sha256` is the
+    digest of the standby's handshake key, which its `promote` names again."""
 
     TYPE: ClassVar[str] = "standby_joined"
-    mrenclave: str
-    mrsigner: str
-    key_sha256: str
+    from_mrenclave: str
+    from_mrsigner: str
+    to_mrenclave: str
+    to_mrsigner: str
+    to_key_sha256: str
 
 
 @dataclass(frozen=True, kw_only=True)
