@@ -148,7 +148,8 @@ class Primary:
                 holder = self._etcd.get(self._key)
                 who = json.loads(holder.value).get("instance", "?") if holder is not None else "?"
                 self._etcd.lease_revoke(self.lease)
-                raise NotPrimary(f"another controller instance ({who}) holds the primary lease in etcd")
+                raise NotPrimary(f"another controller instance ({who}) holds the primary lease in etcd: this one "
+                                 "appends nothing (every write is fenced by that lease)")
             # A live primary keeps its lease; a dead one's expires within the TTL.
             self._etcd.lease_keepalive(self.lease)
             time.sleep(0.2)

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -295,7 +296,10 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
     prefix = f"duet/{cid}/".encode()
     etcd = EtcdClient(host, port)
     ttl = lease_ttl or DEFAULT_LEASE_TTL
-    primary = Primary(etcd, prefix, ttl=ttl)
+    # A promoted standby says so in the lease key: an old primary that comes back is told
+    # who holds it.
+    primary = Primary(etcd, prefix, ttl=ttl,
+                      instance=f"promoted-standby-{secrets.token_hex(4)}" if known_heads is not None else None)
     primary.acquire(wait=3 * ttl if lease_wait is None else lease_wait)
     try:
         state.attach(etcd, prefix, primary, state_key_of(state))
