@@ -179,6 +179,8 @@ def test_standby_takes_over_and_the_old_primary_reaches_nothing(
         rotated = [e for e in _entries(b, f"/v1/cvms/{cvm}/entries") if e["type"] == "key_rotated"]
         assert len(rotated) == 1 and rotated[0]["reason"] == "promotion"
         assert rotated[0]["controller_log_size"] > promote
+        # The rotation is done: its mark is gone from etcd too (it would act again).
+        assert etcd.get(f"duet/{cid}/state/meta/rotation_pending".encode()) is None
         # A's copy of the key opens nothing any more.
         outcome = asyncio.run(_try_login(view, old_key))
         assert outcome.startswith("refused"), outcome

@@ -629,6 +629,19 @@ class ReplicatedState(StateStore):
             self._push(f"meta/{key}", value)
         super().set_meta(key, value)
 
+    def delete_meta(self, key: str) -> None:
+        """Gone from etcd too (fenced): a mark such as `rotation_pending` left there would
+        come back into a replica that lacks it, and act again."""
+        if self._etcd is not None and f"meta/{key}" in self._stored:
+            self._primary.check()
+            ok, _ = self._etcd.txn(self._primary.compares(), [delete(self._sprefix + f"meta/{key}".encode())])
+            if not ok:
+                lost = self._primary.lost_because() or "the fencing comparison failed"
+                self._primary.depose(lost)
+                raise NotPrimary(f"this controller instance is no longer primary: {lost}; the state was not written")
+            self._stored.discard(f"meta/{key}")
+        super().delete_meta(key)
+
     def set_owner_keys(self, keys: dict[str, str]) -> None:
         self._push("owner_keys", json.dumps(keys, sort_keys=True).encode())
         super().set_owner_keys(keys)

@@ -41,6 +41,7 @@ import secrets
 import shutil
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +94,8 @@ STANDBY_META = "standby"
 #: Seconds between looks at the lease key, and between follows of the primary.
 LEASE_POLL_S = 0.25
 FOLLOW_S = 1.0
+MAX_JOINS_PER_MIN = 10
+_JOINS: weakref.WeakKeyDictionary[Controller, list[float]] = weakref.WeakKeyDictionary()
 
 
 class StandbyOnly(errors.DuetError):
@@ -126,6 +129,14 @@ async def admit(ctl: Controller, body: dict[str, Any]) -> dict[str, Any]:
                                                              reason=reason)])
         log.warning("standby refused: %s", reason)
         raise HandoverRefused(f"standby refused: {reason}; nothing was handed over")
+    now = time.monotonic()
+    joins = _JOINS.setdefault(ctl, [])
+    joins[:] = [t for t in joins if now - t < 60]
+    if len(joins) >= MAX_JOINS_PER_MIN:
+        # Each join is a controller-log entry: a host running many approved enclaves must
+        # not grow the log without bound.
+        raise continuity.HandoverBusy("too many standbys joined in the last minute; retry later")
+    joins.append(now)
     key_sha256 = hashlib.sha256(epk).hexdigest()
     # No await from here on: the entry is durable (in etcd) before anything leaves, and
     # the checkpoint sent is the one that ends with it.
