@@ -22,7 +22,9 @@ history. So:
   appended on top. While running, each append compares the heads in etcd with the
   exact values this primary last wrote, so a rollback underneath a running controller
   is caught at its next append. Witnesses' cosigned sizes are the check that still
-  holds when the local state is lost too: `witness_floor` is the hook.
+  holds when the local state is lost too: `witness_floor` is the hook (a promoted
+  standby wires it: controller/promotion.py), and `known_heads` the newest checkpoint a
+  standby verified while it followed the primary.
 * **Reads are served from a verified local replica** in the embedded store's SQLite
   format (`ledger/store.py`), so every proof, tile and leaf goes through the same
   checks as with the embedded store. A new instance (another host, a fresh data dir)
@@ -542,9 +544,10 @@ _STATE_KEY_META = "store_state_key"
 
 
 def state_key_of(state: StateStore) -> bytes:
-    """The key the state is encrypted under in etcd. For now a random key kept in the
-    sealed local state (so etcd holds ciphertext only). Issue 17's state key K (handed
-    over between attested instances) takes its place: this function is the one hook."""
+    """The key the state is encrypted under in etcd: a random key kept in the sealed
+    local state (so etcd holds ciphertext only). It reaches a standby with K, inside the
+    attested exchange (controller/standby.py), so every instance that may become primary
+    opens the records, and nobody else."""
     key = state.get_meta(_STATE_KEY_META)
     if key is None or len(key) != 32:
         key = AESGCM.generate_key(bit_length=256)

@@ -165,7 +165,7 @@ def build_controller(
     if join is not None:
         if store is not None:
             raise ConfigError("--join hands over an embedded store; with --store etcd:// a second instance "
-                              "joins as a standby, which is not built yet (docs/continuity.md)")
+                              "joins as a standby instead (--standby-of URL, docs/continuity.md)")
         if tee == "gramine":
             raise ConfigError("under --tee gramine the command line is fixed by the manifest: --join is not "
                               "taken from it (docs/continuity.md)")
