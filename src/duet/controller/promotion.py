@@ -27,7 +27,7 @@ import httpx
 from duet.controller import continuity
 from duet.controller.etcd import EtcdClient, EtcdUnavailable
 from duet.controller.state import Status
-from duet.controller.witnessing import WitnessConfig
+from duet.controller.witnessing import WitnessConfig, WitnessesUnreachable
 from duet.ledger import entries
 from duet.ledger.store import TreeHead
 from duet.witness.client import WitnessError, verified_response
@@ -50,9 +50,10 @@ class WitnessFloor:
     (it holds that very checkpoint, or none), or answers 409 with the size it holds. A
     quorum holding more than etcd, or the same size with another root, means etcd was
     rolled back or forked under what they cosigned; the floor returned then makes the
-    replica refuse the store. The witnesses are the ones in force when the standby
-    joined (sent by the attested primary); the verified log's own are probed again at
-    start (`Witnessing.startup_check`)."""
+    replica refuse the store. Fewer than a quorum answering refuses the promotion
+    (`witnesses_unreachable`, exit 4), as at any start with witnesses. The witnesses are
+    the ones in force when the standby joined (sent by the attested primary); the
+    verified log's own are probed again at start (`Witnessing.startup_check`)."""
 
     def __init__(self, etcd: EtcdClient, prefix: bytes, config: WitnessConfig) -> None:
         self._etcd, self._prefix, self._config = etcd, prefix, config
@@ -72,7 +73,7 @@ class WitnessFloor:
         except (IndexError, ValueError):
             return None  # not a checkpoint: the replica refuses it itself
         ahead: list[int] = []
-        forked = 0
+        forked = answered = 0
         with httpx.Client(timeout=PROBE_TIMEOUT_S) as http:
             for w in self._config.witnesses:
                 try:
@@ -85,9 +86,12 @@ class WitnessFloor:
                         verified_response(w.verifier, note, resp.text)
                     except WitnessError as exc:
                         log.warning("witness %s: %s", w.name, exc.message)
+                        continue
+                    answered += 1
                     continue
                 text = resp.text.strip()
                 if resp.status_code == 409 and text.isdigit():
+                    answered += 1
                     held = int(text)
                     if held > size:
                         ahead.append(held)
@@ -102,6 +106,12 @@ class WitnessFloor:
         if len(ahead) + forked >= quorum:
             log.error("a quorum of witnesses cosigned another controller log of size %d than etcd serves", size)
             return TreeHead(size, _UNKNOWN_ROOT)
+        if answered < quorum:
+            # As at any start with witnesses: without a quorum, a rolled-back store cannot
+            # be ruled out, so the standby does not take over on it.
+            raise WitnessesUnreachable(
+                f"refusing to promote: only {answered} of {len(self._config.witnesses)} witnesses answered and the "
+                f"quorum is {quorum}, so a rolled-back etcd cannot be ruled out")
         return None
 
 

@@ -40,6 +40,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -415,10 +416,13 @@ class StandbyRun:
         server = PromptServer(self._serve_config(standby_app(info, self.url, tee, status), self.sock))
         task = asyncio.create_task(server.serve(sockets=[self.sock.dup()]))
         print(f"duet controller: standby of controller {info.controller_id} (primary {self.url}), "
-              f"watching its lease in {self.store}", flush=True)
+              f"watching its lease in {self.store}", file=sys.stderr, flush=True)
         next_follow = 0.0
         try:
             while True:
+                if task.done():
+                    # Stopped (SIGTERM) while standing by: nothing was taken over.
+                    raise SystemExit(0)
                 try:
                     free = await asyncio.to_thread(etcd.get, lease_key) is None
                 except EtcdUnavailable as exc:
