@@ -76,3 +76,57 @@ def test_mrsigner_approval_needs_the_users_consent() -> None:
     bad = [c for c in build_history_checks(ctl, _exp(A), A) if not c.ok]
     assert [c.name for c in bad] == ["controller_approvals"]
     assert all(c.ok for c in build_history_checks(ctl, _exp(A, signer=True), A))
+
+
+def _joined(frm: str, to: str, key: str = "01" * 32) -> entries.StandbyJoinedEntry:
+    return entries.StandbyJoinedEntry(from_mrenclave=frm, from_mrsigner="11" * 32, to_mrenclave=to,
+                                      to_mrsigner="11" * 32, to_key_sha256=key)
+
+
+def _promote(build: str, key: str = "01" * 32) -> entries.PromoteEntry:
+    return entries.PromoteEntry(mrenclave=build, mrsigner="11" * 32, key_sha256=key, reason="lease expired")
+
+
+def test_a_standby_is_in_the_history_promoted_or_not() -> None:
+    """A standby held K from its standby_joined on: a user whose builds leave it out fails,
+    even while the primary still acts (and after the promotion, when it answers)."""
+    approve = (_intent("controller.approve", {"mrenclave": B}), entries.BuildApprovedEntry(mrenclave=B))
+    checks, ctl = controller_log_checks(_log(*approve, _joined(A, B)), controller_id=CID, expect=None)
+    assert all(c.ok for c in checks), checks
+    assert [h["mrenclave"] for h in build_history(ctl, A)] == [A, B]
+    assert all(c.ok for c in build_history_checks(ctl, _exp(A, B), A))  # the primary still answers
+    failed = [c for c in build_history_checks(ctl, _exp(A), A) if not c.ok]
+    assert [c.name for c in failed] == ["controller_builds"] and B[:16] in failed[0].detail
+    # Promoted: the standby answers now; the primary's quote would be the mismatch.
+    checks, ctl = controller_log_checks(_log(*approve, _joined(A, B), _promote(B)), controller_id=CID, expect=None)
+    assert all(c.ok for c in checks), checks
+    assert all(c.ok for c in build_history_checks(ctl, _exp(A, B), B))
+    assert [c.name for c in build_history_checks(ctl, None, A) if not c.ok] == ["controller_build_history"]
+    failed = [c for c in build_history_checks(ctl, _exp(A), B) if not c.ok]
+    assert [c.name for c in failed] == ["controller_builds"]
+
+
+def test_a_promote_by_a_build_that_never_joined_is_a_problem() -> None:
+    """A `promote` naming a build (or a handshake key) no `standby_joined` let in: that build
+    acted with a K the log never gave it."""
+    for items in ((_promote(C),), (_joined(A, B), _promote(C)), (_joined(A, B), _promote(B, key="02" * 32))):
+        checks, ctl = controller_log_checks(_log(*items), controller_id=CID, expect=None)
+        assert not checks[0].ok and "never received the state key" in checks[0].detail, checks[0]
+    checks, ctl = controller_log_checks(_log(_promote(C)), controller_id=CID, expect=None)
+    bad = [c for c in build_history_checks(ctl, None, C) if not c.ok]
+    assert [c.name for c in bad] == ["controller_build_history"] and C[:16] in bad[0].detail
+
+
+def test_the_incremental_replay_keeps_what_promote_is_judged_by() -> None:
+    """dump/load between the standby_joined and the promote (the incremental verifier)."""
+    from duet.client.controller_log import ControllerLogReplay
+
+    first = ControllerLogReplay(CID)
+    for leaf in _log(_joined(A, B)):
+        first.feed(leaf)
+    resumed = ControllerLogReplay(CID)
+    resumed.load(first.dump())
+    resumed.feed(_promote(B).encode())
+    assert resumed.problem_count == 0, resumed.problems
+    resumed.feed(_promote(C).encode())
+    assert resumed.problem_count == 1

@@ -233,6 +233,9 @@ def controller_serve(
     join: str | None = typer.Option(None, "--join",
                                     help="Take over from the controller at URL (this build must be approved "
                                          "there); --data must be a new directory."),
+    standby_of: str | None = typer.Option(None, "--standby-of",
+                                          help="With --store etcd://: stand by for the primary at URL (this build "
+                                               "must be approved there) and take over when its lease expires."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -246,7 +249,7 @@ def controller_serve(
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
           witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl, simulated=sim, cvm_root=cvm_root,
-          join=join)
+          join=join, standby_of=standby_of)
 
 
 @controller_app.command("claim")

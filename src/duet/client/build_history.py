@@ -1,9 +1,10 @@
 """Which controller builds ever held the state key K, judged against the user's list.
 
 K is made at a controller's first start and sealed to that build; it leaves a build only
-through a `handover`, which the predecessor logs, naming both builds, before it sends
-anything. So the builds that held K are: the first handover's predecessor (with no
-handover: the build the quote shows) and each handover's successor. A user who lists
+through a `handover` or to a standby (`standby_joined`), which the giver logs, naming both
+builds, before it sends anything. So the builds that held K are: the first giver (with no
+handover nor standby: the build the quote shows), each handover's successor and each
+standby, whether or not it was ever promoted (`promote`). A user who lists
 `controller.builds` in the expectations accepts a CVM only if *every* build in that
 history is listed (a build that held K could have read every CVM key and signed anything
 in the controller's name), not only the build that answers the quote today. An approval of
@@ -23,20 +24,46 @@ from duet.client.expectations import UserExpectations
 
 def build_history(ctl: ControllerLog, current: str | None) -> list[dict[str, Any]]:
     """The builds that held K, in order: {index, mrenclave, how}; `current` is the quoted
-    MRENCLAVE (the only holder when nothing was handed over)."""
+    MRENCLAVE (the only holder when nothing was handed over). A standby holds K from its
+    `standby_joined` on, beside the primary; a `promote` makes it the build that acts."""
+    return _walk(ctl, current)[0]
+
+
+def active_build(ctl: ControllerLog, current: str | None) -> str | None:
+    """The build the controller log says acts now (holds the lease): the last handover's
+    successor or promoted standby; with neither, the first build."""
+    return _walk(ctl, current)[1]
+
+
+def _walk(ctl: ControllerLog, current: str | None) -> tuple[list[dict[str, Any]], str | None]:
     out: list[dict[str, Any]] = []
+    active: str | None = None
+    standbys: set[str] = set()
     for i, e in ctl.continuity:
-        if e["type"] != "handover":
-            continue
-        if not out:
-            out.append({"index": 0, "mrenclave": str(e["from_mrenclave"]), "how": "first build"})
-        elif out[-1]["mrenclave"] != e["from_mrenclave"]:
-            out.append({"index": i, "mrenclave": str(e["from_mrenclave"]), "how": "unexplained (no handover to it)"})
-        out.append({"index": i, "mrenclave": str(e["to_mrenclave"]),
-                    "how": f"handover from {str(e['from_mrenclave'])[:16]}…"})
+        t = e["type"]
+        if t in ("handover", "standby_joined"):
+            giver = str(e["from_mrenclave"])
+            if not out:
+                out.append({"index": 0, "mrenclave": giver, "how": "first build"})
+            elif active != giver:
+                out.append({"index": i, "mrenclave": giver, "how": "unexplained (no handover to it)"})
+            active = giver
+            to = str(e["to_mrenclave"])
+            if t == "handover":
+                out.append({"index": i, "mrenclave": to, "how": f"handover from {giver[:16]}…"})
+                active = to
+            else:
+                out.append({"index": i, "mrenclave": to, "how": f"standby of {giver[:16]}… (K, not the lease)"})
+                standbys.add(to)
+        elif t == "promote":
+            build = str(e["mrenclave"])
+            how = "promoted standby" if build in standbys else "unexplained (promoted without joining as a standby)"
+            out.append({"index": i, "mrenclave": build, "how": how})
+            active = build
     if not out and current is not None:
         out.append({"index": 0, "mrenclave": current, "how": "first build (no handover)"})
-    return out
+        active = current
+    return out, active
 
 
 def _short(history: Sequence[dict[str, Any]]) -> str:
@@ -49,13 +76,15 @@ def build_history_checks(ctl: ControllerLog, expect: UserExpectations | None,
     refused = [e for _, e in ctl.continuity if e["type"] == "handover_refused"]
     note = f"; {len(refused)} handover(s) refused" if refused else ""
     gaps = [h for h in history if h["how"].startswith("unexplained")]
-    mismatch = bool(history) and current is not None and history[-1]["mrenclave"] != current
+    active = active_build(ctl, current)
+    mismatch = bool(history) and current is not None and active != current
     if gaps:
-        detail = (f"build(s) {', '.join(h['mrenclave'][:16] + '…' for h in gaps)} handed over the state key "
-                  f"without any handover to them in the controller log: {_short(history)}")
+        detail = (f"build(s) {', '.join(h['mrenclave'][:16] + '…' for h in gaps)} handed over the state key or "
+                  "acted with it, but the controller log never gave it to them (no handover, no standby_joined): "
+                  f"{_short(history)}")
     elif mismatch:
-        detail = (f"the controller log says build {history[-1]['mrenclave'][:16]}… holds the state key, but the "
-                  f"quote is of {str(current)[:16]}…: {_short(history)}")
+        detail = (f"the controller log says build {str(active)[:16]}… acts (holds the state key and the lease), "
+                  f"but the quote is of {str(current)[:16]}…: {_short(history)}")
     else:
         detail = f"builds that held the state key: {_short(history)}{note}"
     checks = [Check("controller_build_history", not gaps and not mismatch, detail)]

@@ -13,7 +13,8 @@ authorised): `witnesses.set` -> `witnesses`, `controller.approve` -> `build_appr
 `providers.set` -> `providers` (which may also stand alone: a development controller's
 `--providers` file, counted apart), `credentials.set` -> `credentials` (digests only, never
 the secret). An intent not followed by the entry it authorises is a problem.
-The controller writes `handover` and `handover_refused` on its own (docs/continuity.md).
+The controller writes `handover`, `handover_refused`, `standby_joined` and `promote` on its
+own (docs/continuity.md); a `promote` must name a standby some `standby_joined` let in.
 `heads` entries commit CVM heads for the
 witnesses (docs/transparency.md, "Witnesses"); each CVM head there carries a consistency
 proof from that CVM's previous head, so the heads of one CVM form one history, checked
@@ -61,7 +62,8 @@ class ControllerLog:
     heads: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
     #: (controller-log index, witnesses, quorum) of every `witnesses` entry.
     witnesses: list[tuple[int, list[dict[str, Any]], int]] = field(default_factory=list)
-    #: Continuity entries (`build_approved`, `handover`, `handover_refused`) with
+    #: Continuity entries (`build_approved`, `handover`, `handover_refused`,
+    #: `standby_joined`, `promote`) with
     #: their index, for the build-history check (client/build_history.py).
     continuity: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     #: Index of each `providers` entry, of those no owner intent authorised (a development
@@ -148,6 +150,8 @@ class ControllerLogReplay:
                 self.log.witnesses.append((i, list(e.get("witnesses") or []), int(e.get("quorum") or 0)))
             return
         if t in CONTROLLER_WRITTEN:
+            if t == "promote":
+                self._promote(i, e)
             self.log.continuity.append((i, e))
             return
         if t in ("providers", "credentials"):
@@ -215,6 +219,16 @@ class ControllerLogReplay:
             return False
         self.nonces.add(it.nonce)
         return True
+
+    def _promote(self, i: int, e: dict[str, Any]) -> None:
+        """A standby may act only with the K it was given: its `promote` must name the
+        build and handshake key of a `standby_joined` the primary logged before (the
+        primary logs it before K leaves, and only for an approved build)."""
+        joined = any(c.get("type") == "standby_joined" and c.get("to_key_sha256") == e.get("key_sha256")
+                     and c.get("to_mrenclave") == e.get("mrenclave") for _, c in self.log.continuity)
+        if not joined:
+            self._problem(f"entry {i}: a promote by build {str(e.get('mrenclave'))[:16]}… that never received the "
+                          "state key as a standby (no standby_joined names its build and key)")
 
     def _setting(self, i: int, e: dict[str, Any], prev: dict[str, Any] | None) -> None:
         """A `providers` or `credentials` entry: authorised by the intent just before it (a
@@ -348,7 +362,7 @@ def link_problems(i: int, e: dict[str, Any], ctl: ControllerLog) -> tuple[bool, 
 
 
 #: Continuity entries the controller writes on its own (no intent before them).
-CONTROLLER_WRITTEN = ("handover", "handover_refused")
+CONTROLLER_WRITTEN = ("handover", "handover_refused", "standby_joined", "promote")
 
 #: The entry each controller-log intent must be followed by.
 _AUTHORISES: dict[str, str] = {Op.OWNER_KEYS.value: "owner_keys", Op.WITNESSES_SET.value: "witnesses",

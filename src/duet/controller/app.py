@@ -97,6 +97,7 @@ STATUS: dict[str, int] = {
     "not_witnessed": 503,
     "unsealed_data_dir": 503,
     "not_primary": 503,
+    "standby": 503,
     "store_unavailable": 503,
 }
 
@@ -386,6 +387,9 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     from duet.controller.handover_api import add_handover_routes
 
     add_handover_routes(app, controller)
+    from duet.controller.standby import add_standby_routes
+
+    add_standby_routes(app, controller)
 
     async def intent_body(request: Request) -> tuple[str, bytes | None, bytes | None] | JSONResponse:
         """`{"jws": ..., "stdin"?: <base64>, "sealed"?: <base64>}` as (jws, stdin, sealed), or

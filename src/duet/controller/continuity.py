@@ -161,8 +161,10 @@ async def approve_build(ctl: Controller, intent: Intent) -> dict[str, Any]:
 # ------------------------------------------------------------------- crypto of the exchange
 
 
-def request_report_data(public_key: bytes, challenge: bytes) -> bytes:
-    return hashlib.sha512(REQUEST_DOMAIN + public_key + challenge).digest()
+def request_report_data(public_key: bytes, challenge: bytes, domain: bytes = REQUEST_DOMAIN) -> bytes:
+    """What a joining enclave's quote binds; `domain` tells a handover request from a
+    standby's (controller/standby.py), so one cannot be posted as the other."""
+    return hashlib.sha512(domain + public_key + challenge).digest()
 
 
 def _transcript(challenge: bytes, nonce: bytes, successor_pub: bytes, sender_pub: bytes, ct: bytes) -> bytes:
@@ -200,7 +202,8 @@ class HandoverServer:
         self._challenges[c] = now
         return {"challenge": c.hex(), "controller_id": self.ctl.controller_id}
 
-    def _verify_successor(self, body: Mapping[str, Any]) -> tuple[Any, bytes, bytes, bytes]:
+    def _verify_successor(self, body: Mapping[str, Any],
+                          domain: bytes = REQUEST_DOMAIN) -> tuple[Any, bytes, bytes, bytes]:
         from duet.attestation import verify_sgx_quote
 
         try:
@@ -227,7 +230,7 @@ class HandoverServer:
             raise HandoverRefused(f"the successor's quote does not verify: {exc}") from None
         if self.ctl.tee.simulated != report.simulated:
             raise HandoverRefused("the successor's TEE is not of this controller's kind (SIMULATED vs SGX)")
-        if not hmac.compare_digest(report.report_data, request_report_data(epk, challenge)):
+        if not hmac.compare_digest(report.report_data, request_report_data(epk, challenge, domain)):
             raise HandoverRefused("the successor's quote does not bind its handover key and our challenge")
         return report, challenge, nonce, epk
 

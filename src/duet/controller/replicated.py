@@ -22,7 +22,9 @@ history. So:
   appended on top. While running, each append compares the heads in etcd with the
   exact values this primary last wrote, so a rollback underneath a running controller
   is caught at its next append. Witnesses' cosigned sizes are the check that still
-  holds when the local state is lost too: `witness_floor` is the hook.
+  holds when the local state is lost too: `witness_floor` is the hook (a promoted
+  standby wires it: controller/promotion.py), and `known_heads` the newest checkpoint a
+  standby verified while it followed the primary.
 * **Reads are served from a verified local replica** in the embedded store's SQLite
   format (`ledger/store.py`), so every proof, tile and leaf goes through the same
   checks as with the embedded store. A new instance (another host, a fresh data dir)
@@ -148,7 +150,8 @@ class Primary:
                 holder = self._etcd.get(self._key)
                 who = json.loads(holder.value).get("instance", "?") if holder is not None else "?"
                 self._etcd.lease_revoke(self.lease)
-                raise NotPrimary(f"another controller instance ({who}) holds the primary lease in etcd")
+                raise NotPrimary(f"another controller instance ({who}) holds the primary lease in etcd: this one "
+                                 "appends nothing (every write is fenced by that lease)")
             # A live primary keeps its lease; a dead one's expires within the TTL.
             self._etcd.lease_keepalive(self.lease)
             time.sleep(0.2)
@@ -248,9 +251,13 @@ class ReplicatedLedger(LedgerStore):
         primary: Primary,
         notary: HeadNotary,
         witness_floor: Callable[[str], TreeHead | None] | None = None,
+        known_heads: Callable[[str], TreeHead | None] | None = None,
     ) -> None:
         self._etcd, self._prefix, self._primary, self._notary = etcd, prefix, primary, notary
         self._witness_floor = witness_floor
+        #: A promoted standby's floor: the newest checkpoint it verified while it followed
+        #: the primary (controller/standby.py), for a replica that starts empty.
+        self._known_heads = known_heads
         #: The exact head value this instance last wrote or verified, per log.
         self._heads: dict[str, bytes] = {}
         self._refused: LedgerError | None = None
@@ -358,6 +365,9 @@ class ReplicatedLedger(LedgerStore):
         # The sealed checkpoint (and the witnesses') must be a prefix of what is now held.
         floors_heads = [("the checkpoint this controller last wrote (sealed locally)",
                          self._notary.open(name, sealed) if sealed is not None else None)]
+        if self._known_heads is not None:
+            floors_heads.append(("the newest checkpoint this instance verified as a standby",
+                                 self._known_heads(name)))
         if self._witness_floor is not None:
             floors_heads.append(("the size the witnesses cosigned", self._witness_floor(name)))
         for what, floor_head in floors_heads:
@@ -534,9 +544,10 @@ _STATE_KEY_META = "store_state_key"
 
 
 def state_key_of(state: StateStore) -> bytes:
-    """The key the state is encrypted under in etcd. For now a random key kept in the
-    sealed local state (so etcd holds ciphertext only). Issue 17's state key K (handed
-    over between attested instances) takes its place: this function is the one hook."""
+    """The key the state is encrypted under in etcd: a random key kept in the sealed
+    local state (so etcd holds ciphertext only). It reaches a standby with K, inside the
+    attested exchange (controller/standby.py), so every instance that may become primary
+    opens the records, and nobody else."""
     key = state.get_meta(_STATE_KEY_META)
     if key is None or len(key) != 32:
         key = AESGCM.generate_key(bit_length=256)
@@ -621,9 +632,32 @@ class ReplicatedState(StateStore):
             self._push(f"meta/{key}", value)
         super().set_meta(key, value)
 
+    def delete_meta(self, key: str) -> None:
+        """Gone from etcd too (fenced): a mark such as `rotation_pending` left there would
+        come back into a replica that lacks it, and act again."""
+        if self._etcd is not None and f"meta/{key}" in self._stored:
+            self._primary.check()
+            ok, _ = self._etcd.txn(self._primary.compares(), [delete(self._sprefix + f"meta/{key}".encode())])
+            if not ok:
+                lost = self._primary.lost_because() or "the fencing comparison failed"
+                self._primary.depose(lost)
+                raise NotPrimary(f"this controller instance is no longer primary: {lost}; the state was not written")
+            self._stored.discard(f"meta/{key}")
+        super().delete_meta(key)
+
     def set_owner_keys(self, keys: dict[str, str]) -> None:
         self._push("owner_keys", json.dumps(keys, sort_keys=True).encode())
         super().set_owner_keys(keys)
+
+    def set_client_key(self, cvm_id: str, client_key: bytes) -> None:
+        """A rotated key reaches etcd before the local state: a standby promoted later
+        must use the key the CVM now accepts, never the one it replaced."""
+        if self._etcd is not None:
+            rec = next((r for r in self.cvms() if r.id == cvm_id), None)
+            if rec is not None:
+                self._push(f"cvm/{cvm_id}", json.dumps({"record": rec.to_json(),
+                                                        "client_key": client_key.hex()}).encode())
+        super().set_client_key(cvm_id, client_key)
 
     def put_cvm(self, record: CvmRecord, client_key: bytes | None = None) -> None:
         if self._etcd is not None:

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -14,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duet.controller.errors import AddressInUse, ConfigError, DataDirInUse
 from duet.controller.evidence import EvidenceCollector
@@ -37,6 +38,9 @@ from duet.ledger.store import LedgerStore, TreeHead
 from duet.tee.base import TeeBackend
 from duet.tee.clock import TrustedClock
 from duet.tee.simulated import DEFAULT_CPUSVN
+
+if TYPE_CHECKING:
+    from duet.controller.standby import StandbyInfo
 
 log = logging.getLogger("duet.controller")
 
@@ -108,6 +112,7 @@ def build_controller(
     cvm_root: Path | None = None,
     state_key: StateKey | None = None,
     join: str | None = None,
+    standby: Callable[[TeeBackend], StandbyInfo] | None = None,
 ) -> Controller:
     """``state_key``: K received at a handover (controller/handover.py), sealed here and
     used instead of the local seal. ``cvm_root``: where the local provider keeps its CVMs
@@ -160,13 +165,22 @@ def build_controller(
     if join is not None:
         if store is not None:
             raise ConfigError("--join hands over an embedded store; with --store etcd:// a second instance "
-                              "joins as a standby, which is not built yet (docs/continuity.md)")
+                              "joins as a standby instead (--standby-of URL, docs/continuity.md)")
         if tee == "gramine":
             raise ConfigError("under --tee gramine the command line is fixed by the manifest: --join is not "
                               "taken from it (docs/continuity.md)")
         from duet.controller.continuity import join as join_predecessor
 
         state_key = join_predecessor(join, data_dir, backend).state_key
+    known_heads: Callable[[str], TreeHead | None] | None = None
+    if standby is not None:
+        # `--standby-of`: join (once), stand by until the primary's lease is free, then
+        # open the store as the primary, checked against what the standby verified.
+        assert store is not None
+        info = standby(backend)
+        known_heads = info.known_heads
+        witness_floor = witness_floor or _standby_witness_floor(store, info)
+        lease_wait = (lease_ttl or 10) if lease_wait is None else lease_wait
     ledger: LogStore
     if store is None:
         state = StateStore(data_dir / "state.sqlite")
@@ -180,7 +194,7 @@ def build_controller(
         ledger = LedgerStore(data_dir / "ledger.sqlite")
     else:
         state, key, ledger = _open_replicated(data_dir, clock, store, lease_ttl, lease_wait, witness_floor,
-                                              backend, state_key)
+                                              backend, state_key, known_heads)
     try:
         _settle_owner_keys(state, ledger, owner_key)
     except BaseException:
@@ -250,6 +264,7 @@ def _open_cipher(state: StateStore, backend: TeeBackend, state_key: StateKey | N
 def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl: int | None,
                      lease_wait: float | None, witness_floor: Callable[[str], TreeHead | None] | None,
                      backend: TeeBackend, state_key: StateKey | None,
+                     known_heads: Callable[[str], TreeHead | None] | None = None,
                      ) -> tuple[StateStore, keys.Ed25519PrivateKey, LogStore]:
     """`--store etcd://HOST:PORT`: become the primary (the lease), then open the state and
     the logs from etcd, verifying what is read (controller/replicated.py). `witness_floor`
@@ -281,7 +296,10 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
     prefix = f"duet/{cid}/".encode()
     etcd = EtcdClient(host, port)
     ttl = lease_ttl or DEFAULT_LEASE_TTL
-    primary = Primary(etcd, prefix, ttl=ttl)
+    # A promoted standby says so in the lease key: an old primary that comes back is told
+    # who holds it.
+    primary = Primary(etcd, prefix, ttl=ttl,
+                      instance=f"promoted-standby-{secrets.token_hex(4)}" if known_heads is not None else None)
     primary.acquire(wait=3 * ttl if lease_wait is None else lease_wait)
     try:
         state.attach(etcd, prefix, primary, state_key_of(state))
@@ -290,7 +308,8 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
         # Replica of the logs; the embedded store's file name is not reused, so switching
         # a data dir between the two stores never mixes them.
         ledger = ReplicatedLedger(data_dir / "ledger-replica.sqlite", etcd=etcd, prefix=prefix,
-                                  primary=primary, notary=notary, witness_floor=witness_floor)
+                                  primary=primary, notary=notary, witness_floor=witness_floor,
+                                  known_heads=known_heads)
         # Only once the logs verified: nothing is written to a store that is refused.
         state.publish_missing()
         _attach_clock(clock, state)
@@ -299,6 +318,20 @@ def _open_replicated(data_dir: Path, clock: TrustedClock, store: str, lease_ttl:
         state.close()
         raise
     return state, key, ledger
+
+
+def _standby_witness_floor(store: str, info: StandbyInfo) -> Callable[[str], TreeHead | None] | None:
+    """The witnesses the primary had when this standby joined, asked about etcd's head."""
+    from duet.controller.etcd import EtcdClient, parse_store_url
+    from duet.controller.promotion import WitnessFloor
+    from duet.controller.witnessing import WitnessConfig
+
+    if not info.witnesses:
+        return None
+    config = WitnessConfig.parse([(w["vkey"], w["url"]) for w in info.witnesses], info.quorum,
+                                 "the primary, when this standby joined")
+    host, port = parse_store_url(store)
+    return WitnessFloor(EtcdClient(host, port), f"duet/{info.controller_id}/".encode(), config)
 
 
 def _attach_clock(clock: TrustedClock, state: StateStore) -> None:
@@ -412,6 +445,7 @@ def serve(
     simulated: SimulatedPlatform | None = None,
     cvm_root: Path | None = None,
     join: str | None = None,
+    standby_of: str | None = None,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -429,15 +463,29 @@ def serve(
     if tee != "gramine":  # Gramine's encrypted mount has no cross-process locks
         lock_data_dir(data_dir)
     sock = bind(host, port)
+    standby = None
+    if standby_of is not None:
+        from duet.controller.standby import StandbyRun, check_standby_flags
+
+        check_standby_flags(tee=tee, store=store, join=join, tls=tls)
+        assert store is not None
+        standby = StandbyRun(standby_of, data_dir, store, sock, lambda app, _: uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, **server_options()))
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
                                   providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum,
                                   store=store, lease_ttl=lease_ttl, simulated=simulated, cvm_root=cvm_root,
-                                  join=join)
+                                  join=join, standby=standby)
     try:
         # Before anything is served or appended: a data dir older than what a quorum of
         # witnesses cosigned is a rollback, and the controller does not start on it.
         for line in controller.witnessing.startup_check():
             print(f"duet controller: {line}", file=sys.stderr, flush=True)
+        if standby is not None and standby.info is not None:
+            from duet.controller.promotion import promote
+
+            index = promote(controller, standby.info, "the primary's lease expired in etcd; this standby took it")
+            print(f"duet controller: promoted to primary (controller log entry {index}); rotating every CVM key "
+                  "before serving", file=sys.stderr, flush=True)
     except BaseException:
         controller.close()
         raise

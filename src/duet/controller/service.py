@@ -481,9 +481,12 @@ class Controller:
                         code="cvm_moved", message=f"CVM restarted on port {prov.port} (was {rec.port})")])
                     rec.port = prov.port
                     self._save(rec)
-        if self.deposed is None and self.state.get_meta(continuity.ROTATION_META) is not None:
-            # A successor: the predecessor's copy of K must open no CVM any more.
-            await continuity.rotate_all(self, reason="handover")
+        pending = self.state.get_meta(continuity.ROTATION_META)
+        if self.deposed is None and pending is not None:
+            # A successor (or a promoted standby): the predecessor's copy of K must open
+            # no CVM any more. The mark says why ("handover", "promotion").
+            reason = pending.decode("utf-8", "replace") if pending in (b"handover", b"promotion") else "handover"
+            await continuity.rotate_all(self, reason=reason)
 
     async def approve_build(self, intent: Intent) -> dict[str, Any]:
         return await continuity.approve_build(self, intent)

@@ -424,6 +424,21 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("to_key_sha256", _k_sha256),
     ),
     "handover_refused": (_f("mrenclave", _k_hex), _f("mrsigner", _k_hex), _f("reason", _k_str)),
+    # Continuity on the replicated store: K given to an attested, approved standby (the
+    # primary keeps it too), and a standby taking over as primary.
+    "standby_joined": (
+        _f("from_mrenclave", _k_hex),
+        _f("from_mrsigner", _k_hex),
+        _f("to_mrenclave", _k_hex),
+        _f("to_mrsigner", _k_hex),
+        _f("to_key_sha256", _k_sha256),
+    ),
+    "promote": (
+        _f("mrenclave", _k_hex),
+        _f("mrsigner", _k_hex),
+        _f("key_sha256", _k_sha256),
+        _f("reason", _k_str),
+    ),
     "key_rotated": (
         _f("client_key", _k_str),
         _f("previous_key_sha256", _k_sha256),
@@ -1105,6 +1120,32 @@ class HandoverRefusedEntry(Entry):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StandbyJoinedEntry(Entry):
+    """(Controller log) K went to an attested, approved standby instance (the primary
+    keeps it): logged by the primary before anything leaves. `to_key_sha256` is the
+    digest of the standby's handshake key, which its `promote` names again."""
+
+    TYPE: ClassVar[str] = "standby_joined"
+    from_mrenclave: str
+    from_mrsigner: str
+    to_mrenclave: str
+    to_mrsigner: str
+    to_key_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteEntry(Entry):
+    """(Controller log) a standby took the primary lease and acts from here on; logged
+    before it rotates any CVM key or accepts any intent."""
+
+    TYPE: ClassVar[str] = "promote"
+    mrenclave: str
+    mrsigner: str
+    key_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class KeyRotatedEntry(Entry):
     """(CVM log) the controller's SSH client key for this CVM was replaced and the old one
     removed, after a handover: an instance that kept the old key reaches nothing."""
@@ -1162,6 +1203,8 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         BuildApprovedEntry,
         HandoverEntry,
         HandoverRefusedEntry,
+        StandbyJoinedEntry,
+        PromoteEntry,
         KeyRotatedEntry,
         ProvidersEntry,
         CredentialsEntry,
