@@ -253,6 +253,9 @@ def controller_serve(
     join: str | None = typer.Option(None, "--join",
                                     help="Take over from the controller at URL (this build must be approved "
                                          "there); --data must be a new directory."),
+    recover: bool = typer.Option(False, "--recover",
+                                 help="If the local seal does not open, wait for M recovery shares "
+                                      "(duet controller recover) instead of failing."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -266,7 +269,7 @@ def controller_serve(
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
           witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl, simulated=sim, cvm_root=cvm_root,
-          join=join)
+          join=join, recover=recover)
 
 
 @controller_app.command("claim")
@@ -1022,9 +1025,11 @@ _COMMANDS = frozenset({"keygen", "controller", "cvm", "state", "expect", "contex
 
 def _register_setup_apps() -> None:
     """`duet controller providers|credentials` live in their own module (cli/providers_cmd.py)."""
+    from duet.cli import recovery_cmd
     from duet.cli.providers_cmd import register
 
     register(controller_app, sys.modules[__name__])
+    recovery_cmd.register(controller_app, sys.modules[__name__])
 
 
 _register_setup_apps()
