@@ -186,24 +186,47 @@ async def set_recovery(ctl: Controller, intent: Intent) -> dict[str, Any]:
     _require_embedded(ctl)
     threshold = int(intent.args["threshold"])
     holders = [str(h) for h in intent.args["holders"]]
-    assert ctl.state.cipher is not None
-    k = ctl.state.cipher.raw()
-    commitment = rc.state_key_commitment(k) if holders else ""
-    shares = make_shares(k, threshold, holders, ctl.controller_id) if holders else []
+    old = ctl.state.cipher
+    assert old is not None
+    # Shares once handed out rebuild K for ever: replacing or ending a policy replaces K
+    # (and, below, every CVM key, which an old copy of the state file holds under the old
+    # K), so the former holders' shares open nothing that is still in use.
+    replaced = policy_in_force(ctl.ledger) is not None
+    k = StateKey.generate() if replaced else old
+    commitment = rc.state_key_commitment(k.raw()) if holders else ""
+    shares = make_shares(k.raw(), threshold, holders, ctl.controller_id) if holders else []
+    items: list[entries.Entry] = [entries.RecoveryPolicyEntry(
+        threshold=threshold, holders=tuple(holders), shares_sha256=tuple(s["sha256"] for s in shares),
+        state_key_sha256=commitment)]
+    if replaced:
+        items.append(entries.StateKeyRotatedEntry(
+            reason="recovery_policy_changed", from_cpusvn=None, to_cpusvn=None,
+            previous_state_key_sha256=rc.state_key_commitment(old.raw()),
+            state_key_sha256=rc.state_key_commitment(k.raw()), shares_sha256=tuple(s["sha256"] for s in shares)))
     ctl._still_authorised(intent)
     ctl._logging(intent)
-    # Kept before the log says so: a crash in between leaves shares no log entry names,
-    # which are never served (the digests must match the policy in force).
-    ctl.state.set_meta(SHARES_META, _store_shares(ctl.state, threshold, commitment, shares))
-    ctl.state.set_meta(IDENTITY_META, _identity(ctl))
+    # Kept before the log says so (no await in between). A crash in between leaves shares
+    # no log entry names, which are never served (the digests must match the policy in
+    # force), and, after a replacement, a K the log's commitment does not name: recovery
+    # is then impossible until the owner sends a policy again. It fails closed.
+    meta = {SHARES_META: _store_shares(ctl.state, threshold, commitment, shares), IDENTITY_META: _identity(ctl)}
+    if replaced:
+        meta[SEALED_META] = ctl.tee.seal(k.raw())
+        meta[ROTATION_META] = b"recovery_policy_changed"
+        ctl.state.rekey(k, meta)
+    else:
+        for name, value in meta.items():
+            ctl.state.set_meta(name, value)
     size = ctl.ledger.tree_head(CONTROLLER_LOG).size
     first = ctl._append_controller([
-        entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size),
-        entries.RecoveryPolicyEntry(threshold=threshold, holders=tuple(holders),
-                                    shares_sha256=tuple(s["sha256"] for s in shares), state_key_sha256=commitment),
-    ])
-    log.warning("recovery policy set: %s (controller log entry %d)",
-                f"{threshold} of {len(holders)} holders" if holders else "off", first + 1)
+        entries.IntentEntry(jws=intent.jws, op=intent.op, kid=intent.kid, controller_log_size=size), *items])
+    log.warning("recovery policy set: %s (controller log entry %d)%s",
+                f"{threshold} of {len(holders)} holders" if holders else "off", first + 1,
+                "; the state key was replaced" if replaced else "")
+    if replaced:
+        from duet.controller.continuity import rotate_all
+
+        await rotate_all(ctl, "recovery_policy_changed")
     return {"recovery": show(ctl), "controller_log_index": first + 1, **shares_view(ctl, required=False)}
 
 
@@ -477,62 +500,3 @@ def _last_holder(ledger: LogStore) -> str:
             elif e["type"] == "recovered":
                 last = str(e["mrenclave"])
     return last
-
-
-def run_session(session: RecoverySession, sock: Any, *, tls: bool, data_dir: Path) -> None:
-    """Serve the recovery endpoints on `sock` until K is rebuilt (blocking)."""
-    import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
-    from duet.controller.app import error_response
-    from duet.ledger import strictjson
-
-    app = FastAPI(title="duet controller (recovering)")
-    server: uvicorn.Server | None = None
-
-    async def _typed(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(str(getattr(exc, "code", "invalid_request")), str(exc))
-
-    for typed in (errors.DuetError, rc.RecoveryError):
-        app.add_exception_handler(typed, _typed)
-
-    @app.get("/v1/controller")
-    async def info() -> dict[str, Any]:
-        return {"recovering": True, "controller_id": session.controller_id,
-                "message": "this controller is waiting for recovery shares (duet controller recover)"}
-
-    @app.get("/v1/controller/recovery/session")
-    async def get_session() -> dict[str, Any]:
-        return session.info()
-
-    @app.post("/v1/controller/recovery/session/share")
-    async def post_share(request: Request) -> dict[str, Any]:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_SHARE_REQUEST:
-                raise errors.InvalidRequest(f"a share request is at most {MAX_SHARE_REQUEST} bytes")
-        try:
-            body = strictjson.loads(raw, max_bytes=MAX_SHARE_REQUEST, what="share")
-        except strictjson.JsonInputError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
-        answer = session.submit(body)
-        if session.done.is_set() and server is not None:
-            server.should_exit = True
-        return answer
-
-    if tls:
-        from duet.tee import ratls
-
-        # A throwaway identity: the holders rely on the quote over the session key, not on TLS.
-        eph = keys.Ed25519PrivateKey.generate()
-        certfile, keyfile = ratls.prepare(data_dir / "tls-recovery", eph, session.tee)
-        config = ratls.uvicorn_config(app, host="", port=0, certfile=certfile, keyfile=keyfile,
-                                      log_level="warning", access_log=False)
-    else:
-        config = uvicorn.Config(app, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
-    if not session.done.is_set():
-        raise RecoveryImpossible("stopped before the state key was recovered")

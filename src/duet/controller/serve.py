@@ -271,7 +271,9 @@ def _recover_if_needed(data_dir: Path, *, tee: str, simulated: SimulatedPlatform
           f"{len(session.policy.holders)} recovery shares for controller {session.controller_id} "
           "(holders: duet controller recover --controller URL --share FILE --holder-key KEY)",
           file=sys.stderr, flush=True)
-    recovery.run_session(session, sock, tls=tls, data_dir=data_dir)
+    from duet.controller.recovery_api import run_session
+
+    run_session(session, sock, tls=tls, data_dir=data_dir)
     # The session's server closed the socket: listen again on the same address.
     return bind(*listen)
 
