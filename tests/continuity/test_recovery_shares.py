@@ -490,3 +490,41 @@ def test_build_history_includes_a_recovering_build() -> None:
     unknown = ControllerLog(size=10, recovery=[(2, 2, 3)], continuity=[
         (5, {"type": "recovered", "mrenclave": B, "from_mrenclave": "", "holders": ["x", "y"]})])
     assert {c.name for c in build_history_checks(unknown, both, B) if not c.ok} == {"controller_builds"}
+
+
+@pytest.mark.parametrize("crash", ["before_rotation", "before_rotation_logged"])
+def test_a_crash_during_the_finish_is_completed_once_at_the_next_start(tmp_path: Path, crash: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Setup(tmp_path)
+    s.ctl.close()
+    at2 = SimulatedPlatform(mrenclave=bytes.fromhex(A), cpusvn=2)
+    session = recovery.RecoverySession(s.data, SimulatedTee(s.data / "tee", mrenclave=bytes.fromhex(A), cpusvn=2))
+    f = s.files()
+    _hand(session, f[0], s.holders[0])
+    assert _hand(session, f[1], s.holders[1])["recovered"] is True
+
+    class Crash(Exception):
+        pass
+
+    def boom(*_: Any, **__: Any) -> Any:
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(recovery, "rotate_state_key" if crash == "before_rotation" else "_log_rotation", boom)
+        ctl = build_controller(s.data, simulated=at2)
+        try:
+            with pytest.raises(Crash):
+                asyncio.run(recovery.resume(ctl))
+        finally:
+            ctl.close()
+    ctl = build_controller(s.data, simulated=at2)
+    try:
+        asyncio.run(_start(ctl))
+        types = [entries.decode(x)["type"] for x in ctl.ledger.leaves(
+            CONTROLLER_LOG, 0, ctl.ledger.tree_head(CONTROLLER_LOG).size)]
+        assert types.count("recovered") == 1 and types.count("state_key_rotated") == 1
+        assert ctl.state.cipher is not None and ctl.state.cipher.raw() != s.k
+        assert ctl.state.get_meta(recovery.PENDING_META) is None
+        assert ctl.state.get_meta(recovery.ROTATION_PENDING_META) is None
+    finally:
+        ctl.close()

@@ -287,13 +287,25 @@ async def rotate_state_key(ctl: Controller, reason: str, *, from_cpusvn: int | N
     return _log_rotation(ctl)
 
 
+def _logged(ctl: Controller, kind: str, field: str, value: str) -> bool:
+    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
+    for pos in range(0, size, 512):
+        for leaf in ctl.ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)):
+            e = entries.decode(leaf)
+            if e["type"] == kind and e.get(field) == value:
+                return True
+    return False
+
+
 def _log_rotation(ctl: Controller) -> int:
     raw = ctl.state.get_meta(ROTATION_PENDING_META)
     assert raw is not None
     fields = json.loads(raw)
     fields.pop("time", None)
     entry = entries.StateKeyRotatedEntry.from_dict({**fields, "time": entries.now_rfc3339()})
-    index = ctl._append_controller([entry])
+    index = -1
+    if not _logged(ctl, "state_key_rotated", "state_key_sha256", entry.state_key_sha256):
+        index = ctl._append_controller([entry])
     ctl.state.delete_meta(ROTATION_PENDING_META)
     log.warning("state key rotated (%s), controller log entry %d", entry.reason, index)
     return index
@@ -314,9 +326,11 @@ async def resume(ctl: Controller) -> None:
         # The CVM keys are rotated at this start whatever happens next (marked first).
         ctl.state.set_meta(ROTATION_META, b"recovery")
         if ctl.state.get_meta(ROTATION_PENDING_META) is None:
-            index = ctl._append_controller([entry])
-            log.warning("state key recovered from %d share(s) by build %s (controller log entry %d)",
-                        len(entry.holders), entry.mrenclave[:16], index)
+            # A crash after the entry and before the rotation: the entry is not logged twice.
+            if not _logged(ctl, "recovered", "key_sha256", entry.key_sha256):
+                index = ctl._append_controller([entry])
+                log.warning("state key recovered from %d share(s) by build %s (controller log entry %d)",
+                            len(entry.holders), entry.mrenclave[:16], index)
             tcb = got.get("tcb_change")
             await rotate_state_key(ctl, "tcb_recovery" if tcb else "recovery",
                                    from_cpusvn=got.get("from_cpusvn") if tcb else None,
@@ -332,24 +346,24 @@ async def resume(ctl: Controller) -> None:
 def needs_recovery(data_dir: Path, tee: TeeBackend) -> str | None:
     """Why this data dir's K must come from shares (None: the seal opens, or there is no
     controller here yet)."""
-    import sqlite3
+    from duet.controller.state import StateStore
 
     path = data_dir / "state.sqlite"
     if not path.exists():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # The store's own connection (exclusive locking before WAL, as Gramine's encrypted
+    # files need); this process holds the data dir's lock already.
+    state = StateStore(path)
     try:
-        rows = dict(db.execute("SELECT k, v FROM meta WHERE k IN (?, ?)", (SEALED_META, CONTROLLER_KEY_META)))
-    except sqlite3.Error:
-        return None
+        sealed, identity = state.get_meta(SEALED_META), state.get_meta(CONTROLLER_KEY_META)
     finally:
-        db.close()
-    if CONTROLLER_KEY_META not in rows:
+        state.close()
+    if identity is None:
         return None
-    if SEALED_META not in rows:
+    if sealed is None:
         return "the state file holds no sealed state key"
     try:
-        tee.unseal(bytes(rows[SEALED_META]))
+        tee.unseal(sealed)
     except SealUnreadable as exc:
         return exc.message
     return None
@@ -455,8 +469,6 @@ class RecoverySession:
 
     def _finish(self, got: tuple[StateKey, list[int]]) -> None:
         """Seal K here and note what the start must log, in one transaction."""
-        import sqlite3
-
         assert self.policy is not None
         k, used = got
         me = self.tee.measurement()
@@ -476,13 +488,13 @@ class RecoverySession:
             "policy_index": self.policy.index, "tcb_change": tcb_change, "from_cpusvn": from_svn,
             "to_cpusvn": getattr(self.tee, "cpusvn", None),
         }
-        db = sqlite3.connect(self.data_dir / "state.sqlite")
+        from duet.controller.state import StateStore
+
+        state = StateStore(self.data_dir / "state.sqlite")
         try:
-            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (SEALED_META, self.tee.seal(k.raw())))
-            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (PENDING_META, json.dumps(pending).encode()))
-            db.commit()
+            state.set_metas({SEALED_META: self.tee.seal(k.raw()), PENDING_META: json.dumps(pending).encode()})
         finally:
-            db.close()
+            state.close()
         log.warning("recovery: the state key was rebuilt from shares %s and sealed here", used)
         self.done.set()
 

@@ -188,6 +188,17 @@ class StateStore:
         with self._lock:
             self._db.execute("UPDATE cvms SET client_key=? WHERE id=?", (blob, cvm_id))
 
+    def set_metas(self, meta: dict[str, bytes]) -> None:
+        """Several meta values in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def rekey(self, new: StateKey, meta: dict[str, bytes]) -> None:
         """Replace K (controller/recovery.py): the controller key and every client key
         re-encrypted under `new`, with `meta` (the new seal, ...) in the same transaction,
