@@ -62,6 +62,28 @@ def test_any_m_shares_rebuild_the_key_and_fewer_do_not_determine_it() -> None:
     assert shamir.split(k, 2, 3)[0] != shamir.split(k, 2, 3)[0]
 
 
+def _times_x(value: bytes) -> bytes:
+    """Multiply by x (the element 2) in GF(2^128) mod x^128 + x^7 + x^2 + x + 1, big-endian:
+    the field pycryptodome's Shamir works in, computed here independently."""
+    v = int.from_bytes(value, "big") << 1
+    if v >> 128:
+        v ^= (1 << 128) | 0x87
+    return v.to_bytes(16, "big")
+
+
+def test_known_vector_for_a_line_through_the_secret() -> None:
+    """p(x) = c0 + c1·x: p(1) = c0 ⊕ c1, p(2) = c0 ⊕ c1·x. Interpolating the two points must
+    give back c0, for each half of the 32-byte key."""
+    c0 = bytes.fromhex("000102030405060708090a0b0c0d0e0f" "f0e0d0c0b0a090807060504030201000")
+    c1 = bytes.fromhex("80000000000000000000000000000001" "0123456789abcdeffedcba9876543210")
+    y1 = bytes(a ^ b for a, b in zip(c0, c1, strict=True))
+    y2 = bytes(a ^ b for a, b in zip(c0, _times_x(c1[:16]) + _times_x(c1[16:]), strict=True))
+    # The top bit of c1's first half overflows: the reduction by 0x87 is exercised.
+    assert y2.hex() == "000102030405060708090a0b0c0d0e8a" "f2a65a0fa3f70b5f8dd92570dc887420"
+    assert shamir.combine([(1, y1), (2, y2)]) == c0
+    assert shamir.combine([(2, y2), (1, y1)]) == c0
+
+
 def test_shamir_refuses_bad_input() -> None:
     k = bytes(32)
     for m, n in ((0, 3), (4, 3), (2, 17)):
@@ -528,3 +550,46 @@ def test_a_crash_during_the_finish_is_completed_once_at_the_next_start(tmp_path:
         assert ctl.state.get_meta(recovery.ROTATION_PENDING_META) is None
     finally:
         ctl.close()
+
+
+def test_holder_cli_gives_nothing_to_an_unapproved_build(tmp_path: Path) -> None:
+    """`duet controller recover` against a recovering enclave of build B, which the owner
+    never approved: refused, one line, and the enclave received nothing."""
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    from duet.controller.recovery_api import run_session
+    from duet.controller.serve import bind
+    from helpers import free_port
+
+    s = Setup(tmp_path)
+    s.ctl.close()
+    f = s.files()
+    for i, (sf, h) in enumerate(zip(f, s.holders, strict=True)):
+        (tmp_path / f"share{i}.json").write_text(sf.to_json())
+        (tmp_path / f"holder{i}.key").write_bytes(rc.private_pem(h))
+    session = recovery.RecoverySession(s.data, SimulatedTee(tmp_path / "rogue-tee", mrenclave=bytes.fromhex(B)))
+    port = free_port()
+    sock = bind("127.0.0.1", port)
+    thread = threading.Thread(target=run_session, args=(session, sock), kwargs={"tls": False, "data_dir": s.data},
+                              daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        res = subprocess.run([sys.executable, "-m", "duet.cli.main", "controller", "recover", "--controller", url,
+                              "--share", str(tmp_path / "share0.json"), "--holder-key", str(tmp_path / "holder0.key"),
+                              "--trust-simulated"], capture_output=True, text=True, timeout=120)
+        assert res.returncode != 0 and "error [recovery_refused]" in res.stderr and "not approved" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert httpx.get(url + "/v1/controller/recovery/session").json()["received"] == []
+    finally:
+        # End the session: two shares sent without any check (what a careless holder would do).
+        pub = base64.b64decode(_session_info(session)["public_key"])
+        for sf, h in list(zip(f, s.holders, strict=True))[:2]:
+            httpx.post(url + "/v1/controller/recovery/session/share",
+                       json={"index": sf.index, "sealed": base64.b64encode(transfer(sf, h, pub)).decode()})
+        thread.join(timeout=30)
+    assert not thread.is_alive()
