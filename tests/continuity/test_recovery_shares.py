@@ -311,8 +311,15 @@ def test_recovery_after_a_microcode_update(tmp_path: Path) -> None:
     # commitment, recovery stops with nothing changed.
     y = rc.decode_share(rc.open_sealed(s.holders[1], f[1].sealed,
                                        rc.holder_info(s.cid, 2, f[1].state_key_sha256), "s"), 2)
-    lie = rc.seal(rc.public_from_b64(base64.b64encode(pub).decode()), rc.encode_share(2, bytes([y[0] ^ 1]) + y[1:]),
-                  rc.transfer_info(s.cid, 2, pub))
+    session_key = rc.public_from_b64(base64.b64encode(pub).decode())
+    # Anyone can encrypt to the session key; only holder 2 can send share 2 (HPKE auth).
+    for forger in (None, s.holders[2], X25519PrivateKey.generate()):
+        forged = rc.seal(session_key, rc.encode_share(2, y), rc.transfer_info(s.cid, 2, pub), sender=forger)
+        with pytest.raises(rc.RecoveryError):
+            session.submit({"index": 2, "sealed": base64.b64encode(forged).decode()})
+    assert _session_info(session)["received"] == [1]
+    lie = rc.seal(session_key, rc.encode_share(2, bytes([y[0] ^ 1]) + y[1:]), rc.transfer_info(s.cid, 2, pub),
+                  sender=s.holders[1])
     with pytest.raises(recovery.RecoveryFailed):
         session.submit({"index": 2, "sealed": base64.b64encode(lie).decode()})
     assert not session.done.is_set()
@@ -321,7 +328,7 @@ def test_recovery_after_a_microcode_update(tmp_path: Path) -> None:
     other = X25519PrivateKey.generate().public_key()
     with pytest.raises(rc.RecoveryError):
         session.submit({"index": 3, "sealed": base64.b64encode(
-            rc.seal(other, rc.encode_share(3, y), rc.transfer_info(s.cid, 3, pub))).decode()})
+            rc.seal(other, rc.encode_share(3, y), rc.transfer_info(s.cid, 3, pub), sender=s.holders[2])).decode()})
 
     # The third holder: shares 1 and 3 rebuild K (the lie at 2 is left out).
     assert _hand(session, f[2], s.holders[2])["recovered"] is True

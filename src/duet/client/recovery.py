@@ -13,7 +13,8 @@ intents from the controller log), then
    this controller, so the host cannot make one up;
 3. opens its share (HPKE with its own key; the share's `info` names the controller, the
    index and the K it is a share of) and re-encrypts it to the session key, for that
-   index only.
+   index only, authenticated with its own key (HPKE auth mode) so that nobody else can
+   send a share in its name.
 
 An enclave that is not an approved build gets nothing: the share is never decrypted.
 """
@@ -123,7 +124,7 @@ def transfer(share: rc.ShareFile, holder_key: X25519PrivateKey, enclave_key: byt
                                        rc.holder_info(share.controller_id, share.index, share.state_key_sha256),
                                        f"share {share.index}"), share.index)
     return rc.seal(rc.public_from_b64(base64.b64encode(enclave_key).decode()), rc.encode_share(share.index, y),
-                   rc.transfer_info(share.controller_id, share.index, enclave_key))
+                   rc.transfer_info(share.controller_id, share.index, enclave_key), sender=holder_key)
 
 
 def recover(url: str, share: rc.ShareFile, holder_key: X25519PrivateKey, *, trust_simulated: bool,

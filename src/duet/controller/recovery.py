@@ -430,8 +430,10 @@ class RecoverySession:
             raise errors.InvalidRequest("a share is {index, sealed: base64}") from None
         if not 1 <= index <= len(self.policy.holders):
             raise errors.InvalidRequest(f"share index {index} is not one of the policy's 1..{len(self.policy.holders)}")
+        # Auth mode: only the holder the logged policy names at this index can send it.
         y = rc.decode_share(rc.open_sealed(self._key, sealed, rc.transfer_info(self.controller_id, index, self.public),
-                                           f"share {index}"), index)
+                                           f"share {index}",
+                                           sender=rc.public_from_b64(self.policy.holders[index - 1])), index)
         with self._lock:
             if self.done.is_set():
                 return {"recovered": True, "received": sorted(self._shares)}

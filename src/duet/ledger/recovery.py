@@ -10,7 +10,9 @@ opens in no other context:
 * to a holder: ``"duet recovery share v1\\n" controller-id "\\n" index "\\n" K-commitment``
   (a share of one controller's K of one generation, at one index);
 * to a recovering enclave: ``"duet recovery transfer v1\\n" controller-id "\\n" index "\\n"
-  SHA-256(enclave key)`` (for that enclave's key only).
+  SHA-256(enclave key)`` (for that enclave's key only), in HPKE's auth mode with the
+  holder's own key as the sender's: the enclave's key is public, and only the holder named
+  at that index in the logged policy can send the share for it.
 
 The plaintext is ``b"duet-share-v1\\0" | x (1 byte) | y (32 bytes)``. The commitment to K
 that the controller log records is ``SHA-256("duet-state-key-v1\\0" | K)``: K is 256
@@ -89,20 +91,26 @@ def decode_share(blob: bytes, index: int) -> bytes:
     return blob[len(SHARE_MAGIC) + 1:]
 
 
-def seal(pub: X25519PublicKey, plaintext: bytes, info: bytes) -> bytes:
+def seal(pub: X25519PublicKey, plaintext: bytes, info: bytes, *, sender: X25519PrivateKey | None = None) -> bytes:
+    """HPKE base mode, or with `sender` auth mode (RFC 9180 5.1.3): only the holder of
+    that key can make a ciphertext that opens with `sender`'s public key."""
     from pyhpke import KEMKey
 
-    enc, ctx = _suite().create_sender_context(KEMKey.from_pyca_cryptography_key(pub), info=info)
+    sks = KEMKey.from_pyca_cryptography_key(sender) if sender is not None else None
+    enc, ctx = _suite().create_sender_context(KEMKey.from_pyca_cryptography_key(pub), info=info, sks=sks)
     return bytes(enc) + bytes(ctx.seal(plaintext))
 
 
-def open_sealed(key: X25519PrivateKey, sealed: bytes, info: bytes, what: str) -> bytes:
+def open_sealed(key: X25519PrivateKey, sealed: bytes, info: bytes, what: str, *,
+                sender: X25519PublicKey | None = None) -> bytes:
     from pyhpke import KEMKey, PyHPKEError
 
     if len(sealed) <= ENC_LEN + 16 or len(sealed) > 4096:
         raise RecoveryError(f"{what}: not an HPKE ciphertext of a share")
     try:
-        ctx = _suite().create_recipient_context(sealed[:ENC_LEN], KEMKey.from_pyca_cryptography_key(key), info=info)
+        pks = KEMKey.from_pyca_cryptography_key(sender) if sender is not None else None
+        ctx = _suite().create_recipient_context(sealed[:ENC_LEN], KEMKey.from_pyca_cryptography_key(key), info=info,
+                                                pks=pks)
         return bytes(ctx.open(sealed[ENC_LEN:]))
     except (PyHPKEError, ValueError):
         raise RecoveryError(f"{what} does not open with this key (made for another key, controller, index or "
