@@ -18,6 +18,7 @@ Usage: python bench/handover.py [--n 100] [--parallel 4]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -89,7 +90,7 @@ def main() -> None:
         shares = [rc.ShareFile(controller_id=res["controller_id"], controller_key=res["controller_key"],
                                owner_keys=tuple(res["owner_keys"]), index=s["index"], threshold=2,
                                holder_key=s["holder_key"], state_key_sha256=res["state_key_sha256"],
-                               sealed=__import__("base64").b64decode(s["sealed"])) for s in res["shares"]]
+                               sealed=base64.b64decode(s["sealed"])) for s in res["shares"]]
         b.kill()
         t0 = time.monotonic()
         b.start("--cvm-root", str(root), "--simulated-mrenclave", B, "--simulated-cpusvn", "2", "--recover")

@@ -3,6 +3,7 @@ recovery of the state key K from M-of-N shares (docs/continuity.md)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -46,7 +47,7 @@ def _write_shares(body: dict[str, Any], out_dir: Path) -> list[Path]:
                           owner_keys=tuple(body["owner_keys"]), index=int(s["index"]),
                           threshold=int(body["threshold"]), holder_key=str(s["holder_key"]),
                           state_key_sha256=str(body["state_key_sha256"]),
-                          sealed=__import__("base64").b64decode(s["sealed"]))
+                          sealed=base64.b64decode(s["sealed"]))
         path = out_dir / f"share-{sf.index}.json"
         _write_private(path, sf.to_json().encode())
         written.append(path)
