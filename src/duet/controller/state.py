@@ -223,7 +223,7 @@ class StateStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self.cipher = new
+            self.cipher = new
 
     def snapshot(self, dest: Path) -> None:
         """A consistent copy of this database (a handover ships it; secrets stay under K)."""
