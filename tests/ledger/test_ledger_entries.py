@@ -125,6 +125,11 @@ BODIES: dict[str, dict[str, Any]] = {
                     "how": "host-side", "controller_log_size": 7},
     "providers": {"providers": {"azure": {"location": "westeurope"}}, "providers_sha256": SHA,
                   "control_plane_recheck_s": 900},
+    "recovery_policy": {"threshold": 2, "holders": [KEY, KEY], "shares_sha256": [SHA, SHA], "state_key_sha256": SHA},
+    "recovered": {"mrenclave": "aa" * 32, "mrsigner": "bb" * 32, "from_mrenclave": "aa" * 32, "key_sha256": SHA,
+                  "holders": [KEY], "state_key_sha256": SHA, "policy_index": 3},
+    "state_key_rotated": {"reason": "tcb_recovery", "from_cpusvn": 1, "to_cpusvn": 2,
+                          "previous_state_key_sha256": SHA, "state_key_sha256": SHA, "shares_sha256": [SHA]},
     "credentials": {"provider": "azure", "recipient_key_id": SHA, "ciphertext_sha256": SHA, "credentials_mac": SHA},
 }
 
@@ -167,6 +172,7 @@ WRONG: dict[str, list[Any]] = {
               [{"cvm": "a", "size": 1, "root": KEY, "consistency": []},
                {"cvm": "a", "size": 2, "root": KEY, "consistency": []}]],
     "witnesses": [[{"vkey": "v"}], [{"vkey": "v", "url": 5}], "x", [5]],
+    "sha256s": [[SHA.upper()], SHA, [5]],
 }
 KINDS: dict[tuple[str, str], str] = {
     **{
@@ -306,6 +312,23 @@ KINDS: dict[tuple[str, str], str] = {
     ("key_rotated", "reason"): "str",
     ("key_rotated", "how"): "str",
     ("key_rotated", "controller_log_size"): "index",
+    ("recovery_policy", "threshold"): "index",
+    ("recovery_policy", "holders"): "keys",
+    ("recovery_policy", "shares_sha256"): "sha256s",
+    ("recovery_policy", "state_key_sha256"): "hex",
+    ("recovered", "mrenclave"): "hex",
+    ("recovered", "mrsigner"): "hex",
+    ("recovered", "from_mrenclave"): "hex",
+    ("recovered", "key_sha256"): "sha256",
+    ("recovered", "holders"): "keys",
+    ("recovered", "state_key_sha256"): "sha256",
+    ("recovered", "policy_index"): "index",
+    ("state_key_rotated", "reason"): "str",
+    ("state_key_rotated", "from_cpusvn"): "index",
+    ("state_key_rotated", "to_cpusvn"): "index",
+    ("state_key_rotated", "previous_state_key_sha256"): "sha256",
+    ("state_key_rotated", "state_key_sha256"): "sha256",
+    ("state_key_rotated", "shares_sha256"): "sha256s",
     ("providers", "providers"): "dict",
     ("providers", "providers_sha256"): "sha256",
     ("providers", "control_plane_recheck_s"): "index",
@@ -350,7 +373,8 @@ OPTIONAL = {
     ("deleted", "reason"),
     ("providers", "control_plane_recheck_s"),
 }
-NULLABLE = {("command", "intent_index"), ("result", "exit_status"), ("result", "signal")}
+NULLABLE = {("command", "intent_index"), ("result", "exit_status"), ("result", "signal"),
+            ("state_key_rotated", "from_cpusvn"), ("state_key_rotated", "to_cpusvn")}
 
 
 def test_the_tables_here_cover_every_field() -> None:

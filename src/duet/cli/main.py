@@ -236,6 +236,9 @@ def controller_serve(
     standby_of: str | None = typer.Option(None, "--standby-of",
                                           help="With --store etcd://: stand by for the primary at URL (this build "
                                                "must be approved there) and take over when its lease expires."),
+    recover: bool = typer.Option(False, "--recover",
+                                 help="If the local seal does not open, wait for M recovery shares "
+                                      "(duet controller recover) instead of failing."),
 ) -> None:
     """Run the controller."""
     from duet.controller.serve import serve
@@ -249,7 +252,7 @@ def controller_serve(
     serve(data, listen=listen, tee=tee, owner_key=owner_key, policy=policy, tls=tls, pccs_url=pccs_url,
           providers_file=providers, log_format=log_format, log_level=log_level.lower(), witnesses=witness or (),
           witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl, simulated=sim, cvm_root=cvm_root,
-          join=join, standby_of=standby_of)
+          join=join, standby_of=standby_of, recover=recover)
 
 
 @controller_app.command("claim")
@@ -1048,9 +1051,11 @@ _COMMANDS = frozenset({"keygen", "controller", "cvm", "state", "expect", "contex
 
 def _register_setup_apps() -> None:
     """`duet controller providers|credentials` live in their own module (cli/providers_cmd.py)."""
+    from duet.cli import recovery_cmd
     from duet.cli.providers_cmd import register
 
     register(controller_app, sys.modules[__name__])
+    recovery_cmd.register(controller_app, sys.modules[__name__])
 
 
 _register_setup_apps()

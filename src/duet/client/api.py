@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 CONTROLLER_LOG = "@controller"
 
 
+#: Recovery from shares (docs/continuity.md): the policy in force, the owner's fetch of the
+#: encrypted shares, and a recovering enclave's session and where holders send shares.
+RECOVERY_PATH = "/v1/controller/recovery"
+RECOVERY_SHARES_PATH = "/v1/controller/recovery/shares"
+RECOVERY_SESSION_PATH = "/v1/controller/recovery/session"
+RECOVERY_SHARE_PATH = "/v1/controller/recovery/session/share"
+
+
 def _seg(cvm: str) -> str:
     return urlquote(cvm, safe="")
 

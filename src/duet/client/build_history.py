@@ -41,7 +41,17 @@ def _walk(ctl: ControllerLog, current: str | None) -> tuple[list[dict[str, Any]]
     standbys: set[str] = set()
     for i, e in ctl.continuity:
         t = e["type"]
-        if t in ("handover", "standby_joined"):
+        if t == "recovered":
+            if not out:
+                # Recovered before any handover: the build before it is the one whose seal
+                # did not open, if the recovering enclave could tell (else it is unknown).
+                first = str(e["from_mrenclave"])
+                out.append({"index": 0, "mrenclave": first,
+                            "how": "first build" if first else "first build (unknown: not logged)"})
+            out.append({"index": i, "mrenclave": str(e["mrenclave"]),
+                        "how": f"recovery from {len(e['holders'])} holders' shares"})
+            active = str(e["mrenclave"])
+        elif t in ("handover", "standby_joined"):
             giver = str(e["from_mrenclave"])
             if not out:
                 out.append({"index": 0, "mrenclave": giver, "how": "first build"})
@@ -102,6 +112,7 @@ def build_history_checks(ctl: ControllerLog, expect: UserExpectations | None,
             else "no build is known: the build history cannot be judged" if not outside
             else "build(s) outside controller.builds held the state key: "
                  + ", ".join(f"{h['mrenclave'][:16]}… (#{h['index']})" for h in outside)))
+    checks += recovery_checks(ctl, ctl_exp.recovery)
     signer = [i for i, e in ctl.continuity if e["type"] == "build_approved" and e.get("mrsigner") is not None]
     if signer and not ctl_exp.allow_mrsigner_approval:
         checks.append(Check(
@@ -109,3 +120,23 @@ def build_history_checks(ctl: ControllerLog, expect: UserExpectations | None,
             f"the owner approved a whole MRSIGNER (entries {', '.join(map(str, signer))}): its key holder can "
             "ship a build that receives the state key; set controller.allow_mrsigner_approval to accept"))
     return checks
+
+
+def recovery_checks(ctl: ControllerLog, want: Any) -> list[Check]:
+    """`controller.recovery`: `none` fails if recovery was ever on in the controller log's
+    history (a state key once shared stays rebuildable by those holders until it is
+    replaced: the past counts, not only the present); `{min_threshold: M}` fails if any
+    policy ever in force needed fewer than M shares."""
+    if want is None:
+        return []
+    on = [(i, m, n) for i, m, n in ctl.recovery if n]
+    if want == "none":
+        return [Check("controller_recovery", not on,
+                      "recovery from shares was never enabled" if not on else
+                      "recovery from shares was enabled (" + ", ".join(f"{m} of {n} at entry {i}" for i, m, n in on)
+                      + "): that many holders together could rebuild the state key outside any enclave")]
+    weak = [(i, m, n) for i, m, n in on if m < want.min_threshold]
+    return [Check("controller_recovery", not weak,
+                  f"every recovery policy needed at least {want.min_threshold} shares" if not weak else
+                  "recovery policies below the expected threshold of " + str(want.min_threshold) + ": "
+                  + ", ".join(f"{m} of {n} at entry {i}" for i, m, n in weak))]

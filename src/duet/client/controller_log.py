@@ -13,8 +13,10 @@ authorised): `witnesses.set` -> `witnesses`, `controller.approve` -> `build_appr
 `providers.set` -> `providers` (which may also stand alone: a development controller's
 `--providers` file, counted apart), `credentials.set` -> `credentials` (digests only, never
 the secret). An intent not followed by the entry it authorises is a problem.
-The controller writes `handover`, `handover_refused`, `standby_joined` and `promote` on its
-own (docs/continuity.md); a `promote` must name a standby some `standby_joined` let in.
+The controller writes `handover`, `handover_refused`, `standby_joined`, `promote`,
+`recovered` and `state_key_rotated` on its own (docs/continuity.md); a `promote` must name
+a standby some `standby_joined` let in. `controller.recovery` -> `recovery_policy` (the
+M-of-N recovery policy: holders' keys and share digests, never a share).
 `heads` entries commit CVM heads for the
 witnesses (docs/transparency.md, "Witnesses"); each CVM head there carries a consistency
 proof from that CVM's previous head, so the heads of one CVM form one history, checked
@@ -71,6 +73,8 @@ class ControllerLog:
     providers: list[int] = field(default_factory=list)
     host_seeded: list[int] = field(default_factory=list)
     credentials: list[int] = field(default_factory=list)
+    #: (index, threshold, number of holders) of every `recovery_policy` entry (0, 0: off).
+    recovery: list[tuple[int, int, int]] = field(default_factory=list)
 
     def keys_at(self, size: int) -> list[str]:
         """Key ids in force in the prefix of `size` entries."""
@@ -152,7 +156,12 @@ class ControllerLogReplay:
         if t in CONTROLLER_WRITTEN:
             if t == "promote":
                 self._promote(i, e)
+            if t == "recovered" and not (self.log.recovery and self.log.recovery[-1][2]):
+                self._problem(f"entry {i}: a recovery from shares while no recovery policy was in force")
             self.log.continuity.append((i, e))
+            return
+        if t == "recovery_policy":
+            self._recovery_policy(i, e, prev)
             return
         if t in ("providers", "credentials"):
             self._setting(i, e, prev)
@@ -230,6 +239,16 @@ class ControllerLogReplay:
             self._problem(f"entry {i}: a promote by build {str(e.get('mrenclave'))[:16]}… that never received the "
                           "state key as a standby (no standby_joined names its build and key)")
 
+    def _recovery_policy(self, i: int, e: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        """`recovery_policy`: authorised by the `controller.recovery` intent just before it,
+        with one share digest per holder and a commitment to K exactly when it is on."""
+        holders = list(e.get("holders") or [])
+        if len(list(e.get("shares_sha256") or [])) != len(holders) or bool(holders) != bool(e.get("state_key_sha256")):
+            self._problem(f"entry {i}: a recovery_policy entry whose shares do not match its holders")
+            return
+        if self._authorised(i, e, prev, Op.CONTROLLER_RECOVERY, ("threshold", "holders")):
+            self.log.recovery.append((i, int(e.get("threshold") or 0), len(holders)))
+
     def _setting(self, i: int, e: dict[str, Any], prev: dict[str, Any] | None) -> None:
         """A `providers` or `credentials` entry: authorised by the intent just before it (a
         `providers` entry may stand alone: a development controller's --providers file)."""
@@ -298,7 +317,8 @@ class ControllerLogReplay:
                 "prev": self.prev, "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
                 "witnesses": [list(w) for w in self.log.witnesses],
                 "continuity": [[i, e] for i, e in self.log.continuity], "providers": self.log.providers,
-                "host_seeded": self.log.host_seeded, "credentials": self.log.credentials}
+                "host_seeded": self.log.host_seeded, "credentials": self.log.credentials,
+                "recovery": [list(r) for r in self.log.recovery]}
 
     def load(self, data: dict[str, Any]) -> None:
         """Resume from :meth:`dump`; raises ValueError, KeyError or TypeError on anything
@@ -311,7 +331,8 @@ class ControllerLogReplay:
             witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]],
             continuity=[(int(i), dict(e)) for i, e in data["continuity"]],
             providers=[int(i) for i in data["providers"]], host_seeded=[int(i) for i in data["host_seeded"]],
-            credentials=[int(i) for i in data["credentials"]])
+            credentials=[int(i) for i in data["credentials"]],
+            recovery=[(int(i), int(m), int(n)) for i, m, n in data["recovery"]])
         self.problems = [str(p) for p in data["problems"]][:5]
         self.problem_count = int(data["problem_count"])
         self.in_force = [str(k) for k in data["in_force"]]
@@ -362,12 +383,13 @@ def link_problems(i: int, e: dict[str, Any], ctl: ControllerLog) -> tuple[bool, 
 
 
 #: Continuity entries the controller writes on its own (no intent before them).
-CONTROLLER_WRITTEN = ("handover", "handover_refused", "standby_joined", "promote")
+CONTROLLER_WRITTEN = ("handover", "handover_refused", "standby_joined", "promote", "recovered", "state_key_rotated")
 
 #: The entry each controller-log intent must be followed by.
 _AUTHORISES: dict[str, str] = {Op.OWNER_KEYS.value: "owner_keys", Op.WITNESSES_SET.value: "witnesses",
                                Op.CONTROLLER_APPROVE.value: "build_approved", Op.PROVIDERS_SET.value: "providers",
-                               Op.CREDENTIALS_SET.value: "credentials"}
+                               Op.CREDENTIALS_SET.value: "credentials",
+                               Op.CONTROLLER_RECOVERY.value: "recovery_policy"}
 
 
 def cvm_link_checks(decoded: Sequence[dict[str, Any]], ctl: ControllerLog) -> list[Check]:

@@ -3,7 +3,8 @@
 Shape::
 
     controller: {tee: sgx, mrenclave: "<hex>", mrsigner: "<hex>", min_isv_svn: 1,
-                 builds: [{mrenclave: "<hex>"}], allow_mrsigner_approval: false}
+                 builds: [{mrenclave: "<hex>"}], allow_mrsigner_approval: false,
+                 recovery: none}                # or {min_threshold: 2}
     cvm:
       tee: snp                        # the evidence kind: snp | simulated-snp | tdx | azure-snp | azure-tdx
                                       #   | azure-snp-maa | azure-tdx-maa (then pin MAA below)
@@ -37,7 +38,7 @@ import json
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,6 +76,14 @@ class BuildExpectation(BaseModel):
     mrenclave: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
 
 
+class RecoveryExpectation(BaseModel):
+    """`controller.recovery: {min_threshold: M}`: every recovery policy the controller log
+    ever put in force needs at least M holders' shares to rebuild the state key."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_threshold: int = Field(ge=1, le=16)
+
+
 class ControllerExpectations(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tee: str | None = Field(None, description="sgx (or simulated)")
@@ -82,6 +91,9 @@ class ControllerExpectations(BaseModel):
     #: quoted one); see client/build_history.py.
     builds: list[BuildExpectation] | None = None
     allow_mrsigner_approval: bool = False
+    #: `none`: recovery from shares must never have been on (M colluding holders could
+    #: rebuild K outside any enclave); or a minimum threshold (client/build_history.py).
+    recovery: Literal["none"] | RecoveryExpectation | None = None
     mrenclave: str | None = None
     mrsigner: str | None = None
     isv_prod_id: int | None = None
@@ -91,7 +103,7 @@ class ControllerExpectations(BaseModel):
     max_collateral_age: str | None = None
 
     def evidence(self) -> EvidenceExpectations:
-        return EvidenceExpectations(**self.model_dump(exclude={"tee", "builds", "allow_mrsigner_approval"},
+        return EvidenceExpectations(**self.model_dump(exclude={"tee", "builds", "allow_mrsigner_approval", "recovery"},
                                                       exclude_none=True))
 
 

@@ -81,6 +81,9 @@ STATUS: dict[str, int] = {
     "rollback_detected": 409,
     "handed_over": 409,
     "invalid_credentials": 400,
+    "invalid_share": 400,
+    "recovery_failed": 409,
+    "recovery_off": 404,
     "request_too_large": 413,
     "request_head_too_large": 431,
     "rate_limited": 429,
@@ -390,6 +393,9 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     from duet.controller.standby import add_standby_routes
 
     add_standby_routes(app, controller)
+    from duet.controller.recovery_api import add_recovery_routes
+
+    add_recovery_routes(app, controller)
 
     async def intent_body(request: Request) -> tuple[str, bytes | None, bytes | None] | JSONResponse:
         """`{"jws": ..., "stdin"?: <base64>, "sealed"?: <base64>}` as (jws, stdin, sealed), or

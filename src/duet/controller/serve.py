@@ -128,29 +128,8 @@ def build_controller(
 
     if tee == "gramine" and providers_file is not None:
         raise ConfigError(GRAMINE_FLAG_REFUSED)
-    backend: TeeBackend
     clock = TrustedClock()
-    sim = simulated or SimulatedPlatform()
-    if tee == "simulated":
-        from duet.tee.simulated import SimulatedTee
-
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(data_dir, 0o700)
-        backend = SimulatedTee(data_dir / "tee", mrenclave=sim.mrenclave, cpusvn=sim.cpusvn)
-    elif tee == "gramine":
-        from duet.tee.gramine import GramineError, GramineTee, pccs_collateral
-
-        if simulated is not None and simulated != SimulatedPlatform():
-            raise ConfigError("--simulated-mrenclave and --simulated-cpusvn apply to --tee simulated only")
-        try:
-            GramineTee.check_environment()
-            GramineTee.check_data_dir(data_dir)
-        except GramineError as exc:
-            raise ConfigError(str(exc)) from None
-        backend = GramineTee(collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL), clock=clock.now,
-                             on_verified=clock.observe_dcap_collateral)
-    else:
-        raise ConfigError(f"unknown --tee {tee!r} (simulated or gramine)")
+    backend = make_tee(data_dir, tee, simulated, pccs_url, clock)
     policy_text = DEFAULT_POLICY
     if policy is not None:
         try:
@@ -250,6 +229,67 @@ def build_controller(
     if seed is not None:
         controller.witnessing.seed(seed)
     return controller
+
+
+def make_tee(data_dir: Path, tee: str, simulated: SimulatedPlatform | None, pccs_url: str | None,
+             clock: TrustedClock) -> TeeBackend:
+    """The TEE backend `--tee` names (the simulated one with its platform options)."""
+    sim = simulated or SimulatedPlatform()
+    if tee == "simulated":
+        from duet.tee.simulated import SimulatedTee
+
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
+        return SimulatedTee(data_dir / "tee", mrenclave=sim.mrenclave, cpusvn=sim.cpusvn)
+    if tee == "gramine":
+        from duet.tee.gramine import GramineError, GramineTee, pccs_collateral
+
+        if simulated is not None and simulated != SimulatedPlatform():
+            raise ConfigError("--simulated-mrenclave and --simulated-cpusvn apply to --tee simulated only")
+        try:
+            GramineTee.check_environment()
+            GramineTee.check_data_dir(data_dir)
+        except GramineError as exc:
+            raise ConfigError(str(exc)) from None
+        return GramineTee(collateral=pccs_collateral(pccs_url or DEFAULT_PCCS_URL), clock=clock.now,
+                          on_verified=clock.observe_dcap_collateral)
+    raise ConfigError(f"unknown --tee {tee!r} (simulated or gramine)")
+
+
+def _recover_if_needed(data_dir: Path, *, tee: str, simulated: SimulatedPlatform | None, pccs_url: str | None,
+                       sock: socket.socket, tls: bool, explicit: bool, store: str | None, listen: tuple[str, int],
+                       ) -> socket.socket:
+    """`--recover` (and, under Gramine, whenever the seal does not open and the controller
+    log has a recovery policy: argv is fixed there): when the local seal does not open,
+    serve a recovery session on the listening socket until M holders sent their shares
+    (controller/recovery.py), then go on with the recovered K. Returns the socket to serve on."""
+    from duet.controller import recovery
+
+    backend = make_tee(data_dir, tee, simulated, pccs_url, TrustedClock())
+    why = recovery.needs_recovery(data_dir, backend)
+    if why is None:
+        if explicit:
+            log.warning("--recover: the local seal opens here; nothing to recover")
+        return sock
+    if store is not None:
+        raise recovery.RecoveryImpossible("recovery from shares is built for the embedded store only so far "
+                                          "(with --store etcd:// a standby holds K)")
+    try:
+        session = recovery.RecoverySession(data_dir, backend)
+    except recovery.RecoveryImpossible:
+        if not explicit:
+            return sock  # under Gramine without a policy: the seal error, as before
+        raise
+    assert session.policy is not None
+    print(f"duet controller: RECOVERY: {why}. Waiting for {session.policy.threshold} of "
+          f"{len(session.policy.holders)} recovery shares for controller {session.controller_id} "
+          "(holders: duet controller recover --controller URL --share FILE --holder-key KEY)",
+          file=sys.stderr, flush=True)
+    from duet.controller.recovery_api import run_session
+
+    run_session(session, sock, tls=tls, data_dir=data_dir)
+    # The session's server closed the socket: listen again on the same address.
+    return bind(*listen)
 
 
 def _open_cipher(state: StateStore, backend: TeeBackend, state_key: StateKey | None) -> StateKey:
@@ -446,6 +486,7 @@ def serve(
     cvm_root: Path | None = None,
     join: str | None = None,
     standby_of: str | None = None,
+    recover: bool = False,
 ) -> None:
     """Serve the API. Under SGX (`--tee gramine`) always over RA-TLS: the certificate is
     the controller's identity key with its quote inside, so clients attest the very
@@ -471,6 +512,9 @@ def serve(
         assert store is not None
         standby = StandbyRun(standby_of, data_dir, store, sock, lambda app, _: uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, **server_options()))
+    elif recover or tee == "gramine":
+        sock = _recover_if_needed(data_dir, tee=tee, simulated=simulated, pccs_url=pccs_url, sock=sock, tls=tls,
+                                  explicit=recover, store=store, listen=(host, port))
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
                                   providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum,
                                   store=store, lease_ttl=lease_ttl, simulated=simulated, cvm_root=cvm_root,

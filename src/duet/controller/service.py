@@ -450,6 +450,10 @@ class Controller:
             # (closing a command, a moved port) would fork this stale copy of the logs.
             log.warning("%s", self.deposed)
             return
+        from duet.controller import recovery
+
+        # A recovery from shares is logged, and K replaced, before anything else happens.
+        await recovery.resume(self)
         await self.witnessing.start()
         for rec in list(self._records.values()):
             size = self.ledger.tree_head(rec.id).size
@@ -483,13 +487,18 @@ class Controller:
                     self._save(rec)
         pending = self.state.get_meta(continuity.ROTATION_META)
         if self.deposed is None and pending is not None:
-            # A successor (or a promoted standby): the predecessor's copy of K must open
-            # no CVM any more. The mark says why ("handover", "promotion").
-            reason = pending.decode("utf-8", "replace") if pending in (b"handover", b"promotion") else "handover"
-            await continuity.rotate_all(self, reason=reason)
+            # A successor, a promoted standby or a recovered controller: an earlier copy of
+            # K must open no CVM any more. The mark says why ("handover", "promotion",
+            # "recovery", ...).
+            await continuity.rotate_all(self, reason=pending.decode("utf-8", "replace") or "handover")
 
     async def approve_build(self, intent: Intent) -> dict[str, Any]:
         return await continuity.approve_build(self, intent)
+
+    async def set_recovery(self, intent: Intent) -> dict[str, Any]:
+        from duet.controller import recovery
+
+        return await recovery.set_recovery(self, intent)
 
     def _reconcile(self, rec: CvmRecord) -> None:
         """The log is the truth; the record is a cache of it. The record remembers the log

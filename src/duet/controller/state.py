@@ -188,6 +188,43 @@ class StateStore:
         with self._lock:
             self._db.execute("UPDATE cvms SET client_key=? WHERE id=?", (blob, cvm_id))
 
+    def set_metas(self, meta: dict[str, bytes]) -> None:
+        """Several meta values in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def rekey(self, new: StateKey, meta: dict[str, bytes]) -> None:
+        """Replace K (controller/recovery.py): the controller key and every client key
+        re-encrypted under `new`, with `meta` (the new seal, ...) in the same transaction,
+        so the file is never half under one key and half under the other."""
+        from duet.controller.statekey import CONTROLLER_KEY_LABEL, CONTROLLER_KEY_META
+
+        old = self._k()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT v FROM meta WHERE k=?", (CONTROLLER_KEY_META,)).fetchone()
+                if row is not None:
+                    pem = old.decrypt(CONTROLLER_KEY_LABEL, bytes(row[0]))
+                    self._db.execute("UPDATE meta SET v=? WHERE k=?",
+                                     (new.encrypt(CONTROLLER_KEY_LABEL, pem), CONTROLLER_KEY_META))
+                for cvm_id, blob in self._db.execute("SELECT id, client_key FROM cvms").fetchall():
+                    label = client_key_label(str(cvm_id))
+                    self._db.execute("UPDATE cvms SET client_key=? WHERE id=?",
+                                     (new.encrypt(label, old.decrypt(label, bytes(blob))), cvm_id))
+                self._db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.cipher = new
+
     def snapshot(self, dest: Path) -> None:
         """A consistent copy of this database (a handover ships it; secrets stay under K)."""
         with self._lock:

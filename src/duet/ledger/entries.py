@@ -183,6 +183,16 @@ def _k_key_list(value: object) -> str | None:
     return None if ok else "a list of base64 raw Ed25519 keys"
 
 
+def _k_x25519_list(value: object) -> str | None:
+    ok = isinstance(value, list | tuple) and all(_k_ed25519(v) is None for v in value)  # same 32-byte shape
+    return None if ok else "a list of base64 raw X25519 keys"
+
+
+def _k_sha256_list(value: object) -> str | None:
+    ok = isinstance(value, list | tuple) and all(_k_sha256(v) is None for v in value)
+    return None if ok else "a list of SHA-256 digests (64 lowercase hex digits each)"
+
+
 def _k_enum(enum: type[StrEnum]) -> Check:
     values = tuple(m.value for m in enum)
 
@@ -446,6 +456,35 @@ SCHEMAS: dict[str, tuple[FieldSpec, ...]] = {
         _f("how", _k_str),
         _f("controller_log_size", _k_index),
     ),
+    # Controller log, recovery from shares (docs/continuity.md): the M-of-N policy in force
+    # (`controller.recovery`; no holders and threshold 0: off), with the SHA-256 of each
+    # holder's encrypted share and the commitment to the K they are shares of (never a
+    # share); `recovered`: a fresh enclave of an approved build reconstructed K from
+    # shares; `state_key_rotated`: K was replaced (after a recovery: the old one may have
+    # been exposed), with the shares of the new K.
+    "recovery_policy": (
+        _f("threshold", _k_index),
+        _f("holders", _k_x25519_list),
+        _f("shares_sha256", _k_sha256_list),
+        _f("state_key_sha256", _k_hex),
+    ),
+    "recovered": (
+        _f("mrenclave", _k_hex),
+        _f("mrsigner", _k_hex),
+        _f("from_mrenclave", _k_hex),
+        _f("key_sha256", _k_sha256),
+        _f("holders", _k_x25519_list),
+        _f("state_key_sha256", _k_sha256),
+        _f("policy_index", _k_index),
+    ),
+    "state_key_rotated": (
+        _f("reason", _k_str),
+        _f("from_cpusvn", _k_index, nullable=True),
+        _f("to_cpusvn", _k_index, nullable=True),
+        _f("previous_state_key_sha256", _k_sha256),
+        _f("state_key_sha256", _k_sha256),
+        _f("shares_sha256", _k_sha256_list),
+    ),
     # Controller log: the providers in force and their non-secret settings (a
     # `providers.set` intent's args, or the `--providers` file outside an enclave).
     "providers": (
@@ -485,6 +524,8 @@ _JSON: dict[Check, dict[str, object]] = {
     _k_ed25519: _ED25519,
     _k_key_list: {"type": "array", "items": _ED25519},
     _k_encoding: {"enum": ["utf-8", "base64"]},
+    _k_x25519_list: {"type": "array", "items": _ED25519},
+    _k_sha256_list: {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
     _k_heads: {"type": "array", "items": {
         "type": "object", "required": [n for n, _ in _HEAD_FIELDS], "additionalProperties": False,
         "properties": {"cvm": {"type": "string"}, "size": {"type": "integer", "minimum": 0},
@@ -1159,6 +1200,47 @@ class KeyRotatedEntry(Entry):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecoveryPolicyEntry(Entry):
+    """(Controller log) the recovery policy in force from here on: K is split `threshold`
+    of len(holders), each share encrypted to one holder's X25519 key; digests only."""
+
+    TYPE: ClassVar[str] = "recovery_policy"
+    threshold: int
+    holders: tuple[str, ...]
+    shares_sha256: tuple[str, ...]
+    state_key_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveredEntry(Entry):
+    """(Controller log) an enclave of build `mrenclave` reconstructed K from the shares of
+    `holders`, re-encrypted to its attested key (`key_sha256`)."""
+
+    TYPE: ClassVar[str] = "recovered"
+    mrenclave: str
+    mrsigner: str
+    from_mrenclave: str
+    key_sha256: str
+    holders: tuple[str, ...]
+    state_key_sha256: str
+    policy_index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateKeyRotatedEntry(Entry):
+    """(Controller log) K was replaced by a new random key; every secret is under the new
+    one, and the shares (if recovery is on) are of the new one."""
+
+    TYPE: ClassVar[str] = "state_key_rotated"
+    reason: str
+    from_cpusvn: int | None
+    to_cpusvn: int | None
+    previous_state_key_sha256: str
+    state_key_sha256: str
+    shares_sha256: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProvidersEntry(Entry):
     """The providers in force from here on, with their non-secret settings."""
 
@@ -1206,6 +1288,9 @@ RECORD_TYPES: dict[str, type[Entry]] = {
         StandbyJoinedEntry,
         PromoteEntry,
         KeyRotatedEntry,
+        RecoveryPolicyEntry,
+        RecoveredEntry,
+        StateKeyRotatedEntry,
         ProvidersEntry,
         CredentialsEntry,
     )

@@ -50,6 +50,7 @@ class Op(StrEnum):
     CONTROLLER_APPROVE = "controller.approve"
     PROVIDERS_SET = "providers.set"
     CREDENTIALS_SET = "credentials.set"
+    CONTROLLER_RECOVERY = "controller.recovery"
 
 
 class _Args(BaseModel):
@@ -215,6 +216,42 @@ class CredentialsArgs(_Args):
     recipient_key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+MAX_RECOVERY_HOLDERS = 16
+
+
+class RecoveryArgs(_Args):
+    """The recovery policy (docs/continuity.md, "Recovery from shares"): K is split so that
+    any `threshold` of the `holders` (base64 raw X25519 keys) can rebuild it in an approved
+    enclave. No holders and threshold 0 turn recovery off."""
+
+    threshold: int = Field(ge=0, le=MAX_RECOVERY_HOLDERS)
+    holders: list[str] = Field(max_length=MAX_RECOVERY_HOLDERS)
+
+    @field_validator("holders")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for h in v:
+            try:
+                raw = base64.b64decode(h, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32 or base64.b64encode(raw).decode() != h:
+                raise ValueError("each holder is the canonical base64 of a raw 32-byte X25519 key")
+        if len(set(v)) != len(v):
+            raise ValueError("a holder is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _threshold(self) -> RecoveryArgs:
+        n = len(self.holders)
+        if (n == 0) != (self.threshold == 0) or self.threshold > n:
+            raise ValueError(f"threshold must be between 1 and the number of holders ({n}), or 0 with none")
+        return self
+
+
 @dataclass(frozen=True)
 class Operation:
     """One owner operation.
@@ -265,6 +302,8 @@ for _o in (
               "replace the providers and their settings", wrap=None),
     Operation(Op.CREDENTIALS_SET, False, CredentialsArgs, "set_credentials",
               "give a provider cloud credentials (HPKE-sealed to the controller)", wrap=None, attachment=True),
+    Operation(Op.CONTROLLER_RECOVERY, False, RecoveryArgs, "set_recovery",
+              "set the M-of-N recovery keys the state key is shared to (or none)", wrap=None),
 ):
     register(_o)
 
