@@ -128,6 +128,7 @@ def test_the_lean_path_streams_the_first_line_before_the_command_ends(setup) -> 
     assert rest == b"2\n3\n" and proc.returncode == 0, errs
 
 
+@pytest.mark.slow  # a dozen typer processes; the fallback itself is also exercised by every other CLI test
 def test_what_the_lean_path_does_not_know_goes_to_typer(setup) -> None:  # type: ignore[no-untyped-def]
     _, _, cvm, env = setup
     usage = _both(env, "cvm", "run", cvm)  # no command: typer's usage error
