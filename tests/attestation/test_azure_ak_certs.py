@@ -248,9 +248,8 @@ def test_the_evidence_ak_certificate_is_judged_for_both_vtpm_kinds(tee: str) -> 
     missing; shown but not judged without roots."""
     from dataclasses import replace
 
-    from vtpm_ca import SimulatedVtpmCa
-
     from duet.attestation.azure.evidence import AzureEvidence, judge_ak_certificate
+    from vtpm_ca import SimulatedVtpmCa
 
     hcl_raw = (VEC / f"az-{tee}-vtpm" / "hcl-report.bin").read_bytes()
     hcl = parse_hcl_report(hcl_raw)

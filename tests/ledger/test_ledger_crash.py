@@ -66,7 +66,10 @@ def run_and_kill(path: Path, journal: str, seed: int, rng: random.Random) -> lis
     # possibly recovering) the database.
     early = rng.random() < 0.2
     deadline = time.monotonic() + (rng.uniform(0.0, 0.15) if early else 10.0)
-    ready = False
+    # A late kill lands after a few reported appends (however slow the machine is), a
+    # random moment later: mid-append, mid-fsync or between appends.
+    wanted = rng.randint(1, 4)
+    armed = False
     while time.monotonic() < deadline:
         if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
             continue
@@ -74,10 +77,9 @@ def run_and_kill(path: Path, journal: str, seed: int, rng: random.Random) -> lis
         if not chunk:
             break  # the child died by itself: reported below
         buffer += chunk
-        if not ready and b"ready" in buffer:
-            ready = True
-            if not early:
-                deadline = time.monotonic() + rng.uniform(0.002, 0.08)
+        if not early and not armed and b"ready" in buffer and buffer.count(b"\n") > wanted:
+            armed = True
+            deadline = time.monotonic() + rng.uniform(0.0, 0.03)
     child.send_signal(signal.SIGKILL)
     rest, err = child.communicate(timeout=10)
     sel.close()
