@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/verify.py
 
 clean:

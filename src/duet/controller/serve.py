@@ -495,6 +495,7 @@ def serve(
 
     from duet.controller.app import create_app
     from duet.controller.limits import server_options
+    from duet.controller.replicated import NotPrimary
 
     tls = tls or tee == "gramine"
     host, port = parse_listen(listen, tls=tls)
@@ -515,10 +516,19 @@ def serve(
     elif recover or tee == "gramine":
         sock = _recover_if_needed(data_dir, tee=tee, simulated=simulated, pccs_url=pccs_url, sock=sock, tls=tls,
                                   explicit=recover, store=store, listen=(host, port))
-    controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
-                                  providers_file=providers_file, witnesses=witnesses, witness_quorum=witness_quorum,
-                                  store=store, lease_ttl=lease_ttl, simulated=simulated, cvm_root=cvm_root,
-                                  join=join, standby=standby)
+    while True:
+        try:
+            controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
+                                          providers_file=providers_file, witnesses=witnesses,
+                                          witness_quorum=witness_quorum, store=store, lease_ttl=lease_ttl,
+                                          simulated=simulated, cvm_root=cvm_root, join=join, standby=standby)
+            break
+        except NotPrimary as exc:
+            if standby is None:
+                raise
+            # Another instance (another standby, or the old primary back) took the free
+            # lease first: stand by again.
+            log.warning("the lease was taken first (%s); standing by again", exc)
     try:
         # Before anything is served or appended: a data dir older than what a quorum of
         # witnesses cosigned is a rollback, and the controller does not start on it.
