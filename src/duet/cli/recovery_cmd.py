@@ -16,7 +16,6 @@ import typer
 
 from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import JsonOpt, OutputOpt, emit, resolve
-from duet.client.api import RECOVERY_PATH, RECOVERY_SHARES_PATH
 from duet.client.config import DEFAULT_URL
 
 
@@ -130,6 +129,8 @@ def register(controller_app: typer.Typer, m: ModuleType) -> None:
         state_dir: StateDirOpt = None, output: OutputOpt = None, as_json: JsonOpt = False,
     ) -> None:
         """Show the recovery policy in force, as the controller log records it."""
+        from duet.client.api import RECOVERY_PATH
+
         fmt = resolve(output, as_json)
         with m.Http(controller, trust_simulated=m._trust(trust_simulated) or None, state_dir=state_dir) as http:
             body = http.get_json(RECOVERY_PATH)
@@ -146,6 +147,7 @@ def register(controller_app: typer.Typer, m: ModuleType) -> None:
         trust_simulated: TrustOpt = False, state_dir: StateDirOpt = None,
     ) -> None:
         """Fetch the current encrypted shares (owner only) and write one file per holder."""
+        from duet.client.api import RECOVERY_SHARES_PATH
         from duet.client.http import parse_json
         from duet.ledger import recovery as rc
 
