@@ -398,3 +398,39 @@ def test_two_controllers_on_copies_of_one_data_dir_the_one_left_behind_stops(
         assert a.owner().run(cvm_a, "echo still here")["exit_status"] == 0
     finally:
         w.kill()
+
+
+def test_duet_verify_controller_log_demands_a_cosigned_checkpoint(
+        controller: ControllerProc, witness: WitnessProc, tmp_path: Path) -> None:
+    """`duet verify --controller-log` with witnesses: the controller log verified must extend
+    a checkpoint of it that a quorum of the user's witnesses cosigned. A witness key that
+    never cosigned it (or a quorum it cannot reach) fails the check and says who is missing."""
+    import json
+
+    from duet.ledger.cosignature import Cosigner
+
+    controller.owner().set_witnesses([(witness.vkey, witness.url)], 1)
+    common = ["verify", "--controller-log", "--controller", controller.url, "--trust-simulated", "--json"]
+
+    def run(*extra: str, state: str) -> tuple[int, dict[str, Any]]:
+        r = _duet(*common, "--state-dir", str(tmp_path / state), *extra, home=tmp_path)
+        return r.returncode, json.loads(r.stdout)
+
+    def check(report: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in report["checks"] if c["name"] == "witness_cosigned")
+
+    rc, report = run("--witness", witness.vkey, state="u1")
+    assert rc == 0, [c for c in report["checks"] if not c["ok"]]
+    assert check(report)["ok"] and witness.name in check(report)["detail"]
+    exp = tmp_path / "expect.yaml"
+    exp.write_text(f"witnesses:\n  keys: ['{witness.vkey}']\n  quorum: 1\n  max_age: 10m\n")
+    rc, report = run("--expect", str(exp), state="u2")
+    assert rc == 0 and check(report)["ok"]
+    other = Cosigner("witness.test/absent", keys.Ed25519PrivateKey.generate()).vkey()
+    rc, report = run("--witness", other, state="u3")
+    assert rc == 3 and not check(report)["ok"]
+    assert "not signed by witness.test/absent" in check(report)["detail"]
+    rc, report = run("--witness", witness.vkey, "--witness", other, state="u4")  # quorum: both
+    assert rc == 3 and not check(report)["ok"]
+    rc, report = run(state="u5")
+    assert rc == 0 and not any(c["name"] == "witness_cosigned" for c in report["checks"])

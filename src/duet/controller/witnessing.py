@@ -517,6 +517,31 @@ class Witnessing:
         lines = self._cosigs.get(size, {})
         return self._note(size) + "".join(lines[n] for n in sorted(lines))
 
+    async def cosigned_checkpoint(self) -> dict[str, Any]:
+        """The newest controller-log checkpoint a quorum of witnesses cosigned, with its
+        cosignatures (`/v1/controller/log/witnessed`, what `duet verify --controller-log
+        --witness` checks). When none is, the newest checkpoint is pushed to the witnesses
+        and this waits up to COVER_WAIT for a quorum."""
+        if not self.config.witnesses:
+            raise NoWitnesses("this controller has no witnesses configured (witnesses.set)")
+        self.ctl._check_controller_log()
+        deadline = time.monotonic() + COVER_WAIT
+        while True:
+            best = self.cosigned()
+            if best is not None:
+                return {"size": best[0], "controller_checkpoint": self.cosigned_note(best[0])}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotWitnessed(f"no controller-log checkpoint is cosigned by a quorum of witnesses yet "
+                                   f"({self.lag_summary()})")
+            self.kick()
+            assert self._cosigned is not None
+            async with self._cosigned:
+                try:
+                    await asyncio.wait_for(self._cosigned.wait(), timeout=min(remaining, self.interval))
+                except TimeoutError:
+                    pass
+
     async def covering(self, cvm: str, size: int) -> dict[str, Any]:
         """The witnessed proof that the CVM head of `size` is committed: the first `heads`
         entry for this CVM with a size >= `size`, inside a cosigned controller-log
