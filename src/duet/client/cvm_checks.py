@@ -12,14 +12,14 @@ the command history and the lockdown checks against what the user expects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds, validate
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
-from duet.ledger import control_plane
+from duet.ledger import control_plane, evidence_nonce
 from duet.ledger.builtins import builtin_template
 from duet.ledger.entries import EvidencePurpose, Mode
 from duet.ledger.lockdown import judge as judge_lockdown
@@ -98,6 +98,17 @@ def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index:
     check_command_link(e, index, attest)
 
 
+def attest_command(decoded: Sequence[dict[str, Any]], ci: Any, index: int) -> dict[str, Any] | None:
+    """The attest command entry at `ci`, if evidence at `index` can name it (else the
+    link check reports it)."""
+    if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < index:
+        return None
+    cmd = decoded[ci]
+    if cmd.get("type") != "command" or cmd.get("action") != "attest" or cmd.get("builtin") is not True:
+        return None
+    return cmd
+
+
 def check_command_link(
     e: dict[str, Any], index: int, attest: Callable[[int], tuple[dict[str, Any] | None, bool]],
 ) -> None:
@@ -140,6 +151,11 @@ def evidence_checks(
         latest = None
         if e.get("kind") != kind and e.get("kind") != cvm_kinds.CvmKind.NONE:
             problems.append(f"entry {i}: evidence kind {e.get('kind')} is not the kind declared at create ({kind})")
+            continue
+        cmd = attest_command(decoded, e.get("command_index"), i)
+        stale = evidence_nonce.problem(e.get("nonce"), cmd.get("intent_index")) if cmd is not None else None
+        if stale is not None:
+            problems.append(f"entry {i}: {stale}")
             continue
         if str(e.get("nonce")) in nonces:
             problems.append(f"entry {i}: evidence nonce reused (not fresh)")

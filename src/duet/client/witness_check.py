@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.client.api import ReadClient
 from duet.client.audit import Check
-from duet.client.controller_log import ControllerLog
+from duet.client.controller_log import HEADS_KEPT, ControllerLog
 from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import UserExpectations
 from duet.ledger import merkle
@@ -193,6 +193,12 @@ def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519Pub
     if isinstance(got, Check):
         return got
     cp, who = got
+    dropped = ctl.heads_dropped.get(cvm)
+    if dropped is not None and dropped >= n:
+        # The first head covering n is older than the heads a replay keeps (HEADS_KEPT):
+        # which one it is cannot be told here, so the head is not counted as witnessed.
+        return Check(CHECK, False, f"this CVM's size {n} is covered only by a heads entry older than the newest "
+                                   f"{HEADS_KEPT} this verifier keeps for it; verify the CVM at its current size")
     heads = [(i, size, root) for i, size, root in ctl.heads.get(cvm, []) if i < cp.size]
     covering = next(((i, size, root) for i, size, root in heads if size >= n), None)
     if covering is None:
