@@ -184,7 +184,7 @@ def test_the_controller_log_bounds_its_nonces_the_same_way() -> None:
     assert not ok and "entry 3: intent nonce reused (replay)" in detail
     ok, detail = _ctl_verdict(honest + _witnesses_set(jws, t0 + LOG_DELAY_S + 60))
     assert not ok and "entry 3: intent logged" in detail and "after its iat" in detail
-    ok, detail = _ctl_verdict(honest + [_ctl_entry({"type": "heads", "heads": []}, t0 - 60)])
+    ok, detail = _ctl_verdict([*honest, _ctl_entry({"type": "heads", "heads": []}, t0 - 60)])
     assert not ok and "entry 3 is dated" in detail and "before entry 2" in detail
 
 
