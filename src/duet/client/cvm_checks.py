@@ -12,7 +12,7 @@ the command history and the lockdown checks against what the user expects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -98,6 +98,22 @@ def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index:
     check_command_link(e, index, attest)
 
 
+#: Evidence entries under one intent (an honest controller logs one per attest command,
+#: and runs a few attest commands per intent); more are a problem and are not remembered.
+MAX_EVIDENCE_PER_INTENT = 256
+
+
+def evidence_nonce_problem(nonce: Any, intent_index: Any, seen: Mapping[int, Sized]) -> str | None:
+    """Why evidence with `nonce`, answering an attest command under `intent_index`, is
+    refused before its nonce is compared with those in `seen` (by intent), or None."""
+    stale = evidence_nonce.problem(nonce, intent_index)
+    if stale is not None:
+        return stale
+    if len(seen.get(intent_index, ())) >= MAX_EVIDENCE_PER_INTENT:
+        return f"more than {MAX_EVIDENCE_PER_INTENT} evidence entries under intent {intent_index}"
+    return None
+
+
 def attest_command(decoded: Sequence[dict[str, Any]], ci: Any, index: int) -> dict[str, Any] | None:
     """The attest command entry at `ci`, if evidence at `index` can name it (else the
     link check reports it)."""
@@ -143,7 +159,8 @@ def evidence_checks(
     instance_id = provisioned.get("instance_id")
     problems: list[str] = binding_problems(genesis, expect)
     latest: cvm_kinds.Verified | None = None
-    nonces: set[str] = set()
+    #: Evidence nonces by the intent their attest command ran under.
+    nonces: dict[int, set[str]] = {}
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
     maa = maa_pins(expect)
     for i in indices:
@@ -153,14 +170,17 @@ def evidence_checks(
             problems.append(f"entry {i}: evidence kind {e.get('kind')} is not the kind declared at create ({kind})")
             continue
         cmd = attest_command(decoded, e.get("command_index"), i)
-        stale = evidence_nonce.problem(e.get("nonce"), cmd.get("intent_index")) if cmd is not None else None
-        if stale is not None:
-            problems.append(f"entry {i}: {stale}")
-            continue
-        if str(e.get("nonce")) in nonces:
-            problems.append(f"entry {i}: evidence nonce reused (not fresh)")
-            continue
-        nonces.add(str(e.get("nonce")))
+        if cmd is not None:  # else the link check in verify_evidence_entry fails
+            under = cmd.get("intent_index")
+            problem = evidence_nonce_problem(e.get("nonce"), under, nonces)
+            if problem is not None:
+                problems.append(f"entry {i}: {problem}")
+                continue
+            assert isinstance(under, int)  # evidence_nonce.problem said so
+            if str(e.get("nonce")) in nonces.setdefault(under, set()):
+                problems.append(f"entry {i}: evidence nonce reused (not fresh)")
+                continue
+            nonces[under].add(str(e.get("nonce")))
         try:
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,

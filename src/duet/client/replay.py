@@ -59,6 +59,7 @@ from duet.client.cvm_checks import (
     cvm_expectations,
     declared_binding,
     declared_kind,
+    evidence_nonce_problem,
     evidence_summary,
     judge_latest_lockdown,
 )
@@ -527,17 +528,17 @@ class CvmReplay:
             return
         ci = e.get("command_index")
         cmd = self.attest.get(ci) if isinstance(ci, int) and not isinstance(ci, bool) and 0 <= ci < i else None
-        stale = evidence_nonce.problem(e.get("nonce"), cmd[2]) if cmd is not None else None
-        if stale is not None:
-            self.ev_p.add(f"entry {i}: {stale}")
-            return
-        d = _digest(str(e.get("nonce")))
-        named = evidence_nonce.intent_of(e.get("nonce"))
-        seen = self.ev_nonces.setdefault(-1 if named is None else named, set())
-        if d in seen:
-            self.ev_p.add(f"entry {i}: evidence nonce reused (not fresh)")
-            return
-        seen.add(d)
+        if cmd is not None:  # else the link check below fails
+            problem = evidence_nonce_problem(e.get("nonce"), cmd[2], self.ev_nonces)
+            if problem is not None:
+                self.ev_p.add(f"entry {i}: {problem}")
+                return
+            seen = self.ev_nonces.setdefault(cmd[2], set())
+            d = _digest(str(e.get("nonce")))
+            if d in seen:
+                self.ev_p.add(f"entry {i}: evidence nonce reused (not fresh)")
+                return
+            seen.add(d)
         host_key = self.state.host_key
         if host_key is None:
             self.ev_p.add(f"entry {i}: evidence logged before the CVM's host key was pinned")
