@@ -226,3 +226,48 @@ def test_evidence_nonces_commit_to_their_intent() -> None:
     assert evidence_nonce.problem(nonce.hex(), 1234) is None
     assert "names intent 1234, but its attest command runs under 99" in str(evidence_nonce.problem(nonce.hex(), 99))
     assert evidence_nonce.problem(base64.b16encode(b"x" * 16).decode(), 1) is not None  # not 32 bytes of hex
+
+
+def test_the_controller_log_keeps_the_newest_heads_and_fails_closed_beyond() -> None:
+    """A CVM whose head moved HEADS_KEPT + 6 times: the replay keeps the newest HEADS_KEPT
+    heads (each still checked against the one before it) and the size of the newest one it
+    dropped. A user whose CVM size only a dropped head covers gets a failing witness check,
+    never a guess."""
+    from duet.client.controller_log import HEADS_KEPT, ControllerLogReplay
+    from duet.client.witness_check import WitnessPolicy, witness_check
+    from duet.ledger import merkle
+    from duet.ledger.checkpoint import Checkpoint, sign_checkpoint
+    from duet.ledger.cosignature import Cosigner
+    from duet.ledger.note import Signer, parse_note
+
+    hashes = [merkle.leaf_hash(b"leaf %d" % k) for k in range(HEADS_KEPT + 7)]
+    replay = ControllerLogReplay(CID)
+    t = datetime.now(UTC).timestamp() - 3600
+    replay.feed(_ctl_entry({"type": "owner_keys", "keys": [keys.public_b64(OWNER.public_key())]}, t))
+    for size in range(1, HEADS_KEPT + 7):
+        proof = merkle.consistency_proof(hashes, size - 1, size) if size > 1 else []
+        replay.feed(_ctl_entry({"type": "heads", "heads": [{
+            "cvm": "c1", "size": size, "root": base64.b64encode(merkle.root(hashes[:size])).decode(),
+            "consistency": [base64.b64encode(h).decode() for h in proof]}]}, t))
+    assert replay.checks(None)[0].ok, replay.checks(None)[0].detail
+    assert len(replay.log.heads["c1"]) == HEADS_KEPT and replay.log.heads_dropped["c1"] == 6
+    # A controller-log checkpoint of the whole log, signed (here by OWNER's key standing for
+    # the controller's) and cosigned by the user's witness; its root is taken as the log's
+    # (prefix_root), since only the heads rule is under test here.
+    replay.log.prefix_root = lambda size, root: True
+    w = Cosigner("witness.test/w", keys.Ed25519PrivateKey.generate())
+    cp = Checkpoint(f"duet/{CID}/controller", replay.size, b"\x01" * 32)
+    note = sign_checkpoint(cp, Signer(f"duet/{CID}", OWNER))
+    body, _ = parse_note(note)
+    note += w.cosign(body, int(datetime.now(UTC).timestamp())).line()
+
+    def judged(n: int) -> Any:
+        return witness_check({"controller_checkpoint": note, "heads_index": n, "consistency": []}, cvm="c1",
+                             controller_id=CID, controller_key=OWNER.public_key(), size=n,
+                             root=merkle.root(hashes[:n]), ctl=replay.log, policy=WitnessPolicy.parse([w.vkey()], 1),
+                             now=datetime.now(UTC))
+
+    old = judged(5)
+    assert not old.ok and f"older than the newest {HEADS_KEPT}" in old.detail, old.detail
+    new = judged(HEADS_KEPT + 6)  # the newest head: heads entry HEADS_KEPT + 6 commits it
+    assert new.ok, new.detail
