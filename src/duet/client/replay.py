@@ -174,7 +174,7 @@ class CvmReplay:
     evicted_intent: int = -1
     used: dict[int, int] = field(default_factory=dict)
     open_commands: set[int] = field(default_factory=set)
-    #: The `output` pieces of each open streamed command (bounded by the output cap).
+    #: The `output` pieces of each open streamed command (MAX_STREAMED_BYTES in all).
     streamed: dict[int, StreamedOutput] = field(default_factory=dict)
     nonces: NonceWindow = field(default_factory=NonceWindow)
     transition: dict[str, Any] | None = None
@@ -185,8 +185,8 @@ class CvmReplay:
     clamped: int = 0
 
     ev_p: Problems = field(default_factory=lambda: Problems(4))
-    #: Evidence nonce digests by the intent index the nonce commits to (-1: none), for
-    #: the intents of the attest commands kept.
+    #: Evidence nonce digests by the intent their attest command ran under, for the
+    #: intents of the attest commands kept (at most MAX_EVIDENCE_PER_INTENT each).
     ev_nonces: dict[int, set[bytes]] = field(default_factory=dict)
     ev_count: int = 0
     ev_first: int | None = None
