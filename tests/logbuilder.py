@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from duet.attestation import SimulatedSnp
 from duet.attestation.binding import cvm_report_data
 from duet.client.audit import Check, audit_log
-from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks
+from duet.client.cvm_checks import evidence_checks, history_checks, lockdown_checks, time_checks
 from duet.client.expectations import UserExpectations
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
@@ -42,7 +43,7 @@ class LogBuilder:
     def __init__(
         self, snp: SimulatedSnp, *, seed: bytes = b"duet-test", provider: str = "local",
         tee: str = "simulated-snp", evidence_kind: str | None = "simulated-snp",
-        binding: str | None = "host_data", host_data: str = "5a" * 32,
+        binding: str | None = "host_data", host_data: str = "5a" * 32, offset: float = 0.0,
     ) -> None:
         self.snp = snp
         self.owner = _key(seed, b"owner")
@@ -54,6 +55,9 @@ class LogBuilder:
         self.kind = evidence_kind or tee
         self.entries: list[dict[str, Any]] = []
         self._n = 0
+        #: Seconds added to the real clock for entry times and iats (`advance`): a log can
+        #: span months of log time while every entry stays in the past.
+        self.offset = offset
         policy = parse_policy(DEFAULT_POLICY)
         genesis: dict[str, Any] = {
             "cvm_id": CVM_ID, "origin": f"duet/{self.controller_id}/{CVM_ID}",
@@ -70,16 +74,26 @@ class LogBuilder:
 
     # --- primitives -------------------------------------------------------------------
 
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the log's clock (entry times, iats) forward."""
+        self.offset += seconds
+
     def add(self, type: str, **fields: Any) -> int:
-        self.entries.append({"v": 1, "type": type, "time": entries.now_rfc3339(), **fields})
+        when = datetime.fromtimestamp(self.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.entries.append({"v": 1, "type": type, "time": when, **fields})
         return len(self.entries) - 1
 
     def intent(self, op: str, args: dict[str, Any], *, cvm: str | None = CVM_ID, nonce: str | None = None,
-               key: Ed25519PrivateKey | None = None) -> int:
+               key: Ed25519PrivateKey | None = None, iat: int | None = None) -> int:
+        """An owner intent, signed now by the log's clock (`iat`: another time)."""
         self._n += 1
         key = key or self.owner
         jws = sign_intent(key, op=op, aud=self.controller_id, args=args,
-                          cvm=None if op in ("cvm.create", "owner.keys") else cvm, iat=T0 + self._n,
+                          cvm=None if op in ("cvm.create", "owner.keys") else cvm,
+                          iat=int(self.now()) if iat is None else iat,
                           nonce=nonce or f"nonce-{self._n:04d}-abcdefghijkl")
         return self.add("intent", jws=jws, op=op, kid=keys.key_id(key.public_key()))
 
@@ -105,8 +119,7 @@ class LogBuilder:
     def evidence(self, purpose: str, intent_index: int, *, report_host_data: str | None = None,
                  link: bool = True, kind: str | None = None) -> int:
         """The attest command, its result, and the evidence entry pointing to it."""
-        self._n += 1
-        nonce = hashlib.sha256(b"nonce%d" % self._n).digest()
+        nonce = self.evidence_nonce(intent_index)
         ci = self.command(f"collect-evidence {nonce.hex()}", intent_index, action="attest", builtin=True)
         rd = cvm_report_data(nonce, self.host_key)
         hd = bytes.fromhex(report_host_data if report_host_data is not None else self.host_data)
@@ -121,6 +134,12 @@ class LogBuilder:
         if link:
             fields["command_index"] = ci
         return self.add("evidence", **fields)
+
+    def evidence_nonce(self, intent_index: int) -> bytes:
+        """As the controller makes them (ledger/evidence_nonce.py): the intent's index,
+        then 24 bytes (deterministic here)."""
+        self._n += 1
+        return intent_index.to_bytes(8, "big") + hashlib.sha256(b"nonce%d" % self._n).digest()[:24]
 
     def lockdown(self, purpose: str, *, ok: bool = True) -> int:
         return self.add("lockdown", purpose=purpose, where="test", ok=ok,
@@ -173,4 +192,5 @@ def all_checks(
         ev, _ = evidence_checks(audit.decoded, audit.state, trust_simulated=trust_simulated,
                                 now=now or datetime.now().astimezone(), expect=expect, snp_arks=snp_arks)
         checks += ev + history_checks(audit.decoded, expect) + lockdown_checks(audit.decoded, audit.state, expect)
+    checks += time_checks(audit.decoded, now or datetime.now().astimezone())
     return {c.name: c for c in checks}

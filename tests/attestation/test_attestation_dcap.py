@@ -361,3 +361,47 @@ def test_a_collateral_chain_whose_root_was_changed_is_refused(chain: str) -> Non
     swapped = dict(doc, **{chain: "".join(p + end for p in pems[:-1]) + "\n" + _self_signed_ca_pem()})
     with pytest.raises(UntrustedRoot):
         verify_sgx_quote(q, json.dumps(swapped), now=SGX_NOW)
+
+
+def _reissued_by_another_key(pem: str) -> str:
+    """The certificate `pem` re-issued by a key that is not its issuer's: the same subject,
+    issuer name, public key, validity and extensions, a well-formed X.509 certificate in
+    every respect but its signature, which another (freshly made) CA key made."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    b = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+         .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for ext in cert.extensions:
+        b = b.add_extension(ext.value, critical=ext.critical)
+    return b.sign(rogue, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize("chain", ["pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"])
+def test_a_collateral_chain_whose_intermediate_was_swapped_is_refused(sim_sgx: SimulatedSgx, chain: str) -> None:
+    """Attack: the certificate below the root in an issuer chain is replaced by another one,
+    properly formed, with the same name and public key (so the CRL, TCB Info and QE
+    identity signatures it vouches for still verify), but issued by another key than the
+    root's. Every chain still ends in the trusted root. dcap-qvl checks the TCB Info and
+    QE identity chains itself, but not the PCK CRL issuer chain: that one only the
+    link-by-link check (`_check_chain_roots`: each certificate issued by the next)
+    refuses, and this test fails without it."""
+    from duet.attestation import ChainInvalid
+
+    q = sim_sgx.quote(b"x", mrenclave=bytes(32), mrsigner=bytes(32))
+    doc = sim_sgx.collateral()
+    verify_sgx_quote(q, json.dumps(doc), now=SIM_NOW, root_ca_der=sim_sgx.root_ca_der)  # as issued: passes
+    end = "-----END CERTIFICATE-----"
+    pems = [p.strip() + "\n" + end + "\n" for p in str(doc[chain]).split(end) if "BEGIN" in p]
+    assert len(pems) == 2  # intermediate, root
+    swapped = dict(doc, **{chain: _reissued_by_another_key(pems[0]) + pems[1]})
+    refused = ChainInvalid if chain == "pck_crl_issuer_chain" else AttestationError
+    with pytest.raises(refused) as info:
+        verify_sgx_quote(q, json.dumps(swapped), now=SIM_NOW, root_ca_der=sim_sgx.root_ca_der)
+    if chain == "pck_crl_issuer_chain":
+        assert "is not issued by the next certificate" in str(info.value)

@@ -201,8 +201,7 @@ def _maa_log(maa: FakeMaa, kind: str = "azure-snp-maa") -> Any:
     class MaaLog(LogBuilder):
         def evidence(self, purpose: str, intent_index: int, *, report_host_data: str | None = None,
                      link: bool = True, kind: str | None = None) -> int:
-            self._n += 1
-            nonce = hashlib.sha256(b"nonce%d" % self._n).digest()
+            nonce = self.evidence_nonce(intent_index)
             ci = self.command(f"collect-evidence {nonce.hex()}", intent_index, action="attest", builtin=True)
             rd = cvm_report_data(nonce, self.host_key)
             return self.add("evidence", kind=self.kind, purpose=purpose, nonce=nonce.hex(), command_index=ci,

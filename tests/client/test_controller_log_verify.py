@@ -99,7 +99,7 @@ CID = "a" * 64
 
 
 def _intent(key: keys.Ed25519PrivateKey, op: str, args: dict[str, Any], cvm: str | None = None) -> dict[str, Any]:
-    jws = sign_intent(key, op=op, aud=CID, args=args, cvm=cvm, iat=1_800_000_000)
+    jws = sign_intent(key, op=op, aud=CID, args=args, cvm=cvm, iat=1_796_040_000)  # the entries' time
     return {"v": 1, "type": "intent", "jws": jws, "op": op, "kid": keys.key_id(key.public_key()),
             "time": "2026-11-30T12:00:00.000000Z"}
 

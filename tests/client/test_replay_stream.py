@@ -63,7 +63,8 @@ def test_a_replay_saved_and_resumed_reaches_the_same_verdict(path: Path) -> None
 
 
 @pytest.mark.parametrize("field,value", [("intents_n", "7"), ("ev_latest_ok", 1), ("cp_last", [1]),
-                                         ("seen_nonces", "not base64!"), ("cmd_p", [0]),
+                                         ("nonces", {"seen": "not base64!", "copies": "", "newest": None}),
+                                         ("cmd_p", [0]),
                                          ("ev_latest_leaf", base64.b64encode(b'{"v":1}').decode())])
 def test_a_malformed_saved_replay_is_refused_not_used(field: str, value: Any) -> None:
     """Even a saved state that passed its MAC is checked field by field before use, and

@@ -5,6 +5,7 @@ it controls) is caught in the log, whatever users pass as --witness."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from duet.client.controller_log import controller_log_checks
@@ -19,13 +20,15 @@ VKEY = Cosigner("witness.test/w", keys.Ed25519PrivateKey.generate()).vkey()
 ARGS: dict[str, Any] = {"witnesses": [{"vkey": VKEY, "url": "https://w.example"}], "quorum": 1}
 
 
-def _intent(signer: keys.Ed25519PrivateKey, args: dict[str, Any], nonce_iat: int = 1_800_000_000) -> bytes:
-    jws = sign_intent(signer, op="witnesses.set", aud=CID, args=args, iat=nonce_iat)
+def _intent(signer: keys.Ed25519PrivateKey, args: dict[str, Any]) -> bytes:
+    # Signed now and logged now: within the logging window of its entry's time.
+    jws = sign_intent(signer, op="witnesses.set", aud=CID, args=args, iat=int(time.time()))
     return entries.IntentEntry(jws=jws, op="witnesses.set", kid=keys.key_id(signer.public_key())).encode()
 
 
 def _log(*tail: bytes) -> list[bytes]:
-    return [entries.OwnerKeysEntry(keys=(keys.public_b64(OWNER.public_key()),)).encode(), *tail]
+    first = entries.OwnerKeysEntry(keys=(keys.public_b64(OWNER.public_key()),), time="2026-01-01T00:00:00.000000Z")
+    return [first.encode(), *tail]  # the first entry's time before the others
 
 
 def _witnesses(args: dict[str, Any]) -> bytes:
@@ -39,8 +42,9 @@ def _verdict(leaves: list[bytes]) -> tuple[bool, str]:
 
 
 def test_an_owner_signed_witnesses_entry_is_accepted_and_heads_are_read() -> None:
+    intent, witnesses = _intent(OWNER, ARGS), _witnesses(ARGS)
     heads = entries.HeadsEntry(heads=({"cvm": "c1", "size": 3, "root": "A" * 43 + "=", "consistency": []},)).encode()
-    leaves = _log(_intent(OWNER, ARGS), _witnesses(ARGS), heads)
+    leaves = _log(intent, witnesses, heads)
     ok, detail = _verdict(leaves)
     assert ok, detail
     _, ctl = controller_log_checks(leaves, controller_id=CID, expect=None)

@@ -23,7 +23,8 @@ def _intent(op: str, args: dict[str, object], key: keys.Ed25519PrivateKey = OWNE
 
 
 def _log(*items: entries.Entry) -> list[bytes]:
-    first = entries.OwnerKeysEntry(keys=(keys.public_b64(OWNER.public_key()),))
+    # Dated before the items (made first, as arguments): entry times never go back.
+    first = entries.OwnerKeysEntry(keys=(keys.public_b64(OWNER.public_key()),), time="2026-01-01T00:00:00.000000Z")
     return [e.encode() for e in (first, *items)]
 
 

@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,31 @@ def test_a_stopped_primary_gives_up_its_lease(controller_factory, etcd_address: 
     assert etcd.get(f"duet/{cid}/primary".encode()) is not None
     c.kill(signal.SIGTERM)
     assert etcd.get(f"duet/{cid}/primary".encode()) is None
+
+
+def test_witness_cosignatures_are_replicated_with_the_state(  # type: ignore[no-untyped-def]
+        controller_factory, etcd_address: str, etcd: EtcdClient, tmp_path: Path) -> None:
+    """The cosignatures the primary collects are public state: written through to etcd
+    (encrypted like every state record), so the instance that serves next has them."""
+    from duet.ledger.cosignature import verified_cosignatures
+    from witness_proc import WitnessProc
+
+    c = _start(controller_factory, etcd_address)
+    w = WitnessProc.following(tmp_path / "w", c)
+    try:
+        c.owner().set_witnesses([(w.vkey, w.url)], 1)
+        cid = _cid(c)
+        key = f"duet/{cid}/state/meta/witness_cosignatures".encode()
+        deadline = time.monotonic() + 60
+        while etcd.get(key) is None:
+            assert time.monotonic() < deadline, "the cosignatures never reached etcd"
+            time.sleep(0.2)
+        with c.http() as http:
+            assert verified_cosignatures(http.get_text("/v1/controller/log/checkpoint"), [w.verifier])
+        # Only as ciphertext, like every state record (a replica reading it verifies each
+        # cosignature again before serving it).
+        stored = etcd.get(key)
+        assert stored is not None and w.vkey.encode() not in stored.value
+    finally:
+        w.kill()
+        c.kill()

@@ -6,6 +6,7 @@ Each test attacks or stresses one of these properties."""
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import signal
 import socket
@@ -398,3 +399,84 @@ def test_two_controllers_on_copies_of_one_data_dir_the_one_left_behind_stops(
         assert a.owner().run(cvm_a, "echo still here")["exit_status"] == 0
     finally:
         w.kill()
+
+
+def test_duet_verify_controller_log_demands_a_cosigned_checkpoint(
+        controller: ControllerProc, witness: WitnessProc, tmp_path: Path) -> None:
+    """`duet verify --controller-log` with witnesses: the controller log verified must extend
+    a checkpoint of it that a quorum of the user's witnesses cosigned. A witness key that
+    never cosigned it (or a quorum it cannot reach) fails the check and says who is missing."""
+    import json
+
+    from duet.ledger.cosignature import Cosigner
+
+    controller.owner().set_witnesses([(witness.vkey, witness.url)], 1)
+    common = ["verify", "--controller-log", "--controller", controller.url, "--trust-simulated", "--json"]
+
+    def run(*extra: str, state: str) -> tuple[int, dict[str, Any]]:
+        r = _duet(*common, "--state-dir", str(tmp_path / state), *extra, home=tmp_path)
+        return r.returncode, json.loads(r.stdout)
+
+    def check(report: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in report["checks"] if c["name"] == "witness_cosigned")
+
+    rc, report = run("--witness", witness.vkey, state="u1")
+    assert rc == 0, [c for c in report["checks"] if not c["ok"]]
+    assert check(report)["ok"] and witness.name in check(report)["detail"]
+    exp = tmp_path / "expect.yaml"
+    exp.write_text(f"witnesses:\n  keys: ['{witness.vkey}']\n  quorum: 1\n  max_age: 10m\n")
+    rc, report = run("--expect", str(exp), state="u2")
+    assert rc == 0 and check(report)["ok"]
+    other = Cosigner("witness.test/absent", keys.Ed25519PrivateKey.generate()).vkey()
+    rc, report = run("--witness", other, state="u3")
+    assert rc == 3 and not check(report)["ok"]
+    assert "not signed by witness.test/absent" in check(report)["detail"]
+    rc, report = run("--witness", witness.vkey, "--witness", other, state="u4")  # quorum: both
+    assert rc == 3 and not check(report)["ok"]
+    rc, report = run(state="u5")
+    assert rc == 0 and not any(c["name"] == "witness_cosigned" for c in report["checks"])
+
+
+def test_cosignatures_survive_a_restart_without_asking_the_witness_again(
+        controller: ControllerProc, witness: WitnessProc, tmp_path: Path) -> None:
+    """The cosignatures collected are persisted in the state store: the controller reopened
+    on its data dir, with the witness gone (no resubmission possible), serves them with its
+    controller-log checkpoint. A persisted line that no longer verifies is dropped."""
+    from duet.controller.serve import build_controller
+    from duet.controller.witnessing import COSIGNATURES_META
+
+    controller.owner().set_witnesses([(witness.vkey, witness.url)], 1)
+
+    def cosigned() -> str | None:
+        with controller.http() as http:
+            note = http.get_text("/v1/controller/log/checkpoint")
+        return note if verified_cosignatures(note, [witness.verifier]) else None
+
+    served = _wait(cosigned, "a cosigned controller-log checkpoint")
+    controller.kill(signal.SIGTERM)
+    witness.kill()
+    ctl = build_controller(controller.data)  # not started: no start-up round with the (dead) witness
+    try:
+        note = ctl.controller_log_checkpoint()
+        assert verified_cosignatures(note, [witness.verifier]) == verified_cosignatures(served, [witness.verifier])
+        assert ctl.witnessing.cosigned() is not None
+        status = ctl.witnessing.status()["witnesses"][0]
+        assert status["cosigned_size"] == ctl.ledger.tree_head("controller").size
+        # A tampered record (another signature in the line) is verified again and dropped.
+        raw = ctl.state.get_meta(COSIGNATURES_META)
+        assert raw is not None
+        doc = json.loads(raw)
+        for by_vkey in doc.values():
+            for vkey, line in by_vkey.items():
+                sig = base64.b64decode(line.split()[-1])
+                by_vkey[vkey] = line.rsplit(" ", 1)[0] + " " + base64.b64encode(
+                    sig[:-1] + bytes([sig[-1] ^ 1])).decode() + "\n"
+        ctl.state.set_meta(COSIGNATURES_META, json.dumps(doc).encode())
+    finally:
+        ctl.close()
+    ctl = build_controller(controller.data)
+    try:
+        assert verified_cosignatures(ctl.controller_log_checkpoint(), [witness.verifier]) == {}
+        assert ctl.witnessing.cosigned() is None
+    finally:
+        ctl.close()

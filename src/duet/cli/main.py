@@ -794,7 +794,7 @@ def verify(
         with Http(controller, trust_simulated=trust_simulated or None, state_dir=state_dir, limits=limits,
                   expect_controller=ctl.evidence() if ctl is not None else None) as http:
             report = verify_controller_log(http, trust_simulated=trust_simulated, state_dir=state_dir,
-                                           expect=expectations, full=full)
+                                           expect=expectations, full=full, witnesses=witnesses)
         audit = None
     else:
         if cvm is None:

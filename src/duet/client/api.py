@@ -168,6 +168,11 @@ class ReadClient:
         checkpoint (judged by `witness_check.py`)."""
         return _obj(self.http.get_json(f"/v1/cvms/{_seg(cvm)}/witnessed", size=size), "the witnessed proof")
 
+    def controller_witnessed(self) -> dict[str, Any]:
+        """The newest controller-log checkpoint a quorum of witnesses cosigned (judged by
+        `witness_check.controller_log_witness_check`)."""
+        return _obj(self.http.get_json("/v1/controller/log/witnessed"), "the witnessed controller-log checkpoint")
+
     def submit_intent(self, jws: str, stdin: bytes | None = None, sealed: bytes | None = None) -> Any:
         """`sealed`: the attachment that travels beside the intent (credentials.set only)."""
         return self.http.post_json("/v1/intents", _intent_body(jws, stdin, sealed))

@@ -11,9 +11,11 @@ import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from duet.ledger import entries, keys
+from duet.client.nonce_window import NonceWindow
+from duet.ledger import entries, evidence_nonce, keys
 from duet.ledger.builtins import ALL_SNAPSHOT_COMMANDS
 from duet.ledger.entries import Mode
 from duet.ledger.errors import LedgerError
@@ -115,19 +117,18 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
     intent_problems: list[str] = []
     cmd_problems: list[str] = []
     mode_problems: list[str] = []
-    seen_nonces: set[str] = set()
+    nonces = NonceWindow()
     intents: dict[int, Intent] = {}
     open_commands: dict[int, dict[str, Any]] = {}
     streamed: dict[int, StreamedOutput] = {}
     entry_problems: list[str] = []
-    evidence_nonces: set[str] = set()
     used_intents: dict[int, int] = {}
     #: The entry into in-service in progress: its intent's index and what it has shown.
     transition: dict[str, Any] | None = None
 
-    def check_jws(i: int, jws: Any) -> Intent | None:
+    def check_jws(i: int, e: dict[str, Any]) -> Intent | None:
         try:
-            it = parse_intent(str(jws))
+            it = parse_intent(str(e.get("jws")))
             verify_signature(it, owner_keys)
         except LedgerError as exc:
             intent_problems.append(f"entry {i}: {exc}")
@@ -136,9 +137,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             intent_problems.append(f"entry {i}: intent addressed to another controller")
         if it.cvm is not None and it.cvm != cvm_id:
             intent_problems.append(f"entry {i}: intent is for CVM {it.cvm}, logged in {cvm_id}")
-        if it.nonce in seen_nonces:
-            intent_problems.append(f"entry {i}: intent nonce reused (replay)")
-        seen_nonces.add(it.nonce)
+        intent_problems.extend(nonce_problems(nonces, i, e, it))
         return it
 
     for i, e in enumerate(d[1:], start=1):
@@ -146,7 +145,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
         if state.deleted:
             mode_problems.append(f"entry {i}: {t} after the CVM was deleted")
         if t == "intent":
-            it = check_jws(i, e.get("jws"))
+            it = check_jws(i, e)
             transition = None
             if it is not None:
                 intents[i] = it
@@ -157,7 +156,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
         elif t == "rejected":
             state.rejected += 1
             if e.get("jws") is not None:
-                check_jws(i, e.get("jws"))
+                check_jws(i, e)
         elif t == "owner_keys":
             prev = intents.get(i - 1)
             authorised = prev is not None and prev.op == Op.OWNER_KEYS and sorted(
@@ -184,10 +183,8 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
                 transition["lockdown"] = True
         elif t == "evidence":
             state.evidence_indices.append(i)
-            nonce = str(e.get("nonce"))
-            if transition is not None and nonce not in evidence_nonces:
+            if transition is not None and evidence_nonce.intent_of(e.get("nonce")) == transition["intent"]:
                 transition["evidence"] = True
-            evidence_nonces.add(nonce)
         elif t == "mode":
             new = e.get("mode")
             if e.get("previous") != state.mode:
@@ -205,7 +202,10 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             state.mode = str(new)
         elif t == "command":
             state.commands += 1
-            open_commands[i] = e
+            if len(open_commands) >= MAX_OPEN_COMMANDS:
+                cmd_problems.append(too_many_open(i))
+            else:
+                open_commands[i] = e
             _check_command(i, e, intents, state, policy, cmd_problems, mode_problems)
             _check_one_use(i, e, intents, used_intents, cmd_problems)
             if transition is not None and e.get("builtin") is True and e.get("action") == "snapshot" \
@@ -216,7 +216,7 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
             if not isinstance(ci, int) or ci not in open_commands:
                 cmd_problems.append(f"entry {i}: output for index {ci}, which is not an open command")
             else:
-                cmd_problems.extend(streamed.setdefault(ci, StreamedOutput()).add(i, e))
+                cmd_problems.extend(streamed.setdefault(ci, StreamedOutput()).add(i, e, streamed_bytes(streamed)))
         elif t in ("result", "interrupted"):
             ci = e.get("command_index")
             if not isinstance(ci, int) or ci not in open_commands:
@@ -246,6 +246,38 @@ def _replay(d: list[dict[str, Any]], cid: str, cvm_id: str, state: LogState) -> 
     ]
 
 
+#: Commands open at once (logged, no result yet): an honest controller runs one command
+#: at a time per CVM, under its lock, and closes what a restart interrupted. A log that
+#: opens more is judged without the extra ones (each is a problem), so that what a
+#: verifier holds does not grow with such a log.
+MAX_OPEN_COMMANDS = 8
+#: Streamed output held for the open commands, all streams together (compared with their
+#: result entries). An honest controller caps each stream at 1 MiB and runs one command
+#: at a time; pieces beyond this are a problem and are not held.
+MAX_STREAMED_BYTES = 64 << 20
+
+
+def too_many_open(i: int) -> str:
+    return f"entry {i}: more than {MAX_OPEN_COMMANDS} commands open at once"
+
+
+def streamed_bytes(streamed: dict[int, StreamedOutput]) -> int:
+    return sum(s.size for s in streamed.values())
+
+
+def nonce_problems(nonces: NonceWindow, i: int, e: dict[str, Any], it: Intent) -> list[str]:
+    """The nonce and logging-time rules of the intent (or refused intent) at entry `i`.
+    An owner-key change in a CVM log is a copy from the controller log (made when the CVM
+    is next used), judged there for its time; here only for a repeated nonce."""
+    if it.op == Op.OWNER_KEYS:
+        return nonces.check_copy(i, it.nonce)
+    try:
+        when = datetime.fromisoformat(str(e.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return [f"entry {i}: the entry has no valid time to judge its intent's iat by"]
+    return nonces.check(i, it.nonce, it.iat, when)
+
+
 def _stdin_problem(e: dict[str, Any], it: Intent) -> str | None:
     """The stdin logged with a command is exactly what the owner signed (its digest in
     the intent), and a command the owner gave no stdin logs none."""
@@ -271,7 +303,12 @@ class StreamedOutput:
     def __init__(self) -> None:
         self.data = {"stdout": bytearray(), "stderr": bytearray()}
 
-    def add(self, i: int, e: dict[str, Any]) -> list[str]:
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.data.values())
+
+    def add(self, i: int, e: dict[str, Any], held: int = 0) -> list[str]:
+        """`held`: the bytes all open commands' pieces hold already (MAX_STREAMED_BYTES)."""
         stream, offset = e.get("stream"), e.get("offset")
         if stream not in self.data:
             return [f"entry {i}: output for an unknown stream {stream!r}"]
@@ -279,9 +316,12 @@ class StreamedOutput:
         if offset != len(buf):
             return [f"entry {i}: output at offset {offset} of {stream}, but {len(buf)} bytes were logged before"]
         try:
-            buf += entries.OutputEntry.from_dict(e).content()
+            piece = entries.OutputEntry.from_dict(e).content()
         except (LedgerError, ValueError) as exc:
             return [f"entry {i}: output does not decode: {exc}"]
+        if held + len(piece) > MAX_STREAMED_BYTES:
+            return [f"entry {i}: the open commands' streamed output exceeds {MAX_STREAMED_BYTES >> 20} MiB"]
+        buf += piece
         return []
 
     def dump(self) -> dict[str, str]:
@@ -312,9 +352,9 @@ class StreamedOutput:
 
 def _earned(i: int, transition: dict[str, Any] | None) -> list[str]:
     """In-service is earned within its own transition (after the owner's cvm.mode intent,
-    before the mode entry): a passing lockdown, evidence over a nonce this log never used
-    before (re-logging an old report proves nothing about now) and a snapshot. Without
-    them the mode entry describes a state nobody looked at."""
+    before the mode entry): a passing lockdown, evidence whose nonce commits to that
+    intent (ledger/evidence_nonce.py: re-logging an old report proves nothing about now)
+    and a snapshot. Without them the mode entry describes a state nobody looked at."""
     if transition is None:
         return [f"entry {i}: in-service entered without its own cvm.mode intent before it"]
     missing = [what for what, shown in (("a passing lockdown", transition["lockdown"]),

@@ -30,15 +30,17 @@ import binascii
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import rfc8785
 
 from duet.client.audit import Check
 from duet.client.expectations import UserExpectations
+from duet.client.nonce_window import NonceWindow
 from duet.ledger import entries, keys, merkle
 from duet.ledger.errors import LedgerError
-from duet.ledger.intent import parse_intent, verify_signature
+from duet.ledger.intent import Intent, parse_intent, verify_signature
 from duet.ledger.operations import Op
 
 
@@ -54,14 +56,17 @@ class ControllerLog:
     size: int = 0
     #: (controller-log size once the change was appended, key ids, base64 keys).
     changes: list[tuple[int, list[str], list[str]]] = field(default_factory=list)
-    #: Entry index -> SHA-256 (hex) of the JWS that entry carries.
+    #: Entry index -> SHA-256 (hex) of the JWS of each `owner.keys` intent (what a CVM
+    #: log's copy of a key change is compared with).
     intents: dict[int, str] = field(default_factory=dict)
     #: Whether a root is the log's root at a size (a proof against the verified head,
     #: or a recomputation from the leaves).
     prefix_root: Callable[[int, bytes], bool] | None = None
-    #: Per CVM: (controller-log index, size, base64 root) of every head a `heads` entry
-    #: committed, in log order (what witnesses' cosignatures cover: witness_check.py).
+    #: Per CVM: (controller-log index, size, base64 root) of the newest HEADS_KEPT heads
+    #: `heads` entries committed, in log order (what witnesses' cosignatures cover:
+    #: witness_check.py), and the size of the newest head no longer kept.
     heads: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    heads_dropped: dict[str, int] = field(default_factory=dict)
     #: (controller-log index, witnesses, quorum) of every `witnesses` entry.
     witnesses: list[tuple[int, list[dict[str, Any]], int]] = field(default_factory=list)
     #: Continuity entries (`build_approved`, `handover`, `handover_refused`,
@@ -105,10 +110,17 @@ def _ids(b64s: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+#: Heads kept per CVM: a user's CVM head is covered by one of the newest (its log's size
+#: when verified); an older one is not found, and the witness check fails, never passes.
+HEADS_KEPT = 64
+
+
 class ControllerLogReplay:
-    """The controller log's rules, entry by entry (it grows for ever too). Its state is
-    small: the key changes, the digests of its intents, the nonces seen, the entry before
-    the current one, and the first few problems."""
+    """The controller log's rules, entry by entry (it grows for ever too). Its state does
+    not grow with the log: the key changes and settings (what owners did), the newest
+    heads of each CVM, the digests of the `owner.keys` intents, the nonces of the intents
+    whose iat is recent (nonce_window.py), the entry before the current one, the time of
+    the last entry (times never go back) and the first few problems."""
 
     def __init__(self, controller_id: str) -> None:
         self.controller_id = controller_id
@@ -116,8 +128,9 @@ class ControllerLogReplay:
         self.problems: list[str] = []
         self.problem_count = 0
         self.in_force: list[str] = []
-        self.nonces: set[str] = set()
+        self.nonces = NonceWindow()
         self.prev: dict[str, Any] | None = None
+        self.time_prev: str | None = None
 
     @property
     def size(self) -> int:
@@ -139,10 +152,12 @@ class ControllerLogReplay:
             self.prev = {"type": "undecodable"}
             return
         t = e.get("type")
+        self._time(i, e)
         if prev is not None and prev.get("type") == "intent" and _AUTHORISES.get(str(prev.get("op"))) != t:
             self._problem(f"entry {i - 1}: a {prev.get('op')} intent not followed by the entry it authorises")
-        self.prev = {"type": t, "jws": e.get("jws"), "op": e.get("op")} if t == "intent" else {"type": t}
-        if isinstance(e.get("jws"), str):
+        self.prev = {"type": t, "jws": e.get("jws"), "op": e.get("op"), "time": e.get("time")} if t == "intent" \
+            else {"type": t}
+        if isinstance(e.get("jws"), str) and e.get("op") == Op.OWNER_KEYS:
             self.log.intents[i] = jws_digest(e["jws"])
         if t == "intent":
             return  # judged with the entry it must be followed by
@@ -197,10 +212,8 @@ class ControllerLogReplay:
             if it.payload.get("aud") != self.controller_id:
                 self._problem(f"entry {i - 1}: intent addressed to another controller")
                 return
-            if it.nonce in self.nonces:
-                self._problem(f"entry {i - 1}: intent nonce reused (replay)")
+            if not self._fresh(i - 1, it, prev):
                 return
-            self.nonces.add(it.nonce)
         self.in_force = sorted(str(k) for k in e.get("keys") or [])
         self.log.changes.append((i + 1, sorted(new), sorted(str(k) for k in e.get("keys") or [])))
 
@@ -223,11 +236,35 @@ class ControllerLogReplay:
         if it.payload.get("aud") != self.controller_id:
             self._problem(f"entry {i - 1}: intent addressed to another controller")
             return False
-        if it.nonce in self.nonces:
-            self._problem(f"entry {i - 1}: intent nonce reused (replay)")
+        return self._fresh(i - 1, it, prev)
+
+    def _fresh(self, i: int, it: Intent, entry: dict[str, Any]) -> bool:
+        """The intent logged at entry `i` was logged within its time window and its nonce
+        was not used before (nonce_window.py)."""
+        try:
+            when = datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00"))
+        except ValueError:
+            self._problem(f"entry {i}: the entry has no valid time to judge its intent's iat by")
             return False
-        self.nonces.add(it.nonce)
-        return True
+        problems = self.nonces.check(i, it.nonce, it.iat, when)
+        for p in problems:
+            self._problem(p)
+        return not problems
+
+    def _time(self, i: int, e: dict[str, Any]) -> None:
+        """Entry times never go back (what lets the nonce window forget old nonces)."""
+        t = e.get("time")
+        if not isinstance(t, str):
+            return
+        if self.time_prev is not None:
+            try:
+                back = datetime.fromisoformat(t.replace("Z", "+00:00")) < \
+                    datetime.fromisoformat(self.time_prev.replace("Z", "+00:00"))
+            except ValueError:
+                back = True
+            if back:
+                self._problem(f"entry {i} is dated {t}, before entry {i - 1}")
+        self.time_prev = t
 
     def _promote(self, i: int, e: dict[str, Any]) -> None:
         """A standby may act only with the K it was given: its `promote` must name the
@@ -286,6 +323,8 @@ class ControllerLogReplay:
                                   f"head (size {old_size}): {exc}")
                     continue
             seen.append((i, size, root))
+            if len(seen) > HEADS_KEPT:
+                self.log.heads_dropped[cvm] = seen.pop(0)[1]
 
     def checks(self, expect: UserExpectations | None) -> list[Check]:
         ctl = self.log
@@ -313,8 +352,10 @@ class ControllerLogReplay:
     def dump(self) -> dict[str, Any]:
         return {"size": self.log.size, "changes": [list(c) for c in self.log.changes],
                 "intents": [[k, v] for k, v in sorted(self.log.intents.items())], "problems": self.problems,
-                "problem_count": self.problem_count, "in_force": self.in_force, "nonces": sorted(self.nonces),
-                "prev": self.prev, "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
+                "problem_count": self.problem_count, "in_force": self.in_force, "nonces": self.nonces.dump(),
+                "prev": self.prev, "time_prev": self.time_prev,
+                "heads": {k: [list(h) for h in v] for k, v in sorted(self.log.heads.items())},
+                "heads_dropped": self.log.heads_dropped,
                 "witnesses": [list(w) for w in self.log.witnesses],
                 "continuity": [[i, e] for i, e in self.log.continuity], "providers": self.log.providers,
                 "host_seeded": self.log.host_seeded, "credentials": self.log.credentials,
@@ -328,6 +369,7 @@ class ControllerLogReplay:
             changes=[(int(at), [str(k) for k in ids], [str(k) for k in b64]) for at, ids, b64 in data["changes"]],
             intents={int(k): str(v) for k, v in data["intents"]},
             heads={str(c): [(int(i), int(n), str(r)) for i, n, r in v] for c, v in data["heads"].items()},
+            heads_dropped={str(c): int(n) for c, n in data["heads_dropped"].items()},
             witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]],
             continuity=[(int(i), dict(e)) for i, e in data["continuity"]],
             providers=[int(i) for i in data["providers"]], host_seeded=[int(i) for i in data["host_seeded"]],
@@ -336,7 +378,11 @@ class ControllerLogReplay:
         self.problems = [str(p) for p in data["problems"]][:5]
         self.problem_count = int(data["problem_count"])
         self.in_force = [str(k) for k in data["in_force"]]
-        self.nonces = {str(n) for n in data["nonces"]}
+        self.nonces = NonceWindow.load(data["nonces"])
+        time_prev = data["time_prev"]
+        if time_prev is not None and not isinstance(time_prev, str):
+            raise ValueError("malformed previous entry time")
+        self.time_prev = time_prev
         prev = data["prev"]
         if prev is not None and not isinstance(prev, dict):
             raise ValueError("malformed previous entry")

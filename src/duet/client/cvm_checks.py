@@ -12,14 +12,14 @@ the command history and the lockdown checks against what the user expects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence, Sized
 from datetime import datetime, timedelta
 from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds, validate
 from duet.client.audit import Check, LogState
 from duet.client.expectations import UserExpectations
-from duet.ledger import control_plane
+from duet.ledger import control_plane, evidence_nonce
 from duet.ledger.builtins import builtin_template
 from duet.ledger.entries import EvidencePurpose, Mode
 from duet.ledger.lockdown import judge as judge_lockdown
@@ -108,6 +108,33 @@ def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index:
     check_command_link(e, index, attest)
 
 
+#: Evidence entries under one intent (an honest controller logs one per attest command,
+#: and runs a few attest commands per intent); more are a problem and are not remembered.
+MAX_EVIDENCE_PER_INTENT = 256
+
+
+def evidence_nonce_problem(nonce: Any, intent_index: Any, seen: Mapping[int, Sized]) -> str | None:
+    """Why evidence with `nonce`, answering an attest command under `intent_index`, is
+    refused before its nonce is compared with those in `seen` (by intent), or None."""
+    stale = evidence_nonce.problem(nonce, intent_index)
+    if stale is not None:
+        return stale
+    if len(seen.get(intent_index, ())) >= MAX_EVIDENCE_PER_INTENT:
+        return f"more than {MAX_EVIDENCE_PER_INTENT} evidence entries under intent {intent_index}"
+    return None
+
+
+def attest_command(decoded: Sequence[dict[str, Any]], ci: Any, index: int) -> dict[str, Any] | None:
+    """The attest command entry at `ci`, if evidence at `index` can name it (else the
+    link check reports it)."""
+    if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < index:
+        return None
+    cmd = decoded[ci]
+    if cmd.get("type") != "command" or cmd.get("action") != "attest" or cmd.get("builtin") is not True:
+        return None
+    return cmd
+
+
 def check_command_link(
     e: dict[str, Any], index: int, attest: Callable[[int], tuple[dict[str, Any] | None, bool]],
 ) -> None:
@@ -142,7 +169,8 @@ def evidence_checks(
     instance_id = provisioned.get("instance_id")
     problems: list[str] = binding_problems(genesis, expect)
     latest: cvm_kinds.Verified | None = None
-    nonces: set[str] = set()
+    #: Evidence nonces by the intent their attest command ran under.
+    nonces: dict[int, set[str]] = {}
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
     maa = maa_pins(expect)
     pinned_ak_roots = ak_roots(expect)
@@ -152,10 +180,18 @@ def evidence_checks(
         if e.get("kind") != kind and e.get("kind") != cvm_kinds.CvmKind.NONE:
             problems.append(f"entry {i}: evidence kind {e.get('kind')} is not the kind declared at create ({kind})")
             continue
-        if str(e.get("nonce")) in nonces:
-            problems.append(f"entry {i}: evidence nonce reused (not fresh)")
-            continue
-        nonces.add(str(e.get("nonce")))
+        cmd = attest_command(decoded, e.get("command_index"), i)
+        if cmd is not None:  # else the link check in verify_evidence_entry fails
+            under = cmd.get("intent_index")
+            problem = evidence_nonce_problem(e.get("nonce"), under, nonces)
+            if problem is not None:
+                problems.append(f"entry {i}: {problem}")
+                continue
+            assert isinstance(under, int)  # evidence_nonce.problem said so
+            if str(e.get("nonce")) in nonces.setdefault(under, set()):
+                problems.append(f"entry {i}: evidence nonce reused (not fresh)")
+                continue
+            nonces[under].add(str(e.get("nonce")))
         try:
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,

@@ -8,9 +8,14 @@ not grow with the log, and so that its state can be saved after a verification a
 resumed on the next one (`verify_cache.py`): a later run then feeds only the new entries.
 
 What it keeps: the genesis entry, the owner keys and policy in force, the newest
-intents (a window), the open commands, recent attest commands, the newest evidence and
-lockdown entries, counters, the first few problems of each check, and digests of every
-nonce seen (intent nonces must never repeat, so those grow by 16 bytes per intent).
+intents (a window), the open commands (at most MAX_OPEN_COMMANDS, with their streamed
+output, at most MAX_STREAMED_BYTES), recent attest commands, the newest evidence and
+lockdown entries, counters, the first few problems of each check, the digests of the
+intent nonces whose iat is within LOG_DELAY_S of the newest intent entry time
+(nonce_window.py: an older one replayed fails the logging-time rule instead), those of
+the owner-key changes copied from the controller log, and the digests of the evidence
+nonces of the intents that recent attest commands ran under (an evidence nonce commits
+to its intent: ledger/evidence_nonce.py). None of it grows with the log's length.
 
 Where a rule looks back further than the replay keeps, the replay fails, never passes:
 a command under an intent that has left the window (such a command was already a
@@ -30,7 +35,19 @@ from datetime import datetime
 from typing import Any
 
 from duet.attestation import AttestationError, cvm_kinds
-from duet.client.audit import Check, LogState, StreamedOutput, _check_command, _check_genesis, _earned, _keyset
+from duet.client.audit import (
+    MAX_OPEN_COMMANDS,
+    Check,
+    LogState,
+    StreamedOutput,
+    _check_command,
+    _check_genesis,
+    _earned,
+    _keyset,
+    nonce_problems,
+    streamed_bytes,
+    too_many_open,
+)
 from duet.client.controller_log import ControllerLog, link_check, link_problems
 from duet.client.cvm_checks import (
     MAX_CLOCK_SKEW,
@@ -43,13 +60,15 @@ from duet.client.cvm_checks import (
     cvm_expectations,
     declared_binding,
     declared_kind,
+    evidence_nonce_problem,
     evidence_summary,
     judge_latest_lockdown,
     maa_pins,
 )
 from duet.client.expectations import UserExpectations
+from duet.client.nonce_window import NonceWindow
 from duet.client.owner_check import OwnerResult, _key_ids
-from duet.ledger import control_plane, entries
+from duet.ledger import control_plane, entries, evidence_nonce
 from duet.ledger.builtins import builtin_template
 from duet.ledger.entries import EvidencePurpose, Mode
 from duet.ledger.errors import LedgerError
@@ -59,7 +78,7 @@ from duet.ledger.policy import Policy, parse_policy
 from duet.ledger.regex import compile_linear
 
 #: Bump when a rule changes: a saved state of another version is never resumed.
-REPLAY_VERSION = 2
+REPLAY_VERSION = 3
 #: Intents kept by index (a command must run under the newest; older ones only explain
 #: a violation in more words).
 INTENT_WINDOW = 32
@@ -159,10 +178,9 @@ class CvmReplay:
     evicted_intent: int = -1
     used: dict[int, int] = field(default_factory=dict)
     open_commands: set[int] = field(default_factory=set)
-    #: The `output` pieces of each open streamed command (bounded by the output cap).
+    #: The `output` pieces of each open streamed command (MAX_STREAMED_BYTES in all).
     streamed: dict[int, StreamedOutput] = field(default_factory=dict)
-    seen_nonces: set[bytes] = field(default_factory=set)
-    evidence_nonces: set[bytes] = field(default_factory=set)
+    nonces: NonceWindow = field(default_factory=NonceWindow)
     transition: dict[str, Any] | None = None
 
     time_p: Problems = field(default_factory=Problems)
@@ -171,7 +189,9 @@ class CvmReplay:
     clamped: int = 0
 
     ev_p: Problems = field(default_factory=lambda: Problems(4))
-    ev_nonces: set[bytes] = field(default_factory=set)
+    #: Evidence nonce digests by the intent their attest command ran under, for the
+    #: intents of the attest commands kept (at most MAX_EVIDENCE_PER_INTENT each).
+    ev_nonces: dict[int, set[bytes]] = field(default_factory=dict)
     ev_count: int = 0
     ev_first: int | None = None
     ev_latest_leaf: str | None = None
@@ -286,9 +306,14 @@ class CvmReplay:
         elif t == "command":
             self._history(i, e)
             if e.get("builtin") is True and e.get("action") == "attest":
-                self.attest[i] = [str(e.get("command")), False]
+                ii = e.get("intent_index")
+                self.attest[i] = [str(e.get("command")), False, ii if _int(ii) else None]
                 if len(self.attest) > ATTEST_WINDOW:
                     del self.attest[min(self.attest)]
+                    # Evidence under an intent no kept attest command ran under cannot
+                    # link (it fails), so its nonces are not needed any more.
+                    live = {a[2] for a in self.attest.values()}
+                    self.ev_nonces = {k: v for k, v in self.ev_nonces.items() if k in live}
         elif t == "result":
             ci = e.get("command_index")
             if isinstance(ci, int) and ci in self.attest:
@@ -346,9 +371,9 @@ class CvmReplay:
     def _newest(self) -> int | None:
         return max(self._intents) if self._intents else None
 
-    def _check_jws(self, i: int, jws: Any) -> Intent | None:
+    def _check_jws(self, i: int, e: dict[str, Any]) -> Intent | None:
         try:
-            it = parse_intent(str(jws))
+            it = parse_intent(str(e.get("jws")))
             verify_signature(it, self._keys)
         except LedgerError as exc:
             self.intent_p.add(f"entry {i}: {exc}")
@@ -357,10 +382,7 @@ class CvmReplay:
             self.intent_p.add(f"entry {i}: intent addressed to another controller")
         if it.cvm is not None and it.cvm != self.cvm_id:
             self.intent_p.add(f"entry {i}: intent is for CVM {it.cvm}, logged in {self.cvm_id}")
-        d = _digest(it.nonce)
-        if d in self.seen_nonces:
-            self.intent_p.add(f"entry {i}: intent nonce reused (replay)")
-        self.seen_nonces.add(d)
+        self.intent_p.extend(nonce_problems(self.nonces, i, e, it))
         return it
 
     def _remember_intent(self, i: int, it: Intent, jws: str) -> None:
@@ -380,7 +402,7 @@ class CvmReplay:
         if state.deleted:
             self.mode_p.add(f"entry {i}: {t} after the CVM was deleted")
         if t == "intent":
-            it = self._check_jws(i, e.get("jws"))
+            it = self._check_jws(i, e)
             self.transition = None
             if it is not None:
                 self._remember_intent(i, it, str(e.get("jws")))
@@ -391,7 +413,7 @@ class CvmReplay:
         elif t == "rejected":
             state.rejected += 1
             if e.get("jws") is not None:
-                self._check_jws(i, e.get("jws"))
+                self._check_jws(i, e)
         elif t == "owner_keys":
             prev = self._intents.get(i - 1)
             authorised = prev is not None and prev.op == Op.OWNER_KEYS and sorted(
@@ -421,10 +443,8 @@ class CvmReplay:
             if self.transition is not None and e.get("ok") is True:
                 self.transition["lockdown"] = True
         elif t == "evidence":
-            d = _digest(str(e.get("nonce")))
-            if self.transition is not None and d not in self.evidence_nonces:
+            if self.transition is not None and evidence_nonce.intent_of(e.get("nonce")) == self.transition["intent"]:
                 self.transition["evidence"] = True
-            self.evidence_nonces.add(d)
             self._evidence(i, e, leaf)
         elif t == "mode":
             new = e.get("mode")
@@ -443,7 +463,10 @@ class CvmReplay:
             state.mode = str(new)
         elif t == "command":
             state.commands += 1
-            self.open_commands.add(i)
+            if len(self.open_commands) >= MAX_OPEN_COMMANDS:
+                self.cmd_p.add(too_many_open(i))
+            else:
+                self.open_commands.add(i)
             self._command(i, e)
             tr = self.transition
             if tr is not None and e.get("builtin") is True and e.get("action") == "snapshot" \
@@ -454,7 +477,8 @@ class CvmReplay:
             if not isinstance(ci, int) or ci not in self.open_commands:
                 self.cmd_p.add(f"entry {i}: output for index {ci}, which is not an open command")
             else:
-                for p in self.streamed.setdefault(ci, StreamedOutput()).add(i, e):
+                held = streamed_bytes(self.streamed)
+                for p in self.streamed.setdefault(ci, StreamedOutput()).add(i, e, held):
                     self.cmd_p.add(p)
         elif t in ("result", "interrupted"):
             ci = e.get("command_index")
@@ -506,11 +530,19 @@ class CvmReplay:
         if e.get("kind") != kind and e.get("kind") != cvm_kinds.CvmKind.NONE:
             self.ev_p.add(f"entry {i}: evidence kind {e.get('kind')} is not the kind declared at create ({kind})")
             return
-        d = _digest(str(e.get("nonce")))
-        if d in self.ev_nonces:
-            self.ev_p.add(f"entry {i}: evidence nonce reused (not fresh)")
-            return
-        self.ev_nonces.add(d)
+        ci = e.get("command_index")
+        cmd = self.attest.get(ci) if isinstance(ci, int) and not isinstance(ci, bool) and 0 <= ci < i else None
+        if cmd is not None:  # else the link check below fails
+            problem = evidence_nonce_problem(e.get("nonce"), cmd[2], self.ev_nonces)
+            if problem is not None:
+                self.ev_p.add(f"entry {i}: {problem}")
+                return
+            seen = self.ev_nonces.setdefault(cmd[2], set())
+            d = _digest(str(e.get("nonce")))
+            if d in seen:
+                self.ev_p.add(f"entry {i}: evidence nonce reused (not fresh)")
+                return
+            seen.add(d)
         host_key = self.state.host_key
         if host_key is None:
             self.ev_p.add(f"entry {i}: evidence logged before the CVM's host key was pinned")
@@ -670,7 +702,6 @@ class CvmReplay:
               "time_prev", "timed", "clamped", "ev_count", "ev_first", "ev_latest_leaf", "ev_latest_ok",
               "ev_host_key", "first_mode", "isv_since", "provisioned", "hist_owner_n", "lockdown_last", "provider",
               "cp_seen", "cp_last", "cp_since", "owner_changes", "owner_last", "link_n")
-    _SETS = ("seen_nonces", "evidence_nonces", "ev_nonces")
 
     def dump(self) -> dict[str, Any]:
         """The state as JSON (checks that ran once, such as genesis's, as their result)."""
@@ -678,7 +709,8 @@ class CvmReplay:
             raise ValueError("a replay whose links were not checked is not saved")
         out: dict[str, Any] = {k: getattr(self, k) for k in self._PLAIN}
         out.update({k: getattr(self, k).dump() for k in self._PROBLEMS})
-        out.update({k: _dump_set(getattr(self, k)) for k in self._SETS})
+        out["nonces"] = self.nonces.dump()
+        out["ev_nonces"] = [[k, _dump_set(v)] for k, v in sorted(self.ev_nonces.items())]
         out["log_state"] = {k: getattr(self.state, k) for k in (
             "mode", "epoch", "deleted", "host_key", "host_data", "tee", "commands", "rejected", "interrupted",
             "last_in_service_index")}
@@ -688,7 +720,7 @@ class CvmReplay:
         out["used"] = [[k, v] for k, v in sorted(self.used.items())]
         out["open_commands"] = sorted(self.open_commands)
         out["streamed"] = [[k, v.dump()] for k, v in sorted(self.streamed.items())]
-        out["attest"] = [[k, v[0], v[1]] for k, v in sorted(self.attest.items())]
+        out["attest"] = [[k, v[0], v[1], v[2]] for k, v in sorted(self.attest.items())]
         return out
 
     def load(self, data: dict[str, Any]) -> None:
@@ -700,8 +732,8 @@ class CvmReplay:
             setattr(self, k, data[k])
         for k in self._PROBLEMS:
             setattr(self, k, Problems.load(data[k], getattr(self, k).keep))
-        for k in self._SETS:
-            setattr(self, k, _load_set(data[k]))
+        self.nonces = NonceWindow.load(data["nonces"])
+        self.ev_nonces = {int(k): _load_set(v) for k, v in data["ev_nonces"]}
         self.state = LogState(**data["log_state"])
         self.genesis_check = None if data["genesis_check"] is None else Check(**data["genesis_check"])
         self.policy_check = None if data["policy_check"] is None else Check(**data["policy_check"])
@@ -709,7 +741,7 @@ class CvmReplay:
         self.used = {int(k): int(v) for k, v in data["used"]}
         self.open_commands = {int(k) for k in data["open_commands"]}
         self.streamed = {int(k): StreamedOutput.load(v) for k, v in data["streamed"]}
-        self.attest = {int(k): [str(c), bool(d)] for k, c, d in data["attest"]}
+        self.attest = {int(k): [str(c), bool(d), n if _int(n) else None] for k, c, d, n in data["attest"]}
         if not isinstance(self.size, int) or self.size < 0:
             raise ValueError("malformed size")
         self._keys = _keyset(self.owner_keys_b64)

@@ -36,7 +36,14 @@ from duet.client.replay import REPLAY_VERSION, CvmReplay
 from duet.client.statefile import locked, read_json, write_json
 from duet.client.verify_cache import VerifyCache, slot_of
 from duet.client.witness_check import CHECK as WITNESS_CHECK
-from duet.client.witness_check import WitnessPolicy, fetch_witnessed, policy_of, witness_check
+from duet.client.witness_check import (
+    WitnessPolicy,
+    controller_log_witness_check,
+    fetch_controller_witnessed,
+    fetch_witnessed,
+    policy_of,
+    witness_check,
+)
 from duet.ledger import keys, merkle
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.errors import LedgerError
@@ -508,8 +515,11 @@ def check_controller_log(
 def verify_controller_log(
     http: Http, *, trust_simulated: bool = False, state_dir: Path | None = None, now: datetime | None = None,
     remember: bool = True, expect: UserExpectations | None = None, full: bool = False,
+    witnesses: WitnessPolicy | None = None,
 ) -> Report:
-    """`duet verify --controller-log`: the controller's quote, then its own log alone."""
+    """`duet verify --controller-log`: the controller's quote, then its own log alone;
+    with witnesses (`--witness`, or the expectations' `witnesses:`), the log verified must
+    extend a checkpoint of it that a quorum of them cosigned (check `witness_cosigned`)."""
     http.start_run()
     source = LiveSource(http)
     report = Report(CONTROLLER_LOG)
@@ -534,12 +544,21 @@ def verify_controller_log(
     report.add("controller_quote", ok, detail, simulated=quote.get("simulated") is True)
     if not claims:
         return report
+    witnesses = witnesses or policy_of(expect)
+    # Asked before the log is read: the cosigned checkpoint is then a prefix of the log verified.
+    witnessed = fetch_controller_witnessed(source.api) if witnesses is not None else None
     with memory.lock():
         ctl = check_controller_log(source, report, memory, cid, controller_key, remember, expect,
                                    cache=VerifyCache(memory.path.parent),
                                    context=_cache_context(cid, expect, trust_simulated), full=full)
     if ctl is not None and ctl.changes:
         report.owner_keys = ctl.changes[-1][1]
+    if witnesses is not None and witnessed is not None:
+        report.checks.append(
+            controller_log_witness_check(witnessed, controller_id=cid, controller_key=controller_key, ctl=ctl,
+                                         policy=witnesses, now=now) if ctl is not None else
+            Check(WITNESS_CHECK, False, "the controller log did not verify, so no witnessed checkpoint of it can "
+                                        "be checked"))
     return report
 
 

@@ -34,7 +34,8 @@ from duet.client.errors import ClientError
 
 CACHE_VERSION = 1
 _MAGIC = b"duet-verify-cache/1 "
-#: Largest cache file read back (the nonce digests grow by 16 bytes per intent).
+#: Largest cache file read back. A replay's state does not grow with the log (replay.py);
+#: what can make it large is the streamed output of open commands (at most 64 MiB).
 MAX_CACHE_BYTES = 256 << 20
 
 

@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from duet.client.api import ReadClient
 from duet.client.audit import Check
-from duet.client.controller_log import ControllerLog
+from duet.client.controller_log import HEADS_KEPT, ControllerLog
 from duet.client.errors import ClientError, LimitExceeded
 from duet.client.expectations import UserExpectations
 from duet.ledger import merkle
-from duet.ledger.checkpoint import open_checkpoint
+from duet.ledger.checkpoint import Checkpoint, open_checkpoint
 from duet.ledger.cosignature import CosignatureVerifier, verified_cosignatures
 from duet.ledger.errors import LedgerError
 from duet.ledger.note import Verifier
@@ -92,6 +92,16 @@ def fetch_witnessed(api: ReadClient, cvm: str, size: int) -> dict[str, Any] | st
         return f"the controller serves no witnessed proof: [{exc.code}] {exc.message}"
 
 
+def fetch_controller_witnessed(api: ReadClient) -> dict[str, Any] | str:
+    """The newest witness-cosigned controller-log checkpoint, or why there is none."""
+    try:
+        return api.controller_witnessed()
+    except LimitExceeded:
+        raise
+    except ClientError as exc:
+        return f"the controller serves none: [{exc.code}] {exc.message}"
+
+
 def _age(seconds: int) -> str:
     if seconds < 120:
         return f"{seconds} s"
@@ -119,8 +129,11 @@ def witness_check(
         return Check(CHECK, False, f"the witnessed proof does not verify: {exc}")
 
 
-def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, n: int, root_n: bytes,
-           ctl: ControllerLog, policy: WitnessPolicy, now: datetime) -> Check:
+def _cosigned(proof: dict[str, Any], cid: str, controller_key: Ed25519PublicKey, ctl: ControllerLog,
+              policy: WitnessPolicy, now: datetime) -> tuple[Checkpoint, str] | Check:
+    """The controller-log checkpoint the proof carries, when it is the controller's, a
+    quorum of the user's witnesses cosigned it recently enough, and it is a prefix of the
+    controller log verified: (the checkpoint, who signed); else the failing check."""
     note = proof["controller_checkpoint"]
     if not isinstance(note, str):
         raise ValueError("controller_checkpoint is not a note")
@@ -150,6 +163,42 @@ def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519Pub
     if not ctl.prefix_root_is(cp.size, base64.b64encode(cp.root_hash).decode()):
         return Check(CHECK, False, f"fork: the cosigned controller-log checkpoint of size {cp.size} is not a "
                                    "prefix of the controller log served")
+    return cp, who
+
+
+def controller_log_witness_check(
+    proof: dict[str, Any] | str, *, controller_id: str, controller_key: Ed25519PublicKey, ctl: ControllerLog,
+    policy: WitnessPolicy, now: datetime,
+) -> Check:
+    """`duet verify --controller-log` with witnesses: the controller log verified must
+    extend a checkpoint of it that a quorum of the user's witnesses cosigned (one history
+    of the controller log, the same for every user)."""
+    if isinstance(proof, str):
+        return Check(CHECK, False, f"no witness-cosigned controller-log checkpoint: {proof}")
+    try:
+        got = _cosigned(proof, controller_id, controller_key, ctl, policy, now)
+    except (LedgerError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        return Check(CHECK, False, f"the witnessed controller-log checkpoint does not verify: {exc}")
+    if isinstance(got, Check):
+        return got
+    cp, who = got
+    behind = "" if cp.size == ctl.size else f" (the newest {ctl.size - cp.size} entries are not cosigned yet)"
+    return Check(CHECK, True, f"the controller log verified ({ctl.size} entries) extends its checkpoint of size "
+                              f"{cp.size}, cosigned by {who} (quorum {policy.quorum}){behind}")
+
+
+def _judge(proof: dict[str, Any], cvm: str, cid: str, controller_key: Ed25519PublicKey, n: int, root_n: bytes,
+           ctl: ControllerLog, policy: WitnessPolicy, now: datetime) -> Check:
+    got = _cosigned(proof, cid, controller_key, ctl, policy, now)
+    if isinstance(got, Check):
+        return got
+    cp, who = got
+    dropped = ctl.heads_dropped.get(cvm)
+    if dropped is not None and dropped >= n:
+        # The first head covering n is older than the heads a replay keeps (HEADS_KEPT):
+        # which one it is cannot be told here, so the head is not counted as witnessed.
+        return Check(CHECK, False, f"this CVM's size {n} is covered only by a heads entry older than the newest "
+                                   f"{HEADS_KEPT} this verifier keeps for it; verify the CVM at its current size")
     heads = [(i, size, root) for i, size, root in ctl.heads.get(cvm, []) if i < cp.size]
     covering = next(((i, size, root) for i, size, root in heads if size >= n), None)
     if covering is None:

@@ -337,6 +337,11 @@ def create_app(controller: Controller, *, quote_limit: RateLimiter | None = None
     async def controller_log_checkpoint() -> PlainTextResponse:
         return PlainTextResponse(controller.controller_log_checkpoint(), media_type="text/plain; charset=utf-8")
 
+    @app.get("/v1/controller/log/witnessed")
+    async def controller_log_witnessed() -> Any:
+        """The newest controller-log checkpoint a quorum of witnesses cosigned (witnessing.py)."""
+        return await controller.witnessing.cosigned_checkpoint()
+
     @app.get("/v1/controller/log/entries")
     async def controller_log_entries(start: int = Query(0, ge=0), end: int | None = Query(None, ge=0)) -> Any:
         return await log_entries(CONTROLLER_LOG, start, end)

@@ -27,7 +27,7 @@ from duet.controller import errors
 from duet.controller.state import CvmRecord
 from duet.cvm.lockdown import Lockdown
 from duet.cvm.ssh import RunResult
-from duet.ledger import control_plane, entries
+from duet.ledger import control_plane, entries, evidence_nonce
 from duet.ledger.lockdown import ADVISORY, JUDGE_VERSION
 from duet.ledger.policy import SNAPSHOT_COMMANDS
 from duet.tee.clock import TrustedClock
@@ -166,7 +166,7 @@ class Collector(ABC):
                 extra={"reason": "launched without a TEE: no hardware evidence exists"})])
         if kind not in cvm_kinds.REGISTRY:
             raise self.refuse(port, f"no verifiable evidence for TEE kind {kind!r} on this provider")
-        nonce = secrets.token_bytes(32)
+        nonce = evidence_nonce.make(intent_index)  # commits to the intent it answers
         fetched = await self.fetch(port, kind, nonce, intent_index=intent_index)
         assert rec.host_key is not None
         fields = dict(fetched.fields)

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from duet.ledger import entries
 from duet.ledger.backend import LogStore
 from duet.ledger.errors import LedgerError
-from duet.ledger.intent import IAT_WINDOW_S, parse_intent
+from duet.ledger.intent import IAT_WINDOW_S, LOG_DELAY_S, parse_intent
 
-#: An intent is refused once |iat - now| exceeds the window, so remembering a nonce for
-#: twice the window after its iat (plus slack for the clock) covers every replay.
-KEEP_S = 4 * IAT_WINDOW_S
+#: An intent is refused once |iat - now| exceeds the window at receipt, and once it is
+#: older than LOG_DELAY_S when it would be logged (ledger/intent.py), so remembering a
+#: nonce for that long after its iat (plus slack for the clock) covers every replay.
+KEEP_S = LOG_DELAY_S + 2 * IAT_WINDOW_S
 SCAN_CHUNK = 64
 
 

@@ -543,6 +543,11 @@ class ReplicatedLedger(LedgerStore):
 _STATE_KEY_META = "store_state_key"
 
 
+#: Meta records where the store's copy replaces the local one: the witness cosignatures
+#: the primary collected last (each is verified again before it is served: witnessing.py).
+_STORE_WINS = frozenset({"witness_cosignatures"})
+
+
 def state_key_of(state: StateStore) -> bytes:
     """The key the state is encrypted under in etcd: a random key kept in the sealed
     local state (so etcd holds ciphertext only). It reaches a standby with K, inside the
@@ -581,7 +586,8 @@ class ReplicatedState(StateStore):
                 doc = json.loads(plain)
                 StateStore.put_cvm(self, CvmRecord.from_json(doc["record"]), bytes.fromhex(doc["client_key"]))
                 restored += 1
-            elif name.startswith("meta/") and StateStore.get_meta(self, name[5:]) is None:
+            elif name.startswith("meta/") and (StateStore.get_meta(self, name[5:]) is None
+                                               or name[5:] in _STORE_WINS):
                 StateStore.set_meta(self, name[5:], plain)
                 restored += 1
             elif name == "owner_keys" and not StateStore.owner_keys(self):

@@ -44,7 +44,15 @@ from duet.ledger.backend import LogStore
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from duet.ledger.entries import OWNER_MODES, Mode
 from duet.ledger.errors import LedgerError
-from duet.ledger.intent import Intent, UnknownKey, check_claims, parse_intent, verify_signature
+from duet.ledger.intent import (
+    Intent,
+    StaleIntent,
+    UnknownKey,
+    check_claims,
+    logged_time_problem,
+    parse_intent,
+    verify_signature,
+)
 from duet.ledger.note import Signer, Verifier, verifier_key_string
 from duet.ledger.policy import DEFAULT_POLICY, Action, Policy, parse_policy
 from duet.tee.base import TeeBackend, controller_report_data
@@ -276,6 +284,7 @@ class Controller:
         """Append to the controller log (one transaction); return the first index. No
         await happens inside, so appends never interleave."""
         now, host_time = self._entry_time(CONTROLLER_LOG)
+        self._check_logged_times(items, now, copies=False)
         clamped = {"host_time": host_time} if host_time else {}
         leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
         nonces = self._nonces_of(items)
@@ -715,6 +724,7 @@ class Controller:
     def append(self, rec: CvmRecord, items: Sequence[entries.Entry]) -> int:
         """Durably append entries (one transaction); return the index of the first."""
         now, host_time = self._entry_time(rec.id)
+        self._check_logged_times(items, now, copies=True)
         clamped = {"host_time": host_time} if host_time else {}
         leaves = [dataclasses.replace(item, time=now, extra={**item.extra, **clamped}).encode() for item in items]
         nonces = self._nonces_of(items)
@@ -723,6 +733,25 @@ class Controller:
         self.witnessing.note_append(rec.id, len(leaves))
         self.watch.appended(rec.id)
         return head.size - len(leaves)
+
+    def _check_logged_times(self, items: Sequence[entries.Entry], when: str, *, copies: bool) -> None:
+        """Every intent is logged within its window of the entry time it gets (ledger/
+        intent.py, LOG_DELAY_S): one that waited too long for its CVM's lock (or whose iat
+        is ahead of a clamped entry time) is refused here, before anything is written, as
+        every verifier would flag it. `copies`: a CVM log, where owner-key changes are
+        copies of controller-log entries, logged when the CVM is next used."""
+        t = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+        for item in items:
+            if not isinstance(item, entries.IntentEntry | entries.RejectedEntry) or item.jws is None:
+                continue
+            if copies and item.op == operations.Op.OWNER_KEYS:
+                continue
+            problem = logged_time_problem(parse_intent(item.jws).iat, t)
+            if problem is not None:
+                for other in items:
+                    if isinstance(other, entries.IntentEntry | entries.RejectedEntry) and other.jws is not None:
+                        self._pending_nonces.pop(other.jws, None)
+                raise StaleIntent(f"{problem}; sign it again")
 
     def _entry_time(self, log_id: str) -> tuple[str, str | None]:
         """Entry times never go back within a log, nor below the trusted time bound: an

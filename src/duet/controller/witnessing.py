@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,10 @@ HEADS_INTERVAL = 5.0
 HEADS_BATCH = 1000
 #: Seconds one witness round trip may take.
 WITNESS_TIMEOUT = 10.0
+#: Controller-log sizes whose cosignatures are kept (and persisted).
+KEEP_COSIGNED_SIZES = 8
+#: The state-store meta record that holds them (public data; replicated with the state).
+COSIGNATURES_META = "witness_cosignatures"
 #: Seconds a user's request for a covered head waits for cosignatures.
 COVER_WAIT = 15.0
 #: Longest pause between retries of a witness that keeps failing.
@@ -172,6 +179,8 @@ class Witnessing:
     _status: dict[str, WitnessStatus] = field(default_factory=dict)
     #: Controller-log size -> witness name -> its verified cosignature line.
     _cosigs: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: Witness name -> the vkey whose cosignature `_cosigs` holds (what is persisted).
+    _vkeys: dict[str, str] = field(default_factory=dict)
     _wake: asyncio.Event | None = None
     _cosigned: asyncio.Condition | None = None
     _task: asyncio.Task[None] | None = None
@@ -181,6 +190,8 @@ class Witnessing:
 
     def __post_init__(self) -> None:
         self._scan()
+        self._persist_lock = threading.Lock()
+        self._restore()
 
     # ------------------------------------------------------------------ configuration
 
@@ -196,6 +207,7 @@ class Witnessing:
         under Gramine, where only the signed intent counts)."""
         self.dev_seed = config
         self._mark_all()
+        self._restore()
         if self._logged is not None and config.witnesses:
             log.warning("--witness is ignored: the controller log sets the witnesses (%s)", self._logged.source)
 
@@ -414,10 +426,64 @@ class Witnessing:
             return
         st.believed, st.failures, st.last_error, st.next_try, st.conflict = held, 0, None, 0.0, None
         st.cosigned_size, st.cosigned_time = size, got.timestamp
-        self._cosigs.setdefault(size, {})[w.name] = got.lines
-        for old_size in sorted(self._cosigs)[:-8]:  # keep the newest few sizes
-            del self._cosigs[old_size]
+        self._keep(size, w, got.lines)
         self.ctl.clock.observe(datetime.fromtimestamp(got.timestamp, UTC), f"witness {w.name} cosignature")
+
+    def _keep(self, size: int, w: WitnessSpec, lines: str) -> None:
+        """Keep a verified cosignature (the newest few sizes) and persist them: they are
+        public, and a restarted controller, or a replica that takes over, serves them
+        without asking the witnesses again."""
+        with self._persist_lock:
+            self._cosigs.setdefault(size, {})[w.name] = lines
+            for old_size in sorted(self._cosigs)[:-KEEP_COSIGNED_SIZES]:  # keep the newest few sizes
+                del self._cosigs[old_size]
+            self._vkeys[w.name] = w.verifier.vkey()
+            doc = {str(n): {self._vkeys[name]: line for name, line in by.items() if name in self._vkeys}
+                   for n, by in self._cosigs.items()}
+            try:
+                self.ctl.state.set_meta(COSIGNATURES_META, json.dumps(doc, sort_keys=True).encode())
+            except (LedgerError, OSError, sqlite3.Error) as exc:
+                # A store that refuses (this replica is no longer primary) loses only a copy.
+                log.warning("witness cosignatures not persisted: %s", exc)
+
+    def _restore(self) -> None:
+        """Cosignatures persisted by an earlier run (`_keep`): each is verified again, by
+        the key of a witness configured now, over this log's own checkpoint of its size,
+        so a changed state file can add nothing that a user would not accept."""
+        try:
+            raw = self.ctl.state.get_meta(COSIGNATURES_META)
+            doc = json.loads(raw) if raw is not None else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("persisted witness cosignatures ignored: %s", exc)
+            return
+        if not isinstance(doc, dict):
+            return
+        by_vkey = {w.verifier.vkey(): w for w in self.config.witnesses}
+        size_now = self.ctl.ledger.tree_head(CONTROLLER_LOG).size
+        for key, lines_by_vkey in doc.items():
+            if not (isinstance(key, str) and key.isdigit() and isinstance(lines_by_vkey, dict)):
+                continue
+            size = int(key)
+            if not 0 < size <= size_now:
+                continue
+            note: str | None = None
+            for vkey, lines in lines_by_vkey.items():
+                w = by_vkey.get(vkey)
+                if w is None or not isinstance(lines, str) or w.name in self._cosigs.get(size, {}):
+                    continue
+                note = note or self._note(size)
+                try:
+                    got = verified_response(w.verifier, note, lines)
+                except WitnessError as exc:
+                    log.warning("persisted cosignature of %s for size %d ignored: %s", w.name, size, exc.message)
+                    continue
+                self._cosigs.setdefault(size, {})[w.name] = got.lines
+                self._vkeys[w.name] = vkey
+                st = self._status.setdefault(w.name, WitnessStatus())
+                if st.cosigned_size is None or size > st.cosigned_size:
+                    st.cosigned_size, st.cosigned_time = size, got.timestamp
+        for old_size in sorted(self._cosigs)[:-KEEP_COSIGNED_SIZES]:
+            del self._cosigs[old_size]
 
     def _check_conflicts(self, size: int) -> None:
         """While serving: a quorum of witnesses holding a controller log this one does not
@@ -487,7 +553,7 @@ class Witnessing:
                 got = verified_response(w.verifier, note, resp.text)
             except WitnessError as exc:
                 return None, exc.message
-            self._cosigs.setdefault(size, {})[w.name] = got.lines
+            self._keep(size, w, got.lines)
             st = self._status.setdefault(w.name, WitnessStatus())
             st.cosigned_size, st.cosigned_time = size, got.timestamp
             self.ctl.clock.observe(datetime.fromtimestamp(got.timestamp, UTC), f"witness {w.name} cosignature")
@@ -516,6 +582,31 @@ class Witnessing:
         """The controller's checkpoint of `size` with every cosignature collected for it."""
         lines = self._cosigs.get(size, {})
         return self._note(size) + "".join(lines[n] for n in sorted(lines))
+
+    async def cosigned_checkpoint(self) -> dict[str, Any]:
+        """The newest controller-log checkpoint a quorum of witnesses cosigned, with its
+        cosignatures (`/v1/controller/log/witnessed`, what `duet verify --controller-log
+        --witness` checks). When none is, the newest checkpoint is pushed to the witnesses
+        and this waits up to COVER_WAIT for a quorum."""
+        if not self.config.witnesses:
+            raise NoWitnesses("this controller has no witnesses configured (witnesses.set)")
+        self.ctl._check_controller_log()
+        deadline = time.monotonic() + COVER_WAIT
+        while True:
+            best = self.cosigned()
+            if best is not None:
+                return {"size": best[0], "controller_checkpoint": self.cosigned_note(best[0])}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotWitnessed(f"no controller-log checkpoint is cosigned by a quorum of witnesses yet "
+                                   f"({self.lag_summary()})")
+            self.kick()
+            assert self._cosigned is not None
+            async with self._cosigned:
+                try:
+                    await asyncio.wait_for(self._cosigned.wait(), timeout=min(remaining, self.interval))
+                except TimeoutError:
+                    pass
 
     async def covering(self, cvm: str, size: int) -> dict[str, Any]:
         """The witnessed proof that the CVM head of `size` is committed: the first `heads`

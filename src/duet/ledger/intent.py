@@ -36,6 +36,14 @@ MAX_JWS_LEN = 256 * 1024
 MAX_COMMAND_LEN = operations.MAX_COMMAND_LEN
 MAX_POLICY_LEN = operations.MAX_POLICY_LEN
 IAT_WINDOW_S = 120
+#: How long after its iat an intent may be logged. The controller checks iat against its
+#: clock at receipt (±IAT_WINDOW_S), but the intent may then wait for its CVM's lock behind
+#: a running command; when it is appended, its iat must lie in [entry time - LOG_DELAY_S,
+#: entry time + IAT_WINDOW_S] or the controller refuses it (stale_intent). Every verifier
+#: flags a logged intent outside that window, which is what lets it forget an intent's
+#: nonce once its iat is older than the newest entry time minus LOG_DELAY_S: a replay of
+#: it later fails this rule (docs/transparency.md, "What a verification keeps").
+LOG_DELAY_S = 1800
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 NAME_RE = operations.NAME_RE
 MODES = OWNER_MODES
@@ -159,6 +167,18 @@ def check_claims(intent: Intent, *, aud: str, now: int, window_s: int = IAT_WIND
             f"intent iat is {abs(skew)} s in the {'future' if skew > 0 else 'past'}; "
             f"the window is ±{window_s} s"
         )
+
+
+def logged_time_problem(iat: int, entry_time: float) -> str | None:
+    """Why an intent with this iat could not have been logged at `entry_time` (unix
+    seconds) by an honest controller, or None (see LOG_DELAY_S)."""
+    if iat > entry_time + IAT_WINDOW_S:
+        return (f"intent iat is {int(iat - entry_time)} s after the entry's time "
+                f"(at most {IAT_WINDOW_S} s ahead is accepted)")
+    if iat < entry_time - LOG_DELAY_S:
+        return (f"intent logged {int(entry_time - iat)} s after its iat (at most {LOG_DELAY_S} s: "
+                "a stale or replayed intent)")
+    return None
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from duet.attestation import SimulatedSnp  # noqa: E402
 from duet.ledger import keys  # noqa: E402
+from duet.ledger.intent import LOG_DELAY_S  # noqa: E402
 from logbuilder import CVM_ID, LogBuilder, _key  # noqa: E402
 
 
@@ -185,6 +186,39 @@ def intent_signed_by_a_replaced_owner_key(log: LogBuilder) -> None:
     log.command("id", i)
 
 
+def _relog(log: LogBuilder, index: int) -> int:
+    """The intent entry at `index` logged again, its signed JWS verbatim."""
+    return log.add("intent", **{k: v for k, v in log.entries[index].items() if k not in ("v", "type", "time")})
+
+
+def intent_replayed_within_the_window(log: LogBuilder) -> None:
+    """A signed cvm.run logged again, verbatim, a minute later: its nonce is remembered."""
+    _life(log, until_service=False)
+    first = log.intent("cvm.run", {"command": "id"})
+    log.command("id", first)
+    log.advance(60)
+    log.command("id", _relog(log, first))
+
+
+def intent_replayed_beyond_the_window(log: LogBuilder) -> None:
+    """A signed cvm.run logged again, verbatim, longer after its iat than any intent may
+    wait to be logged (LOG_DELAY_S): a verifier no longer remembers its nonce, and the
+    logging-time rule catches it."""
+    _life(log, until_service=False)
+    first = log.intent("cvm.run", {"command": "id"})
+    log.command("id", first)
+    log.advance(LOG_DELAY_S + 60)
+    log.command("id", _relog(log, first))
+
+
+def entry_times_go_back(log: LogBuilder) -> None:
+    """An intent and its command dated ten minutes before the entry logged just before them."""
+    _life(log, until_service=False)
+    log.advance(-600)
+    run = log.intent("cvm.run", {"command": "id"})
+    log.command("id", run)
+
+
 VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]]] = {
     # name: (builder, checks that must fail, LogBuilder options)
     "honest": (honest, [], {}),
@@ -210,6 +244,9 @@ VECTORS: dict[str, tuple[Callable[[LogBuilder], None], list[str], dict[str, Any]
     "mode_previous_mismatch": (mode_previous_mismatch, ["mode_discipline"], {}),
     "builtin_under_a_run_intent": (builtin_under_a_run_intent, ["commands_closed"], {}),
     "intent_nonce_reused": (intent_nonce_reused, ["intents"], {}),
+    "intent_replayed_within_the_window": (intent_replayed_within_the_window, ["intents"], {"offset": -7200}),
+    "intent_replayed_beyond_the_window": (intent_replayed_beyond_the_window, ["intents"], {"offset": -7200}),
+    "entry_times_go_back": (entry_times_go_back, ["entry_times"], {}),
     "intent_signed_by_a_replaced_owner_key": (intent_signed_by_a_replaced_owner_key, ["intents", "commands_closed"],
                                               {}),
 }
