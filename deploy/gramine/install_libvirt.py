@@ -14,7 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from install_wheels import fetch, parse_lock, unpack
+import install_wheels
+from install_wheels import fetch, unpack
+
+
+def parse_lock(path: Path) -> list[tuple[str, str, str]]:
+    """libvirt.lock, in wheels.lock's format, where a source archive is allowed."""
+    return install_wheels.parse_lock(path, sdists=True)
 
 
 def build_wheel(sdist: Path, out: Path) -> Path:

@@ -20,18 +20,19 @@ _DATA = re.compile(r"^[^/]+\.data/(purelib|platlib|scripts|headers|data)/(.*)$")
 
 
 _LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!_-]+)"
-                   r" --hash=sha256:(?P<sha>[0-9a-f]{64})\s+#\s+(?P<url>https://\S+\.whl)$")
+                   r" --hash=sha256:(?P<sha>[0-9a-f]{64})\s+#\s+(?P<url>https://\S+\.(?:whl|tar\.gz))$")
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def parse_lock(path: Path) -> list[tuple[str, str, str]]:
+def parse_lock(path: Path, sdists: bool = False) -> list[tuple[str, str, str]]:
     """(sha256, name==version, url) per line. A line is a pip requirement pinned by hash
     (`pip install --require-hashes -r` reads the same file) with the wheel's URL after `#`;
     the URL must name that very wheel (its file name's distribution and version), and
-    whatever is fetched must have the hash anyway."""
+    whatever is fetched must have the hash anyway. `sdists`: a source archive
+    (`name-version.tar.gz`) is allowed too (libvirt.lock: libvirt-python ships none)."""
     rows = []
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -40,7 +41,14 @@ def parse_lock(path: Path) -> list[tuple[str, str, str]]:
         m = _LINE.match(line)
         if not m:
             raise SystemExit(f"bad lock line: {line}")
-        wheel = m["url"].rsplit("/", 1)[1].split("-")
+        file = m["url"].rsplit("/", 1)[1]
+        if file.endswith(".tar.gz"):
+            dist, _, version = file[: -len(".tar.gz")].rpartition("-")
+            if not sdists or _norm(dist) != _norm(m["name"]) or version != m["version"]:
+                raise SystemExit(f"bad lock line: the URL is not a wheel of {m['name']}=={m['version']}: {line}")
+            rows.append((m["sha"], f"{m['name']}=={m['version']}", m["url"]))
+            continue
+        wheel = file.split("-")
         if len(wheel) < 5 or _norm(wheel[0]) != _norm(m["name"]) or wheel[1] != m["version"]:
             raise SystemExit(f"bad lock line: the URL is not a wheel of {m['name']}=={m['version']}: {line}")
         rows.append((m["sha"], f"{m['name']}=={m['version']}", m["url"]))

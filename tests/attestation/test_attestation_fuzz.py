@@ -149,3 +149,23 @@ def test_ccel_garbage(tail: bytes) -> None:
     from duet.attestation.ccel import build_ccel, parse_ccel
 
     typed_only(parse_ccel, build_ccel([(1, 13, b"kernel")])[: len(tail)] + tail)
+
+
+def test_a_jwks_certificate_whose_key_does_not_parse_is_a_typed_error() -> None:
+    """Found by the mutation test above: cryptography parses a certificate's key lazily, so
+    an x5c whose SubjectPublicKeyInfo is damaged (an unknown algorithm OID, a broken key)
+    loaded as a certificate and then raised an untyped error from `public_key()`."""
+    import base64
+
+    import pytest
+
+    from duet.attestation.azure.maa import verify_maa_token
+
+    doc = json.loads(MAA_JWKS)
+    der = base64.b64decode(doc["keys"][0]["x5c"][0])
+    rsa_encryption = bytes.fromhex("06092a864886f70d0101010500")  # OID 1.2.840.113549.1.1.1, NULL
+    assert der.count(rsa_encryption) == 1
+    bad = der.replace(rsa_encryption, bytes.fromhex("060926") + rsa_encryption[3:])  # OID 0.38.840.113549.1.1.1
+    doc["keys"][0]["x5c"][0] = base64.b64encode(bad).decode()
+    with pytest.raises(AttestationError, match="x5c"):
+        verify_maa_token(MAA_TOKEN, json.dumps(doc).encode(), now=at("2023-09-26T15:00:00"))

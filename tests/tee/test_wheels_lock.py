@@ -33,9 +33,13 @@ IMAGE_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_pla
              "platform_python_implementation": "CPython", "os_name": "posix"}
 #: Imports of duet that are not on the enclave's path, and why.
 NOT_IN_ENCLAVE = {
-    "pycdlib": "qemu provider (duet[qemu]): runs qemu on the controller's own host, which an enclave cannot",
+    "pycdlib": "qemu provider (duet[qemu]): runs qemu on the controller's own host, which an enclave cannot; "
+               "the libvirt provider's own lock (below)",
     "sevsnpmeasure": "qemu provider (duet[qemu]), as above",
+    "libvirt": "libvirt provider (duet[libvirt]): its own lock, deploy/gramine/libvirt.lock, for a DUET_LIBVIRT=1 image",
 }
+#: What the libvirt image adds (libvirt.lock), for the imports of duet's libvirt provider.
+LIBVIRT_LOCK = DEPLOY / "libvirt.lock"
 
 
 def norm(name: str) -> str:
@@ -158,6 +162,17 @@ def test_every_import_of_duet_is_a_locked_distribution() -> None:
             continue
         dist = distribution_of(module)
         assert dist in have, f"{module} (imported by {', '.join(where)}) comes from {dist}, not in wheels.lock"
+
+
+def test_the_libvirt_providers_imports_are_in_its_own_lock() -> None:
+    """libvirt-python ships no wheel (and so is not in wheels.lock): a DUET_LIBVIRT=1 image
+    adds libvirt.lock, which must hold what duet's libvirt provider imports."""
+    libvirt_lock = {norm(name.split("==")[0]) for _, name, _ in installer().parse_lock(LIBVIRT_LOCK, sdists=True)}
+    imports = {m.split(".")[0] for m, where in third_party_imports().items()
+               if any(w.startswith("cvm/libvirt") for w in where)}
+    assert "libvirt" in imports
+    dists = {"libvirt": "libvirt-python", "pycdlib": "pycdlib"}
+    assert {dists.get(m, m) for m in imports} <= libvirt_lock
 
 
 def test_no_uvloop_or_httptools_and_the_server_names_its_loop_and_parser() -> None:

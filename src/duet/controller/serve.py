@@ -94,6 +94,16 @@ def _settle_owner_keys(state: StateStore, ledger: LogStore, owner_key: Path | No
         )
 
 
+def refuse_host_settings(tee: str, witnesses: Sequence[str], providers_file: Path | None) -> None:
+    """In an enclave the argv is the host's to choose: settings come only from signed
+    intents. Checked first, before the seal is opened or a recovery session waits."""
+    if witnesses and tee == "gramine":
+        raise ConfigError("--witness is for development only and is refused under --tee gramine: "
+                          "configure witnesses with a signed witnesses.set (duet controller witnesses set)")
+    if tee == "gramine" and providers_file is not None:
+        raise ConfigError(GRAMINE_FLAG_REFUSED)
+
+
 def build_controller(
     data_dir: Path,
     *,
@@ -119,15 +129,10 @@ def build_controller(
     and their simulated secure processor (default: the data dir, as before)."""
     from duet.controller.witnessing import WitnessConfig, parse_witness_flag
 
-    if witnesses and tee == "gramine":
-        # In an enclave the argv is the host's to choose: only a signed witnesses.set counts.
-        raise ConfigError("--witness is for development only and is refused under --tee gramine: "
-                          "configure witnesses with a signed witnesses.set (duet controller witnesses set)")
+    refuse_host_settings(tee, witnesses, providers_file)
     seed = WitnessConfig.parse([parse_witness_flag(w) for w in witnesses], witness_quorum,
                                "--witness (development)") if witnesses else None
 
-    if tee == "gramine" and providers_file is not None:
-        raise ConfigError(GRAMINE_FLAG_REFUSED)
     clock = TrustedClock()
     backend = make_tee(data_dir, tee, simulated, pccs_url, clock)
     policy_text = DEFAULT_POLICY
@@ -497,6 +502,7 @@ def serve(
     from duet.controller.limits import server_options
     from duet.controller.replicated import NotPrimary
 
+    refuse_host_settings(tee, witnesses, providers_file)
     tls = tls or tee == "gramine"
     host, port = parse_listen(listen, tls=tls)
     if tee == "gramine" and (log_format, log_level) != ("text", "info"):

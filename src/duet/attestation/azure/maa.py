@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -167,9 +167,11 @@ def load_jwks(data: bytes | str | Mapping[str, Any]) -> dict[str, Jwk]:
         for j, c in enumerate(k.get("x5c") or []):
             try:
                 cert = x509.load_der_x509_certificate(_b64_std(c, f"JWKS {kid} x5c[{j}]"))
-                _ = (cert.subject, cert.extensions)
-            except ValueError:
-                raise ParseError(f"JWKS {kid}: x5c[{j}] is not a certificate") from None
+                # Parsed lazily by cryptography: touch the key too, so that a certificate
+                # whose key does not parse is refused here, as a certificate error.
+                _ = (cert.subject, cert.extensions, cert.public_key())
+            except (ValueError, UnsupportedAlgorithm):
+                raise ParseError(f"JWKS {kid}: x5c[{j}] is not a certificate (or its key does not parse)") from None
             certs.append(cert)
         key_n = None
         if "n" in k or "e" in k:
