@@ -26,7 +26,8 @@ def test_every_operation_has_a_record_and_a_handler() -> None:
         assert callable(getattr(Controller, op.handler)), op.op
         assert issubclass(op.args, BaseModel)
     assert {o.op for o in OPERATIONS.values() if not o.targets_cvm} == {
-        "cvm.create", "owner.keys", "witnesses.set", "controller.approve", "providers.set", "credentials.set"}
+        "cvm.create", "owner.keys", "witnesses.set", "controller.approve", "providers.set", "credentials.set",
+        "controller.recovery"}
 
 
 @pytest.mark.parametrize("op,args", [

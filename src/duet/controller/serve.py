@@ -470,7 +470,8 @@ def serve(
     if tee != "gramine":  # Gramine's encrypted mount has no cross-process locks
         lock_data_dir(data_dir)
     sock = bind(host, port)
-    if recover or tee == "gramine":
+    # Under Gramine the flags it refuses are refused first (build_controller), as before.
+    if recover or (tee == "gramine" and not witnesses and providers_file is None):
         sock = _recover_if_needed(data_dir, tee=tee, simulated=simulated, pccs_url=pccs_url, sock=sock, tls=tls,
                                   explicit=recover, store=store, listen=(host, port))
     controller = build_controller(data_dir, tee=tee, owner_key=owner_key, policy=policy, pccs_url=pccs_url,
