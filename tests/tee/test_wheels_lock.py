@@ -36,7 +36,7 @@ NOT_IN_ENCLAVE = {
     "pycdlib": "qemu provider (duet[qemu]): runs qemu on the controller's own host, which an enclave cannot; "
                "the libvirt provider's own lock (below)",
     "sevsnpmeasure": "qemu provider (duet[qemu]), as above",
-    "libvirt": "libvirt provider (duet[libvirt]): its own lock, deploy/gramine/libvirt.lock, for a DUET_LIBVIRT=1 image",
+    "libvirt": "libvirt provider (duet[libvirt]): its own lock (deploy/gramine/libvirt.lock), DUET_LIBVIRT=1 image",
 }
 #: What the libvirt image adds (libvirt.lock), for the imports of duet's libvirt provider.
 LIBVIRT_LOCK = DEPLOY / "libvirt.lock"
