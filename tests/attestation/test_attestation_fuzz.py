@@ -153,8 +153,9 @@ def test_ccel_garbage(tail: bytes) -> None:
 
 def test_a_jwks_certificate_whose_key_does_not_parse_is_a_typed_error() -> None:
     """Found by the mutation test above: cryptography parses a certificate's key lazily, so
-    an x5c whose SubjectPublicKeyInfo is damaged (an unknown algorithm OID, a broken key)
-    loaded as a certificate and then raised an untyped error from `public_key()`."""
+    an x5c whose SubjectPublicKeyInfo is damaged (an unknown algorithm OID) loaded as a
+    certificate and then raised an untyped error from `public_key()`; and an unknown X.509
+    version raises `InvalidVersion`, which is no ValueError."""
     import base64
 
     import pytest
@@ -165,7 +166,10 @@ def test_a_jwks_certificate_whose_key_does_not_parse_is_a_typed_error() -> None:
     der = base64.b64decode(doc["keys"][0]["x5c"][0])
     rsa_encryption = bytes.fromhex("06092a864886f70d0101010500")  # OID 1.2.840.113549.1.1.1, NULL
     assert der.count(rsa_encryption) == 1
-    bad = der.replace(rsa_encryption, bytes.fromhex("060926") + rsa_encryption[3:])  # OID 0.38.840.113549.1.1.1
-    doc["keys"][0]["x5c"][0] = base64.b64encode(bad).decode()
-    with pytest.raises(AttestationError, match="x5c"):
-        verify_maa_token(MAA_TOKEN, json.dumps(doc).encode(), now=at("2023-09-26T15:00:00"))
+    version_3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (X.509 v3)
+    assert der.startswith(version_3, 8)
+    for bad in (der.replace(rsa_encryption, bytes.fromhex("060926") + rsa_encryption[3:]),  # OID 0.38.840…
+                der[:8] + bytes.fromhex("a00302010a") + der[13:]):  # version 10: cryptography's InvalidVersion
+        doc["keys"][0]["x5c"][0] = base64.b64encode(bad).decode()
+        with pytest.raises(AttestationError, match="x5c"):
+            verify_maa_token(MAA_TOKEN, json.dumps(doc).encode(), now=at("2023-09-26T15:00:00"))

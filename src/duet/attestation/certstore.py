@@ -354,7 +354,7 @@ class CertStore:
         through whatever CA certificates were found: see :func:`verify_ak_chain`."""
         try:
             pinned = [x509.load_der_x509_certificate(r) for r in roots]
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise ParseError("a pinned vTPM root is not a DER certificate") from None
         try:
             return verify_ak_chain([c.cert for c in self.certs], roots=pinned, now=now, ak_public_key=ak_public_key)

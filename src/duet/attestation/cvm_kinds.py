@@ -435,7 +435,7 @@ def _verify_simulated_tdx(parsed: _SimTdxParsed, expected: bytes, now: datetime,
 
         try:
             cert = x509.load_der_x509_certificate(parsed.root)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise ParseError("the evidence's root is not a DER certificate") from None
         _self_signed(cert.public_bytes(Encoding.PEM))
         root = parsed.root

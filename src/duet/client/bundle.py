@@ -53,7 +53,7 @@ def _canonical_chain(chain: str) -> str | None:
 
     try:
         certs = x509.load_pem_x509_certificates(chain.encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         return None
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 

@@ -117,7 +117,7 @@ def certificate_binding(cert_der: bytes) -> tuple[x509.Certificate, Binding]:
         cert = x509.load_der_x509_certificate(cert_der)
         _ = cert.extensions  # parsed lazily: surface malformed extensions here
         pub = cert.public_key()
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise RaTlsError("ratls_bad_certificate", f"the controller's certificate does not parse: {exc}") from None
     if not isinstance(pub, Ed25519PublicKey):
         raise RaTlsError("ratls_bad_certificate", "the controller's certificate key is not Ed25519")

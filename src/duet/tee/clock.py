@@ -106,7 +106,7 @@ class TrustedClock:
         try:
             cert = (x509.load_pem_x509_certificate(der_or_pem) if der_or_pem.lstrip().startswith(b"-----")
                     else x509.load_der_x509_certificate(der_or_pem))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             return
         self.observe(cert.not_valid_before_utc, source)
 

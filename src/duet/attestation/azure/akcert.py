@@ -221,7 +221,7 @@ def parse_nv_certificate(raw: bytes) -> x509.Certificate:
         raise ParseError("the AK certificate's NV index holds more than one DER certificate and padding")
     try:
         return x509.load_der_x509_certificate(data[:end])
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(f"the AK certificate does not parse: {exc}") from None
 
 
@@ -247,7 +247,7 @@ def load_pins(blobs: Sequence[bytes]) -> tuple[list[x509.Certificate], list[x509
                 found = x509.load_pem_x509_certificates(blob)
             else:
                 found = [x509.load_der_x509_certificate(blob)]
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ParseError(f"a pinned vTPM certificate does not parse: {exc}") from None
         certs.extend(found)
     roots = [c for c in certs if _is_ca(c) and _self_signed(c)]

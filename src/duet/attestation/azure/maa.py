@@ -170,7 +170,7 @@ def load_jwks(data: bytes | str | Mapping[str, Any]) -> dict[str, Jwk]:
                 # Parsed lazily by cryptography: touch the key too, so that a certificate
                 # whose key does not parse is refused here, as a certificate error.
                 _ = (cert.subject, cert.extensions, cert.public_key())
-            except (ValueError, UnsupportedAlgorithm):
+            except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
                 raise ParseError(f"JWKS {kid}: x5c[{j}] is not a certificate (or its key does not parse)") from None
             certs.append(cert)
         key_n = None

@@ -363,7 +363,7 @@ def _check_chain_roots(q: Quote, coll: DcapCollateral, root_ca_der: bytes | None
     for what, pem in pems:
         try:
             certs = x509.load_pem_x509_certificates(pem.rstrip(b"\0"))
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise ChainInvalid(f"{what} does not parse: {e}") from None
         if not certs or certs[-1].public_bytes(Encoding.DER) != trusted:
             raise UntrustedRoot(f"{what} does not end in the trusted root certificate")

@@ -51,7 +51,7 @@ def load_cert(data: bytes, what: str) -> x509.Certificate:
                 cert = x509.load_pem_x509_certificate(data)
             else:
                 cert = x509.load_der_x509_certificate(data)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise ParseError(f"{what}: not a certificate ({e})") from None
     return _touch(cert, what)
 
@@ -79,7 +79,7 @@ def load_pem_chain(data: bytes, what: str) -> list[x509.Certificate]:
                 "ignore", category=CryptographyDeprecationWarning, message=".*serial number.*"
             )
             certs = x509.load_pem_x509_certificates(data)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise ParseError(f"{what}: not PEM certificates ({e})") from None
     return [_touch(c, what) for c in certs]
 
