@@ -122,3 +122,58 @@ def test_data_dir_from_before_k_is_upgraded(tmp_path: Path) -> None:
     # A blob cannot be moved to another slot (the label is associated data).
     with pytest.raises(StateKeyError):
         k.decrypt(client_key_label("00000000000000bb"), ck)
+
+
+def test_provider_secrets_are_under_k_and_plaintext_is_refused(tmp_path: Path) -> None:
+    """The credentials path's keys (the X25519 key credentials are sealed to, the MAC key)
+    and stored credentials are secrets like the controller key: under K, bound to their
+    slot. A host that swaps in a plaintext HPKE key of its own (it would then read every
+    credential sealed to the controller afterwards) is refused."""
+    data, _ = _first_start(tmp_path)
+    ctl = build_controller(data)
+    hpke = ctl.setup.hpke_key.private_bytes_raw()
+    ctl.state.set_secret("credentials:azure", b'{"client_secret": "s3cret-value"}')
+    ctl.close()
+    db = sqlite3.connect(data / "state.sqlite")
+    rows = dict(db.execute("SELECT k, v FROM meta WHERE k LIKE 'credentials%'").fetchall())
+    assert set(rows) == {"credentials_hpke_key", "credentials_mac_key", "credentials:azure"}
+    assert all(StateKey.is_encrypted(v) for v in rows.values())
+    assert hpke not in rows["credentials_hpke_key"] and b"s3cret" not in rows["credentials:azure"]
+    db.close()
+    # (a failed start leaves its state file locked in this process: one data dir per attack)
+    for n, (slot, value, refusal) in enumerate([
+            ("credentials_mac_key", rows["credentials_hpke_key"], "does not open"),  # moved to another slot
+            ("credentials_hpke_key", os.urandom(32), "not encrypted")]):  # the host's own, in the clear
+        copy = tmp_path / f"attack{n}"
+        copy.mkdir()
+        (copy / "data").mkdir(mode=0o700)
+        for f in data.iterdir():
+            if f.is_file():
+                (copy / "data" / f.name).write_bytes(f.read_bytes())
+        if (data / "tee").exists():
+            import shutil
+
+            shutil.copytree(data / "tee", copy / "data" / "tee")
+        db = sqlite3.connect(copy / "data" / "state.sqlite")
+        db.execute("UPDATE meta SET v=? WHERE k=?", (value, slot))
+        db.commit()
+        db.close()
+        with pytest.raises(StateKeyError, match=refusal):
+            build_controller(copy / "data")
+
+
+def test_provider_secrets_of_an_older_data_dir_are_moved_under_k(tmp_path: Path) -> None:
+    data, _ = _first_start(tmp_path)
+    db = sqlite3.connect(data / "state.sqlite")
+    db.execute("DELETE FROM meta WHERE k IN ('credentials_hpke_key', 'state_key_upgraded_secret_metas')")
+    plain = os.urandom(32)
+    db.execute("INSERT INTO meta (k, v) VALUES ('credentials_hpke_key', ?)", (plain,))
+    db.commit()
+    db.close()
+    ctl = build_controller(data)
+    assert ctl.setup.hpke_key.private_bytes_raw() == plain
+    ctl.close()
+    db = sqlite3.connect(data / "state.sqlite")
+    at_rest = db.execute("SELECT v FROM meta WHERE k='credentials_hpke_key'").fetchone()[0]
+    db.close()
+    assert StateKey.is_encrypted(at_rest) and plain not in at_rest

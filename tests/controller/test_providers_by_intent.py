@@ -179,6 +179,7 @@ def test_the_local_provider_is_not_offered_in_an_enclave(tmp_path: Path) -> None
     """A controller set up as under --tee gramine (the SGX backend itself cannot run here):
     no local provider, and a create naming it says why."""
     from duet.controller.state import StateStore
+    from duet.controller.statekey import StateKey
     from duet.ledger.store import LedgerStore
     from duet.tee.simulated import SimulatedTee
 
@@ -186,6 +187,7 @@ def test_the_local_provider_is_not_offered_in_an_enclave(tmp_path: Path) -> None
         ProviderSetup(StateStore(tmp_path / "s0.sqlite"), in_enclave=True, local=(object(), object()))  # type: ignore[arg-type]
     owner = keys.Ed25519PrivateKey.generate()
     state = StateStore(tmp_path / "state.sqlite")
+    state.cipher = StateKey.generate()  # as build_controller opens it before the providers
     state.set_owner_keys({keys.key_id(owner.public_key()): keys.public_b64(owner.public_key())})
     ledger = LedgerStore(tmp_path / "ledger.sqlite")
     setup = ProviderSetup(state, in_enclave=True)
@@ -354,12 +356,16 @@ def test_a_rolled_back_state_file_does_not_bring_back_replaced_credentials(
     old = json.dumps({"tenant_id": "t", "client_id": "c", "client_secret": "the-old-one"}).encode()
     try:
         asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"azure": AZURE}})))
+        old_at_rest = b""
         for plaintext in (old, _azure_creds()):
             sealed = _seal(ctl, plaintext, "azure")
             asyncio.run(ctl.submit(_sign(ctl, owner, "credentials.set", _cred_args(ctl, sealed)), sealed=sealed))
+            # what an older copy of the state file holds: the old credentials, under K
+            old_at_rest = old_at_rest or (ctl.state.get_meta("credentials:azure") or b"")
     finally:
         ctl.close()
-    for restored in (old, None):  # an older state file; one from before any credentials
+    assert old_at_rest and b"the-old-one" not in old_at_rest
+    for restored in (old_at_rest, None):  # an older state file; one from before any credentials
         state = StateStore(tmp_path / "data" / "state.sqlite")
         if restored is None:
             state._db.execute("DELETE FROM meta WHERE k='credentials:azure'")

@@ -70,8 +70,10 @@ def test_tls_uri_is_accepted_and_local_only_outside_an_enclave() -> None:
 
 def test_enclave_controller_refuses_a_local_libvirt(tmp_path: Path) -> None:
     from duet.controller.state import StateStore
+    from duet.controller.statekey import StateKey
 
     state = StateStore(tmp_path / "state")
+    state.cipher = StateKey.generate()  # as build_controller opens it before the providers
     setup = ProviderSetup(state, in_enclave=True)
     with pytest.raises(errors.InvalidRequest) as info:
         setup.build({"libvirt": {"uri": "qemu:///system"}})
@@ -81,7 +83,9 @@ def test_enclave_controller_refuses_a_local_libvirt(tmp_path: Path) -> None:
     providers, _ = setup.build({"libvirt": {"uri": "qemu+tls://kvm1.example.org/system"}})
     assert isinstance(providers["libvirt"], lv.LibvirtProvider)
     # outside an enclave the local URI builds (tests)
-    outside = ProviderSetup(StateStore(tmp_path / "state2"), in_enclave=False)
+    state2 = StateStore(tmp_path / "state2")
+    state2.cipher = StateKey.generate()
+    outside = ProviderSetup(state2, in_enclave=False)
     assert "libvirt" in outside.build({"libvirt": {"uri": "qemu:///system"}})[0]
 
 

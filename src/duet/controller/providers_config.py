@@ -271,10 +271,11 @@ class ProviderSetup:
         self._mac_key = self._sealed_key("credentials_mac_key", lambda: secrets.token_bytes(32))
 
     def _sealed_key(self, name: str, make: Callable[[], bytes]) -> bytes:
-        raw = self.state.get_meta(name)
+        """A key of the credentials path, kept under K (controller/state.py: secret metas)."""
+        raw = self.state.get_secret(name)
         if raw is None:
             raw = make()
-            self.state.set_meta(name, raw)
+            self.state.set_secret(name, raw)
         return raw
 
     @property
@@ -335,7 +336,7 @@ class ProviderSetup:
         last recorded: a host that restores an older sealed state file alone (it can) must
         not bring back credentials the owner replaced. No logged credentials and none
         stored: the cloud's workload identity (managed identity, metadata server)."""
-        raw = self.state.get_meta(f"credentials:{name}")
+        raw = self.state.get_secret(f"credentials:{name}")
         expected = self.logged_macs.get(name)
         if raw is None and expected is None:
             return None
@@ -449,7 +450,7 @@ class ProviderSetup:
             entries.CredentialsEntry(provider=name, recipient_key_id=mine, ciphertext_sha256=args["ciphertext_sha256"],
                                      credentials_mac=mac),
         ])
-        self.state.set_meta(f"credentials:{name}", plaintext)
+        self.state.set_secret(f"credentials:{name}", plaintext)
         self.logged_macs[name] = mac
         self._apply(built)
         return {"provider": name, "credentials_mac": mac, "controller_log_size": size + 2}

@@ -94,6 +94,19 @@ class CvmRecord:
         return cls(**json.loads(text))
 
 
+#: Meta records that hold secrets (controller/providers_config.py): under K.
+SECRET_METAS = ("credentials_hpke_key", "credentials_mac_key")
+SECRET_META_PREFIX = "credentials:"  # noqa: S105 - a record name, not a secret
+
+
+def is_secret_meta(key: str) -> bool:
+    return key in SECRET_METAS or key.startswith(SECRET_META_PREFIX)
+
+
+def secret_meta_label(key: str) -> str:
+    return f"meta {key}"
+
+
 class StateStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -124,6 +137,17 @@ class StateStore:
     def set_meta(self, key: str, value: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+    def get_secret(self, key: str) -> bytes | None:
+        """A secret meta record (provider credentials and the keys that guard them): under
+        K, bound to its name, like the controller key; plaintext is refused."""
+        raw = self.get_meta(key)
+        return None if raw is None else self._k().decrypt(secret_meta_label(key), raw)
+
+    def set_secret(self, key: str, value: bytes) -> None:
+        if not is_secret_meta(key):
+            raise ValueError(f"{key} is not a secret meta record")
+        self.set_meta(key, self._k().encrypt(secret_meta_label(key), value))
 
     def delete_meta(self, key: str) -> None:
         with self._lock:
@@ -178,6 +202,11 @@ class StateStore:
         """Replace a CVM's SSH client key (a rotation), encrypted under K."""
         self.set_raw_client_key(cvm_id, self._k().encrypt(client_key_label(cvm_id), client_key))
 
+    def metas(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT k, v FROM meta").fetchall()
+        return [(str(k), bytes(v)) for k, v in rows]
+
     def raw_client_keys(self) -> list[tuple[str, bytes]]:
         """Each CVM's stored client key as it is at rest (for the upgrade to K)."""
         with self._lock:
@@ -218,6 +247,11 @@ class StateStore:
                     label = client_key_label(str(cvm_id))
                     self._db.execute("UPDATE cvms SET client_key=? WHERE id=?",
                                      (new.encrypt(label, old.decrypt(label, bytes(blob))), cvm_id))
+                for k, v in self._db.execute("SELECT k, v FROM meta").fetchall():
+                    if is_secret_meta(str(k)):
+                        label = secret_meta_label(str(k))
+                        self._db.execute("UPDATE meta SET v=? WHERE k=?",
+                                         (new.encrypt(label, old.decrypt(label, bytes(v))), k))
                 self._db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
                 self._db.execute("COMMIT")
             except BaseException:

@@ -45,6 +45,8 @@ _NONCE = 12
 SEALED_META = "state_key_sealed"
 #: Set once every secret of the data dir is under K: from then on plaintext is refused.
 UPGRADED_META = "state_key_upgraded"
+#: Set once the provider secrets of an older data dir are under K (then plaintext is refused).
+SECRET_METAS_UPGRADED = "state_key_upgraded_secret_metas"  # noqa: S105 - a record name
 CONTROLLER_KEY_META = "controller_key"
 CONTROLLER_KEY_LABEL = "controller-key"
 
@@ -119,7 +121,24 @@ def open_state_key(state: StateStore, tee: TeeBackend) -> StateKey:
         # in the state file is the host's doing, and is refused when read.
         upgrade_plaintext(state, key)
         state.set_meta(UPGRADED_META, b"1")
+    if state.get_meta(SECRET_METAS_UPGRADED) is None:
+        # Data dirs whose provider credentials (and their keys) were kept in the clear,
+        # before they moved under K: once, then plaintext there is refused too.
+        upgrade_secret_metas(state, key)
+        state.set_meta(SECRET_METAS_UPGRADED, b"1")
     return key
+
+
+def upgrade_secret_metas(state: StateStore, key: StateKey) -> None:
+    from duet.controller.state import is_secret_meta, secret_meta_label
+
+    upgraded = 0
+    for name, value in state.metas():
+        if is_secret_meta(name) and not StateKey.is_encrypted(value):
+            state.set_meta(name, key.encrypt(secret_meta_label(name), value))
+            upgraded += 1
+    if upgraded:
+        log.warning("upgraded the data dir: %d provider secret(s) re-encrypted under the state key", upgraded)
 
 
 def upgrade_plaintext(state: StateStore, key: StateKey) -> None:
