@@ -177,3 +177,20 @@ def test_provider_secrets_of_an_older_data_dir_are_moved_under_k(tmp_path: Path)
     at_rest = db.execute("SELECT v FROM meta WHERE k='credentials_hpke_key'").fetchone()[0]
     db.close()
     assert StateKey.is_encrypted(at_rest) and plain not in at_rest
+
+
+def test_the_etcd_store_key_is_kept_under_k(tmp_path: Path) -> None:
+    """The key the replicated store's state records are encrypted under opens every CVM's
+    SSH key in etcd: in the state file it is a secret like the others."""
+    from duet.controller.replicated import state_key_of
+
+    state = StateStore(tmp_path / "state.sqlite")
+    state.cipher = StateKey.generate()
+    key = state_key_of(state)
+    at_rest = state.get_meta("store_state_key")
+    assert at_rest is not None and StateKey.is_encrypted(at_rest) and key not in at_rest
+    assert state_key_of(state) == key  # the same key next time
+    state.set_meta("store_state_key", os.urandom(32))  # the host's own, in the clear: refused
+    with pytest.raises(StateKeyError, match="not encrypted"):
+        state_key_of(state)
+    state.close()

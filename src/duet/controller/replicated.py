@@ -549,14 +549,14 @@ _STORE_WINS = frozenset({"witness_cosignatures"})
 
 
 def state_key_of(state: StateStore) -> bytes:
-    """The key the state is encrypted under in etcd: a random key kept in the sealed
-    local state (so etcd holds ciphertext only). It reaches a standby with K, inside the
-    attested exchange (controller/standby.py), so every instance that may become primary
-    opens the records, and nobody else."""
-    key = state.get_meta(_STATE_KEY_META)
+    """The key the state is encrypted under in etcd: a random key kept in the local state
+    under K (so etcd holds ciphertext only, and the state file holds the key only under K).
+    It reaches a standby with K, inside the attested exchange (controller/standby.py), so
+    every instance that may become primary opens the records, and nobody else."""
+    key = state.get_secret(_STATE_KEY_META)  # under K, like every secret of the state file
     if key is None or len(key) != 32:
         key = AESGCM.generate_key(bit_length=256)
-        StateStore.set_meta(state, _STATE_KEY_META, key)
+        state.set_secret(_STATE_KEY_META, key)
     return key
 
 

@@ -337,7 +337,8 @@ def join_as_standby(url: str, data_dir: Path, tee: TeeBackend, *, timeout: float
         state.set_meta(SEALED_META, tee.seal(k.raw()))
         state.set_meta(UPGRADED_META, b"1")
         state.set_meta(CONTROLLER_KEY_META, blob)
-        state.set_meta(_STATE_KEY_META, store_key)
+        state.cipher = k
+        state.set_secret(_STATE_KEY_META, store_key)
         state.set_meta(STANDBY_META, info.to_json())
     finally:
         state.close()

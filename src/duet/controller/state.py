@@ -95,7 +95,8 @@ class CvmRecord:
 
 
 #: Meta records that hold secrets (controller/providers_config.py): under K.
-SECRET_METAS = ("credentials_hpke_key", "credentials_mac_key")
+#: `store_state_key`: the key of the state records in etcd (controller/replicated.py).
+SECRET_METAS = ("credentials_hpke_key", "credentials_mac_key", "store_state_key")
 SECRET_META_PREFIX = "credentials:"  # noqa: S105 - a record name, not a secret
 
 
