@@ -326,40 +326,52 @@ class Received:
     controller_id: str
 
 
-def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 660.0) -> Received:
-    """Run the successor's side against the predecessor at `url`; on success the data dir
-    holds the predecessor's state and ledger and the returned K opens them. `url` is a
-    hint: what is accepted is decided by the quotes and signatures checked here. The
-    timeout covers the predecessor waiting for commands in flight (at most 600 s each)."""
+@dataclass(frozen=True)
+class Answer:
+    """An attested answer to a handover or standby request, opened: the sender's identity
+    (bound by its quote to our nonce, and signing the whole exchange) and the payload it
+    encrypted to our fresh key."""
+
+    controller_id: str
+    public_key: keys.Ed25519PublicKey
+    request_key: bytes  # our X25519 key of this exchange (raw)
+    payload: dict[str, Any]
+
+
+def attested_exchange(url: str, tee: Any, *, path: str, domain: bytes, peer: str, what: str,
+                      timeout: float) -> Answer:
+    """The requesting side of the attested handshake, shared by a successor (`join`) and a
+    standby (controller/standby.py): our quote binds a fresh X25519 key and the peer's
+    challenge; the peer's quote must bind its identity key and our nonce, its signature
+    must cover the whole exchange, and only then is the payload opened. `peer` and `what`
+    name the other side and its answer in errors."""
     import httpx
 
     from duet.attestation import verify_sgx_quote
 
-    if (data_dir / "ledger.sqlite").exists():
-        raise JoinFailed(f"--join needs a new data dir; {data_dir} already holds a controller's ledger")
     eph = X25519PrivateKey.generate()
     epk = _raw(eph.public_key())
     nonce = secrets.token_bytes(32)
-    # The predecessor's quote is checked below; the transport adds nothing we rely on.
+    # The peer's quote is checked below; the transport adds nothing we rely on.
     verify: Any = False if url.startswith("https://") else True
     try:
         with httpx.Client(base_url=url, timeout=timeout, verify=verify) as http:
             got = http.get("/v1/controller/handover/challenge")
             _raise_for(got)
             challenge = bytes.fromhex(str(got.json()["challenge"]))
-            q = tee.quote(request_report_data(epk, challenge))
+            q = tee.quote(request_report_data(epk, challenge, domain))
             request = {"challenge": challenge.hex(), "nonce": nonce.hex(),
                        "public_key": base64.b64encode(epk).decode(),
                        "quote": base64.b64encode(q.quote).decode(), "collateral": q.collateral,
                        "simulated_root_ca": (base64.b64encode(q.simulated_root_ca).decode()
                                              if q.simulated_root_ca is not None else None)}
-            res = http.post("/v1/controller/handover", json=request)
+            res = http.post(path, json=request)
             _raise_for(res)
             answer = res.json()
     except httpx.HTTPError as exc:
-        raise JoinFailed(f"cannot reach the predecessor at {url}: {exc}") from None
+        raise JoinFailed(f"cannot reach the {peer} at {url}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise JoinFailed(f"the predecessor at {url} answered something that is not a handover: {exc}") from None
+        raise JoinFailed(f"the {peer} at {url} answered something that is not a {what}: {exc}") from None
     try:
         aq = answer["quote"]
         a_pub_raw = base64.b64decode(aq["public_key"], validate=True)
@@ -370,24 +382,41 @@ def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 660.0) -> Recei
         signature = base64.b64decode(answer["signature"], validate=True)
         quote_raw = base64.b64decode(aq["quote"], validate=True)
     except (KeyError, ValueError, TypeError) as exc:
-        raise JoinFailed(f"malformed handover answer: {exc}") from None
+        raise JoinFailed(f"malformed {what}: {exc}") from None
     if root is not None and not tee.simulated:
-        raise JoinFailed("the predecessor runs on a SIMULATED TEE; an SGX successor does not join it")
+        raise JoinFailed(f"the {peer} runs on a SIMULATED TEE; an SGX enclave does not join it")
     try:
         report = verify_sgx_quote(quote_raw, aq["collateral"], now=datetime.now(UTC), root_ca_der=root)
     except (AttestationError, ValueError, TypeError) as exc:
-        raise JoinFailed(f"the predecessor's quote does not verify: {exc}") from None
-    if report.report_data != controller_report_data(a_pub_raw, nonce):
-        raise JoinFailed("the predecessor's quote does not bind its identity key and our nonce")
+        raise JoinFailed(f"the {peer}'s quote does not verify: {exc}") from None
+    if not hmac.compare_digest(report.report_data, controller_report_data(a_pub_raw, nonce)):
+        raise JoinFailed(f"the {peer}'s quote does not bind its identity key and our nonce")
     a_pub = keys.Ed25519PublicKey.from_public_bytes(a_pub_raw)
-    controller_id = keys.key_id(a_pub)
     try:
         a_pub.verify(signature, _transcript(challenge, nonce, epk, sender_pub, ct))
     except Exception:
-        raise JoinFailed("the handover answer is not signed by the attested predecessor") from None
+        raise JoinFailed(f"the {what} is not signed by the attested {peer}") from None
     key = _seal_key(eph.exchange(X25519PublicKey.from_public_bytes(sender_pub)), epk, sender_pub)
     try:
         payload = json.loads(AESGCM(key).decrypt(seal_nonce, ct, RESPONSE_DOMAIN))
+    except Exception as exc:
+        raise JoinFailed(f"the {what} does not open: {type(exc).__name__}") from None
+    if not isinstance(payload, dict):
+        raise JoinFailed(f"the {what} does not open: not an object")
+    return Answer(keys.key_id(a_pub), a_pub, epk, payload)
+
+
+def join(url: str, data_dir: Path, tee: Any, *, timeout: float = 660.0) -> Received:
+    """Run the successor's side against the predecessor at `url`; on success the data dir
+    holds the predecessor's state and ledger and the returned K opens them. `url` is a
+    hint: what is accepted is decided by the quotes and signatures checked here. The
+    timeout covers the predecessor waiting for commands in flight (at most 600 s each)."""
+    if (data_dir / "ledger.sqlite").exists():
+        raise JoinFailed(f"--join needs a new data dir; {data_dir} already holds a controller's ledger")
+    answer = attested_exchange(url, tee, path="/v1/controller/handover", domain=REQUEST_DOMAIN,
+                               peer="predecessor", what="handover answer", timeout=timeout)
+    controller_id, epk, payload = answer.controller_id, answer.request_key, answer.payload
+    try:
         k = StateKey(base64.b64decode(payload["state_key"], validate=True))
         state_db = base64.b64decode(payload["state"], validate=True)
         ledger_db = base64.b64decode(payload["ledger"], validate=True)

@@ -33,11 +33,9 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -45,7 +43,6 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,19 +50,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 
-from duet.attestation.errors import AttestationError
 from duet.controller import continuity, errors
 from duet.controller.continuity import (
     CONTROLLER_LOG,
     RESPONSE_DOMAIN,
     HandoverRefused,
     JoinFailed,
-    _raise_for,
     _raw,
     _seal_key,
     _transcript,
     approvals,
-    request_report_data,
 )
 from duet.controller.replicated import _STATE_KEY_META, ReplicatedLedger, state_key_of
 from duet.controller.state import StateStore
@@ -82,7 +76,7 @@ from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from duet.ledger.errors import LedgerError
 from duet.ledger.note import Verifier
 from duet.ledger.store import TreeHead
-from duet.tee.base import TeeBackend, controller_report_data
+from duet.tee.base import TeeBackend
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
@@ -247,60 +241,10 @@ def join_as_standby(url: str, data_dir: Path, tee: TeeBackend, *, timeout: float
     """The standby's side of the handshake. On success the data dir holds a state file
     with K sealed to this build, the controller key (under K), the store key and
     `meta.standby`; nothing else."""
-    import httpx
-
-    from duet.attestation import verify_sgx_quote
-
-    eph = X25519PrivateKey.generate()
-    epk = _raw(eph.public_key())
-    nonce = secrets.token_bytes(32)
-    verify: Any = False if url.startswith("https://") else True  # the quote decides, not the channel
+    answer = continuity.attested_exchange(url, tee, path="/v1/controller/standby", domain=STANDBY_REQUEST_DOMAIN,
+                                          peer="primary", what="standby answer", timeout=timeout)
+    controller_id, a_pub, epk, payload = answer.controller_id, answer.public_key, answer.request_key, answer.payload
     try:
-        with httpx.Client(base_url=url, timeout=timeout, verify=verify) as http:
-            got = http.get("/v1/controller/handover/challenge")
-            _raise_for(got)
-            challenge = bytes.fromhex(str(got.json()["challenge"]))
-            q = tee.quote(request_report_data(epk, challenge, STANDBY_REQUEST_DOMAIN))
-            request = {"challenge": challenge.hex(), "nonce": nonce.hex(),
-                       "public_key": base64.b64encode(epk).decode(),
-                       "quote": base64.b64encode(q.quote).decode(), "collateral": q.collateral,
-                       "simulated_root_ca": (base64.b64encode(q.simulated_root_ca).decode()
-                                             if q.simulated_root_ca is not None else None)}
-            res = http.post("/v1/controller/standby", json=request)
-            _raise_for(res)
-            answer = res.json()
-    except httpx.HTTPError as exc:
-        raise JoinFailed(f"cannot reach the primary at {url}: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JoinFailed(f"the primary at {url} answered something that is not a standby answer: {exc}") from None
-    try:
-        aq = answer["quote"]
-        a_pub_raw = base64.b64decode(aq["public_key"], validate=True)
-        root = base64.b64decode(aq["simulated_root_ca"], validate=True) if aq.get("simulated_root_ca") else None
-        sender_pub = base64.b64decode(answer["sender_key"], validate=True)
-        ct = base64.b64decode(answer["ciphertext"], validate=True)
-        seal_nonce = base64.b64decode(answer["seal_nonce"], validate=True)
-        signature = base64.b64decode(answer["signature"], validate=True)
-        quote_raw = base64.b64decode(aq["quote"], validate=True)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise JoinFailed(f"malformed standby answer: {exc}") from None
-    if root is not None and not tee.simulated:
-        raise JoinFailed("the primary runs on a SIMULATED TEE; an SGX standby does not join it")
-    try:
-        report = verify_sgx_quote(quote_raw, aq["collateral"], now=datetime.now(UTC), root_ca_der=root)
-    except (AttestationError, ValueError, TypeError) as exc:
-        raise JoinFailed(f"the primary's quote does not verify: {exc}") from None
-    if not hmac.compare_digest(report.report_data, controller_report_data(a_pub_raw, nonce)):
-        raise JoinFailed("the primary's quote does not bind its identity key and our nonce")
-    a_pub = keys.Ed25519PublicKey.from_public_bytes(a_pub_raw)
-    controller_id = keys.key_id(a_pub)
-    try:
-        a_pub.verify(signature, _transcript(challenge, nonce, epk, sender_pub, ct))
-    except Exception:
-        raise JoinFailed("the standby answer is not signed by the attested primary") from None
-    key = _seal_key(eph.exchange(X25519PublicKey.from_public_bytes(sender_pub)), epk, sender_pub)
-    try:
-        payload = json.loads(AESGCM(key).decrypt(seal_nonce, ct, RESPONSE_DOMAIN))
         k = StateKey(base64.b64decode(payload["state_key"], validate=True))
         store_key = base64.b64decode(payload["store_key"], validate=True)
         blob = base64.b64decode(payload["controller_key"], validate=True)
