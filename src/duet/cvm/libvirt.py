@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
+from duet.attestation.cvm_kinds import TeeOffer
 from duet.cvm import cloudinit
 from duet.cvm.clouds.common import host_data_of, resource_prefix, spec_str
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.libvirt_xml import SCHEMA_TARGETS, DomainSpec, domain_xml, volume_xml
 from duet.cvm.provider import Provisioned
-from duet.cvm.qemu import QEMU_TEES, build_seed_iso, seed_files
+from duet.cvm.qemu import ON_PREM_TEES, QEMU_TEES, build_seed_iso, seed_files
 from duet.ledger import control_plane_libvirt
 
 LOCAL_URIS = ("qemu:///system", "qemu:///session")
@@ -201,13 +201,7 @@ class LibvirtProvider:
     """
 
     name = "libvirt"
-    #: As the qemu provider: libvirt sets the per-CVM value itself (SNP HOST_DATA, TDX
-    #: MRCONFIGID), and the guest's evidence comes through configfs-tsm.
-    tees: ClassVar[Mapping[str, TeeOffer]] = {
-        "snp": TeeOffer(CvmKind.SNP, InstanceBinding.HOST_DATA),
-        "tdx": TeeOffer(CvmKind.TDX, InstanceBinding.MRCONFIGID),
-        "none": TeeOffer(CvmKind.NONE, InstanceBinding.NONE),
-    }
+    tees: ClassVar[Mapping[str, TeeOffer]] = ON_PREM_TEES  # as the qemu provider
 
     def __init__(
         self,

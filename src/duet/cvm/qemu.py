@@ -55,6 +55,14 @@ from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.provider import Provisioned
 
 QEMU_TEES = ("snp", "tdx", "none")
+#: What an on-premises hypervisor (qemu, libvirt) offers: it sets the per-CVM value itself
+#: (SNP HOST_DATA, TDX MRCONFIGID), and the guest's evidence comes through configfs-tsm.
+#: `none` is a plain VM, allowed only with `allow_no_tee`.
+ON_PREM_TEES: Mapping[str, TeeOffer] = {
+    "snp": TeeOffer(CvmKind.SNP, InstanceBinding.HOST_DATA),
+    "tdx": TeeOffer(CvmKind.TDX, InstanceBinding.MRCONFIGID),
+    "none": TeeOffer(CvmKind.NONE, InstanceBinding.NONE),
+}
 SNP_POLICY = 0x30000
 SNP_CPU = "EPYC-v4"
 _STATE_VERSION = 1
@@ -151,13 +159,7 @@ class QemuProvider:
     """
 
     name = "qemu"
-    #: qemu sets the per-CVM value itself: SNP HOST_DATA, TDX MRCONFIGID. `none` is a
-    #: plain VM, allowed only with `allow_no_tee`.
-    tees: ClassVar[Mapping[str, TeeOffer]] = {
-        "snp": TeeOffer(CvmKind.SNP, InstanceBinding.HOST_DATA),
-        "tdx": TeeOffer(CvmKind.TDX, InstanceBinding.MRCONFIGID),
-        "none": TeeOffer(CvmKind.NONE, InstanceBinding.NONE),
-    }
+    tees: ClassVar[Mapping[str, TeeOffer]] = ON_PREM_TEES
 
     def __init__(
         self,
