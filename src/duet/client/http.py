@@ -20,7 +20,7 @@ import httpx
 
 from duet.client.config import DEFAULT_URL, Limits, default_state_dir, env_bool
 from duet.client.errors import ClientError, LimitExceeded
-from duet.client.wire import parse_json, raise_for_status
+from duet.client.wire import Reads, parse_json, raise_for_status
 
 __all__ = ["DEFAULT_URL", "ClientError", "Http", "LimitExceeded", "RunBudget", "parse_json"]
 
@@ -110,7 +110,7 @@ def _deadline_transport(deadline: _Deadline, **kw: Any) -> httpx.HTTPTransport:
     return transport
 
 
-class Http:
+class Http(Reads):
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -219,17 +219,6 @@ class Http:
         body = b"".join(chunks)
         self._raise_for_status(status, body, path)
         return body
-
-    def get_json(self, path: str, **params: Any) -> Any:
-        body = self.read(path, {k: v for k, v in params.items() if v is not None})
-        return parse_json(body, path, self.limits.max_json_depth)
-
-    def get_text(self, path: str, headers: dict[str, str] | None = None) -> str:
-        body = self.read(path, headers=headers)
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ClientError("bad_response", f"{path} did not return UTF-8 text") from None
 
     def stream_lines(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
         """An NDJSON answer (streamed runs), one parsed line at a time as it arrives. An

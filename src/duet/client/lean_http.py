@@ -28,13 +28,13 @@ from urllib.parse import urlencode, urlsplit
 
 from duet.client.config import DEFAULT_URL, Limits, default_state_dir, env_bool
 from duet.client.errors import ClientError, LimitExceeded
-from duet.client.wire import parse_json, raise_for_status
+from duet.client.wire import Reads, parse_json, raise_for_status
 
 NDJSON = "application/x-ndjson"
 _CHUNK = 64 * 1024
 
 
-class LeanHttp:
+class LeanHttp(Reads):
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -153,17 +153,6 @@ class LeanHttp:
             raise self._wrapped(exc, path) from None
         raise_for_status(status, body, path)
         return body
-
-    def get_json(self, path: str, **params: Any) -> Any:
-        body = self.read(path, {k: v for k, v in params.items() if v is not None})
-        return parse_json(body, path, self.limits.max_json_depth)
-
-    def get_text(self, path: str, headers: dict[str, str] | None = None) -> str:
-        body = self.read(path, headers=headers)
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ClientError("bad_response", f"{path} did not return UTF-8 text") from None
 
     def post_json(self, path: str, body: Any) -> Any:
         """Owner requests: bounded by `timeout` (a command may legitimately run long)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from duet.client.config import Limits
 from duet.client.errors import ClientError, LimitExceeded
 
 
@@ -50,3 +51,25 @@ def raise_for_status(status: int, body: bytes, path: str) -> None:
     except (ValueError, KeyError, TypeError, RecursionError):
         raise ClientError("http_error", f"HTTP {status} from {path}", status) from None
     raise ClientError(code, message[:2000], status, index if isinstance(index, int) else None)
+
+
+class Reads:
+    """What both transports (client/http.py over httpx, client/lean_http.py over the
+    standard library) derive from their bounded `read`."""
+
+    limits: Limits
+
+    def read(self, path: str, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> bytes:
+        raise NotImplementedError
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        body = self.read(path, {k: v for k, v in params.items() if v is not None})
+        return parse_json(body, path, self.limits.max_json_depth)
+
+    def get_text(self, path: str, headers: dict[str, str] | None = None) -> str:
+        body = self.read(path, headers=headers)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientError("bad_response", f"{path} did not return UTF-8 text") from None
