@@ -23,16 +23,19 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import boot_events
 from ._bytes import Reader
 from .errors import BindingError, ParseError
 
 ALG_SHA384 = 0x000C
 EV_NO_ACTION = 0x00000003
-EV_IPL = 0x0000000D
-EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+EV_IPL = boot_events.EV_IPL
+EV_EFI_BOOT_SERVICES_APPLICATION = boot_events.EV_EFI_BOOT_SERVICES_APPLICATION
 #: grub's prefix for the kernel command line it measures (as an EV_IPL string, PCR 8 =
 #: RTMR2 in a TD).
-CMDLINE_PREFIX = "kernel_cmdline: "
+CMDLINE_PREFIX = boot_events.CMDLINE_PREFIX
+#: The kernel in RTMR1, its command line in RTMR2, SHA-384.
+_RTMRS = boot_events.Registers("rtmr", kernel=1, cmdline=2, digest=boot_events.sha384)
 SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 MAX_EVENTS = 100_000
 _KNOWN_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}
@@ -167,23 +170,7 @@ def named_events(events: Sequence[CcEvent]) -> dict[str, dict[str, object]]:
     the digest is SHA-384 of the text as logged: only then is the text what was measured
     (the digest alone is bound by the replay; the event data is not).
     """
-    out: dict[str, dict[str, object]] = {}
-    cmdline: tuple[CcEvent, str] | None = None
-    for e in events:
-        if e.rtmr == 1 and e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            out["kernel"] = {"rtmr": 1, "digest": e.sha384.hex()}
-        elif e.rtmr == 2 and e.event_type == EV_IPL:
-            text = _text(e.data)
-            if text is not None and (cmdline is None or text.startswith(CMDLINE_PREFIX)
-                                     or not cmdline[1].startswith(CMDLINE_PREFIX)):
-                cmdline = (e, text)
-    if cmdline is not None:
-        e, text = cmdline
-        measured = any(hmac.compare_digest(hashlib.sha384(d).digest(), e.sha384)
-                       for d in (e.data, e.data.rstrip(b"\0")))
-        out["cmdline"] = {"rtmr": 2, "digest": e.sha384.hex(), "text": text.removeprefix(CMDLINE_PREFIX),
-                          "measured": measured}
-    return out
+    return boot_events.named_events(((e.rtmr, e.event_type, e.sha384, e.data) for e in events), _RTMRS, _text)
 
 
 def event_log_claims(ccel: bytes, reported: Sequence[str | bytes]) -> dict[str, object]:

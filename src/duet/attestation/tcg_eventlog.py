@@ -31,6 +31,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from . import boot_events
 from ._bytes import Reader
 from .errors import BindingError, ParseError, UnsupportedVersion
 
@@ -38,16 +39,18 @@ ALG_SHA1 = 0x0004
 ALG_SHA256 = 0x000B
 EV_NO_ACTION = 0x00000003
 EV_SEPARATOR = 0x00000004
-EV_IPL = 0x0000000D
-EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+EV_IPL = boot_events.EV_IPL
+EV_EFI_BOOT_SERVICES_APPLICATION = boot_events.EV_EFI_BOOT_SERVICES_APPLICATION
 SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
 #: grub's prefix for the kernel command line it measures (EV_IPL text in PCR 8).
-CMDLINE_PREFIX = "kernel_cmdline: "
+CMDLINE_PREFIX = boot_events.CMDLINE_PREFIX
 #: The PCRs a boot's named events live in: the kernel image as an EFI application (4),
 #: grub's command line strings (8).
 KERNEL_PCR = 4
 CMDLINE_PCR = 8
+#: The kernel in PCR 4, its command line in PCR 8, SHA-256.
+_PCRS = boot_events.Registers("pcr", kernel=KERNEL_PCR, cmdline=CMDLINE_PCR, digest=boot_events.sha256)
 NUM_PCRS = 24
 #: Real logs are tens of kilobytes; this bounds what a guest can make a verifier read.
 MAX_LOG_BYTES = 8 * 1024 * 1024
@@ -178,23 +181,7 @@ def named_events(events: Sequence[TcgEvent]) -> dict[str, dict[str, object]]:
     ``measured``: whether the digest is SHA-256 of the text as logged; only then is the text
     what was measured (the replay binds digests, not event data).
     """
-    out: dict[str, dict[str, object]] = {}
-    cmdline: tuple[TcgEvent, str] | None = None
-    for e in events:
-        if e.pcr == KERNEL_PCR and e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            out["kernel"] = {"pcr": KERNEL_PCR, "digest": e.sha256.hex()}
-        elif e.pcr == CMDLINE_PCR and e.event_type == EV_IPL:
-            text = _text(e.data)
-            if text is not None and (cmdline is None or text.startswith(CMDLINE_PREFIX)
-                                     or not cmdline[1].startswith(CMDLINE_PREFIX)):
-                cmdline = (e, text)
-    if cmdline is not None:
-        e, text = cmdline
-        measured = any(hmac.compare_digest(hashlib.sha256(d).digest(), e.sha256)
-                       for d in (e.data, e.data.rstrip(b"\0")))
-        out["cmdline"] = {"pcr": CMDLINE_PCR, "digest": e.sha256.hex(), "text": text.removeprefix(CMDLINE_PREFIX),
-                          "measured": measured}
-    return out
+    return boot_events.named_events(((e.pcr, e.event_type, e.sha256, e.data) for e in events), _PCRS, _text)
 
 
 def event_log_claims(log: bytes, quoted: Mapping[int, str | bytes]) -> dict[str, object]:

@@ -48,7 +48,7 @@ from duet.cvm.clouds.common import host_data_of, resource_prefix, spec_str
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.libvirt_xml import SCHEMA_TARGETS, DomainSpec, domain_xml, volume_xml
 from duet.cvm.provider import Provisioned
-from duet.cvm.qemu import ON_PREM_TEES, QEMU_TEES, build_seed_iso, seed_files
+from duet.cvm.qemu import ON_PREM_TEES, QEMU_TEES, build_seed_iso, seed_files, speaks_ssh
 from duet.ledger import control_plane_libvirt
 
 LOCAL_URIS = ("qemu:///system", "qemu:///session")
@@ -611,18 +611,8 @@ class LibvirtProvider:
         before the guest listens), failing early if the domain stops."""
         deadline = time.monotonic() + self.boot_timeout_s
         while time.monotonic() < deadline:
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.ssh_address, port), 5.0)
-                try:
-                    banner = await asyncio.wait_for(reader.readline(), 10.0)
-                finally:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
-                if banner.startswith(b"SSH-"):
-                    return
-            except (OSError, TimeoutError):
-                pass
+            if await speaks_ssh(self.ssh_address, port):
+                return
             if await self._call(self._status_sync, cvm_id) != "running":
                 raise ProvisioningFailed("libvirt: the domain stopped during boot")
             await asyncio.sleep(2.0)

@@ -147,6 +147,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def speaks_ssh(host: str, port: int) -> bool:
+    """Whether an SSH server's banner comes back on host:port. User-mode networking (slirp,
+    passt) accepts TCP before the guest listens, so a connection alone proves nothing."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
+        try:
+            banner = await asyncio.wait_for(reader.readline(), 10.0)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return banner.startswith(b"SSH-")
+
+
 class QemuProvider:
     """CVMs as qemu-system-x86_64 processes on this host.
 
@@ -405,18 +421,8 @@ class QemuProvider:
         while time.monotonic() < deadline:
             if self._pid(cvm_id) is None:
                 raise ProvisioningFailed("qemu exited during boot (see serial.log)")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5.0)
-                try:
-                    banner = await asyncio.wait_for(reader.readline(), 10.0)
-                finally:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
-                if banner.startswith(b"SSH-"):
-                    return
-            except (OSError, TimeoutError):
-                pass
+            if await speaks_ssh("127.0.0.1", port):
+                return
             await asyncio.sleep(2.0)
         raise ProvisioningFailed("the guest's SSH server did not come up in time")
 
