@@ -12,80 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import shutil
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from continuity_helpers import controller_in as _controller
+from continuity_helpers import log_entries as _entries
+from continuity_helpers import old_secrets
+from continuity_helpers import try_login as _try_login
 
 from duet.client.expectations import UserExpectations
 from duet.client.http import ClientError
 from duet.client.verify import verify
-from duet.controller.statekey import StateKey, client_key_label
-from duet.cvm.errors import CvmError
-from duet.cvm.ssh import CvmConnection, import_private
+from duet.cvm.ssh import import_private
 from duet.ledger import entries, keys, merkle
 from duet.ledger.checkpoint import open_checkpoint
 from duet.ledger.note import Verifier
-from duet.tee.simulated import SimulatedTee
-from helpers import ControllerProc, free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.slow
 
 A, B, B_PRIME = "aa" * 32, "bb" * 32, "cc" * 32
-
-
-@pytest.fixture
-def cvm_root(tmp_path: Path) -> Iterator[Path]:
-    os.chmod(tmp_path, 0o755)
-    root = tmp_path / "host"
-    yield root
-    from duet.cvm.cleanup import delete_all_local
-
-    delete_all_local(root / "cvms")
-
-
-def _controller(tmp_path: Path, name: str, owner: keys.Ed25519PrivateKey) -> ControllerProc:
-    base = tmp_path / name
-    base.mkdir(mode=0o755)
-    return ControllerProc(data=base / "data", owner_key=owner)
-
-
-def _entries(proc: ControllerProc, path: str) -> list[dict[str, object]]:
-    with proc.http() as http:
-        page = http.get_json(path)
-    return [entries.decode(base64.b64decode(e["leaf"])) for e in page["entries"]]
-
-
-def _old_client_key(data: Path, cvm: str, scratch: Path) -> bytes:
-    """What build A's data dir still holds: its K opens its copy of the CVM's client key.
-    (A running controller holds its database exclusively: read a copy of the files.)"""
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    for f in data.glob("state.sqlite*"):
-        shutil.copy(f, scratch / f.name)
-    db = sqlite3.connect(scratch / "state.sqlite")
-    sealed = db.execute("SELECT v FROM meta WHERE k='state_key_sealed'").fetchone()[0]
-    blob = db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm,)).fetchone()[0]
-    db.close()
-    k = StateKey(SimulatedTee(data / "tee", mrenclave=bytes.fromhex(A)).unseal(sealed))
-    return k.decrypt(client_key_label(cvm), blob)
-
-
-async def _try_login(view: dict[str, object], key: bytes) -> str:
-    conn = CvmConnection(host=str(view["host"]), port=int(str(view["port"])), user=str(view["user"]),
-                         client_key=import_private(key), pinned_host_key=str(view["host_key"]))
-    try:
-        await conn.connect()
-        return "in"
-    except CvmError as exc:
-        return f"refused: {exc}"
-    finally:
-        await conn.close()
 
 
 def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
@@ -105,7 +54,7 @@ def test_upgrade_by_handover(tmp_path: Path, cvm_root: Path) -> None:
                 report, _ = verify(http, cvm, trust_simulated=True, state_dir=user_state)
                 assert report.ok, [c for c in report.checks if not c.ok]
                 seen[cvm] = http.get_text(f"/v1/cvms/{cvm}/checkpoint")
-        old_keys = {cvm: _old_client_key(a.data, cvm, tmp_path / 'copy') for cvm in cvms}
+        old_keys = {cvm: old_secrets(a.data, A, [cvm], tmp_path / 'copy')[1][cvm] for cvm in cvms}
         views = {v["id"]: v for v in owner_a.http.get_json("/v1/cvms")["cvms"]}
         assert all(asyncio.run(_try_login(views[c], old_keys[c])) == "in" for c in cvms)
 

@@ -15,24 +15,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from continuity_helpers import log_entries as _entries
+from continuity_helpers import old_secrets
+from continuity_helpers import try_login as _try_login
 
 from duet.client.expectations import UserExpectations
 from duet.client.verify import verify
-from duet.controller.statekey import StateKey, client_key_label
-from duet.cvm.errors import CvmError
-from duet.cvm.ssh import CvmConnection, import_private
-from duet.ledger import entries, keys
-from duet.tee.simulated import SimulatedTee
+from duet.controller.statekey import StateKey
+from duet.ledger import keys
 from helpers import ControllerProc
 
 pytestmark = pytest.mark.slow
@@ -40,51 +37,9 @@ pytestmark = pytest.mark.slow
 A = "aa" * 32
 
 
-@pytest.fixture
-def cvm_root(tmp_path: Path) -> Iterator[Path]:
-    os.chmod(tmp_path, 0o755)
-    root = tmp_path / "host"
-    yield root
-    from duet.cvm.cleanup import delete_all_local
-
-    delete_all_local(root / "cvms")
-
-
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "duet.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _entries(proc: ControllerProc, path: str) -> list[dict[str, object]]:
-    with proc.http() as http:
-        page = http.get_json(path)
-    return [entries.decode(base64.b64decode(e["leaf"])) for e in page["entries"]]
-
-
-def _old_secrets(data: Path, cvms: list[str], scratch: Path) -> tuple[bytes, dict[str, bytes]]:
-    """K and the CVM client keys as the data dir holds them before the update (a copy)."""
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    for f in data.glob("state.sqlite*"):
-        shutil.copy(f, scratch / f.name)
-    db = sqlite3.connect(scratch / "state.sqlite")
-    sealed = db.execute("SELECT v FROM meta WHERE k='state_key_sealed'").fetchone()[0]
-    blobs = {c: db.execute("SELECT client_key FROM cvms WHERE id=?", (c,)).fetchone()[0] for c in cvms}
-    db.close()
-    k = StateKey(SimulatedTee(data / "tee", mrenclave=bytes.fromhex(A)).unseal(sealed))
-    return k.raw(), {c: k.decrypt(client_key_label(c), b) for c, b in blobs.items()}
-
-
-async def _try_login(view: dict[str, object], key: bytes) -> str:
-    conn = CvmConnection(host=str(view["host"]), port=int(str(view["port"])), user=str(view["user"]),
-                         client_key=import_private(key), pinned_host_key=str(view["host_key"]))
-    try:
-        await conn.connect()
-        return "in"
-    except CvmError as exc:
-        return f"refused: {exc}"
-    finally:
-        await conn.close()
 
 
 def _wait_for(predicate: object, what: str, timeout: float = 60) -> None:
@@ -137,7 +92,7 @@ def test_microcode_update_recovered_from_shares(tmp_path: Path, cvm_root: Path) 
             with pytest.raises(Exception) as info:
                 http.get_json("/v1/controller/recovery/shares")
             assert getattr(info.value, "code", None) == "invalid_request"
-        old_k, old_keys = _old_secrets(ctl.data, cvms, tmp_path / "copy")
+        old_k, old_keys = old_secrets(ctl.data, A, cvms, tmp_path / "copy")
 
         # The microcode update: the same build at CPUSVN 2 cannot open the seal.
         ctl.kill()

@@ -15,7 +15,6 @@ import base64
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,17 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from continuity_helpers import controller_in as _controller
+from continuity_helpers import log_entries as _entries
+from continuity_helpers import old_secrets
+from continuity_helpers import try_login as _try_login
 
 from duet.client.expectations import UserExpectations
 from duet.client.http import ClientError
 from duet.client.verify import verify
 from duet.controller.etcd import EtcdClient, KeyValue
-from duet.controller.statekey import StateKey, client_key_label
-from duet.cvm.errors import CvmError
-from duet.cvm.ssh import CvmConnection, import_private
-from duet.ledger import entries, keys
-from duet.tee.simulated import SimulatedTee
-from helpers import ControllerProc, free_port
+from duet.ledger import keys
+from helpers import free_port
 
 A, B, C = "aa" * 32, "bb" * 32, "cc" * 32
 TTL = 2
@@ -49,62 +48,13 @@ def etcd(etcd_address: str) -> Iterator[EtcdClient]:
     client.close()
 
 
-@pytest.fixture
-def cvm_root(tmp_path: Path) -> Iterator[Path]:
-    os.chmod(tmp_path, 0o755)
-    root = tmp_path / "host"
-    yield root
-    from duet.cvm.cleanup import delete_all_local
-
-    delete_all_local(root / "cvms")
-
-
-def _controller(tmp_path: Path, name: str, owner: keys.Ed25519PrivateKey) -> ControllerProc:
-    base = tmp_path / name
-    base.mkdir(mode=0o755)
-    return ControllerProc(data=base / "data", owner_key=owner)
-
-
 def _args(etcd_address: str, cvm_root: Path, build: str, *extra: str) -> list[str]:
     return ["--store", f"etcd://{etcd_address}", "--lease-ttl", str(TTL), "--cvm-root", str(cvm_root),
             "--simulated-mrenclave", build, *extra]
 
 
-def _entries(proc: ControllerProc, path: str) -> list[dict[str, Any]]:
-    with proc.http() as http:
-        page = http.get_json(path)
-    return [entries.decode(base64.b64decode(e["leaf"])) for e in page["entries"]]
-
-
 def _snapshot(etcd: EtcdClient, cid: str) -> list[KeyValue]:
     return [kv for kv in etcd.get_prefix(f"duet/{cid}/".encode()) if not kv.key.endswith(b"/primary")]
-
-
-def _old_client_key(data: Path, build: str, cvm: str, scratch: Path) -> bytes:
-    """What a controller's data dir holds: its K (sealed to `build`) opens its copy of the
-    CVM's client key. (A running controller holds its database exclusively: read a copy.)"""
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    for f in data.glob("state.sqlite*"):
-        shutil.copy(f, scratch / f.name)
-    db = sqlite3.connect(scratch / "state.sqlite")
-    sealed = db.execute("SELECT v FROM meta WHERE k='state_key_sealed'").fetchone()[0]
-    blob = db.execute("SELECT client_key FROM cvms WHERE id=?", (cvm,)).fetchone()[0]
-    db.close()
-    k = StateKey(SimulatedTee(data / "tee", mrenclave=bytes.fromhex(build)).unseal(sealed))
-    return k.decrypt(client_key_label(cvm), blob)
-
-
-async def _try_login(view: dict[str, Any], key: bytes) -> str:
-    conn = CvmConnection(host=str(view["host"]), port=int(view["port"]), user=str(view["user"]),
-                         client_key=import_private(key), pinned_host_key=str(view["host_key"]))
-    try:
-        await conn.connect()
-        return "in"
-    except CvmError as exc:
-        return f"refused: {exc}"
-    finally:
-        await conn.close()
 
 
 def _until(fn: Any, what: str, timeout: float = 60.0) -> Any:
@@ -164,7 +114,7 @@ def test_standby_takes_over_and_the_old_primary_reaches_nothing(
             b.owner().run(cvm, "touch ran-on-the-standby", timeout_s=30)
         assert (refused.value.code, refused.value.status) == ("standby", 503)
         assert owner_a.run(cvm, "test ! -e ran-on-the-standby", timeout_s=30)["exit_status"] == 0
-        old_key = _old_client_key(a.data, A, cvm, tmp_path / "copy")
+        old_key = old_secrets(a.data, A, [cvm], tmp_path / "copy")[1][cvm]
         view = owner_a.http.get_json(f"/v1/cvms/{cvm}")
         assert asyncio.run(_try_login(view, old_key)) == "in"
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from duet.attestation.errors import AttestationError
 from duet.client.api import RECOVERY_SESSION_PATH, RECOVERY_SHARE_PATH
 from duet.client.errors import ClientError
+from duet.client.wire import raise_for_status
 from duet.ledger import keys
 from duet.ledger import recovery as rc
 from duet.ledger.errors import LedgerError
@@ -137,13 +138,13 @@ def recover(url: str, share: rc.ShareFile, holder_key: X25519PrivateKey, *, trus
     try:
         with httpx.Client(base_url=url, timeout=timeout, verify=verify) as http:
             got = http.get(RECOVERY_SESSION_PATH)
-            _raise_for(got)
+            raise_for_status(got.status_code, got.content, RECOVERY_SESSION_PATH)
             pub, report = check_session(got.json(), share, trust_simulated=trust_simulated,
                                         extra_owner_keys=extra_owner_keys)
             sealed = transfer(share, holder_key, pub)
             res = http.post(RECOVERY_SHARE_PATH,
                             json={"index": share.index, "sealed": base64.b64encode(sealed).decode()})
-            _raise_for(res)
+            raise_for_status(res.status_code, res.content, RECOVERY_SHARE_PATH)
             answer = dict(res.json())
     except httpx.HTTPError as exc:
         raise ClientError("unreachable", f"cannot reach the recovering controller at {url}: {exc}") from None
@@ -152,13 +153,3 @@ def recover(url: str, share: rc.ShareFile, holder_key: X25519PrivateKey, *, trus
     answer["mrenclave"] = report.mrenclave
     answer["simulated"] = bool(report.simulated)
     return answer
-
-
-def _raise_for(res: Any) -> None:
-    if res.status_code >= 400:
-        try:
-            err = res.json()["error"]
-            code, message = str(err["code"]), str(err["message"])
-        except Exception:
-            code, message = "http_error", f"HTTP {res.status_code}"
-        raise ClientError(code, message, res.status_code)

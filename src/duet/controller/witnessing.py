@@ -600,13 +600,7 @@ class Witnessing:
             if remaining <= 0:
                 raise NotWitnessed(f"no controller-log checkpoint is cosigned by a quorum of witnesses yet "
                                    f"({self.lag_summary()})")
-            self.kick()
-            assert self._cosigned is not None
-            async with self._cosigned:
-                try:
-                    await asyncio.wait_for(self._cosigned.wait(), timeout=min(remaining, self.interval))
-                except TimeoutError:
-                    pass
+            await self._await_cosignature(remaining)
 
     async def covering(self, cvm: str, size: int) -> dict[str, Any]:
         """The witnessed proof that the CVM head of `size` is committed: the first `heads`
@@ -632,13 +626,17 @@ class Witnessing:
                 what = "no heads entry covers it" if head is None else \
                     f"heads entry {head.index} is not yet in a checkpoint cosigned by a quorum of witnesses"
                 raise NotWitnessed(f"CVM {cvm} at size {size}: {what} ({self.lag_summary()})")
-            self.kick()
-            assert self._cosigned is not None
-            async with self._cosigned:
-                try:
-                    await asyncio.wait_for(self._cosigned.wait(), timeout=min(remaining, self.interval))
-                except TimeoutError:
-                    pass
+            await self._await_cosignature(remaining)
+
+    async def _await_cosignature(self, remaining: float) -> None:
+        """Submit now, and wait (at most `remaining`, one interval) for a new cosignature."""
+        self.kick()
+        assert self._cosigned is not None
+        async with self._cosigned:
+            try:
+                await asyncio.wait_for(self._cosigned.wait(), timeout=min(remaining, self.interval))
+            except TimeoutError:
+                pass
 
     def _proof_of(self, cvm: str, size: int, head: _Head, ctl_size: int) -> dict[str, Any]:
         ledger = self.ctl.ledger

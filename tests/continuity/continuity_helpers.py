@@ -1,0 +1,57 @@
+"""What the continuity scenarios (handover, standby, recovery) share: controllers in their
+own directories, reading a log page, what an earlier data dir still holds, and trying a
+key against a CVM's sshd."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from duet.controller.statekey import StateKey, client_key_label
+from duet.cvm.errors import CvmError
+from duet.cvm.ssh import CvmConnection, import_private
+from duet.ledger import entries, keys
+from duet.tee.simulated import SimulatedTee
+from helpers import ControllerProc
+
+
+def controller_in(tmp_path: Path, name: str, owner: keys.Ed25519PrivateKey) -> ControllerProc:
+    base = tmp_path / name
+    base.mkdir(mode=0o755)
+    return ControllerProc(data=base / "data", owner_key=owner)
+
+
+def log_entries(proc: ControllerProc, path: str) -> list[dict[str, Any]]:
+    with proc.http() as http:
+        page = http.get_json(path)
+    return [entries.decode(base64.b64decode(e["leaf"])) for e in page["entries"]]
+
+
+def old_secrets(data: Path, build: str, cvms: list[str], scratch: Path) -> tuple[bytes, dict[str, bytes]]:
+    """K (sealed to `build`) and the CVMs' client keys as a data dir holds them. A running
+    controller holds its database exclusively: this reads a copy of the files."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    for f in data.glob("state.sqlite*"):
+        shutil.copy(f, scratch / f.name)
+    db = sqlite3.connect(scratch / "state.sqlite")
+    sealed = db.execute("SELECT v FROM meta WHERE k='state_key_sealed'").fetchone()[0]
+    blobs = {c: db.execute("SELECT client_key FROM cvms WHERE id=?", (c,)).fetchone()[0] for c in cvms}
+    db.close()
+    k = StateKey(SimulatedTee(data / "tee", mrenclave=bytes.fromhex(build)).unseal(sealed))
+    return k.raw(), {c: k.decrypt(client_key_label(c), b) for c, b in blobs.items()}
+
+
+async def try_login(view: dict[str, Any], key: bytes) -> str:
+    conn = CvmConnection(host=str(view["host"]), port=int(str(view["port"])), user=str(view["user"]),
+                         client_key=import_private(key), pinned_host_key=str(view["host_key"]))
+    try:
+        await conn.connect()
+        return "in"
+    except CvmError as exc:
+        return f"refused: {exc}"
+    finally:
+        await conn.close()
