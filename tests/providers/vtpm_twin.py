@@ -134,13 +134,28 @@ class AzureVtpmTwin:
         `ak_cert_for`: certify another key than the AK in NV 0x01C101D0 (an attack);
         `ak_cert`: False leaves that index undefined."""
         try:
-            return self._start(ak_in_claims, ak_cert_for, ak_cert)
+            self._provision(ak_in_claims, ak_cert_for, ak_cert)
+            self._boot()
+            self.serve_imds()
+            return self
         except BaseException:
             self.stop()
             raise
 
-    def _start(self, ak_in_claims: rsa.RSAPublicKey | None, ak_cert_for: rsa.RSAPublicKey | None,
-               ak_cert: bool) -> AzureVtpmTwin:
+    def provision(self) -> None:
+        """Provision the vTPM as Azure's paravisor does, then stop this swtpm: its state
+        directory is then a machine's TPM (tests/providers/azure_machine.py), whose firmware
+        and kernel measure the boot themselves."""
+        try:
+            self._provision(None, None, True)
+        finally:
+            proc, self.proc = self.proc, None
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+
+    def _provision(self, ak_in_claims: rsa.RSAPublicKey | None, ak_cert_for: rsa.RSAPublicKey | None,
+                   ak_cert: bool) -> None:
         state = self.dir / "tpmstate"
         state.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -182,9 +197,6 @@ class AzureVtpmTwin:
             self.tpm("tpm2_nvdefine", AK_CERT_INDEX, "-C", "o", "-s", str(AK_CERT_INDEX_SIZE), "-a",
                      "ownerread|ownerwrite|authread|authwrite")
             self.tpm("tpm2_nvwrite", AK_CERT_INDEX, "-C", "o", "-i", "akcert.bin")
-        self._boot()
-        self._serve_imds()
-        return self
 
     def _boot(self) -> None:
         """Extend the PCRs as the SIMULATED boot did, and write its event log."""
@@ -193,7 +205,7 @@ class AzureVtpmTwin:
         self.event_log.write_bytes(build_tcg2_log(BOOT))
         self.event_log.chmod(0o644)
 
-    def _serve_imds(self) -> None:
+    def serve_imds(self) -> None:
         twin = self
         body = json.dumps({"vcekCert": self._pem(self.snp.vcek_der).decode(),
                            "certificateChain": self.snp.cert_chain_pem.decode()}).encode()

@@ -38,7 +38,15 @@ from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
-from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
+from duet.cvm.ssh import (
+    CvmConnection,
+    RunResult,
+    connect_after_boot,
+    export_private,
+    generate_client_key,
+    import_private,
+    public_line,
+)
 from duet.ledger import entries, keys, operations
 from duet.ledger.backend import LogStore
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -963,7 +971,8 @@ class Controller:
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )
-            host_key = await conn.connect()
+            # Cloud providers return while the guest boots; the others once it answers.
+            host_key = await connect_after_boot(conn, boot_timeout_s=float(getattr(provider, "boot_timeout_s", 0.0)))
             self._conns[rec.id] = conn
             rec.host_key = host_key
             self.append(
