@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .cvm_kinds import REPORT_KINDS
 from .dcap.verify import TCB_STATUSES, SgxReport, TdxReport
-from .errors import ExpectationFailed, Failure, ParseError
+from .errors import AttestationError, ExpectationFailed, Failure, ParseError
 from .snp.verify import SnpReport
 
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -171,6 +171,12 @@ class Expectations(BaseModel):
     )
     maa_issuer: str | None = Field(None, description="the MAA instance URL a token must name (iss)")
 
+    # SEV-SNP roots pinned in place of AMD's ARKs (a twin's development root, a private
+    # root): evidence under them verifies, and its report says SIMULATED
+    snp_arks: list[str] | None = Field(
+        None, description="SEV-SNP root certificates, PEM, trusted instead of AMD's ARKs (twins, private roots)"
+    )
+
     # Azure vTPM
     azure_ak_roots: list[str] | None = Field(
         None, description="vTPM root (and intermediate) certificates, PEM, the AK certificate must chain to"
@@ -234,6 +240,20 @@ class Expectations(BaseModel):
                 raise ValueError(str(exc)) from None
             if not keys:
                 raise ValueError("the JWKS holds no RSA key")
+        return v
+
+    @field_validator("snp_arks")
+    @classmethod
+    def _snp_arks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from .snp.verify import load_pinned_arks
+
+            if not v:
+                raise ValueError("name at least one SEV-SNP root certificate")
+            try:
+                load_pinned_arks([p.encode() for p in v], "snp_arks")
+            except AttestationError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("azure_ak_roots")

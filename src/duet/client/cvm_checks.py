@@ -98,6 +98,15 @@ def ak_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
     return tuple(r.encode() for r in roots) if roots is not None else None
 
 
+def pinned_snp_arks(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
+    """The SEV-SNP roots the user trusts instead of AMD's ARKs (`cvm.snp_arks`); None:
+    AMD's only."""
+    if expect is None or expect.cvm is None:
+        return None
+    arks = expect.cvm.evidence().snp_arks
+    return tuple(a.encode() for a in arks) if arks is not None else None
+
+
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
     """Every kind alike: the evidence names the builtin `attest` command, logged before
     it, whose text carries its nonce and which completed before the evidence was logged."""
@@ -156,7 +165,10 @@ def evidence_checks(
     decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
     expect: UserExpectations | None, snp_arks: tuple[bytes, ...] | None = None,
 ) -> tuple[list[Check], Any]:
-    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (private roots, tests)."""
+    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (private roots, tests); else
+    those the expectations pin (`cvm.snp_arks`), else AMD's."""
+    if snp_arks is None:
+        snp_arks = pinned_snp_arks(expect)
     checks: list[Check] = []
     indices = state.evidence_indices
     if state.host_key is None:

@@ -11,6 +11,7 @@ Shape::
       maa_jwks: maa-certs.json        # MAA kinds: MAA's signing keys (a JWKS file, or inline)
       maa_issuer: https://myinstance.weu.attest.azure.net
       azure_ak_roots: [vtpm-root.pem]  # azure-snp/azure-tdx: the vTPM AK certificate must chain here
+      snp_arks: [dev-ark.pem]         # SEV-SNP roots instead of AMD's (twins, private roots): SIMULATED
       instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
@@ -271,7 +272,7 @@ def load_expectations(path: Path) -> UserExpectations:
     if not isinstance(doc, dict):
         raise ClientError("invalid_expectations", f"{path} must be a YAML mapping")
     _load_maa_jwks(path, doc)
-    _load_ak_roots(path, doc)
+    _load_pinned_certificates(path, doc)
     try:
         exp = UserExpectations.model_validate(doc)
     except ValidationError as exc:
@@ -307,11 +308,17 @@ def _load_maa_jwks(path: Path, doc: dict[str, Any]) -> None:
         raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: {file} is not JSON") from None
 
 
-def _load_ak_roots(path: Path, doc: dict[str, Any]) -> None:
-    """`cvm.azure_ak_roots` entries may be PEM text or files (PEM or DER, relative to the
-    expectations file): read the files here, so that the pure model sees PEM."""
+def _load_pinned_certificates(path: Path, doc: dict[str, Any]) -> None:
+    """`cvm.azure_ak_roots` and `cvm.snp_arks` entries may be PEM text or files (PEM or
+    DER, relative to the expectations file): read the files here, so that the pure model
+    sees PEM."""
+    for field in ("azure_ak_roots", "snp_arks"):
+        _load_certificates(path, doc, field)
+
+
+def _load_certificates(path: Path, doc: dict[str, Any], field: str) -> None:
     cvm = doc.get("cvm")
-    refs = cvm.get("azure_ak_roots") if isinstance(cvm, dict) else None
+    refs = cvm.get(field) if isinstance(cvm, dict) else None
     if not isinstance(refs, list):
         return
     assert isinstance(cvm, dict)
@@ -325,7 +332,7 @@ def _load_ak_roots(path: Path, doc: dict[str, Any]) -> None:
             raw = file.read_bytes()
         except OSError as exc:
             raise ClientError("invalid_expectations",
-                              f"{path}: cvm.azure_ak_roots: cannot read {file}: {exc.strerror}") from None
+                              f"{path}: cvm.{field}: cannot read {file}: {exc.strerror}") from None
         if raw.lstrip().startswith(b"-----BEGIN"):
             out.append(raw.decode("ascii", errors="replace"))
             continue
@@ -336,8 +343,8 @@ def _load_ak_roots(path: Path, doc: dict[str, Any]) -> None:
             out.append(x509.load_der_x509_certificate(raw).public_bytes(Encoding.PEM).decode())
         except ValueError:
             raise ClientError("invalid_expectations",
-                              f"{path}: cvm.azure_ak_roots: {file} is neither a PEM nor a DER certificate") from None
-    cvm["azure_ak_roots"] = out
+                              f"{path}: cvm.{field}: {file} is neither a PEM nor a DER certificate") from None
+    cvm[field] = out
 
 
 def weak_points(exp: UserExpectations | None) -> list[str]:
