@@ -30,7 +30,6 @@ import base64
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from vtpm_twin import AzureVtpmTwin, SimulatedVtpmCa
 
 from duet.attestation.simulated.snp import SimulatedSnp
 from duet.cvm.qemu import build_seed_iso
+from helpers import stop_group
 
 #: A byte pump between the guest's connection to IMDS (stdin/stdout, as slirp's
 #: `guestfwd=...-cmd:` hands it over) and the twin's IMDS server on the host.
@@ -148,13 +148,7 @@ class AzureMachine:
 
     def stop(self) -> None:
         for proc in (self.qemu, self.swtpm):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            stop_group(proc)
         self.qemu = self.swtpm = None
         if self.vtpm is not None:
             self.vtpm.stop()

@@ -36,7 +36,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -55,7 +54,7 @@ from vtpm_twin import have_tools
 
 from duet.attestation.simulated.snp import SimulatedSnp
 from duet.ledger import entries, keys
-from helpers import free_port
+from helpers import free_port, stop_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tee"))
 from test_tee_manifest import render
@@ -226,13 +225,7 @@ def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: P
         assert logged[3]["providers"]["azure"]["arm_endpoint"] == server.url
         ok("verify", "--controller-log")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         out.close()
         server.stop()
         machine.stop()

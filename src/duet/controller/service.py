@@ -971,7 +971,8 @@ class Controller:
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )
-            # Cloud providers return while the guest boots; the others once it answers.
+            # A cloud provider returns while its guest still boots: its boot_timeout_s says
+            # how long an unreachable sshd is waited for (none: one attempt, the local guest).
             host_key = await connect_after_boot(conn, boot_timeout_s=float(getattr(provider, "boot_timeout_s", 0.0)))
             self._conns[rec.id] = conn
             rec.host_key = host_key
