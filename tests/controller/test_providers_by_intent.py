@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.client.controller_log import controller_log_checks
 from duet.controller import errors
 from duet.controller.app import create_app
@@ -217,6 +219,16 @@ def test_the_local_provider_is_not_offered_in_an_enclave(tmp_path: Path) -> None
         for name, settings in (("azure", {**AZURE, "snp_arks": [ark]}),
                                ("gcp", {"project": "p", "zone": "z", "snp_arks": [ark]})):
             with pytest.raises(errors.InvalidRequest, match=r"snp_arks refused under --tee gramine.*AMD's roots only"):
+                asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
+        # And roots other than Intel's for TDX quotes (gcp tdx, azure-tdx's TD quote).
+        dcap = x509.load_der_x509_certificate(SimulatedTdx.load_or_create(tmp_path / "dev-tdx").root_ca_der)
+        root = dcap.public_bytes(serialization.Encoding.PEM).decode()
+        for name, settings, match in (
+                ("azure", {**AZURE, "tdx_roots": [root]}, r"tdx_roots refused under --tee gramine.*Intel's roots only"),
+                ("gcp", {"project": "p", "zone": "z", "tdx_roots": [root]}, r"tdx_roots refused.*Intel's roots only"),
+                ("azure", {**AZURE, "snp_arks": [ark], "tdx_roots": [root]},
+                 r"snp_arks, tdx_roots refused under --tee gramine.*AMD's and Intel's roots only")):
+            with pytest.raises(errors.InvalidRequest, match=match):
                 asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
         assert ctl.providers == {}
         size = ctl.ledger.tree_head(CONTROLLER_LOG).size

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .cvm_kinds import REPORT_KINDS
 from .dcap.verify import TCB_STATUSES, SgxReport, TdxReport
@@ -176,6 +176,12 @@ class Expectations(BaseModel):
     snp_arks: list[str] | None = Field(
         None, description="SEV-SNP root certificates, PEM, trusted instead of AMD's ARKs (twins, private roots)"
     )
+    # DCAP roots pinned in place of Intel's for TDX quotes (`tdx`, and the TD quote of
+    # `azure-tdx`), as `snp_arks` for SEV-SNP
+    tdx_roots: list[str] | None = Field(
+        None, description="DCAP root CA certificates, PEM, trusted instead of Intel's for TDX quotes "
+        "(twins, private roots)"
+    )
 
     # Azure vTPM
     azure_ak_roots: list[str] | None = Field(
@@ -242,16 +248,18 @@ class Expectations(BaseModel):
                 raise ValueError("the JWKS holds no RSA key")
         return v
 
-    @field_validator("snp_arks")
+    @field_validator("snp_arks", "tdx_roots")
     @classmethod
-    def _snp_arks(cls, v: list[str] | None) -> list[str] | None:
+    def _pinned_roots(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if v is not None:
+            from .dcap.verify import load_pinned_dcap_roots
             from .snp.verify import load_pinned_arks
 
+            snp = info.field_name == "snp_arks"
             if not v:
-                raise ValueError("name at least one SEV-SNP root certificate")
+                raise ValueError(f"name at least one {'SEV-SNP' if snp else 'DCAP'} root certificate")
             try:
-                load_pinned_arks([p.encode() for p in v], "snp_arks")
+                (load_pinned_arks if snp else load_pinned_dcap_roots)([p.encode() for p in v], str(info.field_name))
             except AttestationError as exc:
                 raise ValueError(str(exc)) from None
         return v

@@ -12,6 +12,7 @@ Shape::
       maa_issuer: https://myinstance.weu.attest.azure.net
       azure_ak_roots: [vtpm-root.pem]  # azure-snp/azure-tdx: the vTPM AK certificate must chain here
       snp_arks: [dev-ark.pem]         # SEV-SNP roots instead of AMD's (twins, private roots): SIMULATED
+      tdx_roots: [dev-dcap-root.der]  # DCAP roots instead of Intel's for TDX quotes (as snp_arks): SIMULATED
       instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
@@ -309,10 +310,10 @@ def _load_maa_jwks(path: Path, doc: dict[str, Any]) -> None:
 
 
 def _load_pinned_certificates(path: Path, doc: dict[str, Any]) -> None:
-    """`cvm.azure_ak_roots` and `cvm.snp_arks` entries may be PEM text or files (PEM or
-    DER, relative to the expectations file): read the files here, so that the pure model
-    sees PEM."""
-    for field in ("azure_ak_roots", "snp_arks"):
+    """`cvm.azure_ak_roots`, `cvm.snp_arks` and `cvm.tdx_roots` entries may be PEM text or
+    files (PEM or DER, relative to the expectations file): read the files here, so that the
+    pure model sees PEM."""
+    for field in ("azure_ak_roots", "snp_arks", "tdx_roots"):
         _load_certificates(path, doc, field)
 
 

@@ -65,9 +65,9 @@ ENCLAVE_REFUSED_SETTINGS: dict[str, tuple[str, ...]] = {
     "azure": ("arm_endpoint", "authority_host", "ca_pem"),
     "gcp": ("api_endpoint",),
 }
-#: Refused under --tee gramine for every provider: roots other than AMD's for the CVMs'
-#: evidence (`snp_arks_setting`).
-ENCLAVE_REFUSED_ROOTS = ("snp_arks",)
+#: Refused under --tee gramine for every provider: roots other than the vendors' for the
+#: CVMs' evidence (`roots_setting`), each with the vendor whose roots it replaces.
+ENCLAVE_REFUSED_ROOTS: dict[str, str] = {"snp_arks": "AMD's", "tdx_roots": "Intel's"}
 #: Providers that take credentials, and the fields of each credentials file.
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "azure": ("tenant_id", "client_id", "client_secret"),
@@ -131,9 +131,10 @@ def default_builder(pccs_url: str) -> Builder:
         config = dict(settings)
         maa_url, maa_jwks = maa_settings(name, config)
         pccs = pccs_setting(name, config) or pccs_url
-        arks = snp_arks_setting(name, config)
+        arks, tdx_roots = roots_setting(name, config, "snp_arks"), roots_setting(name, config, "tdx_roots")
         provider = make_provider(name, config, credential=credential)
         return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs), trusted_arks=arks,
+                                        trusted_tdx_roots=tdx_roots,
                                         inspector=getattr(provider, "inspect", None),
                                         maa_url=maa_url, maa_jwks=maa_jwks)
 
@@ -160,23 +161,27 @@ def pccs_setting(name: str, config: dict[str, object]) -> str | None:
     return str(url).rstrip("/")
 
 
-def snp_arks_setting(name: str, config: dict[str, object]) -> list[bytes] | None:
-    """`snp_arks` of a provider, taken out of its settings: SEV-SNP root certificates (PEM)
-    the controller trusts for this provider's CVM evidence *instead of* AMD's ARKs, for a
-    twin whose reports a development root signs, or a private root. Refused under
-    `--tee gramine` (`_enclave_check`): there the controller's judgement of a CVM's
-    hardware must rest on AMD's roots alone. Evidence under such a root is SIMULATED in
-    the controller's report of it, and a user who pins only AMD's roots refuses it."""
-    arks = config.pop("snp_arks", None)
-    if arks is None:
+def roots_setting(name: str, config: dict[str, object], key: str) -> list[bytes] | None:
+    """`snp_arks` / `tdx_roots` of a provider, taken out of its settings: root certificates
+    (PEM) the controller trusts for this provider's CVM evidence *instead of* the vendor's
+    (AMD's ARKs for SEV-SNP reports; Intel's DCAP root for TDX quotes, `azure-tdx`'s
+    included), for a twin whose evidence a development root signs, or a private root.
+    Refused under `--tee gramine` (`_enclave_check`): there the controller's judgement of a
+    CVM's hardware must rest on the vendors' roots alone. Evidence under such a root is
+    SIMULATED in the controller's report of it, and a user who pins only the vendors' roots
+    refuses it."""
+    pems = config.pop(key, None)
+    if pems is None:
         return None
-    if not isinstance(arks, list) or not arks or not all(isinstance(a, str) for a in arks):
-        raise CvmError(f"provider {name}: snp_arks must be a non-empty list of PEM certificates")
+    if not isinstance(pems, list) or not pems or not all(isinstance(a, str) for a in pems):
+        raise CvmError(f"provider {name}: {key} must be a non-empty list of PEM certificates")
+    from duet.attestation.dcap.verify import load_pinned_dcap_roots
     from duet.attestation.errors import AttestationError
     from duet.attestation.snp.verify import load_pinned_arks
 
+    load = {"snp_arks": load_pinned_arks, "tdx_roots": load_pinned_dcap_roots}[key]
     try:
-        return load_pinned_arks([a.encode() for a in arks], "snp_arks")
+        return load([a.encode() for a in pems], key)
     except AttestationError as exc:
         raise CvmError(f"provider {name}: {exc}") from None
 
@@ -352,9 +357,10 @@ class ProviderSetup:
     def _enclave_check(self, name: str, config: Mapping[str, object]) -> None:
         roots = sorted(k for k in ENCLAVE_REFUSED_ROOTS if k in config)
         if self.in_enclave and roots:
+            vendors = " and ".join(ENCLAVE_REFUSED_ROOTS[k] for k in roots)
             raise CvmError(f"{', '.join(roots)} refused under --tee gramine: inside an enclave the controller "
-                           "judges a CVM's hardware evidence against AMD's roots only (other roots are for twins "
-                           "and tests, outside an enclave)")
+                           f"judges a CVM's hardware evidence against {vendors} roots only (other roots are for "
+                           "twins and tests, outside an enclave)")
         refused = sorted(k for k in ENCLAVE_REFUSED_SETTINGS.get(name, ()) if k in config)
         if self.in_enclave and refused:
             raise CvmError(f"{', '.join(refused)} refused under --tee gramine: the control-plane check reads the "

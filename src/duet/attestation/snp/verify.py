@@ -190,27 +190,11 @@ def _pem_or_der_one(data: bytes, what: str) -> x509.Certificate:
 
 
 def load_pinned_arks(blobs: Sequence[bytes], what: str) -> list[bytes]:
-    """SEV-SNP roots someone pins in place of AMD's ARKs (a twin's development root, a
-    private root): each blob exactly one certificate (PEM or DER), self-signed with
-    AMD's ARK signature scheme and a CA. Checked when pinned, so that a pin that can never
-    anchor a chain is a clear error then, not an "untrusted root" on every report later."""
-    out: list[bytes] = []
-    for blob in blobs:
-        certs = load_pem_chain(blob, what)
-        if len(certs) != 1:
-            raise ParseError(f"{what}: each entry must hold exactly one certificate, not {len(certs)}")
-        cert = certs[0]
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            bc = None
-        if bc is None or not bc.ca:
-            raise ParseError(f"{what}: {common_name(cert)!r} is not a CA certificate")
-        if cert.issuer != cert.subject:
-            raise ParseError(f"{what}: {common_name(cert)!r} is not self-signed (a root, not an intermediate)")
-        verify_issued_by(cert, cert, what)
-        out.append(cert_der(cert))
-    return out
+    """SEV-SNP roots someone pins in place of AMD's ARKs (`..pinned_roots`), each signed
+    with AMD's ARK signature scheme (RSASSA-PSS, SHA-384)."""
+    from ..pinned_roots import load_pinned_roots
+
+    return load_pinned_roots(blobs, what, lambda cert: verify_issued_by(cert, cert, what))
 
 
 def _split_chain(
