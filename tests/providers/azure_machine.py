@@ -11,12 +11,13 @@ What the VM request becomes, and what stands in for what:
   the datasource's public key, which the user-data tells cloud-init to ignore, as on Azure;
 - the vTPM: a real `swtpm`, provisioned first as Azure's paravisor provisions a CVM's
   vTPM (tests/providers/vtpm_twin.py: the AK at 0x81000003, the HCL report with a
-  SIMULATED SNP report binding that AK and the VM's `vmId`, the AK certificate), then
+  SIMULATED SNP report, or TDREPORT, binding that AK and the VM's `vmId`, the AK
+  certificate), then
   attached to the guest as a TPM device: the guest sees /dev/tpmrm0, and its PCRs and
   event log are the ones its firmware (SeaBIOS) and kernel really measured;
 - IMDS: slirp's network is 169.254.0.0/16, and 169.254.169.254:80 in it is forwarded to
-  the twin's IMDS/THIM stand-in on the host, so the collection's `curl
-  http://169.254.169.254/...` runs unchanged;
+  the twin's IMDS stand-in on the host (THIM's VCEK chain for SEV-SNP, the TD quote
+  service for TDX), so the collection's `curl http://169.254.169.254/...` runs unchanged;
 - the public IP: a loopback address of its own, whose port 22 is forwarded to the
   guest's sshd.
 
@@ -40,6 +41,7 @@ import yaml
 from vtpm_twin import AzureVtpmTwin, SimulatedVtpmCa
 
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.cvm.qemu import build_seed_iso
 from helpers import stop_group
 
@@ -64,10 +66,12 @@ def loopback_address() -> str:
 
 
 class AzureMachine:
-    def __init__(self, workdir: Path, image: Any, snp: SimulatedSnp, *, address: str | None = None) -> None:
+    def __init__(self, workdir: Path, image: Any, snp: SimulatedSnp | None, *, tdx: SimulatedTdx | None = None,
+                 address: str | None = None) -> None:
+        """`snp` or `tdx`: the SIMULATED platform of an Azure SEV-SNP or TDX CVM."""
         self.dir = workdir
         self.image = image
-        self.snp = snp
+        self.snp, self.tdx = snp, tdx
         self.address = address or loopback_address()
         self.vtpm: AzureVtpmTwin | None = None
         #: The SIMULATED vTPM PKI of the AK certificate (a user pins its root).
@@ -96,7 +100,7 @@ class AzureMachine:
 
     def _provision_vtpm(self) -> None:
         assert self.vm_id is not None
-        twin = AzureVtpmTwin(self.dir / "vtpm", self.snp, self.vm_id)
+        twin = AzureVtpmTwin(self.dir / "vtpm", self.snp, self.vm_id, tdx=self.tdx)
         (self.dir / "vtpm").mkdir(exist_ok=True)
         twin.provision()  # AK, HCL report, AK certificate; then its swtpm stops
         twin.serve_imds()

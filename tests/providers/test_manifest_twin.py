@@ -15,19 +15,22 @@ Everything else comes from the owner, as under SGX, through the CLI a user runs:
 controller claim`, `duet controller providers set` (Azure, with `arm_endpoint`,
 `authority_host` and `ca_pem` pointing the SDK at a fake ARM and Entra ID over HTTPS:
 tests/providers/arm_server.py), `duet controller credentials set` (HPKE-sealed service
-principal), then `duet cvm create --provider azure --tee snp`. The real azure-identity
+principal), then `duet cvm create --provider azure --tee snp` (and `--tee tdx`). The real azure-identity
 credential gets a token from the fake Entra ID with the sealed secret, and the real
 azure-mgmt-* clients create the VM in the fake ARM with that token.
 
 The fake ARM's VM is a machine (tests/providers/azure_machine.py): a Debian guest under
 QEMU booted from the VM request's customData, whose vTPM is a real swtpm provisioned as
-Azure provisions a CVM's (AK, HCL report with a SIMULATED SNP report under a dev ARK, AK
-certificate), and whose IMDS at 169.254.169.254 serves that VCEK's chain. Its public IP is
+Azure provisions a CVM's (AK, HCL report with a SIMULATED SNP report under a dev ARK or a
+SIMULATED TDREPORT, AK certificate), and whose IMDS at 169.254.169.254 serves that VCEK's
+chain (SEV-SNP) or quotes the TDREPORT (TDX, collateral from a PCCS stand-in named by
+`pccs_url`). Its public IP is
 a loopback address whose port 22 is the guest's sshd. The controller reaches it as it
 reaches an Azure CVM: it waits for the guest to boot, pins its host key, runs the
 lockdown checks and the production evidence collection in the guest, reads the VM's model
-back from the fake ARM. The owner's `providers.set` names the dev ARK (`snp_arks`, refused
-under --tee gramine); the user pins it in the expectations, with the SIMULATED vTPM root.
+back from the fake ARM. The owner's `providers.set` names the dev root (`snp_arks` /
+`tdx_roots`, refused under --tee gramine); the user pins it in the expectations, with the
+SIMULATED vTPM root.
 """
 
 from __future__ import annotations
@@ -48,11 +51,15 @@ import pytest
 import yaml
 from arm_server import ArmServer, token_for
 from azure_machine import AzureMachine
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fake_arm import FakeArm, Sent
+from fake_pccs import FakePccs
 from test_qemu_boot import require_image
 from vtpm_twin import have_tools
 
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.ledger import entries, keys
 from helpers import free_port, stop_group
 
@@ -114,15 +121,41 @@ def manifest_command(data: Path, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-@pytest.mark.slow  # ~3 min: a controller process, a Debian guest booted under TCG, a dozen CLI runs
-def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: Path) -> None:
+class Platform:
+    """The SIMULATED hardware of the twin's CVM, and what owner and user name of it: the
+    roots the controller is told to trust (a provider setting, refused under --tee gramine)
+    and the user pins (expectations), and for TDX the PCCS the collateral comes from."""
+
+    def __init__(self, tee: str, where: Path) -> None:
+        self.tee, self.kind = tee, f"azure-{tee}"
+        self.snp = SimulatedSnp.load_or_create(where) if tee == "snp" else None
+        self.tdx = SimulatedTdx.load_or_create(where) if tee == "tdx" else None
+        self.pccs = FakePccs(self.tdx.collateral()).start() if self.tdx is not None else None
+        if self.snp is not None:
+            self.pins: dict[str, object] = {"snp_arks": [self.snp.ark_pem.decode()]}
+        else:
+            assert self.tdx is not None
+            root = x509.load_der_x509_certificate(self.tdx.root_ca_der).public_bytes(serialization.Encoding.PEM)
+            self.pins = {"tdx_roots": [root.decode()]}
+
+    def settings(self) -> dict[str, object]:
+        return {**self.pins, **({"pccs_url": self.pccs.url} if self.pccs is not None else {})}
+
+    def stop(self) -> None:
+        if self.pccs is not None:
+            self.pccs.stop()
+
+
+@pytest.mark.slow  # ~2-3 min each: a controller process, a Debian guest booted under TCG, a dozen CLI runs
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_the_manifests_controller_drives_an_azure_cvm_end_to_end(tmp_path: Path, tee: str) -> None:
     image = require_image()
     if not have_tools():
         pytest.fail("swtpm and tpm2-tools are needed (make setup installs them: scripts/ensure-vtpm.sh)")
     port = free_port()
     argv, env = manifest_command(tmp_path / "data", port)
-    snp = SimulatedSnp.load_or_create(tmp_path / "azure-hw")
-    machine = AzureMachine(tmp_path / "machine", image, snp)
+    platform = Platform(tee, tmp_path / "azure-hw")
+    machine = AzureMachine(tmp_path / "machine", image, platform.snp, tdx=platform.tdx)
     arm = MachineArm(machine)
     server = ArmServer(arm, tenant=TENANT, client_id=CLIENT, client_secret=SECRET).start()
     out = open(tmp_path / "controller.log", "wb")
@@ -160,7 +193,7 @@ def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: P
         ok("controller", "claim")
         (tmp_path / "providers.yaml").write_text(yaml.safe_dump({"azure": {
             **AZURE, "arm_endpoint": server.url, "authority_host": server.url, "ca_pem": server.ca_pem,
-            "snp_arks": [snp.ark_pem.decode()]}}))
+            **platform.settings()}}))
         assert "providers set: azure" in ok("controller", "providers", "set", str(tmp_path / "providers.yaml"))
         (tmp_path / "sp.json").write_text(json.dumps({"tenant_id": TENANT, "client_id": CLIENT,
                                                       "client_secret": SECRET}))
@@ -171,7 +204,7 @@ def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: P
 
         # The create returns once ARM says the VM exists; the controller then waits for the
         # guest to boot (boot_timeout_s), pins its host key and logs it in-update.
-        cid = ok("cvm", "create", "--provider", "azure", "--tee", "snp", "-o", "id", "--spec",
+        cid = ok("cvm", "create", "--provider", "azure", "--tee", tee, "-o", "id", "--spec",
                  json.dumps({"controller_cidr": "198.51.100.10/32"})).strip().splitlines()[-1]
         assert re.fullmatch(r"[0-9a-f]{16}", cid), cid
         # The SDKs went through the settings: a token from the fake Entra ID for the sealed
@@ -190,14 +223,16 @@ def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: P
         assert refused.returncode == 3, refused.stdout + refused.stderr
 
         (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {
-            "tee": "azure-snp", "mode": "in-service", "snp_arks": [snp.ark_pem.decode()],
+            "tee": platform.kind, "mode": "in-service", **platform.pins,
             "azure_ak_roots": [machine_vtpm_root(machine)], "require_event_log": True}}))
         said = ok("verify", cid, "--expect", str(tmp_path / "expect.yaml"))
         assert "SIMULATED" in said, said
-        # The user who pins AMD's roots only (no snp_arks) gets a refusal, not a pass.
-        (tmp_path / "amd.yaml").write_text(yaml.safe_dump({"cvm": {"tee": "azure-snp"}}))
-        r = duet("verify", cid, "--expect", str(tmp_path / "amd.yaml"), "--state-dir", str(tmp_path / "amd-state"))
-        assert r.returncode != 0, r.stdout + r.stderr
+        # The user who pins the vendor's roots only (no snp_arks / tdx_roots) gets a
+        # refusal, not a pass.
+        (tmp_path / "vendor.yaml").write_text(yaml.safe_dump({"cvm": {"tee": platform.kind}}))
+        r = duet("verify", cid, "--expect", str(tmp_path / "vendor.yaml"), "--state-dir",
+                 str(tmp_path / "vendor-state"))
+        assert r.returncode != 0 and "evidence" in r.stdout + r.stderr, r.stdout + r.stderr
 
         # Behind the controller's back, in the cloud's model: boot diagnostics on. The next
         # entry into in-service reads it, logs it and refuses; the user's verify fails.
@@ -229,6 +264,7 @@ def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: P
         out.close()
         server.stop()
         machine.stop()
+        platform.stop()
     texts = [*outputs, json.dumps(logged), info, (tmp_path / "controller.log").read_text(errors="replace")]
     for text in texts:
         assert SECRET not in text
