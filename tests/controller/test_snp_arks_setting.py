@@ -8,13 +8,12 @@ at all, it is refused."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
+from roots_helpers import GCP, NONCE, new_host_key, verify
 
 from duet.attestation import cvm_kinds
 from duet.attestation.binding import cvm_report_data
@@ -25,15 +24,6 @@ from duet.client.errors import ClientError
 from duet.client.expectations import load_expectations
 from duet.controller.providers_config import default_builder
 from duet.cvm.errors import CvmError
-from duet.ledger import keys
-
-GCP = {"project": "p", "zone": "europe-west4-a"}
-NONCE = bytes(range(32))
-
-
-def _host_key() -> str:
-    public = keys.Ed25519PrivateKey.generate().public_key()
-    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def _entry(snp: SimulatedSnp, host_key: str) -> dict[str, Any]:
@@ -43,25 +33,20 @@ def _entry(snp: SimulatedSnp, host_key: str) -> dict[str, Any]:
             "collateral": {"vcek": base64.b64encode(snp.vcek_der).decode(), "cert_chain": snp.cert_chain_pem.decode()}}
 
 
-def _verify(entry: dict[str, Any], host_key: str, trust: cvm_kinds.Trust) -> Any:
-    return cvm_kinds.verify_evidence(entry, host_key=host_key, now=datetime.now(UTC), trust=trust,
-                                     binding="none").report
-
-
 def test_the_controller_trusts_exactly_the_roots_the_setting_names(tmp_path: Path) -> None:
     dev, other = SimulatedSnp.load_or_create(tmp_path / "dev"), SimulatedSnp.load_or_create(tmp_path / "other")
     build = default_builder("https://pccs.example.org")
-    host_key = _host_key()
+    host_key = new_host_key()
     entry = _entry(dev, host_key)
     _, pinned = build("gcp", {**GCP, "snp_arks": [dev.ark_pem.decode()]}, None)
-    report = _verify(entry, host_key, pinned.trust)  # type: ignore[attr-defined]
+    report = verify(entry, host_key, pinned.trust)  # type: ignore[attr-defined]
     assert report.simulated  # the controller's report of it says so
     _, elsewhere = build("gcp", {**GCP, "snp_arks": [other.ark_pem.decode()]}, None)
     with pytest.raises(UntrustedRoot):
-        _verify(entry, host_key, elsewhere.trust)  # type: ignore[attr-defined]
+        verify(entry, host_key, elsewhere.trust)  # type: ignore[attr-defined]
     _, amd_only = build("gcp", dict(GCP), None)
     with pytest.raises(UntrustedRoot):
-        _verify(entry, host_key, amd_only.trust)  # type: ignore[attr-defined]
+        verify(entry, host_key, amd_only.trust)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("arks", "why"), [
@@ -89,8 +74,8 @@ def test_the_user_pins_roots_in_the_expectations_as_text_or_files(tmp_path: Path
         (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {"tee": "snp", "snp_arks": [pin]}}))
         arks = pinned_snp_arks(load_expectations(tmp_path / "expect.yaml"))
         assert arks is not None and len(arks) == 1
-        host_key = _host_key()
-        assert _verify(_entry(dev, host_key), host_key, cvm_kinds.Trust(snp_arks=arks)).simulated
+        host_key = new_host_key()
+        assert verify(_entry(dev, host_key), host_key, cvm_kinds.Trust(snp_arks=arks)).simulated
     for bad, why in (([dev.ask_pem.decode()], "not self-signed"), (["missing.pem"], "cannot read"),
                      ([], "at least one")):
         (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {"snp_arks": bad}}))

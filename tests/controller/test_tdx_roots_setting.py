@@ -10,7 +10,6 @@ tests/providers/test_azure_tdx_twin_flow.py."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from roots_helpers import GCP, NONCE, new_host_key, verify
 
-from duet.attestation import cvm_kinds
 from duet.attestation.binding import cvm_report_data
 from duet.attestation.errors import UntrustedRoot
 from duet.attestation.simulated.snp import SimulatedSnp
@@ -29,19 +28,10 @@ from duet.client.errors import ClientError
 from duet.client.expectations import load_expectations
 from duet.controller.providers_config import default_builder
 from duet.cvm.errors import CvmError
-from duet.ledger import keys
-
-GCP = {"project": "p", "zone": "europe-west4-a"}
-NONCE = bytes(range(32))
 
 
 def _pem(der: bytes) -> str:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _host_key() -> str:
-    public = keys.Ed25519PrivateKey.generate().public_key()
-    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def _entry(tdx: SimulatedTdx, host_key: str) -> dict[str, Any]:
@@ -51,27 +41,22 @@ def _entry(tdx: SimulatedTdx, host_key: str) -> dict[str, Any]:
             "collateral": tdx.collateral()}
 
 
-def _verify(entry: dict[str, Any], host_key: str, trust: cvm_kinds.Trust) -> Any:
-    return cvm_kinds.verify_evidence(entry, host_key=host_key, now=datetime.now(UTC), trust=trust,
-                                     binding="none").report
-
-
 def test_the_controller_trusts_exactly_the_roots_the_setting_names(tmp_path: Path) -> None:
     dev, other = SimulatedTdx.load_or_create(tmp_path / "dev"), SimulatedTdx.load_or_create(tmp_path / "other")
     build = default_builder("https://pccs.example.org")
-    host_key = _host_key()
+    host_key = new_host_key()
     entry = _entry(dev, host_key)
     _, pinned = build("gcp", {**GCP, "tdx_roots": [_pem(dev.root_ca_der)]}, None)
     assert pinned.trust.tdx_roots == (dev.root_ca_der,)  # type: ignore[attr-defined]
-    report = _verify(entry, host_key, pinned.trust)  # type: ignore[attr-defined]
+    report = verify(entry, host_key, pinned.trust)  # type: ignore[attr-defined]
     assert report.simulated and report.to_dict()["simulated"]  # the controller's report of it says so
     _, elsewhere = build("gcp", {**GCP, "tdx_roots": [_pem(other.root_ca_der)]}, None)
     with pytest.raises(UntrustedRoot):
-        _verify(entry, host_key, elsewhere.trust)  # type: ignore[attr-defined]
+        verify(entry, host_key, elsewhere.trust)  # type: ignore[attr-defined]
     _, intel_only = build("gcp", dict(GCP), None)
     assert intel_only.trust.tdx_roots is None  # type: ignore[attr-defined]
     with pytest.raises(UntrustedRoot):
-        _verify(entry, host_key, intel_only.trust)  # type: ignore[attr-defined]
+        verify(entry, host_key, intel_only.trust)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("roots", "why"), [
@@ -109,27 +94,27 @@ def test_an_sev_snp_root_is_no_dcap_root(tmp_path: Path) -> None:
     with pytest.raises(CvmError, match="not RSASSA-PSS"):
         default_builder("https://pccs.example.org")("gcp", {**GCP, "snp_arks": [_pem(tdx.root_ca_der)]}, None)
     _, wrong = default_builder("https://pccs.example.org")("gcp", {**GCP, "tdx_roots": [snp.ark_pem.decode()]}, None)
-    host_key = _host_key()
+    host_key = new_host_key()
     with pytest.raises(UntrustedRoot):
-        _verify(_entry(tdx, host_key), host_key, wrong.trust)  # type: ignore[attr-defined]
+        verify(_entry(tdx, host_key), host_key, wrong.trust)  # type: ignore[attr-defined]
 
 
 def test_the_user_pins_roots_in_the_expectations_as_text_or_files(tmp_path: Path) -> None:
     dev, other = SimulatedTdx.load_or_create(tmp_path / "dev"), SimulatedTdx.load_or_create(tmp_path / "other")
     (tmp_path / "root.der").write_bytes(dev.root_ca_der)  # DER, as SimulatedTdx writes it
     (tmp_path / "root.pem").write_text(_pem(dev.root_ca_der))
-    host_key = _host_key()
+    host_key = new_host_key()
     for pin in ("root.der", "root.pem", _pem(dev.root_ca_der)):
         (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {"tee": "tdx", "tdx_roots": [pin]}}))
         expect = load_expectations(tmp_path / "expect.yaml")
         assert pinned_tdx_roots(expect) == (dev.root_ca_der,)
         trust = user_trust(expect, simulated=False)
         assert trust.tdx_roots == (dev.root_ca_der,) and trust.snp_arks is None
-        assert _verify(_entry(dev, host_key), host_key, trust).simulated
+        assert verify(_entry(dev, host_key), host_key, trust).simulated
     # What the caller passes wins over the expectations (library callers, tests).
     assert user_trust(expect, simulated=False, tdx_roots=(other.root_ca_der,)).tdx_roots == (other.root_ca_der,)
     with pytest.raises(UntrustedRoot):
-        _verify(_entry(dev, host_key), host_key, user_trust(None, simulated=False))
+        verify(_entry(dev, host_key), host_key, user_trust(None, simulated=False))
     for bad, why in (([_pem(other.root_ca_der) + _pem(dev.root_ca_der)], "exactly one certificate"),
                      (["missing.der"], "cannot read"), ([], "at least one DCAP root")):
         (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {"tdx_roots": bad}}))

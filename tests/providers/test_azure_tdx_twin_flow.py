@@ -45,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fake_arm import FakeArm
 from fake_pccs import FakePccs
+from provider_helpers import sealed_credentials
 from test_azure_twin_flow import AZURE, AzureTwin, AzureTwinEvidence, TokenCredential
 from vtpm_twin import CMDLINE, TD_MRTD, have_tools, td_quote, tdreport
 
@@ -60,7 +61,6 @@ from duet.controller.providers_config import pccs_setting, roots_setting
 from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.cvm.local import LocalProvider
-from duet.ledger import credentials as sealing
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
 from duet.tee.gramine import pccs_collateral
@@ -131,11 +131,8 @@ def test_an_azure_tdx_cvm_on_the_twin(tmp_path: Path) -> None:
         logged = [e for e in _log(ctl, CONTROLLER_LOG) if e["type"] == "providers"][-1]["providers"]["azure"]
         assert logged["pccs_url"] == pccs.url and logged["tdx_roots"] == [root_pem.decode()]  # by intent, public
         plaintext = json.dumps({"tenant_id": "t", "client_id": "c", "client_secret": SECRET}).encode()
-        pub = sealing.check_endorsement(ctl.info()["credentials_key"], controller_id=ctl.controller_id,
-                                        controller_key=ctl.public_key)
-        blob = sealing.seal(pub, plaintext, controller_id=ctl.controller_id, provider="azure")
-        submit("credentials.set", {"provider": "azure", "ciphertext_sha256": hashlib.sha256(blob).hexdigest(),
-                                   "recipient_key_id": sealing.recipient_key_id(pub)}, sealed=blob)
+        args, blob = sealed_credentials(ctl, "azure", plaintext)
+        submit("credentials.set", args, sealed=blob)
         cvm = submit("cvm.create", {"provider": "azure", "tee": "tdx",
                                     "spec": {"controller_cidr": "198.51.100.10/32"}})["cvm"]
         cid = cvm["id"]

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from fake_arm import FakeArm
+from provider_helpers import sealed_credentials
 from vtpm_twin import CMDLINE, AzureVtpmTwin, SimulatedVtpmCa, have_tools
 
 from duet.attestation import cvm_kinds
@@ -53,7 +54,6 @@ from duet.cvm.guest.collect import parse_output
 from duet.cvm.local import LocalProvider
 from duet.cvm.lockdown import Lockdown, run_local
 from duet.cvm.provider import Provisioned
-from duet.ledger import credentials as sealing
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
 
@@ -193,12 +193,8 @@ def test_an_azure_snp_cvm_on_the_twin(tmp_path: Path) -> None:
     try:
         _submit(ctl, owner, "providers.set", {"providers": {"azure": AZURE}})
         plaintext = json.dumps({"tenant_id": "t", "client_id": "c", "client_secret": SECRET}).encode()
-        pub = sealing.check_endorsement(ctl.info()["credentials_key"], controller_id=ctl.controller_id,
-                                        controller_key=ctl.public_key)
-        blob = sealing.seal(pub, plaintext, controller_id=ctl.controller_id, provider="azure")
-        _submit(ctl, owner, "credentials.set", {"provider": "azure", "ciphertext_sha256":
-                                                hashlib.sha256(blob).hexdigest(),
-                                                "recipient_key_id": sealing.recipient_key_id(pub)}, sealed=blob)
+        args, blob = sealed_credentials(ctl, "azure", plaintext)
+        _submit(ctl, owner, "credentials.set", args, sealed=blob)
         assert made == [json.loads(plaintext)]
         cvm = _submit(ctl, owner, "cvm.create", {"provider": "azure", "tee": "snp",
                                                  "spec": {"controller_cidr": "198.51.100.10/32"}})["cvm"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import time
@@ -22,11 +21,11 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fake_gce import FakeGce
+from provider_helpers import sealed_credentials
 from test_gcp import CVM, SPEC
 
 from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG
-from duet.ledger import credentials as sealing
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
 
@@ -61,11 +60,7 @@ def test_sealed_gcp_credentials_drive_the_real_client(tmp_path: Path, controller
         sa = json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "k1",
                          "private_key": pem, "client_email": "duet@proj-1.iam.gserviceaccount.com",
                          "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token"}).encode()
-        pub = sealing.check_endorsement(ctl.info()["credentials_key"], controller_id=ctl.controller_id,
-                                        controller_key=ctl.public_key)
-        blob = sealing.seal(pub, sa, controller_id=ctl.controller_id, provider="gcp")
-        submit("credentials.set", {"provider": "gcp", "ciphertext_sha256": hashlib.sha256(blob).hexdigest(),
-                                   "recipient_key_id": sealing.recipient_key_id(pub)}, blob)
+        submit("credentials.set", *sealed_credentials(ctl, "gcp", sa))
         # The provider the controller now drives: the real client, the sealed key.
         provider = ctl.providers["gcp"]
         asyncio.run(provider.create(CVM, authorized_key=controller_key, spec=SPEC))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_gce import FakeGce
+from provider_helpers import sealed_credentials
 from tsm_twin import have_fuse
 
 from duet.attestation import cvm_kinds
@@ -48,7 +48,6 @@ from duet.cvm.local import LocalProvider
 from duet.cvm.lockdown import Lockdown, run_local
 from duet.cvm.plan import make_provider
 from duet.cvm.provider import Provisioned
-from duet.ledger import credentials as sealing
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
 
@@ -176,11 +175,8 @@ def test_a_gcp_snp_cvm_on_the_twin(tmp_path: Path) -> None:
         sa = json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "k1",
                          "private_key": pem, "client_email": "duet@proj-1.iam.gserviceaccount.com",
                          "token_uri": "https://oauth2.googleapis.com/token"}).encode()
-        pub = sealing.check_endorsement(ctl.info()["credentials_key"], controller_id=ctl.controller_id,
-                                        controller_key=ctl.public_key)
-        blob = sealing.seal(pub, sa, controller_id=ctl.controller_id, provider="gcp")
-        submit("credentials.set", {"provider": "gcp", "ciphertext_sha256": hashlib.sha256(blob).hexdigest(),
-                                   "recipient_key_id": sealing.recipient_key_id(pub)}, sealed=blob)
+        args, blob = sealed_credentials(ctl, "gcp", sa)
+        submit("credentials.set", args, sealed=blob)
         cvm = submit("cvm.create", {"provider": "gcp", "tee": "snp",
                                     "spec": {"controller_cidr": "198.51.100.10/32"}})["cvm"]
         cid = cvm["id"]
