@@ -98,6 +98,14 @@ def ak_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
     return tuple(r.encode() for r in roots) if roots is not None else None
 
 
+def snp_roots(expect: UserExpectations | None, given: tuple[bytes, ...] | None = None) -> tuple[bytes, ...] | None:
+    """The SEV-SNP roots the evidence must chain to: the caller's (`given`, tests), else
+    the ones the user pins instead of AMD's (`cvm.snp_arks`); None: AMD's ARKs."""
+    if given is not None:
+        return given
+    return expect.cvm.snp_roots() if expect is not None and expect.cvm is not None else None
+
+
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
     """Every kind alike: the evidence names the builtin `attest` command, logged before
     it, whose text carries its nonce and which completed before the evidence was logged."""
@@ -156,8 +164,10 @@ def evidence_checks(
     decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
     expect: UserExpectations | None, snp_arks: tuple[bytes, ...] | None = None,
 ) -> tuple[list[Check], Any]:
-    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (private roots, tests)."""
+    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (tests; else the user's
+    `cvm.snp_arks`)."""
     checks: list[Check] = []
+    snp_arks = snp_roots(expect, snp_arks)
     indices = state.evidence_indices
     if state.host_key is None:
         return [Check("evidence", False, "the log has no provisioned entry with a pinned host key")], None
@@ -233,7 +243,19 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
 def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
-            + _event_log_note(latest) + _ak_note(latest))
+            + _root_note(kind, latest) + _event_log_note(latest) + _ak_note(latest))
+
+
+def _root_note(kind: str | None, latest: cvm_kinds.Verified | None) -> str:
+    """A hardware kind whose newest report chains to a root pinned instead of the vendor's
+    (`cvm.snp_arks`; a test's DCAP root): the report says so, and that it is no proof of
+    AMD (Intel) hardware."""
+    if latest is None or not latest.simulated or cvm_kinds.is_simulated(kind):
+        return ""
+    if "tdx" in str(kind):
+        return "; SIMULATED: they chain to a DCAP root pinned instead of Intel's, not to Intel's"
+    return ("; SIMULATED: they chain to a pinned non-AMD SEV-SNP root (cvm.snp_arks) instead of AMD's ARKs, "
+            "which proves no AMD hardware")
 
 
 def _event_log_note(latest: cvm_kinds.Verified | None) -> str:

@@ -114,6 +114,12 @@ class Fetched:
     fields: dict[str, Any]
 
 
+#: What an evidence entry's `binds.root` says when the report verified under a root
+#: pinned in the provider's settings rather than the hardware vendor's.
+NON_VENDOR_ROOT = ("SIMULATED: the report chains to a root pinned in the provider's settings (snp_arks), "
+                   "not to the hardware vendor's (AMD / Intel)")
+
+
 class Collector(ABC):
     #: Where the lockdown checks ran, as the `lockdown` entry tells users.
     lockdown_where = ""
@@ -186,6 +192,10 @@ class Collector(ABC):
             # MAA signed its token's issue time (a key the owner pinned): a time the host
             # cannot hold back.
             port.clock.observe(datetime.fromtimestamp(issued, UTC), "MAA token iat")
+        if verified.simulated and not cvm_kinds.is_simulated(kind):
+            # A hardware kind verified under a root pinned instead of the vendor's (the
+            # provider setting `snp_arks`, tests): the log must not read as AMD/Intel-rooted.
+            binds["root"] = NON_VENDOR_ROOT
         claims = cvm_kinds.spec_of(kind).claims(verified.report)
         if rec.binding != cvm_kinds.InstanceBinding.NONE:
             binds[rec.binding] = claims.get(rec.binding)

@@ -57,13 +57,26 @@ LOCAL_REFUSED = ("the local provider runs CVMs as processes on the controller's 
 GRAMINE_FLAG_REFUSED = ("--providers is refused under --tee gramine: the manifest fixes the command line and the "
                         "host's input is not trusted; set providers with a signed intent "
                         "(duet controller providers set FILE)")
-#: Settings that point a provider's cloud API elsewhere than the public cloud: refused
-#: under --tee gramine. The control-plane check reads each VM's model from that API; an
-#: endpoint the owner names could answer for it and hide a door the owner opened in the
-#: real one. (A PCCS is another matter: the collateral it serves is signed by Intel.)
+#: Settings refused under --tee gramine, each for its reason (ENCLAVE_REFUSED_WHY).
+#: Those that point a provider's cloud API elsewhere than the public cloud: the
+#: control-plane check reads each VM's model from that API; an endpoint the owner names
+#: could answer for it and hide a door the owner opened in the real one. (A PCCS is
+#: another matter: the collateral it serves is signed by Intel.) And `snp_arks`: the
+#: enclave controller is what service users trust to have checked each CVM's evidence
+#: before making it usable; a root the owner names is a root the owner may hold the key
+#: of, and then it could sign a report for a machine that is no CVM at all.
 ENCLAVE_REFUSED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "azure": ("arm_endpoint", "authority_host", "ca_pem"),
-    "gcp": ("api_endpoint",),
+    "azure": ("arm_endpoint", "authority_host", "ca_pem", "snp_arks"),
+    "gcp": ("api_endpoint", "snp_arks"),
+    "qemu": ("snp_arks",),
+    "libvirt": ("snp_arks",),
+}
+_ENDPOINT_REFUSED = ("the control-plane check reads the VM's model from the public cloud's API, and an endpoint "
+                     "named in the settings could answer in its place (outside an enclave: twins, tests)")
+ENCLAVE_REFUSED_WHY: dict[str, str] = {
+    "snp_arks": ("an enclave controller trusts AMD's SEV-SNP roots only: a root named in the settings may be one "
+                 "whose key the owner holds, and evidence signed under it proves no AMD hardware "
+                 "(outside an enclave: private roots, twins, tests)"),
 }
 #: Providers that take credentials, and the fields of each credentials file.
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -128,10 +141,11 @@ def default_builder(pccs_url: str) -> Builder:
         config = dict(settings)
         maa_url, maa_jwks = maa_settings(name, config)
         pccs = pccs_setting(name, config) or pccs_url
+        arks = snp_arks_setting(name, config)
         provider = make_provider(name, config, credential=credential)
         return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs),
                                         inspector=getattr(provider, "inspect", None),
-                                        maa_url=maa_url, maa_jwks=maa_jwks)
+                                        maa_url=maa_url, maa_jwks=maa_jwks, trusted_arks=arks)
 
     return build
 
@@ -154,6 +168,31 @@ def pccs_setting(name: str, config: dict[str, object]) -> str | None:
         raise CvmError(f"provider {name}: pccs_url must be an http(s) URL with a host and no query "
                        "(e.g. https://pccs.example.org:8081)")
     return str(url).rstrip("/")
+
+
+def snp_arks_setting(name: str, config: dict[str, object]) -> list[bytes] | None:
+    """`snp_arks` of a provider, taken out of its settings: the SEV-SNP roots (PEM
+    certificate texts) the controller trusts for this provider's CVM evidence *instead of*
+    AMD's ARKs (private roots; twins, whose reports a development ARK signs). Public, so
+    they travel in `providers.set` and stand in the controller log, where every user sees
+    which roots the controller accepted; evidence under one that is not AMD's verifies as
+    `simulated`. Refused under --tee gramine (ENCLAVE_REFUSED_SETTINGS)."""
+    arks = config.pop("snp_arks", None)
+    if arks is None:
+        return None
+    if not isinstance(arks, list) or not arks or not all(isinstance(a, str) for a in arks):
+        raise CvmError(f"provider {name}: snp_arks must be a non-empty list of PEM certificates (their text)")
+    from duet.attestation.errors import AttestationError
+    from duet.attestation.snp.certs import load_trusted_ark
+
+    out = []
+    for i, pem in enumerate(arks):
+        try:
+            load_trusted_ark(pem.encode(), f"snp_arks[{i}]")
+        except AttestationError as exc:
+            raise CvmError(f"provider {name}: {exc}") from None
+        out.append(pem.encode())
+    return out
 
 
 def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
@@ -326,10 +365,13 @@ class ProviderSetup:
 
     def _enclave_check(self, name: str, config: Mapping[str, object]) -> None:
         refused = sorted(k for k in ENCLAVE_REFUSED_SETTINGS.get(name, ()) if k in config)
-        if self.in_enclave and refused:
-            raise CvmError(f"{', '.join(refused)} refused under --tee gramine: the control-plane check reads the "
-                           f"VM's model from the public cloud's API, and an endpoint named in the settings could "
-                           "answer in its place (outside an enclave: twins, tests)")
+        if not self.in_enclave or not refused:
+            return
+        by_reason: dict[str, list[str]] = {}
+        for k in refused:
+            by_reason.setdefault(ENCLAVE_REFUSED_WHY.get(k, _ENDPOINT_REFUSED), []).append(k)
+        raise CvmError("; ".join(f"{', '.join(keys)} refused under --tee gramine: {why}"
+                                 for why, keys in by_reason.items()))
 
     def _credential(self, name: str, settings: Mapping[str, object]) -> Any:
         """The provider's sealed credentials, only if they are the ones the controller log

@@ -259,3 +259,39 @@ def vek_info(cert: x509.Certificate) -> VekInfo:
     if hwid is None and csp is None:
         raise ChainInvalid("the certificate has neither a hwID (VCEK) nor a csp_id (VLEK)")
     return VekInfo(kind, name, product, tcb, hwid, csp)
+
+
+def load_trusted_ark(data: bytes, what: str) -> x509.Certificate:
+    """A SEV-SNP root someone pins instead of AMD's ARKs (a provider's `snp_arks`, a
+    user's `cvm.snp_arks`): exactly one PEM certificate, a CA, signed by its own key the
+    way AMD signs its ARKs. Checked when it is pinned, so that a typo or a pasted chain
+    is refused there, not reported later as "untrusted root" on every piece of evidence."""
+    text = data.strip()
+    if not text.startswith(b"-----BEGIN CERTIFICATE-----") or not text.endswith(b"-----END CERTIFICATE-----"):
+        raise ParseError(f"{what}: not a PEM certificate (one BEGIN/END CERTIFICATE block and nothing else)")
+    if text.count(b"-----BEGIN ") != 1:
+        # Also keeps anything else pasted beside it (a private key...) out of where it is
+        # pinned: a provider's settings stand in the public controller log.
+        raise ParseError(f"{what}: holds {text.count(b'-----BEGIN ')} PEM blocks, pin exactly one root "
+                         "certificate (the ARK) and nothing else")
+    certs = load_pem_chain(text, what)
+    if len(certs) != 1:
+        raise ParseError(f"{what}: holds {len(certs)} certificates, pin exactly one root (the ARK)")
+    ark = certs[0]
+    try:
+        bc = ark.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        bc = None
+    if bc is None or not bc.ca:
+        raise ChainInvalid(f"{what}: {_cn(ark)} is not a CA certificate")
+    if ark.issuer != ark.subject:
+        raise ChainInvalid(f"{what}: {_cn(ark)} is not self-signed (issued by {ark.issuer.rfc4514_string()}): "
+                           "pin the root, not an intermediate")
+    check_pss_sha384(cert_der(ark), what)
+    verify_pss_signed(ark.signature, ark.tbs_certificate_bytes, ark, what)
+    return ark
+
+
+def is_amd_ark(ark: x509.Certificate) -> bool:
+    """One of AMD's own ARKs (embedded), rather than a private or development root."""
+    return cert_der(ark) in {cert_der(a) for a, _ in amd_roots().values()}
