@@ -359,7 +359,10 @@ class ProviderSetup:
                 log.error("provider %s is not enabled: %s", name, exc)
             except (CvmError, ImportError) as exc:
                 if strict:
-                    raise errors.InvalidRequest(f"provider {name}: {exc}") from None
+                    # The settings' own checks already name the provider.
+                    said = str(exc)
+                    raise errors.InvalidRequest(said if said.startswith(f"provider {name}: ")
+                                                else f"provider {name}: {said}") from None
                 log.error("provider %s from the controller log is not enabled: %s", name, exc)
         return providers, evidence
 

@@ -287,8 +287,12 @@ def load_trusted_ark(data: bytes, what: str) -> x509.Certificate:
     if ark.issuer != ark.subject:
         raise ChainInvalid(f"{what}: {_cn(ark)} is not self-signed (issued by {ark.issuer.rfc4514_string()}): "
                            "pin the root, not an intermediate")
-    check_pss_sha384(cert_der(ark), what)
-    verify_pss_signed(ark.signature, ark.tbs_certificate_bytes, ark, what)
+    try:
+        check_pss_sha384(cert_der(ark), what)
+        verify_pss_signed(ark.signature, ark.tbs_certificate_bytes, ark, what)
+    except ChainInvalid as e:
+        said = e.message if e.message.startswith(what) else f"{what}: {e.message}"
+        raise ChainInvalid(f"{said} (an SEV-SNP root signs as AMD's ARKs do: RSASSA-PSS, SHA-384)") from None
     return ark
 
 
