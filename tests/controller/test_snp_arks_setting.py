@@ -28,7 +28,7 @@ from duet.controller.evidence import NON_VENDOR_ROOT, EvidenceRefused, Fetched
 from duet.controller.evidence_remote import RemoteEvidence
 from duet.controller.providers_config import ProviderSetup, default_builder
 from duet.controller.service import Controller
-from duet.controller.state import StateStore
+from duet.controller.state import CvmRecord, StateStore
 from duet.controller.statekey import StateKey
 from duet.cvm.errors import CvmError
 from duet.ledger import entries, keys
@@ -89,18 +89,36 @@ def test_providers_set_with_snp_arks_makes_the_collector_trust_exactly_those_roo
             assert collector.trust.snp_arks == (dev.ark_pem,)
             verified = _check(collector, dev)
             assert verified.simulated, "a report under a non-AMD root must never read as AMD's"
+            assert collector.non_vendor_roots
             with pytest.raises(UntrustedRoot):
                 _check(collector, other)
         # The setting stands in the controller log (certificates only, public).
         logged = [entries.decode(leaf) for leaf in _leaves(ctl)]
         assert logged[-1]["type"] == "providers" and logged[-1]["providers"]["gcp"]["snp_arks"] == [ark]
+        # The CVM view says SIMULATED for such a provider's CVMs, whatever the TEE.
+        assert _view_simulated(ctl, "gcp")
         # Taken out again: AMD's roots only, the development ARK is untrusted.
         asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"gcp": GCP}})))
         assert ctl.evidence["gcp"].trust.snp_arks is None  # type: ignore[attr-defined]
+        assert not ctl.evidence["gcp"].non_vendor_roots  # type: ignore[attr-defined]
+        assert not _view_simulated(ctl, "gcp")
         with pytest.raises(UntrustedRoot):
             _check(ctl.evidence["gcp"], dev)  # type: ignore[arg-type]
     finally:
         ctl.close()
+
+
+def _view_simulated(ctl: Controller, provider: str) -> bool:
+    """`/v1/cvms/{id}`'s `simulated` for an `snp` CVM of `provider`, as if the controller
+    ran in a real enclave (its TEE alone says nothing simulated)."""
+    rec = CvmRecord(id="c0ffee00", name="c", provider=provider, tee="snp", created_at="-", evidence_kind="snp")
+    tee, tree_head = ctl.tee, ctl.ledger.tree_head
+    ctl.tee = SimpleNamespace(simulated=False)  # type: ignore[assignment]
+    ctl.ledger.tree_head = lambda _log: SimpleNamespace(size=0, root_hash=b"")  # type: ignore[method-assign]
+    try:
+        return bool(ctl.view(rec)["simulated"])
+    finally:
+        ctl.tee, ctl.ledger.tree_head = tee, tree_head  # type: ignore[method-assign]
 
 
 def test_the_collector_labels_evidence_under_a_pinned_root_simulated(dev: SimulatedSnp) -> None:
@@ -226,5 +244,6 @@ def test_amds_own_ark_may_be_pinned(dev: SimulatedSnp) -> None:
     milan = amd_roots()["Milan"][0].public_bytes(serialization.Encoding.PEM).decode()
     _, collector = default_builder("https://pccs.example.org")("gcp", {**GCP, "snp_arks": [milan]}, None)
     assert collector.trust.snp_arks == (milan.encode(),)  # type: ignore[attr-defined]
+    assert not collector.non_vendor_roots  # type: ignore[attr-defined]
     with pytest.raises(UntrustedRoot):
         _check(collector, dev)  # type: ignore[arg-type]
