@@ -26,7 +26,7 @@ from duet.attestation.snp.certs import amd_roots, cert_der, load_cert
 from duet.controller import errors
 from duet.controller.evidence import NON_VENDOR_ROOT, EvidenceRefused, Fetched
 from duet.controller.evidence_remote import RemoteEvidence
-from duet.controller.providers_config import ProviderSetup, default_builder
+from duet.controller.providers_config import ProviderSetup, default_builder, load_providers_file
 from duet.controller.service import Controller
 from duet.controller.state import CvmRecord, StateStore
 from duet.controller.statekey import StateKey
@@ -247,3 +247,13 @@ def test_amds_own_ark_may_be_pinned(dev: SimulatedSnp) -> None:
     assert not collector.non_vendor_roots  # type: ignore[attr-defined]
     with pytest.raises(UntrustedRoot):
         _check(collector, dev)  # type: ignore[arg-type]
+
+
+def test_a_providers_file_names_the_roots_as_pem_text(dev: SimulatedSnp) -> None:
+    """As `duet controller providers set FILE` reads it (a YAML block scalar per root)."""
+    indented = "".join(f"      {line}\n" for line in dev.ark_pem.decode().splitlines())
+    text = "gcp:\n" + "".join(f"  {k}: '{v}'\n" for k, v in GCP.items()) + "  snp_arks:\n    - |\n" + indented
+    settings = load_providers_file(text, "providers.yaml")
+    _, collector = default_builder("https://pccs.example.org")("gcp", settings["gcp"], None)
+    assert collector.trust.snp_arks == (dev.ark_pem,)  # type: ignore[attr-defined]
+    _check(collector, dev)  # type: ignore[arg-type]
