@@ -229,15 +229,16 @@ def test_an_azure_snp_cvm_on_the_twin(tmp_path: Path) -> None:
                           controller_key_b64=ctl.info()["public_key"], cvm_id=cid)
         user = UserExpectations.model_validate({"cvm": {
             "tee": "azure-snp", "azure_ak_roots": [vtpm.vtpm_ca.pins.decode()], "require_event_log": True,
-            "kernel_cmdline": CMDLINE}})
+            "kernel_cmdline": CMDLINE, "snp_arks": [snp.ark_pem.decode()]}})
         verdict = {c.name: c for c in evidence_checks(audit.decoded, audit.state, trust_simulated=False,
-                                                      now=ctl.clock.now(), expect=user, snp_arks=(snp.ark_pem,))[0]}
+                                                      now=ctl.clock.now(), expect=user)[0]}
         assert verdict["evidence"].ok and verdict["cvm_claims"].ok, verdict
+        assert verdict["evidence"].simulated and "pinned non-AMD SEV-SNP root" in verdict["evidence"].detail
+        assert all(e["binds"]["root"].startswith("SIMULATED") for e in evidence)
         assert "its AK certificate CN=6f0e9c1a" in verdict["evidence"].detail
         assert "event log replays to its PCRs" in verdict["evidence"].detail
         # The streaming replay `duet verify` runs says the same.
-        replay = CvmReplay(ctl.controller_id, ctl.info()["public_key"], cid, expect=user, snp_arks=(snp.ark_pem,),
-                           now=ctl.clock.now())
+        replay = CvmReplay(ctl.controller_id, ctl.info()["public_key"], cid, expect=user, now=ctl.clock.now())
         for e in log:
             replay.feed(entries.encode(e))
         streamed = {c.name: c for c in replay.finish(ctl.clock.now()).checks}
