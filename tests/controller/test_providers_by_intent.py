@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
+from duet.attestation.simulated.snp import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.client.controller_log import controller_log_checks
 from duet.controller import errors
 from duet.controller.app import create_app
@@ -211,7 +214,26 @@ def test_the_local_provider_is_not_offered_in_an_enclave(tmp_path: Path) -> None
                                ("gcp", {"project": "p", "zone": "z", "api_endpoint": "http://127.0.0.1:1"})):
             with pytest.raises(errors.InvalidRequest, match="refused under --tee gramine"):
                 asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
+        # Roots other than AMD's for the CVMs' evidence, for any provider.
+        ark = SimulatedSnp.load_or_create(tmp_path / "dev-hw").ark_pem.decode()
+        for name, settings in (("azure", {**AZURE, "snp_arks": [ark]}),
+                               ("gcp", {"project": "p", "zone": "z", "snp_arks": [ark]})):
+            with pytest.raises(errors.InvalidRequest, match=r"snp_arks refused under --tee gramine.*AMD's roots only"):
+                asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
+        # And roots other than Intel's for TDX quotes (gcp tdx, azure-tdx's TD quote).
+        dcap = x509.load_der_x509_certificate(SimulatedTdx.load_or_create(tmp_path / "dev-tdx").root_ca_der)
+        root = dcap.public_bytes(serialization.Encoding.PEM).decode()
+        for name, settings, match in (
+                ("azure", {**AZURE, "tdx_roots": [root]}, r"tdx_roots refused under --tee gramine.*Intel's roots only"),
+                ("gcp", {"project": "p", "zone": "z", "tdx_roots": [root]}, r"tdx_roots refused.*Intel's roots only"),
+                ("azure", {**AZURE, "snp_arks": [ark], "tdx_roots": [root]},
+                 r"snp_arks, tdx_roots refused under --tee gramine.*AMD's and Intel's roots only")):
+            with pytest.raises(errors.InvalidRequest, match=match):
+                asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {name: settings}})))
         assert ctl.providers == {}
+        size = ctl.ledger.tree_head(CONTROLLER_LOG).size
+        assert not [leaf for leaf in ctl.ledger.leaves(CONTROLLER_LOG, 0, size)
+                    if entries.decode(leaf)["type"] == "providers"]
         asyncio.run(ctl.submit(_sign(ctl, owner, "providers.set", {"providers": {"azure": {
             **AZURE, "pccs_url": "https://pccs.example.org"}}})))
         assert "azure" in ctl.providers

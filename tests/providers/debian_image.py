@@ -22,8 +22,10 @@ SUITE = "bookworm"
 PACKAGES = [
     "systemd-sysv", "udev", "linux-image-cloud-amd64", "openssh-server", "cloud-init", "ifupdown",
     "isc-dhcp-client", "sudo", "netbase", "iproute2", "dbus", "procps", "python3", "libpam-systemd",
+    # What an Azure CVM's image has for the evidence collection (the Azure twin machine).
+    "tpm2-tools", "curl",
 ]
-VERSION = "2"
+VERSION = "3"
 
 
 @dataclass(frozen=True)

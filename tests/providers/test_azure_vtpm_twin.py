@@ -7,22 +7,28 @@ report is SIMULATED (dev VCEK under a dev ARK that the test trusts explicitly)."
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from vtpm_twin import BOOT, CMDLINE, KERNEL_IMAGE, AzureVtpmTwin, SimulatedVtpmCa, have_tools
+from vtpm_twin import BOOT, CMDLINE, KERNEL_IMAGE, TD_MRTD, AzureVtpmTwin, SimulatedVtpmCa, have_tools, tdreport
 
 from duet.attestation import cvm_kinds
+from duet.attestation.azure.hcl import REPORT_TYPE_TDX, parse_hcl_report, parse_tdreport
 from duet.attestation.cvm_kinds import CvmKind
+from duet.attestation.dcap.abi import parse_tdx_quote
 from duet.attestation.errors import AttestationError, ChainInvalid, MissingCertificate, ParseError
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.attestation.tcg_eventlog import build_tcg2_log
 from duet.attestation.validate import Expectations, validate
 from duet.controller.evidence_remote import RemoteEvidence
@@ -210,5 +216,44 @@ def test_the_event_log_replays_to_the_quoted_pcrs(tmp_path: Path, host_key: tupl
         log = _verify(forged, host_key[1], snp).event_log
         assert log["cmdline"]["measured"] is False
         assert [f.field for f in validate(_verify(forged, host_key[1], snp), exp)] == ["event_log.cmdline"]
+    finally:
+        twin.stop()
+
+
+def test_an_azure_tdx_vtpm_as_a_machine_gets_it(tmp_path: Path) -> None:
+    """The TDX twin as tests/providers/azure_machine.py would use it: `provision()` (the
+    swtpm state is then the machine's TPM) and `serve_imds()`: the HCL report is of the TDX
+    type, its TDREPORT's REPORTDATA hashes the runtime claims carrying the AK, and IMDS's
+    TD quote service quotes exactly that TDREPORT (a quote whose body repeats it), refusing
+    any other report, and serves no SEV-SNP certificates."""
+    if not have_tools():
+        pytest.fail("swtpm and tpm2-tools are needed (make setup installs them: scripts/ensure-vtpm.sh)")
+    tdx = SimulatedTdx.load_or_create(tmp_path / "tdx")
+    with pytest.raises(ValueError, match="either SEV-SNP"):
+        AzureVtpmTwin(tmp_path, None, VM_ID)
+    (tmp_path / "vtpm").mkdir()
+    twin = AzureVtpmTwin(tmp_path / "vtpm", None, VM_ID, tdx=tdx)
+    twin.provision()
+    assert twin.proc is None and (tmp_path / "vtpm" / "tpmstate").is_dir()
+    twin.serve_imds()
+    try:
+        hcl = parse_hcl_report((tmp_path / "vtpm" / "hcl.bin").read_bytes())
+        assert hcl.report_type == REPORT_TYPE_TDX and hcl.vm_id == VM_ID and hcl.hardware_report == twin.tdreport
+        td = parse_tdreport(hcl.hardware_report)
+        assert td.report_data == hashlib.sha256(hcl.var_data).digest() + bytes(32) and td.mr_td == TD_MRTD
+        assert twin.imds is not None
+        url = f"http://127.0.0.1:{twin.imds.server_address[1]}"
+
+        def ask(report: bytes) -> httpx.Response:
+            return httpx.post(f"{url}/acc/tdquote", json={
+                "report": base64.urlsafe_b64encode(report).decode().rstrip("=")})
+
+        reply = ask(hcl.hardware_report)
+        assert reply.status_code == 200
+        quote = json.loads(reply.content)["quote"]
+        body = parse_tdx_quote(base64.urlsafe_b64decode(quote + "=" * (-len(quote) % 4))).body
+        assert (body.report_data, body.mr_td, body.rtmrs) == (td.report_data, td.mr_td, td.rtmrs)  # type: ignore[union-attr]
+        assert ask(tdreport(bytes(64))).status_code == 400  # a report this TD did not make
+        assert httpx.get(f"{url}/metadata/THIM/amd/certification", headers={"Metadata": "true"}).status_code == 400
     finally:
         twin.stop()

@@ -19,13 +19,15 @@ principal), then `duet cvm create --provider azure --tee snp`. The real azure-id
 credential gets a token from the fake Entra ID with the sealed secret, and the real
 azure-mgmt-* clients create the VM in the fake ARM with that token.
 
-What this twin does NOT do, and why: the fake ARM's VM is no machine (its address is
-127.0.0.1, where no sshd listens), so provisioning fails closed at the SSH step (the CVM
-is `failed`), and `duet cvm delete` deletes every resource again; the in-service and
-`duet verify` part for an Azure SNP CVM runs in-process (test_azure_twin_flow.py), where
-the guest, its swtpm vTPM and the dev ARK can be plugged in. A twin machine reachable
-from this process (sshd on port 22, the vTPM behind the production collection command,
-lockdown checks in a guest the test owns) is still open.
+The fake ARM's VM is a machine (tests/providers/azure_machine.py): a Debian guest under
+QEMU booted from the VM request's customData, whose vTPM is a real swtpm provisioned as
+Azure provisions a CVM's (AK, HCL report with a SIMULATED SNP report under a dev ARK, AK
+certificate), and whose IMDS at 169.254.169.254 serves that VCEK's chain. Its public IP is
+a loopback address whose port 22 is the guest's sshd. The controller reaches it as it
+reaches an Azure CVM: it waits for the guest to boot, pins its host key, runs the
+lockdown checks and the production evidence collection in the guest, reads the VM's model
+back from the fake ARM. The owner's `providers.set` names the dev ARK (`snp_arks`, refused
+under --tee gramine); the user pins it in the expectations, with the SIMULATED vTPM root.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -46,10 +47,14 @@ import httpx
 import pytest
 import yaml
 from arm_server import ArmServer, token_for
+from azure_machine import AzureMachine
 from fake_arm import FakeArm, Sent
+from test_qemu_boot import require_image
+from vtpm_twin import have_tools
 
+from duet.attestation.simulated.snp import SimulatedSnp
 from duet.ledger import entries, keys
-from helpers import free_port
+from helpers import free_port, stop_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tee"))
 from test_tee_manifest import render
@@ -62,14 +67,24 @@ AZURE = {"subscription_id": "00000000-1111-2222-3333-444444444444", "resource_gr
          "location": "westeurope", "controller_cidr": "198.51.100.10/32", "poll_interval_s": 0}
 
 
-class LoopbackArm(FakeArm):
-    """The fake ARM, whose public IP addresses are 127.0.0.1 (no machine answers there)."""
+class MachineArm(FakeArm):
+    """The fake ARM, whose VM is a machine: a VM request boots it, deleting the VM stops
+    it, and the public IP address is the machine's."""
+
+    def __init__(self, machine: AzureMachine) -> None:
+        super().__init__()
+        self.machine = machine
 
     def _route(self, s: Sent) -> tuple[int, Any, dict[str, str]]:
         status, payload, headers = super()._route(s)
-        if s.method == "PUT" and self._kind(s.path) == "ip" and isinstance(payload, dict):
-            payload["properties"]["ipAddress"] = "127.0.0.1"
-            self.resources[s.path.lower()]["properties"]["ipAddress"] = "127.0.0.1"
+        kind = self._kind(s.path)
+        if s.method == "PUT" and kind == "ip" and isinstance(payload, dict):
+            payload["properties"]["ipAddress"] = self.machine.address
+            self.resources[s.path.lower()]["properties"]["ipAddress"] = self.machine.address
+        if s.method == "PUT" and kind == "vm" and status < 300:
+            self.machine.boot(self.resources[s.path.lower()])
+        if s.method == "DELETE" and kind == "vm":
+            self.machine.stop()
         return status, payload, headers
 
 
@@ -99,11 +114,16 @@ def manifest_command(data: Path, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-@pytest.mark.slow  # ~30 s: a controller process, seven CLI runs, the SDKs over TLS
-def test_the_manifests_controller_creates_an_azure_cvm_through_settings_set_by_intent(tmp_path: Path) -> None:
+@pytest.mark.slow  # ~3 min: a controller process, a Debian guest booted under TCG, a dozen CLI runs
+def test_the_manifests_controller_drives_an_azure_snp_cvm_end_to_end(tmp_path: Path) -> None:
+    image = require_image()
+    if not have_tools():
+        pytest.fail("swtpm and tpm2-tools are needed (make setup installs them: scripts/ensure-vtpm.sh)")
     port = free_port()
     argv, env = manifest_command(tmp_path / "data", port)
-    arm = LoopbackArm()
+    snp = SimulatedSnp.load_or_create(tmp_path / "azure-hw")
+    machine = AzureMachine(tmp_path / "machine", image, snp)
+    arm = MachineArm(machine)
     server = ArmServer(arm, tenant=TENANT, client_id=CLIENT, client_secret=SECRET).start()
     out = open(tmp_path / "controller.log", "wb")
     proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -114,12 +134,19 @@ def test_the_manifests_controller_creates_an_azure_cvm_through_settings_set_by_i
     cli_env = {**os.environ, "DUET_CONTROLLER": url, "DUET_OWNER_KEY": str(tmp_path / "owner.key"),
                "DUET_STATE_DIR": str(tmp_path / "cli-state"), "DUET_TRUST_SIMULATED": "1"}
     outputs: list[str] = []
+    logged: list[dict[str, Any]] = []
+    info = ""
 
     def duet(*args: str) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([sys.executable, "-m", "duet.cli.main", *args], capture_output=True, text=True,
-                           env=cli_env, timeout=300)
+                           env=cli_env, timeout=600)
         outputs.append(r.stdout + r.stderr)
         return r
+
+    def ok(*args: str) -> str:
+        r = duet(*args)
+        assert r.returncode == 0, f"duet {' '.join(args)}: " + r.stdout + r.stderr + _tail(machine.serial_log)
+        return r.stdout
 
     try:
         deadline = time.monotonic() + 60
@@ -130,22 +157,23 @@ def test_the_manifests_controller_creates_an_azure_cvm_through_settings_set_by_i
         head = (tmp_path / "controller.log").read_text()
         assert f"listening on https://127.0.0.1:{port}" in head and "SIMULATED" in head
 
-        r = duet("controller", "claim")
-        assert r.returncode == 0, r.stdout + r.stderr
+        ok("controller", "claim")
         (tmp_path / "providers.yaml").write_text(yaml.safe_dump({"azure": {
-            **AZURE, "arm_endpoint": server.url, "authority_host": server.url, "ca_pem": server.ca_pem}}))
-        r = duet("controller", "providers", "set", str(tmp_path / "providers.yaml"))
-        assert r.returncode == 0 and "providers set: azure" in r.stdout, r.stdout + r.stderr
+            **AZURE, "arm_endpoint": server.url, "authority_host": server.url, "ca_pem": server.ca_pem,
+            "snp_arks": [snp.ark_pem.decode()]}}))
+        assert "providers set: azure" in ok("controller", "providers", "set", str(tmp_path / "providers.yaml"))
         (tmp_path / "sp.json").write_text(json.dumps({"tenant_id": TENANT, "client_id": CLIENT,
                                                       "client_secret": SECRET}))
-        r = duet("controller", "credentials", "set", "--provider", "azure", str(tmp_path / "sp.json"))
-        assert r.returncode == 0 and "credentials set for azure" in r.stdout, r.stdout + r.stderr
-        r = duet("controller", "providers", "show", "--json")
-        shown = json.loads(r.stdout)
+        assert "credentials set for azure" in ok("controller", "credentials", "set", "--provider", "azure",
+                                                 str(tmp_path / "sp.json"))
+        shown = json.loads(ok("controller", "providers", "show", "--json"))
         assert "azure" in shown["enabled"] and list(shown["credentials"]) == ["azure"]
 
-        r = duet("cvm", "create", "--provider", "azure", "--tee", "snp", "--spec",
-                 json.dumps({"controller_cidr": "198.51.100.10/32"}))
+        # The create returns once ARM says the VM exists; the controller then waits for the
+        # guest to boot (boot_timeout_s), pins its host key and logs it in-update.
+        cid = ok("cvm", "create", "--provider", "azure", "--tee", "snp", "-o", "id", "--spec",
+                 json.dumps({"controller_cidr": "198.51.100.10/32"})).strip().splitlines()[-1]
+        assert re.fullmatch(r"[0-9a-f]{16}", cid), cid
         # The SDKs went through the settings: a token from the fake Entra ID for the sealed
         # secret, then every ARM request with it, the VM as the provider builds it.
         assert [t[1:] for t in server.token_requests][:1] == [("client_credentials", CLIENT, True)]
@@ -153,19 +181,40 @@ def test_the_manifests_controller_creates_an_azure_cvm_through_settings_set_by_i
                                        for s in arm.sent)
         vm = next(s for s in arm.sent if s.method == "PUT" and "/virtualmachines/" in s.path.lower())
         assert vm.body["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"
-        # No machine answers at the VM's address: provisioning fails closed (the CVM is
-        # `failed`, never usable); deleting it deletes every resource the create made.
-        said = r.stdout + r.stderr
-        assert r.returncode != 0 and "could not be provisioned" in said, said
-        cid = re.search(r"CVM ([0-9a-f]{16}) could not be provisioned", said)
-        assert cid is not None, said
-        assert [k for k in arm.resources if "duet-" in k]
-        r = duet("cvm", "delete", cid[1], "--yes")
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert not [k for k in arm.resources if "duet-" in k]
 
-        # The controller log, as the API serves it: providers (with the endpoints) and
-        # credentials, each under its intent; the sealed secret nowhere.
+        assert ok("cvm", "run", cid, "--", "sh", "-c", "echo on the twin as $(id -un)").strip() == "on the twin as duet"
+        # In-service: the lockdown checks and the production collection run in the guest;
+        # the VM's model is read back from the fake ARM.
+        ok("cvm", "mode", cid, "in-service")
+        refused = duet("cvm", "run", cid, "--", "true")
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+
+        (tmp_path / "expect.yaml").write_text(yaml.safe_dump({"cvm": {
+            "tee": "azure-snp", "mode": "in-service", "snp_arks": [snp.ark_pem.decode()],
+            "azure_ak_roots": [machine_vtpm_root(machine)], "require_event_log": True}}))
+        said = ok("verify", cid, "--expect", str(tmp_path / "expect.yaml"))
+        assert "SIMULATED" in said, said
+        # The user who pins AMD's roots only (no snp_arks) gets a refusal, not a pass.
+        (tmp_path / "amd.yaml").write_text(yaml.safe_dump({"cvm": {"tee": "azure-snp"}}))
+        r = duet("verify", cid, "--expect", str(tmp_path / "amd.yaml"), "--state-dir", str(tmp_path / "amd-state"))
+        assert r.returncode != 0, r.stdout + r.stderr
+
+        # Behind the controller's back, in the cloud's model: boot diagnostics on. The next
+        # entry into in-service reads it, logs it and refuses; the user's verify fails.
+        vm_res = next(r for k, r in arm.resources.items() if "/virtualmachines/" in k)
+        vm_res["properties"]["diagnosticsProfile"] = {"bootDiagnostics": {"enabled": True}}
+        ok("cvm", "mode", cid, "in-update")
+        r = duet("cvm", "mode", cid, "in-service")
+        assert r.returncode != 0 and "control_plane" in r.stdout + r.stderr, r.stdout + r.stderr
+        r = duet("verify", cid, "--expect", str(tmp_path / "expect.yaml"))
+        assert r.returncode != 0 and "boot_diagnostics_off" in r.stdout + r.stderr, r.stdout + r.stderr
+
+        ok("cvm", "delete", cid, "--yes")
+        assert not [k for k in arm.resources if "duet-" in k]
+        assert machine.qemu is None
+
+        # The controller log, as the API serves it: providers (with the endpoints and the
+        # dev ARK) and credentials, each under its intent; the sealed secret nowhere.
         # Public entries only, read without RA-TLS: the CLI above attested the controller.
         with httpx.Client(verify=False) as http:
             body = http.get(url + "/v1/controller/log/entries").json()
@@ -174,18 +223,23 @@ def test_the_manifests_controller_creates_an_azure_cvm_through_settings_set_by_i
         assert [e["type"] for e in logged][:6] == ["intent", "owner_keys", "intent", "providers", "intent",
                                                     "credentials"]
         assert logged[3]["providers"]["azure"]["arm_endpoint"] == server.url
-        r = duet("verify", "--controller-log")
-        assert r.returncode == 0, r.stdout + r.stderr
+        ok("verify", "--controller-log")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         out.close()
         server.stop()
+        machine.stop()
     texts = [*outputs, json.dumps(logged), info, (tmp_path / "controller.log").read_text(errors="replace")]
     for text in texts:
         assert SECRET not in text
+
+
+def machine_vtpm_root(machine: AzureMachine) -> str:
+    """The SIMULATED vTPM root (and intermediate) a user pins for the machine's AK certificate."""
+    assert machine.vtpm_ca is not None
+    return machine.vtpm_ca.pins.decode()
+
+
+def _tail(path: Path) -> str:
+    """The end of the guest's console, for a failure's message (host-side only)."""
+    return "\n--- guest console ---\n" + path.read_text(errors="replace")[-3000:] if path.exists() else ""

@@ -123,8 +123,8 @@ class Trust:
     snp_arks: tuple[bytes, ...] | None = None
     #: DCAP roots (DER) other than Intel's: for simulated TDX quotes (when absent, the
     #: self-signed root the log carries is used, with ``simulated`` set, only), and for
-    #: `tdx` evidence, as ``snp_arks`` for SEV-SNP (tests, private roots; a report under
-    #: one says ``simulated``).
+    #: `tdx` and `azure-tdx` evidence (its TD quote), as ``snp_arks`` for SEV-SNP (twins,
+    #: private roots; a report under one says ``simulated``).
     tdx_roots: tuple[bytes, ...] | None = None
     #: What the verifier pins of Microsoft Azure Attestation, for the MAA kinds; without
     #: it MAA evidence is refused (a token proves nothing until MAA's keys are pinned).
@@ -464,10 +464,18 @@ def _azure_verifier(kind: str) -> Callable[[tuple[Any, Any], bytes, datetime, Tr
     def verify(parsed: tuple[Any, Any], expected: bytes, now: datetime, trust: Trust) -> Any:
         from .azure.evidence import verify_azure_evidence
 
-        # The vTPM quote's extraData carries the first 32 bytes of the binding.
-        report = verify_azure_evidence(parsed[0], now=now, nonce=expected[:32], tdx_collateral=parsed[1],
-                                       trusted_arks=list(trust.snp_arks) if trust.snp_arks is not None else None,
-                                       ak_roots=trust.azure_ak_roots)
+        def under(root: bytes | None) -> Any:
+            # The vTPM quote's extraData carries the first 32 bytes of the binding.
+            return verify_azure_evidence(parsed[0], now=now, nonce=expected[:32], tdx_collateral=parsed[1],
+                                         trusted_arks=list(trust.snp_arks) if trust.snp_arks is not None else None,
+                                         ak_roots=trust.azure_ak_roots, root_ca_der=root)
+
+        # The TD quote beside an Azure TDX HCL report chains to Intel's DCAP root, unless
+        # the verifier pins others (`tdx_roots`, as for `tdx`).
+        if kind == CvmKind.AZURE_TDX and trust.tdx_roots is not None:
+            report = _under_one_of(trust.tdx_roots, under)
+        else:
+            report = under(None)
         if report.kind != kind:
             raise ParseError(f"the envelope holds {report.kind} evidence, the entry says {kind}")
         return report

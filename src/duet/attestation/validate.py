@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .cvm_kinds import REPORT_KINDS
 from .dcap.verify import TCB_STATUSES, SgxReport, TdxReport
-from .errors import ExpectationFailed, Failure, ParseError
+from .errors import AttestationError, ExpectationFailed, Failure, ParseError
 from .snp.verify import SnpReport
 
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -171,6 +171,18 @@ class Expectations(BaseModel):
     )
     maa_issuer: str | None = Field(None, description="the MAA instance URL a token must name (iss)")
 
+    # SEV-SNP roots pinned in place of AMD's ARKs (a twin's development root, a private
+    # root): evidence under them verifies, and its report says SIMULATED
+    snp_arks: list[str] | None = Field(
+        None, description="SEV-SNP root certificates, PEM, trusted instead of AMD's ARKs (twins, private roots)"
+    )
+    # DCAP roots pinned in place of Intel's for TDX quotes (`tdx`, and the TD quote of
+    # `azure-tdx`), as `snp_arks` for SEV-SNP
+    tdx_roots: list[str] | None = Field(
+        None, description="DCAP root CA certificates, PEM, trusted instead of Intel's for TDX quotes "
+        "(twins, private roots)"
+    )
+
     # Azure vTPM
     azure_ak_roots: list[str] | None = Field(
         None, description="vTPM root (and intermediate) certificates, PEM, the AK certificate must chain to"
@@ -234,6 +246,22 @@ class Expectations(BaseModel):
                 raise ValueError(str(exc)) from None
             if not keys:
                 raise ValueError("the JWKS holds no RSA key")
+        return v
+
+    @field_validator("snp_arks", "tdx_roots")
+    @classmethod
+    def _pinned_roots(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if v is not None:
+            from .dcap.verify import load_pinned_dcap_roots
+            from .snp.verify import load_pinned_arks
+
+            snp = info.field_name == "snp_arks"
+            if not v:
+                raise ValueError(f"name at least one {'SEV-SNP' if snp else 'DCAP'} root certificate")
+            try:
+                (load_pinned_arks if snp else load_pinned_dcap_roots)([p.encode() for p in v], str(info.field_name))
+            except AttestationError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("azure_ak_roots")

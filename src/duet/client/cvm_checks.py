@@ -60,20 +60,30 @@ def declared_binding(genesis: dict[str, Any]) -> str:
 
 def verify_evidence_entry(
     e: dict[str, Any], *, host_key: str, binding: str, host_data: str | None, instance_id: str | None,
-    trust_simulated: bool, decoded: list[dict[str, Any]], index: int, snp_arks: tuple[bytes, ...] | None = None,
-    maa: cvm_kinds.MaaPins | None = None, azure_ak_roots: tuple[bytes, ...] | None = None,
+    trust: cvm_kinds.Trust, decoded: list[dict[str, Any]], index: int,
 ) -> cvm_kinds.Verified:
     """Verify one evidence entry exactly as the controller did before logging it
     (`cvm_kinds.verify_evidence`), then its link to the logged command that asked for
-    it. `maa`: the MAA keys and instance the user pins (MAA kinds fail without them);
-    `azure_ak_roots`: the vTPM roots the user pins for Azure AK certificates.
-    Raises ValueError / AttestationError naming the problem."""
-    verified = cvm_kinds.verify_evidence(
-        e, host_key=host_key, now=_time(e),
-        trust=cvm_kinds.Trust(simulated=trust_simulated, snp_arks=snp_arks, maa=maa, azure_ak_roots=azure_ak_roots),
-        binding=binding, host_data=host_data, instance_id=instance_id)
+    it. `trust`: what the user trusts (`user_trust`). Raises ValueError /
+    AttestationError naming the problem."""
+    verified = cvm_kinds.verify_evidence(e, host_key=host_key, now=_time(e), trust=trust, binding=binding,
+                                         host_data=host_data, instance_id=instance_id)
     _check_command_link(e, decoded, index)
     return verified
+
+
+def user_trust(
+    expect: UserExpectations | None, *, simulated: bool, snp_arks: tuple[bytes, ...] | None = None,
+    tdx_roots: tuple[bytes, ...] | None = None,
+) -> cvm_kinds.Trust:
+    """What the user's verifier trusts beyond the vendors' roots: `simulated` (the
+    simulated kinds), the SEV-SNP and DCAP roots given (library callers, tests), else those
+    the expectations pin (`cvm.snp_arks`, `cvm.tdx_roots`), else none (AMD's and Intel's
+    only); the MAA keys and the vTPM roots the expectations pin (`maa_pins`, `ak_roots`)."""
+    return cvm_kinds.Trust(simulated=simulated,
+                           snp_arks=snp_arks if snp_arks is not None else pinned_snp_arks(expect),
+                           tdx_roots=tdx_roots if tdx_roots is not None else pinned_tdx_roots(expect),
+                           maa=maa_pins(expect), azure_ak_roots=ak_roots(expect))
 
 
 def maa_pins(expect: UserExpectations | None) -> cvm_kinds.MaaPins | None:
@@ -89,21 +99,33 @@ def maa_pins(expect: UserExpectations | None) -> cvm_kinds.MaaPins | None:
         key_sha256=tuple(claims.maa_signing_keys) if claims.maa_signing_keys is not None else None)
 
 
+def _pinned(expect: UserExpectations | None, field: str) -> tuple[bytes, ...] | None:
+    """The certificates (PEM) the expectations pin under `cvm.<field>`; None: none."""
+    if expect is None or expect.cvm is None:
+        return None
+    pems = getattr(expect.cvm.evidence(), field)
+    return tuple(p.encode() for p in pems) if pems is not None else None
+
+
 def ak_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
     """The vTPM roots the user pins for Azure AK certificates (`cvm.azure_ak_roots`); None:
     the AK certificate is shown but not checked (the AK is bound by the hardware report)."""
-    if expect is None or expect.cvm is None:
-        return None
-    roots = expect.cvm.evidence().azure_ak_roots
-    return tuple(r.encode() for r in roots) if roots is not None else None
+    return _pinned(expect, "azure_ak_roots")
 
 
-def snp_roots(expect: UserExpectations | None, given: tuple[bytes, ...] | None = None) -> tuple[bytes, ...] | None:
-    """The SEV-SNP roots the evidence must chain to: the caller's (`given`, tests), else
-    the ones the user pins instead of AMD's (`cvm.snp_arks`); None: AMD's ARKs."""
-    if given is not None:
-        return given
-    return expect.cvm.snp_roots() if expect is not None and expect.cvm is not None else None
+def pinned_snp_arks(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
+    """The SEV-SNP roots the user trusts instead of AMD's ARKs (`cvm.snp_arks`); None:
+    AMD's only."""
+    return _pinned(expect, "snp_arks")
+
+
+def pinned_tdx_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
+    """The DCAP roots the user trusts instead of Intel's for TDX quotes (`cvm.tdx_roots`),
+    as DER (what the DCAP verifier compares); None: Intel's only."""
+    from duet.attestation.dcap.verify import load_pinned_dcap_roots
+
+    pems = _pinned(expect, "tdx_roots")
+    return tuple(load_pinned_dcap_roots(pems, "tdx_roots")) if pems is not None else None
 
 
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:
@@ -163,11 +185,12 @@ def check_command_link(
 def evidence_checks(
     decoded: list[dict[str, Any]], state: LogState, *, trust_simulated: bool, now: datetime,
     expect: UserExpectations | None, snp_arks: tuple[bytes, ...] | None = None,
+    tdx_roots: tuple[bytes, ...] | None = None,
 ) -> tuple[list[Check], Any]:
-    """`snp_arks`: SEV-SNP roots to trust instead of AMD's (tests; else the user's
-    `cvm.snp_arks`)."""
+    """`snp_arks` / `tdx_roots`: SEV-SNP / DCAP roots to trust instead of AMD's / Intel's
+    (private roots, tests); else those the expectations pin (`user_trust`)."""
+    trust = user_trust(expect, simulated=trust_simulated, snp_arks=snp_arks, tdx_roots=tdx_roots)
     checks: list[Check] = []
-    snp_arks = snp_roots(expect, snp_arks)
     indices = state.evidence_indices
     if state.host_key is None:
         return [Check("evidence", False, "the log has no provisioned entry with a pinned host key")], None
@@ -182,8 +205,6 @@ def evidence_checks(
     #: Evidence nonces by the intent their attest command ran under.
     nonces: dict[int, set[str]] = {}
     allow_debug = expect is not None and expect.cvm is not None and expect.cvm.allow_debug
-    maa = maa_pins(expect)
-    pinned_ak_roots = ak_roots(expect)
     for i in indices:
         e = decoded[i]
         latest = None
@@ -205,8 +226,7 @@ def evidence_checks(
         try:
             latest = verify_evidence_entry(
                 e, host_key=state.host_key, binding=binding, host_data=state.host_data,
-                instance_id=str(instance_id) if instance_id else None, trust_simulated=trust_simulated,
-                decoded=decoded, index=i, snp_arks=snp_arks, maa=maa, azure_ak_roots=pinned_ak_roots)
+                instance_id=str(instance_id) if instance_id else None, trust=trust, decoded=decoded, index=i)
         except (ValueError, AttestationError) as exc:
             problems.append(f"entry {i}: {exc}")
             continue
@@ -243,19 +263,7 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
 def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
-            + _root_note(kind, latest) + _event_log_note(latest) + _ak_note(latest))
-
-
-def _root_note(kind: str | None, latest: cvm_kinds.Verified | None) -> str:
-    """A hardware kind whose newest report chains to a root pinned instead of the vendor's
-    (`cvm.snp_arks`; a test's DCAP root): the report says so, and that it is no proof of
-    AMD (Intel) hardware."""
-    if latest is None or not latest.simulated or cvm_kinds.is_simulated(kind):
-        return ""
-    if "tdx" in str(kind):
-        return "; SIMULATED: they chain to a DCAP root pinned instead of Intel's, not to Intel's"
-    return ("; SIMULATED: they chain to a pinned non-AMD SEV-SNP root (cvm.snp_arks) instead of AMD's ARKs, "
-            "which proves no AMD hardware")
+            + _event_log_note(latest) + _ak_note(latest))
 
 
 def _event_log_note(latest: cvm_kinds.Verified | None) -> str:

@@ -11,8 +11,8 @@ Shape::
       maa_jwks: maa-certs.json        # MAA kinds: MAA's signing keys (a JWKS file, or inline)
       maa_issuer: https://myinstance.weu.attest.azure.net
       azure_ak_roots: [vtpm-root.pem]  # azure-snp/azure-tdx: the vTPM AK certificate must chain here
-      snp_arks: [private-ark.pem]     # snp/azure-snp: trust these SEV-SNP roots INSTEAD of AMD's
-                                      #   (private roots, twins); evidence under them is not AMD's
+      snp_arks: [dev-ark.pem]         # SEV-SNP roots instead of AMD's (twins, private roots): SIMULATED
+      tdx_roots: [dev-dcap-root.der]  # DCAP roots instead of Intel's for TDX quotes (as snp_arks): SIMULATED
       instance_binding: none          # accept evidence bound to the host key only (e.g. GCP)
       measurement: "<hex>"
       host_data: "<hex>"              # optional: the controller's per-CVM launch value
@@ -118,27 +118,6 @@ class CvmExpectations(BaseModel):
     #: A CVM whose evidence says DEBUG (the host can read and change its memory) fails
     #: `duet verify` unless this is true: a user must ask for it by name.
     allow_debug: bool = False
-    #: SEV-SNP roots (PEM; the file may name PEM or DER files) trusted INSTEAD of AMD's
-    #: ARKs: private roots, twins whose reports a development ARK signs. Evidence under
-    #: one verifies, and is reported as resting on a non-AMD root (SIMULATED).
-    snp_arks: list[str] | None = None
-
-    @field_validator("snp_arks")
-    @classmethod
-    def _snp_arks(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        if not v:
-            raise ValueError("name at least one SEV-SNP root certificate (or leave snp_arks out: AMD's roots)")
-        from duet.attestation.errors import AttestationError
-        from duet.attestation.snp.certs import load_trusted_ark
-
-        for i, pem in enumerate(v):
-            try:
-                load_trusted_ark(pem.encode(), f"snp_arks[{i}]")
-            except AttestationError as exc:
-                raise ValueError(str(exc)) from None
-        return v
 
     @field_validator("instance_binding")
     @classmethod
@@ -175,10 +154,6 @@ class CvmExpectations(BaseModel):
     def evidence(self) -> EvidenceExpectations:
         """The claims part, checked by the attestation package (which refuses unknown keys)."""
         return EvidenceExpectations(**(self.model_extra or {}))
-
-    def snp_roots(self) -> tuple[bytes, ...] | None:
-        """`snp_arks` as the verifiers take them (None: AMD's roots)."""
-        return tuple(p.encode() for p in self.snp_arks) if self.snp_arks is not None else None
 
 
 class HistoryExpectations(BaseModel):
@@ -298,8 +273,7 @@ def load_expectations(path: Path) -> UserExpectations:
     if not isinstance(doc, dict):
         raise ClientError("invalid_expectations", f"{path} must be a YAML mapping")
     _load_maa_jwks(path, doc)
-    for key in ("azure_ak_roots", "snp_arks"):
-        _load_cert_refs(path, doc, key)
+    _load_pinned_certificates(path, doc)
     try:
         exp = UserExpectations.model_validate(doc)
     except ValidationError as exc:
@@ -335,12 +309,17 @@ def _load_maa_jwks(path: Path, doc: dict[str, Any]) -> None:
         raise ClientError("invalid_expectations", f"{path}: cvm.maa_jwks: {file} is not JSON") from None
 
 
-def _load_cert_refs(path: Path, doc: dict[str, Any], key: str) -> None:
-    """`cvm.<key>` entries (`azure_ak_roots`, `snp_arks`) may be PEM text or files (PEM or
-    DER, relative to the expectations file): read the files here, so that the pure model
-    sees PEM."""
+def _load_pinned_certificates(path: Path, doc: dict[str, Any]) -> None:
+    """`cvm.azure_ak_roots`, `cvm.snp_arks` and `cvm.tdx_roots` entries may be PEM text or
+    files (PEM or DER, relative to the expectations file): read the files here, so that the
+    pure model sees PEM."""
+    for field in ("azure_ak_roots", "snp_arks", "tdx_roots"):
+        _load_certificates(path, doc, field)
+
+
+def _load_certificates(path: Path, doc: dict[str, Any], field: str) -> None:
     cvm = doc.get("cvm")
-    refs = cvm.get(key) if isinstance(cvm, dict) else None
+    refs = cvm.get(field) if isinstance(cvm, dict) else None
     if not isinstance(refs, list):
         return
     assert isinstance(cvm, dict)
@@ -354,7 +333,7 @@ def _load_cert_refs(path: Path, doc: dict[str, Any], key: str) -> None:
             raw = file.read_bytes()
         except OSError as exc:
             raise ClientError("invalid_expectations",
-                              f"{path}: cvm.{key}: cannot read {file}: {exc.strerror}") from None
+                              f"{path}: cvm.{field}: cannot read {file}: {exc.strerror}") from None
         if raw.lstrip().startswith(b"-----BEGIN"):
             out.append(raw.decode("ascii", errors="replace"))
             continue
@@ -365,8 +344,8 @@ def _load_cert_refs(path: Path, doc: dict[str, Any], key: str) -> None:
             out.append(x509.load_der_x509_certificate(raw).public_bytes(Encoding.PEM).decode())
         except ValueError:
             raise ClientError("invalid_expectations",
-                              f"{path}: cvm.{key}: {file} is neither a PEM nor a DER certificate") from None
-    cvm[key] = out
+                              f"{path}: cvm.{field}: {file} is neither a PEM nor a DER certificate") from None
+    cvm[field] = out
 
 
 def weak_points(exp: UserExpectations | None) -> list[str]:

@@ -53,7 +53,6 @@ from duet.client.cvm_checks import (
     MAX_CLOCK_SKEW,
     _fmt,
     _time,
-    ak_roots,
     binding_problems,
     builtin_context,
     check_command_link,
@@ -63,8 +62,7 @@ from duet.client.cvm_checks import (
     evidence_nonce_problem,
     evidence_summary,
     judge_latest_lockdown,
-    maa_pins,
-    snp_roots,
+    user_trust,
 )
 from duet.client.expectations import UserExpectations
 from duet.client.nonce_window import NonceWindow
@@ -574,9 +572,8 @@ class CvmReplay:
         instance_id = (self.provisioned or {}).get("instance_id")
         return cvm_kinds.verify_evidence(
             e, host_key=host_key, now=_time(e),
-            trust=cvm_kinds.Trust(simulated=self.trust_simulated, snp_arks=snp_roots(self.expect, self.snp_arks),
-                                  tdx_roots=self.tdx_roots,
-                                  maa=maa_pins(self.expect), azure_ak_roots=ak_roots(self.expect)),
+            trust=user_trust(self.expect, simulated=self.trust_simulated, snp_arks=self.snp_arks,
+                             tdx_roots=self.tdx_roots),
             binding=declared_binding(self.genesis), host_data=self.state.host_data,
             instance_id=str(instance_id) if instance_id else None)
 

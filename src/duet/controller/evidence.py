@@ -14,7 +14,6 @@ entries, the controller's client key line, and the CVM's record. They never hold
 from __future__ import annotations
 
 import base64
-import functools
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -115,28 +114,6 @@ class Fetched:
     fields: dict[str, Any]
 
 
-#: What an evidence entry's `binds.root` says when the report verified under a root
-#: pinned in the provider's settings rather than the hardware vendor's.
-NON_VENDOR_ROOT = ("SIMULATED: the report chains to a root pinned in the provider's settings (snp_arks), "
-                   "not to the hardware vendor's (AMD / Intel)")
-
-
-def trusts_non_vendor_roots(trust: cvm_kinds.Trust) -> bool:
-    if trust.tdx_roots is not None:
-        return True
-    return trust.snp_arks is not None and not _all_amd(trust.snp_arks)
-
-
-@functools.lru_cache(maxsize=64)
-def _all_amd(arks: tuple[bytes, ...]) -> bool:
-    from duet.attestation.snp.certs import is_amd_ark, load_cert
-
-    try:
-        return all(is_amd_ark(load_cert(p, "ARK")) for p in arks)
-    except AttestationError:
-        return False
-
-
 class Collector(ABC):
     #: Where the lockdown checks ran, as the `lockdown` entry tells users.
     lockdown_where = ""
@@ -144,13 +121,6 @@ class Collector(ABC):
     trust = cvm_kinds.Trust()
     #: The provider's control-plane reader, where its cloud has one worth judging.
     inspector: Inspector | None = None
-
-    @property
-    def non_vendor_roots(self) -> bool:
-        """Evidence may verify under a root other than AMD's / Intel's (a provider's
-        `snp_arks`, a development root): nothing about this provider's CVMs may then read
-        as vendor-rooted."""
-        return trusts_non_vendor_roots(self.trust)
 
     @abstractmethod
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
@@ -216,10 +186,6 @@ class Collector(ABC):
             # MAA signed its token's issue time (a key the owner pinned): a time the host
             # cannot hold back.
             port.clock.observe(datetime.fromtimestamp(issued, UTC), "MAA token iat")
-        if verified.simulated and not cvm_kinds.is_simulated(kind):
-            # A hardware kind verified under a root pinned instead of the vendor's (the
-            # provider setting `snp_arks`, tests): the log must not read as AMD/Intel-rooted.
-            binds["root"] = NON_VENDOR_ROOT
         claims = cvm_kinds.spec_of(kind).claims(verified.report)
         if rec.binding != cvm_kinds.InstanceBinding.NONE:
             binds[rec.binding] = claims.get(rec.binding)

@@ -50,8 +50,8 @@ class RemoteEvidence(Collector):
         trusted_tdx_roots: list[bytes] | None = None,
     ) -> None:
         """`trusted_arks` / `trusted_tdx_roots`: other SNP / DCAP roots than AMD's and
-        Intel's (private roots, twins, tests; `trusted_arks` from the provider setting
-        `snp_arks`, refused under --tee gramine, see providers_config.snp_arks_setting);
+        Intel's (twins, private roots: the provider settings `snp_arks` / `tdx_roots`,
+        refused under --tee gramine; evidence under them says SIMULATED);
         `inspector`: the provider's control-plane reader (Azure), judged on every entry into
         in-service (`Collector.control_plane`); `maa_url` / `maa_jwks`: the owner's MAA
         instance and its signing keys (the provider's settings), for the MAA kinds: the

@@ -57,27 +57,17 @@ LOCAL_REFUSED = ("the local provider runs CVMs as processes on the controller's 
 GRAMINE_FLAG_REFUSED = ("--providers is refused under --tee gramine: the manifest fixes the command line and the "
                         "host's input is not trusted; set providers with a signed intent "
                         "(duet controller providers set FILE)")
-#: Settings refused under --tee gramine, each for its reason (ENCLAVE_REFUSED_WHY).
-#: Those that point a provider's cloud API elsewhere than the public cloud: the
-#: control-plane check reads each VM's model from that API; an endpoint the owner names
-#: could answer for it and hide a door the owner opened in the real one. (A PCCS is
-#: another matter: the collateral it serves is signed by Intel.) And `snp_arks`: the
-#: enclave controller is what service users trust to have checked each CVM's evidence
-#: before making it usable; a root the owner names is a root the owner may hold the key
-#: of, and then it could sign a report for a machine that is no CVM at all.
+#: Settings that point a provider's cloud API elsewhere than the public cloud: refused
+#: under --tee gramine. The control-plane check reads each VM's model from that API; an
+#: endpoint the owner names could answer for it and hide a door the owner opened in the
+#: real one. (A PCCS is another matter: the collateral it serves is signed by Intel.)
 ENCLAVE_REFUSED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "azure": ("arm_endpoint", "authority_host", "ca_pem", "snp_arks"),
-    "gcp": ("api_endpoint", "snp_arks"),
-    "qemu": ("snp_arks",),
-    "libvirt": ("snp_arks",),
+    "azure": ("arm_endpoint", "authority_host", "ca_pem"),
+    "gcp": ("api_endpoint",),
 }
-_ENDPOINT_REFUSED = ("the control-plane check reads the VM's model from the public cloud's API, and an endpoint "
-                     "named in the settings could answer in its place (outside an enclave: twins, tests)")
-ENCLAVE_REFUSED_WHY: dict[str, str] = {
-    "snp_arks": ("an enclave controller trusts AMD's SEV-SNP roots only: a root named in the settings may be one "
-                 "whose key the owner holds, and evidence signed under it proves no AMD hardware "
-                 "(outside an enclave: private roots, twins, tests)"),
-}
+#: Refused under --tee gramine for every provider: roots other than the vendors' for the
+#: CVMs' evidence (`roots_setting`), each with the vendor whose roots it replaces.
+ENCLAVE_REFUSED_ROOTS: dict[str, str] = {"snp_arks": "AMD's", "tdx_roots": "Intel's"}
 #: Providers that take credentials, and the fields of each credentials file.
 CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
     "azure": ("tenant_id", "client_id", "client_secret"),
@@ -141,11 +131,12 @@ def default_builder(pccs_url: str) -> Builder:
         config = dict(settings)
         maa_url, maa_jwks = maa_settings(name, config)
         pccs = pccs_setting(name, config) or pccs_url
-        arks = snp_arks_setting(name, config)
+        arks, tdx_roots = roots_setting(name, config, "snp_arks"), roots_setting(name, config, "tdx_roots")
         provider = make_provider(name, config, credential=credential)
-        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs),
+        return provider, RemoteEvidence(tdx_collateral=pccs_collateral(pccs), trusted_arks=arks,
+                                        trusted_tdx_roots=tdx_roots,
                                         inspector=getattr(provider, "inspect", None),
-                                        maa_url=maa_url, maa_jwks=maa_jwks, trusted_arks=arks)
+                                        maa_url=maa_url, maa_jwks=maa_jwks)
 
     return build
 
@@ -170,29 +161,29 @@ def pccs_setting(name: str, config: dict[str, object]) -> str | None:
     return str(url).rstrip("/")
 
 
-def snp_arks_setting(name: str, config: dict[str, object]) -> list[bytes] | None:
-    """`snp_arks` of a provider, taken out of its settings: the SEV-SNP roots (PEM
-    certificate texts) the controller trusts for this provider's CVM evidence *instead of*
-    AMD's ARKs (private roots; twins, whose reports a development ARK signs). Public, so
-    they travel in `providers.set` and stand in the controller log, where every user sees
-    which roots the controller accepted; evidence under one that is not AMD's verifies as
-    `simulated`. Refused under --tee gramine (ENCLAVE_REFUSED_SETTINGS)."""
-    arks = config.pop("snp_arks", None)
-    if arks is None:
+def roots_setting(name: str, config: dict[str, object], key: str) -> list[bytes] | None:
+    """`snp_arks` / `tdx_roots` of a provider, taken out of its settings: root certificates
+    (PEM) the controller trusts for this provider's CVM evidence *instead of* the vendor's
+    (AMD's ARKs for SEV-SNP reports; Intel's DCAP root for TDX quotes, `azure-tdx`'s
+    included), for a twin whose evidence a development root signs, or a private root.
+    Refused under `--tee gramine` (`_enclave_check`): there the controller's judgement of a
+    CVM's hardware must rest on the vendors' roots alone. Evidence under such a root is
+    SIMULATED in the controller's report of it, and a user who pins only the vendors' roots
+    refuses it."""
+    pems = config.pop(key, None)
+    if pems is None:
         return None
-    if not isinstance(arks, list) or not arks or not all(isinstance(a, str) for a in arks):
-        raise CvmError(f"provider {name}: snp_arks must be a non-empty list of PEM certificates (their text)")
+    if not isinstance(pems, list) or not pems or not all(isinstance(a, str) for a in pems):
+        raise CvmError(f"provider {name}: {key} must be a non-empty list of PEM certificates")
+    from duet.attestation.dcap.verify import load_pinned_dcap_roots
     from duet.attestation.errors import AttestationError
-    from duet.attestation.snp.certs import load_trusted_ark
+    from duet.attestation.snp.verify import load_pinned_arks
 
-    out = []
-    for i, pem in enumerate(arks):
-        try:
-            load_trusted_ark(pem.encode(), f"snp_arks[{i}]")
-        except AttestationError as exc:
-            raise CvmError(f"provider {name}: {exc}") from None
-        out.append(pem.encode())
-    return out
+    load = {"snp_arks": load_pinned_arks, "tdx_roots": load_pinned_dcap_roots}[key]
+    try:
+        return load([a.encode() for a in pems], key)
+    except AttestationError as exc:
+        raise CvmError(f"provider {name}: {exc}") from None
 
 
 def maa_settings(name: str, config: dict[str, object]) -> tuple[str | None, dict[str, Any] | None]:
@@ -359,22 +350,22 @@ class ProviderSetup:
                 log.error("provider %s is not enabled: %s", name, exc)
             except (CvmError, ImportError) as exc:
                 if strict:
-                    # The settings' own checks already name the provider.
-                    said = str(exc)
-                    raise errors.InvalidRequest(said if said.startswith(f"provider {name}: ")
-                                                else f"provider {name}: {said}") from None
+                    raise errors.InvalidRequest(f"provider {name}: {exc}") from None
                 log.error("provider %s from the controller log is not enabled: %s", name, exc)
         return providers, evidence
 
     def _enclave_check(self, name: str, config: Mapping[str, object]) -> None:
+        roots = sorted(k for k in ENCLAVE_REFUSED_ROOTS if k in config)
+        if self.in_enclave and roots:
+            vendors = " and ".join(ENCLAVE_REFUSED_ROOTS[k] for k in roots)
+            raise CvmError(f"{', '.join(roots)} refused under --tee gramine: inside an enclave the controller "
+                           f"judges a CVM's hardware evidence against {vendors} roots only (other roots are for "
+                           "twins and tests, outside an enclave)")
         refused = sorted(k for k in ENCLAVE_REFUSED_SETTINGS.get(name, ()) if k in config)
-        if not self.in_enclave or not refused:
-            return
-        by_reason: dict[str, list[str]] = {}
-        for k in refused:
-            by_reason.setdefault(ENCLAVE_REFUSED_WHY.get(k, _ENDPOINT_REFUSED), []).append(k)
-        raise CvmError("; ".join(f"{', '.join(keys)} refused under --tee gramine: {why}"
-                                 for why, keys in by_reason.items()))
+        if self.in_enclave and refused:
+            raise CvmError(f"{', '.join(refused)} refused under --tee gramine: the control-plane check reads the "
+                           f"VM's model from the public cloud's API, and an endpoint named in the settings could "
+                           "answer in its place (outside an enclave: twins, tests)")
 
     def _credential(self, name: str, settings: Mapping[str, object]) -> Any:
         """The provider's sealed credentials, only if they are the ones the controller log

@@ -38,7 +38,15 @@ from duet.controller.replay import KEEP_S, ReplayGuard
 from duet.controller.state import CvmRecord, StateStore, Status
 from duet.cvm.errors import CvmError, CvmNotFound, CvmUnreachable, HostKeyMismatch
 from duet.cvm.provider import Provider
-from duet.cvm.ssh import CvmConnection, RunResult, export_private, generate_client_key, import_private, public_line
+from duet.cvm.ssh import (
+    CvmConnection,
+    RunResult,
+    connect_after_boot,
+    export_private,
+    generate_client_key,
+    import_private,
+    public_line,
+)
 from duet.ledger import entries, keys, operations
 from duet.ledger.backend import LogStore
 from duet.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -418,10 +426,8 @@ class Controller:
             "instance_binding": rec.instance_binding,
             # Derived from what can be shown, never from a label: the controller's TEE,
             # and the kind of evidence this CVM produces (the provider's declaration
-            # before any evidence exists; the controller logs no other kind), and the
-            # roots its provider's evidence is checked under (`snp_arks`).
-            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind)
-            or bool(getattr(self.evidence.get(rec.provider), "non_vendor_roots", False)),
+            # before any evidence exists; the controller logs no other kind).
+            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind),
             "status": rec.status,
             "mode": rec.mode,
             "epoch": rec.epoch,
@@ -965,7 +971,9 @@ class Controller:
             conn = CvmConnection(
                 host=prov.host, port=prov.port, user=prov.user, client_key=client_key, pinned_host_key=None
             )
-            host_key = await conn.connect()
+            # A cloud provider returns while its guest still boots: its boot_timeout_s says
+            # how long an unreachable sshd is waited for (none: one attempt, the local guest).
+            host_key = await connect_after_boot(conn, boot_timeout_s=float(getattr(provider, "boot_timeout_s", 0.0)))
             self._conns[rec.id] = conn
             rec.host_key = host_key
             self.append(

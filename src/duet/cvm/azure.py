@@ -151,6 +151,7 @@ class AzureProvider:
         admin_user: str = cloudinit.DEFAULT_USER,
         create_timeout_s: float = 1200.0,
         poll_interval_s: float = 10.0,
+        boot_timeout_s: float = 600.0,
         credential: Any = None,
         transport: Any = None,
         retry_total: int = 3,
@@ -169,6 +170,9 @@ class AzureProvider:
         self.admin_user = admin_user
         self.create_timeout_s = float(create_timeout_s)
         self.poll_interval_s = float(poll_interval_s)
+        #: ARM reports a VM created once it runs, long before its sshd listens: how long
+        #: the controller keeps trying to reach it then (duet.cvm.ssh.connect_after_boot).
+        self.boot_timeout_s = float(boot_timeout_s)
         self._credential = credential
         self._transport = transport
         self._retry_total = retry_total

@@ -142,6 +142,10 @@ def user_data(authorized_key: str, *, cloud: Cloud, user: str = DEFAULT_USER) ->
         "ssh_deletekeys": True,
         "ssh_genkeytypes": ["ed25519"],
         "ssh_quiet_keygen": True,
+        # cloud-init's fingerprint printer (final stage, after runcmd) re-creates an empty
+        # ~/.ssh/authorized_keys while reading it (cloud-init 22.4 at least), undoing the
+        # removal above; the lockdown requires that file to be absent.
+        "no_ssh_fingerprints": True,
         "chpasswd": {"expire": False},
         "write_files": [
             {"path": SSHD_DROPIN_PATH, "owner": "root:root", "permissions": "0644", "content": sshd_dropin(user)},

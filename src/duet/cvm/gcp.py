@@ -112,6 +112,7 @@ class GcpProvider:
         disk_size_gb: int = 20,
         create_timeout_s: float = 900.0,
         poll_interval_s: float = 2.0,
+        boot_timeout_s: float = 600.0,
         credentials: Any = None,
         api_endpoint: str | None = None,
     ) -> None:
@@ -123,6 +124,9 @@ class GcpProvider:
         self.disk_size_gb = int(disk_size_gb)
         self.create_timeout_s = float(create_timeout_s)
         self.poll_interval_s = float(poll_interval_s)
+        #: GCE reports an instance RUNNING long before its sshd listens: how long the
+        #: controller keeps trying to reach it then (duet.cvm.ssh.connect_after_boot).
+        self.boot_timeout_s = float(boot_timeout_s)
         self.api_endpoint = api_endpoint
         self._credentials = credentials
         self._clients: dict[str, Any] | None = None

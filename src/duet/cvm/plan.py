@@ -26,9 +26,9 @@ from duet.cvm.provider import Provider
 PROVIDERS = ("azure", "gcp", "qemu", "libvirt")
 
 _AZURE_KEYS = ("subscription_id", "resource_group", "location", "controller_cidr", "subnet_id", "admin_user",
-               "create_timeout_s", "poll_interval_s", "arm_endpoint", "authority_host", "ca_pem")
+               "create_timeout_s", "poll_interval_s", "boot_timeout_s", "arm_endpoint", "authority_host", "ca_pem")
 _GCP_KEYS = ("project", "zone", "network", "controller_cidr", "admin_user", "disk_size_gb", "create_timeout_s",
-             "poll_interval_s", "api_endpoint")
+             "poll_interval_s", "boot_timeout_s", "api_endpoint")
 
 
 def _pick(config: Mapping[str, object], keys: tuple[str, ...]) -> dict[str, Any]:

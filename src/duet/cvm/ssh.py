@@ -524,3 +524,20 @@ class CvmConnection:
             conn.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+
+async def connect_after_boot(conn: CvmConnection, *, boot_timeout_s: float, interval_s: float = 3.0) -> str:
+    """The first connection to a cloud CVM: a cloud API reports the VM created once it
+    runs, while its guest is still booting (and cloud-init still writing the one key), so
+    an unreachable sshd is retried until `boot_timeout_s` has passed. Only unreachability
+    is retried: a refused key or a host-key problem is an answer, and fails at once."""
+    deadline = time.monotonic() + boot_timeout_s
+    while True:
+        try:
+            return await conn.connect()
+        except AuthenticationFailed:
+            raise
+        except CvmUnreachable:
+            if time.monotonic() + interval_s >= deadline:
+                raise
+            await asyncio.sleep(interval_s)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -496,3 +496,22 @@ def verify_tdx_quote(
         fmspc=fmspc,
         collateral_issued=coll.issued,
     )
+
+
+def load_pinned_dcap_roots(blobs: Sequence[bytes], what: str) -> list[bytes]:
+    """DCAP roots someone pins in place of Intel's SGX root CA (`..pinned_roots`), for TDX
+    quotes (a twin's development root, a private root), as DER: what ``root_ca_der``
+    takes. Each is signed as Intel's is (ECDSA), verified under its own key."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from ..pinned_roots import load_pinned_roots
+    from ..snp.certs import common_name
+
+    def verify_self(cert: x509.Certificate) -> None:
+        try:
+            cert.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ChainInvalid(f"{what}: {common_name(cert)!r} does not verify under its own key") from None
+
+    return load_pinned_roots(blobs, what, verify_self)

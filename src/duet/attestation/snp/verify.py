@@ -189,6 +189,14 @@ def _pem_or_der_one(data: bytes, what: str) -> x509.Certificate:
     return certs[0]
 
 
+def load_pinned_arks(blobs: Sequence[bytes], what: str) -> list[bytes]:
+    """SEV-SNP roots someone pins in place of AMD's ARKs (`..pinned_roots`), each signed
+    with AMD's ARK signature scheme (RSASSA-PSS, SHA-384)."""
+    from ..pinned_roots import load_pinned_roots
+
+    return load_pinned_roots(blobs, what, lambda cert: verify_issued_by(cert, cert, what))
+
+
 def _split_chain(
     ask_pem: bytes | None, ark_pem: bytes | None
 ) -> tuple[x509.Certificate | None, x509.Certificate | None]:
