@@ -163,6 +163,34 @@ async def test_create_sends_exactly_the_plan(controller_key: str) -> None:
     assert await p.status(CVM) == "running"
 
 
+def _urls(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [u for k, v in node.items() for u in ([v] if k == "url" and isinstance(v, str) else _urls(v))]
+    if isinstance(node, list):
+        return [u for v in node for u in _urls(v)]
+    return []
+
+
+async def test_the_plan_shows_the_arm_endpoint_the_clients_use(controller_key: str) -> None:
+    """With `arm_endpoint` (another cloud, a twin) every URL of the plan, and of the launch
+    record the CVM log keeps, is that endpoint's, and it is where `create` sends them."""
+    arm = FakeArm()
+    p = provider(arm, arm_endpoint="https://arm.twin.example:8443/")
+    plan = p.plan(CVM, authorized_key=controller_key, spec=SPEC)
+    urls = _urls(plan)
+    assert len(urls) >= 10 and all(u.startswith("https://arm.twin.example:8443/subscriptions/") for u in urls), urls
+    assert "management.azure.com" not in json.dumps(plan)
+    prov = await p.create(CVM, authorized_key=controller_key, spec=SPEC)
+    puts = [s for s in arm.sent if s.method == "PUT"]
+    assert [(s.method, s.url, s.body) for s in puts] == [
+        (r["method"], r["url"], r["body"]) for r in plan["requests"]  # type: ignore[union-attr]
+    ]
+    assert prov.launch["requests"] == plan["requests"]
+    # Without it: Azure's public cloud, as before.
+    public = provider().plan(CVM, authorized_key=controller_key, spec=SPEC)
+    assert all(u.startswith(f"https://management.azure.com{rg_path()}/") for u in _urls(public))
+
+
 async def test_failed_vm_create_deletes_everything_in_reverse(controller_key: str) -> None:
     arm = FakeArm(async_kinds={"vm"}, async_outcome={"vm": "Failed"})
     p = provider(arm)

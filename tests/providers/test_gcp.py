@@ -80,6 +80,14 @@ def test_plan_has_every_security_setting(controller_key: str) -> None:
     assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith("/ubuntu-2204-lts")
 
 
+def test_plan_urls_follow_api_endpoint(controller_key: str) -> None:
+    """A bare host, as the client options take it too, means https."""
+    plan = GcpProvider(project="proj-1", zone="europe-west4-a", api_endpoint="compute.example.org/").plan(
+        CVM, authorized_key=controller_key, spec=SPEC)
+    urls = [r["url"] for r in plan["requests"] + plan["cleanup"]]  # type: ignore[operator]
+    assert urls and all(u.startswith("https://compute.example.org/compute/v1/projects/proj-1/") for u in urls)
+
+
 def test_plan_tdx(controller_key: str) -> None:
     plan = GcpProvider(project="p", zone="us-central1-a").plan(
         CVM, authorized_key=controller_key, spec={**SPEC, "tee": "tdx", "image": "ubuntu-24.04"})
@@ -97,8 +105,12 @@ async def test_create_sends_exactly_the_plan(gce: FakeGce, controller_key: str) 
     plan = p.plan(CVM, authorized_key=controller_key, spec=SPEC)
     prov = await p.create(CVM, authorized_key=controller_key, spec=SPEC)
     posts = [s for s in gce.mutations()]
-    assert [(s.method, s.path, s.body) for s in posts] == [
-        (r["method"], r["url"].removeprefix("https://compute.googleapis.com"), r["body"])  # type: ignore[index]
+    # The plan shows the endpoint the clients use (api_endpoint), not Google's public one.
+    assert all(r["url"].startswith(f"{gce.endpoint}/compute/v1/projects/")  # type: ignore[index]
+               for r in plan["requests"])  # type: ignore[union-attr]
+    assert "googleapis" not in json.dumps(plan)
+    assert [(s.method, gce.endpoint + s.path, s.body) for s in posts] == [
+        (r["method"], r["url"], r["body"])  # type: ignore[index]
         for r in plan["requests"]  # type: ignore[union-attr]
     ]
     assert all({k.lower(): v for k, v in s.headers.items()}["authorization"] == "Bearer fake-gcp-token-SECRET"

@@ -26,6 +26,15 @@ def load_pinned_roots(
     AttestationError when the certificate's signature does not verify under its own key."""
     out: list[bytes] = []
     for blob in blobs:
+        text = blob.strip()
+        if text.startswith(b"-----BEGIN") and (
+                text.count(b"-----BEGIN ") != text.count(b"-----BEGIN CERTIFICATE-----")
+                or not text.startswith(b"-----BEGIN CERTIFICATE-----")
+                or not text.endswith(b"-----END CERTIFICATE-----")):
+            # Certificates and nothing else: a pin in a provider's settings stands in the
+            # public controller log, and a private key pasted beside it must not.
+            raise ParseError(f"{what}: each entry must be a PEM certificate and nothing else "
+                             "(no key, CRL or text beside it)")
         certs = load_pem_chain(blob, what)
         if len(certs) != 1:
             raise ParseError(f"{what}: each entry must hold exactly one certificate, not {len(certs)}")

@@ -11,7 +11,10 @@ Exit status (README, "Verifying evidence offline"):
 
 Certificates in ``--certs DIR`` are found by content (:mod:`duet.attestation.certstore`),
 never by file name. An Azure vTPM AK certificate is judged against the roots pinned in the
-expectations (``cvm.azure_ak_roots``), never against a root found in ``--certs``.
+expectations (``cvm.azure_ak_roots``), never against a root found in ``--certs``; SEV-SNP
+and TDX chains end at AMD's / Intel's roots, or at the ones the expectations pin instead
+(``cvm.snp_arks``, ``cvm.tdx_roots``), never at a root found in ``--certs`` (bar the
+development roots of the simulated kinds and ``--trust-simulated``).
 ``--expect`` takes the same YAML as ``duet verify --expect``: its ``controller:`` section
 for SGX evidence, its ``cvm:`` section for everything else.
 """
@@ -141,7 +144,11 @@ def _verify(
     now: datetime,
     trust_simulated: bool,
     ak_roots: list[bytes] | None = None,
+    pinned: PinnedRoots | None = None,
 ) -> Any:
+    """`pinned`: the SEV-SNP / DCAP roots the expectations pin instead of AMD's / Intel's
+    (`cvm.snp_arks`, `cvm.tdx_roots`), as `duet verify` uses them."""
+    snp_arks, tdx_roots = pinned if pinned is not None else (None, None)
     if kind == "maa":
         if data.lstrip()[:1] == b"{":  # CVM evidence: the token with the JWKS logged beside it
             token, logged = parse_maa_evidence(data)
@@ -161,12 +168,13 @@ def _verify(
         if collateral is None:
             raise _Input(f"{kind} quotes need --collateral (dcap-qvl QuoteCollateralV3 JSON)")
         fn = verify_sgx_quote if kind == "sgx" else verify_tdx_quote
-        return fn(
-            decode_text(data), collateral, now=now, root_ca_der=_dcap_root(store, trust_simulated)
-        )
+        quote, coll = decode_text(data), collateral
+        if kind == "tdx" and tdx_roots is not None:
+            return _under_one_of(tdx_roots, lambda root: fn(quote, coll, now=now, root_ca_der=root))
+        return fn(quote, coll, now=now, root_ca_der=_dcap_root(store, trust_simulated))
     if kind in ("snp", "simulated-snp"):
-        trusted = None
-        if kind == "simulated-snp":
+        trusted = snp_arks
+        if kind == "simulated-snp" and snp_arks is None:
             arks = store.of("ark")
             if not arks:
                 raise _Input("simulated-snp needs the development ARK in --certs")
@@ -177,15 +185,52 @@ def _verify(
     if kind == "azure":
         if data[:4] == b"HCLA":
             raise _Input("a bare HCL report cannot be verified: give the JSON evidence")
-        return verify_azure_evidence(
-            parse_azure_evidence(data),
-            now=now,
-            certs=store,
-            tdx_collateral=collateral,
-            root_ca_der=_dcap_root(store, trust_simulated),
-            ak_roots=ak_roots,
-        )
+        evidence = parse_azure_evidence(data)
+
+        def azure(root: bytes | None) -> Any:
+            return verify_azure_evidence(
+                evidence,
+                now=now,
+                certs=store,
+                tdx_collateral=collateral,
+                root_ca_der=root,
+                ak_roots=ak_roots,
+                trusted_arks=snp_arks,
+            )
+
+        if tdx_roots is not None and evidence.td_quote is not None:
+            return _under_one_of(tdx_roots, azure)
+        return azure(_dcap_root(store, trust_simulated))
     raise _Input(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+#: (SEV-SNP roots, DCAP roots) pinned instead of AMD's / Intel's; None: the vendor's.
+PinnedRoots = tuple[list[bytes] | None, list[bytes] | None]
+
+
+def _under_one_of(roots: list[bytes], verify: Any) -> Any:
+    """The first pinned root the evidence verifies under; else the first one's refusal."""
+    first: E.AttestationError | None = None
+    for root in roots:
+        try:
+            return verify(root)
+        except E.AttestationError as exc:
+            first = first or exc
+    if first is None:
+        raise _Input("no DCAP root is pinned")
+    raise first
+
+
+def _pinned_roots(expectations: Expectations | None) -> PinnedRoots:
+    """`cvm.snp_arks` / `cvm.tdx_roots` of the expectations (checked when they loaded)."""
+    if expectations is None:
+        return None, None
+    from duet.attestation.dcap.verify import load_pinned_dcap_roots
+    from duet.attestation.snp.verify import load_pinned_arks
+
+    arks, tdx = expectations.snp_arks, expectations.tdx_roots
+    return (load_pinned_arks([p.encode() for p in arks], "snp_arks") if arks is not None else None,
+            load_pinned_dcap_roots([p.encode() for p in tdx], "tdx_roots") if tdx is not None else None)
 
 
 # -- expectations --------------------------------------------------------------------------
@@ -366,6 +411,7 @@ def verify_cmd(
             trust_simulated=trust_simulated or k == "simulated-snp",
             ak_roots=[r.encode() for r in expectations.azure_ak_roots]
             if expectations is not None and expectations.azure_ak_roots is not None else None,
+            pinned=_pinned_roots(expectations),
         )
         if isinstance(report, MaaReport) and coll is not None:
             if expectations is None or expectations.maa_enclave is None:
@@ -381,6 +427,9 @@ def verify_cmd(
         claims = report.to_dict()
         simulated = bool(getattr(report, "simulated", False))
         caveats = _caveats(report)
+        if simulated and expectations is not None and (expectations.snp_arks or expectations.tdx_roots):
+            caveats.append("SIMULATED: the evidence may chain to a root pinned in cvm.snp_arks / cvm.tdx_roots "
+                           "instead of AMD's / Intel's; such a root proves no vendor hardware")
         if isinstance(report, MaaReport) and jwks is None:
             caveats.append(
                 "the JWKS came with the evidence (whoever produced it chose it): pin MAA's key "

@@ -263,7 +263,20 @@ def binding_problems(genesis: dict[str, Any], expect: UserExpectations | None) -
 def evidence_summary(kind: str | None, binding: str, count: int, latest: cvm_kinds.Verified | None) -> str:
     bound = "this instance's " + binding if binding != cvm_kinds.InstanceBinding.NONE else "no per-CVM value"
     return (f"{count} {cvm_kinds.label_of(kind)} reports verify, each bound to the pinned host key and {bound}"
-            + _event_log_note(latest) + _ak_note(latest))
+            + _root_note(kind, latest) + _event_log_note(latest) + _ak_note(latest))
+
+
+def _root_note(kind: str | None, latest: cvm_kinds.Verified | None) -> str:
+    """A hardware kind whose newest report verified only under a root pinned instead of
+    the vendor's (`cvm.snp_arks`, `cvm.tdx_roots`): the report says so, and that it proves
+    no AMD (Intel) hardware."""
+    if latest is None or not latest.simulated or cvm_kinds.is_simulated(kind):
+        return ""
+    if "tdx" in str(kind):
+        return ("; SIMULATED: they chain to a pinned non-Intel DCAP root (cvm.tdx_roots) instead of Intel's, "
+                "which proves no Intel hardware")
+    return ("; SIMULATED: they chain to a pinned non-AMD SEV-SNP root (cvm.snp_arks) instead of AMD's ARKs, "
+            "which proves no AMD hardware")
 
 
 def _event_log_note(latest: cvm_kinds.Verified | None) -> str:

@@ -14,6 +14,7 @@ entries, the controller's client key line, and the CVM's record. They never hold
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -114,6 +115,31 @@ class Fetched:
     fields: dict[str, Any]
 
 
+#: What an evidence entry's `binds.root` says when the report verified under a root
+#: pinned in the provider's settings rather than the hardware vendor's.
+NON_VENDOR_ROOT = ("SIMULATED: the report chains to a root pinned in the provider's settings (snp_arks / "
+                   "tdx_roots), not to the hardware vendor's (AMD / Intel)")
+
+
+def trusts_non_vendor_roots(trust: cvm_kinds.Trust) -> bool:
+    """Evidence may verify under a root other than AMD's ARKs / Intel's DCAP root."""
+    return _not_vendors(trust.snp_arks, "snp") or _not_vendors(trust.tdx_roots, "tdx")
+
+
+@functools.lru_cache(maxsize=64)
+def _not_vendors(roots: tuple[bytes, ...] | None, family: str) -> bool:
+    if roots is None:
+        return False
+    from duet.attestation.dcap.verify import intel_sgx_root_ca_der
+    from duet.attestation.snp.certs import amd_roots, cert_der, load_cert
+
+    vendors = {cert_der(a) for a, _ in amd_roots().values()} if family == "snp" else {intel_sgx_root_ca_der()}
+    try:
+        return any(cert_der(load_cert(r, "root")) not in vendors for r in roots)
+    except AttestationError:
+        return True
+
+
 class Collector(ABC):
     #: Where the lockdown checks ran, as the `lockdown` entry tells users.
     lockdown_where = ""
@@ -121,6 +147,13 @@ class Collector(ABC):
     trust = cvm_kinds.Trust()
     #: The provider's control-plane reader, where its cloud has one worth judging.
     inspector: Inspector | None = None
+
+    @property
+    def non_vendor_roots(self) -> bool:
+        """Evidence may verify under a root other than AMD's / Intel's (the provider
+        settings `snp_arks` / `tdx_roots`, a development root): nothing about this
+        provider's CVMs may then read as vendor-rooted."""
+        return trusts_non_vendor_roots(self.trust)
 
     @abstractmethod
     async def run_lockdown(self, port: CvmPort, intent_index: int | None) -> Lockdown:
@@ -186,6 +219,11 @@ class Collector(ABC):
             # MAA signed its token's issue time (a key the owner pinned): a time the host
             # cannot hold back.
             port.clock.observe(datetime.fromtimestamp(issued, UTC), "MAA token iat")
+        if verified.simulated and not cvm_kinds.is_simulated(kind):
+            # A hardware kind verified under a root pinned instead of the vendor's (the
+            # provider settings `snp_arks` / `tdx_roots`): the log must not read as
+            # AMD/Intel-rooted. Every verifier decides by the roots it pins itself.
+            binds["root"] = NON_VENDOR_ROOT
         claims = cvm_kinds.spec_of(kind).claims(verified.report)
         if rec.binding != cvm_kinds.InstanceBinding.NONE:
             binds[rec.binding] = claims.get(rec.binding)

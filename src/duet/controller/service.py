@@ -426,8 +426,10 @@ class Controller:
             "instance_binding": rec.instance_binding,
             # Derived from what can be shown, never from a label: the controller's TEE,
             # and the kind of evidence this CVM produces (the provider's declaration
-            # before any evidence exists; the controller logs no other kind).
-            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind),
+            # before any evidence exists; the controller logs no other kind), and the
+            # roots its provider's evidence is checked under (`snp_arks`, `tdx_roots`).
+            "simulated": self.tee.simulated or cvm_kinds.is_simulated(rec.kind)
+            or bool(getattr(self.evidence.get(rec.provider), "non_vendor_roots", False)),
             "status": rec.status,
             "mode": rec.mode,
             "epoch": rec.epoch,

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from duet.attestation.cvm_kinds import CvmKind, InstanceBinding, TeeOffer
 from duet.cvm import cloudinit
+from duet.cvm.clouds import azure_endpoints
 from duet.cvm.clouds.common import (
     Tracker,
     Unresolved,
@@ -59,7 +60,7 @@ from duet.cvm.clouds.common import (
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.provider import Provisioned
 
-ARM = "https://management.azure.com"
+ARM = azure_endpoints.PUBLIC_ARM
 #: api-versions pinned here (not the SDK's defaults), so that a plan is exactly what is sent.
 API_VERSIONS: dict[str, str] = {
     "compute": "2024-07-01",
@@ -106,8 +107,8 @@ def _rg_path(sub: str, rg: str) -> str:
     return f"/subscriptions/{sub}/resourceGroups/{rg}"
 
 
-def _url(path: str, api: str) -> str:
-    return f"{ARM}{path}?api-version={API_VERSIONS[api]}"
+def _url(path: str, api: str, arm: str = ARM) -> str:
+    return f"{arm}{path}?api-version={API_VERSIONS[api]}"
 
 
 def _raw(pipeline_response: Any, _deserialized: Any, _headers: Any) -> Any:
@@ -226,7 +227,13 @@ class AzureProvider:
         return paths
 
     def plan(self, cvm_id: str, *, authorized_key: str, spec: Mapping[str, object]) -> dict[str, object]:
-        """The exact ARM requests `create` sends, in order, without sending anything."""
+        """The exact ARM requests `create` sends, in order, without sending anything: to
+        the ARM endpoint the clients use (`arm_endpoint`, else Azure's public cloud)."""
+        arm = azure_endpoints.arm_base(self._endpoint[0])
+
+        def url(path: str, api: str) -> str:
+            return _url(path, api, arm)
+
         unresolved = Unresolved()
         lay = self._layout(cvm_id, spec, unresolved)
         requested = spec_str(spec, "tee")
@@ -287,7 +294,7 @@ class AzureProvider:
             },
         }
         requests: list[dict[str, object]] = [
-            {"kind": "nsg", "name": lay.nsg, "method": "PUT", "url": _url(paths["nsg"], "network"), "body": nsg_body}
+            {"kind": "nsg", "name": lay.nsg, "method": "PUT", "url": url(paths["nsg"], "network"), "body": nsg_body}
         ]
         if lay.vnet is not None:
             vnet_body = {
@@ -307,7 +314,7 @@ class AzureProvider:
                 },
             }
             requests.append(
-                {"kind": "vnet", "name": lay.vnet, "method": "PUT", "url": _url(paths["vnet"], "network"),
+                {"kind": "vnet", "name": lay.vnet, "method": "PUT", "url": url(paths["vnet"], "network"),
                  "body": vnet_body}
             )
         ip_body = {
@@ -317,7 +324,7 @@ class AzureProvider:
             "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
         }
         requests.append(
-            {"kind": "ip", "name": lay.ip, "method": "PUT", "url": _url(paths["ip"], "network"), "body": ip_body}
+            {"kind": "ip", "name": lay.ip, "method": "PUT", "url": url(paths["ip"], "network"), "body": ip_body}
         )
         nic_body = {
             "location": loc,
@@ -338,7 +345,7 @@ class AzureProvider:
             },
         }
         requests.append(
-            {"kind": "nic", "name": lay.nic, "method": "PUT", "url": _url(paths["nic"], "network"), "body": nic_body}
+            {"kind": "nic", "name": lay.nic, "method": "PUT", "url": url(paths["nic"], "network"), "body": nic_body}
         )
         vm_body = {
             "location": loc,
@@ -382,13 +389,13 @@ class AzureProvider:
             },
         }
         requests.append(
-            {"kind": "vm", "name": lay.vm, "method": "PUT", "url": _url(paths["vm"], "compute"), "body": vm_body}
+            {"kind": "vm", "name": lay.vm, "method": "PUT", "url": url(paths["vm"], "compute"), "body": vm_body}
         )
         cleanup: list[dict[str, object]] = []
         order = ["vm", "disk", "nic", "ip"] + (["vnet"] if lay.vnet is not None else []) + ["nsg"]
         for kind in order:
             api = "compute" if kind == "vm" else "disks" if kind == "disk" else "network"
-            cleanup.append({"kind": kind, "method": "DELETE", "url": _url(paths[kind], api)})
+            cleanup.append({"kind": kind, "method": "DELETE", "url": url(paths[kind], api)})
         return {
             "provider": self.name,
             "cvm_id": cvm_id,
@@ -405,13 +412,13 @@ class AzureProvider:
             "controller_cidr": cidr,
             "requests": requests,
             "then": [
-                {"method": "GET", "url": _url(paths["vm"], "compute"), "why": "read the VM id (vmId)"},
-                {"method": "GET", "url": _url(paths["ip"], "network"), "why": "read the public address"},
+                {"method": "GET", "url": url(paths["vm"], "compute"), "why": "read the VM id (vmId)"},
+                {"method": "GET", "url": url(paths["ip"], "network"), "why": "read the public address"},
             ],
             "cleanup": cleanup,
             "cleanup_check": {
                 "method": "GET",
-                "url": _url(_rg_path(lay.subscription, lay.resource_group) + "/resources", "resources"),
+                "url": url(_rg_path(lay.subscription, lay.resource_group) + "/resources", "resources"),
                 "why": f"after a failed create or a delete: no resource named {lay.prefix}* may remain",
             },
             "user_data": user_data,
@@ -450,8 +457,6 @@ class AzureProvider:
 
             credential = DefaultAzureCredential()
             self._credential = credential
-        from duet.cvm.clouds import azure_endpoints
-
         kw: dict[str, Any] = {"polling_interval": self.poll_interval_s, "retry_total": self._retry_total,
                               **azure_endpoints.client_kwargs(*self._endpoint)}
         if self._transport is not None:

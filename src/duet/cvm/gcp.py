@@ -131,6 +131,14 @@ class GcpProvider:
         self._credentials = credentials
         self._clients: dict[str, Any] | None = None
 
+    def _api(self) -> str:
+        """The Compute API root the clients use: `api_endpoint` (a host, or a URL as the
+        client options take it), else Google's public one; what a plan shows."""
+        if self.api_endpoint is None:
+            return API
+        root = self.api_endpoint.rstrip("/")
+        return f"{root if '://' in root else 'https://' + root}/compute/v1"
+
     def __repr__(self) -> str:  # never show the credentials
         return f"GcpProvider(project={self.project!r}, zone={self.zone!r})"
 
@@ -174,7 +182,7 @@ class GcpProvider:
             user_data = cloudinit.user_data(key, cloud="gcp", user=lay.user)
         except ValueError as exc:
             raise ProvisioningFailed(str(exc)) from None
-        proj = f"{API}/projects/{lay.project}"
+        proj = f"{self._api()}/projects/{lay.project}"
         zone_url = f"{proj}/zones/{lay.zone}"
         fw_allow = {
             "name": lay.fw_allow,

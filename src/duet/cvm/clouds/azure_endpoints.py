@@ -48,8 +48,18 @@ def check(config: Mapping[str, object]) -> None:
             raise ProvisioningFailed("azure: ca_pem must be PEM certificates") from None
 
 
+#: Azure's public cloud's ARM endpoint, where the clients go without `arm_endpoint`.
+PUBLIC_ARM = "https://management.azure.com"
+
+
 def base(url: str) -> str:
     return url.rstrip("/")
+
+
+def arm_base(arm_endpoint: str | None) -> str:
+    """The ARM endpoint the clients actually use (what `client_kwargs` gives them, and
+    what a plan shows)."""
+    return base(arm_endpoint) if arm_endpoint is not None else PUBLIC_ARM
 
 
 def ca_file(pem: str) -> str:
