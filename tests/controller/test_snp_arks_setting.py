@@ -7,7 +7,9 @@ at all, it is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,16 @@ from duet.attestation import cvm_kinds
 from duet.attestation.binding import cvm_report_data
 from duet.attestation.errors import UntrustedRoot
 from duet.attestation.simulated.snp import SimulatedSnp
+from duet.client.controller_log import ControllerLogReplay, controller_log_checks
 from duet.client.cvm_checks import pinned_snp_arks
 from duet.client.errors import ClientError
 from duet.client.expectations import load_expectations
 from duet.controller.providers_config import default_builder
+from duet.controller.serve import build_controller
+from duet.controller.service import CONTROLLER_LOG
 from duet.cvm.errors import CvmError
+from duet.ledger import entries, keys
+from duet.ledger.intent import sign_intent
 
 
 def _entry(snp: SimulatedSnp, host_key: str) -> dict[str, Any]:
@@ -83,3 +90,36 @@ def test_the_user_pins_roots_in_the_expectations_as_text_or_files(tmp_path: Path
             load_expectations(tmp_path / "expect.yaml")
         assert info.value.code == "invalid_expectations" and "snp_arks" in str(info.value)
     assert pinned_snp_arks(None) is None
+
+
+def test_the_controller_log_check_says_which_settings_pinned_other_roots(tmp_path: Path) -> None:
+    """A user reading the controller log learns that the controller was told to judge a
+    provider's CVMs under a development root (outside an enclave), and where; it resumes
+    from a saved state with the same finding."""
+
+
+    owner = keys.Ed25519PrivateKey.generate()
+    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
+    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    dev = SimulatedSnp.load_or_create(tmp_path / "dev")
+    try:
+        for settings in ({"gcp": dict(GCP)}, {"gcp": {**GCP, "snp_arks": [dev.ark_pem.decode()]}}):
+            jws = sign_intent(owner, op="providers.set", aud=ctl.controller_id, args={"providers": settings},
+                              iat=int(time.time()))
+            asyncio.run(ctl.submit(jws))
+        leaves = ctl.ledger.leaves(CONTROLLER_LOG, 0, ctl.ledger.tree_head(CONTROLLER_LOG).size)
+    finally:
+        ctl.close()
+    pinned = [i for i, leaf in enumerate(leaves) if entries.decode(leaf).get("providers", {}).get("gcp", {})
+              .get("snp_arks")]
+    checks, log = controller_log_checks(leaves, controller_id=ctl.controller_id, expect=None)
+    assert log.root_pins == pinned and len(pinned) == 1
+    entry_check = next(c for c in checks if c.name == "controller_log_entries")
+    assert entry_check.ok and f"SIMULATED: provider settings at entry {pinned[0]} pin" in entry_check.detail
+    # Fed half, saved, resumed: the finding survives the incremental verifier's state.
+    first = ControllerLogReplay(ctl.controller_id)
+    for leaf in leaves:
+        first.feed(leaf)
+    resumed = ControllerLogReplay(ctl.controller_id)
+    resumed.load(first.dump())
+    assert resumed.log.root_pins == pinned

@@ -77,6 +77,10 @@ class ControllerLog:
     #: controller's --providers file), and of each `credentials` entry.
     providers: list[int] = field(default_factory=list)
     host_seeded: list[int] = field(default_factory=list)
+    #: Index of each `providers` entry whose settings pin roots other than the hardware
+    #: vendors' (`snp_arks`, `tdx_roots`): the controller then judged those providers'
+    #: CVM evidence under them (refused under --tee gramine).
+    root_pins: list[int] = field(default_factory=list)
     credentials: list[int] = field(default_factory=list)
     #: (index, threshold, number of holders) of every `recovery_policy` entry (0, 0: off).
     recovery: list[tuple[int, int, int]] = field(default_factory=list)
@@ -297,12 +301,20 @@ class ControllerLogReplay:
         if t == "providers" and (prev is None or prev.get("type") != "intent"):
             self.log.providers.append(i)
             self.log.host_seeded.append(i)
+            self._root_pins(i, e)
             return
         if t == "providers":
             if self._authorised(i, e, prev, Op.PROVIDERS_SET, ("providers", "control_plane_recheck_s")):
                 self.log.providers.append(i)
+                self._root_pins(i, e)
         elif self._authorised(i, e, prev, Op.CREDENTIALS_SET, ("provider", "ciphertext_sha256", "recipient_key_id")):
             self.log.credentials.append(i)
+
+    def _root_pins(self, i: int, e: dict[str, Any]) -> None:
+        settings = e.get("providers")
+        if isinstance(settings, dict) and any(
+                isinstance(v, dict) and ("snp_arks" in v or "tdx_roots" in v) for v in settings.values()):
+            self.log.root_pins.append(i)
 
     def _heads(self, i: int, e: dict[str, Any]) -> None:
         """Each CVM head must extend the previous head of the same CVM (its consistency
@@ -334,6 +346,10 @@ class ControllerLogReplay:
                             "authorises")
         seeded = (f"; {len(ctl.host_seeded)} set by the host's --providers (outside an enclave, development)"
                   if ctl.host_seeded else "")
+        if ctl.root_pins:
+            seeded += (f"; SIMULATED: provider settings at entr{'y' if len(ctl.root_pins) == 1 else 'ies'} "
+                       f"{', '.join(map(str, ctl.root_pins[:5]))} pin SEV-SNP / DCAP roots other than AMD's and "
+                       "Intel's (snp_arks / tdx_roots), under which the controller judged those providers' CVMs")
         checks = [Check("controller_log_entries", not problems, "; ".join(problems[:5])
                         or f"{len(ctl.changes)} owner key set(s), {len(ctl.providers)} provider setting(s) and "
                            f"{len(ctl.credentials)} credentials change(s), each authorised by an owner key in force"
@@ -358,7 +374,8 @@ class ControllerLogReplay:
                 "heads_dropped": self.log.heads_dropped,
                 "witnesses": [list(w) for w in self.log.witnesses],
                 "continuity": [[i, e] for i, e in self.log.continuity], "providers": self.log.providers,
-                "host_seeded": self.log.host_seeded, "credentials": self.log.credentials,
+                "host_seeded": self.log.host_seeded, "root_pins": self.log.root_pins,
+                "credentials": self.log.credentials,
                 "recovery": [list(r) for r in self.log.recovery]}
 
     def load(self, data: dict[str, Any]) -> None:
@@ -373,6 +390,7 @@ class ControllerLogReplay:
             witnesses=[(int(i), [dict(w) for w in ws], int(q)) for i, ws, q in data["witnesses"]],
             continuity=[(int(i), dict(e)) for i, e in data["continuity"]],
             providers=[int(i) for i in data["providers"]], host_seeded=[int(i) for i in data["host_seeded"]],
+            root_pins=[int(i) for i in data["root_pins"]],
             credentials=[int(i) for i in data["credentials"]],
             recovery=[(int(i), int(m), int(n)) for i, m, n in data["recovery"]])
         self.problems = [str(p) for p in data["problems"]][:5]
