@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -193,9 +192,10 @@ class Collector(ABC):
         kind = rec.kind
         if kind == cvm_kinds.CvmKind.NONE:
             # A plain VM (the owner allowed it explicitly): nothing to attest. The log says
-            # so, and every verifier fails the evidence check on it.
+            # so, and every verifier fails the evidence check on it. Its nonce still
+            # commits to the intent it answers, as every evidence nonce does.
             return port.append([entries.EvidenceEntry(
-                kind=kind, purpose=purpose, nonce=secrets.token_bytes(32).hex(), evidence="", binds={},
+                kind=kind, purpose=purpose, nonce=evidence_nonce.make(intent_index).hex(), evidence="", binds={},
                 extra={"reason": "launched without a TEE: no hardware evidence exists"})])
         if kind not in cvm_kinds.REGISTRY:
             raise self.refuse(port, f"no verifiable evidence for TEE kind {kind!r} on this provider")
