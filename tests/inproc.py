@@ -34,12 +34,17 @@ def add_log(ctl: Controller, leaves: Sequence[bytes], cvm_id: str = CVM_ID) -> s
     return cvm_id
 
 
+def owned_controller(tmp_path: Path) -> tuple[Controller, keys.Ed25519PrivateKey]:
+    """A controller in `tmp_path/data` claimed by a fresh owner key (returned with it)."""
+    owner = keys.Ed25519PrivateKey.generate()
+    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
+    return build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub"), owner
+
+
 @contextmanager
 def inproc(tmp_path: Path, *, leaves: Sequence[bytes] = (), **app_kw: Any) -> Iterator[tuple[TestClient, Controller]]:
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, _ = owned_controller(tmp_path)
     if leaves:
         add_log(ctl, leaves)
     app = create_app(ctl, **app_kw)

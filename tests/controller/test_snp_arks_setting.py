@@ -26,11 +26,11 @@ from duet.client.cvm_checks import pinned_snp_arks
 from duet.client.errors import ClientError
 from duet.client.expectations import load_expectations
 from duet.controller.providers_config import default_builder
-from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG
 from duet.cvm.errors import CvmError
-from duet.ledger import entries, keys
+from duet.ledger import entries
 from duet.ledger.intent import sign_intent
+from inproc import owned_controller
 
 
 def _entry(snp: SimulatedSnp, host_key: str) -> dict[str, Any]:
@@ -98,9 +98,7 @@ def test_the_controller_log_check_says_which_settings_pinned_other_roots(tmp_pat
     from a saved state with the same finding."""
 
 
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     dev = SimulatedSnp.load_or_create(tmp_path / "dev")
     try:
         for settings in ({"gcp": dict(GCP)}, {"gcp": {**GCP, "snp_arks": [dev.ark_pem.decode()]}}):

@@ -58,12 +58,12 @@ from duet.client.expectations import load_expectations
 from duet.client.replay import CvmReplay
 from duet.controller import errors
 from duet.controller.providers_config import pccs_setting, roots_setting
-from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.cvm.local import LocalProvider
-from duet.ledger import entries, keys
+from duet.ledger import entries
 from duet.ledger.intent import sign_intent
 from duet.tee.gramine import pccs_collateral
+from inproc import owned_controller
 
 SECRET = "twin-tdx-SECRET-" + "7" * 20
 
@@ -93,9 +93,7 @@ def test_an_azure_tdx_cvm_on_the_twin(tmp_path: Path) -> None:
         pytest.fail("swtpm and tpm2-tools are needed (make setup installs them: scripts/ensure-vtpm.sh)")
     loop = asyncio.new_event_loop()
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     arm = FakeArm()
     tdx = SimulatedTdx.load_or_create(tmp_path / "azure-tdx-hw")
     pccs = FakePccs(tdx.collateral()).start()

@@ -47,7 +47,6 @@ from duet.client.replay import CvmReplay
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, Fetched
 from duet.controller.evidence_remote import RemoteEvidence
-from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.cvm.azure import AzureProvider
 from duet.cvm.guest.collect import parse_output
@@ -56,6 +55,7 @@ from duet.cvm.lockdown import Lockdown, run_local
 from duet.cvm.provider import Provisioned
 from duet.ledger import entries, keys
 from duet.ledger.intent import sign_intent
+from inproc import owned_controller
 
 SECRET = "twin-client-SECRET-" + "5" * 20
 AZURE = {"subscription_id": "00000000-1111-2222-3333-444444444444", "resource_group": "rg-twin",
@@ -168,9 +168,7 @@ def test_an_azure_snp_cvm_on_the_twin(tmp_path: Path) -> None:
         pytest.fail("swtpm and tpm2-tools are needed (make setup installs them: scripts/ensure-vtpm.sh)")
     LOOP = asyncio.new_event_loop()
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     arm = FakeArm()
     snp = SimulatedSnp.load_or_create(tmp_path / "azure-hw")
     local = ctl.providers["local"]

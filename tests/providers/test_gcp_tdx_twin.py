@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,19 +35,19 @@ import yaml
 from fake_gce import FakeGce, FakeGoogleCredentials
 from fake_pccs import FakePccs
 from test_gcp_twin_flow import GcpTwin, GcpTwinEvidence, _mount_tsm, _unmount
-from tsm_twin import have_fuse
+from tsm_twin import guest_dirs, have_fuse
 
 from duet.attestation.simulated.tdx import SimulatedTdx
 from duet.client.expectations import load_expectations
 from duet.client.replay import CvmReplay
 from duet.controller import errors
 from duet.controller.providers_config import pccs_setting
-from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.cvm.local import LocalProvider
-from duet.ledger import entries, keys
+from duet.ledger import entries
 from duet.ledger.intent import sign_intent
 from duet.tee.gramine import pccs_collateral
+from inproc import owned_controller
 
 GCP = {"project": "proj-1", "zone": "europe-west4-a", "controller_cidr": "198.51.100.10/32", "poll_interval_s": 0}
 
@@ -71,20 +70,14 @@ def _log(ctl: Controller, log_id: str) -> list[dict[str, Any]]:
 def test_a_gcp_tdx_cvm_with_collateral_from_a_pccs_set_by_intent(tmp_path: Path) -> None:
     if not have_fuse():
         pytest.fail("the configfs-tsm twin needs /dev/fuse, libfuse3, root and mfusepy (pip install -e '.[dev]')")
-    base = Path(tempfile.mkdtemp(prefix="duet-gcp-tdx-"))
-    os.chmod(base, 0o755)
-    (base / "tsm").mkdir()
-    (base / "etc").mkdir()
-    os.chmod(base / "etc", 0o755)
+    base = guest_dirs("duet-gcp-tdx-")
     tdx = SimulatedTdx.load_or_create(tmp_path / "gcp-tdx-hw")
     pccs = FakePccs(tdx.collateral()).start()
     fuse_proc = _mount_tsm(base / "tsm", tmp_path / "gcp-tdx-hw", "tdx")
     gce = FakeGce().start()
     loop = asyncio.new_event_loop()
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl: Controller = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     local = ctl.providers["local"]
     assert isinstance(local, LocalProvider)
     twins: list[GcpTwin] = []

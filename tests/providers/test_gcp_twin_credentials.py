@@ -24,10 +24,10 @@ from fake_gce import FakeGce
 from provider_helpers import sealed_credentials
 from test_gcp import CVM, SPEC
 
-from duet.controller.serve import build_controller
 from duet.controller.service import CONTROLLER_LOG
-from duet.ledger import entries, keys
+from duet.ledger import entries
 from duet.ledger.intent import sign_intent
+from inproc import owned_controller
 
 
 def _check_jwt(token: str, public: rsa.RSAPublicKey) -> dict[str, Any]:
@@ -46,9 +46,7 @@ def test_sealed_gcp_credentials_drive_the_real_client(tmp_path: Path, controller
                             serialization.NoEncryption()).decode()
     gce = FakeGce().start()
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     try:
         def submit(op: str, args: dict[str, Any], sealed: bytes | None = None) -> Any:
             jws = sign_intent(owner, op=op, aud=ctl.controller_id, args=args, iat=int(time.time()))

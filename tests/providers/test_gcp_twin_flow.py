@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_gce import FakeGce
 from provider_helpers import sealed_credentials
-from tsm_twin import have_fuse
+from tsm_twin import guest_dirs, have_fuse
 
 from duet.attestation import cvm_kinds
 from duet.attestation.simulated.snp import SimulatedSnp
@@ -41,15 +40,14 @@ from duet.client.cvm_checks import control_plane_checks
 from duet.controller import errors
 from duet.controller.evidence import CvmPort, Fetched
 from duet.controller.evidence_remote import RemoteEvidence
-from duet.controller.serve import build_controller
-from duet.controller.service import Controller
 from duet.cvm.guest.collect import collect_command, parse_output
 from duet.cvm.local import LocalProvider
 from duet.cvm.lockdown import Lockdown, run_local
 from duet.cvm.plan import make_provider
 from duet.cvm.provider import Provisioned
-from duet.ledger import entries, keys
+from duet.ledger import entries
 from duet.ledger.intent import sign_intent
+from inproc import owned_controller
 
 TSM = "/sys/kernel/config/tsm/report"
 
@@ -135,11 +133,7 @@ def _unmount(where: Path, proc: subprocess.Popen[bytes]) -> None:
 def test_a_gcp_snp_cvm_on_the_twin(tmp_path: Path) -> None:
     if not have_fuse():
         pytest.fail("the configfs-tsm twin needs /dev/fuse, libfuse3, root and mfusepy (pip install -e '.[dev]')")
-    base = Path(tempfile.mkdtemp(prefix="duet-gcp-twin-"))
-    os.chmod(base, 0o755)
-    (base / "tsm").mkdir()
-    (base / "etc").mkdir()
-    os.chmod(base / "etc", 0o755)
+    base = guest_dirs("duet-gcp-twin-")
     snp_state = tmp_path / "gcp-hw"
     SimulatedSnp.load_or_create(snp_state)
     ark = SimulatedSnp.load_or_create(snp_state).ark_pem
@@ -147,9 +141,7 @@ def test_a_gcp_snp_cvm_on_the_twin(tmp_path: Path) -> None:
     gce = FakeGce().start()
     loop = asyncio.new_event_loop()
     os.chmod(tmp_path, 0o755)
-    owner = keys.Ed25519PrivateKey.generate()
-    (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))
-    ctl: Controller = build_controller(tmp_path / "data", owner_key=tmp_path / "owner.pub")
+    ctl, owner = owned_controller(tmp_path)
     local = ctl.providers["local"]
     assert isinstance(local, LocalProvider)
     twins: list[GcpTwin] = []

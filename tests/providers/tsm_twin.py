@@ -143,6 +143,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def guest_dirs(prefix: str) -> Path:
+    """A directory the local guest's user can read, holding `tsm` (the configfs-tsm
+    mount point) and `etc` (the guest's readable /etc/ssh): outside pytest's tmp_path,
+    whose parents that user cannot enter. The caller removes it."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)
+    (base / "tsm").mkdir()
+    (base / "etc").mkdir()
+    os.chmod(base / "etc", 0o755)
+    return base
+
+
 def have_fuse() -> bool:
     try:
         import mfusepy  # noqa: F401
