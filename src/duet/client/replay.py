@@ -228,6 +228,9 @@ class CvmReplay:
         self._latest: cvm_kinds.Verified | None = None
         self._patterns: list[Any] | None = None
         self._tprev: datetime | None = None
+        # Once per replay: building it parses and checks every pinned certificate.
+        self._trust = user_trust(self.expect, simulated=self.trust_simulated, snp_arks=self.snp_arks,
+                                 tdx_roots=self.tdx_roots)
         if self.expect is not None and self.expect.history is not None \
                 and self.expect.history.allowed_commands is not None:
             self._patterns = [compile_linear(p) for p in self.expect.history.allowed_commands]
@@ -572,9 +575,7 @@ class CvmReplay:
         instance_id = (self.provisioned or {}).get("instance_id")
         return cvm_kinds.verify_evidence(
             e, host_key=host_key, now=_time(e),
-            trust=user_trust(self.expect, simulated=self.trust_simulated, snp_arks=self.snp_arks,
-                             tdx_roots=self.tdx_roots),
-            binding=declared_binding(self.genesis), host_data=self.state.host_data,
+            trust=self._trust, binding=declared_binding(self.genesis), host_data=self.state.host_data,
             instance_id=str(instance_id) if instance_id else None)
 
     # ------------------------------------------------------------------ results
