@@ -86,33 +86,24 @@ def digest(settings: Mapping[str, object]) -> str:
     return hashlib.sha256(rfc8785.dumps(dict(settings))).hexdigest()  # type: ignore[arg-type]
 
 
-def logged_providers(ledger: LogStore) -> tuple[dict[str, dict[str, object]], int | None] | None:
-    """The newest `providers` entry of the controller log: (settings, recheck interval)."""
+def logged_settings(ledger: LogStore) -> tuple[tuple[dict[str, dict[str, object]], int | None] | None, dict[str, str]]:
+    """From one pass over the controller log: the newest `providers` entry (settings,
+    recheck interval; None: none yet), and the newest `credentials` MAC per provider."""
     if not ledger.has_log(CONTROLLER_LOG):
-        return None
+        return None, {}
     size = ledger.tree_head(CONTROLLER_LOG).size
-    newest = None
+    providers = None
+    macs: dict[str, str] = {}
     for leaf in ledger.leaves(CONTROLLER_LOG, 0, size) if size else []:
         e = entries.decode(leaf)
         if e["type"] == "providers":
-            providers = e["providers"]
-            assert isinstance(providers, dict)
+            settings = e["providers"]
+            assert isinstance(settings, dict)
             recheck = e.get("control_plane_recheck_s")
-            newest = ({str(k): dict(v) for k, v in providers.items()}, recheck if isinstance(recheck, int) else None)
-    return newest
-
-
-def logged_credential_macs(ledger: LogStore) -> dict[str, str]:
-    """The newest `credentials` MAC per provider in the controller log."""
-    if not ledger.has_log(CONTROLLER_LOG):
-        return {}
-    size = ledger.tree_head(CONTROLLER_LOG).size
-    out: dict[str, str] = {}
-    for leaf in ledger.leaves(CONTROLLER_LOG, 0, size) if size else []:
-        e = entries.decode(leaf)
-        if e["type"] == "credentials":
-            out[str(e["provider"])] = str(e["credentials_mac"])
-    return out
+            providers = ({str(k): dict(v) for k, v in settings.items()}, recheck if isinstance(recheck, int) else None)
+        elif e["type"] == "credentials":
+            macs[str(e["provider"])] = str(e["credentials_mac"])
+    return providers, macs
 
 
 class StaleCredentials(Exception):
@@ -316,11 +307,10 @@ class ProviderSetup:
 
     def load(self, ledger: LogStore) -> tuple[dict[str, Provider], dict[str, EvidenceCollector]]:
         """The providers the controller log puts in force (at start-up)."""
-        logged = logged_providers(ledger)
+        logged, self.logged_macs = logged_settings(ledger)
         if logged is not None:
             self.settings, recheck = logged
             self.recheck_s = recheck or DEFAULT_RECHECK_S
-        self.logged_macs = logged_credential_macs(ledger)
         return self.build(self.settings, strict=False)
 
     def build(self, settings: Mapping[str, Mapping[str, object]], override: tuple[str, Any] | None = None, *,
