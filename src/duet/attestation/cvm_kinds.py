@@ -24,7 +24,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -382,15 +382,16 @@ def _verify_tdx(parsed: _TdxParsed, expected: bytes, now: datetime, trust: Trust
     if trust.tdx_roots is None:
         report = verify_tdx_quote(parsed.quote, parsed.collateral, now=now)
     else:
-        report = _under_one_of(trust.tdx_roots, lambda root: verify_tdx_quote(
+        report = under_one_of(trust.tdx_roots, lambda root: verify_tdx_quote(
             parsed.quote, dict(parsed.collateral), now=now, root_ca_der=root))
     if report.report_data != expected:
         raise BindingError("REPORTDATA (nonce and host key) is not bound to the SSH host key the controller pinned")
     return _with_event_log(report, parsed.ccel)
 
 
-def _under_one_of(roots: tuple[bytes, ...], verify: Callable[[bytes], Any]) -> Any:
-    """The first root the quote verifies under; else the first root's refusal."""
+def under_one_of(roots: Sequence[bytes], verify: Callable[[bytes], Any]) -> Any:
+    """The first root the evidence verifies under (`verify(root)`); else the first root's
+    refusal."""
     if not roots:
         raise ParseError("no DCAP root is trusted")
     first: AttestationError | None = None
@@ -473,7 +474,7 @@ def _azure_verifier(kind: str) -> Callable[[tuple[Any, Any], bytes, datetime, Tr
         # The TD quote beside an Azure TDX HCL report chains to Intel's DCAP root, unless
         # the verifier pins others (`tdx_roots`, as for `tdx`).
         if kind == CvmKind.AZURE_TDX and trust.tdx_roots is not None:
-            report = _under_one_of(trust.tdx_roots, under)
+            report = under_one_of(trust.tdx_roots, under)
         else:
             report = under(None)
         if report.kind != kind:

@@ -50,3 +50,19 @@ def load_pinned_roots(
         verify_self(cert)
         out.append(cert_der(cert))
     return out
+
+
+#: The settings / expectation fields that pin roots, each the vendor's roots it replaces.
+FIELDS = ("snp_arks", "tdx_roots")
+
+
+def load_pinned(field: str, blobs: Sequence[bytes]) -> list[bytes]:
+    """The roots pinned under `field` (`snp_arks`: SEV-SNP ARKs, RSASSA-PSS; `tdx_roots`:
+    DCAP roots, ECDSA), each checked with its vendor's scheme, as DER."""
+    if field == "snp_arks":
+        from .snp.verify import load_pinned_arks as load
+    elif field == "tdx_roots":
+        from .dcap.verify import load_pinned_dcap_roots as load
+    else:
+        raise ValueError(f"{field} pins no roots (one of {', '.join(FIELDS)})")
+    return load(blobs, field)

@@ -252,14 +252,13 @@ class Expectations(BaseModel):
     @classmethod
     def _pinned_roots(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if v is not None:
-            from .dcap.verify import load_pinned_dcap_roots
-            from .snp.verify import load_pinned_arks
+            from .pinned_roots import load_pinned
 
-            snp = info.field_name == "snp_arks"
             if not v:
-                raise ValueError(f"name at least one {'SEV-SNP' if snp else 'DCAP'} root certificate")
+                raise ValueError(f"name at least one {'SEV-SNP' if info.field_name == 'snp_arks' else 'DCAP'} "
+                                 "root certificate")
             try:
-                (load_pinned_arks if snp else load_pinned_dcap_roots)([p.encode() for p in v], str(info.field_name))
+                load_pinned(str(info.field_name), [p.encode() for p in v])
             except AttestationError as exc:
                 raise ValueError(str(exc)) from None
         return v

@@ -39,6 +39,7 @@ from duet.attestation.azure.maa import (
     verify_maa_token,
 )
 from duet.attestation.certstore import CertStore
+from duet.attestation.cvm_kinds import under_one_of
 from duet.attestation.dcap.verify import intel_sgx_root_ca_der, verify_sgx_quote, verify_tdx_quote
 from duet.attestation.detect import KINDS, decode_text, detect_kind
 from duet.attestation.snp.verify import verify_snp_report_with_certs
@@ -170,7 +171,7 @@ def _verify(
         fn = verify_sgx_quote if kind == "sgx" else verify_tdx_quote
         quote, coll = decode_text(data), collateral
         if kind == "tdx" and tdx_roots is not None:
-            return _under_one_of(tdx_roots, lambda root: fn(quote, coll, now=now, root_ca_der=root))
+            return under_one_of(tdx_roots, lambda root: fn(quote, coll, now=now, root_ca_der=root))
         return fn(quote, coll, now=now, root_ca_der=_dcap_root(store, trust_simulated))
     if kind in ("snp", "simulated-snp"):
         trusted = snp_arks
@@ -199,7 +200,7 @@ def _verify(
             )
 
         if tdx_roots is not None and evidence.td_quote is not None:
-            return _under_one_of(tdx_roots, azure)
+            return under_one_of(tdx_roots, azure)
         return azure(_dcap_root(store, trust_simulated))
     raise _Input(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
 
@@ -208,29 +209,15 @@ def _verify(
 PinnedRoots = tuple[list[bytes] | None, list[bytes] | None]
 
 
-def _under_one_of(roots: list[bytes], verify: Any) -> Any:
-    """The first pinned root the evidence verifies under; else the first one's refusal."""
-    first: E.AttestationError | None = None
-    for root in roots:
-        try:
-            return verify(root)
-        except E.AttestationError as exc:
-            first = first or exc
-    if first is None:
-        raise _Input("no DCAP root is pinned")
-    raise first
-
-
 def _pinned_roots(expectations: Expectations | None) -> PinnedRoots:
     """`cvm.snp_arks` / `cvm.tdx_roots` of the expectations (checked when they loaded)."""
     if expectations is None:
         return None, None
-    from duet.attestation.dcap.verify import load_pinned_dcap_roots
-    from duet.attestation.snp.verify import load_pinned_arks
+    from duet.attestation.pinned_roots import load_pinned
 
     arks, tdx = expectations.snp_arks, expectations.tdx_roots
-    return (load_pinned_arks([p.encode() for p in arks], "snp_arks") if arks is not None else None,
-            load_pinned_dcap_roots([p.encode() for p in tdx], "tdx_roots") if tdx is not None else None)
+    return (load_pinned("snp_arks", [p.encode() for p in arks]) if arks is not None else None,
+            load_pinned("tdx_roots", [p.encode() for p in tdx]) if tdx is not None else None)
 
 
 # -- expectations --------------------------------------------------------------------------

@@ -122,10 +122,10 @@ def pinned_snp_arks(expect: UserExpectations | None) -> tuple[bytes, ...] | None
 def pinned_tdx_roots(expect: UserExpectations | None) -> tuple[bytes, ...] | None:
     """The DCAP roots the user trusts instead of Intel's for TDX quotes (`cvm.tdx_roots`),
     as DER (what the DCAP verifier compares); None: Intel's only."""
-    from duet.attestation.dcap.verify import load_pinned_dcap_roots
+    from duet.attestation.pinned_roots import load_pinned
 
     pems = _pinned(expect, "tdx_roots")
-    return tuple(load_pinned_dcap_roots(pems, "tdx_roots")) if pems is not None else None
+    return tuple(load_pinned("tdx_roots", pems)) if pems is not None else None
 
 
 def _check_command_link(e: dict[str, Any], decoded: list[dict[str, Any]], index: int) -> None:

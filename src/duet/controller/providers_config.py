@@ -166,13 +166,11 @@ def roots_setting(name: str, config: dict[str, object], key: str) -> list[bytes]
         return None
     if not isinstance(pems, list) or not pems or not all(isinstance(a, str) for a in pems):
         raise CvmError(f"provider {name}: {key} must be a non-empty list of PEM certificates")
-    from duet.attestation.dcap.verify import load_pinned_dcap_roots
     from duet.attestation.errors import AttestationError
-    from duet.attestation.snp.verify import load_pinned_arks
+    from duet.attestation.pinned_roots import load_pinned
 
-    load = {"snp_arks": load_pinned_arks, "tdx_roots": load_pinned_dcap_roots}[key]
     try:
-        return load([a.encode() for a in pems], key)
+        return load_pinned(key, [p.encode() for p in pems])
     except AttestationError as exc:
         raise CvmError(f"provider {name}: {exc}") from None
 
