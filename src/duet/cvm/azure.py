@@ -60,7 +60,6 @@ from duet.cvm.clouds.common import (
 from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.provider import Provisioned
 
-ARM = azure_endpoints.PUBLIC_ARM
 #: api-versions pinned here (not the SDK's defaults), so that a plan is exactly what is sent.
 API_VERSIONS: dict[str, str] = {
     "compute": "2024-07-01",
@@ -107,7 +106,7 @@ def _rg_path(sub: str, rg: str) -> str:
     return f"/subscriptions/{sub}/resourceGroups/{rg}"
 
 
-def _url(path: str, api: str, arm: str = ARM) -> str:
+def _url(arm: str, path: str, api: str) -> str:
     return f"{arm}{path}?api-version={API_VERSIONS[api]}"
 
 
@@ -176,7 +175,7 @@ class AzureProvider:
         self._credential = credential
         self._transport = transport
         self._retry_total = retry_total
-        self._endpoint = (arm_endpoint, ca_pem)
+        self._arm_endpoint, self._ca_pem = arm_endpoint, ca_pem
         self._clients: tuple[Any, Any, Any] | None = None
 
     def __repr__(self) -> str:  # never show the credential
@@ -229,10 +228,10 @@ class AzureProvider:
     def plan(self, cvm_id: str, *, authorized_key: str, spec: Mapping[str, object]) -> dict[str, object]:
         """The exact ARM requests `create` sends, in order, without sending anything: to
         the ARM endpoint the clients use (`arm_endpoint`, else Azure's public cloud)."""
-        arm = azure_endpoints.arm_base(self._endpoint[0])
+        arm = azure_endpoints.arm_base(self._arm_endpoint)
 
         def url(path: str, api: str) -> str:
-            return _url(path, api, arm)
+            return _url(arm, path, api)
 
         unresolved = Unresolved()
         lay = self._layout(cvm_id, spec, unresolved)
@@ -458,7 +457,7 @@ class AzureProvider:
             credential = DefaultAzureCredential()
             self._credential = credential
         kw: dict[str, Any] = {"polling_interval": self.poll_interval_s, "retry_total": self._retry_total,
-                              **azure_endpoints.client_kwargs(*self._endpoint)}
+                              **azure_endpoints.client_kwargs(self._arm_endpoint, self._ca_pem)}
         if self._transport is not None:
             kw["transport"] = self._transport
         self._clients = (
