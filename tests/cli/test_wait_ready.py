@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from duet.cli.wait_ready import wait_ready
+from duet.cli.wait_ready import describe, wait_ready
 from duet.client.errors import ClientError
 from duet.ledger import entries, keys
 from helpers import ControllerProc
@@ -117,3 +117,19 @@ def test_a_wait_gives_up_at_its_timeout() -> None:
     said: list[str] = []
     assert wait_ready(ready, "ab" * 8, timeout_s=30, say=said.append, poll_s=0)["status"] == "ready"  # type: ignore[arg-type]
     assert said[-1] == "mode: provisioning -> in-update"
+
+
+def test_every_logged_field_of_a_step_is_shown_escaped() -> None:
+    """Not only the error message and the provisioned address: the provider, tee and
+    evidence kind of a genesis entry, the provider of a control-plane check and the kind
+    of an evidence entry are free strings in the log too."""
+    hide = "\x1b[8m\u202e"
+    genesis = {"type": "genesis", "provider": f"p{hide}", "tee": f"t{hide}", "evidence_kind": f"k{hide}"}
+    control = {"type": "control_plane", "provider": f"p{hide}", "ok": True}
+    evidence = {"type": "evidence", "kind": f"k{hide}"}
+    for e in (genesis, control, evidence):
+        line = describe(e)
+        assert line is not None and "\x1b" not in line and "\u202e" not in line, line
+        assert "\\x1b[8m\\u202e" in line, line
+    assert describe(genesis) == ("logged: p\\x1b[8m\\u202e CVM, tee t\\x1b[8m\\u202e "
+                                 "(evidence k\\x1b[8m\\u202e)")

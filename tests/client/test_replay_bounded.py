@@ -271,3 +271,19 @@ def test_the_controller_log_keeps_the_newest_heads_and_fails_closed_beyond() -> 
     assert not old.ok and f"older than the newest {HEADS_KEPT}" in old.detail, old.detail
     new = judged(HEADS_KEPT + 6)  # the newest head: heads entry HEADS_KEPT + 6 commits it
     assert new.ok, new.detail
+
+
+def test_a_saved_controller_log_replay_with_a_malformed_previous_time_is_refused() -> None:
+    """Entry times are compared as fixed-width strings: a saved replay whose previous time
+    is not one (which would compare wrongly, and let a log's time go back unnoticed) is
+    refused when it is loaded, never resumed."""
+    from duet.client.controller_log import ControllerLogReplay
+
+    t0 = datetime.now(UTC).timestamp() - 60
+    replay = ControllerLogReplay(CID)
+    replay.feed(_ctl_entry({"type": "owner_keys", "keys": [keys.public_b64(OWNER.public_key())]}, t0))
+    saved = json.loads(json.dumps(replay.dump()))
+    ControllerLogReplay(CID).load(saved)
+    for bad in ("9999", "2000-01-01T00:00:00.0Z", "2000-13-01T00:00:00.000000Z", "Z" * 27, 7):
+        with pytest.raises((ValueError, TypeError)):
+            ControllerLogReplay(CID).load({**saved, "time_prev": bad})

@@ -95,15 +95,19 @@ def _owner(url: str, key_path: Path, expect: Path | None = None, trust_simulated
     from duet.client.owner import OwnerClient
 
     check_owner_url(url)
+    return OwnerClient(keys.read_private_key(key_path), url, http=_http(url, expect, trust_simulated, state_dir))
+
+
+def _http(url: str, expect: Path | None, trust_simulated: bool, state_dir: Path | None) -> Any:
+    """The controller's API; over https:// the RA-TLS handshake checks the quote (a
+    SIMULATED one only when trusted) and the controller expectations, if given."""
     ctl = None
     if expect is not None:  # the expectations (and the attestation package) only when asked for
         from duet.client.expectations import load_expectations
 
         ctl = load_expectations(expect).controller
-    # Over https:// the RA-TLS handshake checks the quote (a SIMULATED one only when trusted).
-    http = Http(url, expect_controller=ctl.evidence() if ctl is not None else None,
+    return Http(url, expect_controller=ctl.evidence() if ctl is not None else None,
                 trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir)
-    return OwnerClient(keys.read_private_key(key_path), url, http=http)
 
 
 def _cvm_id(http: Any, ref: str) -> str:
@@ -489,13 +493,7 @@ def _wait_ready(cvm: str, controller: str, expect: Path | None, trust_simulated:
     from duet.client.api import ReadClient
 
     timeout_s = parse_duration(timeout)
-    ctl = None
-    if expect is not None:
-        from duet.client.expectations import load_expectations
-
-        ctl = load_expectations(expect).controller
-    with Http(controller, trust_simulated=_trust(trust_simulated) or None, state_dir=state_dir,
-              expect_controller=ctl.evidence() if ctl is not None else None) as http:
+    with _http(controller, expect, trust_simulated, state_dir) as http:
         cid = _cvm_id(http, cvm)
         rec = wait_ready(ReadClient(http), cid, timeout_s=timeout_s,
                          say=lambda line: err.print(f"duet: {line}", markup=False))

@@ -26,14 +26,21 @@ POLL_S = 0.5
 
 
 def describe(e: dict[str, Any]) -> str | None:
-    """One progress line for a log entry, or None for entries that are not a step."""
+    """One progress line for a log entry, or None for entries that are not a step. The
+    whole line is shown escaped (render.visible): every field of it is logged text, and
+    any of them could otherwise carry a terminal escape that hides what follows."""
     from duet.cli.render import visible
 
+    line = _step(e)
+    return None if line is None else visible(line)
+
+
+def _step(e: dict[str, Any]) -> str | None:
     t = e.get("type")
     if t == "genesis":
         return f"logged: {e.get('provider')} CVM, tee {e.get('tee')} (evidence {e.get('evidence_kind')})"
     if t == "provisioned":
-        return (f"provisioned: {visible(str(e.get('user')))}@{visible(str(e.get('host')))}:{e.get('port')}, "
+        return (f"provisioned: {e.get('user')}@{e.get('host')}:{e.get('port')}, "
                 f"host key sha256 {str(e.get('host_key_sha256'))[:16]}…")
     if t == "lockdown":
         checks = e.get("checks") or ()
@@ -45,7 +52,7 @@ def describe(e: dict[str, Any]) -> str | None:
     if t == "mode":
         return f"mode: {e.get('previous')} -> {e.get('mode')}"
     if t == "error":
-        return f"error [{visible(str(e.get('code')))}]: {visible(str(e.get('message')))}"
+        return f"error [{e.get('code')}]: {e.get('message')}"
     return None
 
 

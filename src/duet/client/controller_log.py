@@ -256,18 +256,12 @@ class ControllerLogReplay:
         return not problems
 
     def _time(self, i: int, e: dict[str, Any]) -> None:
-        """Entry times never go back (what lets the nonce window forget old nonces)."""
-        t = e.get("time")
-        if not isinstance(t, str):
-            return
-        if self.time_prev is not None:
-            try:
-                back = datetime.fromisoformat(t.replace("Z", "+00:00")) < \
-                    datetime.fromisoformat(self.time_prev.replace("Z", "+00:00"))
-            except ValueError:
-                back = True
-            if back:
-                self._problem(f"entry {i} is dated {t}, before entry {i - 1}")
+        """Entry times never go back (what lets the nonce window forget old nonces). A
+        decoded entry's time has one fixed width (entries.now_rfc3339): times compare as
+        strings, nothing to parse."""
+        t = str(e["time"])
+        if self.time_prev is not None and t < self.time_prev:
+            self._problem(f"entry {i} is dated {t}, before entry {i - 1}")
         self.time_prev = t
 
     def _promote(self, i: int, e: dict[str, Any]) -> None:
@@ -398,8 +392,10 @@ class ControllerLogReplay:
         self.in_force = [str(k) for k in data["in_force"]]
         self.nonces = NonceWindow.load(data["nonces"])
         time_prev = data["time_prev"]
-        if time_prev is not None and not isinstance(time_prev, str):
-            raise ValueError("malformed previous entry time")
+        if time_prev is not None:  # an entry's time, as _time compares it (fixed width)
+            if not isinstance(time_prev, str) or len(time_prev) != len("2000-01-01T00:00:00.000000Z"):
+                raise ValueError("malformed previous entry time")
+            datetime.strptime(time_prev, "%Y-%m-%dT%H:%M:%S.%fZ")  # ValueError if it is not one
         self.time_prev = time_prev
         prev = data["prev"]
         if prev is not None and not isinstance(prev, dict):

@@ -173,9 +173,6 @@ class Http(Reads):
             return ClientError("controller_unreachable", f"cannot reach the controller at {self.url}: {exc}")
         return None
 
-    def _raise_for_status(self, status: int, body: bytes, path: str) -> None:
-        raise_for_status(status, body, path)
-
     def read(self, path: str, params: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> bytes:
         """GET `path` and return its body, within every bound of `limits`."""
@@ -217,7 +214,7 @@ class Http(Reads):
         finally:
             self._deadline.at = None
         body = b"".join(chunks)
-        self._raise_for_status(status, body, path)
+        raise_for_status(status, body, path)
         return body
 
     def stream_lines(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
@@ -233,7 +230,7 @@ class Http(Reads):
                     content = resp.read()
                     if len(content) > lim.max_response_bytes:
                         raise LimitExceeded("response_bytes", f"{path} sent more than {lim.max_response_bytes} bytes")
-                    self._raise_for_status(resp.status_code, content, path)
+                    raise_for_status(resp.status_code, content, path)
                     yield parse_json(content, path, lim.max_json_depth)
                     return
                 for text in resp.iter_lines():
@@ -262,5 +259,5 @@ class Http(Reads):
         content = resp.content
         if len(content) > self.limits.max_response_bytes:
             raise LimitExceeded("response_bytes", f"{path} sent more than {self.limits.max_response_bytes} bytes")
-        self._raise_for_status(resp.status_code, content, path)
+        raise_for_status(resp.status_code, content, path)
         return parse_json(content, path, self.limits.max_json_depth)

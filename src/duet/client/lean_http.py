@@ -77,8 +77,10 @@ class LeanHttp(Reads):
 
     # ------------------------------------------------------------------ transport
 
-    def _error(self, exc: Exception, path: str) -> ClientError | None:
-        """A transport failure as `Http` reports it."""
+    def _wrapped(self, exc: Exception, path: str) -> Exception:
+        """A transport failure as `Http` reports it (anything else as is)."""
+        if isinstance(exc, ClientError):
+            return exc
         if self._https:
             from duet.client.ratls import find_ratls_error
 
@@ -89,7 +91,7 @@ class LeanHttp(Reads):
             return LimitExceeded("timeout", f"{path}: the controller did not answer in time")
         if isinstance(exc, OSError | http.client.HTTPException):
             return ClientError("controller_unreachable", f"cannot reach the controller at {self.url}: {exc}")
-        return None
+        return exc
 
     def _open(self, method: str, path: str, body: Any, timeout: float,
               params: dict[str, Any] | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -127,11 +129,21 @@ class LeanHttp(Reads):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _wrapped(self, exc: Exception, path: str) -> Exception:
-        if isinstance(exc, ClientError):
-            return exc
-        found = self._error(exc, path)
-        return exc if found is None else found
+    def _exchange(self, method: str, path: str, body: Any, timeout: float, params: dict[str, Any] | None,
+                  deadline: float | None) -> bytes:
+        """One whole request and its bounded answer; an error status raised as the
+        controller's typed error."""
+        try:
+            conn, resp = self._open(method, path, body, timeout, params)
+            try:
+                content = self._body(resp, path, deadline)
+                status = resp.status
+            finally:
+                conn.close()
+        except Exception as exc:
+            raise self._wrapped(exc, path) from None
+        raise_for_status(status, content, path)
+        return content
 
     # ------------------------------------------------------------------ what Http offers
 
@@ -141,31 +153,12 @@ class LeanHttp(Reads):
         if headers:
             raise ValueError("LeanHttp.read takes no extra headers")
         lim = self.limits
-        deadline = time.monotonic() + lim.request_deadline
-        try:
-            conn, resp = self._open("GET", path, None, min(lim.read_timeout, self.timeout), params)
-            try:
-                body = self._body(resp, path, deadline)
-                status = resp.status
-            finally:
-                conn.close()
-        except Exception as exc:
-            raise self._wrapped(exc, path) from None
-        raise_for_status(status, body, path)
-        return body
+        return self._exchange("GET", path, None, min(lim.read_timeout, self.timeout), params,
+                              time.monotonic() + lim.request_deadline)
 
     def post_json(self, path: str, body: Any) -> Any:
         """Owner requests: bounded by `timeout` (a command may legitimately run long)."""
-        try:
-            conn, resp = self._open("POST", path, body, self.timeout)
-            try:
-                content = self._body(resp, path, None)
-                status = resp.status
-            finally:
-                conn.close()
-        except Exception as exc:
-            raise self._wrapped(exc, path) from None
-        raise_for_status(status, content, path)
+        content = self._exchange("POST", path, body, self.timeout, None, None)
         return parse_json(content, path, self.limits.max_json_depth)
 
     def stream_lines(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
