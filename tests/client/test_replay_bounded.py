@@ -151,6 +151,22 @@ def test_the_saved_state_does_not_grow_with_the_log(snp: SimulatedSnp) -> None:
     assert abs(sizes[1] - sizes[0]) < 8192, sizes
 
 
+def test_a_saved_cvm_replay_with_a_malformed_previous_time_is_refused(snp: SimulatedSnp) -> None:
+    """As for the controller log (below): a saved CVM replay whose previous entry time is
+    not an entry time is refused when it is loaded, not at the next entry it is fed."""
+    log = LogBuilder(snp, offset=-240 * MINUTE)
+    log.honest_life()
+    replay, _ = _replayed(log)
+    replay.unlinked = False  # as test_the_saved_state_does_not_grow_with_the_log
+    saved = json.loads(json.dumps(replay.dump()))
+    fresh = CvmReplay(log.controller_id, log.controller_key, CVM_ID, trust_simulated=True)
+    fresh.load(saved)
+    for bad in ("9999", "2000-01-01T00:00:00.0Z", "2000-13-01T00:00:00.000000Z", 7):
+        with pytest.raises((ValueError, TypeError)):
+            CvmReplay(log.controller_id, log.controller_key, CVM_ID, trust_simulated=True).load(
+                {**saved, "time_prev": bad})
+
+
 # -- the controller log ----------------------------------------------------------------
 
 CID = "cd" * 32

@@ -392,10 +392,8 @@ class ControllerLogReplay:
         self.in_force = [str(k) for k in data["in_force"]]
         self.nonces = NonceWindow.load(data["nonces"])
         time_prev = data["time_prev"]
-        if time_prev is not None:  # an entry's time, as _time compares it (fixed width)
-            if not isinstance(time_prev, str) or len(time_prev) != len("2000-01-01T00:00:00.000000Z"):
-                raise ValueError("malformed previous entry time")
-            datetime.strptime(time_prev, "%Y-%m-%dT%H:%M:%S.%fZ")  # ValueError if it is not one
+        if time_prev is not None and not entries.is_entry_time(time_prev):  # as _time compares it
+            raise ValueError("malformed previous entry time")
         self.time_prev = time_prev
         prev = data["prev"]
         if prev is not None and not isinstance(prev, dict):

@@ -787,7 +787,7 @@ def _indexed(v: Any) -> bool:
 #: The type of each plain field of a saved replay (checked before it is used).
 _TYPES: dict[str, Any] = {
     "size": _int, "genesis": _opt(_is(dict)), "owner_keys_b64": _is(list), "policy_text": _is(str),
-    "intents_n": _int, "evicted_intent": _int, "transition": _opt(_is(dict)), "time_prev": _opt(_is(str)),
+    "intents_n": _int, "evicted_intent": _int, "transition": _opt(_is(dict)), "time_prev": _opt(entries.is_entry_time),
     "timed": _int, "clamped": _int, "ev_count": _int, "ev_first": _opt(_int), "ev_latest_leaf": _opt(_is(str)),
     "ev_latest_ok": _is(bool), "ev_host_key": _opt(_is(str)), "first_mode": _opt(_int), "isv_since": _is(bool),
     "provisioned": _opt(_is(dict)), "hist_owner_n": _int, "lockdown_last": _opt(_indexed), "provider": _is(str),

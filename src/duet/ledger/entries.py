@@ -582,6 +582,16 @@ def json_schema() -> dict[str, object]:
     }
 
 
+def is_entry_time(value: object) -> bool:
+    """Whether `value` is an entry time as every entry carries it (fixed width, so that
+    entry times compare as strings)."""
+    try:
+        _check_time(value)
+    except EntryError:
+        return False
+    return True
+
+
 def _check_time(value: object) -> None:
     if not isinstance(value, str) or not _TIME.fullmatch(value):
         raise EntryError(
