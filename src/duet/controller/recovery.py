@@ -34,7 +34,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +59,6 @@ from duet.tee.seal import SealUnreadable, header_of
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
-    from duet.controller.state import StateStore
 
 log = logging.getLogger("duet.controller")
 
@@ -107,26 +106,27 @@ class Policy:
     shares_sha256: tuple[str, ...]
 
 
+def _controller_log(ledger: LogStore) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every controller-log entry with its index, read in pages (the log of a long-lived
+    controller holds a `heads` entry every few seconds)."""
+    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
+    for pos in range(0, size, 512):
+        for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)), start=pos):
+            yield i, entries.decode(leaf)
+
+
 def policy_in_force(ledger: LogStore) -> Policy | None:
     """From the controller log: the last `recovery_policy` (None if off), brought up to
     date by each later `state_key_rotated` (new K, new shares for the same holders)."""
-    if not ledger.has_log(CONTROLLER_LOG):
-        return None
-    size = ledger.tree_head(CONTROLLER_LOG).size
     policy: Policy | None = None
-    pos = 0
-    while pos < size:
-        end = min(size, pos + 512)
-        for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, pos, end), start=pos):
-            e: dict[str, Any] = entries.decode(leaf)
-            if e["type"] == "recovery_policy":
-                holders = tuple(str(h) for h in e["holders"])
-                policy = Policy(i, int(e["threshold"]), holders, str(e["state_key_sha256"]),
-                                tuple(str(s) for s in e["shares_sha256"])) if holders else None
-            elif e["type"] == "state_key_rotated" and policy is not None:
-                policy = Policy(policy.index, policy.threshold, policy.holders, str(e["state_key_sha256"]),
-                                tuple(str(s) for s in e["shares_sha256"]))
-        pos = end
+    for i, e in _controller_log(ledger):
+        if e["type"] == "recovery_policy":
+            holders = tuple(str(h) for h in e["holders"])
+            policy = Policy(i, int(e["threshold"]), holders, str(e["state_key_sha256"]),
+                            tuple(str(s) for s in e["shares_sha256"])) if holders else None
+        elif e["type"] == "state_key_rotated" and policy is not None:
+            policy = Policy(policy.index, policy.threshold, policy.holders, str(e["state_key_sha256"]),
+                            tuple(str(s) for s in e["shares_sha256"]))
     return policy
 
 
@@ -134,19 +134,13 @@ def approval_intents(ledger: LogStore) -> list[str]:
     """The JWS of every `controller.approve` intent the controller log accepted: what a
     holder checks a recovering enclave's build against (signed by the owner, so the host
     that serves them cannot make one up)."""
-    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
     out: list[str] = []
     prev: dict[str, Any] | None = None
-    pos = 0
-    while pos < size:
-        end = min(size, pos + 512)
-        for leaf in ledger.leaves(CONTROLLER_LOG, pos, end):
-            e = entries.decode(leaf)
-            if e["type"] == "build_approved" and prev is not None and prev["type"] == "intent" \
-                    and prev["op"] == Op.CONTROLLER_APPROVE:
-                out.append(str(prev["jws"]))
-            prev = e
-        pos = end
+    for _, e in _controller_log(ledger):
+        if e["type"] == "build_approved" and prev is not None and prev["type"] == "intent" \
+                and prev["op"] == Op.CONTROLLER_APPROVE:
+            out.append(str(prev["jws"]))
+        prev = e
     return out
 
 
@@ -162,7 +156,7 @@ def make_shares(k: bytes, threshold: int, holders: Sequence[str], controller_id:
     return out
 
 
-def _store_shares(state: StateStore, threshold: int, commitment: str, shares: list[dict[str, Any]]) -> bytes:
+def _store_shares(threshold: int, commitment: str, shares: list[dict[str, Any]]) -> bytes:
     return json.dumps({"threshold": threshold, "state_key_sha256": commitment, "shares": shares}).encode()
 
 
@@ -209,7 +203,7 @@ async def set_recovery(ctl: Controller, intent: Intent) -> dict[str, Any]:
     # no log entry names, which are never served (the digests must match the policy in
     # force), and, after a replacement, a K the log's commitment does not name: recovery
     # is then impossible until the owner sends a policy again. It fails closed.
-    meta = {SHARES_META: _store_shares(ctl.state, threshold, commitment, shares), IDENTITY_META: _identity(ctl)}
+    meta = {SHARES_META: _store_shares(threshold, commitment, shares), IDENTITY_META: _identity(ctl)}
     if replaced:
         meta[SEALED_META] = ctl.tee.seal(k.raw())
         meta[ROTATION_META] = b"recovery_policy_changed"
@@ -282,19 +276,13 @@ async def rotate_state_key(ctl: Controller, reason: str, *, from_cpusvn: int | N
     meta = {SEALED_META: ctl.tee.seal(new.raw()), ROTATION_PENDING_META: json.dumps(entry.to_dict()).encode(),
             IDENTITY_META: _identity(ctl)}
     if policy is not None:
-        meta[SHARES_META] = _store_shares(ctl.state, policy.threshold, commitment, shares)
+        meta[SHARES_META] = _store_shares(policy.threshold, commitment, shares)
     ctl.state.rekey(new, meta)
     return _log_rotation(ctl)
 
 
 def _logged(ctl: Controller, kind: str, field: str, value: str) -> bool:
-    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
-    for pos in range(0, size, 512):
-        for leaf in ctl.ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)):
-            e = entries.decode(leaf)
-            if e["type"] == kind and e.get(field) == value:
-                return True
-    return False
+    return any(e["type"] == kind and e.get(field) == value for _, e in _controller_log(ctl.ledger))
 
 
 def _log_rotation(ctl: Controller) -> int:
@@ -504,13 +492,10 @@ class RecoverySession:
 def _last_holder(ledger: LogStore) -> str:
     """The build the controller log last names as holding K (a handover's successor or a
     recovering build), or '' when it names none (the first build is not logged)."""
-    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
     last = ""
-    for pos in range(0, size, 512):
-        for leaf in ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)):
-            e = entries.decode(leaf)
-            if e["type"] == "handover":
-                last = str(e["to_mrenclave"])
-            elif e["type"] == "recovered":
-                last = str(e["mrenclave"])
+    for _, e in _controller_log(ledger):
+        if e["type"] == "handover":
+            last = str(e["to_mrenclave"])
+        elif e["type"] == "recovered":
+            last = str(e["mrenclave"])
     return last
