@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse
 
 from duet.controller import errors, recovery
 from duet.controller.errors import InvalidRequest
+from duet.controller.handover_api import read_json_object
 from duet.controller.service import Controller
-from duet.ledger import keys, strictjson
+from duet.ledger import keys
 from duet.ledger import recovery as rc
 
 
@@ -67,15 +68,7 @@ def run_session(session: recovery.RecoverySession, sock: Any, *, tls: bool, data
 
     @app.post("/v1/controller/recovery/session/share")
     async def post_share(request: Request) -> dict[str, Any]:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > recovery.MAX_SHARE_REQUEST:
-                raise errors.InvalidRequest(f"a share request is at most {recovery.MAX_SHARE_REQUEST} bytes")
-        try:
-            body = strictjson.loads(raw, max_bytes=recovery.MAX_SHARE_REQUEST, what="share")
-        except strictjson.JsonInputError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
+        body = await read_json_object(request, recovery.MAX_SHARE_REQUEST, "share request")
         answer = session.submit(body)
         if session.done.is_set() and server is not None:
             server.should_exit = True
