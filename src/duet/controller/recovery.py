@@ -253,6 +253,17 @@ def shares_view(ctl: Controller, *, required: bool = True) -> dict[str, Any]:
             "shares": [{k: s[k] for k in ("index", "holder_key", "sealed")} for s in shares]}
 
 
+def shares_for_owner(ctl: Controller, proof: str | None) -> dict[str, Any]:
+    """`GET /v1/controller/recovery/shares`: the shares, to the holder of an owner key
+    (`Duet-Owner-Proof`). The proof's time is judged by the controller's trusted clock,
+    never earlier than the newest authenticated time it has seen: a host that sets its
+    clock back does not make a proof it captured current again."""
+    if not proof:
+        raise errors.InvalidRequest("the encrypted shares are served to an owner only: send Duet-Owner-Proof")
+    rc.check_shares_proof(proof, ctl.controller_id, ctl._owner_keys(), int(ctl.clock.now().timestamp()))
+    return shares_view(ctl)
+
+
 # ------------------------------------------------------------------------- K rotation
 
 

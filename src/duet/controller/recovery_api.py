@@ -11,7 +11,6 @@ holders send their shares) until its state key is rebuilt."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from duet.controller import errors, recovery
-from duet.controller.errors import InvalidRequest
 from duet.controller.handover_api import read_json_object
 from duet.controller.service import Controller
 from duet.ledger import keys
@@ -35,11 +33,7 @@ def add_recovery_routes(app: FastAPI, controller: Controller) -> None:
     @app.get("/v1/controller/recovery/shares")
     async def recovery_shares(request: Request) -> dict[str, Any]:
         controller._check_controller_log()
-        proof = request.headers.get("duet-owner-proof")
-        if not proof:
-            raise InvalidRequest("the encrypted shares are served to an owner only: send Duet-Owner-Proof")
-        rc.check_shares_proof(proof, controller.controller_id, controller._owner_keys(), int(time.time()))
-        return recovery.shares_view(controller)
+        return recovery.shares_for_owner(controller, request.headers.get("duet-owner-proof"))
 
 
 def run_session(session: recovery.RecoverySession, sock: Any, *, tls: bool, data_dir: Path) -> None:
