@@ -235,6 +235,27 @@ def test_a_new_policy_replaces_k_so_former_holders_rebuild_nothing_in_use(tmp_pa
         s.ctl.close()
 
 
+def test_shares_of_another_generation_restored_to_the_state_file_are_not_served(tmp_path: Path) -> None:
+    """The host restores the state file's record of the shares from before a new policy
+    (the former holders' shares of the former K): they are not the ones the controller
+    log names now, and the owner is never handed them as current."""
+    s = Setup(tmp_path)
+    try:
+        former = s.ctl.state.get_meta(recovery.SHARES_META)
+        assert former is not None
+        s.submit("controller.recovery", {"threshold": 1, "holders": [rc.public_b64(s.holders[0].public_key())]})
+        assert recovery.shares_view(s.ctl)["threshold"] == 1
+        s.ctl.state.set_meta(recovery.SHARES_META, former)
+        with pytest.raises(recovery.RecoveryOff) as info:
+            recovery.shares_view(s.ctl)
+        assert "not the ones the controller log names" in info.value.message
+        s.ctl.state.delete_meta(recovery.SHARES_META)
+        with pytest.raises(recovery.RecoveryOff):
+            recovery.shares_view(s.ctl)
+    finally:
+        s.ctl.close()
+
+
 def test_shares_are_served_to_an_owner_only(tmp_path: Path) -> None:
     s = Setup(tmp_path)
     try:
