@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from duet.controller import errors, shamir
+from duet.controller.continuity import ROTATION_META  # the CVM keys are rotated at start
 from duet.controller.statekey import (
     CONTROLLER_KEY_LABEL,
     CONTROLLER_KEY_META,
@@ -70,7 +71,6 @@ SHARES_META = "recovery_shares"
 IDENTITY_META = "recovery_identity"
 PENDING_META = "recovery_pending"
 ROTATION_PENDING_META = "state_key_rotation_pending"
-ROTATION_META = "rotation_pending"  # continuity.ROTATION_META: the CVM keys are rotated at start
 MAX_SHARE_REQUEST = 16 * 1024
 
 
@@ -473,17 +473,17 @@ class RecoverySession:
         assert self.policy is not None
         k, used = got
         me = self.tee.measurement()
-        tcb_change, from_svn = False, None
+        tcb_change, from_svn, sealed_build = False, None, ""
         if self._sealed is not None:
             try:
                 from_svn, sealed_mr = header_of(self._sealed)
-                tcb_change = sealed_mr.hex() == me.get("mrenclave")
+                sealed_build = sealed_mr.hex()
+                tcb_change = sealed_build == me.get("mrenclave")
             except SealUnreadable:
                 pass
         pending = {
             "mrenclave": me.get("mrenclave", ""), "mrsigner": me.get("mrsigner", ""),
-            "from_mrenclave": self.last_holder or (header_of(self._sealed)[1].hex() if tcb_change and self._sealed
-                                                   else ""),
+            "from_mrenclave": self.last_holder or (sealed_build if tcb_change else ""),
             "key_sha256": hashlib.sha256(self.public).hexdigest(),
             "holders": [self.policy.holders[x - 1] for x in used], "state_key_sha256": self.policy.state_key_sha256,
             "policy_index": self.policy.index, "tcb_change": tcb_change, "from_cpusvn": from_svn,
