@@ -1,15 +1,18 @@
 """What the continuity scenarios (handover, standby, recovery) share: controllers in their
-own directories, reading a log page, what an earlier data dir still holds, and trying a
-key against a CVM's sshd."""
+own directories, reading a log page, what an earlier data dir still holds, trying a key
+against a CVM's sshd, and a joining enclave's attested request."""
 
 from __future__ import annotations
 
 import base64
+import secrets
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from duet.controller.continuity import REQUEST_DOMAIN, request_report_data
+from duet.controller.service import CONTROLLER_LOG, Controller
 from duet.controller.statekey import StateKey, client_key_label
 from duet.cvm.errors import CvmError
 from duet.cvm.ssh import CvmConnection, import_private
@@ -55,3 +58,19 @@ async def try_login(view: dict[str, Any], key: bytes) -> str:
         return f"refused: {exc}"
     finally:
         await conn.close()
+
+
+def join_request(tee: SimulatedTee, challenge: str, domain: bytes = REQUEST_DOMAIN, *,
+                 bound_key: bytes | None = None) -> dict[str, Any]:
+    """A handover (or, with the standby domain, a standby) request: `tee`'s quote over a
+    fresh key and `challenge` (over `bound_key` instead, to forge a binding)."""
+    key = secrets.token_bytes(32)
+    q = tee.quote(request_report_data(bound_key or key, bytes.fromhex(challenge), domain))
+    return {"challenge": challenge, "nonce": secrets.token_hex(32), "public_key": base64.b64encode(key).decode(),
+            "quote": base64.b64encode(q.quote).decode(), "collateral": q.collateral,
+            "simulated_root_ca": base64.b64encode(q.simulated_root_ca or b"").decode()}
+
+
+def controller_log_types(ctl: Controller) -> list[str]:
+    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
+    return [entries.decode(x)["type"] for x in ctl.ledger.leaves(CONTROLLER_LOG, 0, size)]

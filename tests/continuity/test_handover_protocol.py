@@ -8,14 +8,14 @@ import base64
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
+from continuity_helpers import controller_log_types, join_request
 
 from duet.controller import errors
-from duet.controller.continuity import HandedOver, HandoverRefused, request_report_data
+from duet.controller.continuity import HandedOver, HandoverRefused
 from duet.controller.serve import SimulatedPlatform, build_controller
-from duet.controller.service import CONTROLLER_LOG, Controller
+from duet.controller.service import Controller
 from duet.ledger import entries
 from duet.tee.simulated import SimulatedTee
 
@@ -29,41 +29,29 @@ def _predecessor(tmp_path: Path) -> Controller:
     return ctl
 
 
-def _request(tee: SimulatedTee, challenge: str, *, bound_key: bytes | None = None) -> dict[str, Any]:
-    key = secrets.token_bytes(32)
-    q = tee.quote(request_report_data(bound_key or key, bytes.fromhex(challenge)))
-    return {"challenge": challenge, "nonce": secrets.token_hex(32), "public_key": base64.b64encode(key).decode(),
-            "quote": base64.b64encode(q.quote).decode(), "collateral": q.collateral,
-            "simulated_root_ca": base64.b64encode(q.simulated_root_ca or b"").decode()}
-
-
-def _types(ctl: Controller) -> list[str]:
-    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
-    return [entries.decode(x)["type"] for x in ctl.ledger.leaves(CONTROLLER_LOG, 0, size)]
-
-
 def test_refusals_hand_over_nothing(tmp_path: Path) -> None:
     ctl = _predecessor(tmp_path)
     b = SimulatedTee(tmp_path / "b-tee", mrenclave=bytes.fromhex(B))
     try:
         # A quote of an approved build that binds another key (a relayed quote): refused.
-        body = _request(b, ctl.handover.challenge()["challenge"], bound_key=secrets.token_bytes(32))
+        body = join_request(b, ctl.handover.challenge()["challenge"], bound_key=secrets.token_bytes(32))
         with pytest.raises(HandoverRefused, match="bind"):
             asyncio.run(ctl.handover.handover(body))
         # The challenge is single use, and made-up challenges are unknown.
         with pytest.raises(errors.InvalidRequest, match="challenge"):
             asyncio.run(ctl.handover.handover(body))
         with pytest.raises(errors.InvalidRequest, match="challenge"):
-            asyncio.run(ctl.handover.handover(_request(b, secrets.token_hex(32))))
+            asyncio.run(ctl.handover.handover(join_request(b, secrets.token_hex(32))))
         # An unapproved build: refused and logged.
         c = SimulatedTee(tmp_path / "c-tee", mrenclave=bytes.fromhex(C))
         with pytest.raises(HandoverRefused, match="not approved"):
-            asyncio.run(ctl.handover.handover(_request(c, ctl.handover.challenge()["challenge"])))
-        assert "handover" not in _types(ctl) and _types(ctl)[-1] == "handover_refused"
+            asyncio.run(ctl.handover.handover(join_request(c, ctl.handover.challenge()["challenge"])))
+        assert "handover" not in controller_log_types(ctl) and controller_log_types(ctl)[-1] == "handover_refused"
         assert ctl.deposed is None
         # The approved build: the handover entry first, then this instance acts no more.
-        answer = asyncio.run(ctl.handover.handover(_request(b, ctl.handover.challenge()["challenge"])))
-        assert _types(ctl)[-1] == "handover" and answer["handover_index"] == len(_types(ctl)) - 1
+        answer = asyncio.run(ctl.handover.handover(join_request(b, ctl.handover.challenge()["challenge"])))
+        types = controller_log_types(ctl)
+        assert types[-1] == "handover" and answer["handover_index"] == len(types) - 1
         assert b"PRIVATE KEY" not in base64.b64decode(answer["ciphertext"])
         with pytest.raises(HandedOver):
             ctl.authenticate("x.y.z")

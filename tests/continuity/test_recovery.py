@@ -22,15 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
+from continuity_helpers import controller_in, old_secrets
 from continuity_helpers import log_entries as _entries
-from continuity_helpers import old_secrets
 from continuity_helpers import try_login as _try_login
 
 from duet.client.expectations import UserExpectations
 from duet.client.verify import verify
 from duet.controller.statekey import StateKey
 from duet.ledger import keys
-from helpers import ControllerProc
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +55,7 @@ def _wait_for(predicate: object, what: str, timeout: float = 60) -> None:
 
 def test_microcode_update_recovered_from_shares(tmp_path: Path, cvm_root: Path) -> None:
     owner_key = keys.Ed25519PrivateKey.generate()
-    base = tmp_path / "ctl"
-    base.mkdir(mode=0o755)
-    ctl = ControllerProc(data=base / "data", owner_key=owner_key)
+    ctl = controller_in(tmp_path, "ctl", owner_key)
     key_file = tmp_path / "owner.key"
     key_file.write_bytes(keys.private_pem(owner_key))
     own = ["--key", str(key_file), "--trust-simulated", "--state-dir", str(tmp_path / "owner-state")]

@@ -18,6 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,27 @@ def test_a_new_policy_replaces_k_so_former_holders_rebuild_nothing_in_use(tmp_pa
         s.ctl.close()
 
 
+def test_shares_of_another_generation_restored_to_the_state_file_are_not_served(tmp_path: Path) -> None:
+    """The host restores the state file's record of the shares from before a new policy
+    (the former holders' shares of the former K): they are not the ones the controller
+    log names now, and the owner is never handed them as current."""
+    s = Setup(tmp_path)
+    try:
+        former = s.ctl.state.get_meta(recovery.SHARES_META)
+        assert former is not None
+        s.submit("controller.recovery", {"threshold": 1, "holders": [rc.public_b64(s.holders[0].public_key())]})
+        assert recovery.shares_view(s.ctl)["threshold"] == 1
+        s.ctl.state.set_meta(recovery.SHARES_META, former)
+        with pytest.raises(recovery.RecoveryOff) as info:
+            recovery.shares_view(s.ctl)
+        assert "not the ones the controller log names" in info.value.message
+        s.ctl.state.delete_meta(recovery.SHARES_META)
+        with pytest.raises(recovery.RecoveryOff):
+            recovery.shares_view(s.ctl)
+    finally:
+        s.ctl.close()
+
+
 def test_shares_are_served_to_an_owner_only(tmp_path: Path) -> None:
     s = Setup(tmp_path)
     try:
@@ -248,6 +270,29 @@ def test_shares_are_served_to_an_owner_only(tmp_path: Path) -> None:
             with pytest.raises(Exception) as info:
                 rc.check_shares_proof(header, s.cid, owner_keys, now)
             assert getattr(info.value, "code", None) == code
+    finally:
+        s.ctl.close()
+
+
+def test_a_host_that_sets_its_clock_back_cannot_replay_an_owner_proof(tmp_path: Path) -> None:
+    """The SGX host captured an owner's Duet-Owner-Proof and, an hour on, sets its clock
+    back to when the proof was made. The controller has since verified a later signed time
+    (collateral, a witness cosignature): its trusted clock does not go back, the proof
+    stays stale, and the encrypted shares are not served."""
+    s = Setup(tmp_path)
+    try:
+        made = int(time.time())
+        captured = rc.shares_proof(s.owner, s.cid, made)
+        assert recovery.shares_for_owner(s.ctl, captured)["shares"]
+        s.ctl.clock.observe(datetime.fromtimestamp(made + 3600, UTC), "test: an authenticated time")
+        s.ctl.clock._host = lambda: datetime.fromtimestamp(made, UTC)  # the host's clock, set back
+        with pytest.raises(Exception) as info:
+            recovery.shares_for_owner(s.ctl, captured)
+        assert getattr(info.value, "code", None) == "stale_intent"
+        # A proof made at the trusted time is served; no proof at all is a typed refusal.
+        assert recovery.shares_for_owner(s.ctl, rc.shares_proof(s.owner, s.cid, made + 3600))["shares"]
+        with pytest.raises(errors.InvalidRequest):
+            recovery.shares_for_owner(s.ctl, None)
     finally:
         s.ctl.close()
 

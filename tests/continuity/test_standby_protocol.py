@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
+from continuity_helpers import controller_log_types, join_request
 
-from duet.controller.continuity import REQUEST_DOMAIN, HandoverRefused, request_report_data
+from duet.controller.continuity import REQUEST_DOMAIN, HandoverRefused
 from duet.controller.serve import SimulatedPlatform, build_controller
-from duet.controller.service import CONTROLLER_LOG, Controller
+from duet.controller.service import Controller
 from duet.controller.standby import STANDBY_REQUEST_DOMAIN, admit
 from duet.ledger import entries
 from duet.tee.simulated import SimulatedTee
@@ -30,41 +30,29 @@ def _primary(tmp_path: Path, etcd_address: str) -> Controller:
     return ctl
 
 
-def _request(tee: SimulatedTee, challenge: str, domain: bytes) -> dict[str, Any]:
-    key = secrets.token_bytes(32)
-    q = tee.quote(request_report_data(key, bytes.fromhex(challenge), domain))
-    return {"challenge": challenge, "nonce": secrets.token_hex(32), "public_key": base64.b64encode(key).decode(),
-            "quote": base64.b64encode(q.quote).decode(), "collateral": q.collateral,
-            "simulated_root_ca": base64.b64encode(q.simulated_root_ca or b"").decode()}
-
-
-def _types(ctl: Controller) -> list[str]:
-    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
-    return [entries.decode(x)["type"] for x in ctl.ledger.leaves(CONTROLLER_LOG, 0, size)]
-
-
 def test_a_standby_request_is_no_handover_and_admitting_one_deposes_nothing(
         tmp_path: Path, etcd_address: str) -> None:
     ctl = _primary(tmp_path, etcd_address)
     b = SimulatedTee(tmp_path / "b-tee", mrenclave=bytes.fromhex(B))
     try:
-        before = _types(ctl)
+        before = controller_log_types(ctl)
         # A standby's request relayed to the handover endpoint (which would depose the
         # primary) does not verify there, and a handover request is no standby request.
         with pytest.raises(HandoverRefused, match="bind"):
-            asyncio.run(ctl.handover.handover(_request(b, ctl.handover.challenge()["challenge"],
-                                                       STANDBY_REQUEST_DOMAIN)))
+            asyncio.run(ctl.handover.handover(join_request(b, ctl.handover.challenge()["challenge"],
+                                                           STANDBY_REQUEST_DOMAIN)))
         with pytest.raises(HandoverRefused, match="bind"):
-            asyncio.run(admit(ctl, _request(b, ctl.handover.challenge()["challenge"], REQUEST_DOMAIN)))
-        assert _types(ctl) == before and ctl.deposed is None
+            asyncio.run(admit(ctl, join_request(b, ctl.handover.challenge()["challenge"], REQUEST_DOMAIN)))
+        assert controller_log_types(ctl) == before and ctl.deposed is None
         # An unapproved build: refused, logged as such, nothing sent.
         c = SimulatedTee(tmp_path / "c-tee", mrenclave=bytes.fromhex(C))
         with pytest.raises(HandoverRefused, match="not approved"):
-            asyncio.run(admit(ctl, _request(c, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
-        assert _types(ctl) == [*before, "handover_refused"]
+            asyncio.run(admit(ctl, join_request(c, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
+        assert controller_log_types(ctl) == [*before, "handover_refused"]
         # The approved build: `standby_joined` is logged first; the primary goes on.
-        answer = asyncio.run(admit(ctl, _request(b, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
-        assert _types(ctl)[-1] == "standby_joined" and answer["standby_index"] == len(_types(ctl)) - 1
+        answer = asyncio.run(admit(ctl, join_request(b, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
+        types = controller_log_types(ctl)
+        assert types[-1] == "standby_joined" and answer["standby_index"] == len(types) - 1
         assert b"PRIVATE KEY" not in base64.b64decode(answer["ciphertext"])
         assert ctl.deposed is None
         ctl._append_controller([entries.BuildApprovedEntry(mrenclave=C)])  # still the primary: it appends
@@ -78,10 +66,10 @@ def test_an_embedded_store_has_no_standby(tmp_path: Path) -> None:
     ctl._append_controller([entries.BuildApprovedEntry(mrenclave=B)])
     b = SimulatedTee(tmp_path / "b-tee", mrenclave=bytes.fromhex(B))
     try:
-        before = _types(ctl)
+        before = controller_log_types(ctl)
         with pytest.raises(HandoverRefused, match="replicated store"):
-            asyncio.run(admit(ctl, _request(b, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
-        assert _types(ctl) == before
+            asyncio.run(admit(ctl, join_request(b, ctl.handover.challenge()["challenge"], STANDBY_REQUEST_DOMAIN)))
+        assert controller_log_types(ctl) == before
     finally:
         ctl.close()
 

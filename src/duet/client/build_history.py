@@ -29,13 +29,10 @@ def build_history(ctl: ControllerLog, current: str | None) -> list[dict[str, Any
     return _walk(ctl, current)[0]
 
 
-def active_build(ctl: ControllerLog, current: str | None) -> str | None:
-    """The build the controller log says acts now (holds the lease): the last handover's
-    successor or promoted standby; with neither, the first build."""
-    return _walk(ctl, current)[1]
-
-
 def _walk(ctl: ControllerLog, current: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The build history, and the build the controller log says acts now (holds the
+    lease): the last handover's successor or promoted standby; with neither, the first
+    build."""
     out: list[dict[str, Any]] = []
     active: str | None = None
     standbys: set[str] = set()
@@ -82,11 +79,10 @@ def _short(history: Sequence[dict[str, Any]]) -> str:
 
 def build_history_checks(ctl: ControllerLog, expect: UserExpectations | None,
                          current: str | None) -> list[Check]:
-    history = build_history(ctl, current)
+    history, active = _walk(ctl, current)
     refused = [e for _, e in ctl.continuity if e["type"] == "handover_refused"]
     note = f"; {len(refused)} handover(s) refused" if refused else ""
     gaps = [h for h in history if h["how"].startswith("unexplained")]
-    active = active_build(ctl, current)
     mismatch = bool(history) and current is not None and active != current
     if gaps:
         detail = (f"build(s) {', '.join(h['mrenclave'][:16] + '…' for h in gaps)} handed over the state key or "

@@ -241,19 +241,7 @@ class HandoverServer:
         # The last successor to rotate the CVM keys is the one that reaches them.
         ctl._check_controller_log()
         report, challenge, nonce, epk = self._verify_successor(body)
-        if not any(a.admits(report.mrenclave, report.mrsigner, report.isv_prod_id, report.isv_svn)
-                   for a in approvals(ctl)):
-            reason = (f"build MRENCLAVE {report.mrenclave[:16]}… (MRSIGNER {report.mrsigner[:16]}…) is not "
-                      "approved by the owner (duet controller approve)")
-            now = time.monotonic()
-            self._refusals = [t for t in self._refusals if now - t < 60] + [now]
-            if len(self._refusals) > MAX_LOGGED_REFUSALS_PER_MIN:
-                # Genuine quotes of unapproved builds must not grow the controller log without bound.
-                raise HandoverBusy("too many refused handovers in the last minute; retry later")
-            ctl._append_controller([entries.HandoverRefusedEntry(mrenclave=report.mrenclave,
-                                                                 mrsigner=report.mrsigner, reason=reason)])
-            log.warning("handover refused: %s", reason)
-            raise HandoverRefused(f"handover refused: {reason}; nothing was handed over")
+        self.refuse_unapproved(report, "handover", "handovers")
         async with self._busy:
             # Every CVM's lock: commands in flight finish, no new one starts, and no
             # append lands after the snapshot. The controller is handed over from here.
@@ -273,6 +261,46 @@ class HandoverServer:
         for conn in conns:
             await conn.close()
         return answer
+
+    def refuse_unapproved(self, report: Any, what: str, plural: str) -> None:
+        """Nothing for a build the owner did not approve (`build_approved`): the refusal is
+        logged (`handover_refused`; a standby's reason says "standby: "), at most
+        MAX_LOGGED_REFUSALS_PER_MIN a minute, shared by handovers and standbys."""
+        if any(a.admits(report.mrenclave, report.mrsigner, report.isv_prod_id, report.isv_svn)
+               for a in approvals(self.ctl)):
+            return
+        reason = (f"{'' if what == 'handover' else what + ': '}build MRENCLAVE {report.mrenclave[:16]}… (MRSIGNER "
+                  f"{report.mrsigner[:16]}…) is not approved by the owner (duet controller approve)")
+        now = time.monotonic()
+        self._refusals = [t for t in self._refusals if now - t < 60] + [now]
+        if len(self._refusals) > MAX_LOGGED_REFUSALS_PER_MIN:
+            # Genuine quotes of unapproved builds must not grow the controller log without bound.
+            raise HandoverBusy(f"too many refused {plural} in the last minute; retry later")
+        self.ctl._append_controller([entries.HandoverRefusedEntry(mrenclave=report.mrenclave,
+                                                                  mrsigner=report.mrsigner, reason=reason)])
+        log.warning("%s refused: %s", what, reason)
+        raise HandoverRefused(f"{what} refused: {reason}; nothing was handed over")
+
+    def seal_answer(self, challenge: bytes, nonce: bytes, epk: bytes, payload: bytes) -> dict[str, Any]:
+        """The answering side of the attested handshake (`attested_exchange` opens it): the
+        payload encrypted to the requester's key, our quote over our identity key and its
+        nonce, our signature over the whole exchange."""
+        ctl = self.ctl
+        eph = X25519PrivateKey.generate()
+        sender_pub = _raw(eph.public_key())
+        key = _seal_key(eph.exchange(X25519PublicKey.from_public_bytes(epk)), epk, sender_pub)
+        seal_nonce = os.urandom(12)
+        ct = AESGCM(key).encrypt(seal_nonce, payload, RESPONSE_DOMAIN)
+        quote = ctl.quote(nonce)
+        signature = ctl.key.sign(_transcript(challenge, nonce, epk, sender_pub, ct))
+        return {
+            "controller_id": ctl.controller_id,
+            "quote": quote,
+            "sender_key": base64.b64encode(sender_pub).decode(),
+            "seal_nonce": base64.b64encode(seal_nonce).decode(),
+            "ciphertext": base64.b64encode(ct).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
 
     def _hand_over(self, report: Any, challenge: bytes, nonce: bytes, epk: bytes) -> dict[str, Any]:
         ctl = self.ctl
@@ -299,22 +327,7 @@ class HandoverServer:
                 "ledger": base64.b64encode((Path(tmp) / "ledger.sqlite").read_bytes()).decode(),
             }).encode()
         # The snapshot carried the handed-over mark: the successor clears it in its copy.
-        eph = X25519PrivateKey.generate()
-        sender_pub = _raw(eph.public_key())
-        key = _seal_key(eph.exchange(X25519PublicKey.from_public_bytes(epk)), epk, sender_pub)
-        seal_nonce = os.urandom(12)
-        ct = AESGCM(key).encrypt(seal_nonce, payload, RESPONSE_DOMAIN)
-        quote = ctl.quote(nonce)
-        signature = ctl.key.sign(_transcript(challenge, nonce, epk, sender_pub, ct))
-        return {
-            "controller_id": ctl.controller_id,
-            "handover_index": index,
-            "quote": quote,
-            "sender_key": base64.b64encode(sender_pub).decode(),
-            "seal_nonce": base64.b64encode(seal_nonce).decode(),
-            "ciphertext": base64.b64encode(ct).decode(),
-            "signature": base64.b64encode(signature).decode(),
-        }
+        return {**self.seal_answer(challenge, nonce, epk, payload), "handover_index": index}
 
 
 # ---------------------------------------------------------------------- successor side

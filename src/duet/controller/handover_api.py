@@ -18,6 +18,25 @@ from duet.ledger import strictjson
 MAX_HANDOVER_REQUEST = 256 * 1024
 
 
+async def read_json_object(request: Request, max_bytes: int, what: str) -> dict[str, Any]:
+    """A small strict-JSON object body (handover, standby and recovery-share requests):
+    read no more than `max_bytes`, whatever the client sends, and refuse anything else
+    with a typed error."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidRequest(f"{what} larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        body = strictjson.loads(b"".join(chunks), max_bytes=max_bytes, what=what)
+    except strictjson.JsonInputError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{what} must be a JSON object")
+    return body
+
+
 def add_handover_routes(app: FastAPI, controller: Controller) -> None:
     @app.get("/v1/controller/handover/challenge")
     async def handover_challenge() -> dict[str, Any]:
@@ -25,15 +44,5 @@ def add_handover_routes(app: FastAPI, controller: Controller) -> None:
 
     @app.post("/v1/controller/handover")
     async def handover(request: Request) -> dict[str, Any]:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_HANDOVER_REQUEST:
-                raise InvalidRequest(f"handover request larger than {MAX_HANDOVER_REQUEST} bytes")
-        try:
-            body = strictjson.loads(raw, max_bytes=MAX_HANDOVER_REQUEST, what="handover request")
-        except strictjson.JsonInputError as exc:
-            raise InvalidRequest(str(exc)) from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("handover request must be a JSON object")
+        body = await read_json_object(request, MAX_HANDOVER_REQUEST, "handover request")
         return await controller.handover.handover(body)

@@ -34,7 +34,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from duet.controller import errors, shamir
+from duet.controller.continuity import ROTATION_META  # the CVM keys are rotated at start
 from duet.controller.statekey import (
     CONTROLLER_KEY_LABEL,
     CONTROLLER_KEY_META,
@@ -59,7 +60,6 @@ from duet.tee.seal import SealUnreadable, header_of
 
 if TYPE_CHECKING:
     from duet.controller.service import Controller
-    from duet.controller.state import StateStore
 
 log = logging.getLogger("duet.controller")
 
@@ -71,7 +71,6 @@ SHARES_META = "recovery_shares"
 IDENTITY_META = "recovery_identity"
 PENDING_META = "recovery_pending"
 ROTATION_PENDING_META = "state_key_rotation_pending"
-ROTATION_META = "rotation_pending"  # continuity.ROTATION_META: the CVM keys are rotated at start
 MAX_SHARE_REQUEST = 16 * 1024
 
 
@@ -107,26 +106,27 @@ class Policy:
     shares_sha256: tuple[str, ...]
 
 
+def _controller_log(ledger: LogStore) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every controller-log entry with its index, read in pages (the log of a long-lived
+    controller holds a `heads` entry every few seconds)."""
+    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
+    for pos in range(0, size, 512):
+        for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)), start=pos):
+            yield i, entries.decode(leaf)
+
+
 def policy_in_force(ledger: LogStore) -> Policy | None:
     """From the controller log: the last `recovery_policy` (None if off), brought up to
     date by each later `state_key_rotated` (new K, new shares for the same holders)."""
-    if not ledger.has_log(CONTROLLER_LOG):
-        return None
-    size = ledger.tree_head(CONTROLLER_LOG).size
     policy: Policy | None = None
-    pos = 0
-    while pos < size:
-        end = min(size, pos + 512)
-        for i, leaf in enumerate(ledger.leaves(CONTROLLER_LOG, pos, end), start=pos):
-            e: dict[str, Any] = entries.decode(leaf)
-            if e["type"] == "recovery_policy":
-                holders = tuple(str(h) for h in e["holders"])
-                policy = Policy(i, int(e["threshold"]), holders, str(e["state_key_sha256"]),
-                                tuple(str(s) for s in e["shares_sha256"])) if holders else None
-            elif e["type"] == "state_key_rotated" and policy is not None:
-                policy = Policy(policy.index, policy.threshold, policy.holders, str(e["state_key_sha256"]),
-                                tuple(str(s) for s in e["shares_sha256"]))
-        pos = end
+    for i, e in _controller_log(ledger):
+        if e["type"] == "recovery_policy":
+            holders = tuple(str(h) for h in e["holders"])
+            policy = Policy(i, int(e["threshold"]), holders, str(e["state_key_sha256"]),
+                            tuple(str(s) for s in e["shares_sha256"])) if holders else None
+        elif e["type"] == "state_key_rotated" and policy is not None:
+            policy = Policy(policy.index, policy.threshold, policy.holders, str(e["state_key_sha256"]),
+                            tuple(str(s) for s in e["shares_sha256"]))
     return policy
 
 
@@ -134,19 +134,13 @@ def approval_intents(ledger: LogStore) -> list[str]:
     """The JWS of every `controller.approve` intent the controller log accepted: what a
     holder checks a recovering enclave's build against (signed by the owner, so the host
     that serves them cannot make one up)."""
-    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
     out: list[str] = []
     prev: dict[str, Any] | None = None
-    pos = 0
-    while pos < size:
-        end = min(size, pos + 512)
-        for leaf in ledger.leaves(CONTROLLER_LOG, pos, end):
-            e = entries.decode(leaf)
-            if e["type"] == "build_approved" and prev is not None and prev["type"] == "intent" \
-                    and prev["op"] == Op.CONTROLLER_APPROVE:
-                out.append(str(prev["jws"]))
-            prev = e
-        pos = end
+    for _, e in _controller_log(ledger):
+        if e["type"] == "build_approved" and prev is not None and prev["type"] == "intent" \
+                and prev["op"] == Op.CONTROLLER_APPROVE:
+            out.append(str(prev["jws"]))
+        prev = e
     return out
 
 
@@ -162,7 +156,7 @@ def make_shares(k: bytes, threshold: int, holders: Sequence[str], controller_id:
     return out
 
 
-def _store_shares(state: StateStore, threshold: int, commitment: str, shares: list[dict[str, Any]]) -> bytes:
+def _store_shares(threshold: int, commitment: str, shares: list[dict[str, Any]]) -> bytes:
     return json.dumps({"threshold": threshold, "state_key_sha256": commitment, "shares": shares}).encode()
 
 
@@ -209,7 +203,7 @@ async def set_recovery(ctl: Controller, intent: Intent) -> dict[str, Any]:
     # no log entry names, which are never served (the digests must match the policy in
     # force), and, after a replacement, a K the log's commitment does not name: recovery
     # is then impossible until the owner sends a policy again. It fails closed.
-    meta = {SHARES_META: _store_shares(ctl.state, threshold, commitment, shares), IDENTITY_META: _identity(ctl)}
+    meta = {SHARES_META: _store_shares(threshold, commitment, shares), IDENTITY_META: _identity(ctl)}
     if replaced:
         meta[SEALED_META] = ctl.tee.seal(k.raw())
         meta[ROTATION_META] = b"recovery_policy_changed"
@@ -259,6 +253,17 @@ def shares_view(ctl: Controller, *, required: bool = True) -> dict[str, Any]:
             "shares": [{k: s[k] for k in ("index", "holder_key", "sealed")} for s in shares]}
 
 
+def shares_for_owner(ctl: Controller, proof: str | None) -> dict[str, Any]:
+    """`GET /v1/controller/recovery/shares`: the shares, to the holder of an owner key
+    (`Duet-Owner-Proof`). The proof's time is judged by the controller's trusted clock,
+    never earlier than the newest authenticated time it has seen: a host that sets its
+    clock back does not make a proof it captured current again."""
+    if not proof:
+        raise errors.InvalidRequest("the encrypted shares are served to an owner only: send Duet-Owner-Proof")
+    rc.check_shares_proof(proof, ctl.controller_id, ctl._owner_keys(), int(ctl.clock.now().timestamp()))
+    return shares_view(ctl)
+
+
 # ------------------------------------------------------------------------- K rotation
 
 
@@ -282,19 +287,13 @@ async def rotate_state_key(ctl: Controller, reason: str, *, from_cpusvn: int | N
     meta = {SEALED_META: ctl.tee.seal(new.raw()), ROTATION_PENDING_META: json.dumps(entry.to_dict()).encode(),
             IDENTITY_META: _identity(ctl)}
     if policy is not None:
-        meta[SHARES_META] = _store_shares(ctl.state, policy.threshold, commitment, shares)
+        meta[SHARES_META] = _store_shares(policy.threshold, commitment, shares)
     ctl.state.rekey(new, meta)
     return _log_rotation(ctl)
 
 
 def _logged(ctl: Controller, kind: str, field: str, value: str) -> bool:
-    size = ctl.ledger.tree_head(CONTROLLER_LOG).size
-    for pos in range(0, size, 512):
-        for leaf in ctl.ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)):
-            e = entries.decode(leaf)
-            if e["type"] == kind and e.get(field) == value:
-                return True
-    return False
+    return any(e["type"] == kind and e.get(field) == value for _, e in _controller_log(ctl.ledger))
 
 
 def _log_rotation(ctl: Controller) -> int:
@@ -474,17 +473,17 @@ class RecoverySession:
         assert self.policy is not None
         k, used = got
         me = self.tee.measurement()
-        tcb_change, from_svn = False, None
+        tcb_change, from_svn, sealed_build = False, None, ""
         if self._sealed is not None:
             try:
                 from_svn, sealed_mr = header_of(self._sealed)
-                tcb_change = sealed_mr.hex() == me.get("mrenclave")
+                sealed_build = sealed_mr.hex()
+                tcb_change = sealed_build == me.get("mrenclave")
             except SealUnreadable:
                 pass
         pending = {
             "mrenclave": me.get("mrenclave", ""), "mrsigner": me.get("mrsigner", ""),
-            "from_mrenclave": self.last_holder or (header_of(self._sealed)[1].hex() if tcb_change and self._sealed
-                                                   else ""),
+            "from_mrenclave": self.last_holder or (sealed_build if tcb_change else ""),
             "key_sha256": hashlib.sha256(self.public).hexdigest(),
             "holders": [self.policy.holders[x - 1] for x in used], "state_key_sha256": self.policy.state_key_sha256,
             "policy_index": self.policy.index, "tcb_change": tcb_change, "from_cpusvn": from_svn,
@@ -504,13 +503,10 @@ class RecoverySession:
 def _last_holder(ledger: LogStore) -> str:
     """The build the controller log last names as holding K (a handover's successor or a
     recovering build), or '' when it names none (the first build is not logged)."""
-    size = ledger.tree_head(CONTROLLER_LOG).size if ledger.has_log(CONTROLLER_LOG) else 0
     last = ""
-    for pos in range(0, size, 512):
-        for leaf in ledger.leaves(CONTROLLER_LOG, pos, min(size, pos + 512)):
-            e = entries.decode(leaf)
-            if e["type"] == "handover":
-                last = str(e["to_mrenclave"])
-            elif e["type"] == "recovered":
-                last = str(e["mrenclave"])
+    for _, e in _controller_log(ledger):
+        if e["type"] == "handover":
+            last = str(e["to_mrenclave"])
+        elif e["type"] == "recovered":
+            last = str(e["mrenclave"])
     return last

@@ -11,7 +11,6 @@ holders send their shares) until its state key is rebuilt."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from duet.controller import errors, recovery
-from duet.controller.errors import InvalidRequest
+from duet.controller.handover_api import read_json_object
 from duet.controller.service import Controller
-from duet.ledger import keys, strictjson
+from duet.ledger import keys
 from duet.ledger import recovery as rc
 
 
@@ -34,11 +33,7 @@ def add_recovery_routes(app: FastAPI, controller: Controller) -> None:
     @app.get("/v1/controller/recovery/shares")
     async def recovery_shares(request: Request) -> dict[str, Any]:
         controller._check_controller_log()
-        proof = request.headers.get("duet-owner-proof")
-        if not proof:
-            raise InvalidRequest("the encrypted shares are served to an owner only: send Duet-Owner-Proof")
-        rc.check_shares_proof(proof, controller.controller_id, controller._owner_keys(), int(time.time()))
-        return recovery.shares_view(controller)
+        return recovery.shares_for_owner(controller, request.headers.get("duet-owner-proof"))
 
 
 def run_session(session: recovery.RecoverySession, sock: Any, *, tls: bool, data_dir: Path) -> None:
@@ -67,15 +62,7 @@ def run_session(session: recovery.RecoverySession, sock: Any, *, tls: bool, data
 
     @app.post("/v1/controller/recovery/session/share")
     async def post_share(request: Request) -> dict[str, Any]:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > recovery.MAX_SHARE_REQUEST:
-                raise errors.InvalidRequest(f"a share request is at most {recovery.MAX_SHARE_REQUEST} bytes")
-        try:
-            body = strictjson.loads(raw, max_bytes=recovery.MAX_SHARE_REQUEST, what="share")
-        except strictjson.JsonInputError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
+        body = await read_json_object(request, recovery.MAX_SHARE_REQUEST, "share request")
         answer = session.submit(body)
         if session.done.is_set() and server is not None:
             server.should_exit = True

@@ -46,20 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 
 from duet.controller import continuity, errors
 from duet.controller.continuity import (
     CONTROLLER_LOG,
-    RESPONSE_DOMAIN,
     HandoverRefused,
     JoinFailed,
-    _raw,
-    _seal_key,
-    _transcript,
-    approvals,
 )
 from duet.controller.replicated import _STATE_KEY_META, ReplicatedLedger, state_key_of
 from duet.controller.state import StateStore
@@ -112,18 +105,7 @@ async def admit(ctl: Controller, body: dict[str, Any]) -> dict[str, Any]:
                               "logs in its data dir: upgrade by handover instead (serve --join)")
     server = ctl.handover
     report, challenge, nonce, epk = server._verify_successor(body, STANDBY_REQUEST_DOMAIN)
-    if not any(a.admits(report.mrenclave, report.mrsigner, report.isv_prod_id, report.isv_svn)
-               for a in approvals(ctl)):
-        reason = (f"standby: build MRENCLAVE {report.mrenclave[:16]}… (MRSIGNER {report.mrsigner[:16]}…) is not "
-                  "approved by the owner (duet controller approve)")
-        now = time.monotonic()
-        server._refusals = [t for t in server._refusals if now - t < 60] + [now]
-        if len(server._refusals) > continuity.MAX_LOGGED_REFUSALS_PER_MIN:
-            raise continuity.HandoverBusy("too many refused joins in the last minute; retry later")
-        ctl._append_controller([entries.HandoverRefusedEntry(mrenclave=report.mrenclave, mrsigner=report.mrsigner,
-                                                             reason=reason)])
-        log.warning("standby refused: %s", reason)
-        raise HandoverRefused(f"standby refused: {reason}; nothing was handed over")
+    server.refuse_unapproved(report, "standby", "joins")
     now = time.monotonic()
     joins = _JOINS.setdefault(ctl, [])
     joins[:] = [t for t in joins if now - t < 60]
@@ -160,39 +142,15 @@ async def admit(ctl: Controller, body: dict[str, Any]) -> dict[str, Any]:
     }).encode()
     log.warning("standby of build %s joined (controller log entry %d): it holds the state key, not the lease",
                 report.mrenclave[:16], index)
-    eph = X25519PrivateKey.generate()
-    sender_pub = _raw(eph.public_key())
-    key = _seal_key(eph.exchange(X25519PublicKey.from_public_bytes(epk)), epk, sender_pub)
-    seal_nonce = os.urandom(12)
-    ct = AESGCM(key).encrypt(seal_nonce, payload, RESPONSE_DOMAIN)
-    return {
-        "controller_id": ctl.controller_id,
-        "standby_index": index,
-        "quote": ctl.quote(nonce),
-        "sender_key": base64.b64encode(sender_pub).decode(),
-        "seal_nonce": base64.b64encode(seal_nonce).decode(),
-        "ciphertext": base64.b64encode(ct).decode(),
-        "signature": base64.b64encode(ctl.key.sign(_transcript(challenge, nonce, epk, sender_pub, ct))).decode(),
-    }
+    return {**server.seal_answer(challenge, nonce, epk, payload), "standby_index": index}
 
 
 def add_standby_routes(app: FastAPI, controller: Controller) -> None:
-    from duet.controller.handover_api import MAX_HANDOVER_REQUEST
-    from duet.ledger import strictjson
+    from duet.controller.handover_api import MAX_HANDOVER_REQUEST, read_json_object
 
     @app.post("/v1/controller/standby")
     async def standby_join(request: Request) -> dict[str, Any]:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_HANDOVER_REQUEST:
-                raise errors.InvalidRequest(f"standby request larger than {MAX_HANDOVER_REQUEST} bytes")
-        try:
-            body = strictjson.loads(raw, max_bytes=MAX_HANDOVER_REQUEST, what="standby request")
-        except strictjson.JsonInputError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
-        if not isinstance(body, dict):
-            raise errors.InvalidRequest("standby request must be a JSON object")
+        body = await read_json_object(request, MAX_HANDOVER_REQUEST, "standby request")
         return await admit(controller, body)
 
 

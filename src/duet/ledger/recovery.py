@@ -35,7 +35,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from duet.ledger.credentials import ENC_LEN, raw_x25519
+# The HPKE suite is the credentials' (one suite for every sealing to an X25519 key).
+from duet.ledger.credentials import ENC_LEN, _suite, raw_x25519
 from duet.ledger.errors import LedgerError
 
 SHARE_MAGIC = b"duet-share-v1\0"
@@ -60,12 +61,6 @@ def state_key_commitment(k: bytes) -> str:
 def report_data(enclave_key: bytes, controller_id: str) -> bytes:
     """What a recovering enclave's quote binds: its fresh X25519 key, for one controller."""
     return hashlib.sha512(REQUEST_DOMAIN + enclave_key + controller_id.encode()).digest()
-
-
-def _suite() -> Any:
-    from pyhpke import AEADId, CipherSuite, KDFId, KEMId
-
-    return CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 
 
 def holder_info(controller_id: str, index: int, commitment: str) -> bytes:
