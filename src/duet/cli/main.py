@@ -21,6 +21,7 @@ from duet.cli.failure import failure
 from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import Format, JsonOpt, OutputOpt, emit, human, make_err, make_out, resolve
 from duet.cli.output import table as new_table
+from duet.cli.private_file import write_private
 from duet.client.config import DEFAULT_URL
 from duet.ledger import keys
 
@@ -193,9 +194,7 @@ def keygen(out_path: Annotated[Path, typer.Option("--out", help="Private key fil
     if not force and (out_path.exists() or pub_path.exists()):
         fail("exists", f"{out_path} or {pub_path} exists; pass --force to overwrite")
     key = keys.Ed25519PrivateKey.generate()
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(keys.private_pem(key))
+    write_private(out_path, keys.private_pem(key))
     pub_path.write_bytes(keys.public_pem(key.public_key()))
     kid = keys.key_id(key.public_key())
     human(fmt, out, err).print(f"wrote {out_path} and {pub_path}", markup=False)

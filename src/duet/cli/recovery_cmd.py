@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +15,8 @@ import typer
 
 from duet.cli.options import ControllerOpt, ExpectOpt, KeyOpt, StateDirOpt, TrustOpt
 from duet.cli.output import JsonOpt, OutputOpt, emit, resolve
+from duet.cli.private_file import write_private
 from duet.client.config import DEFAULT_URL
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _holder_key(path: Path, m: ModuleType) -> str:
@@ -48,7 +42,7 @@ def _write_shares(body: dict[str, Any], out_dir: Path) -> list[Path]:
                           state_key_sha256=str(body["state_key_sha256"]),
                           sealed=base64.b64decode(s["sealed"]))
         path = out_dir / f"share-{sf.index}.json"
-        _write_private(path, sf.to_json().encode())
+        write_private(path, sf.to_json().encode())
         written.append(path)
     return written
 
@@ -78,7 +72,7 @@ def register(controller_app: typer.Typer, m: ModuleType) -> None:
         if not force and (out_path.exists() or pub_path.exists()):
             m.fail("exists", f"{out_path} or {pub_path} exists; pass --force to overwrite")
         key = X25519PrivateKey.generate()
-        _write_private(out_path, rc.private_pem(key))
+        write_private(out_path, rc.private_pem(key))
         pub = rc.public_b64(key.public_key())
         pub_path.write_text(pub + "\n")
         emit({"public_key": pub, "private_key": str(out_path), "public_key_file": str(pub_path)}, fmt, ids=pub,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -38,9 +37,9 @@ def keygen(
         signer = Cosigner(name, Ed25519PrivateKey.generate())
     except LedgerError as exc:
         _fail(str(exc))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(signer.skey() + "\n")
+    from duet.cli.private_file import write_private
+
+    write_private(out, (signer.skey() + "\n").encode())
     typer.echo(signer.vkey())
 
 
