@@ -22,7 +22,7 @@ both consistently changes only what the evidence then contradicts.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 JUDGE_VERSION = 1
@@ -302,8 +302,3 @@ def judge(facts: Mapping[str, Any]) -> list[Verdict]:
                 problems.append(f"{label}: {why}")
         out.append((name, not problems, "; ".join(problems) if problems else good))
     return out
-
-
-def model_documents(live_xml: str, persistent_xml: str | None) -> Sequence[str | None]:
-    """What the model digest covers: both definitions, verbatim."""
-    return (live_xml, persistent_xml)
