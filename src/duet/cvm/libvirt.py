@@ -578,14 +578,16 @@ class LibvirtProvider:
             dom = self._existing(conn, lay)
             live = dom.XMLDesc(0)
             persistent = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else None
+            running = bool(dom.isActive())
             pool = self._pool(conn)
             disks = []
             for name in (lay.disk_vol, lay.seed_vol):
                 vol = self._vol(pool, name)
                 disks.append(vol.path() if vol is not None else f"<missing volume {name}>")
-        meta = control_plane_libvirt.duet_metadata(control_plane_libvirt.parse(live))
-        expected = {"cvm_id": cvm_id, "tee": meta.get("tee"), "disks": disks, "ssh_address": self.ssh_listen,
-                    "ssh_port": meta.get("ssh_port"), "network": self.network}
+        root = control_plane_libvirt.parse(live)
+        meta = control_plane_libvirt.duet_metadata(root)
+        expected = {"cvm_id": cvm_id, "tee": _expected_tee(root, meta, running=running), "disks": disks,
+                    "ssh_address": self.ssh_listen, "ssh_port": meta.get("ssh_port"), "network": self.network}
         facts = control_plane_libvirt.libvirt_facts(live, persistent, expected)
         return {"facts": facts, "model_sha256": control_plane.model_digest(live, persistent)}
 
@@ -650,6 +652,16 @@ class LibvirtProvider:
         """The control plane as libvirtd holds it now (`duet.ledger.control_plane_libvirt`)."""
         result: dict[str, Any] = await self._call(self._inspect_sync, cvm_id)
         return result
+
+
+def _expected_tee(live: Any, meta: Mapping[str, str], *, running: bool) -> str | None:
+    """The TEE both definitions must launch. The metadata says what create asked for, but
+    the libvirtd admin can rewrite it (``virsh metadata --live --config``); a running
+    guest's launch security cannot change in place, so when it names a TEE, the next boot
+    owes that TEE whatever the metadata now says."""
+    ls = live.find("launchSecurity")
+    launched = {"sev-snp": "snp", "tdx": "tdx"}.get(str(ls.get("type"))) if running and ls is not None else None
+    return launched or meta.get("tee")
 
 
 CONFIG_KEYS = ("uri", "pool", "image", "image_format", "kernel", "initrd", "append", "firmware", "emulator",
