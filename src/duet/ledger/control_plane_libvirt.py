@@ -15,8 +15,10 @@ What the facts cannot show: whether the guest really runs in the TEE, and with w
 per-CVM value. That is the evidence's job (an SNP report or TD quote the host cannot
 forge); the launch-security check here only catches a definition changed for the next boot.
 The expected values (the CVM's two volumes, its SSH forward, its TEE) come from the
-provider's own naming and the ``duet:cvm`` metadata written at create; a host that rewrites
-both consistently changes only what the evidence then contradicts.
+provider's own naming and the ``duet:cvm`` metadata written at create, except that a running
+guest's launch security, which cannot change in place, overrides the metadata's TEE (the
+metadata is writable); a host that rewrites the rest consistently changes only what the
+evidence then contradicts.
 """
 
 from __future__ import annotations
