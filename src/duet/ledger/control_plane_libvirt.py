@@ -176,8 +176,11 @@ def libvirt_facts(live_xml: str, persistent_xml: str | None, expected: Mapping[s
 
 
 def expected_slirp_args(address: str, port: object, confidential: bool) -> list[str]:
-    """Mirror of `duet.cvm.libvirt_xml.slirp_args` (the ledger imports nothing of cvm/):
-    a test keeps the two equal."""
+    """The only QEMU arguments duet passes around libvirt (``network: slirp``, which
+    `duet.cvm.libvirt_xml` writes from here): QEMU's user-mode network with one forward of
+    guest TCP 22, as the qemu provider's, for a libvirt without the passt backend (Debian
+    12's 9.0), whose own ``user`` interface cannot forward a port. The judge accepts
+    exactly these arguments and no others."""
     device = "virtio-net-pci,netdev=duetnet0,bus=pcie.0,addr=0x1e"
     if confidential:
         device += ",disable-legacy=on,iommu_platform=true"
