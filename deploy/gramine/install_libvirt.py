@@ -8,14 +8,13 @@ distribution's libvirt headers, with SOURCE_DATE_EPOCH and fixed paths, and unpa
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import install_wheels
-from install_wheels import fetch, unpack
+from install_wheels import fetch  # noqa: F401 (the same checked fetch; the lock's test calls it here)
 
 
 def parse_lock(path: Path) -> list[tuple[str, str, str]]:
@@ -36,20 +35,7 @@ def build_wheel(sdist: Path, out: Path) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lock", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--target", type=Path, required=True)
-    args = ap.parse_args()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    args.target.mkdir(parents=True, exist_ok=True)
-    for sha, name, url in parse_lock(args.lock):
-        path = fetch(sha, url, args.cache)
-        if path.name.endswith(".tar.gz"):
-            path = build_wheel(path, args.cache / "built")
-        unpack(path, args.target)
-        print(f"installed {name}")
-    return 0
+    return install_wheels.main(build=build_wheel)
 
 
 if __name__ == "__main__":

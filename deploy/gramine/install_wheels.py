@@ -14,6 +14,7 @@ import re
 import sys
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 _DATA = re.compile(r"^[^/]+\.data/(purelib|platlib|scripts|headers|data)/(.*)$")
@@ -44,12 +45,12 @@ def parse_lock(path: Path, sdists: bool = False) -> list[tuple[str, str, str]]:
         file = m["url"].rsplit("/", 1)[1]
         if file.endswith(".tar.gz"):
             dist, _, version = file[: -len(".tar.gz")].rpartition("-")
-            if not sdists or _norm(dist) != _norm(m["name"]) or version != m["version"]:
-                raise SystemExit(f"bad lock line: the URL is not a wheel of {m['name']}=={m['version']}: {line}")
-            rows.append((m["sha"], f"{m['name']}=={m['version']}", m["url"]))
-            continue
-        wheel = file.split("-")
-        if len(wheel) < 5 or _norm(wheel[0]) != _norm(m["name"]) or wheel[1] != m["version"]:
+            allowed = sdists
+        else:
+            wheel = file.split("-")
+            allowed = len(wheel) >= 5
+            dist, version = (wheel[0], wheel[1]) if allowed else ("", "")
+        if not allowed or _norm(dist) != _norm(m["name"]) or version != m["version"]:
             raise SystemExit(f"bad lock line: the URL is not a wheel of {m['name']}=={m['version']}: {line}")
         rows.append((m["sha"], f"{m['name']}=={m['version']}", m["url"]))
     return rows
@@ -89,7 +90,9 @@ def unpack(wheel: Path, target: Path) -> None:
             out.chmod(0o755 if mode & 0o111 else 0o644)
 
 
-def main() -> int:
+def main(build: Callable[[Path, Path], Path] | None = None) -> int:
+    """`build` (install_libvirt.py) turns a checked source archive into a wheel in the
+    given directory; without it the lock may hold wheels only."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--lock", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True)
@@ -97,8 +100,11 @@ def main() -> int:
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     args.target.mkdir(parents=True, exist_ok=True)
-    for sha, name, url in parse_lock(args.lock):
-        unpack(fetch(sha, url, args.cache), args.target)
+    for sha, name, url in parse_lock(args.lock, sdists=build is not None):
+        path = fetch(sha, url, args.cache)
+        if build is not None and path.name.endswith(".tar.gz"):
+            path = build(path, args.cache / "built")
+        unpack(path, args.target)
         print(f"installed {name}")
     return 0
 

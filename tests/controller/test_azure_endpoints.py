@@ -44,3 +44,29 @@ def test_the_credential_takes_authority_and_ca_from_the_settings(tmp_path: Path)
     assert type(cred).__name__ == "ClientSecretCredential"
     assert cred._authority == "https://login.example.org"  # type: ignore[attr-defined]
     assert cred._instance_discovery is False  # type: ignore[attr-defined]  # no call to the public cloud
+
+
+def test_a_ca_file_planted_in_the_shared_temp_dir_is_never_trusted(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user of the host's temporary directory plants files under the names a
+    bundle's digest would give (its own CA; a symlink where a temporary file would go): the
+    bundle the TLS checks use is still exactly the owner's."""
+    import hashlib
+    import tempfile
+
+    from duet.cvm.clouds import azure_endpoints
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    ca_pem, _, _ = _tls(tmp_path)
+    attacker_pem, _, _ = _tls(tmp_path)
+    name = f"duet-azure-ca-{hashlib.sha256(ca_pem.encode()).hexdigest()[:16]}"
+    (shared / f"{name}.pem").write_text(attacker_pem)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (shared / f"{name}.tmp").symlink_to(victim)
+    path = azure_endpoints.ca_file(ca_pem)
+    assert Path(path).read_text() == ca_pem
+    assert victim.read_text() == "precious"
+    assert azure_endpoints.ca_file(ca_pem) == path  # written once per bundle

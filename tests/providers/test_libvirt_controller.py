@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from libvirt_host import running_libvirtd, transient_pool, why_not
-from test_qemu_boot import require_image
+from test_qemu_boot import guest_settings, require_image
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,8 @@ async def test_libvirt_cvm_through_the_controller(tmp_path: Path) -> None:
             first = 41000 + secrets.randbelow(500) * 10
             providers = tmp_path / "providers.yaml"
             providers.write_text(json.dumps({"libvirt": {
-                "uri": "qemu:///system", "pool": pool, "image": str(image.disk), "image_format": "raw",
-                "kernel": str(image.kernel), "initrd": str(image.initrd), "append": image.append,
-                "accel": os.environ.get("DUET_QEMU_ACCEL", "tcg"), "memory_mb": 1024, "vcpus": 2,
-                "boot_timeout_s": 900, "network": "slirp", "serial_log_dir": str(work),
-                "ssh_ports": [first, first + 9],
+                **guest_settings(image), "uri": "qemu:///system", "pool": pool, "network": "slirp",
+                "serial_log_dir": str(work), "ssh_ports": [first, first + 9],
             }}))
             owner = keys.Ed25519PrivateKey.generate()
             (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))

@@ -224,6 +224,7 @@ class FakePool:
 class FakeDomain:
     def __init__(self, host: FakeHost, xml: str) -> None:
         self.host, self.xml, self.active = host, xml, False
+        self.next_boot: str | None = None  # a persistent definition other than the live one
         self.name = ET.fromstring(xml).findtext("name") or ""
 
     def create(self) -> None:
@@ -236,6 +237,8 @@ class FakeDomain:
         return True
 
     def XMLDesc(self, flags: int) -> str:
+        if flags & lv.VIR_DOMAIN_XML_INACTIVE and self.next_boot is not None:
+            return self.next_boot
         return self.xml
 
     def UUIDString(self) -> str:
@@ -401,6 +404,26 @@ async def test_tee_the_host_cannot_launch_is_refused(ssh_banner: int, controller
     assert ls is not None and ls.get("type") == "sev-snp"
     assert prov.launch["host_data"] == HOST_DATA and prov.launch["tee_effective"] == "snp"
     await p.delete("c3")
+
+
+async def test_rewritten_metadata_does_not_hide_a_next_boot_without_the_tee(ssh_banner: int,
+                                                                            controller_key: str) -> None:
+    """The libvirtd admin drops SNP from the definition the next boot uses and, to match,
+    rewrites duet's metadata (``virsh metadata --live --config``) to say no TEE was asked
+    for: the running guest's launch security, which no one can change in place, still
+    says what the next boot owes."""
+    host = FakeHost(sectypes=("sev-snp",))
+    p = provider(host, ssh_banner, firmware="/usr/share/ovmf/OVMF.amdsev.fd")
+    await p.create("c5", authorized_key=controller_key, spec={"tee": "snp", "host_data": HOST_DATA})
+    dom = host.domains["duet-c5"]
+    assert all(ok for _, ok, _ in control_plane.judge((await p.inspect("c5"))["facts"]))
+    dom.xml = dom.xml.replace('tee="snp"', 'tee="none"')
+    root = ET.fromstring(dom.xml)
+    root.remove(root.find("launchSecurity"))  # type: ignore[arg-type]
+    dom.next_boot = ET.tostring(root, encoding="unicode")
+    verdicts = {n: (ok, why) for n, ok, why in control_plane.judge((await p.inspect("c5"))["facts"])}
+    assert verdicts["confidential_launch"][0] is False and "next boot" in verdicts["confidential_launch"][1]
+    await p.delete("c5")
 
 
 async def test_a_failed_boot_leaves_nothing_behind(controller_key: str) -> None:

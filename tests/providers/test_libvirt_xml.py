@@ -25,7 +25,7 @@ from provider_helpers import HOST_DATA
 
 from duet.attestation.binding import mrconfigid_for
 from duet.cvm import libvirt_xml
-from duet.cvm.libvirt_xml import DomainSpec, canonical, domain_xml, slirp_args, volume_xml
+from duet.cvm.libvirt_xml import QEMU_NS, DomainSpec, canonical, domain_xml, volume_xml
 from duet.ledger import control_plane_libvirt
 
 GOLDEN = Path(__file__).parent / "libvirt_golden"
@@ -113,9 +113,11 @@ def test_plain_guest_has_no_launch_security_and_one_way_in() -> None:
 
 
 def test_slirp_arguments_are_the_ones_the_judge_accepts() -> None:
-    for confidential in (False, True):
-        assert slirp_args("127.0.0.1", 40001, confidential=confidential) == \
-            control_plane_libvirt.expected_slirp_args("127.0.0.1", 40001, confidential)
+    for tee in ("none", "snp"):
+        root = ET.fromstring(domain_xml(spec(tee, network="slirp")))
+        args = [a.get("value") for a in root.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+        assert args == control_plane_libvirt.expected_slirp_args("192.0.2.10", 40001, tee != "none")
+        assert "hostfwd=tcp:192.0.2.10:40001-:22" in args[1]
 
 
 def test_volume_xml_overlays_the_base_image() -> None:

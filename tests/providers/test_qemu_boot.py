@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from provider_helpers import HOST_DATA
@@ -47,6 +48,13 @@ def require_image():  # type: ignore[no-untyped-def]
         return debian_image.build()
     except Exception as exc:  # no mirror reachable, no space, ...
         pytest.fail(f"could not build the Debian test image: {exc}", pytrace=False)
+
+
+def guest_settings(image: Any) -> dict[str, object]:
+    """Provider settings that boot `image` (the Debian test guest) under TCG in time."""
+    return {"image": str(image.disk), "image_format": "raw", "kernel": str(image.kernel), "initrd": str(image.initrd),
+            "append": image.append, "accel": os.environ.get("DUET_QEMU_ACCEL", "tcg"), "memory_mb": 1024,
+            "vcpus": 2, "boot_timeout_s": 900}
 
 
 async def test_boot_debian_under_tcg_and_run_a_command(tmp_path: Path) -> None:

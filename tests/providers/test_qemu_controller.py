@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_qemu_boot import require_image
+from test_qemu_boot import guest_settings, require_image
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,7 @@ async def test_qemu_cvm_through_the_controller(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     providers = tmp_path / "providers.yaml"
     providers.write_text(json.dumps({"qemu": {
-        "base_dir": str(tmp_path / "qemu"), "image": str(image.disk), "image_format": "raw",
-        "kernel": str(image.kernel), "initrd": str(image.initrd), "append": image.append,
-        "accel": os.environ.get("DUET_QEMU_ACCEL", "tcg"), "memory_mb": 1024, "vcpus": 2,
-        "boot_timeout_s": 900, "allow_no_tee": True,
+        **guest_settings(image), "base_dir": str(tmp_path / "qemu"), "allow_no_tee": True,
     }}))
     owner = keys.Ed25519PrivateKey.generate()
     (tmp_path / "owner.pub").write_bytes(keys.public_pem(owner.public_key()))

@@ -46,12 +46,17 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def installer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("install_wheels", DEPLOY / "install_wheels.py")
+def deploy_module(name: str) -> ModuleType:
+    """A script of deploy/gramine/ (not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def installer() -> ModuleType:
+    return deploy_module("install_wheels")
 
 
 def lock_names() -> dict[str, str]:
@@ -199,7 +204,25 @@ def test_the_installer_refuses_a_line_without_hash_or_with_another_wheel(tmp_pat
         f"idna==3.20 --hash=sha256:{sha}  # https://files.pythonhosted.org/p/evil-3.20-py3-none-any.whl\n",
         f"idna==3.20 --hash=sha256:{sha}  # https://files.pythonhosted.org/p/idna-3.19-py3-none-any.whl\n",
         f"idna==3.20 --hash=sha256:{sha}\n",  # no URL
+        f"idna==3.20 --hash=sha256:{sha}  # https://files.pythonhosted.org/p/idna-3.20.whl\n",  # not a wheel name
+        # a source archive runs its build at install time: only libvirt.lock may hold one
+        f"idna==3.20 --hash=sha256:{sha}  # https://files.pythonhosted.org/p/idna-3.20.tar.gz\n",
     ):
         (tmp_path / "bad.lock").write_text(bad)
         with pytest.raises(SystemExit, match="bad lock line"):
             iw.parse_lock(tmp_path / "bad.lock")
+
+
+def test_a_source_archive_is_allowed_only_where_asked_and_only_of_the_named_release(tmp_path: Path) -> None:
+    iw = installer()
+    sha = "cd" * 32
+    url = "https://files.pythonhosted.org/p/libvirt_python-12.8.0.tar.gz"
+    (tmp_path / "ok.lock").write_text(f"libvirt-python==12.8.0 --hash=sha256:{sha}  # {url}\n")
+    assert iw.parse_lock(tmp_path / "ok.lock", sdists=True) == [(sha, "libvirt-python==12.8.0", url)]
+    with pytest.raises(SystemExit, match="bad lock line"):
+        iw.parse_lock(tmp_path / "ok.lock")
+    for other in ("evil-12.8.0.tar.gz", "libvirt_python-12.7.0.tar.gz"):
+        (tmp_path / "bad.lock").write_text(
+            f"libvirt-python==12.8.0 --hash=sha256:{sha}  # https://files.pythonhosted.org/p/{other}\n")
+        with pytest.raises(SystemExit, match="bad lock line"):
+            iw.parse_lock(tmp_path / "bad.lock", sdists=True)

@@ -4,7 +4,6 @@ module duet imports. Needs PyPI (pip runs `--isolated`: no local mirror or const
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,17 +12,22 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from test_wheels_lock import DEPLOY, LOCK, NOT_IN_ENCLAVE, installer, lock_names, norm, third_party_imports
+from test_wheels_lock import (
+    DEPLOY,
+    LOCK,
+    NOT_IN_ENCLAVE,
+    deploy_module,
+    installer,
+    lock_names,
+    norm,
+    third_party_imports,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def make_lock() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_lock", DEPLOY / "make_lock.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return deploy_module("make_lock")
 
 
 def pip_resolve(lock: Path, tmp: Path) -> tuple[int, str, dict[str, object] | None]:

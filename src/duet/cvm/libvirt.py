@@ -49,7 +49,7 @@ from duet.cvm.errors import CvmNotFound, ProvisioningFailed
 from duet.cvm.libvirt_xml import SCHEMA_TARGETS, DomainSpec, domain_xml, volume_xml
 from duet.cvm.provider import Provisioned
 from duet.cvm.qemu import ON_PREM_TEES, QEMU_TEES, build_seed_iso, seed_files, speaks_ssh
-from duet.ledger import control_plane_libvirt
+from duet.ledger import control_plane, control_plane_libvirt
 
 LOCAL_URIS = ("qemu:///system", "qemu:///session")
 DEFAULT_PORTS = (40000, 40999)
@@ -303,13 +303,15 @@ class LibvirtProvider:
             firmware=self.firmware if tee != "none" or self.firmware else None,
             emulator=self.emulator, serial_log=serial, network=self.network)
 
-    def _launch(self, cvm_id: str, authorized_key: str, spec: Mapping[str, object], *, tee: str, effective: str,
-                port: int | str, disk_path: str, seed_path: str, kvm: bool, notes: list[str],
-                planning: bool = False) -> dict[str, object]:
+    def _seed_files(self, cvm_id: str, authorized_key: str) -> dict[str, str]:
         try:
-            files = seed_files(cvm_id, authorized_key, self.admin_user)
+            return seed_files(cvm_id, authorized_key, self.admin_user)
         except ValueError as exc:
             raise ProvisioningFailed(str(exc)) from None
+
+    def _launch(self, cvm_id: str, files: Mapping[str, str], spec: Mapping[str, object], *, tee: str, effective: str,
+                port: int | str, disk_path: str, seed_path: str, kvm: bool, notes: list[str],
+                planning: bool = False) -> dict[str, object]:
         dspec = self.domain_spec(cvm_id, spec, tee=effective, port=port, disk_path=disk_path, seed_path=seed_path,
                                  kvm=kvm, planning=planning)
         xml = domain_xml(dspec)
@@ -331,7 +333,7 @@ class LibvirtProvider:
             "domain_xml_sha256": hashlib.sha256(xml.encode()).hexdigest(),
             "base_image": {"path": self.image, "format": self.image_format},
             "volumes": {"pool": self.pool, "disk": disk_path, "seed": seed_path},
-            "seed": {"format": "iso9660", "volume_label": "cidata", "files": files},
+            "seed": {"format": "iso9660", "volume_label": "cidata", "files": dict(files)},
             "user": self.admin_user,
             "ssh": {"host": self.ssh_address, "port": port, "forwarded_from": dspec.ssh_address},
             "network": self.network,
@@ -343,7 +345,7 @@ class LibvirtProvider:
         tee = self._tee(spec)
         lay = self.layout(cvm_id)
         port = spec_str(spec, "ssh_port", default="<port>") or "<port>"
-        return self._launch(cvm_id, authorized_key, spec, tee=tee, effective=tee, port=port,
+        return self._launch(cvm_id, self._seed_files(cvm_id, authorized_key), spec, tee=tee, effective=tee, port=port,
                             disk_path=f"<pool {self.pool}>/{lay.disk_vol}",
                             seed_path=f"<pool {self.pool}>/{lay.seed_vol}", kvm=self.accel != "tcg", notes=[],
                             planning=True)
@@ -385,6 +387,12 @@ class LibvirtProvider:
                 return None
             raise
 
+    def _existing(self, conn: Any, lay: _Layout) -> Any:
+        dom = self._domain(conn, lay.name)
+        if dom is None:
+            raise CvmNotFound(f"libvirt: no domain {lay.name}")
+        return dom
+
     def _host_support(self, conn: Any) -> dict[str, bool]:
         """What the libvirt host can launch, from its domain capabilities."""
         import xml.etree.ElementTree as ET
@@ -424,6 +432,7 @@ class LibvirtProvider:
         tee = self._tee(spec)
         lay = self.layout(cvm_id)
         self._listen(planning=False)
+        files = self._seed_files(cvm_id, authorized_key)
         with self._conn() as conn:
             support = self._host_support(conn)
             effective, notes = tee, []
@@ -443,7 +452,7 @@ class LibvirtProvider:
             try:
                 disk = self._make_disk(conn, pool, lay)
                 made.append(disk)
-                seed = self._make_seed(conn, pool, lay, cvm_id, authorized_key)
+                seed = self._make_seed(conn, pool, lay, files)
                 made.append(seed)
                 used = self._used_ports(conn)
                 ports = [p for p in range(self.ssh_ports[0], self.ssh_ports[1] + 1) if p not in used]
@@ -452,7 +461,7 @@ class LibvirtProvider:
                     ports = [int(fixed)]
                 last_error = "no free port in ssh_ports"
                 for port in ports[:20]:
-                    launch = self._launch(cvm_id, authorized_key, spec, tee=tee, effective=effective, port=port,
+                    launch = self._launch(cvm_id, files, spec, tee=tee, effective=effective, port=port,
                                           disk_path=disk.path(), seed_path=seed.path(), kvm=support["kvm"],
                                           notes=notes)
                     dom = conn.defineXMLFlags(str(launch["domain_xml"]), VIR_DOMAIN_DEFINE_VALIDATE)
@@ -492,11 +501,7 @@ class LibvirtProvider:
         except Exception as exc:
             raise ProvisioningFailed(f"libvirt: creating volume {lay.disk_vol}: {_brief(exc)}") from None
 
-    def _make_seed(self, conn: Any, pool: Any, lay: _Layout, cvm_id: str, authorized_key: str) -> Any:
-        try:
-            files = seed_files(cvm_id, authorized_key, self.admin_user)
-        except ValueError as exc:
-            raise ProvisioningFailed(str(exc)) from None
+    def _make_seed(self, conn: Any, pool: Any, lay: _Layout, files: Mapping[str, str]) -> Any:
         with tempfile.TemporaryDirectory(prefix="duet-seed-") as d:
             build_seed_iso(files, Path(d) / "seed.iso")
             data = (Path(d) / "seed.iso").read_bytes()
@@ -532,24 +537,17 @@ class LibvirtProvider:
                 if vol is not None:
                     vol.delete(0)
 
-    def _read_sync(self, cvm_id: str) -> tuple[str, str | None, bool]:
-        """(live definition, persistent definition, running)."""
-        lay = self.layout(cvm_id)
+    def _live_sync(self, cvm_id: str) -> str:
+        """The live definition."""
         with self._conn() as conn:
-            dom = self._domain(conn, lay.name)
-            if dom is None:
-                raise CvmNotFound(f"libvirt: no domain {lay.name}")
-            persistent = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else None
-            return dom.XMLDesc(0), persistent, bool(dom.isActive())
+            return str(self._existing(conn, self.layout(cvm_id)).XMLDesc(0))
 
     def _start_sync(self, cvm_id: str) -> tuple[int, bool, str]:
         """Start the domain if it is not running: (its SSH port, whether it was started,
         its UUID)."""
         lay = self.layout(cvm_id)
         with self._conn() as conn:
-            dom = self._domain(conn, lay.name)
-            if dom is None:
-                raise CvmNotFound(f"libvirt: no domain {lay.name}")
+            dom = self._existing(conn, lay)
             meta = control_plane_libvirt.duet_metadata(control_plane_libvirt.parse(dom.XMLDesc(0)))
             try:
                 port = int(meta["ssh_port"])
@@ -577,21 +575,21 @@ class LibvirtProvider:
     def _inspect_sync(self, cvm_id: str) -> dict[str, Any]:
         lay = self.layout(cvm_id)
         with self._conn() as conn:
-            dom = self._domain(conn, lay.name)
-            if dom is None:
-                raise CvmNotFound(f"libvirt: no domain {lay.name}")
+            dom = self._existing(conn, lay)
             live = dom.XMLDesc(0)
             persistent = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else None
+            running = bool(dom.isActive())
             pool = self._pool(conn)
             disks = []
             for name in (lay.disk_vol, lay.seed_vol):
                 vol = self._vol(pool, name)
                 disks.append(vol.path() if vol is not None else f"<missing volume {name}>")
-        meta = control_plane_libvirt.duet_metadata(control_plane_libvirt.parse(live))
-        expected = {"cvm_id": cvm_id, "tee": meta.get("tee"), "disks": disks, "ssh_address": self.ssh_listen,
-                    "ssh_port": meta.get("ssh_port"), "network": self.network}
+        root = control_plane_libvirt.parse(live)
+        meta = control_plane_libvirt.duet_metadata(root)
+        expected = {"cvm_id": cvm_id, "tee": _expected_tee(root, meta, running=running), "disks": disks,
+                    "ssh_address": self.ssh_listen, "ssh_port": meta.get("ssh_port"), "network": self.network}
         facts = control_plane_libvirt.libvirt_facts(live, persistent, expected)
-        return {"facts": facts, "model_sha256": _digest(live, persistent)}
+        return {"facts": facts, "model_sha256": control_plane.model_digest(live, persistent)}
 
     # ------------------------------------------------------------------ async API
 
@@ -634,7 +632,7 @@ class LibvirtProvider:
             port, started, uuid = await self._call(self._start_sync, cvm_id)
             if started:
                 await self._wait_ssh(cvm_id, port)
-            live, _, _ = await self._call(self._read_sync, cvm_id)
+            live: str = await self._call(self._live_sync, cvm_id)
             launch: dict[str, object] = {"provider": self.name, "uri": self.uri, "domain": self.layout(cvm_id).name,
                                          "restarted": started,
                                          "domain_xml_sha256": hashlib.sha256(live.encode()).hexdigest()}
@@ -656,10 +654,14 @@ class LibvirtProvider:
         return result
 
 
-def _digest(live: str, persistent: str | None) -> str:
-    from duet.ledger.control_plane import model_digest
-
-    return model_digest(live, persistent)
+def _expected_tee(live: Any, meta: Mapping[str, str], *, running: bool) -> str | None:
+    """The TEE both definitions must launch. The metadata says what create asked for, but
+    the libvirtd admin can rewrite it (``virsh metadata --live --config``); a running
+    guest's launch security cannot change in place, so when it names a TEE, the next boot
+    owes that TEE whatever the metadata now says."""
+    ls = live.find("launchSecurity")
+    launched = {"sev-snp": "snp", "tdx": "tdx"}.get(str(ls.get("type"))) if running and ls is not None else None
+    return launched or meta.get("tee")
 
 
 CONFIG_KEYS = ("uri", "pool", "image", "image_format", "kernel", "initrd", "append", "firmware", "emulator",

@@ -1,5 +1,7 @@
-"""libvirt domain and volume XML for duet's CVMs: pure (standard library only), so plans,
-golden-file tests and the control-plane facts need neither libvirt nor a host.
+"""libvirt domain and volume XML for duet's CVMs: pure (no libvirt-python; the qemu
+provider's launch constants and the judge's namespaces and slirp arguments are shared, not
+copied), so plans, golden-file tests and the control-plane facts need neither libvirt nor
+a host.
 
 The domain mirrors what the `qemu` provider puts on its command line (`duet.cvm.qemu`),
 in libvirt's vocabulary:
@@ -38,17 +40,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from duet.attestation.binding import mrconfigid_for
+from duet.cvm.qemu import SNP_CPU, SNP_POLICY
+from duet.ledger.control_plane_libvirt import DUET_NS, QEMU_NS, expected_slirp_args
 
-SNP_POLICY = 0x30000
-SNP_CPU = "EPYC-v4"
 SNP_CBITPOS = 51
 SNP_REDUCED_PHYS_BITS = 1
 #: TD attributes: SEPT_VE_DISABLE (bit 28); bit 0 (DEBUG) clear.
 TDX_POLICY = 0x10000000
 SNP_POLICY_DEBUG = 1 << 19
 TDX_POLICY_DEBUG = 1 << 0
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-DUET_NS = "https://duet.example/libvirt/1"
 #: Which schema each TEE's recorded domain XML follows (tests/providers/libvirt_golden/).
 SCHEMA_TARGETS = {
     "snp": "libvirt >= 10.5 (launchSecurity type='sev-snp'), QEMU >= 9.1",
@@ -195,24 +195,12 @@ def domain_xml(spec: DomainSpec) -> str:
         _sub(ls, "quoteGenerationService")
     if spec.network == "slirp":
         cmd = _sub(dom, f"{{{QEMU_NS}}}commandline")
-        for arg in slirp_args(spec.ssh_address, spec.ssh_port, confidential=confidential):
+        for arg in expected_slirp_args(spec.ssh_address, spec.ssh_port, confidential):
             _sub(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     elif spec.network != "passt":
         raise ValueError("network must be passt or slirp")
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
-
-
-def slirp_args(address: str, port: int | str, *, confidential: bool) -> list[str]:
-    """The only QEMU arguments duet passes around libvirt (``network: slirp``): QEMU's
-    user-mode network with one forward of guest TCP 22, as the qemu provider's. For a
-    libvirt whose passt backend is missing (Debian 12's 9.0): libvirt's own ``user``
-    interface cannot forward a port without passt. The control-plane judge accepts
-    exactly these arguments and no others."""
-    device = "virtio-net-pci,netdev=duetnet0,bus=pcie.0,addr=0x1e"
-    if confidential:
-        device += ",disable-legacy=on,iommu_platform=true"
-    return ["-netdev", f"user,id=duetnet0,hostfwd=tcp:{address}:{port}-:22", "-device", device]
 
 
 def volume_xml(name: str, *, capacity: int, fmt: str, backing: tuple[str, str] | None = None) -> str:
@@ -223,19 +211,13 @@ def volume_xml(name: str, *, capacity: int, fmt: str, backing: tuple[str, str] |
     _sub(vol, "capacity", str(int(capacity)), unit="bytes")
     target = _sub(vol, "target")
     _sub(target, "format", type=fmt)
-    _sub(target, "permissions").append(_mode("0600"))
+    _sub(_sub(target, "permissions"), "mode", "0600")
     if backing is not None:
         bs = _sub(vol, "backingStore")
         _sub(bs, "path", backing[0])
         _sub(bs, "format", type=backing[1])
     ET.indent(vol)
     return ET.tostring(vol, encoding="unicode") + "\n"
-
-
-def _mode(value: str) -> ET.Element:
-    el = ET.Element("mode")
-    el.text = value
-    return el
 
 
 def canonical(xml_text: str) -> object:

@@ -15,14 +15,16 @@ What the facts cannot show: whether the guest really runs in the TEE, and with w
 per-CVM value. That is the evidence's job (an SNP report or TD quote the host cannot
 forge); the launch-security check here only catches a definition changed for the next boot.
 The expected values (the CVM's two volumes, its SSH forward, its TEE) come from the
-provider's own naming and the ``duet:cvm`` metadata written at create; a host that rewrites
-both consistently changes only what the evidence then contradicts.
+provider's own naming and the ``duet:cvm`` metadata written at create, except that a running
+guest's launch security, which cannot change in place, overrides the metadata's TEE (the
+metadata is writable); a host that rewrites the rest consistently changes only what the
+evidence then contradicts.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 JUDGE_VERSION = 1
@@ -174,8 +176,11 @@ def libvirt_facts(live_xml: str, persistent_xml: str | None, expected: Mapping[s
 
 
 def expected_slirp_args(address: str, port: object, confidential: bool) -> list[str]:
-    """Mirror of `duet.cvm.libvirt_xml.slirp_args` (the ledger imports nothing of cvm/):
-    a test keeps the two equal."""
+    """The only QEMU arguments duet passes around libvirt (``network: slirp``, which
+    `duet.cvm.libvirt_xml` writes from here): QEMU's user-mode network with one forward of
+    guest TCP 22, as the qemu provider's, for a libvirt without the passt backend (Debian
+    12's 9.0), whose own ``user`` interface cannot forward a port. The judge accepts
+    exactly these arguments and no others."""
     device = "virtio-net-pci,netdev=duetnet0,bus=pcie.0,addr=0x1e"
     if confidential:
         device += ",disable-legacy=on,iommu_platform=true"
@@ -302,8 +307,3 @@ def judge(facts: Mapping[str, Any]) -> list[Verdict]:
                 problems.append(f"{label}: {why}")
         out.append((name, not problems, "; ".join(problems) if problems else good))
     return out
-
-
-def model_documents(live_xml: str, persistent_xml: str | None) -> Sequence[str | None]:
-    """What the model digest covers: both definitions, verbatim."""
-    return (live_xml, persistent_xml)

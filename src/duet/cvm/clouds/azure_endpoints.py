@@ -12,10 +12,9 @@ endpoint. The CA bundle replaces the public roots for these endpoints only.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,15 +61,21 @@ def arm_base(arm_endpoint: str | None) -> str:
     return base(arm_endpoint) if arm_endpoint is not None else PUBLIC_ARM
 
 
+_CA_FILES: dict[str, str] = {}
+
+
 def ca_file(pem: str) -> str:
-    """The bundle as a file (what `requests` takes), named by its digest, in the
-    controller's private temporary directory (a tmpfs inside the enclave)."""
-    path = Path(tempfile.gettempdir()) / f"duet-azure-ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(pem)
-        tmp.replace(path)
-    return str(path)
+    """The bundle as a file (what `requests` takes), written once per bundle and process to
+    a file this process created (mkstemp: a fresh name, O_EXCL, 0600) in the temporary
+    directory: outside an enclave that directory is shared, and a file found there under a
+    name we would pick (another CA, a symlink) must never be what the TLS check trusts."""
+    path = _CA_FILES.get(pem)
+    if path is None:
+        fd, path = tempfile.mkstemp(prefix="duet-azure-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+        _CA_FILES[pem] = path
+    return path
 
 
 def transport(ca_pem: str | None) -> Any:
