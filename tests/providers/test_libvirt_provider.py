@@ -20,6 +20,7 @@ import pytest
 from provider_helpers import HOST_DATA
 
 from duet.attestation.cvm_kinds import CvmKind, resolve_offer
+from duet.client.cvm_checks import control_plane_checks
 from duet.controller import errors
 from duet.controller.providers_config import ProviderSetup, parse_credentials, sdk_credential
 from duet.cvm import libvirt as lv
@@ -423,6 +424,17 @@ async def test_rewritten_metadata_does_not_hide_a_next_boot_without_the_tee(ssh_
     dom.next_boot = ET.tostring(root, encoding="unicode")
     verdicts = {n: (ok, why) for n, ok, why in control_plane.judge((await p.inspect("c5"))["facts"])}
     assert verdicts["confidential_launch"][0] is False and "next boot" in verdicts["confidential_launch"][1]
+    # The admin then restarts the guest from that definition: nothing running names a TEE
+    # any more, and the model alone reads as a plain VM that asked for none. The user's
+    # check holds it to the TEE the controller logged at provisioning.
+    dom.xml = dom.next_boot
+    facts = (await p.inspect("c5"))["facts"]
+    assert all(ok for _, ok, _ in control_plane.judge(facts))
+    log = [{"type": "genesis", "provider": "libvirt"},
+           {"type": "provisioned", "launch": {"provider": "libvirt", "tee_effective": "snp"}},
+           {"type": "control_plane", "facts": facts}]
+    (check,) = control_plane_checks(log)
+    assert not check.ok and "judged as a none launch, but the CVM was provisioned as snp" in check.detail
     await p.delete("c5")
 
 

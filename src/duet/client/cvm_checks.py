@@ -492,9 +492,13 @@ def control_plane_checks(decoded: list[dict[str, Any]]) -> list[Check]:
         problems.append(f"entry {unread[-1]}: the control plane could not be read after the newest inspection "
                         f"(entry {seen[-1]}): {str(decoded[unread[-1]].get('message'))[:200]}")
     latest = decoded[seen[-1]]
-    facts = latest.get("facts")
-    verdicts = control_plane.judge(facts if isinstance(facts, dict) else {})
+    facts: dict[str, Any] = latest["facts"] if isinstance(latest.get("facts"), dict) else {}
+    verdicts = control_plane.judge(facts)
     problems += [f"entry {seen[-1]}: {name}: {detail}" for name, ok, detail in verdicts if not ok]
+    provisioned = next((e for e in decoded if e.get("type") == "provisioned"), {})
+    mismatch = control_plane.launch_problem(facts, provisioned.get("launch"))
+    if mismatch is not None:
+        problems.append(f"entry {seen[-1]}: {mismatch}")
     return [Check("control_plane", not problems, "; ".join(problems[:5]) or
                   f"the {provider} model of the CVM (entry {seen[-1]}) passes every check: "
                   + ", ".join(name for name, _, _ in verdicts))]

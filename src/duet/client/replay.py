@@ -690,6 +690,9 @@ class CvmReplay:
         i, facts = self.cp_last
         verdicts = control_plane.judge(facts)
         problems = list(self.cp_p.items) + [f"entry {i}: {name}: {detail}" for name, ok, detail in verdicts if not ok]
+        mismatch = control_plane.launch_problem(facts, (self.provisioned or {}).get("launch"))
+        if mismatch is not None:
+            problems.append(f"entry {i}: {mismatch}")
         return [Check("control_plane", not problems, "; ".join(problems[:5]) or
                       f"the {provider} model of the CVM (entry {i}) passes every check: "
                       + ", ".join(name for name, _, _ in verdicts))]

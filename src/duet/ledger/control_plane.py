@@ -216,6 +216,21 @@ def _gcp(f: Mapping[str, Any]) -> list[Verdict]:
 JUDGES: dict[str, Callable[[Mapping[str, Any]], list[Verdict]]] = {"azure": _azure, "gcp": _gcp}
 
 
+def launch_problem(facts: Mapping[str, Any], launch: object) -> str | None:
+    """Facts that name the TEE they were judged against (libvirt: read from the domain's
+    metadata, which libvirtd's administrator can rewrite, together with the definition of
+    the next boot) must name the TEE the controller logged at provisioning
+    (`launch.tee_effective`); else a next boot without SEV-SNP / TDX could pass as "no TEE
+    requested"."""
+    expected = facts.get("expected")
+    if not isinstance(expected, Mapping) or "tee" not in expected:
+        return None
+    logged = launch.get("tee_effective") if isinstance(launch, Mapping) else None
+    if expected.get("tee") != logged:
+        return f"judged as a {expected.get('tee')} launch, but the CVM was provisioned as {logged}"
+    return None
+
+
 def judge(facts: Mapping[str, Any]) -> list[Verdict]:
     """Every check of the facts' provider; facts of an unknown provider or judge fail."""
     judge_fn = JUDGES.get(str(facts.get("provider")))
